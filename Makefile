@@ -1,0 +1,38 @@
+# neu10: every target sets up its own virtual environment first, so a fresh
+# machine needs only python3 (>= 3.11) and make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+NEU10   = $(VENV)/bin/neu10
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: install test test-all demo spec clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## Default test run: correctness tests (long runs are marked `slow` and opt-in).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Everything, including slow sweeps and fuzzing.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+## The main job: a two-tenant demo.
+demo: $(STAMP)
+	$(NEU10) demo
+
+## Regenerate isa/SPEC.md from the Python definitions of NeuISA.
+spec: $(STAMP)
+	$(NEU10) spec -o isa/SPEC.md
+
+clean:
+	rm -rf build reports .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,370 @@
+"""Golden model: executes NeuISA programs in numpy and defines the bit-exact results.
+
+It models what a program computes, not when: each context runs its µTOps in program
+order (a valid schedule of any dispatcher, since dependencies only point backwards), and
+contexts run one after another (their segments are disjoint, so order cannot matter).
+"""
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.config import LUT_ENTRIES, VREGS, NPUConfig
+from .encoding import DecodeError, Engine, Fault, decode_header, decode_instr
+
+__all__ = ["Segment", "ContextSpec", "ContextResult", "GoldenNPU", "ProgramFault",
+           "requantize", "wrap32"]
+
+_INT32 = np.int32
+_ALU = re.compile(r"^v(add|sub|mul|min|max|shl|sra|srl)(r|i)?(\.s8)?$")
+
+
+def wrap32(values):
+    """Wrap integers modulo 2^32 into int32 (two's complement)."""
+    return np.asarray(values, dtype=np.int64).astype(_INT32)
+
+
+def requantize(x, mult, shift, zp):
+    """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8."""
+    product = np.asarray(x, dtype=np.int64) * np.int64(mult)  # |product| <= 2^62: exact
+    if shift:
+        # (p + 2^(s-1)) >> s without overflow: halve p >> (s-1), rounding the half up.
+        product = ((product >> np.int64(shift - 1)) + 1) >> np.int64(1)
+    return np.clip(product + zp, -128, 127).astype(_INT32)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A context's window of a memory: physical = base + relative, valid for relative < size."""
+    base: int
+    size: int
+
+
+@dataclass
+class ContextSpec:
+    """One context as the golden model (and the hardware) sees it."""
+    program: list            # 64-bit words
+    spad: Segment            # rows
+    hbm: Segment             # words
+
+
+@dataclass
+class ContextResult:
+    fault: Fault = Fault.NONE
+    fault_pc: int | None = None      # word address of the faulting µTOp's header
+    fault_detail: str = ""
+    utops_retired: int = 0
+
+    @property
+    def status(self):
+        return "done" if self.fault == Fault.NONE else "faulted"
+
+
+class ProgramFault(Exception):
+    """Raised inside the model when a µTOp faults; never escapes ``GoldenNPU.run``."""
+
+    def __init__(self, fault, detail):
+        super().__init__(detail)
+        self.fault, self.detail = fault, detail
+
+
+@dataclass
+class _VEState:
+    lanes: int
+    vl: int = 0
+    mult: int = 1
+    shift: int = 0
+    zp: int = 0
+    lut: np.ndarray | None = None
+    vregs: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        self.vl = self.lanes
+        self.vregs = np.zeros((VREGS, self.lanes), dtype=_INT32)
+
+
+class GoldenNPU:
+    """A pNPU's memories plus the reference semantics of every instruction."""
+
+    def __init__(self, config: NPUConfig):
+        self.config = config
+        self.spad = np.zeros((config.spad_rows, config.ve_lanes), dtype=_INT32)
+        self.hbm = np.zeros(config.hbm_words, dtype=_INT32)
+
+    # --- running --------------------------------------------------------------------------
+
+    def check_contexts(self, contexts):
+        """Raise ValueError for context settings the hardware could not hold."""
+        cfg = self.config
+        if len(contexts) > cfg.n_ctx:
+            raise ValueError(f"{len(contexts)} contexts given; this NPU has {cfg.n_ctx}")
+        for index, ctx in enumerate(contexts):
+            for name, segment, total, unit in (("scratchpad", ctx.spad, cfg.spad_rows, "rows"),
+                                               ("HBM", ctx.hbm, cfg.hbm_words, "words")):
+                if segment.base < 0 or segment.size < 0 or segment.base + segment.size > total:
+                    raise ValueError(
+                        f"context {index}: {name} segment base={segment.base} size={segment.size} "
+                        f"does not fit in {total} {unit}")
+            if len(ctx.program) > cfg.imem_words:
+                raise ValueError(f"context {index}: program of {len(ctx.program)} words exceeds "
+                                 f"imem_words={cfg.imem_words}")
+
+    def run(self, contexts):
+        """Run every context to its end or its fault; return one ContextResult per context."""
+        self.check_contexts(contexts)
+        return [self._run_context(ctx) for ctx in contexts]
+
+    def _run_context(self, ctx):
+        cfg = self.config
+        result = ContextResult()
+        pc = 0
+        while True:
+            header_pc = pc
+            try:
+                if pc >= len(ctx.program):
+                    raise ProgramFault(Fault.FETCH_OOB, f"µTOp header at word {pc} is past the "
+                                       f"end of the program ({len(ctx.program)} words)")
+                try:
+                    utop, length = decode_header(ctx.program[pc], dep_window=cfg.dep_window,
+                                                 max_body=cfg.max_body)
+                except DecodeError as error:
+                    raise ProgramFault(error.fault, str(error)) from None
+                if pc + 1 + length > len(ctx.program):
+                    raise ProgramFault(Fault.FETCH_OOB, f"µTOp body of {length} words at word "
+                                       f"{pc} runs past the end of the program")
+                body = ctx.program[pc + 1:pc + 1 + length]
+                pc += 1 + length
+                self.execute(utop.engine, body, ctx)
+            except ProgramFault as fault:
+                result.fault, result.fault_pc, result.fault_detail = \
+                    fault.fault, header_pc, fault.detail
+                return result
+            result.utops_retired += 1
+            if utop.eop:
+                return result
+
+    # --- one µTOp -------------------------------------------------------------------------
+
+    def execute(self, engine, body, ctx):
+        """Execute one µTOp body (a list of words) for ``engine`` in context ``ctx``."""
+        instrs = []
+        for word in body:
+            try:
+                instrs.append(decode_instr(word, engine))
+            except DecodeError as error:
+                # Decoding happens as the engine reaches the word; earlier words have run.
+                instrs.append(error)
+        run = {Engine.ME: self._run_me, Engine.VE: self._run_ve, Engine.DMA: self._run_dma}
+        run[Engine(engine)](instrs, ctx)
+
+    @staticmethod
+    def _check(instr):
+        if isinstance(instr, DecodeError):
+            raise ProgramFault(instr.fault, str(instr))
+        return instr
+
+    def _rows(self, ctx, first, count=1, stride=1):
+        """Physical scratchpad rows first + i*stride, i < count; SPAD_OOB if any is outside."""
+        return self._segment_rows(ctx, first + stride * np.arange(count, dtype=np.int64))
+
+    @staticmethod
+    def _segment_rows(ctx, rel):
+        """Physical rows for segment-relative rows ``rel``; SPAD_OOB if any is outside."""
+        bad = (rel < 0) | (rel >= ctx.spad.size)
+        if bad.any():
+            raise ProgramFault(Fault.SPAD_OOB, f"scratchpad row {int(rel[bad][0])} is outside "
+                               f"the segment of {ctx.spad.size} rows")
+        return ctx.spad.base + rel
+
+    def _words(self, ctx, first, count):
+        """Physical HBM words first..first+count-1; HBM_OOB if any is outside."""
+        if first < 0 or first + count > ctx.hbm.size:
+            raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
+                               f"outside the segment of {ctx.hbm.size} words")
+        return slice(ctx.hbm.base + first, ctx.hbm.base + first + count)
+
+    # --- matrix engine --------------------------------------------------------------------
+
+    def _run_me(self, instrs, ctx):
+        cfg = self.config
+        weights = None
+        for instr in instrs:
+            instr = self._check(instr)
+            a = instr.args
+            if instr.op.mnemonic == "ldw":
+                if not 1 <= a["k"] <= cfg.array_rows:
+                    raise ProgramFault(Fault.ILLEGAL_OPERAND, f"ldw: k = {a['k']} is outside "
+                                       f"1..{cfg.array_rows} (array_rows)")
+                rows = self._rows(ctx, a["src"], a["k"])
+                weights = np.zeros((cfg.array_rows, cfg.array_cols), dtype=np.int64)
+                weights[:a["k"]] = self.spad[rows, :cfg.array_cols].astype(np.int8)
+            else:  # mm
+                if weights is None:
+                    raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")
+                src = self._rows(ctx, a["src"], a["m"])
+                dst = self._rows(ctx, a["dst"], a["m"])
+                inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
+                product = inputs @ weights
+                if a["acc"]:
+                    product = product + self.spad[dst, :cfg.array_cols]
+                self.spad[dst, :cfg.array_cols] = wrap32(product)
+
+    # --- vector engine --------------------------------------------------------------------
+
+    def _run_ve(self, instrs, ctx):
+        cfg = self.config
+        state = _VEState(cfg.ve_lanes)
+        position = 0
+        while position < len(instrs):
+            instr = self._check(instrs[position])
+            if instr.op.mnemonic != "loop":
+                self._ve_instr(instr, ctx, state, 0, 0)
+                position += 1
+                continue
+            a = instr.args
+            end = position + 1 + a["len"]
+            if a["len"] < 1 or end > len(instrs):
+                raise ProgramFault(Fault.ILLEGAL_OPERAND, f"loop: body of {a['len']} "
+                                   f"instructions does not fit in the µTOp body")
+            body = instrs[position + 1:end]
+            for t in range(a["count"]):
+                for inner in body:
+                    inner = self._check(inner)
+                    if inner.op.mnemonic == "loop":
+                        raise ProgramFault(Fault.ILLEGAL_OPERAND, "loop: nested loop")
+                    self._ve_instr(inner, ctx, state, t * a["dst_stride"], t * a["src_stride"])
+            position = end
+
+    def _ve_instr(self, instr, ctx, state, dst_offset, src_offset):
+        cfg = self.config
+        name = instr.op.mnemonic
+        a = dict(instr.args)
+        for f in instr.op.fields:
+            if f.role == "dst":
+                a[f.name] += dst_offset
+            elif f.role == "src":
+                a[f.name] += src_offset
+        vl = state.vl
+        spad = self.spad
+
+        def write(rows, values):
+            spad[rows, :vl] = values[..., :vl] if values.ndim == 2 else values[:vl]
+
+        alu = _ALU.match(name)
+        if alu:
+            op, form, sat = alu.groups()
+            n = a["n"]
+            x = spad[self._rows(ctx, a["a"], n)].astype(np.int64)
+            if form is None:
+                y = spad[self._rows(ctx, a["b"], n)].astype(np.int64)
+            elif form == "r":
+                y = np.broadcast_to(state.vregs[a["vb"]].astype(np.int64), x.shape)
+            else:
+                y = np.full(x.shape, a["imm"], dtype=np.int64)
+            result = wrap32(_alu(op, x, y))
+            if sat:
+                result = np.clip(result, -128, 127)
+            write(self._rows(ctx, a["dst"], n), result)
+        elif name == "vsetq":
+            state.mult, state.shift, state.zp = a["mult"], a["shift"], a["zp"]
+        elif name == "vrq":
+            x = spad[self._rows(ctx, a["src"], a["n"])]
+            write(self._rows(ctx, a["dst"], a["n"]), requantize(x, state.mult, state.shift, state.zp))
+        elif name == "vldlut":
+            rows = self._rows(ctx, a["src"], cfg.lut_rows)
+            state.lut = spad[rows].reshape(-1)[:LUT_ENTRIES].copy()
+        elif name == "vlut":
+            if state.lut is None:
+                raise ProgramFault(Fault.UNLOADED_STATE, "vlut before any vldlut in this µTOp")
+            x = spad[self._rows(ctx, a["src"], a["n"])]
+            write(self._rows(ctx, a["dst"], a["n"]), state.lut[np.clip(x, -128, 127) + 128])
+        elif name == "vld":
+            state.vregs[a["vd"], :vl] = spad[self._rows(ctx, a["src"])[0], :vl]
+        elif name == "vst":
+            spad[self._rows(ctx, a["dst"])[0], :vl] = state.vregs[a["vs"], :vl]
+        elif name == "vsetvl":
+            if not 1 <= a["vl"] <= cfg.ve_lanes:
+                raise ProgramFault(Fault.ILLEGAL_OPERAND, f"vsetvl: vl = {a['vl']} is outside "
+                                   f"1..{cfg.ve_lanes} (ve_lanes)")
+            state.vl = a["vl"]
+        elif name in ("vrsum", "vrmax", "vrmin"):
+            x = spad[self._rows(ctx, a["src"], a["n"], a["stride"])].astype(np.int64)
+            write(self._rows(ctx, a["dst"])[0], wrap32(_reduce(name[2:], x, axis=0)))
+        elif name in ("vlsum", "vlmax", "vlmin"):
+            x = spad[self._rows(ctx, a["src"], a["n"])][:, :vl].astype(np.int64)
+            reduced = wrap32(_reduce(name[2:], x, axis=1))
+            write(self._rows(ctx, a["dst"], a["n"]),
+                  np.repeat(reduced[:, None], cfg.ve_lanes, axis=1))
+        elif name in ("vpoolmax", "vpoolsum"):
+            offsets = (np.arange(a["kh"])[:, None] * a["pitch"] + np.arange(a["kw"])).reshape(-1)
+            x = spad[self._segment_rows(ctx, a["src"] + offsets)].astype(np.int64)
+            write(self._rows(ctx, a["dst"])[0], wrap32(_reduce(name[5:], x, axis=0)))
+        else:  # pragma: no cover - every VE mnemonic is handled above
+            raise AssertionError(name)
+
+    # --- DMA engine -----------------------------------------------------------------------
+
+    def _run_dma(self, instrs, ctx):
+        cfg = self.config
+        length, hstride, sstride, gbase = cfg.ve_lanes, cfg.ve_lanes, 1, 0
+        for instr in instrs:
+            instr = self._check(instr)
+            a = instr.args
+            name = instr.op.mnemonic
+            if name == "dcfg":
+                if not 1 <= a["len"] <= cfg.ve_lanes:
+                    raise ProgramFault(Fault.ILLEGAL_OPERAND, f"dcfg: len = {a['len']} is outside "
+                                       f"1..{cfg.ve_lanes} (ve_lanes)")
+                length, hstride, sstride = a["len"], a["hstride"], a["sstride"]
+            elif name == "dbase":
+                gbase = a["hbm"]
+            elif name == "dload":
+                rows = self._rows(ctx, a["dst"], a["rows"], sstride)
+                words = [self._words(ctx, a["hbm"] + i * hstride, length) for i in range(a["rows"])]
+                for row, span in zip(rows, words):
+                    self.spad[row, :length] = self.hbm[span]
+                    self.spad[row, length:] = 0
+            elif name == "dstore":
+                rows = self._rows(ctx, a["src"], a["rows"], sstride)
+                words = [self._words(ctx, a["hbm"] + i * hstride, length) for i in range(a["rows"])]
+                for row, span in zip(rows, words):
+                    self.hbm[span] = self.spad[row, :length]
+            else:  # dgather
+                lanes = cfg.ve_lanes
+                n = a["rows"]
+                index_rows = self._rows(ctx, a["idx"], (n + lanes - 1) // lanes)
+                indices = self.spad[index_rows].reshape(-1)[:n].astype(np.int64)
+                rows = self._rows(ctx, a["dst"], n, sstride)
+                words = [self._words(ctx, gbase + int(x) * hstride, length) for x in indices]
+                for row, span in zip(rows, words):
+                    self.spad[row, :length] = self.hbm[span]
+                    self.spad[row, length:] = 0
+
+
+def _alu(op, x, y):
+    """int64 lanes in, int64 out (wrapped to int32 by the caller)."""
+    if op == "add":
+        return x + y
+    if op == "sub":
+        return x - y
+    if op == "mul":
+        return x * y
+    if op == "min":
+        return np.minimum(x, y)
+    if op == "max":
+        return np.maximum(x, y)
+    amount = y & 31
+    if op == "shl":
+        return x << amount
+    if op == "sra":
+        return x >> amount
+    return (x & 0xFFFFFFFF) >> amount  # srl
+
+
+def _reduce(kind, x, axis):
+    if kind == "sum":
+        return x.sum(axis=axis)
+    if kind == "max":
+        return x.max(axis=axis)
+    return x.min(axis=axis)
