@@ -25,8 +25,8 @@ from hw.config import MAX_DEP_WINDOW
 from .encoding import (BY_MNEMONIC, HEADER, Engine, EncodeError, DecodeError, Instr, UTop,
                        WORD_BYTES, decode_program, encode_program)
 
-__all__ = ["AsmError", "assemble", "assemble_items", "disassemble", "words_to_bytes",
-           "bytes_to_words", "format_items"]
+__all__ = ["AsmError", "Assembly", "assemble", "assemble_program", "disassemble",
+           "words_to_bytes", "bytes_to_words", "format_items"]
 
 _ENGINE_DIRECTIVES = {".me": Engine.ME, ".ve": Engine.VE, ".dma": Engine.DMA}
 _LABEL = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*:")
@@ -63,8 +63,40 @@ class _PendingInstr:
     line: int
 
 
-def assemble_items(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
-    """Assemble source text to a list of UTop and raw int words."""
+@dataclass
+class Assembly:
+    """An assembled program: its items (UTop and raw words), words, and label addresses."""
+    items: list
+    words: list
+    labels: dict         # label -> word address of the header or body word it names
+
+
+def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
+    """Assemble source text; raise AsmError (with file and line) on any error."""
+    items, labels = _assemble_items(text, source, dep_window)
+    try:
+        words = encode_program(items)
+    except EncodeError as error:  # operands are range-checked while parsing; a safety net
+        raise AsmError(source, None, str(error)) from None
+    header_address, address = [], 0
+    for item in items:
+        if not isinstance(item, int):
+            header_address.append(address)
+            address += 1 + len(item.body)
+        else:
+            address += 1
+    header_address.append(address)  # a label after the last µTOp names the program's end
+    addresses = {name: header_address[label.utop] + (label.pos + 1 if label.pos >= 0 else 0)
+                 for name, label in labels.items()}
+    return Assembly(items, words, addresses)
+
+
+def assemble(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
+    """Assemble source text to a list of 64-bit words."""
+    return assemble_program(text, source=source, dep_window=dep_window).words
+
+
+def _assemble_items(text, source, dep_window):
     items = []           # UTop or int, in program order
     utops = []           # indexes into items of the µTOps, in order
     labels = {}
@@ -192,7 +224,7 @@ def assemble_items(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
         length_field = next(f for f in HEADER.fields if f.name == "length")
         if len(utop.body) > length_field.max:
             err(header_lines[index], f"µTOp body has {len(utop.body)} instructions; at most {length_field.max} fit")
-    return items
+    return items, labels
 
 
 def _build_instr(entry, utop_index, position, body_len, labels, err):
@@ -265,15 +297,6 @@ def _loop_len_from_label(name, labels, utop_index, position, body_len, line, err
     if end - position - 1 < 1:
         err(line, f"loop: label {name!r} leaves an empty loop body")
     return end - position - 1
-
-
-def assemble(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
-    """Assemble source text to a list of 64-bit words."""
-    items = assemble_items(text, source=source, dep_window=dep_window)
-    try:
-        return encode_program(items)
-    except EncodeError as error:  # already range-checked above; kept as a safety net
-        raise AsmError(source, None, str(error)) from None
 
 
 def words_to_bytes(words):

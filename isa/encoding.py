@@ -278,7 +278,7 @@ def _build_instructions():
         [Fault.SPAD_OOB])
     add("vldlut", Engine.VE, 0x42, [_row("src", 24, "src")],
         "load the lookup table",
-        "LUT[j] = row(src + j / vlanes)[j % vlanes] for j < 256 (256 / `ve_lanes` rows). "
+        "LUT[j] = row(src + j / ve_lanes)[j % ve_lanes] for j < 256 (256 / `ve_lanes` rows). "
         "The table lives in the engine only for the rest of this µTOp.",
         [Fault.SPAD_OOB])
     add("vlut", Engine.VE, 0x43, src_dst_n(),

@@ -1,0 +1,161 @@
+"""The `neu10` command line, a thin layer over the Python API."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from hw.config import ConfigError, NPUConfig
+from isa.asm import AsmError, assemble, bytes_to_words, disassemble, words_to_bytes
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _read(path, mode="r"):
+    try:
+        return Path(path).read_text() if mode == "r" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file") from None
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _write(path, data):
+    try:
+        if isinstance(data, bytes):
+            Path(path).write_bytes(data)
+        else:
+            Path(path).write_text(data)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write: {error.strerror}") from None
+
+
+def _config(spec):
+    try:
+        return NPUConfig.load(spec)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
+def cmd_asm(args):
+    config = _config(args.config)
+    words = assemble(_read(args.source), source=args.source, dep_window=config.dep_window)
+    output = args.output or str(Path(args.source).with_suffix(".bin"))
+    _write(output, words_to_bytes(words))
+    print(f"{output}: {len(words)} words")
+    return 0
+
+
+def cmd_disasm(args):
+    words = bytes_to_words(_read(args.binary, "rb"), source=args.binary)
+    text = disassemble(words, source=args.binary)
+    if args.output:
+        _write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_conformance(args):
+    from .conformance import (BackendUnavailable, CaseError, default_case_paths, load_case,
+                              run_case)
+    paths = args.cases or default_case_paths()
+    if not paths:
+        raise UsageError("no conformance cases found")
+    passed = failed = 0
+    for path in paths:
+        try:
+            case = load_case(path)
+            outcome = run_case(case, args.backend)
+        except CaseError as error:
+            raise UsageError(str(error)) from None
+        except BackendUnavailable as error:
+            raise UsageError(str(error)) from None
+        if outcome.passed:
+            passed += 1
+            print(f"PASS {case.name}")
+        else:
+            failed += 1
+            print(f"FAIL {case.name}: {'; '.join(outcome.failures)}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_spec(args):
+    from isa.spec import generate_spec
+    text = generate_spec()
+    if args.output:
+        _write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_config(args):
+    config = _config(args.config)
+    for name, value in config.to_dict().items():
+        print(f"{name} = {value}")
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(_config(args.config))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="neu10",
+        description="neu10: an open, virtualizable NPU (Neu10-style µTOp ISA) in Amaranth HDL.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("asm", help="assemble NeuISA source to a binary")
+    p.add_argument("source", help="assembly file (.s)")
+    p.add_argument("-o", "--output", help="binary to write (default: SOURCE with .bin)")
+    p.add_argument("--config", default="default",
+                   help="preset or .toml file whose dep_window bounds dependencies")
+    p.set_defaults(func=cmd_asm)
+
+    p = sub.add_parser("disasm", help="disassemble a NeuISA binary")
+    p.add_argument("binary")
+    p.add_argument("-o", "--output", help="write assembly here instead of stdout")
+    p.set_defaults(func=cmd_disasm)
+
+    p = sub.add_parser("conformance", help="run ISA conformance cases")
+    p.add_argument("cases", nargs="*", help="case files (default: sim_tests/conformance/*.toml)")
+    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.set_defaults(func=cmd_conformance)
+
+    p = sub.add_parser("spec", help="print the NeuISA specification (Markdown)")
+    p.add_argument("-o", "--output", help="write it here instead of stdout")
+    p.set_defaults(func=cmd_spec)
+
+    p = sub.add_parser("config", help="show a configuration (preset or .toml file)")
+    p.add_argument("config", nargs="?", default="default")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="two tenants sharing one NPU")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, AsmError, ConfigError) as error:
+        print(f"neu10: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
