@@ -51,9 +51,10 @@ def _parse_int(text):
 
 @dataclass
 class _Label:
-    utop: int            # the µTOp the label stands in (or, before a header, starts)
-    pos: int             # body position it points at; -1 when it labels a header
+    utop: int | None     # the µTOp the label stands in or starts; None for a raw word
+    pos: int             # body position it points at; -1 when it labels a header or raw word
     line: int
+    item: int            # index of the item (µTOp or raw word) it belongs to
 
 
 @dataclass
@@ -78,15 +79,12 @@ def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
         words = encode_program(items)
     except EncodeError as error:  # operands are range-checked while parsing; a safety net
         raise AsmError(source, None, str(error)) from None
-    header_address, address = [], 0
+    item_address, address = [], 0
     for item in items:
-        if not isinstance(item, int):
-            header_address.append(address)
-            address += 1 + len(item.body)
-        else:
-            address += 1
-    header_address.append(address)  # a label after the last µTOp names the program's end
-    addresses = {name: header_address[label.utop] + (label.pos + 1 if label.pos >= 0 else 0)
+        item_address.append(address)
+        address += 1 if isinstance(item, int) else 1 + len(item.body)
+    item_address.append(address)  # a label after everything names the program's end
+    addresses = {name: item_address[label.item] + (label.pos + 1 if label.pos >= 0 else 0)
                  for name, label in labels.items()}
     return Assembly(items, words, addresses)
 
@@ -109,9 +107,9 @@ def _assemble_items(text, source, dep_window):
     def err(line, message):
         raise AsmError(source, line, message)
 
-    def bind_labels(utop, pos):
+    def bind_labels(utop, pos, item):
         for name, line in pending_labels:
-            labels[name] = _Label(utop, pos, line)
+            labels[name] = _Label(utop, pos, line, item)
         pending_labels.clear()
 
     for number, raw_line in enumerate(text.splitlines(), start=1):
@@ -147,7 +145,7 @@ def _assemble_items(text, source, dep_window):
                 else:
                     err(number, f"unknown header option {token!r}; expected deps(...), eoo, "
                                 f"eop or tag=N")
-            bind_labels(current, -1)
+            bind_labels(current, -1, len(items))
             utops.append(len(items))
             items.append(utop)
             pending_deps.append((current, deps_text))
@@ -157,18 +155,17 @@ def _assemble_items(text, source, dep_window):
             if rest:
                 err(number, f".end takes no operands, not {rest!r}")
             if pending_labels and current is not None:
-                bind_labels(current, len(pending_bodies[current]))
+                bind_labels(current, len(pending_bodies[current]), utops[current])
             current = None
         elif word == ".word":
             value = _parse_int(rest)
             if value is None or not 0 <= value < 1 << 64:
                 err(number, f".word needs one integer in 0..2^64-1, not {rest!r}")
             if current is None:
-                if pending_labels:
-                    err(number, "a label cannot name a raw .word outside a µTOp")
+                bind_labels(None, -1, len(items))
                 items.append(value)
             else:
-                bind_labels(current, len(pending_bodies[current]))
+                bind_labels(current, len(pending_bodies[current]), utops[current])
                 pending_bodies[current].append(value)
         elif word.startswith("."):
             err(number, f"unknown directive {word!r}; expected .me, .ve, .dma, .end or .word")
@@ -182,14 +179,15 @@ def _assemble_items(text, source, dep_window):
             if defn.engine != utop.engine:
                 err(number, f"{word} is a {defn.engine.name} instruction, but this µTOp is "
                             f"{utop.engine.name}")
-            bind_labels(current, len(pending_bodies[current]))
+            bind_labels(current, len(pending_bodies[current]), utops[current])
             operands = [(o.strip(), number) for o in rest.split(",")] if rest else []
             pending_bodies[current].append(_PendingInstr(defn, operands, number))
-    # Labels at the very end name the end of the last body.
+    # Labels at the very end name the end of the last body (or of the program).
     if pending_labels:
         if current is None:
-            err(pending_labels[0][1], f"label {pending_labels[0][0]!r} names nothing")
-        bind_labels(current, len(pending_bodies[current]))
+            bind_labels(None, -1, len(items))
+        else:
+            bind_labels(current, len(pending_bodies[current]), utops[current])
 
     # Second pass: dependencies and bodies.
     for index, deps_text in pending_deps:
@@ -201,7 +199,8 @@ def _assemble_items(text, source, dep_window):
                     err(line, f"dependency {text_dep} must be negative (-1 is the previous µTOp) "
                               f"or a µTOp label")
                 distance = -value
-            elif text_dep in labels and labels[text_dep].pos == -1:
+            elif text_dep in labels and labels[text_dep].pos == -1 \
+                    and labels[text_dep].utop is not None:
                 distance = index - labels[text_dep].utop
                 if distance <= 0:
                     err(line, f"dependency {text_dep!r} is not an earlier µTOp: dependencies "
@@ -290,7 +289,7 @@ def _loop_len_from_label(name, labels, utop_index, position, body_len, line, err
         err(line, f"loop: unknown label {name!r}")
     if label.utop == utop_index and label.pos >= 0:
         end = label.pos
-    elif label.pos == -1 and label.utop == utop_index + 1:
+    elif label.pos == -1 and label.utop is not None and label.utop == utop_index + 1:
         end = body_len  # the label names the next µTOp, so the loop runs to this body's end
     else:
         err(line, f"loop: label {name!r} is not in this µTOp's body")
