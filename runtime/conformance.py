@@ -180,28 +180,29 @@ def load_case(path):
                          f"{len(contexts)} contexts")
                 address += getattr(contexts[context], space).base
             data = entry.get("data")
-            try:
-                if space == "spad":
-                    rows = [list(r) for r in data]
-                    array = np.zeros((len(rows), config.ve_lanes), dtype=np.int64)
-                    for r, row in enumerate(rows):
-                        if len(row) > config.ve_lanes:
-                            fail(f"{where}: row {r} has {len(row)} values; rows hold "
-                                 f"{config.ve_lanes}")
-                        array[r, :len(row)] = row
-                    limit = config.spad_rows
-                else:
-                    array = np.asarray(data, dtype=np.int64).reshape(-1)
-                    limit = config.hbm_words
-            except (TypeError, ValueError):
-                fail(f"{where}: data must be a list of {'rows of ' if space == 'spad' else ''}"
-                     f"integers")
-            if array.size and (array.min() < -(1 << 31) or array.max() >= 1 << 31):
+            rows_given = space == "spad"
+            if not (isinstance(data, list) and all(
+                    isinstance(v, list) and all(isinstance(x, int) for x in v) if rows_given
+                    else isinstance(v, int) for v in data)):
+                fail(f"{where}: data must be a list of {'rows of ' if rows_given else ''}integers")
+            values = [x for row in data for x in row] if rows_given else data
+            if any(not -(1 << 31) <= v < 1 << 31 for v in values):
                 fail(f"{where}: data values must fit in 32 bits")
+            if rows_given:
+                array = np.zeros((len(data), config.ve_lanes), dtype=np.int32)
+                for r, row in enumerate(data):
+                    if len(row) > config.ve_lanes:
+                        fail(f"{where}: row {r} has {len(row)} values; rows hold "
+                             f"{config.ve_lanes}")
+                    array[r, :len(row)] = row
+                limit = config.spad_rows
+            else:
+                array = np.array(data, dtype=np.int32)
+                limit = config.hbm_words
             if address + len(array) > limit:
                 fail(f"{where}: {len(array)} {'rows' if space == 'spad' else 'words'} at "
                      f"{address} run past the end of {space} ({limit})")
-            result.append(MemoryBlock(space, address, array.astype(np.int32), context))
+            result.append(MemoryBlock(space, address, array, context))
         return result
 
     for key in ("init", "expect"):
