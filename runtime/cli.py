@@ -37,6 +37,14 @@ def _write(path, data):
         raise UsageError(f"{path}: cannot write: {error.strerror}") from None
 
 
+def _emit(output, text):
+    """Write text to the file ``output``, or to stdout when no file is given."""
+    if output:
+        _write(output, text)
+    else:
+        sys.stdout.write(text)
+
+
 def _config(spec):
     try:
         return NPUConfig.load(spec)
@@ -55,11 +63,7 @@ def cmd_asm(args):
 
 def cmd_disasm(args):
     words = bytes_to_words(_read(args.binary, "rb"), source=args.binary)
-    text = disassemble(words, source=args.binary)
-    if args.output:
-        _write(args.output, text)
-    else:
-        sys.stdout.write(text)
+    _emit(args.output, disassemble(words, source=args.binary))
     return 0
 
 
@@ -74,9 +78,7 @@ def cmd_conformance(args):
         try:
             case = load_case(path)
             outcome = run_case(case, args.backend)
-        except CaseError as error:
-            raise UsageError(str(error)) from None
-        except BackendUnavailable as error:
+        except (CaseError, BackendUnavailable) as error:
             raise UsageError(str(error)) from None
         if outcome.passed:
             passed += 1
@@ -90,11 +92,7 @@ def cmd_conformance(args):
 
 def cmd_spec(args):
     from isa.spec import generate_spec
-    text = generate_spec()
-    if args.output:
-        _write(args.output, text)
-    else:
-        sys.stdout.write(text)
+    _emit(args.output, generate_spec())
     return 0
 
 
