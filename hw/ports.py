@@ -1,0 +1,78 @@
+"""Port signatures shared by the blocks: scratchpad read/write ports and µTOp command/done streams."""
+
+from amaranth import unsigned, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from isa.encoding import Fault
+
+__all__ = ["row_layout", "spad_addr_shape", "SpadReadSignature", "SpadWriteSignature",
+           "SpadWriteLayout", "CommandLayout", "DoneLayout", "FAULT_SHAPE"]
+
+FAULT_SHAPE = unsigned(4)
+assert max(Fault) < 16
+
+
+def row_layout(config):
+    """One scratchpad row: ``ve_lanes`` signed 32-bit words."""
+    return data.ArrayLayout(signed(32), config.ve_lanes)
+
+
+def spad_addr_shape(config):
+    """A physical scratchpad row address."""
+    return unsigned(max(1, (config.spad_rows - 1).bit_length()))
+
+
+class SpadWriteLayout(data.StructLayout):
+    def __init__(self, config):
+        super().__init__({
+            "addr": spad_addr_shape(config),
+            "data": row_layout(config),
+            "mask": unsigned(config.ve_lanes),   # one write enable per lane
+        })
+
+
+class SpadReadSignature(wiring.Signature):
+    """A client's read port, seen from the client: a request stream of row addresses, and
+    the row one cycle after the request is accepted (``resp_valid``); no backpressure on
+    the response."""
+
+    def __init__(self, config):
+        super().__init__({
+            "req": Out(stream.Signature(spad_addr_shape(config))),
+            "resp": In(row_layout(config)),
+            "resp_valid": In(1),
+        })
+
+
+class SpadWriteSignature(wiring.Signature):
+    """A client's write port, seen from the client: a stream of (row, data, lane mask)."""
+
+    def __init__(self, config):
+        super().__init__({
+            "req": Out(stream.Signature(SpadWriteLayout(config))),
+        })
+
+
+class CommandLayout(data.StructLayout):
+    """Starts a µTOp on an engine: who runs it, where its segments are, and its body length."""
+
+    def __init__(self, config):
+        super().__init__({
+            "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
+            "length": unsigned(8),
+            "spad_base": unsigned(17),
+            "spad_size": unsigned(17),
+            "hbm_base": unsigned(32),
+            "hbm_size": unsigned(33),
+        })
+
+
+class DoneLayout(data.StructLayout):
+    """A µTOp retired: every write it made is visible. ``fault`` is Fault.NONE or why it stopped."""
+
+    def __init__(self, config):
+        super().__init__({
+            "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
+            "fault": FAULT_SHAPE,
+        })

@@ -1,0 +1,140 @@
+"""Banked scratchpad SRAM shared by every engine, behind per-bank round-robin arbiters."""
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .ports import SpadReadSignature, SpadWriteSignature
+
+__all__ = ["Scratchpad", "round_robin"]
+
+
+def round_robin(m, requests, pointer, n, name):
+    """One-hot grant of the first request at or after ``pointer`` (cyclically).
+
+    Doubling the request vector turns the cyclic search into a linear one; ``x & -x``
+    isolates the lowest set bit, so the whole arbiter is a few wide operations.
+    """
+    if n == 1:
+        return requests
+    doubled = Signal(2 * n, name=f"{name}_doubled")
+    at_or_after = Signal(2 * n, name=f"{name}_at_or_after")
+    candidates = Signal(2 * n, name=f"{name}_candidates")
+    lowest = Signal(2 * n, name=f"{name}_lowest")
+    grant = Signal(n, name=f"{name}_grant")
+    m.d.comb += [
+        doubled.eq(Cat(requests, requests)),
+        at_or_after.eq(~((Const(1, 2 * n) << pointer) - 1)),
+        candidates.eq(doubled & at_or_after),
+        lowest.eq(candidates & (~candidates + 1)),
+        grant.eq(lowest[:n] | lowest[n:]),
+    ]
+    return grant
+
+
+class Scratchpad(wiring.Component):
+    """``spad_banks`` banks of ``spad_rows / spad_banks`` rows; row r lives in bank r % spad_banks.
+
+    Each bank has ``read_ports`` read ports and one write port (with a write enable per
+    lane). Every cycle, each bank grants its read ports to up to ``read_ports`` of the
+    clients that ask for it and its write port to one, in rotating priority; the others
+    stall (their request stays pending) and the bank counts a conflict cycle. A read
+    returns the row as it was before any write in the same cycle.
+    """
+
+    def __init__(self, config, *, n_read, n_write, read_ports=2):
+        if n_read < 1 or n_write < 1:
+            raise ValueError(f"a scratchpad needs at least one read and one write client, not "
+                             f"n_read={n_read!r}, n_write={n_write!r}")
+        if read_ports < 1:
+            raise ValueError(f"read_ports must be at least 1, not {read_ports!r}")
+        self.config = config
+        self.n_read, self.n_write, self.read_ports = n_read, n_write, read_ports
+        banks = config.spad_banks
+        super().__init__({
+            "rd": In(SpadReadSignature(config)).array(n_read),
+            "wr": In(SpadWriteSignature(config)).array(n_write),
+            "read_conflicts": Out(32).array(banks),
+            "write_conflicts": Out(32).array(banks),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        n_banks, lanes = cfg.spad_banks, cfg.ve_lanes
+        bank_bits = (n_banks - 1).bit_length()
+        depth = cfg.spad_rows // n_banks
+
+        # Decode every client's bank and in-bank index once.
+        def decode(address, name):
+            bank = Signal(range(n_banks), name=f"{name}_bank")
+            index = Signal(range(depth), name=f"{name}_index")
+            m.d.comb += [bank.eq(address[:bank_bits] if bank_bits else 0),
+                         index.eq(address[bank_bits:])]
+            return bank, index
+
+        read_decoded = [decode(port.req.payload, f"rd{c}") for c, port in enumerate(self.rd)]
+        write_decoded = [decode(port.req.payload.addr, f"wr{c}") for c, port in enumerate(self.wr)]
+
+        read_pointer = Signal(range(self.n_read))
+        write_pointer = Signal(range(self.n_write))
+        m.d.sync += [
+            read_pointer.eq(Mux(read_pointer == self.n_read - 1, 0, read_pointer + 1)),
+            write_pointer.eq(Mux(write_pointer == self.n_write - 1, 0, write_pointer + 1)),
+        ]
+
+        read_granted = [[] for _ in range(self.n_read)]   # (bank port data, grant bit) per client
+        write_grants = []                                 # one-hot write grant per bank
+        for b in range(n_banks):
+            bank = memory.Memory(shape=unsigned(32 * lanes), depth=depth, init=[])
+            m.submodules[f"bank{b}"] = bank
+            write_port = bank.write_port(granularity=32)
+            read_ports = [bank.read_port() for _ in range(self.read_ports)]
+
+            # Read ports: each takes the first requester the earlier ports left.
+            remaining = Signal(self.n_read, name=f"bank{b}_read_wants")
+            m.d.comb += remaining.eq(Cat((port.req.valid & (read_decoded[c][0] == b))
+                                         for c, port in enumerate(self.rd)))
+            for p, read_port in enumerate(read_ports):
+                grant = round_robin(m, remaining, read_pointer, self.n_read, f"bank{b}_rd{p}")
+                address = 0
+                for c in range(self.n_read):
+                    address = address | Mux(grant[c], read_decoded[c][1], 0)
+                    read_granted[c].append((read_port.data, grant[c]))
+                m.d.comb += read_port.addr.eq(address)
+                left = Signal(self.n_read, name=f"bank{b}_read_left{p}")
+                m.d.comb += left.eq(remaining & ~grant)
+                remaining = left
+            with m.If(remaining.any()):
+                m.d.sync += self.read_conflicts[b].eq(self.read_conflicts[b] + 1)
+
+            # Write port.
+            wants = Signal(self.n_write, name=f"bank{b}_write_wants")
+            m.d.comb += wants.eq(Cat((port.req.valid & (write_decoded[c][0] == b))
+                                     for c, port in enumerate(self.wr)))
+            grant = round_robin(m, wants, write_pointer, self.n_write, f"bank{b}_wr")
+            address = data = enable = 0
+            for c, client in enumerate(self.wr):
+                payload = client.req.payload
+                address = address | Mux(grant[c], write_decoded[c][1], 0)
+                data = data | Mux(grant[c], payload.data.as_value(), 0)
+                enable = enable | Mux(grant[c], payload.mask, 0)
+            m.d.comb += [write_port.addr.eq(address), write_port.data.eq(data),
+                         write_port.en.eq(enable)]
+            with m.If((wants & ~grant).any()):
+                m.d.sync += self.write_conflicts[b].eq(self.write_conflicts[b] + 1)
+            write_grants.append(grant)
+
+        # Ready when any bank port granted the client; the response follows one cycle later.
+        for c, client in enumerate(self.rd):
+            grants = Cat(g for _, g in read_granted[c])
+            selected = Signal(len(grants), name=f"rd{c}_selected")
+            m.d.comb += client.req.ready.eq(grants.any())
+            m.d.sync += [selected.eq(grants), client.resp_valid.eq(grants.any())]
+            response = 0
+            for i, (port_data, _) in enumerate(read_granted[c]):
+                response = response | Mux(selected[i], port_data, 0)
+            m.d.comb += client.resp.eq(response)
+        for c, client in enumerate(self.wr):
+            m.d.comb += client.req.ready.eq(Cat(g[c] for g in write_grants).any())
+        return m
