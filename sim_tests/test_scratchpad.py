@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Banked scratchpad: random multi-client traffic against a cycle-level Python model."""
 
 import random
