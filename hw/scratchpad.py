@@ -51,12 +51,21 @@ class Scratchpad(wiring.Component):
         self.config = config
         self.n_read, self.n_write, self.read_ports = n_read, n_write, read_ports
         banks = config.spad_banks
+        #: The bank memories; row r is ``banks[r % spad_banks].data[r // spad_banks]``.
+        self.banks = [memory.Memory(shape=unsigned(32 * config.ve_lanes),
+                                    depth=config.spad_rows // banks, init=[])
+                      for _ in range(banks)]
         super().__init__({
             "rd": In(SpadReadSignature(config)).array(n_read),
             "wr": In(SpadWriteSignature(config)).array(n_write),
             "read_conflicts": Out(32).array(banks),
             "write_conflicts": Out(32).array(banks),
         })
+
+    def row(self, address):
+        """The memory cell of physical row ``address`` (for testbenches and back-door access)."""
+        banks = self.config.spad_banks
+        return self.banks[address % banks].data[address // banks]
 
     def elaborate(self, platform):
         m = Module()
@@ -86,7 +95,7 @@ class Scratchpad(wiring.Component):
         read_granted = [[] for _ in range(self.n_read)]   # (bank port data, grant bit) per client
         write_grants = []                                 # one-hot write grant per bank
         for b in range(n_banks):
-            bank = memory.Memory(shape=unsigned(32 * lanes), depth=depth, init=[])
+            bank = self.banks[b]
             m.submodules[f"bank{b}"] = bank
             write_port = bank.write_port(granularity=32)
             read_ports = [bank.read_port() for _ in range(self.read_ports)]

@@ -1,0 +1,139 @@
+"""Runs single-engine µTOps on RTL (engine + scratchpad), playing the dispatcher, for block tests."""
+
+import random
+
+import numpy as np
+from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
+
+from hw.ports import SpadReadSignature, SpadWriteSignature
+from hw.scratchpad import Scratchpad
+from isa.asm import assemble_program
+from isa.encoding import Fault, decode_header
+from isa.golden import ContextSpec, GoldenNPU, Segment
+from simutil import simulate
+
+
+def row_to_int(row):
+    return sum((int(v) & 0xFFFFFFFF) << (32 * i) for i, v in enumerate(row))
+
+
+def int_to_row(value, lanes):
+    words = [(value >> (32 * i)) & 0xFFFFFFFF for i in range(lanes)]
+    return [w - (1 << 32) if w >> 31 else w for w in words]
+
+
+class NoiseClient(wiring.Component):
+    """Placeholder port bundle: a testbench drives it to contend for scratchpad banks."""
+
+    def __init__(self, config):
+        super().__init__({"rd": wiring.Out(SpadReadSignature(config)),
+                          "wr": wiring.Out(SpadWriteSignature(config))})
+
+    def elaborate(self, platform):
+        return Module()
+
+
+class EngineTop(Elaboratable):
+    """An engine wired to a scratchpad, plus ``n_noise`` extra clients for contention."""
+
+    def __init__(self, config, engine, read_ports, write_ports, n_noise=0):
+        self.config, self.engine = config, engine
+        self.read_ports, self.write_ports = read_ports, write_ports
+        self.noise = [NoiseClient(config) for _ in range(n_noise)]
+        self.spad = Scratchpad(config, n_read=len(read_ports) + n_noise,
+                               n_write=len(write_ports) + n_noise)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.engine
+        m.submodules.spad = self.spad
+        for i, name in enumerate(self.read_ports):
+            wiring.connect(m, getattr(self.engine, name), self.spad.rd[i])
+        for i, name in enumerate(self.write_ports):
+            wiring.connect(m, getattr(self.engine, name), self.spad.wr[i])
+        for i, noise in enumerate(self.noise):
+            m.submodules[f"noise{i}"] = noise
+            wiring.connect(m, noise.rd, self.spad.rd[len(self.read_ports) + i])
+            wiring.connect(m, noise.wr, self.spad.wr[len(self.write_ports) + i])
+        return m
+
+
+def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, *,
+               segment=None, n_noise=0, noise_rows=None, seed=0, hbm=None,
+               before=None, after=None):
+    """Run the µTOps of ``source`` (all of one engine type) on RTL and on the golden model.
+
+    ``noise_rows`` is a list of physical rows the noise clients may write (keep it out of
+    what the test checks); ``before``/``after`` are async hooks (ctx, top) run around the
+    program, e.g. to load or read an HBM model. Returns a dict with the RTL scratchpad,
+    the golden model, per-µTOp RTL faults, the golden result and the engine's counters.
+    """
+    program = assemble_program(source, dep_window=config.dep_window).words
+    segment = segment or Segment(0, config.spad_rows)
+    engine = make_engine(config)
+    top = EngineTop(config, engine, read_ports, write_ports, n_noise)
+    lanes = config.ve_lanes
+    rng = random.Random(seed)
+
+    golden = GoldenNPU(config)
+    golden.spad[:len(spad_init)] = spad_init
+    if hbm is not None:
+        golden.hbm[:len(hbm)] = hbm
+    [golden_result] = golden.run([ContextSpec(program, segment, Segment(0, config.hbm_words))])
+
+    out = {"golden": golden, "golden_result": golden_result, "faults": [], "top": top}
+    finished = []
+
+    async def dispatcher(ctx):
+        for address, row in enumerate(spad_init):
+            ctx.set(top.spad.row(address), row_to_int(row))
+        if before:
+            await before(ctx, top)
+        pc = 0
+        while pc < len(program):
+            utop, length = decode_header(program[pc])
+            cmd = engine.cmd
+            ctx.set(cmd.payload.ctx, 0)
+            ctx.set(cmd.payload.length, length)
+            ctx.set(cmd.payload.spad_base, segment.base)
+            ctx.set(cmd.payload.spad_size, segment.size)
+            ctx.set(cmd.payload.hbm_base, 0)
+            ctx.set(cmd.payload.hbm_size, config.hbm_words)
+            ctx.set(cmd.valid, 1)
+            await ctx.tick().until(cmd.ready)
+            ctx.set(cmd.valid, 0)
+            for word in program[pc + 1:pc + 1 + length]:
+                ctx.set(engine.instr.payload, word)
+                ctx.set(engine.instr.valid, 1)
+                await ctx.tick().until(engine.instr.ready)
+            ctx.set(engine.instr.valid, 0)
+            ctx.set(engine.done.ready, 1)
+            (fault,) = await ctx.tick().sample(engine.done.payload.fault).until(engine.done.valid)
+            ctx.set(engine.done.ready, 0)
+            out["faults"].append(Fault(fault))
+            pc += 1 + length
+            if fault or utop.eop:
+                break
+        out["counters"] = {name: ctx.get(getattr(engine, name)) for name in
+                           ("busy_cycles", "stall_cycles", "utops_done")}
+        out["spad"] = np.array([int_to_row(ctx.get(top.spad.row(r)), lanes)
+                                for r in range(config.spad_rows)])
+        if after:
+            await after(ctx, top)
+        finished.append(True)
+
+    async def noise(ctx):
+        while not finished:
+            for client in top.noise:
+                ctx.set(client.rd.req.valid, rng.random() < 0.5)
+                ctx.set(client.rd.req.payload, rng.randrange(config.spad_rows))
+                write = bool(noise_rows) and rng.random() < 0.5
+                ctx.set(client.wr.req.valid, write)
+                if write:
+                    ctx.set(client.wr.req.payload.addr, rng.choice(noise_rows))
+                    ctx.set(client.wr.req.payload.mask, (1 << lanes) - 1)
+            await ctx.tick()
+
+    simulate(top, dispatcher, *([noise] if n_noise else []))
+    return out
