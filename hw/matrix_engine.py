@@ -38,8 +38,9 @@ class MatrixEngine(wiring.Component):
     def __init__(self, config):
         self.config = config
         rows, cols = config.array_rows, config.array_cols
-        #: Output FIFO depth: covers the read-to-output latency so rows stream back to back.
-        self.out_depth = rows + cols + 4
+        #: Output FIFO depth = credits: covers the ~latency+6 cycles a row holds a credit
+        #: (read, array, FIFO, three writer stages), so rows stream back to back.
+        self.out_depth = rows + cols + 8
         super().__init__({
             "cmd": In(stream.Signature(CommandLayout(config))),
             "instr": In(stream.Signature(unsigned(64))),
