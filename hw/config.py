@@ -100,10 +100,14 @@ class NPUConfig:
             raise ConfigError(
                 f"spad_rows ({self.spad_rows}) must be a multiple of spad_banks "
                 f"({self.spad_banks})")
-        if self.hbm_bytes_per_cycle % 4:
+        if self.hbm_bytes_per_cycle % 4 or not _is_pow2(self.hbm_bytes_per_cycle // 4):
             raise ConfigError(
-                f"hbm_bytes_per_cycle must be a multiple of 4 (whole 32-bit words), "
-                f"not {self.hbm_bytes_per_cycle!r}")
+                f"hbm_bytes_per_cycle must be 4 times a power of two (whole 32-bit words "
+                f"per HBM line), not {self.hbm_bytes_per_cycle!r}")
+        if self.hbm_words % self.hbm_words_per_cycle:
+            raise ConfigError(
+                f"hbm_words ({self.hbm_words}) must be a multiple of the words per HBM line "
+                f"({self.hbm_words_per_cycle})")
 
     @property
     def hbm_words_per_cycle(self):

@@ -6,6 +6,7 @@ import numpy as np
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
 
+from hw.hbm import HBM
 from hw.ports import SpadReadSignature, SpadWriteSignature
 from hw.scratchpad import Scratchpad
 from isa.asm import assemble_program
@@ -43,6 +44,7 @@ class EngineTop(Elaboratable):
         self.noise = [NoiseClient(config) for _ in range(n_noise)]
         self.spad = Scratchpad(config, n_read=len(read_ports) + n_noise,
                                n_write=len(write_ports) + n_noise)
+        self.hbm = HBM(config, n_ports=1) if hasattr(engine, "hbm") else None
 
     def elaborate(self, platform):
         m = Module()
@@ -52,6 +54,9 @@ class EngineTop(Elaboratable):
             wiring.connect(m, getattr(self.engine, name), self.spad.rd[i])
         for i, name in enumerate(self.write_ports):
             wiring.connect(m, getattr(self.engine, name), self.spad.wr[i])
+        if self.hbm is not None:
+            m.submodules.hbm = self.hbm
+            wiring.connect(m, self.engine.hbm, self.hbm.port[0])
         for i, noise in enumerate(self.noise):
             m.submodules[f"noise{i}"] = noise
             wiring.connect(m, noise.rd, self.spad.rd[len(self.read_ports) + i])
@@ -85,9 +90,16 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     out = {"golden": golden, "golden_result": golden_result, "faults": [], "top": top}
     finished = []
 
+    words = config.hbm_words_per_cycle
+
     async def dispatcher(ctx):
         for address, row in enumerate(spad_init):
             ctx.set(top.spad.row(address), row_to_int(row))
+        if hbm is not None:
+            padded = np.zeros(-(-len(hbm) // words) * words, dtype=np.int64)
+            padded[:len(hbm)] = hbm
+            for line in range(len(padded) // words):
+                ctx.set(top.hbm.lines.data[line], row_to_int(padded[line * words:(line + 1) * words]))
         if before:
             await before(ctx, top)
         pc = 0
@@ -119,6 +131,10 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
                            ("busy_cycles", "stall_cycles", "utops_done")}
         out["spad"] = np.array([int_to_row(ctx.get(top.spad.row(r)), lanes)
                                 for r in range(config.spad_rows)])
+        if top.hbm is not None:
+            out["hbm"] = np.array([int_to_row(ctx.get(top.hbm.lines.data[line]), words)
+                                   for line in range(config.hbm_words // words)]).reshape(-1)
+            out["counters"]["words_moved"] = ctx.get(engine.words_moved)
         if after:
             await after(ctx, top)
         finished.append(True)

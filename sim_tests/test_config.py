@@ -26,7 +26,9 @@ def test_frozen():
     ({"array_rows": 16}, "array_rows must be at most ve_lanes (8)"),
     ({"spad_banks": 3}, "spad_banks must be a power of two, not 3"),
     ({"spad_rows": 1026}, "spad_rows (1026) must be a multiple of spad_banks (4)"),
-    ({"hbm_bytes_per_cycle": 6}, "hbm_bytes_per_cycle must be a multiple of 4"),
+    ({"hbm_bytes_per_cycle": 6}, "hbm_bytes_per_cycle must be 4 times a power of two"),
+    ({"hbm_bytes_per_cycle": 12}, "hbm_bytes_per_cycle must be 4 times a power of two"),
+    ({"hbm_words": 1001}, "hbm_words (1001) must be a multiple of the words per HBM line (8)"),
     ({"hbm_latency": 1.5}, "hbm_latency must be a positive integer, not 1.5"),
     ({"n_dma": True}, "n_dma must be a positive integer, not True"),
 ])

@@ -1,0 +1,109 @@
+"""HBM model: one line of ``hbm_bytes_per_cycle`` per cycle, after ``hbm_latency`` cycles, shared by DMA engines."""
+
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .scratchpad import round_robin
+
+__all__ = ["HBM", "HBMPortSignature", "HBMRequestLayout"]
+
+
+def _line_words(config):
+    return config.hbm_words_per_cycle
+
+
+class HBMRequestLayout(data.StructLayout):
+    """One line request: read (``write`` = 0) or write the words enabled in ``mask``."""
+
+    def __init__(self, config):
+        words = _line_words(config)
+        super().__init__({
+            "line": unsigned(max(1, (config.hbm_words // words - 1).bit_length())),
+            "write": 1,
+            "data": data.ArrayLayout(unsigned(32), words),
+            "mask": unsigned(words),
+        })
+
+
+class HBMPortSignature(wiring.Signature):
+    """A DMA engine's HBM port, seen from the DMA: line requests, and read lines returned in
+    order ``hbm_latency`` cycles after their acceptance (no backpressure on responses)."""
+
+    def __init__(self, config):
+        super().__init__({
+            "req": Out(stream.Signature(HBMRequestLayout(config))),
+            "resp": In(data.ArrayLayout(unsigned(32), _line_words(config))),
+            "resp_valid": In(1),
+        })
+
+
+class HBM(wiring.Component):
+    """``hbm_words`` words as lines of ``hbm_words_per_cycle`` words.
+
+    Each cycle one request from one port is accepted (rotating priority): that is the
+    bandwidth, ``hbm_bytes_per_cycle``. A write takes effect when accepted; a read samples
+    the memory when accepted and its line arrives ``hbm_latency`` cycles later, so a read
+    accepted after a write sees it.
+    """
+
+    def __init__(self, config, *, n_ports):
+        if n_ports < 1:
+            raise ValueError(f"an HBM needs at least one port, not {n_ports!r}")
+        self.config, self.n_ports = config, n_ports
+        words = _line_words(config)
+        #: Line i holds words i*W .. i*W+W-1.
+        self.lines = memory.Memory(shape=unsigned(32 * words), depth=config.hbm_words // words,
+                                   init=[])
+        super().__init__({
+            "port": In(HBMPortSignature(config)).array(n_ports),
+            "reads": Out(32),
+            "writes": Out(32),
+        })
+
+    def word(self, address):
+        """(memory cell, bit offset) of word ``address``, for back-door access."""
+        words = _line_words(self.config)
+        return self.lines.data[address // words], 32 * (address % words)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        words = _line_words(cfg)
+        m.submodules.lines = self.lines
+        read_port = self.lines.read_port()
+        write_port = self.lines.write_port(granularity=32)
+
+        pointer = Signal(range(self.n_ports))
+        m.d.sync += pointer.eq(Mux(pointer == self.n_ports - 1, 0, pointer + 1))
+        grant = round_robin(m, Cat(p.req.valid for p in self.port), pointer, self.n_ports, "hbm")
+        chosen = Signal(HBMRequestLayout(cfg))
+        chosen_port = Signal(range(self.n_ports))
+        for i, port in enumerate(self.port):
+            m.d.comb += port.req.ready.eq(grant[i])
+            with m.If(grant[i]):
+                m.d.comb += [chosen.eq(port.req.payload), chosen_port.eq(i)]
+        accepted = grant.any()
+        is_read = accepted & ~chosen.write
+        m.d.comb += [
+            read_port.addr.eq(chosen.line),
+            write_port.addr.eq(chosen.line),
+            write_port.data.eq(chosen.data.as_value()),
+            write_port.en.eq(Mux(accepted & chosen.write, chosen.mask, 0)),
+        ]
+        m.d.sync += [self.reads.eq(self.reads + is_read),
+                     self.writes.eq(self.writes + (accepted & chosen.write))]
+
+        # The memory's read port adds one cycle; the rest of the latency is a delay line.
+        valid, owner = Signal(), Signal(range(self.n_ports))
+        m.d.sync += [valid.eq(is_read), owner.eq(chosen_port)]
+        line = read_port.data
+        for stage in range(cfg.hbm_latency - 1):
+            valid_next = Signal(name=f"delay{stage}_valid")
+            owner_next = Signal(range(self.n_ports), name=f"delay{stage}_owner")
+            line_next = Signal(32 * words, name=f"delay{stage}_line")
+            m.d.sync += [valid_next.eq(valid), owner_next.eq(owner), line_next.eq(line)]
+            valid, owner, line = valid_next, owner_next, line_next
+        for i, port in enumerate(self.port):
+            m.d.comb += [port.resp.eq(line), port.resp_valid.eq(valid & (owner == i))]
+        return m
