@@ -104,14 +104,16 @@ class DMAEngine(wiring.Component):
         with m.If(ir_valid & (fault == 0)):
             with m.If(~is_legal_for(ir, Engine.DMA)):
                 m.d.sync += fault.eq(Fault.ILLEGAL_OPCODE)
+            # The running copy reads the shape registers: change them only when it is done.
             with m.Elif(is_instr(ir, "dcfg")):
                 with m.If((new_len == 0) | (new_len > lanes)):
                     m.d.sync += fault.eq(Fault.ILLEGAL_OPERAND)
-                with m.Else():
+                with m.Elif(~exec_busy):
                     m.d.sync += [length.eq(new_len), hstride.eq(field(ir, "dcfg", "hstride")),
                                  sstride.eq(field(ir, "dcfg", "sstride")), ir_valid.eq(0)]
             with m.Elif(is_instr(ir, "dbase")):
-                m.d.sync += [gbase.eq(field(ir, "dbase", "hbm")), ir_valid.eq(0)]
+                with m.If(~exec_busy):
+                    m.d.sync += [gbase.eq(field(ir, "dbase", "hbm")), ir_valid.eq(0)]
             with m.Elif(is_gather & (index_last >= spad_size)):
                 m.d.sync += fault.eq(Fault.SPAD_OOB)
             with m.Elif(spad_last >= spad_size):

@@ -65,8 +65,8 @@ class EngineTop(Elaboratable):
 
 
 def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, *,
-               segment=None, n_noise=0, noise_rows=None, seed=0, hbm=None,
-               before=None, after=None):
+               segment=None, hbm_segment=None, n_noise=0, noise_rows=None, seed=0, hbm=None,
+               before=None, after=None, max_cycles=100_000):
     """Run the µTOps of ``source`` (all of one engine type) on RTL and on the golden model.
 
     ``noise_rows`` is a list of physical rows the noise clients may write (keep it out of
@@ -76,6 +76,7 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     """
     program = assemble_program(source, dep_window=config.dep_window).words
     segment = segment or Segment(0, config.spad_rows)
+    hbm_segment = hbm_segment or Segment(0, config.hbm_words)
     engine = make_engine(config)
     top = EngineTop(config, engine, read_ports, write_ports, n_noise)
     lanes = config.ve_lanes
@@ -85,10 +86,19 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     golden.spad[:len(spad_init)] = spad_init
     if hbm is not None:
         golden.hbm[:len(hbm)] = hbm
-    [golden_result] = golden.run([ContextSpec(program, segment, Segment(0, config.hbm_words))])
+    [golden_result] = golden.run([ContextSpec(program, segment, hbm_segment)])
 
     out = {"golden": golden, "golden_result": golden_result, "faults": [], "top": top}
     finished = []
+
+    async def handshake(ctx, condition, what, *samples):
+        """Wait for a clock edge at which ``condition`` holds, failing (not hanging) after
+        max_cycles; returns ``samples`` as they were at that edge."""
+        for _ in range(max_cycles):
+            _, _, happened, *values = await ctx.tick().sample(condition, *samples)
+            if happened:
+                return values
+        raise AssertionError(f"{what}: no handshake within {max_cycles} cycles")
 
     words = config.hbm_words_per_cycle
 
@@ -110,18 +120,19 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
             ctx.set(cmd.payload.length, length)
             ctx.set(cmd.payload.spad_base, segment.base)
             ctx.set(cmd.payload.spad_size, segment.size)
-            ctx.set(cmd.payload.hbm_base, 0)
-            ctx.set(cmd.payload.hbm_size, config.hbm_words)
+            ctx.set(cmd.payload.hbm_base, hbm_segment.base)
+            ctx.set(cmd.payload.hbm_size, hbm_segment.size)
             ctx.set(cmd.valid, 1)
-            await ctx.tick().until(cmd.ready)
+            await handshake(ctx, cmd.ready, f"command of the µTOp at word {pc}")
             ctx.set(cmd.valid, 0)
             for word in program[pc + 1:pc + 1 + length]:
                 ctx.set(engine.instr.payload, word)
                 ctx.set(engine.instr.valid, 1)
-                await ctx.tick().until(engine.instr.ready)
+                await handshake(ctx, engine.instr.ready, f"body word of the µTOp at word {pc}")
             ctx.set(engine.instr.valid, 0)
             ctx.set(engine.done.ready, 1)
-            (fault,) = await ctx.tick().sample(engine.done.payload.fault).until(engine.done.valid)
+            (fault,) = await handshake(ctx, engine.done.valid, f"done of the µTOp at word {pc}",
+                                       engine.done.payload.fault)
             ctx.set(engine.done.ready, 0)
             out["faults"].append(Fault(fault))
             pc += 1 + length
