@@ -55,6 +55,8 @@ class HBM(wiring.Component):
         #: Line i holds words i*W .. i*W+W-1.
         self.lines = memory.Memory(shape=unsigned(32 * words), depth=config.hbm_words // words,
                                    init=[])
+        self._read_port = self.lines.read_port()
+        self._write_port = self.lines.write_port(granularity=32)
         super().__init__({
             "port": In(HBMPortSignature(config)).array(n_ports),
             "reads": Out(32),
@@ -71,8 +73,7 @@ class HBM(wiring.Component):
         cfg = self.config
         words = _line_words(cfg)
         m.submodules.lines = self.lines
-        read_port = self.lines.read_port()
-        write_port = self.lines.write_port(granularity=32)
+        read_port, write_port = self._read_port, self._write_port
 
         pointer = Signal(range(self.n_ports))
         m.d.sync += pointer.eq(Mux(pointer == self.n_ports - 1, 0, pointer + 1))

@@ -55,6 +55,10 @@ class Scratchpad(wiring.Component):
         self.banks = [memory.Memory(shape=unsigned(32 * config.ve_lanes),
                                     depth=config.spad_rows // banks, init=[])
                       for _ in range(banks)]
+        # Ports are made here, not in elaborate(), so the design can be elaborated again
+        # (simulated, then converted) with the same memories.
+        self._write_ports = [bank.write_port(granularity=32) for bank in self.banks]
+        self._read_ports = [[bank.read_port() for _ in range(read_ports)] for bank in self.banks]
         super().__init__({
             "rd": In(SpadReadSignature(config)).array(n_read),
             "wr": In(SpadWriteSignature(config)).array(n_write),
@@ -97,8 +101,8 @@ class Scratchpad(wiring.Component):
         for b in range(n_banks):
             bank = self.banks[b]
             m.submodules[f"bank{b}"] = bank
-            write_port = bank.write_port(granularity=32)
-            read_ports = [bank.read_port() for _ in range(self.read_ports)]
+            write_port = self._write_ports[b]
+            read_ports = self._read_ports[b]
 
             # Read ports: each takes the first requester the earlier ports left.
             remaining = Signal(self.n_read, name=f"bank{b}_read_wants")
