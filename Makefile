@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 NEU10   = $(VENV)/bin/neu10
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: install test test-all demo spec clean
+.PHONY: install test test-all demo spec bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test-all: $(STAMP)
 ## The main job: a two-tenant demo.
 demo: $(STAMP)
 	$(NEU10) demo
+
+## Performance figures (printed; tracked from run to run with `neu10 bench --json`).
+bench: $(STAMP)
+	$(NEU10) bench
 
 ## Regenerate isa/SPEC.md from the Python definitions of NeuISA.
 spec: $(STAMP)

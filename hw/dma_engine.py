@@ -16,8 +16,10 @@ __all__ = ["DMAEngine"]
 class DMAEngine(wiring.Component):
     """One DMA engine.
 
-    Instructions run one at a time, each to completion (so a copy never overtakes an
-    earlier one of the same µTOp). Within an instruction rows are pipelined: the *row
+    Instructions start in order. A store or gather starts only when everything before it
+    is done; a load (and a shape change) may start while only the tail of earlier loads
+    is in flight, since HBM reads never conflict and the assembler writes rows in order:
+    so consecutive loads stream back to back, and no copy overtakes an earlier one. Within an instruction rows are pipelined: the *row
     generator* walks the strided (or gathered) rows; for loads it requests every HBM line
     a row touches, up to ``credits`` lines in flight, and the *assembler* aligns the
     returned words into the row (zero past ``len``) and writes it; for stores it reads the
@@ -63,6 +65,7 @@ class DMAEngine(wiring.Component):
         ir = Signal(64)
         ir_valid = Signal()
         exec_busy = Signal()
+        load_tail_only = Signal()   # only earlier loads' responses are still in flight
 
         body_done = active & (words_left == 0) & (~ir_valid | (fault != 0))
         m.d.comb += [
@@ -108,11 +111,11 @@ class DMAEngine(wiring.Component):
             with m.Elif(is_instr(ir, "dcfg")):
                 with m.If((new_len == 0) | (new_len > lanes)):
                     m.d.sync += fault.eq(Fault.ILLEGAL_OPERAND)
-                with m.Elif(~exec_busy):
+                with m.Elif(~exec_busy | load_tail_only):
                     m.d.sync += [length.eq(new_len), hstride.eq(field(ir, "dcfg", "hstride")),
                                  sstride.eq(field(ir, "dcfg", "sstride")), ir_valid.eq(0)]
             with m.Elif(is_instr(ir, "dbase")):
-                with m.If(~exec_busy):
+                with m.If(~exec_busy | load_tail_only):
                     m.d.sync += [gbase.eq(field(ir, "dbase", "hbm")), ir_valid.eq(0)]
             with m.Elif(is_gather & (index_last >= spad_size)):
                 m.d.sync += fault.eq(Fault.SPAD_OOB)
@@ -120,7 +123,7 @@ class DMAEngine(wiring.Component):
                 m.d.sync += fault.eq(Fault.SPAD_OOB)
             with m.Elif(~is_gather & (hbm_end > hbm_size)):
                 m.d.sync += fault.eq(Fault.HBM_OOB)
-            with m.Elif(~exec_busy):
+            with m.Elif(~exec_busy | (is_load & load_tail_only)):
                 m.d.comb += start.eq(1)
                 m.d.sync += ir_valid.eq(0)
 
@@ -167,7 +170,7 @@ class DMAEngine(wiring.Component):
         outstanding = Signal(range(self.credits + 1))
 
         desc_layout = data.StructLayout({"row": addr_shape, "offset": range(words),
-                                         "lines": range(lanes + 2)})
+                                         "lines": range(lanes + 2), "length": range(lanes + 1)})
         m.submodules.desc_fifo = desc_fifo = fifo.SyncFIFOBuffered(
             width=desc_layout.size, depth=self.credits)
         m.submodules.resp_fifo = resp_fifo = fifo.SyncFIFOBuffered(
@@ -212,7 +215,8 @@ class DMAEngine(wiring.Component):
                 m.d.sync += line_k.eq(line_k + 1)
         desc_in = Signal(desc_layout)
         m.d.comb += [desc_in.row.eq(spad_row), desc_in.offset.eq(offset),
-                     desc_in.lines.eq(n_lines), desc_fifo.w_data.eq(desc_in.as_value())]
+                     desc_in.lines.eq(n_lines), desc_in.length.eq(length),
+                     desc_fifo.w_data.eq(desc_in.as_value())]
 
         # Stores: read the row, then emit its lines.
         with m.If(store_issue & self.rd.req.ready):
@@ -284,7 +288,7 @@ class DMAEngine(wiring.Component):
         with m.If(consume):
             with m.If(last_line):
                 m.d.sync += [asm_k.eq(0), w_valid.eq(1), w_addr.eq(desc.row)]
-                m.d.sync += [w_data[lane].eq(Mux(lane < length, placed[lane], 0))
+                m.d.sync += [w_data[lane].eq(Mux(lane < desc.length, placed[lane], 0))
                              for lane in range(lanes)]
                 m.d.comb += desc_fifo.r_en.eq(1)
             with m.Else():
@@ -298,6 +302,8 @@ class DMAEngine(wiring.Component):
 
         m.d.comb += exec_busy.eq(job_active | (outstanding != 0) | desc_fifo.r_rdy | w_valid
                                  | (store_reads != 0) | store_fifo.r_rdy)
+        m.d.comb += load_tail_only.eq(~job_active & job_load & (store_reads == 0)
+                                      & ~store_fifo.r_rdy)
 
         # --- counters -------------------------------------------------------------------------
         blocked = ((self.rd.req.valid & ~self.rd.req.ready)

@@ -103,6 +103,18 @@ def cmd_config(args):
     return 0
 
 
+def cmd_bench(args):
+    import json
+    from .bench import format_report, run_benchmarks
+    config = _config(args.config)
+    results = run_benchmarks(config)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        print(format_report(results, config))
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
     return run_demo(_config(args.config))
@@ -138,6 +150,11 @@ def build_parser():
     p = sub.add_parser("config", help="show a configuration (preset or .toml file)")
     p.add_argument("config", nargs="?", default="default")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("bench", help="engine throughput and simulator speed")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")

@@ -11,7 +11,7 @@ from hw.dma_engine import DMAEngine
 from hw.hbm import HBM
 from isa.encoding import Fault
 from isa.golden import Segment
-from engine_harness import run_engine
+from runtime.engine_harness import run_engine
 from simutil import convert
 
 TINY = NPUConfig.preset("tiny").replace(spad_rows=256, hbm_words=1024)
@@ -112,3 +112,25 @@ def test_empty_body_and_hbm_rejects_no_ports():
 def test_converts():
     convert(DMAEngine(NPUConfig()))
     convert(HBM(NPUConfig(), n_ports=2))
+
+
+def test_back_to_back_loads_with_shape_changes_at_long_latency():
+    """Later loads start while earlier ones are still in flight; each keeps its own shape."""
+    config = TINY.replace(hbm_latency=25)
+    hbm = np.random.default_rng(4).integers(-1000, 1000, 1024)
+    source = """
+    .dma eop
+        dcfg 3, 5, 1
+        dload 64, 0, 20
+        dcfg 2, 7, 2
+        dload 100, 3, 10
+        dcfg 4, 4, 1
+        dload 130, 1, 30
+        dbase 9
+        dstore 600, 64, 40
+        dload 180, 600, 8
+    """
+    out = run_dma(source, np.zeros((256, 4), dtype=np.int64), hbm, config=config)
+    assert out["faults"] == [Fault.NONE]
+    assert np.array_equal(out["spad"], out["golden"].spad)
+    assert np.array_equal(out["hbm"], out["golden"].hbm)

@@ -7,7 +7,7 @@ from hw.config import NPUConfig
 from hw.matrix_engine import MatrixEngine
 from isa.encoding import Fault
 from isa.golden import Segment
-from engine_harness import run_engine
+from runtime.engine_harness import run_engine
 from simutil import convert
 
 PORTS = (["rd_in", "rd_aux"], ["wr"])

@@ -9,7 +9,7 @@ from hw.config import NPUConfig
 from hw.vector_engine import VectorEngine
 from isa.encoding import Fault
 from isa.golden import Segment
-from engine_harness import run_engine
+from runtime.engine_harness import run_engine
 from simutil import convert
 
 PORTS = (["rd_a", "rd_b"], ["wr"])

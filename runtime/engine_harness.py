@@ -1,10 +1,15 @@
-"""Runs single-engine µTOps on RTL (engine + scratchpad), playing the dispatcher, for block tests."""
+"""Runs the µTOps of one engine on RTL (engine + scratchpad [+ HBM]), playing the dispatcher.
+
+Used by the block tests and by `neu10 bench` until the dispatcher and the pNPU top exist:
+the same program also runs on the golden model, so every run is checked.
+"""
 
 import random
 
 import numpy as np
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
+from amaranth.sim import Simulator
 
 from hw.hbm import HBM
 from hw.ports import SpadReadSignature, SpadWriteSignature
@@ -12,7 +17,13 @@ from hw.scratchpad import Scratchpad
 from isa.asm import assemble_program
 from isa.encoding import Fault, decode_header
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from simutil import simulate
+
+
+__all__ = ["run_engine", "EngineTop", "row_to_int", "int_to_row", "COUNTERS"]
+
+#: Counters an engine may expose; run_engine reports those it has.
+COUNTERS = ("busy_cycles", "stall_cycles", "utops_done", "mac_cycles", "vector_cycles",
+            "words_moved")
 
 
 def row_to_int(row):
@@ -77,16 +88,16 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     program = assemble_program(source, dep_window=config.dep_window).words
     segment = segment or Segment(0, config.spad_rows)
     hbm_segment = hbm_segment or Segment(0, config.hbm_words)
-    engine = make_engine(config)
-    top = EngineTop(config, engine, read_ports, write_ports, n_noise)
-    lanes = config.ve_lanes
-    rng = random.Random(seed)
-
     golden = GoldenNPU(config)
     golden.spad[:len(spad_init)] = spad_init
     if hbm is not None:
         golden.hbm[:len(hbm)] = hbm
     [golden_result] = golden.run([ContextSpec(program, segment, hbm_segment)])
+
+    engine = make_engine(config)
+    top = EngineTop(config, engine, read_ports, write_ports, n_noise)
+    lanes = config.ve_lanes
+    rng = random.Random(seed)
 
     out = {"golden": golden, "golden_result": golden_result, "faults": [], "top": top}
     finished = []
@@ -138,14 +149,13 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
             pc += 1 + length
             if fault or utop.eop:
                 break
-        out["counters"] = {name: ctx.get(getattr(engine, name)) for name in
-                           ("busy_cycles", "stall_cycles", "utops_done")}
+        out["counters"] = {name: ctx.get(getattr(engine, name)) for name in COUNTERS
+                           if hasattr(engine, name)}
         out["spad"] = np.array([int_to_row(ctx.get(top.spad.row(r)), lanes)
                                 for r in range(config.spad_rows)])
         if top.hbm is not None:
             out["hbm"] = np.array([int_to_row(ctx.get(top.hbm.lines.data[line]), words)
                                    for line in range(config.hbm_words // words)]).reshape(-1)
-            out["counters"]["words_moved"] = ctx.get(engine.words_moved)
         if after:
             await after(ctx, top)
         finished.append(True)
@@ -162,5 +172,10 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
                     ctx.set(client.wr.req.payload.mask, (1 << lanes) - 1)
             await ctx.tick()
 
-    simulate(top, dispatcher, *([noise] if n_noise else []))
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(dispatcher)
+    if n_noise:
+        sim.add_testbench(noise)
+    sim.run()
     return out

@@ -1,0 +1,109 @@
+"""`neu10 bench`: throughput of each engine on the default config, and pure-Python simulator speed.
+
+Every run is also executed on the golden model and checked bit for bit; a figure from a
+wrong result is never printed as if it were fine.
+"""
+
+import time
+
+import numpy as np
+
+from hw.config import NPUConfig
+from hw.dma_engine import DMAEngine
+from hw.matrix_engine import MatrixEngine
+from hw.vector_engine import VectorEngine
+from .engine_harness import run_engine
+
+__all__ = ["run_benchmarks", "format_report"]
+
+INSTRUCTIONS = 8
+
+
+def rows_per_instruction(config):
+    """256 rows per instruction (the longest one instruction streams), or what fits."""
+    return min(256, config.spad_rows // (2 * INSTRUCTIONS),
+               config.hbm_words // (INSTRUCTIONS * config.ve_lanes))
+
+
+def _timed(config, engine, reads, writes, source, spad, **kwargs):
+    start = time.perf_counter()
+    out = run_engine(config, engine, reads, writes, source, spad, **kwargs)
+    seconds = time.perf_counter() - start
+    exact = np.array_equal(out["spad"], out["golden"].spad) and (
+        "hbm" not in out or np.array_equal(out["hbm"], out["golden"].hbm))
+    if not exact:
+        raise AssertionError(f"{engine.__name__}: RTL result differs from the golden model")
+    return out["counters"], seconds
+
+
+def bench_matrix_engine(config):
+    """8 consecutive weight tiles, 256 rows streamed through each, back to back."""
+    k, rows = config.array_rows, rows_per_instruction(config)
+    inputs, outputs = INSTRUCTIONS * k, INSTRUCTIONS * k + rows
+    lines = [".me eop"]
+    for t in range(INSTRUCTIONS):
+        lines += [f"    ldw {t * k}, {k}", f"    mm {outputs + t * rows}, {inputs}, {rows}"]
+    spad = np.random.default_rng(1).integers(-128, 128, (outputs, config.ve_lanes))
+    counters, seconds = _timed(config, MatrixEngine, ["rd_in", "rd_aux"], ["wr"],
+                               "\n".join(lines) + "\n", spad)
+    return {"me_utilization": counters["mac_cycles"] / counters["busy_cycles"],
+            "me_cycles": counters["busy_cycles"],
+            "me_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
+
+
+def bench_vector_engine(config):
+    """A long elementwise stream: requantize 8 x 256 rows."""
+    rows = rows_per_instruction(config)
+    lines = [".ve eop", "    vsetq 1518500250, 37, 0"]
+    lines += [f"    vrq {INSTRUCTIONS * rows + i * rows}, {i * rows}, {rows}" for i in range(INSTRUCTIONS)]
+    spad = np.random.default_rng(2).integers(-2**31, 2**31, (INSTRUCTIONS * rows, config.ve_lanes))
+    counters, seconds = _timed(config, VectorEngine, ["rd_a", "rd_b"], ["wr"],
+                               "\n".join(lines) + "\n", spad)
+    return {"ve_vectors_per_cycle": counters["vector_cycles"] / counters["busy_cycles"],
+            "ve_cycles": counters["busy_cycles"],
+            "ve_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
+
+
+def bench_dma(config):
+    """Load 8 x 256 whole rows from HBM: achieved bytes per cycle vs the configured bandwidth."""
+    rows, lanes = rows_per_instruction(config), config.ve_lanes
+    lines = [".dma eop"] + [f"    dload {i * rows}, {i * rows * lanes}, {rows}"
+                            for i in range(INSTRUCTIONS)]
+    hbm = np.random.default_rng(3).integers(-2**31, 2**31, INSTRUCTIONS * rows * lanes)
+    counters, seconds = _timed(config, DMAEngine, ["rd"], ["wr"], "\n".join(lines) + "\n",
+                               np.zeros((1, lanes)), hbm=hbm)
+    achieved = 4 * counters["words_moved"] / counters["busy_cycles"]
+    return {"dma_bandwidth_fraction": achieved / config.hbm_bytes_per_cycle,
+            "dma_bytes_per_cycle": achieved,
+            "dma_cycles": counters["busy_cycles"],
+            "dma_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
+
+
+def run_benchmarks(config=None):
+    config = config or NPUConfig()
+    results = {"config": "default" if config == NPUConfig() else "custom"}
+    for bench in (bench_matrix_engine, bench_vector_engine, bench_dma):
+        results.update(bench(config))
+    return results
+
+
+def format_report(results, config):
+    k, n = config.array_rows, config.array_cols
+    per = rows_per_instruction(config)
+    rows = [
+        ("ME utilization (MAC-busy / total cycles)",
+         f"{results['me_utilization']:.1%}", ">= 95%",
+         f"{INSTRUCTIONS} weight tiles x {per} rows on {k}x{n}, {results['me_cycles']} cycles"),
+        ("VE vectors per cycle", f"{results['ve_vectors_per_cycle']:.3f}", ">= 0.95",
+         f"vrq over {INSTRUCTIONS} x {per} rows, {results['ve_cycles']} cycles"),
+        ("DMA bandwidth (achieved / configured)", f"{results['dma_bandwidth_fraction']:.1%}",
+         ">= 90%", f"{results['dma_bytes_per_cycle']:.1f} of {config.hbm_bytes_per_cycle} B/cycle, "
+         f"latency {config.hbm_latency}"),
+        ("pysim speed, ME + scratchpad", f"{results['me_pysim_cycles_per_s']:.0f} cycles/s", "", ""),
+        ("pysim speed, VE + scratchpad", f"{results['ve_pysim_cycles_per_s']:.0f} cycles/s", "", ""),
+        ("pysim speed, DMA + scratchpad + HBM", f"{results['dma_pysim_cycles_per_s']:.0f} cycles/s", "", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]
+    lines += [f"{name:<{width}}  {value:>18}  {target:>8}  {note}" for name, value, target, note in rows]
+    return "\n".join(lines)
