@@ -5,6 +5,7 @@ the same program also runs on the golden model, so every run is checked.
 """
 
 import random
+import time
 
 import numpy as np
 from amaranth import Elaboratable, Module
@@ -123,6 +124,7 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
                 ctx.set(top.hbm.lines.data[line], row_to_int(padded[line * words:(line + 1) * words]))
         if before:
             await before(ctx, top)
+        out["sim_start"] = time.perf_counter()
         pc = 0
         while pc < len(program):
             utop, length = decode_header(program[pc])
@@ -149,6 +151,7 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
             pc += 1 + length
             if fault or utop.eop:
                 break
+        out["sim_seconds"] = time.perf_counter() - out.pop("sim_start")
         out["counters"] = {name: ctx.get(getattr(engine, name)) for name in COUNTERS
                            if hasattr(engine, name)}
         out["spad"] = np.array([int_to_row(ctx.get(top.spad.row(r)), lanes)
