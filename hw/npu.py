@@ -1,0 +1,97 @@
+"""The physical NPU (pNPU): engines, scratchpad, HBM, dispatcher and host interface."""
+
+from amaranth import Cat, Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from isa.encoding import Engine
+from .dispatcher import Dispatcher, engine_types
+from .dma_engine import DMAEngine
+from .hbm import HBM, HBMPortSignature
+from .host_interface import CSRSignature, HostInterface
+from .matrix_engine import MatrixEngine
+from .ports import SpadReadSignature, SpadWriteSignature
+from .scratchpad import Scratchpad
+from .vector_engine import VectorEngine
+
+__all__ = ["NPU"]
+
+
+class NPU(wiring.Component):
+    """A pNPU built from an NPUConfig. Everything goes through the host interface:
+
+    - ``csr``: the register map of hw/regmap.py (configuration, programs, start, status,
+      faults, counters);
+    - ``spad_rd``/``spad_wr``: a scratchpad client (rows), arbitrated like the engines;
+    - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;
+    - ``busy``: some context is running.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.types = engine_types(config)
+        self.mes = [MatrixEngine(config) for _ in range(config.n_me)]
+        self.ves = [VectorEngine(config) for _ in range(config.n_ve)]
+        self.dmas = [DMAEngine(config) for _ in range(config.n_dma)]
+        self.engines = self.mes + self.ves + self.dmas
+        self.dispatcher = Dispatcher(config)
+        self.host = HostInterface(config, len(self.engines))
+        read_ports = [(me, "rd_in") for me in self.mes] + [(me, "rd_aux") for me in self.mes] \
+            + [(ve, "rd_a") for ve in self.ves] + [(ve, "rd_b") for ve in self.ves] \
+            + [(dma, "rd") for dma in self.dmas]
+        write_ports = [(engine, "wr") for engine in self.engines]
+        self._read_ports, self._write_ports = read_ports, write_ports
+        self.spad = Scratchpad(config, n_read=len(read_ports) + 1, n_write=len(write_ports) + 1)
+        self.hbm_model = HBM(config, n_ports=config.n_dma + 1)
+        super().__init__({
+            "csr": In(CSRSignature()),
+            "spad_rd": In(SpadReadSignature(config)),
+            "spad_wr": In(SpadWriteSignature(config)),
+            "hbm": In(HBMPortSignature(config)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dispatcher = dispatcher = self.dispatcher
+        m.submodules.host = host = self.host
+        m.submodules.spad = spad = self.spad
+        m.submodules.hbm = hbm = self.hbm_model
+        for i, engine in enumerate(self.engines):
+            m.submodules[f"{self.types[i].name.lower()}{i}"] = engine
+            link = dispatcher.engines[i]
+            wiring.connect(m, link.cmd, engine.cmd)
+            wiring.connect(m, link.instr, engine.instr)
+            wiring.connect(m, engine.done, link.done)
+        for i, (engine, name) in enumerate(self._read_ports):
+            wiring.connect(m, getattr(engine, name), spad.rd[i])
+        for i, (engine, name) in enumerate(self._write_ports):
+            wiring.connect(m, getattr(engine, name), spad.wr[i])
+        for i, dma in enumerate(self.dmas):
+            wiring.connect(m, dma.hbm, hbm.port[i])
+        # The host's own memory ports.
+        wiring.connect(m, wiring.flipped(self.spad_rd), spad.rd[len(self._read_ports)])
+        wiring.connect(m, wiring.flipped(self.spad_wr), spad.wr[len(self._write_ports)])
+        wiring.connect(m, wiring.flipped(self.hbm), hbm.port[self.config.n_dma])
+
+        wiring.connect(m, wiring.flipped(self.csr), host.csr)
+        cfg = self.config
+        for c in range(cfg.n_ctx):
+            m.d.comb += [dispatcher.ctx_config[c].eq(host.ctx_config[c]),
+                         host.ctx_state[c].eq(dispatcher.ctx_state[c])]
+        m.d.comb += [
+            dispatcher.policy.eq(host.policy), dispatcher.time_slice.eq(host.time_slice),
+            dispatcher.start.eq(host.start), dispatcher.imem_we.eq(host.imem_we),
+            dispatcher.imem_ctx.eq(host.imem_ctx), dispatcher.imem_addr.eq(host.imem_addr),
+            dispatcher.imem_data.eq(host.imem_data),
+            self.busy.eq(Cat(state.status == 1 for state in dispatcher.ctx_state).any()),
+        ]
+        work = {Engine.ME: "mac_cycles", Engine.VE: "vector_cycles", Engine.DMA: "words_moved"}
+        for i, engine in enumerate(self.engines):
+            m.d.comb += [host.engine_busy[i].eq(dispatcher.engine_busy[i]),
+                         host.engine_stall[i].eq(engine.stall_cycles),
+                         host.engine_done[i].eq(engine.utops_done),
+                         host.engine_work[i].eq(getattr(engine, work[self.types[i]]))]
+            for c in range(cfg.n_ctx):
+                m.d.comb += host.engine_busy_by_ctx[i][c].eq(dispatcher.engine_busy_by_ctx[i][c])
+        return m

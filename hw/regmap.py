@@ -1,0 +1,106 @@
+"""The host interface's register map, declared once: the RTL decodes it and the driver addresses it.
+
+Registers are 64-bit; addresses count registers (not bytes). Global registers live at
+0x0000, per-context registers at ``CONTEXT_BASE + ctx * CONTEXT_STRIDE``, per-engine
+counters at ``ENGINE_BASE + engine * ENGINE_STRIDE`` (engines numbered MEs, then VEs, then
+DMAs), and context ``c``'s instruction memory at ``IMEM_BASE + c * IMEM_STRIDE``.
+"""
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Register", "Access", "GLOBAL", "CONTEXT", "ENGINE", "CONTEXT_BASE", "CONTEXT_STRIDE",
+           "ENGINE_BASE", "ENGINE_STRIDE", "IMEM_BASE", "IMEM_STRIDE", "Policy", "Status",
+           "register_address", "ID_VALUE"]
+
+CONTEXT_BASE, CONTEXT_STRIDE = 0x100, 0x40
+ENGINE_BASE, ENGINE_STRIDE = 0x1000, 0x40
+IMEM_BASE, IMEM_STRIDE = 0x10000, 0x10000
+ID_VALUE = 0x4E45_5531   # "NEU1"
+
+
+class Access(enum.Enum):
+    RO = "read-only"
+    RW = "read-write"
+    WO = "write-only (reads 0)"
+
+
+class Policy(enum.IntEnum):
+    """How contexts share engines (the POLICY register)."""
+    STATIC = 0     # a context uses only the engines it owns (spatial partitioning)
+    HARVEST = 1    # Neu10: own engines first, idle engines of others borrowed, owner wins
+    TEMPORAL = 2   # PREMA-like: one context owns the whole NPU at a time
+    V10 = 3        # V10-like: shared engines, ME operators gang-issued on all MEs
+
+
+class Status(enum.IntEnum):
+    IDLE = 0
+    RUNNING = 1
+    DONE = 2
+    FAULTED = 3
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: Access
+    doc: str
+
+
+GLOBAL = (
+    Register("ID", 0x00, Access.RO, f"reads 0x{ID_VALUE:08x} ('NEU1')"),
+    Register("SHAPE", 0x01, Access.RO, "n_ctx | n_me << 8 | n_ve << 16 | n_dma << 24 | "
+                                       "array_rows << 32 | array_cols << 40 | ve_lanes << 48"),
+    Register("POLICY", 0x02, Access.RW, "sharing policy: 0 static, 1 harvest, 2 temporal, 3 v10"),
+    Register("START", 0x03, Access.WO, "bit c set: start context c (from word 0 of its program)"),
+    Register("STATUS", 0x04, Access.RO, "2 bits per context: 0 idle, 1 running, 2 done, 3 faulted"),
+    Register("CYCLE", 0x05, Access.RO, "cycles since reset"),
+    Register("TIME_SLICE", 0x06, Access.RW, "temporal policy: cycles before the NPU may switch "
+                                            "to another context (default 4096)"),
+)
+
+CONTEXT = (
+    Register("PROG_LEN", 0x00, Access.RW, "program length in words"),
+    Register("SPAD_BASE", 0x01, Access.RW, "scratchpad segment base (row)"),
+    Register("SPAD_SIZE", 0x02, Access.RW, "scratchpad segment size (rows)"),
+    Register("HBM_BASE", 0x03, Access.RW, "HBM segment base (word)"),
+    Register("HBM_SIZE", 0x04, Access.RW, "HBM segment size (words)"),
+    Register("ME_MASK", 0x05, Access.RW, "bit e: this context owns matrix engine e"),
+    Register("VE_MASK", 0x06, Access.RW, "bit e: this context owns vector engine e"),
+    Register("PRIORITY", 0x07, Access.RW, "0..15, higher is more urgent (temporal, v10)"),
+    Register("STATUS", 0x08, Access.RO, "0 idle, 1 running, 2 done, 3 faulted"),
+    Register("FAULT", 0x09, Access.RO, "fault code (isa.encoding.Fault)"),
+    Register("FAULT_PC", 0x0A, Access.RO, "word address of the faulting µTOp's header"),
+    Register("CYCLES", 0x0B, Access.RO, "cycles from start to done or fault"),
+    Register("ISSUED", 0x0C, Access.RO, "µTOps issued to engines"),
+    Register("RETIRED", 0x0D, Access.RO, "µTOps retired"),
+    Register("OWN_CYCLES", 0x0E, Access.RO, "engine-cycles on ME/VE engines this context owns"),
+    Register("HARVEST_CYCLES", 0x0F, Access.RO, "engine-cycles on ME/VE engines owned by others "
+                                                "or by nobody"),
+    Register("DEP_WAIT", 0x10, Access.RO, "cycles with fetched µTOps but none ready"),
+    Register("ENGINE_WAIT", 0x11, Access.RO, "cycles with a ready µTOp that did not issue"),
+    Register("DMA_CYCLES", 0x12, Access.RO, "engine-cycles on DMA engines"),
+)
+
+ENGINE = (
+    Register("BUSY", 0x00, Access.RO, "cycles running a µTOp"),
+    Register("STALL", 0x01, Access.RO, "cycles with a memory request refused"),
+    Register("DONE", 0x02, Access.RO, "µTOps completed"),
+    Register("WORK", 0x03, Access.RO, "MAC cycles (ME), vector cycles (VE), words moved (DMA)"),
+) + tuple(Register(f"BUSY_CTX{c}", 0x10 + c, Access.RO, f"cycles running a µTOp of context {c}")
+          for c in range(16))
+
+
+def register_address(name, *, ctx=None, engine=None):
+    """Address of a register by name: ``register_address("FAULT", ctx=2)``."""
+    if ctx is not None:
+        table, base = CONTEXT, CONTEXT_BASE + ctx * CONTEXT_STRIDE
+    elif engine is not None:
+        table, base = ENGINE, ENGINE_BASE + engine * ENGINE_STRIDE
+    else:
+        table, base = GLOBAL, 0
+    for register in table:
+        if register.name == name:
+            return base + register.offset
+    raise KeyError(f"no register {name!r} in the {'context' if ctx is not None else 'engine' if engine is not None else 'global'} map")

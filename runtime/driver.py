@@ -1,0 +1,219 @@
+"""The driver: configures, loads, runs and reads back a pNPU, only through its host interface.
+
+A run is a *host script*, a list of host-interface operations, executed from reset by a
+backend (``pysim`` now; ``verilator`` runs the same scripts). Every backend sees exactly
+the same operations, so results and cycle counts can be compared one to one.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.config import NPUConfig
+from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Policy, Status,
+                       register_address)
+from isa.encoding import Engine, Fault
+from isa.golden import Segment
+
+__all__ = ["Driver", "RunResult", "ContextResult", "DriverError", "BACKENDS", "make_backend"]
+
+#: Backend names accepted everywhere a backend can be chosen.
+BACKENDS = ("pysim", "verilator")
+
+
+class DriverError(ValueError):
+    """A request the NPU cannot carry out; the message names the value and the limit."""
+
+
+@dataclass
+class ContextResult:
+    status: Status
+    fault: Fault
+    fault_pc: int
+    counters: dict
+
+    @property
+    def cycles(self):
+        return self.counters["CYCLES"]
+
+
+@dataclass
+class RunResult:
+    cycles: int                       # cycles the run took (until no context was running)
+    timed_out: bool
+    contexts: list                    # ContextResult per loaded context
+    engines: list                     # dict of counters per engine (MEs, VEs, DMAs)
+    spad: dict = field(default_factory=dict)    # (row, count) -> array
+    hbm: dict = field(default_factory=dict)     # (addr, count) -> array
+
+    @property
+    def makespan(self):
+        return max((c.cycles for c in self.contexts), default=0)
+
+
+def make_backend(name, config, **options):
+    if name == "pysim":
+        from .pysim_backend import PysimBackend
+        return PysimBackend(config, **options)
+    if name == "verilator":
+        raise DriverError("backend 'verilator' is not built yet: it arrives with the Verilog "
+                          "and fast-path work; use --backend pysim")
+    raise DriverError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+class Driver:
+    """Builds a host script for one run of the NPU and executes it on a backend."""
+
+    def __init__(self, config: NPUConfig, backend="pysim", **options):
+        self.config = config
+        self.backend = make_backend(backend, config, **options) if isinstance(backend, str) else backend
+        self.script = []
+        self.loaded = []
+        self.policy = Policy.HARVEST
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _csr(self, name, value, **where):
+        self.script.append(("csr_write", register_address(name, **where), int(value)))
+
+    def set_policy(self, policy):
+        try:
+            policy = Policy[policy.upper()] if isinstance(policy, str) else Policy(policy)
+        except (KeyError, ValueError):
+            raise DriverError(f"unknown policy {policy!r}; expected one of "
+                              f"{', '.join(p.name.lower() for p in Policy)}") from None
+        self.policy = policy
+        self._csr("POLICY", policy)
+
+    def set_time_slice(self, cycles):
+        if not isinstance(cycles, int) or cycles < 1:
+            raise DriverError(f"time slice must be a positive number of cycles, not {cycles!r}")
+        self._csr("TIME_SLICE", cycles)
+
+    def load_context(self, ctx, program, spad: Segment, hbm: Segment, *, me_mask=None,
+                     ve_mask=None, priority=0):
+        """Program and configure context ``ctx`` (masks default to every engine)."""
+        cfg = self.config
+        if not isinstance(ctx, int) or not 0 <= ctx < cfg.n_ctx:
+            raise DriverError(f"context {ctx!r} does not exist; this NPU has {cfg.n_ctx} contexts")
+        if len(program) > cfg.imem_words:
+            raise DriverError(f"context {ctx}: program of {len(program)} words exceeds "
+                              f"imem_words={cfg.imem_words}")
+        for name, segment, total in (("scratchpad", spad, cfg.spad_rows),
+                                     ("HBM", hbm, cfg.hbm_words)):
+            if segment.base < 0 or segment.size < 0 or segment.base + segment.size > total:
+                raise DriverError(f"context {ctx}: {name} segment base={segment.base} "
+                                  f"size={segment.size} does not fit in {total}")
+        me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
+        ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
+        for name, mask, count in (("ME", me_mask, cfg.n_me), ("VE", ve_mask, cfg.n_ve)):
+            if not 0 <= mask < 1 << count:
+                raise DriverError(f"context {ctx}: {name} mask 0x{mask:x} names engines this NPU "
+                                  f"does not have ({count})")
+        if not 0 <= priority <= 15:
+            raise DriverError(f"context {ctx}: priority must be 0..15, not {priority!r}")
+        for address, word in enumerate(program):
+            self.script.append(("csr_write", IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
+        for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad.base),
+                            ("SPAD_SIZE", spad.size), ("HBM_BASE", hbm.base),
+                            ("HBM_SIZE", hbm.size), ("ME_MASK", me_mask), ("VE_MASK", ve_mask),
+                            ("PRIORITY", priority)):
+            self._csr(name, value, ctx=ctx)
+        if ctx not in self.loaded:
+            self.loaded.append(ctx)
+
+    def write_spad(self, row, rows):
+        """Write physical scratchpad rows starting at ``row`` (short rows are zero-padded)."""
+        cfg = self.config
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.int64))
+        if rows.shape[1] > cfg.ve_lanes:
+            raise DriverError(f"rows of {rows.shape[1]} values do not fit in {cfg.ve_lanes} lanes")
+        if row < 0 or row + len(rows) > cfg.spad_rows:
+            raise DriverError(f"scratchpad rows {row}..{row + len(rows) - 1} are outside 0.."
+                              f"{cfg.spad_rows - 1}")
+        for i, values in enumerate(rows):
+            padded = np.zeros(cfg.ve_lanes, dtype=np.int64)
+            padded[:len(values)] = values
+            self.script.append(("spad_write", row + i, [int(v) for v in padded]))
+
+    def write_hbm(self, address, words):
+        """Write HBM words starting at ``address`` (partial lines are masked)."""
+        cfg = self.config
+        words = np.asarray(words, dtype=np.int64).reshape(-1)
+        if address < 0 or address + len(words) > cfg.hbm_words:
+            raise DriverError(f"HBM words {address}..{address + len(words) - 1} are outside 0.."
+                              f"{cfg.hbm_words - 1}")
+        per_line = cfg.hbm_words_per_cycle
+        position = address
+        while position < address + len(words):
+            line, offset = divmod(position, per_line)
+            take = min(per_line - offset, address + len(words) - position)
+            values = [0] * per_line
+            mask = 0
+            for j in range(take):
+                values[offset + j] = int(words[position - address + j])
+                mask |= 1 << (offset + j)
+            self.script.append(("hbm_write", line, values, mask))
+            position += take
+
+    # --- running ------------------------------------------------------------------------------
+
+    def run(self, *, contexts=None, max_cycles=1_000_000, read_spad=(), read_hbm=()):
+        """Start ``contexts`` (default: every loaded one), run until none is running (or
+        ``max_cycles``), then read status, counters and the requested memory."""
+        contexts = self.loaded if contexts is None else list(contexts)
+        if not contexts:
+            raise DriverError("no context to run: load one with load_context() first")
+        cfg = self.config
+        script = list(self.script)
+        script.append(("csr_write", register_address("START"),
+                       sum(1 << c for c in contexts)))
+        script.append(("run", max_cycles))
+        reads = []
+        for c in contexts:
+            for register in CONTEXT:
+                reads.append(("ctx", c, register.name))
+        n_engines = cfg.n_me + cfg.n_ve + cfg.n_dma
+        for e in range(n_engines):
+            for register in ENGINE[:4] + ENGINE[4:4 + cfg.n_ctx]:
+                reads.append(("engine", e, register.name))
+        for kind, index, name in reads:
+            where = {"ctx": index} if kind == "ctx" else {"engine": index}
+            script.append(("csr_read", register_address(name, **where)))
+        per_line = cfg.hbm_words_per_cycle
+        for row, count in read_spad:
+            script += [("spad_read", r) for r in range(row, row + count)]
+        for address, count in read_hbm:
+            first, last = address // per_line, (address + count - 1) // per_line
+            script += [("hbm_read", line) for line in range(first, last + 1)]
+
+        results = iter(self.backend.execute(script))
+        cycles, timed_out = next(results)
+        values = {}
+        for kind, index, name in reads:
+            values[(kind, index, name)] = next(results)
+        context_results = []
+        for c in contexts:
+            counters = {r.name: values[("ctx", c, r.name)] for r in CONTEXT}
+            context_results.append(ContextResult(Status(counters.pop("STATUS")),
+                                                 Fault(counters.pop("FAULT")),
+                                                 counters.pop("FAULT_PC"), counters))
+        engines = []
+        for e in range(n_engines):
+            engines.append({name: values[("engine", e, name)]
+                            for kind, index, name in reads if kind == "engine" and index == e})
+        result = RunResult(cycles, timed_out, context_results, engines)
+        for row, count in read_spad:
+            result.spad[(row, count)] = np.array([next(results) for _ in range(count)],
+                                                 dtype=np.int64)
+        for address, count in read_hbm:
+            first, last = address // per_line, (address + count - 1) // per_line
+            lines = np.concatenate([next(results) for _ in range(first, last + 1)])
+            offset = address - first * per_line
+            result.hbm[(address, count)] = lines[offset:offset + count]
+        return result
+
+    def engine_type(self, index):
+        cfg = self.config
+        return Engine.ME if index < cfg.n_me else Engine.VE if index < cfg.n_me + cfg.n_ve \
+            else Engine.DMA
