@@ -73,19 +73,29 @@ def cmd_conformance(args):
     paths = args.cases or default_case_paths()
     if not paths:
         raise UsageError("no conformance cases found")
+    from hw.regmap import Policy
+    policies = [p.name.lower() for p in Policy] if args.policy == "all" else [args.policy]
     passed = failed = 0
     for path in paths:
         try:
             case = load_case(path)
-            outcome = run_case(case, args.backend)
-        except (CaseError, BackendUnavailable) as error:
+        except CaseError as error:
             raise UsageError(str(error)) from None
-        if outcome.passed:
-            passed += 1
-            print(f"PASS {case.name}")
-        else:
-            failed += 1
-            print(f"FAIL {case.name}: {'; '.join(outcome.failures)}")
+        # Policies only matter for the RTL; single-context cases run under the first one.
+        case_policies = policies if args.backend != "golden" and len(case.contexts) > 1 \
+            else policies[:1]
+        for policy in case_policies:
+            label = case.name + (f" [{policy}]" if args.backend != "golden" else "")
+            try:
+                outcome = run_case(case, args.backend, policy)
+            except (CaseError, BackendUnavailable) as error:
+                raise UsageError(str(error)) from None
+            if outcome.passed:
+                passed += 1
+                print(f"PASS {label}", flush=True)
+            else:
+                failed += 1
+                print(f"FAIL {label}: {'; '.join(outcome.failures)}", flush=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -141,6 +151,10 @@ def build_parser():
     p = sub.add_parser("conformance", help="run ISA conformance cases")
     p.add_argument("cases", nargs="*", help="case files (default: sim_tests/conformance/*.toml)")
     p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--policy", default="harvest",
+                   choices=["static", "harvest", "temporal", "v10", "all"],
+                   help="sharing policy on RTL backends; 'all' runs multi-context cases under "
+                        "each")
     p.set_defaults(func=cmd_conformance)
 
     p = sub.add_parser("spec", help="print the NeuISA specification (Markdown)")

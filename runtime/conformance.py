@@ -45,6 +45,39 @@ BACKENDS = ("golden", "pysim", "verilator")
 CASE_DIR = Path(__file__).resolve().parent.parent / "sim_tests" / "conformance"
 
 
+def _run_on_rtl(case, backend, policy, max_cycles):
+    """Run on an RTL backend through the driver; returns per-context results and a reader."""
+    from .driver import Driver, DriverError
+    try:
+        driver = Driver(case.config, backend)
+    except DriverError as error:
+        raise BackendUnavailable(str(error)) from None
+    driver.set_policy(policy)
+    for c, (spec, (me_mask, ve_mask)) in enumerate(zip(
+            case.contexts, ownership_masks(case.config, len(case.contexts)))):
+        driver.load_context(c, spec.program, spec.spad, spec.hbm, me_mask=me_mask,
+                            ve_mask=ve_mask)
+    for block in case.init:
+        if block.space == "spad":
+            driver.write_spad(block.address, block.data)
+        else:
+            driver.write_hbm(block.address, block.data)
+    run = driver.run(max_cycles=max_cycles,
+                     read_spad=[(b.address, len(b.data)) for b in case.expect if b.space == "spad"],
+                     read_hbm=[(b.address, len(b.data)) for b in case.expect if b.space == "hbm"])
+    if run.timed_out:
+        raise CaseError(f"{case.path}: still running after {max_cycles} cycles on {backend}")
+    results = [_RTLContext(r.fault, r.fault_pc if r.fault else None) for r in run.contexts]
+    return results, lambda block: (run.spad if block.space == "spad" else run.hbm)[
+        (block.address, len(block.data))]
+
+
+@dataclass
+class _RTLContext:
+    fault: Fault
+    fault_pc: int | None
+
+
 class CaseError(ValueError):
     """A malformed case file; the message names the file and what is wrong."""
 
@@ -212,7 +245,14 @@ def load_case(path):
                 blocks("init"), blocks("expect"))
 
 
-def run_case(case, backend="golden"):
+def ownership_masks(config, n_contexts):
+    """Context c owns ME (c mod n_me) and VE (c mod n_ve): every context owns one engine of
+    each type (so the static policy can run it); with more contexts than engines, engines
+    are shared (oversubscribed)."""
+    return [(1 << (c % config.n_me), 1 << (c % config.n_ve)) for c in range(n_contexts)]
+
+
+def run_case(case, backend="golden", policy="harvest", max_cycles=50_000):
     """Run a case on a backend; return a CaseOutcome listing every mismatch."""
     if backend == "golden":
         npu = GoldenNPU(case.config)
@@ -223,16 +263,14 @@ def run_case(case, backend="golden"):
         read = lambda block: (npu.spad if block.space == "spad" else npu.hbm)[
             block.address:block.address + len(block.data)]
     elif backend in BACKENDS:
-        raise BackendUnavailable(
-            f"backend {backend!r} is not built yet: the RTL (hw/) and its driver arrive with "
-            f"the compute-engine and dispatcher work; only 'golden' runs today")
+        results, read = _run_on_rtl(case, backend, policy, max_cycles)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
     failures = []
     for index, (result, want) in enumerate(zip(results, case.expected)):
         if result.fault != want.fault:
-            detail = f" ({result.fault_detail})" if result.fault_detail else ""
+            detail = f" ({result.fault_detail})" if getattr(result, "fault_detail", "") else ""
             failures.append(f"context {index}: fault {result.fault.name.lower()}{detail}, "
                             f"expected {want.fault.name.lower()}")
         elif want.fault_at is not None and result.fault_pc != want.fault_at:

@@ -1,5 +1,6 @@
-"""pysim backend: executes a host script on the pNPU in Amaranth's built-in simulator."""
+"""pysim backend: executes host scripts on the pNPU in Amaranth's built-in simulator."""
 
+from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from hw.npu import NPU
@@ -12,19 +13,149 @@ def _to_signed(value):
     return value - (1 << 32) if value >> 31 else value
 
 
-def _pack(words):
-    return sum((int(w) & 0xFFFFFFFF) << (32 * i) for i, w in enumerate(words))
-
-
 def _unpack(value, count):
     return [_to_signed(value >> (32 * i)) for i in range(count)]
 
 
-class PysimBackend:
-    """Runs each host script from reset on a fresh simulation of ``NPU(config)``.
+class _Harness(Elaboratable):
+    """The NPU in an explicit clock domain, so a testbench can pulse its reset."""
 
-    ``run`` waits until the NPU reports no running context, checking every ``poll`` cycles
-    (the hardware counters, not the poll, give the cycle counts), or ``max_cycles``.
+    def __init__(self, config):
+        self.npu = NPU(config)
+        self.domain = ClockDomain("sync")
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.domain
+        m.submodules.npu = self.npu
+        return m
+
+
+class _Session:
+    """One simulation that serves many scripts: between scripts it pulses reset and zeroes
+    every memory, so each script starts from the state of a fresh NPU. Building and
+    compiling the simulation is what costs seconds; this pays it once per configuration."""
+
+    def __init__(self, config, poll, vcd=None):
+        self.config, self.poll = config, poll
+        self.harness = _Harness(config)
+        self.sim = Simulator(self.harness)
+        self.sim.add_clock(1e-6)
+        self.sim.add_testbench(self._server)
+        self.vcd = vcd
+        self.job = None
+        self.results = None
+        self.error = None
+
+    def execute(self, script):
+        self.job, self.results, self.error = script, None, None
+        if self.vcd:
+            with self.sim.write_vcd(self.vcd):
+                self._advance()
+        else:
+            self._advance()
+        if self.error:
+            raise self.error
+        results, self.results = self.results, None
+        return results
+
+    def _advance(self):
+        while self.results is None and self.error is None:
+            self.sim.advance()
+
+    def _memories(self):
+        npu = self.harness.npu
+        for memory in list(npu.spad.banks) + [npu.hbm_model.lines] + list(npu.dispatcher.imems):
+            yield memory
+
+    async def _server(self, ctx):
+        while True:
+            if self.job is None:
+                await ctx.tick()
+                continue
+            script, self.job = self.job, None
+            ctx.set(self.harness.domain.rst, 1)
+            await ctx.tick()
+            ctx.set(self.harness.domain.rst, 0)
+            for memory in self._memories():
+                for index in range(memory.depth):
+                    ctx.set(memory.data[index], 0)
+            try:
+                self.results = await self._run_script(ctx, script)
+            except Exception as error:    # reported to the caller of execute()
+                self.error = error
+
+    async def _run_script(self, ctx, script):
+        npu = self.harness.npu
+        cfg = self.config
+        lanes, per_line = cfg.ve_lanes, cfg.hbm_words_per_cycle
+        csr = npu.csr
+        results = []
+        for op in script:
+            kind = op[0]
+            if kind == "csr_write":
+                ctx.set(csr.addr, op[1])
+                ctx.set(csr.wdata, op[2])
+                ctx.set(csr.we, 1)
+                await ctx.tick()
+                ctx.set(csr.we, 0)
+            elif kind == "csr_read":
+                ctx.set(csr.addr, op[1])
+                ctx.set(csr.re, 1)
+                await ctx.tick()
+                ctx.set(csr.re, 0)
+                results.append(ctx.get(csr.rdata))
+            elif kind == "spad_write":
+                request = npu.spad_wr.req
+                ctx.set(request.payload.addr, op[1])
+                ctx.set(request.payload.data, [_to_signed(v) for v in op[2]])
+                ctx.set(request.payload.mask, (1 << lanes) - 1)
+                ctx.set(request.valid, 1)
+                await ctx.tick().until(request.ready)
+                ctx.set(request.valid, 0)
+            elif kind == "spad_read":
+                request = npu.spad_rd.req
+                ctx.set(request.payload, op[1])
+                ctx.set(request.valid, 1)
+                await ctx.tick().until(request.ready)
+                ctx.set(request.valid, 0)
+                results.append(_unpack(ctx.get(npu.spad_rd.resp.as_value()), lanes))
+            elif kind in ("hbm_write", "hbm_read"):
+                request = npu.hbm.req
+                ctx.set(request.payload.line, op[1])
+                ctx.set(request.payload.write, kind == "hbm_write")
+                if kind == "hbm_write":
+                    ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in op[2]])
+                    ctx.set(request.payload.mask, op[3])
+                ctx.set(request.valid, 1)
+                await ctx.tick().until(request.ready)
+                ctx.set(request.valid, 0)
+                if kind == "hbm_read":
+                    # The line is valid for one cycle: sample it at that edge.
+                    (line,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(
+                        npu.hbm.resp_valid)
+                    results.append(_unpack(line, per_line))
+            elif kind == "run":
+                waited = 0
+                await ctx.tick()          # the START write takes effect
+                while ctx.get(npu.busy) and waited < op[1]:
+                    await ctx.tick().repeat(self.poll)
+                    waited += self.poll
+                results.append((waited, bool(ctx.get(npu.busy))))
+            else:
+                raise ValueError(f"unknown host operation {kind!r}")
+        return results
+
+
+_SESSIONS = {}
+
+
+class PysimBackend:
+    """Runs host scripts on ``NPU(config)`` in Amaranth's simulator.
+
+    Simulations are cached per configuration (and reset between scripts); with ``vcd`` a
+    private simulation writes the waveform. ``run`` polls the NPU's ``busy`` line every
+    ``poll`` cycles; cycle counts come from the hardware counters, not from the poll.
     """
 
     name = "pysim"
@@ -33,71 +164,14 @@ class PysimBackend:
         self.config, self.vcd, self.poll = config, vcd, poll
 
     def execute(self, script):
-        cfg = self.config
-        npu = NPU(cfg)
-        results = []
-        lanes, per_line = cfg.ve_lanes, cfg.hbm_words_per_cycle
-
-        async def host(ctx):
-            csr = npu.csr
-            for op in script:
-                kind = op[0]
-                if kind == "csr_write":
-                    ctx.set(csr.addr, op[1])
-                    ctx.set(csr.wdata, op[2])
-                    ctx.set(csr.we, 1)
-                    await ctx.tick()
-                    ctx.set(csr.we, 0)
-                elif kind == "csr_read":
-                    ctx.set(csr.addr, op[1])
-                    ctx.set(csr.re, 1)
-                    await ctx.tick()
-                    ctx.set(csr.re, 0)
-                    results.append(ctx.get(csr.rdata))
-                elif kind == "spad_write":
-                    request = npu.spad_wr.req
-                    ctx.set(request.payload.addr, op[1])
-                    ctx.set(request.payload.data, [_to_signed(v) for v in op[2]])
-                    ctx.set(request.payload.mask, (1 << lanes) - 1)
-                    ctx.set(request.valid, 1)
-                    await ctx.tick().until(request.ready)
-                    ctx.set(request.valid, 0)
-                elif kind == "spad_read":
-                    request = npu.spad_rd.req
-                    ctx.set(request.payload, op[1])
-                    ctx.set(request.valid, 1)
-                    await ctx.tick().until(request.ready)
-                    ctx.set(request.valid, 0)
-                    results.append(_unpack(ctx.get(npu.spad_rd.resp.as_value()), lanes))
-                elif kind in ("hbm_write", "hbm_read"):
-                    request = npu.hbm.req
-                    ctx.set(request.payload.line, op[1])
-                    ctx.set(request.payload.write, kind == "hbm_write")
-                    if kind == "hbm_write":
-                        ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in op[2]])
-                        ctx.set(request.payload.mask, op[3])
-                    ctx.set(request.valid, 1)
-                    await ctx.tick().until(request.ready)
-                    ctx.set(request.valid, 0)
-                    if kind == "hbm_read":
-                        await ctx.tick().until(npu.hbm.resp_valid)
-                        results.append(_unpack(ctx.get(npu.hbm.resp.as_value()), per_line))
-                elif kind == "run":
-                    waited = 0
-                    await ctx.tick()          # the START write takes effect
-                    while ctx.get(npu.busy) and waited < op[1]:
-                        await ctx.tick().repeat(self.poll)
-                        waited += self.poll
-                    results.append((waited, bool(ctx.get(npu.busy))))
-                else:
-                    raise ValueError(f"unknown host operation {kind!r}")
-
-        sim = Simulator(npu)
-        sim.add_clock(1e-6)
-        sim.add_testbench(host)
         if self.vcd:
-            with sim.write_vcd(self.vcd):
-                sim.run()
-        else:
-            sim.run()
-        return results
+            return _Session(self.config, self.poll, self.vcd).execute(script)
+        key = (self.config, self.poll)
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _SESSIONS[key] = _Session(self.config, self.poll)
+        try:
+            return session.execute(script)
+        except Exception:
+            _SESSIONS.pop(key, None)     # a failed script leaves the session unusable
+            raise
