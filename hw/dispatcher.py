@@ -115,6 +115,9 @@ class Dispatcher(wiring.Component):
             "issue_valid": Out(1).array(config.n_ctx),
             "issue_engine": Out(range(n_engines)).array(config.n_ctx),
             "ready_any": Out(1).array(config.n_ctx),
+            "candidate": Out(3).array(config.n_ctx),    # bit t: a ready µTOp for engine type t
+            "ctx_on_me": Out(config.n_ctx),             # bit c: an ME runs a µTOp of context c
+            "ctx_on_any": Out(config.n_ctx),            # bit c: some engine runs one of c's µTOps
         })
 
     def elaborate(self, platform):
@@ -163,6 +166,9 @@ class Dispatcher(wiring.Component):
             x.hdr_pc = [Signal(17, name=f"c{c}_s{s}_pc") for s in range(W)]
             x.length = [Signal(8, name=f"c{c}_s{s}_len") for s in range(W)]
             x.seq = [Signal(32, name=f"c{c}_s{s}_seq") for s in range(W)]
+            # Operator number: µTOps up to and including an eoo µTOp form one operator.
+            x.op_next = Signal(8, name=f"c{c}_op_next")
+            x.op_id = [Signal(8, name=f"c{c}_s{s}_op") for s in range(W)]
             x.fault_valid = Signal(name=f"c{c}_fault_valid")
             x.fault_seq = Signal(32, name=f"c{c}_fault_seq")
             x.fault_code = Signal(FAULT_SHAPE, name=f"c{c}_fault_code")
@@ -240,7 +246,10 @@ class Dispatcher(wiring.Component):
                 for s in range(W):
                     with m.If(tail == s):
                         m.d.sync += [x.etype[s].eq(engine_of_magic), x.hdr_pc[s].eq(x.pc),
-                                     x.length[s].eq(length), x.seq[s].eq(x.seq_next)]
+                                     x.length[s].eq(length), x.seq[s].eq(x.seq_next),
+                                     x.op_id[s].eq(x.op_next)]
+                with m.If(word[header_fields["eoo"].lsb]):
+                    m.d.sync += x.op_next.eq(x.op_next + 1)
                 m.d.sync += [x.eoo.eq(Mux(word[header_fields["eoo"].lsb], x.eoo | x.tail_bit,
                                           x.eoo & ~x.tail_bit)),
                              x.pc.eq(x.pc + 1 + length), x.seq_next.eq(x.seq_next + 1)]
@@ -267,6 +276,10 @@ class Dispatcher(wiring.Component):
                 m.d.comb += [slot.eq(_index(pick)),
                              age.eq(Mux(slot >= x.head, slot - x.head, slot + W - x.head))]
                 x.cand[t] = (of_type.any() & ~x.st_active, slot, age)
+                if t == Engine.ME:
+                    x.cand_op = Signal(8, name=f"c{c}_cand_me_op")
+                    m.d.comb += x.cand_op.eq(Array(x.op_id)[slot])
+                m.d.comb += self.candidate[c][t].eq(of_type.any())
 
         # --- policy state: temporal ---------------------------------------------------------------
         active_valid = Signal()
@@ -278,6 +291,10 @@ class Dispatcher(wiring.Component):
         for c in range(C):
             m.d.comb += busy_with[c].eq(Cat(eng_busy[e] & (eng_ctx[e] == c) for e in range(E)).any())
         running_mask = Cat(x.running for x in ctxs)
+        m.d.comb += [self.ctx_on_any.eq(Cat(busy_with)),
+                     self.ctx_on_me.eq(Cat(Cat(eng_busy[e] & (eng_ctx[e] == c)
+                                               for e in groups[Engine.ME]).any()
+                                           for c in range(C)))]
         best_tokens, best_ctx, best_valid = Const(0, 16), Const(0, ctx_shape), Const(0, 1)
         for c, x in enumerate(ctxs):
             candidate = x.running & ~(active_valid & (active_ctx == c))
@@ -306,8 +323,12 @@ class Dispatcher(wiring.Component):
         temporal_ok = Cat(active_valid & ~draining & (active_ctx == c) for c in range(C))
 
         # --- policy state: v10 gang ------------------------------------------------------------------
+        # The gang holder runs one ME operator on all MEs: only that operator's ME µTOps
+        # issue until its eoo µTOp has retired and its ME work has drained.
         gang_valid = Signal()
         gang_ctx = Signal(ctx_shape)
+        gang_op = Signal(8)
+        gang_eoo_seen = Signal()
         me_busy_any = Cat(eng_busy[e] for e in groups[Engine.ME]).any()
         best_key, gang_winner, winner_valid = Const(0, 32), Const(0, ctx_shape), Const(0, 1)
         for c, x in enumerate(ctxs):
@@ -317,8 +338,10 @@ class Dispatcher(wiring.Component):
             best_key = Mux(better, key, best_key)
             gang_winner = Mux(better, c, gang_winner)
             winner_valid = winner_valid | wants
-        gang_ok = Cat((gang_valid & (gang_ctx == c)) | (~gang_valid & ~me_busy_any & winner_valid
-                                                         & (gang_winner == c)) for c in range(C))
+        gang_ok = Cat((gang_valid & (gang_ctx == c) & ~gang_eoo_seen
+                       & (ctxs[c].cand_op == gang_op))
+                      | (~gang_valid & ~me_busy_any & winner_valid & (gang_winner == c))
+                      for c in range(C))
 
         # --- engine ownership (harvest) -------------------------------------------------------------
         owner_of = {}
@@ -421,7 +444,8 @@ class Dispatcher(wiring.Component):
                     with m.If(slot == s):
                         m.d.sync += [x.st_addr.eq(x.hdr_pc[s] + 1), x.st_left.eq(x.length[s])]
                 with m.If((etype == Engine.ME) & (policy == Policy.V10) & ~gang_valid):
-                    m.d.sync += [gang_valid.eq(1), gang_ctx.eq(c)]
+                    m.d.sync += [gang_valid.eq(1), gang_ctx.eq(c), gang_op.eq(x.cand_op),
+                                 gang_eoo_seen.eq(0)]
             for e in range(E):
                 hit = go_any & engine_onehot[e]
                 cmd_valid[e] = cmd_valid[e] | hit
@@ -496,8 +520,14 @@ class Dispatcher(wiring.Component):
             for s in range(W):
                 n_retiring = n_retiring + retiring[s]
             m.d.sync += x.counters["retired"].eq(x.counters["retired"] + n_retiring)
-            # v10: the gang ends when its holder retires an end-of-operator µTOp.
-            with m.If(gang_valid & (gang_ctx == c) & ((retiring & x.eoo).any() | ~x.running)):
+            # v10: the gang ends once the operator's eoo µTOp has retired and the holder's
+            # ME work has drained (or the holder stopped running).
+            holder = gang_valid & (gang_ctx == c)
+            eoo_retiring = (retiring & x.eoo & Cat(x.op_id[s] == gang_op for s in range(W))).any()
+            with m.If(holder & eoo_retiring):
+                m.d.sync += gang_eoo_seen.eq(1)
+            with m.If(holder & (((gang_eoo_seen | eoo_retiring) & ~self.ctx_on_me[c])
+                                | ~x.running)):
                 m.d.sync += gang_valid.eq(0)
 
             # Faults: keep the oldest in program order.
@@ -567,7 +597,8 @@ class Dispatcher(wiring.Component):
                              x.seq_next.eq(0), x.head.eq(0), x.count.eq(0), x.valid.eq(0),
                              x.issued.eq(0), x.retired.eq(0), x.fault_valid.eq(0),
                              x.fault_code.eq(0), x.fault_pc.eq(0), x.st_active.eq(0),
-                             x.watchdog.eq(0), x.me_used.eq(0), x.tokens.eq(0)]
+                             x.watchdog.eq(0), x.me_used.eq(0), x.tokens.eq(0),
+                             x.op_next.eq(0)]
                 m.d.sync += [counter.eq(0) for counter in x.counters.values()]
 
             m.d.comb += [x.state.status.eq(x.status), x.state.fault.eq(x.fault_code),

@@ -45,6 +45,7 @@ class RunResult:
     engines: list                     # dict of counters per engine (MEs, VEs, DMAs)
     spad: dict = field(default_factory=dict)    # (row, count) -> array
     hbm: dict = field(default_factory=dict)     # (addr, count) -> array
+    trace: list = field(default_factory=list)   # per cycle, when the backend traces
 
     @property
     def makespan(self):
@@ -202,7 +203,8 @@ class Driver:
         for e in range(n_engines):
             engines.append({name: values[("engine", e, name)]
                             for kind, index, name in reads if kind == "engine" and index == e})
-        result = RunResult(cycles, timed_out, context_results, engines)
+        result = RunResult(cycles, timed_out, context_results, engines,
+                           trace=list(getattr(self.backend, "trace_events", [])))
         for row, count in read_spad:
             result.spad[(row, count)] = np.array([next(results) for _ in range(count)],
                                                  dtype=np.int64)

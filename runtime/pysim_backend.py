@@ -36,8 +36,9 @@ class _Session:
     every memory, so each script starts from the state of a fresh NPU. Building and
     compiling the simulation is what costs seconds; this pays it once per configuration."""
 
-    def __init__(self, config, poll, vcd=None):
-        self.config, self.poll = config, poll
+    def __init__(self, config, poll, vcd=None, trace=False):
+        self.config, self.poll, self.trace = config, poll, trace
+        self.trace_events = []
         self.harness = _Harness(config)
         self.sim = Simulator(self.harness)
         self.sim.add_clock(1e-6)
@@ -138,6 +139,8 @@ class _Session:
             elif kind == "run":
                 waited = 0
                 await ctx.tick()          # the START write takes effect
+                if self.trace:
+                    waited = await self._traced_run(ctx, op[1])
                 while ctx.get(npu.busy) and waited < op[1]:
                     await ctx.tick().repeat(self.poll)
                     waited += self.poll
@@ -145,6 +148,29 @@ class _Session:
             else:
                 raise ValueError(f"unknown host operation {kind!r}")
         return results
+
+
+    async def _traced_run(self, ctx, max_cycles):
+        """Run cycle by cycle, recording the dispatcher's decisions (slow: opt-in)."""
+        dispatcher = self.harness.npu.dispatcher
+        n_ctx = self.config.n_ctx
+        samples = ([dispatcher.issue_valid[c] for c in range(n_ctx)]
+                   + [dispatcher.issue_engine[c] for c in range(n_ctx)]
+                   + [dispatcher.candidate[c] for c in range(n_ctx)]
+                   + [dispatcher.ctx_on_me, dispatcher.ctx_on_any, self.harness.npu.busy])
+        self.trace_events = []
+        for cycle in range(max_cycles):
+            _, _, *values = await ctx.tick().sample(*samples)
+            valid, engine = values[:n_ctx], values[n_ctx:2 * n_ctx]
+            candidate = values[2 * n_ctx:3 * n_ctx]
+            on_me, on_any, busy = values[3 * n_ctx:]
+            self.trace_events.append({
+                "cycle": cycle,
+                "issues": [(c, engine[c]) for c in range(n_ctx) if valid[c]],
+                "candidates": list(candidate), "ctx_on_me": on_me, "ctx_on_any": on_any})
+            if not busy:
+                return cycle + 1
+        return max_cycles
 
 
 _SESSIONS = {}
@@ -160,18 +186,27 @@ class PysimBackend:
 
     name = "pysim"
 
-    def __init__(self, config, *, vcd=None, poll=16):
-        self.config, self.vcd, self.poll = config, vcd, poll
+    def __init__(self, config, *, vcd=None, poll=16, trace=False):
+        self.config, self.vcd, self.poll, self.trace = config, vcd, poll, trace
+        #: With ``trace``: per cycle of the last run, the dispatcher's issues (context,
+        #: engine), each context's ready engine types (bit t) and which contexts occupy MEs
+        #: and engines (bit masks).
+        self.trace_events = []
 
     def execute(self, script):
         if self.vcd:
-            return _Session(self.config, self.poll, self.vcd).execute(script)
-        key = (self.config, self.poll)
+            session = _Session(self.config, self.poll, self.vcd, self.trace)
+            results = session.execute(script)
+            self.trace_events = session.trace_events
+            return results
+        key = (self.config, self.poll, self.trace)
         session = _SESSIONS.get(key)
         if session is None:
-            session = _SESSIONS[key] = _Session(self.config, self.poll)
+            session = _SESSIONS[key] = _Session(self.config, self.poll, trace=self.trace)
         try:
-            return session.execute(script)
+            results = session.execute(script)
+            self.trace_events = session.trace_events
+            return results
         except Exception:
             _SESSIONS.pop(key, None)     # a failed script leaves the session unusable
             raise

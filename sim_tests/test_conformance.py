@@ -59,10 +59,23 @@ def test_runner_reports_a_wrong_fault(tmp_path):
     assert "expected hbm_oob" in outcome.failures[0]
 
 
-def test_rtl_backends_say_they_are_not_built():
+POLICIES = ["static", "harvest", "temporal", "v10"]
+RTL_RUNS = [(path, "harvest") for path in CASES] + [
+    (path, policy) for path in CASES if len(load_case(path).contexts) > 1
+    for policy in POLICIES if policy != "harvest"]
+
+
+@pytest.mark.parametrize("path, policy", RTL_RUNS, ids=lambda v: getattr(v, "stem", v))
+def test_case_passes_on_pysim(path, policy):
+    """The RTL, driven through the host interface, gives the golden results and faults."""
+    outcome = run_case(load_case(path), "pysim", policy)
+    assert outcome.passed, outcome.failures
+
+
+def test_unbuilt_and_unknown_backends():
     case = load_case(CASES[0])
-    with pytest.raises(BackendUnavailable, match="backend 'pysim' is not built yet"):
-        run_case(case, "pysim")
+    with pytest.raises(BackendUnavailable, match="backend 'verilator' is not built yet"):
+        run_case(case, "verilator")
     with pytest.raises(ValueError, match="unknown backend 'spice'"):
         run_case(case, "spice")
 
