@@ -118,6 +118,7 @@ class Dispatcher(wiring.Component):
             "candidate": Out(3).array(config.n_ctx),    # bit t: a ready µTOp for engine type t
             "ctx_on_me": Out(config.n_ctx),             # bit c: an ME runs a µTOp of context c
             "ctx_on_any": Out(config.n_ctx),            # bit c: some engine runs one of c's µTOps
+            "retiring": Out(config.n_ctx),              # bit c: c retires a µTOp this cycle
         })
 
     def elaborate(self, platform):
@@ -199,7 +200,8 @@ class Dispatcher(wiring.Component):
                         m.d.comb += [x.retire_fault.eq(done[e].payload.fault),
                                      x.retire_fault_slot.eq(s)]
                 terms.append(hit)
-            m.d.comb += x.retiring.eq(Cat(terms) & x.running.replicate(W))
+            m.d.comb += [x.retiring.eq(Cat(terms) & x.running.replicate(W)),
+                         self.retiring[c].eq(x.retiring.any())]
 
         # --- fetch --------------------------------------------------------------------------
         header_fields = {f.name: f for f in HEADER.fields}

@@ -10,6 +10,8 @@ from hw.config import NPUConfig
 from hw.dma_engine import DMAEngine
 from hw.matrix_engine import MatrixEngine
 from hw.vector_engine import VectorEngine
+from hw.regmap import Policy
+from . import mix
 from .engine_harness import run_engine
 
 __all__ = ["run_benchmarks", "format_report"]
@@ -77,10 +79,55 @@ def bench_dma(config):
             "dma_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
 
 
-def run_benchmarks(config=None):
+def policy_mix(config):
+    """Tenant 0 is ME-heavy, tenant 1 VE-heavy; each owns half of the MEs and of the VEs."""
+    return [mix.me_heavy_program(config, n_ops=8, per_op=4, rows=48),
+            mix.ve_heavy_program(config, n_ve=32, rows=32, n_me=2)]
+
+
+def bench_policies(config):
+    """The two-tenant mix under every policy: makespan, latency per tenant, utilization."""
+    programs = policy_mix(config)
+    table = {}
+    for policy in Policy:
+        run = mix.run_mix(config, programs, policy.name.lower(), owners=mix.halves(config))
+        if not run.exact:
+            raise AssertionError(f"policy {policy.name.lower()}: RTL result differs from golden")
+        result = run.result
+        makespan = result.makespan
+        busy = {t: sum(e["BUSY"] for i, e in enumerate(result.engines)
+                       if (i < config.n_me) == (t == "me") and i < config.n_me + config.n_ve)
+                for t in ("me", "ve")}
+        table[policy.name.lower()] = {
+            "makespan_cycles": makespan,
+            "latency_cycles": [c.cycles for c in result.contexts],
+            "me_utilization": busy["me"] / (config.n_me * makespan),
+            "ve_utilization": busy["ve"] / (config.n_ve * makespan),
+            "harvested_engine_cycles": [c.counters["HARVEST_CYCLES"] for c in result.contexts],
+        }
+    return {"policies": table}
+
+
+def bench_dispatch_latency(config, length=16):
+    """A chain of dependent one-row µTOps: cycles from a µTOp's retirement to the issue of
+    the µTOp that waited for it."""
+    run = mix.run_mix(config, [mix.chain_program(length)], "harvest", trace=True)
+    if not run.exact:
+        raise AssertionError("dispatch chain: RTL result differs from golden")
+    retires = [e["cycle"] for e in run.result.trace if e["retiring"] & 1]
+    issues = [e["cycle"] for e in run.result.trace if e["issues"]]
+    gaps = [issue - retire for retire, issue in zip(retires, issues[1:])]
+    return {"dispatch_latency_cycles": sum(gaps) / len(gaps),
+            "dispatch_latency_max_cycles": max(gaps)}
+
+
+def run_benchmarks(config=None, *, policies=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
-    for bench in (bench_matrix_engine, bench_vector_engine, bench_dma):
+    benches = [bench_matrix_engine, bench_vector_engine, bench_dma]
+    if policies:
+        benches += [bench_dispatch_latency, bench_policies]
+    for bench in benches:
         results.update(bench(config))
     return results
 
@@ -101,7 +148,23 @@ def format_report(results, config):
         ("pysim speed, VE + scratchpad", f"{results['ve_pysim_cycles_per_s']:.0f} cycles/s", "", ""),
         ("pysim speed, DMA + scratchpad + HBM", f"{results['dma_pysim_cycles_per_s']:.0f} cycles/s", "", ""),
     ]
+    if "dispatch_latency_cycles" in results:
+        rows.append(("dispatch latency (retire -> dependent issue)",
+                     f"{results['dispatch_latency_cycles']:.2f} cycles", "1-2",
+                     f"max {results['dispatch_latency_max_cycles']}, chain of dependent µTOps"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]
     lines += [f"{name:<{width}}  {value:>18}  {target:>8}  {note}" for name, value, target, note in rows]
+    if "policies" in results:
+        lines += ["", "two tenants (0: ME-heavy, 1: VE-heavy), each owning half the MEs and VEs:",
+                  f"{'policy':<10} {'makespan':>9} {'latency 0':>10} {'latency 1':>10} "
+                  f"{'ME util':>8} {'VE util':>8} {'harvested 0/1':>14}"]
+        for name, row in results["policies"].items():
+            lines.append(f"{name:<10} {row['makespan_cycles']:>9} {row['latency_cycles'][0]:>10} "
+                         f"{row['latency_cycles'][1]:>10} {row['me_utilization']:>8.1%} "
+                         f"{row['ve_utilization']:>8.1%} "
+                         f"{'/'.join(str(v) for v in row['harvested_engine_cycles']):>14}")
+        static = results["policies"]["static"]["makespan_cycles"]
+        harvest = results["policies"]["harvest"]["makespan_cycles"]
+        lines.append(f"harvest vs static makespan: {static / harvest:.2f}x")
     return "\n".join(lines)

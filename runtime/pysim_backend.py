@@ -157,17 +157,19 @@ class _Session:
         samples = ([dispatcher.issue_valid[c] for c in range(n_ctx)]
                    + [dispatcher.issue_engine[c] for c in range(n_ctx)]
                    + [dispatcher.candidate[c] for c in range(n_ctx)]
-                   + [dispatcher.ctx_on_me, dispatcher.ctx_on_any, self.harness.npu.busy])
+                   + [dispatcher.ctx_on_me, dispatcher.ctx_on_any, dispatcher.retiring,
+                      self.harness.npu.busy])
         self.trace_events = []
         for cycle in range(max_cycles):
             _, _, *values = await ctx.tick().sample(*samples)
             valid, engine = values[:n_ctx], values[n_ctx:2 * n_ctx]
             candidate = values[2 * n_ctx:3 * n_ctx]
-            on_me, on_any, busy = values[3 * n_ctx:]
+            on_me, on_any, retiring, busy = values[3 * n_ctx:]
             self.trace_events.append({
                 "cycle": cycle,
                 "issues": [(c, engine[c]) for c in range(n_ctx) if valid[c]],
-                "candidates": list(candidate), "ctx_on_me": on_me, "ctx_on_any": on_any})
+                "candidates": list(candidate), "ctx_on_me": on_me, "ctx_on_any": on_any,
+                "retiring": retiring})
             if not busy:
                 return cycle + 1
         return max_cycles
@@ -189,8 +191,8 @@ class PysimBackend:
     def __init__(self, config, *, vcd=None, poll=16, trace=False):
         self.config, self.vcd, self.poll, self.trace = config, vcd, poll, trace
         #: With ``trace``: per cycle of the last run, the dispatcher's issues (context,
-        #: engine), each context's ready engine types (bit t) and which contexts occupy MEs
-        #: and engines (bit masks).
+        #: engine), each context's ready engine types (bit t), which contexts occupy MEs
+        #: and engines, and which retire a µTOp (bit masks).
         self.trace_events = []
 
     def execute(self, script):

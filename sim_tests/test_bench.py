@@ -12,3 +12,11 @@ def test_bench_json_keys(capsys):
         assert 0 < results[key] <= 1, (key, results[key])
     for key in ("me_pysim_cycles_per_s", "ve_pysim_cycles_per_s", "dma_pysim_cycles_per_s"):
         assert results[key] > 0
+    assert set(results["policies"]) == {"static", "harvest", "temporal", "v10"}
+    for row in results["policies"].values():
+        assert row["makespan_cycles"] == max(row["latency_cycles"]) > 0
+        assert 0 < row["me_utilization"] <= 1 and 0 < row["ve_utilization"] <= 1
+    # Harvesting shortens the mix: the ME-heavy tenant borrows the VE-heavy tenant's MEs.
+    assert results["policies"]["harvest"]["makespan_cycles"] < \
+        results["policies"]["static"]["makespan_cycles"]
+    assert 0 <= results["dispatch_latency_cycles"] <= 2

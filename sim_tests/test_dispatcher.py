@@ -10,6 +10,7 @@ from hw.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Fault, INSTRUCTIONS, Engine, Instr, UTop, encode_program
 from isa.golden import ContextSpec, GoldenNPU, Segment
+from runtime import mix
 from runtime.driver import Driver
 
 TINY = NPUConfig.preset("tiny")
@@ -18,54 +19,19 @@ SEGMENTS = [(Segment(0, 256), Segment(0, 1024)), (Segment(256, 256), Segment(102
 ME0, ME1, VE0, VE1 = 0, 1, 2, 3     # engine numbers on tiny: MEs, then VEs, then the DMA
 
 
-def me_heavy(n_ops=4, per_op=3, rows=24):
-    """Independent GEMM tiles, grouped into operators of ``per_op`` µTOps (eoo on the last)."""
-    lines = []
-    for i in range(n_ops * per_op):
-        eoo = " eoo" if i % per_op == per_op - 1 else ""
-        eop = " eop" if i == n_ops * per_op - 1 else ""
-        lines += [f".me{eoo}{eop}", "    ldw 0, 4", f"    mm {64 + (i % 4) * rows}, 8, {rows}"]
-    return "\n".join(lines) + "\n"
+def run_mix(policy, programs, *, trace=False, config=TINY):
+    """Two vNPUs splitting the engines; every context's results must equal golden."""
+    run = mix.run_mix(config, programs, policy, owners=mix.halves(config), trace=trace)
+    assert run.exact and not run.result.timed_out
+    return run.result
 
 
-def ve_then_me(n_ve=6, rows=32):
-    """VE work first (its MEs sit idle), then ME work of its own."""
-    lines = []
-    for i in range(n_ve):
-        lines += [".ve eoo", f"    vrq {128 + i % 2 * rows}, 8, {rows}"]
-    for i in range(3):
-        eop = " eop" if i == 2 else ""
-        lines += [f".me eoo{eop}", "    ldw 0, 4", f"    mm {64 + i * 16}, 8, 16"]
-    return "\n".join(lines) + "\n"
+def me_heavy():
+    return mix.me_heavy_program(TINY)
 
 
-def run_mix(policy, programs, *, owners=((1 << 0, 1 << 0), (1 << 1, 1 << 1)), trace=False,
-            config=TINY, priorities=None):
-    """Run programs on contexts 0.. with random initial data; compare with golden."""
-    rng = np.random.default_rng(7)
-    driver = Driver(config, trace=trace)
-    driver.set_policy(policy)
-    golden = GoldenNPU(config)
-    specs = []
-    for c, source in enumerate(programs):
-        spad, hbm = SEGMENTS[c]
-        words = assemble(source, dep_window=config.dep_window)
-        me_mask, ve_mask = owners[c]
-        driver.load_context(c, words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask,
-                            priority=(priorities or [0] * 4)[c])
-        data = rng.integers(-128, 128, (spad.size, config.ve_lanes))
-        driver.write_spad(spad.base, data)
-        golden.spad[spad.base:spad.base + spad.size] = data
-        specs.append(ContextSpec(words, spad, hbm))
-    golden_results = golden.run(specs)
-    result = driver.run(max_cycles=20_000,
-                        read_spad=[(s.base, s.size) for s, _ in SEGMENTS[:len(programs)]])
-    assert not result.timed_out
-    for c, (spad, _) in enumerate(SEGMENTS[:len(programs)]):
-        assert result.contexts[c].fault == golden_results[c].fault
-        assert np.array_equal(result.spad[(spad.base, spad.size)],
-                              golden.spad[spad.base:spad.base + spad.size]), f"context {c}"
-    return result
+def ve_then_me():
+    return mix.ve_heavy_program(TINY)
 
 
 def test_static_never_touches_another_contexts_engines():
@@ -105,7 +71,7 @@ def test_temporal_never_runs_two_contexts_at_once():
 
 def test_v10_never_splits_an_me_operator_across_contexts():
     per_op = 3
-    result = run_mix("v10", [me_heavy(per_op=per_op), ve_then_me()], trace=True)
+    result = run_mix("v10", [mix.me_heavy_program(TINY, per_op=per_op), ve_then_me()], trace=True)
     assert all(bin(event["ctx_on_me"]).count("1") <= 1 for event in result.trace)
     # Context 0's ME µTOps issue in program order; group them into operators and check
     # that no other context issued to an ME between an operator's first and last issue.
