@@ -1,5 +1,6 @@
 """Generates isa/SPEC.md from the Python definitions of NeuISA (``make spec``)."""
 
+from hw import regmap
 from hw.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS, NPUConfig
 from .encoding import FAULT_DOCS, HEADER, INSTRUCTIONS, Engine, Fault
 
@@ -170,6 +171,7 @@ def generate_spec():
                 out.append("Faults: " + ", ".join(f.name for f in d.faults)
                            + " (besides the decode faults of every instruction).\n")
     out.append(_SYNTAX)
+    out.append(_host_interface())
     default = NPUConfig()
     out.append("## Configuration parameters\n")
     out.append("Names in backquotes above are fields of `NPUConfig` (`hw/config.py`). The "
@@ -178,6 +180,30 @@ def generate_spec():
     for name, value in default.to_dict().items():
         out.append(f"| `{name}` | {value} |")
     return "\n".join(out) + "\n"
+
+
+def _host_interface():
+    lines = ["## Host interface\n",
+             "The driver reaches the pNPU only through its host interface (`hw/host_interface.py`): "
+             "64-bit registers on a CSR bus (addresses count registers), a scratchpad port "
+             "(whole rows) and an HBM port (whole lines), both arbitrated like the engines. "
+             "The map is declared in `hw/regmap.py`; the RTL decoder and the driver both use it.\n",
+             f"Per-context registers are at `0x{regmap.CONTEXT_BASE:x} + ctx * "
+             f"0x{regmap.CONTEXT_STRIDE:x}`, per-engine counters at `0x{regmap.ENGINE_BASE:x} + "
+             f"engine * 0x{regmap.ENGINE_STRIDE:x}` (engines numbered MEs, VEs, then DMA "
+             f"engines), and context `c`'s instruction memory at `0x{regmap.IMEM_BASE:x} + c * "
+             f"0x{regmap.IMEM_STRIDE:x} + word`.\n",
+             "Sharing policies (POLICY): " + "; ".join(
+                 f"{p.value} {p.name.lower()}" for p in regmap.Policy) + ".\n"]
+    for title, table in (("Global", regmap.GLOBAL), ("Per context", regmap.CONTEXT),
+                         ("Per engine", regmap.ENGINE[:5])):
+        lines.append(f"### {title} registers\n")
+        lines.append("| offset | name | access | meaning |\n|---|---|---|---|")
+        for r in table:
+            lines.append(f"| 0x{r.offset:02x} | {r.name} | {r.access.value} | {r.doc} |")
+        lines.append("")
+    lines.append("BUSY_CTX1 .. BUSY_CTX15 follow BUSY_CTX0 at consecutive offsets.\n")
+    return "\n".join(lines) + "\n"
 
 
 def _anchor(mnemonic):
