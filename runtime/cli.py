@@ -125,6 +125,21 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_verilog(args):
+    from .verilog import ToolError, generate, lint
+    config = _config(args.config)
+    text = generate(config, args.block)
+    _write(args.output, text)
+    print(f"{args.output}: neu10_{args.block}, {text.count(chr(10))} lines")
+    if args.lint:
+        try:
+            lint(args.output, f"neu10_{args.block}")
+        except ToolError as error:
+            raise UsageError(str(error)) from None
+        print(f"{args.output}: verilator --lint-only -Wall: clean (waivers: hw/lint_waivers.vlt)")
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
     return run_demo(_config(args.config))
@@ -164,6 +179,14 @@ def build_parser():
     p = sub.add_parser("config", help="show a configuration (preset or .toml file)")
     p.add_argument("config", nargs="?", default="default")
     p.set_defaults(func=cmd_config)
+
+    from .verilog import BLOCKS
+    p = sub.add_parser("verilog", help="write the pNPU (or one block) as Verilog")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--block", default="npu", choices=BLOCKS)
+    p.add_argument("-o", "--output", required=True, help="Verilog file to write")
+    p.add_argument("--lint", action="store_true", help="then lint it with verilator -Wall")
+    p.set_defaults(func=cmd_verilog)
 
     p = sub.add_parser("bench", help="engine throughput and simulator speed")
     p.add_argument("--config", default="default", help="preset or .toml file")

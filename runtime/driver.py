@@ -57,8 +57,12 @@ def make_backend(name, config, **options):
         from .pysim_backend import PysimBackend
         return PysimBackend(config, **options)
     if name == "verilator":
-        raise DriverError("backend 'verilator' is not built yet: it arrives with the Verilog "
-                          "and fast-path work; use --backend pysim")
+        from .verilator_backend import VerilatorBackend
+        from .verilog import ToolError
+        try:
+            return VerilatorBackend(config, **options)
+        except ToolError as error:
+            raise DriverError(str(error)) from None
     raise DriverError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
