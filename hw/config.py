@@ -183,7 +183,7 @@ PRESETS = {
     "tiny": NPUConfig(array_rows=4, array_cols=4, n_me=2, n_ve=2, n_dma=1, n_ctx=4,
                       ve_lanes=4, spad_rows=1024, spad_banks=4, hbm_words=4096,
                       hbm_latency=4, hbm_bytes_per_cycle=16, dep_window=8, max_body=64,
-                      imem_words=256),
+                      imem_words=256, watchdog_cycles=1024),
     # TPU-like core: 128x128 systolic arrays, for Verilog generation.
     "tpu": NPUConfig(array_rows=128, array_cols=128, n_me=4, n_ve=2, n_dma=4, n_ctx=4,
                      ve_lanes=128, spad_rows=1 << 14, spad_banks=16, hbm_words=1 << 24,

@@ -73,6 +73,8 @@ def cmd_conformance(args):
     paths = args.cases or default_case_paths()
     if not paths:
         raise UsageError("no conformance cases found")
+    if args.vcd and (args.backend == "golden" or len(paths) != 1 or args.policy == "all"):
+        raise UsageError("--vcd needs an RTL backend, exactly one case and one policy")
     from hw.regmap import Policy
     policies = [p.name.lower() for p in Policy] if args.policy == "all" else [args.policy]
     passed = failed = 0
@@ -87,7 +89,7 @@ def cmd_conformance(args):
         for policy in case_policies:
             label = case.name + (f" [{policy}]" if args.backend != "golden" else "")
             try:
-                outcome = run_case(case, args.backend, policy)
+                outcome = run_case(case, args.backend, policy, vcd=args.vcd)
             except (CaseError, BackendUnavailable) as error:
                 raise UsageError(str(error)) from None
             if outcome.passed:
@@ -170,6 +172,7 @@ def build_parser():
                    choices=["static", "harvest", "temporal", "v10", "all"],
                    help="sharing policy on RTL backends; 'all' runs multi-context cases under "
                         "each")
+    p.add_argument("--vcd", metavar="FILE", help="write a waveform of the run (one case)")
     p.set_defaults(func=cmd_conformance)
 
     p = sub.add_parser("spec", help="print the NeuISA specification (Markdown)")

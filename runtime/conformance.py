@@ -45,11 +45,11 @@ BACKENDS = ("golden", "pysim", "verilator")
 CASE_DIR = Path(__file__).resolve().parent.parent / "sim_tests" / "conformance"
 
 
-def _run_on_rtl(case, backend, policy, max_cycles):
-    """Run on an RTL backend through the driver; returns per-context results and a reader."""
+def _run_on_rtl(case, backend, policy, max_cycles, vcd):
+    """Run on an RTL backend through the driver; per-context results, a reader, the run."""
     from .driver import Driver, DriverError
     try:
-        driver = Driver(case.config, backend)
+        driver = Driver(case.config, backend, **({"vcd": vcd} if vcd else {}))
     except DriverError as error:
         raise BackendUnavailable(str(error)) from None
     driver.set_policy(policy)
@@ -69,7 +69,7 @@ def _run_on_rtl(case, backend, policy, max_cycles):
         raise CaseError(f"{case.path}: still running after {max_cycles} cycles on {backend}")
     results = [_RTLContext(r.fault, r.fault_pc if r.fault else None) for r in run.contexts]
     return results, lambda block: (run.spad if block.space == "spad" else run.hbm)[
-        (block.address, len(block.data))]
+        (block.address, len(block.data))], run
 
 
 @dataclass
@@ -116,6 +116,7 @@ class Case:
 class CaseOutcome:
     passed: bool
     failures: list
+    run: object = None        # the driver's RunResult, on RTL backends
 
 
 def default_case_paths():
@@ -252,8 +253,9 @@ def ownership_masks(config, n_contexts):
     return [(1 << (c % config.n_me), 1 << (c % config.n_ve)) for c in range(n_contexts)]
 
 
-def run_case(case, backend="golden", policy="harvest", max_cycles=50_000):
+def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=None):
     """Run a case on a backend; return a CaseOutcome listing every mismatch."""
+    run = None
     if backend == "golden":
         npu = GoldenNPU(case.config)
         for block in case.init:
@@ -263,7 +265,7 @@ def run_case(case, backend="golden", policy="harvest", max_cycles=50_000):
         read = lambda block: (npu.spad if block.space == "spad" else npu.hbm)[
             block.address:block.address + len(block.data)]
     elif backend in BACKENDS:
-        results, read = _run_on_rtl(case, backend, policy, max_cycles)
+        results, read, run = _run_on_rtl(case, backend, policy, max_cycles, vcd)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
@@ -286,4 +288,4 @@ def run_case(case, backend="golden", policy="harvest", max_cycles=50_000):
                 f" lane {first[1]}" if len(first) > 1 else "")
             failures.append(f"{where}: got {int(got[first])}, expected {int(block.data[first])} "
                             f"({len(mismatch)} value{'s' if len(mismatch) > 1 else ''} differ)")
-    return CaseOutcome(not failures, failures)
+    return CaseOutcome(not failures, failures, run)

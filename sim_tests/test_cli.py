@@ -44,7 +44,7 @@ def test_asm_disasm_round_trip(tmp_path, capsys):
     (lambda d: (d / "p.bin").write_bytes(b"\0" * 12), ["disasm", "{d}/p.bin"], "{d}/p.bin: binary of 12 bytes is not a whole number of 8-byte words"),
     (lambda d: (d / "p.bin").write_bytes(bytes.fromhex("a1000500 00000000")), ["disasm", "{d}/p.bin"], "{d}/p.bin: word 0: µTOp body of 5 words runs past the end"),
     (lambda d: (d / "c.toml").write_text("[[context]]\n"), ["conformance", "{d}/c.toml"], "{d}/c.toml: context 0: spad must be [base, size]"),
-    (lambda d: None, ["conformance", "--backend", "verilator"], "backend 'verilator' is not built yet"),
+    (lambda d: None, ["conformance", "--vcd", "{d}/x.vcd"], "--vcd needs an RTL backend"),
     (lambda d: None, ["config", "nope"], "unknown config 'nope'"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, argv, message):
