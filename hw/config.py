@@ -65,7 +65,7 @@ class NPUConfig:
     imem_words: int = 1024
     #: Depth of the ready queue per engine type in the dispatcher.
     queue_depth: int = 4
-    #: A running context that retires no µTOp for this many cycles faults (WATCHDOG).
+    #: When no context retires a µTOp for this many cycles, running contexts fault (WATCHDOG).
     watchdog_cycles: int = 1 << 20
 
     def __post_init__(self):

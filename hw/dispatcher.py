@@ -84,8 +84,9 @@ class Dispatcher(wiring.Component):
 
     Faults are precise in program order: the oldest faulting µTOp is reported; µTOps older
     than it still issue, younger ones stop, and those already issued drain before the
-    context reports FAULTED. A context that retires nothing for ``watchdog_cycles``
-    faults at once with WATCHDOG.
+    context reports FAULTED. When no context has retired a µTOp for ``watchdog_cycles``
+    (the NPU makes no progress), every running context faults at once with WATCHDOG; a
+    context that merely waits for its turn (temporal, v10) is never a false positive.
     """
 
     def __init__(self, config):
@@ -178,7 +179,6 @@ class Dispatcher(wiring.Component):
             x.st_engine = Signal(range(E), name=f"c{c}_st_engine")
             x.st_addr = Signal(17, name=f"c{c}_st_addr")
             x.st_left = Signal(8, name=f"c{c}_st_left")
-            x.watchdog = Signal(range(cfg.watchdog_cycles + 1), name=f"c{c}_watchdog")
             x.counters = {name: Signal(32, name=f"c{c}_{name}") for name in _COUNTERS}
             x.me_used = Signal(32, name=f"c{c}_me_used")
             x.tokens = Signal(16, name=f"c{c}_tokens")
@@ -498,7 +498,18 @@ class Dispatcher(wiring.Component):
                     with m.If(x.st_left == 1):
                         m.d.sync += x.st_active.eq(0)
 
-        # --- retirement, freeing, faults, completion, watchdog, counters ------------------------------
+        # --- watchdog: cycles since any context retired a µTOp ------------------------------------
+        idle = Signal(range(cfg.watchdog_cycles + 1))
+        watchdog_expired = Signal()
+        any_running = Cat(x.running for x in ctxs).any()
+        any_retiring = Cat(x.retiring.any() for x in ctxs).any()
+        m.d.comb += watchdog_expired.eq(idle == cfg.watchdog_cycles)
+        with m.If(~any_running | any_retiring | watchdog_expired | self.start.any()):
+            m.d.sync += idle.eq(0)
+        with m.Else():
+            m.d.sync += idle.eq(idle + 1)
+
+        # --- retirement, freeing, faults, completion, counters ------------------------------
         for c, x in enumerate(ctxs):
             # Slot bookkeeping: one assignment per register, so nothing overrides anything.
             retiring = x.retiring
@@ -554,15 +565,11 @@ class Dispatcher(wiring.Component):
                       & (x.fetch_fault == 0)):
                 m.d.sync += x.status.eq(Mux(x.fault_valid, Status.FAULTED, Status.DONE))
 
-            # Watchdog: no retirement for watchdog_cycles.
-            with m.If(~x.running | retiring.any()):
-                m.d.sync += x.watchdog.eq(0)
-            with m.Elif(x.watchdog == cfg.watchdog_cycles):
+            # Watchdog: the NPU made no progress for watchdog_cycles.
+            with m.If(x.running & watchdog_expired):
                 m.d.sync += [x.status.eq(Status.FAULTED), x.fault_valid.eq(1),
                              x.fault_code.eq(Fault.WATCHDOG),
                              x.fault_pc.eq(Mux(x.count != 0, Array(x.hdr_pc)[x.head], x.pc))]
-            with m.Else():
-                m.d.sync += x.watchdog.eq(x.watchdog + 1)
 
             # Counters.
             own = 0
@@ -599,7 +606,7 @@ class Dispatcher(wiring.Component):
                              x.seq_next.eq(0), x.head.eq(0), x.count.eq(0), x.valid.eq(0),
                              x.issued.eq(0), x.retired.eq(0), x.fault_valid.eq(0),
                              x.fault_code.eq(0), x.fault_pc.eq(0), x.st_active.eq(0),
-                             x.watchdog.eq(0), x.me_used.eq(0), x.tokens.eq(0),
+                             x.me_used.eq(0), x.tokens.eq(0),
                              x.op_next.eq(0)]
                 m.d.sync += [counter.eq(0) for counter in x.counters.values()]
 

@@ -37,7 +37,7 @@ class Fault(enum.IntEnum):
     SPAD_OOB = 5         # scratchpad access outside the context's segment
     HBM_OOB = 6          # HBM access outside the context's segment
     FETCH_OOB = 7        # a µTOp header or body lies past the end of the program
-    WATCHDOG = 8         # the context retired no µTOp for watchdog_cycles (hardware only)
+    WATCHDOG = 8         # no context retired a µTOp for watchdog_cycles (hardware only)
 
 
 FAULT_DOCS = {
@@ -58,8 +58,9 @@ FAULT_DOCS = {
                    "context's HBM segment.",
     Fault.FETCH_OOB: "A µTOp header or body word lies at or past the end of the context's "
                      "program (a program must end with an `eop` µTOp).",
-    Fault.WATCHDOG: "The context retired no µTOp for `watchdog_cycles` cycles. Raised by "
-                    "the hardware only; the golden model does not model time.",
+    Fault.WATCHDOG: "No context retired a µTOp for `watchdog_cycles` cycles (the NPU made "
+                    "no progress): every running context faults. Raised by the hardware "
+                    "only; the golden model does not model time.",
 }
 
 

@@ -10,7 +10,8 @@ from hw.config import NPUConfig
 from hw.dma_engine import DMAEngine
 from hw.matrix_engine import MatrixEngine
 from hw.vector_engine import VectorEngine
-from hw.regmap import Policy
+from hw.regmap import Policy, register_address
+from isa.asm import assemble
 from . import mix
 from .engine_harness import run_engine
 
@@ -121,12 +122,69 @@ def bench_dispatch_latency(config, length=16):
             "dispatch_latency_max_cycles": max(gaps)}
 
 
-def run_benchmarks(config=None, *, policies=True):
+def backend_workload(config):
+    """A long two-context run: GEMM tiles on one context, a long vector loop on the other."""
+    me_ops = max(1, min(80, config.imem_words // (3 * 4)))
+    return [mix.me_heavy_program(config, n_ops=me_ops, per_op=4, rows=48),
+            ".ve eop\n    loop 4000, 1, 0, 0\n    vaddi 200, 200, 1, 64\n"]
+
+
+def _load(driver, config, programs):
+    for c, (source, (spad, hbm)) in enumerate(zip(programs, mix.segments(config, len(programs)))):
+        driver.load_context(c, assemble(source, dep_window=config.dep_window), spad, hbm)
+
+
+def bench_backends(config, pysim_cycles=3000, chunk=256):
+    """Simulator speed on the same program: pysim (a prefix of the run) vs verilator (all of
+    it); verilator build time cold and cached; the cost of stepping from Python."""
+    from .driver import Driver
+    from .verilator_backend import VerilatorBackend, build_model
+    programs = backend_workload(config)
+
+    pysim = Driver(config, "pysim")
+    pysim.backend.execute([("csr_read", 0)])          # build and compile the simulation first
+    _load(pysim, config, programs)
+    start = time.perf_counter()
+    result = pysim.run(max_cycles=pysim_cycles)
+    pysim_rate = result.cycles / (time.perf_counter() - start)
+
+    binary, cold = build_model(config)
+    if not cold:
+        cold = float((binary.parent / "build_seconds").read_text())
+    start = time.perf_counter()
+    build_model(config)
+    cached = time.perf_counter() - start
+
+    verilator = Driver(config, "verilator")
+    _load(verilator, config, programs)
+    script = list(verilator.script) + [("csr_write", register_address("START"), 3),
+                                       ("run", 10_000_000)]
+    start = time.perf_counter()
+    (waited, busy), = verilator.backend.execute(script)
+    free = time.perf_counter() - start
+    if busy:
+        raise AssertionError("verilator: the backend workload did not finish")
+    start = time.perf_counter()
+    (stepped_waited, _), = verilator.backend.stepped(script, chunk)
+    stepped = time.perf_counter() - start
+    return {"pysim_cycles_per_s": pysim_rate,
+            "verilator_cycles_per_s": waited / free,
+            "verilator_speedup": (waited / free) / pysim_rate,
+            "python_driving_overhead": stepped / free - 1,
+            "python_driving_chunk_cycles": chunk,
+            "verilator_build_seconds_cold": cold,
+            "verilator_start_seconds_cached": cached,
+            "backend_workload_cycles": waited}
+
+
+def run_benchmarks(config=None, *, policies=True, backends=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
     benches = [bench_matrix_engine, bench_vector_engine, bench_dma]
     if policies:
         benches += [bench_dispatch_latency, bench_policies]
+    if backends:
+        benches.append(bench_backends)
     for bench in benches:
         results.update(bench(config))
     return results
@@ -155,6 +213,22 @@ def format_report(results, config):
     width = max(len(r[0]) for r in rows)
     lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]
     lines += [f"{name:<{width}}  {value:>18}  {target:>8}  {note}" for name, value, target, note in rows]
+    if "verilator_cycles_per_s" in results:
+        rows_b = [
+            ("pysim speed, whole pNPU", f"{results['pysim_cycles_per_s']:.0f} cycles/s", "",
+             "same workload (a prefix of it)"),
+            ("verilator speed, whole pNPU", f"{results['verilator_cycles_per_s']:.0f} cycles/s",
+             "", f"{results['backend_workload_cycles']} cycles, free-running"),
+            ("verilator / pysim", f"{results['verilator_speedup']:.0f}x", ">= 300x", ""),
+            ("stepping from Python, overhead", f"{results['python_driving_overhead']:.1%}",
+             "<= 20%", f"steps of {results['python_driving_chunk_cycles']} cycles"),
+            ("verilator build, cold / cached", f"{results['verilator_build_seconds_cold']:.0f} s / "
+             f"{results['verilator_start_seconds_cached']:.2f} s", "", ""),
+        ]
+        width = max(width, max(len(r[0]) for r in rows_b))
+        lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]
+        lines += [f"{name:<{width}}  {value:>18}  {target:>8}  {note}"
+                  for name, value, target, note in rows + rows_b]
     if "policies" in results:
         lines += ["", "two tenants (0: ME-heavy, 1: VE-heavy), each owning half the MEs and VEs:",
                   f"{'policy':<10} {'makespan':>9} {'latency 0':>10} {'latency 1':>10} "

@@ -96,6 +96,7 @@ def build_model(config, *, log=None):
                    str(work / "neu10_npu.v"), str(work / "verilator_harness.cpp")]
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         (work / "build.log").write_text(result.stdout + result.stderr)
+        (work / "build_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
         if result.returncode != 0:
             errors = [line for line in (result.stdout + result.stderr).splitlines()
                       if "error" in line.lower()][:3]

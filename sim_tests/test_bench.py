@@ -20,3 +20,5 @@ def test_bench_json_keys(capsys):
     assert results["policies"]["harvest"]["makespan_cycles"] < \
         results["policies"]["static"]["makespan_cycles"]
     assert 0 <= results["dispatch_latency_cycles"] <= 2
+    assert results["verilator_cycles_per_s"] > results["pysim_cycles_per_s"] > 0
+    assert results["verilator_speedup"] > 1 and results["python_driving_overhead"] > -1

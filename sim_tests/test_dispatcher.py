@@ -125,7 +125,8 @@ def test_isolation_whole_memory_matches_golden():
 
 
 def test_watchdog_turns_a_stuck_context_into_a_fault():
-    """Under static, a context that owns no VE can never run its VE µTOp."""
+    """Under static, a context that owns no VE can never run its VE µTOp: once the other
+    context is done and nothing progresses, it faults."""
     config = TINY.replace(watchdog_cycles=300)
     driver = Driver(config)
     driver.set_policy("static")
