@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 NEU10   = $(VENV)/bin/neu10
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: install test test-all demo spec bench clean
+.PHONY: install test test-all demo spec bench verilog verilog-tpu clean
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ demo: $(STAMP)
 ## Performance figures (printed; tracked from run to run with `neu10 bench --json`).
 bench: $(STAMP)
 	$(NEU10) bench
+
+## The pNPU (default config) as Verilog, linted with verilator -Wall (waivers: hw/lint_waivers.vlt).
+verilog: $(STAMP)
+	mkdir -p build
+	$(NEU10) verilog -o build/neu10_npu.v --lint
+
+## The TPU-like preset (128x128 arrays): slow, opt-in.
+verilog-tpu: $(STAMP)
+	mkdir -p build
+	$(NEU10) verilog --config tpu -o build/neu10_npu_tpu.v
 
 ## Regenerate isa/SPEC.md from the Python definitions of NeuISA.
 spec: $(STAMP)
