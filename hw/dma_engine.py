@@ -1,13 +1,13 @@
 """DMA engine: executes DMA µTOps (strided copies and gathers between HBM and the scratchpad)."""
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import Out
 
 from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .hbm import HBMPortSignature
-from .ports import (CommandLayout, DoneLayout, FAULT_SHAPE, SpadReadSignature,
+from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["DMAEngine"]
@@ -29,18 +29,13 @@ class DMAEngine(wiring.Component):
     def __init__(self, config):
         self.config = config
         self.credits = config.hbm_latency + 6
-        super().__init__({
-            "cmd": In(stream.Signature(CommandLayout(config))),
-            "instr": In(stream.Signature(unsigned(64))),
-            "done": Out(stream.Signature(DoneLayout(config))),
-            "rd": Out(SpadReadSignature(config)),
-            "wr": Out(SpadWriteSignature(config)),
-            "hbm": Out(HBMPortSignature(config)),
-            "busy_cycles": Out(32),
-            "words_moved": Out(32),
-            "stall_cycles": Out(32),
-            "utops_done": Out(32),
-        })
+        super().__init__(engine_members(
+            config,
+            rd=Out(SpadReadSignature(config)),
+            wr=Out(SpadWriteSignature(config)),
+            hbm=Out(HBMPortSignature(config)),
+            words_moved=Out(32),
+        ))
 
     def elaborate(self, platform):
         m = Module()
@@ -306,9 +301,7 @@ class DMAEngine(wiring.Component):
                                       & ~store_fifo.r_rdy)
 
         # --- counters -------------------------------------------------------------------------
-        blocked = ((self.rd.req.valid & ~self.rd.req.ready)
-                   | (self.wr.req.valid & ~self.wr.req.ready)
-                   | (hbm_req.valid & ~hbm_req.ready))
+        blocked = refused(self.rd.req, self.wr.req, hbm_req)
         m.d.sync += [self.busy_cycles.eq(self.busy_cycles + active),
                      self.stall_cycles.eq(self.stall_cycles + blocked)]
         return m

@@ -1,12 +1,12 @@
 """Matrix engine: executes ME µTOps (ldw, mm) on a systolic array, reading and writing the scratchpad."""
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import data, fifo, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import Out
 
 from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
-from .ports import (CommandLayout, DoneLayout, FAULT_SHAPE, SpadReadSignature,
+from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 from .systolic_array import SystolicArray
 
@@ -41,18 +41,13 @@ class MatrixEngine(wiring.Component):
         #: Output FIFO depth = credits: covers the ~latency+6 cycles a row holds a credit
         #: (read, array, FIFO, three writer stages), so rows stream back to back.
         self.out_depth = rows + cols + 8
-        super().__init__({
-            "cmd": In(stream.Signature(CommandLayout(config))),
-            "instr": In(stream.Signature(unsigned(64))),
-            "done": Out(stream.Signature(DoneLayout(config))),
-            "rd_in": Out(SpadReadSignature(config)),
-            "rd_aux": Out(SpadReadSignature(config)),
-            "wr": Out(SpadWriteSignature(config)),
-            "busy_cycles": Out(32),
-            "mac_cycles": Out(32),
-            "stall_cycles": Out(32),
-            "utops_done": Out(32),
-        })
+        super().__init__(engine_members(
+            config,
+            rd_in=Out(SpadReadSignature(config)),
+            rd_aux=Out(SpadReadSignature(config)),
+            wr=Out(SpadWriteSignature(config)),
+            mac_cycles=Out(32),
+        ))
 
     def elaborate(self, platform):
         m = Module()
@@ -285,9 +280,7 @@ class MatrixEngine(wiring.Component):
                                         - (tag.valid & (tag.buffer == b)))
 
         # --- counters -----------------------------------------------------------------------
-        blocked = ((self.rd_in.req.valid & ~self.rd_in.req.ready)
-                   | (self.rd_aux.req.valid & ~self.rd_aux.req.ready)
-                   | (self.wr.req.valid & ~self.wr.req.ready))
+        blocked = refused(self.rd_in.req, self.rd_aux.req, self.wr.req)
         m.d.sync += [
             self.busy_cycles.eq(self.busy_cycles + active),
             self.mac_cycles.eq(self.mac_cycles + entering),

@@ -7,7 +7,8 @@ from amaranth.lib.wiring import In, Out
 from isa.encoding import Fault
 
 __all__ = ["row_layout", "spad_addr_shape", "SpadReadSignature", "SpadWriteSignature",
-           "SpadWriteLayout", "CommandLayout", "DoneLayout", "FAULT_SHAPE"]
+           "SpadWriteLayout", "CommandLayout", "DoneLayout", "FAULT_SHAPE", "engine_members",
+           "refused"]
 
 FAULT_SHAPE = unsigned(4)
 assert max(Fault) < 16
@@ -76,3 +77,25 @@ class DoneLayout(data.StructLayout):
             "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
             "fault": FAULT_SHAPE,
         })
+
+
+def engine_members(config, **extra):
+    """The members every engine has (µTOp command, body words, retirement, common counters),
+    plus its own ``extra`` ones."""
+    return {
+        "cmd": In(stream.Signature(CommandLayout(config))),
+        "instr": In(stream.Signature(unsigned(64))),
+        "done": Out(stream.Signature(DoneLayout(config))),
+        **extra,
+        "busy_cycles": Out(32),
+        "stall_cycles": Out(32),
+        "utops_done": Out(32),
+    }
+
+
+def refused(*requests):
+    """1 in a cycle where any of the request streams is valid and not granted (a stall)."""
+    stalled = 0
+    for request in requests:
+        stalled = stalled | (request.valid & ~request.ready)
+    return stalled

@@ -3,13 +3,13 @@
 import enum
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, fifo, memory, wiring
+from amaranth.lib.wiring import Out
 
 from hw.config import LUT_ENTRIES, VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
-from .ports import (CommandLayout, DoneLayout, FAULT_SHAPE, SpadReadSignature,
+from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["VectorEngine"]
@@ -67,18 +67,13 @@ class VectorEngine(wiring.Component):
     def __init__(self, config):
         self.config = config
         self.credits = 8
-        super().__init__({
-            "cmd": In(stream.Signature(CommandLayout(config))),
-            "instr": In(stream.Signature(unsigned(64))),
-            "done": Out(stream.Signature(DoneLayout(config))),
-            "rd_a": Out(SpadReadSignature(config)),
-            "rd_b": Out(SpadReadSignature(config)),
-            "wr": Out(SpadWriteSignature(config)),
-            "busy_cycles": Out(32),
-            "vector_cycles": Out(32),   # rows processed by the execute stage
-            "stall_cycles": Out(32),
-            "utops_done": Out(32),
-        })
+        super().__init__(engine_members(
+            config,
+            rd_a=Out(SpadReadSignature(config)),
+            rd_b=Out(SpadReadSignature(config)),
+            wr=Out(SpadWriteSignature(config)),
+            vector_cycles=Out(32),  # rows processed by the execute stage
+        ))
 
     def elaborate(self, platform):
         m = Module()
@@ -531,9 +526,7 @@ class VectorEngine(wiring.Component):
         m.d.sync += inflight.eq(inflight + row_issued - retired)
 
         # --- counters -------------------------------------------------------------------------
-        blocked = ((self.rd_a.req.valid & ~self.rd_a.req.ready)
-                   | (self.rd_b.req.valid & ~self.rd_b.req.ready)
-                   | (self.wr.req.valid & ~self.wr.req.ready))
+        blocked = refused(self.rd_a.req, self.rd_b.req, self.wr.req)
         m.d.sync += [
             self.busy_cycles.eq(self.busy_cycles + active),
             self.vector_cycles.eq(self.vector_cycles + execute),
