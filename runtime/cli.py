@@ -144,7 +144,11 @@ def cmd_verilog(args):
 
 def cmd_demo(args):
     from .demo import run_demo
-    return run_demo(_config(args.config))
+    from .driver import DriverError
+    try:
+        return run_demo(_config(args.config), backend=args.backend)
+    except DriverError as error:
+        raise UsageError(str(error)) from None
 
 
 def build_parser():
@@ -198,6 +202,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--backend", default="pysim", choices=["pysim", "verilator"])
     p.set_defaults(func=cmd_demo)
     return parser
 

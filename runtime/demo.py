@@ -1,15 +1,16 @@
-"""`neu10 demo`: two tenants with different ME/VE appetites on one NPU.
+"""`neu10 demo`: two tenants with different ME/VE appetites sharing one NPU (RTL simulation).
 
 Tenant 0 runs a GEMM (ME-heavy); tenant 1 runs a sigmoid by table lookup over a long
-vector stream (VE-heavy). Both are NeuISA programs in their own segments; results are
-checked bit for bit against plain numpy.
+vector stream (VE-heavy). Both are NeuISA programs in their own segments, each tenant owns
+half of the engines, and the pNPU runs them under the harvest policy (and, to compare,
+static partitioning). Results are checked bit for bit against plain numpy.
 """
 
 import numpy as np
 
 from isa.asm import assemble_program
 from isa.encoding import Engine
-from isa.golden import ContextSpec, GoldenNPU, Segment, requantize
+from isa.golden import Segment, requantize
 
 __all__ = ["run_demo", "gemm_program", "sigmoid_program"]
 
@@ -78,7 +79,10 @@ def sigmoid_table(scale_in=16.0, scale_out=127.0):
     return np.round(scale_out / (1.0 + np.exp(-x))).astype(np.int32)
 
 
-def run_demo(cfg, seed=2024):
+def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static")):
+    """Run both tenants on the RTL under each policy; report latency, engines, exactness."""
+    from .driver import Driver
+    from .mix import halves
     rng = np.random.default_rng(seed)
     k, n, lanes = cfg.array_rows, cfg.array_cols, cfg.ve_lanes
     m, rows = 64, 128
@@ -86,50 +90,60 @@ def run_demo(cfg, seed=2024):
     w = rng.integers(-128, 128, (k, n))
     x = rng.integers(-128, 128, (rows, lanes))
     mult, shift = 1 << 20, 30
-
-    gemm = assemble_program(gemm_program(m, cfg, a_hbm=0, w_hbm=m * k, c_hbm=m * k + k * n,
+    c_hbm = m * k + k * n
+    gemm = assemble_program(gemm_program(m, cfg, a_hbm=0, w_hbm=m * k, c_hbm=c_hbm,
                                          mult=mult, shift=shift), source="tenant0.s",
                             dep_window=cfg.dep_window)
     lut = sigmoid_table()
     sig = assemble_program(sigmoid_program(rows, cfg, x_hbm=0, y_hbm=rows * lanes,
                                            lut_hbm=2 * rows * lanes),
                            source="tenant1.s", dep_window=cfg.dep_window)
-
-    half_spad, half_hbm = cfg.spad_rows // 2, cfg.hbm_words // 2
-    contexts = [ContextSpec(gemm.words, Segment(0, half_spad), Segment(0, half_hbm)),
-                ContextSpec(sig.words, Segment(half_spad, half_spad),
-                            Segment(half_hbm, half_hbm))]
-    npu = GoldenNPU(cfg)
-    npu.hbm[:m * k] = a.reshape(-1)
-    npu.hbm[m * k:m * k + k * n] = w.reshape(-1)
-    base = half_hbm
-    npu.hbm[base:base + rows * lanes] = x.reshape(-1)
-    npu.hbm[base + 2 * rows * lanes:base + 2 * rows * lanes + lut.size] = lut
-    results = npu.run(contexts)
-
+    spad_half, hbm_half = cfg.spad_rows // 2, cfg.hbm_words // 2
+    segments = [(Segment(0, spad_half), Segment(0, hbm_half)),
+                (Segment(spad_half, spad_half), Segment(hbm_half, hbm_half))]
     c_expect = requantize(a @ w, mult, shift, 0)
-    c_got = npu.hbm[m * k + k * n:m * k + k * n + m * n].reshape(m, n)
     y_expect = lut[np.clip(x, -128, 127) + 128]
-    y_got = npu.hbm[base + rows * lanes:base + 2 * rows * lanes].reshape(rows, lanes)
 
-    def mix(assembly):
+    def mix_of(assembly):
         count = {e: 0 for e in Engine}
         for item in assembly.items:
             count[item.engine] += 1
-        return ", ".join(f"{count[e]} {e.name}" for e in Engine)
+        return ", ".join(f"{count[e]} {e.name}" for e in Engine if count[e])
 
-    print(f"neu10 demo: two tenants on one NPU ({cfg.n_me} MEs of {k}x{n}, {cfg.n_ve} VEs of "
-          f"{lanes} lanes, {cfg.n_dma} DMA engines)")
-    print("backend: golden (numpy reference model; the cycle-accurate RTL backends are "
-          "under construction)\n")
-    ok = True
-    for index, (name, assembly, got, want) in enumerate([
-            (f"tenant 0: int8 GEMM {m}x{k}x{n} + requantize", gemm, c_got, c_expect),
-            (f"tenant 1: sigmoid by table lookup, {rows}x{lanes} values", sig, y_got, y_expect)]):
-        exact = np.array_equal(got, want)
-        ok &= exact and results[index].status == "done"
-        print(f"  {name}")
-        print(f"    µTOps: {mix(assembly)}; program {len(assembly.words)} words; "
-              f"status {results[index].status}; result {'bit-exact' if exact else 'WRONG'} "
-              f"vs numpy")
+    print(f"neu10 demo: two tenants share one NPU ({cfg.n_me} MEs of {k}x{n}, {cfg.n_ve} VEs of "
+          f"{lanes} lanes, {cfg.n_dma} DMA engine{'s' if cfg.n_dma > 1 else ''}), simulated on "
+          f"{backend}")
+    print(f"  tenant 0: int8 GEMM {m}x{k}x{n} + requantize ({mix_of(gemm)} µTOps), owns "
+          f"half the MEs and VEs")
+    print(f"  tenant 1: sigmoid by table lookup over {rows}x{lanes} values ({mix_of(sig)} µTOps), "
+          f"owns the other half\n")
+    ok, latencies = True, {}
+    for policy in policies:
+        driver = Driver(cfg, backend)
+        driver.set_policy(policy)
+        for c, (program, (spad, hbm)) in enumerate(zip((gemm, sig), segments)):
+            me_mask, ve_mask = halves(cfg)[c]
+            driver.load_context(c, program.words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask)
+        driver.write_hbm(0, a.reshape(-1))
+        driver.write_hbm(m * k, w.reshape(-1))
+        driver.write_hbm(hbm_half, x.reshape(-1))
+        driver.write_hbm(hbm_half + 2 * rows * lanes, lut)
+        result = driver.run(read_hbm=[(c_hbm, m * n), (hbm_half + rows * lanes, rows * lanes)])
+        exact = [np.array_equal(result.hbm[(c_hbm, m * n)].reshape(m, n), c_expect),
+                 np.array_equal(result.hbm[(hbm_half + rows * lanes, rows * lanes)]
+                                .reshape(rows, lanes), y_expect)]
+        ok &= all(exact) and all(c.status.name == "DONE" for c in result.contexts)
+        latencies[policy] = result.makespan
+        busy = lambda first, count: sum(e["BUSY"] for e in result.engines[first:first + count])
+        print(f"  policy {policy}: makespan {result.makespan} cycles; ME busy "
+              f"{busy(0, cfg.n_me) / (cfg.n_me * result.makespan):.0%}, VE busy "
+              f"{busy(cfg.n_me, cfg.n_ve) / (cfg.n_ve * result.makespan):.0%}")
+        for c, context in enumerate(result.contexts):
+            print(f"    tenant {c}: {context.status.name.lower()}, {context.cycles} cycles, "
+                  f"engine-cycles on own engines {context.counters['OWN_CYCLES']}, on "
+                  f"borrowed {context.counters['HARVEST_CYCLES']}; result "
+                  f"{'bit-exact' if exact[c] else 'WRONG'} vs numpy")
+    if "harvest" in latencies and "static" in latencies:
+        print(f"\n  harvesting idle engines: {latencies['static'] / latencies['harvest']:.2f}x "
+              f"shorter makespan than static partitioning")
     return 0 if ok else 1

@@ -76,9 +76,10 @@ def test_conformance_failure_exits_1(tmp_path, capsys):
 
 
 def test_demo_is_bit_exact(capsys):
-    code, out, _ = run(capsys, "demo")
+    code, out, _ = run(capsys, "demo", "--config", "tiny")
     assert code == 0
-    assert out.count("bit-exact vs numpy") == 2 and "WRONG" not in out
+    assert out.count("bit-exact vs numpy") == 4 and "WRONG" not in out
+    assert "policy harvest" in out and "policy static" in out
 
 
 def test_spec_matches_generator(capsys):
