@@ -4,6 +4,8 @@ Every run is also executed on the golden model and checked bit for bit; a figure
 wrong result is never printed as if it were fine.
 """
 
+import time
+
 import numpy as np
 
 from hw.config import NPUConfig

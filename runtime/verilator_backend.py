@@ -191,17 +191,16 @@ class VerilatorBackend:
     def stepped(self, script, chunk):
         """Execute ``script`` interactively, driving each `run` from Python in ``chunk``-cycle
         steps (to measure the cost of a host in the loop); results as execute()."""
-        process = subprocess.Popen([str(self.binary), "--interactive"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE)
         results = []
+        with subprocess.Popen([str(self.binary), "--interactive"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE) as process:
 
-        def call(op):
-            process.stdin.write(_encode([op], self.poll))
-            process.stdin.flush()
-            (count,) = struct.unpack("<Q", process.stdout.read(8))
-            return struct.unpack(f"<{count}Q", process.stdout.read(8 * count)) if count else ()
+            def call(op):
+                process.stdin.write(_encode([op], self.poll))
+                process.stdin.flush()
+                (count,) = struct.unpack("<Q", process.stdout.read(8))
+                return struct.unpack(f"<{count}Q", process.stdout.read(8 * count)) if count else ()
 
-        try:
             for op in script:
                 if op[0] != "run":
                     results += _decode([op], call(op), self.config)
@@ -212,7 +211,5 @@ class VerilatorBackend:
                     busy = call(("step", chunk))[0]
                     waited += chunk
                 results.append((waited, bool(busy)))
-        finally:
             process.stdin.close()
-            process.wait()
         return results
