@@ -142,6 +142,34 @@ def cmd_verilog(args):
     return 0
 
 
+def _load_npy(path):
+    import numpy as np
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: not a .npy array ({error})") from None
+
+
+def cmd_matmul(args):
+    import numpy as np
+    from .driver import DriverError
+    from .matmul import MatmulError, matmul
+    a, b = _load_npy(args.a), _load_npy(args.b)
+    try:
+        c, run = matmul(a, b, config=_config(args.config), backend=args.backend)
+    except (MatmulError, DriverError) as error:
+        raise UsageError(str(error)) from None
+    try:
+        np.save(args.output, c.astype(np.int32))
+    except OSError as error:
+        raise UsageError(f"{args.output}: cannot write: {error.strerror}") from None
+    detail = f", {run.makespan} cycles on {args.backend}" if run else " (golden model)"
+    print(f"{args.output}: int32 {c.shape[0]}x{c.shape[1]}{detail}")
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
     from .driver import DriverError
@@ -186,6 +214,14 @@ def build_parser():
     p = sub.add_parser("config", help="show a configuration (preset or .toml file)")
     p.add_argument("config", nargs="?", default="default")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("matmul", help="int8 matrix multiply on the NPU: C = A @ B (int32)")
+    p.add_argument("--a", required=True, help="A.npy, int8 values, M x K")
+    p.add_argument("--b", required=True, help="B.npy, int8 values, K x N")
+    p.add_argument("-o", "--output", required=True, help="C.npy to write (int32, M x N)")
+    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.set_defaults(func=cmd_matmul)
 
     from .verilog import BLOCKS
     p = sub.add_parser("verilog", help="write the pNPU (or one block) as Verilog")
