@@ -1,0 +1,121 @@
+"""vNPUs and the mapper: virtual NPUs placed on one physical NPU.
+
+A vNPU asks for a number of matrix and vector engines, scratchpad rows and HBM words, and
+has a priority. The device maps it onto a hardware context: *spatially* (engines that no
+other vNPU owns) or *oversubscribed* (engines may be owned by several vNPUs), always with
+disjoint memory segments. The mapping becomes the context's registers (owned-engine
+masks, segments, priority) and the policy register, written through the host interface.
+"""
+
+from dataclasses import dataclass
+
+from isa.golden import Segment
+from .driver import Driver
+
+__all__ = ["VNPU", "Device", "MappingError"]
+
+
+class MappingError(ValueError):
+    """A vNPU request the physical NPU cannot satisfy; the message names what is short."""
+
+
+@dataclass
+class VNPU:
+    """A virtual NPU and, once mapped, where it lives."""
+    n_me: int
+    n_ve: int
+    spad_rows: int
+    hbm_words: int
+    priority: int = 0
+    name: str = ""
+    ctx: int | None = None
+    me_mask: int = 0
+    ve_mask: int = 0
+    spad: Segment | None = None
+    hbm: Segment | None = None
+
+
+def _first_fit(used, size, total):
+    """Lowest base where [base, base+size) misses every (base, size) in ``used``."""
+    base = 0
+    for start, length in sorted(used):
+        if base + size <= start:
+            break
+        base = max(base, start + length)
+    return base if base + size <= total else None
+
+
+class Device:
+    """A pNPU and the vNPUs mapped on it."""
+
+    def __init__(self, config, backend="pysim", policy="harvest"):
+        self.config, self.backend, self.policy = config, backend, policy
+        self.vnpus = []
+
+    def create(self, n_me, n_ve, spad_rows, hbm_words, *, priority=0, oversubscribe=False,
+               name=""):
+        """Map a new vNPU; raise MappingError when the NPU cannot hold it."""
+        cfg = self.config
+        for field, value, limit in (("n_me", n_me, cfg.n_me), ("n_ve", n_ve, cfg.n_ve)):
+            if not isinstance(value, int) or not 0 <= value <= limit:
+                raise MappingError(f"vNPU {field} = {value!r}: this NPU has {limit} "
+                                   f"{'matrix' if field == 'n_me' else 'vector'} engines")
+        if n_me + n_ve == 0:
+            raise MappingError("a vNPU needs at least one matrix or vector engine")
+        if not 0 <= priority <= 15:
+            raise MappingError(f"vNPU priority must be 0..15, not {priority!r}")
+        if len(self.vnpus) == cfg.n_ctx:
+            raise MappingError(f"all {cfg.n_ctx} hardware contexts hold vNPUs; destroy one first")
+        ctx = min(set(range(cfg.n_ctx)) - {v.ctx for v in self.vnpus})
+        masks = []
+        for kind, count, total in (("me", n_me, cfg.n_me), ("ve", n_ve, cfg.n_ve)):
+            taken = 0
+            for v in self.vnpus:
+                taken |= getattr(v, f"{kind}_mask")
+            free = [e for e in range(total) if not taken >> e & 1]
+            if len(free) >= count:
+                chosen = free[:count]
+            elif oversubscribe:
+                # Share: the free engines, then the least-owned ones.
+                owners = {e: sum(getattr(v, f"{kind}_mask") >> e & 1 for v in self.vnpus)
+                          for e in range(total)}
+                chosen = sorted(range(total), key=lambda e: (owners[e], e))[:count]
+            else:
+                raise MappingError(f"vNPU wants {count} {kind.upper()}s; only {len(free)} of "
+                                   f"{total} are not owned by another vNPU (oversubscribe=True "
+                                   f"shares them)")
+            masks.append(sum(1 << e for e in chosen))
+        segments = []
+        for kind, size, total in (("spad", spad_rows, cfg.spad_rows), ("hbm", hbm_words,
+                                                                       cfg.hbm_words)):
+            if not isinstance(size, int) or size < 1:
+                raise MappingError(f"vNPU {kind} size must be a positive integer, not {size!r}")
+            base = _first_fit([(getattr(v, kind).base, getattr(v, kind).size)
+                               for v in self.vnpus], size, total)
+            if base is None:
+                unit = "scratchpad rows" if kind == "spad" else "HBM words"
+                free = total - sum(getattr(v, kind).size for v in self.vnpus)
+                raise MappingError(f"vNPU wants {size} {unit}; {free} of {total} are free "
+                                   f"(and not necessarily in one piece)")
+            segments.append(Segment(base, size))
+        vnpu = VNPU(n_me, n_ve, spad_rows, hbm_words, priority, name or f"vnpu{ctx}", ctx,
+                    masks[0], masks[1], segments[0], segments[1])
+        self.vnpus.append(vnpu)
+        return vnpu
+
+    def destroy(self, vnpu):
+        if vnpu not in self.vnpus:
+            raise MappingError(f"{vnpu.name} is not mapped on this device")
+        self.vnpus.remove(vnpu)
+
+    def driver(self, programs):
+        """A driver with the policy set and each vNPU's program and registers loaded."""
+        driver = Driver(self.config, self.backend)
+        driver.set_policy(self.policy)
+        for vnpu in self.vnpus:
+            if vnpu.name not in programs:
+                continue
+            driver.load_context(vnpu.ctx, programs[vnpu.name], vnpu.spad, vnpu.hbm,
+                                me_mask=vnpu.me_mask, ve_mask=vnpu.ve_mask,
+                                priority=vnpu.priority)
+        return driver
