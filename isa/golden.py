@@ -13,8 +13,8 @@ import numpy as np
 from hw.config import LUT_ENTRIES, VREGS, NPUConfig
 from .encoding import DecodeError, Engine, Fault, decode_header, decode_instr
 
-__all__ = ["Segment", "ContextSpec", "ContextResult", "GoldenNPU", "ProgramFault",
-           "requantize", "wrap32"]
+__all__ = ["Segment", "ContextSpec", "ContextResult", "GoldenNPU", "ProgramFault", "Race",
+           "find_races", "requantize", "wrap32"]
 
 _INT32 = np.int32
 _ALU = re.compile(r"^v(add|sub|mul|min|max|shl|sra|srl)(r|i)?(\.s8)?$")
@@ -50,11 +50,21 @@ class ContextSpec:
 
 
 @dataclass
+class Race:
+    """Two µTOps closer than dep_window, unordered, touching one location (one writes)."""
+    first_pc: int
+    second_pc: int
+    space: str            # "spad" or "hbm"
+    address: int          # a physical row or word they both touch
+
+
+@dataclass
 class ContextResult:
     fault: Fault = Fault.NONE
     fault_pc: int | None = None      # word address of the faulting µTOp's header
     fault_detail: str = ""
     utops_retired: int = 0
+    races: list = field(default_factory=list)
 
     @property
     def status(self):
@@ -87,10 +97,13 @@ class _VEState:
 class GoldenNPU:
     """A pNPU's memories plus the reference semantics of every instruction."""
 
-    def __init__(self, config: NPUConfig):
+    def __init__(self, config: NPUConfig, *, check_races=False):
         self.config = config
         self.spad = np.zeros((config.spad_rows, config.ve_lanes), dtype=_INT32)
         self.hbm = np.zeros(config.hbm_words, dtype=_INT32)
+        #: With check_races, each ContextResult lists its races (see find_races).
+        self.check_races = check_races
+        self._accesses = None
 
     # --- running --------------------------------------------------------------------------
 
@@ -118,6 +131,7 @@ class GoldenNPU:
     def _run_context(self, ctx):
         cfg = self.config
         result = ContextResult()
+        history = []          # per executed µTOp: (pc, deps, accesses), for the race check
         pc = 0
         while True:
             header_pc = pc
@@ -135,13 +149,22 @@ class GoldenNPU:
                                        f"{pc} runs past the end of the program")
                 body = ctx.program[pc + 1:pc + 1 + length]
                 pc += 1 + length
+                if self.check_races:
+                    self._accesses = {(space, w): set() for space in ("spad", "hbm")
+                                      for w in (False, True)}
                 self.execute(utop.engine, body, ctx)
             except ProgramFault as fault:
+                self._accesses = None
                 result.fault, result.fault_pc, result.fault_detail = \
                     fault.fault, header_pc, fault.detail
                 return result
+            if self._accesses is not None:
+                history.append((header_pc, utop.deps, self._accesses))
+                self._accesses = None
             result.utops_retired += 1
             if utop.eop:
+                if self.check_races:
+                    result.races = find_races(history, cfg.dep_window)
                 return result
 
     # --- one µTOp -------------------------------------------------------------------------
@@ -164,24 +187,29 @@ class GoldenNPU:
             raise ProgramFault(instr.fault, str(instr))
         return instr
 
-    def _rows(self, ctx, first, count=1, stride=1):
+    def _rows(self, ctx, first, count=1, stride=1, write=False):
         """Physical scratchpad rows first + i*stride, i < count; SPAD_OOB if any is outside."""
-        return self._segment_rows(ctx, first + stride * np.arange(count, dtype=np.int64))
+        return self._segment_rows(ctx, first + stride * np.arange(count, dtype=np.int64), write)
 
-    @staticmethod
-    def _segment_rows(ctx, rel):
+    def _segment_rows(self, ctx, rel, write=False):
         """Physical rows for segment-relative rows ``rel``; SPAD_OOB if any is outside."""
         bad = (rel < 0) | (rel >= ctx.spad.size)
         if bad.any():
             raise ProgramFault(Fault.SPAD_OOB, f"scratchpad row {int(rel[bad][0])} is outside "
                                f"the segment of {ctx.spad.size} rows")
-        return ctx.spad.base + rel
+        rows = ctx.spad.base + rel
+        if self._accesses is not None:
+            self._accesses["spad", write].update(int(r) for r in np.atleast_1d(rows))
+        return rows
 
-    def _words(self, ctx, first, count):
+    def _words(self, ctx, first, count, write=False):
         """Physical HBM words first..first+count-1; HBM_OOB if any is outside."""
         if first < 0 or first + count > ctx.hbm.size:
             raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
                                f"outside the segment of {ctx.hbm.size} words")
+        if self._accesses is not None:
+            self._accesses["hbm", write].update(range(ctx.hbm.base + first,
+                                                      ctx.hbm.base + first + count))
         return slice(ctx.hbm.base + first, ctx.hbm.base + first + count)
 
     # --- matrix engine --------------------------------------------------------------------
@@ -203,7 +231,7 @@ class GoldenNPU:
                 if weights is None:
                     raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")
                 src = self._rows(ctx, a["src"], a["m"])
-                dst = self._rows(ctx, a["dst"], a["m"])
+                dst = self._rows(ctx, a["dst"], a["m"], write=True)
                 inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
                 product = inputs @ weights
                 if a["acc"]:
@@ -265,12 +293,12 @@ class GoldenNPU:
             result = wrap32(_alu(op, x, y))
             if sat:
                 result = np.clip(result, -128, 127)
-            write(self._rows(ctx, a["dst"], n), result)
+            write(self._rows(ctx, a["dst"], n, write=True), result)
         elif name == "vsetq":
             state.mult, state.shift, state.zp = a["mult"], a["shift"], a["zp"]
         elif name == "vrq":
             x = spad[self._rows(ctx, a["src"], a["n"])]
-            write(self._rows(ctx, a["dst"], a["n"]), requantize(x, state.mult, state.shift, state.zp))
+            write(self._rows(ctx, a["dst"], a["n"], write=True), requantize(x, state.mult, state.shift, state.zp))
         elif name == "vldlut":
             rows = self._rows(ctx, a["src"], cfg.lut_rows)
             state.lut = spad[rows].reshape(-1)[:LUT_ENTRIES].copy()
@@ -278,11 +306,11 @@ class GoldenNPU:
             if state.lut is None:
                 raise ProgramFault(Fault.UNLOADED_STATE, "vlut before any vldlut in this µTOp")
             x = spad[self._rows(ctx, a["src"], a["n"])]
-            write(self._rows(ctx, a["dst"], a["n"]), state.lut[np.clip(x, -128, 127) + 128])
+            write(self._rows(ctx, a["dst"], a["n"], write=True), state.lut[np.clip(x, -128, 127) + 128])
         elif name == "vld":
             state.vregs[a["vd"], :vl] = spad[self._rows(ctx, a["src"])[0], :vl]
         elif name == "vst":
-            spad[self._rows(ctx, a["dst"])[0], :vl] = state.vregs[a["vs"], :vl]
+            spad[self._rows(ctx, a["dst"], write=True)[0], :vl] = state.vregs[a["vs"], :vl]
         elif name == "vsetvl":
             if not 1 <= a["vl"] <= cfg.ve_lanes:
                 raise ProgramFault(Fault.ILLEGAL_OPERAND, f"vsetvl: vl = {a['vl']} is outside "
@@ -290,16 +318,16 @@ class GoldenNPU:
             state.vl = a["vl"]
         elif name in ("vrsum", "vrmax", "vrmin"):
             x = spad[self._rows(ctx, a["src"], a["n"], a["stride"])].astype(np.int64)
-            write(self._rows(ctx, a["dst"])[0], wrap32(_reduce(name[2:], x, axis=0)))
+            write(self._rows(ctx, a["dst"], write=True)[0], wrap32(_reduce(name[2:], x, axis=0)))
         elif name in ("vlsum", "vlmax", "vlmin"):
             x = spad[self._rows(ctx, a["src"], a["n"])][:, :vl].astype(np.int64)
             reduced = wrap32(_reduce(name[2:], x, axis=1))
-            write(self._rows(ctx, a["dst"], a["n"]),
+            write(self._rows(ctx, a["dst"], a["n"], write=True),
                   np.repeat(reduced[:, None], cfg.ve_lanes, axis=1))
         elif name in ("vpoolmax", "vpoolsum"):
             offsets = (np.arange(a["kh"])[:, None] * a["pitch"] + np.arange(a["kw"])).reshape(-1)
             x = spad[self._segment_rows(ctx, a["src"] + offsets)].astype(np.int64)
-            write(self._rows(ctx, a["dst"])[0], wrap32(_reduce(name[5:], x, axis=0)))
+            write(self._rows(ctx, a["dst"], write=True)[0], wrap32(_reduce(name[5:], x, axis=0)))
         else:  # pragma: no cover - every VE mnemonic is handled above
             raise AssertionError(name)
 
@@ -320,14 +348,15 @@ class GoldenNPU:
             elif name == "dbase":
                 gbase = a["hbm"]
             elif name == "dload":
-                rows = self._rows(ctx, a["dst"], a["rows"], sstride)
+                rows = self._rows(ctx, a["dst"], a["rows"], sstride, write=True)
                 words = [self._words(ctx, a["hbm"] + i * hstride, length) for i in range(a["rows"])]
                 for row, span in zip(rows, words):
                     self.spad[row, :length] = self.hbm[span]
                     self.spad[row, length:] = 0
             elif name == "dstore":
                 rows = self._rows(ctx, a["src"], a["rows"], sstride)
-                words = [self._words(ctx, a["hbm"] + i * hstride, length) for i in range(a["rows"])]
+                words = [self._words(ctx, a["hbm"] + i * hstride, length, write=True)
+                         for i in range(a["rows"])]
                 for row, span in zip(rows, words):
                     self.hbm[span] = self.spad[row, :length]
             else:  # dgather
@@ -335,11 +364,40 @@ class GoldenNPU:
                 n = a["rows"]
                 index_rows = self._rows(ctx, a["idx"], (n + lanes - 1) // lanes)
                 indices = self.spad[index_rows].reshape(-1)[:n].astype(np.int64)
-                rows = self._rows(ctx, a["dst"], n, sstride)
+                rows = self._rows(ctx, a["dst"], n, sstride, write=True)
                 words = [self._words(ctx, gbase + int(x) * hstride, length) for x in indices]
                 for row, span in zip(rows, words):
                     self.spad[row, :length] = self.hbm[span]
                     self.spad[row, length:] = 0
+
+
+def find_races(history, window):
+    """Races among executed µTOps: [(pc, deps, accesses)] in program order.
+
+    µTOp j is ordered after i when a chain of dependencies leads from j back to i, where
+    the window rule counts as a dependency of j on j - window. Only pairs closer than the
+    window can race; a race is a location one writes and the other reads or writes.
+    """
+    before = []           # per µTOp: the µTOps within the last 2*window known done before it
+    races = []
+    for j, (pc_j, deps, acc_j) in enumerate(history):
+        known = set()
+        for distance in list(deps) + [window]:
+            d = j - distance
+            if d >= 0:
+                known.add(d)
+                known |= before[d]
+        before.append({i for i in known if i > j - 2 * window})
+        for i in range(max(0, j - window + 1), j):
+            if i in before[j]:
+                continue
+            pc_i, _, acc_i = history[i]
+            for space in ("spad", "hbm"):
+                w_i, w_j = acc_i[space, True], acc_j[space, True]
+                clash = (w_i & (acc_j[space, False] | w_j)) | (acc_i[space, False] & w_j)
+                if clash:
+                    races.append(Race(pc_i, pc_j, space, min(clash)))
+    return races
 
 
 def _alu(op, x, y):

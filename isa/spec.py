@@ -62,7 +62,8 @@ past the program's end faults (FETCH_OOB).
   µTOp `i` does not start before µTOp `i - dep_window` has retired.
 - A program must declare a dependency path between any two µTOps closer than `dep_window`
   when one writes a location the other reads or writes; otherwise the result is
-  undefined. The golden model executes µTOps in program order.
+  undefined. The golden model executes µTOps in program order;
+  `GoldenNPU(config, check_races=True)` reports every such pair (a race).
 - Within a µTOp body, instructions take effect in order. Within one instruction that
   streams rows, a destination row range that overlaps a source row range (other than
   exactly, row for row, for the elementwise VE instructions) gives undefined results.

@@ -46,13 +46,15 @@ def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy
         raise MatmulError(str(error)) from None
     spad, hbm = Segment(0, config.spad_rows), Segment(0, config.hbm_words)
     if backend == "golden":
-        npu = GoldenNPU(config)
+        npu = GoldenNPU(config, check_races=True)
         npu.hbm[plan.a_addr:plan.a_addr + m * k] = a.reshape(-1)
         npu.hbm[plan.b_addr:plan.b_addr + k * n] = b.reshape(-1)
         [result] = npu.run([ContextSpec(plan.program.words, spad, hbm)])
         if result.fault:
             raise MatmulError(f"the compiled program faulted: {result.fault.name} "
                               f"({result.fault_detail})")
+        if result.races:
+            raise MatmulError(f"the compiled program has a race: {result.races[0]}")
         return npu.hbm[plan.c_addr:plan.c_addr + m * n].reshape(m, n).copy(), None
     driver = Driver(config, backend)
     driver.set_policy(policy)
