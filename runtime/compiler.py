@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from isa.asm import assemble_program
 
-__all__ = ["CompileError", "MatmulPlan", "Program", "compile_matmul"]
+__all__ = ["CompileError", "MatmulPlan", "Program", "compile_matmul", "row_spans"]
 
 
 class CompileError(ValueError):
@@ -70,7 +70,8 @@ def _emit(utops, config):
                                             dep_window=config.dep_window).words, len(utops))
 
 
-def _spans(count, most=256):
+def row_spans(count, most=256):
+    """(offset, size) pieces of a row range: one instruction moves at most ``most`` rows."""
     return [(first, min(most, count - first)) for first in range(0, count, most)]
 
 
@@ -120,7 +121,7 @@ def compile_matmul(config, m, k, n, *, a_addr=0, b_addr=None, c_addr=None, spad_
         width = min(kt_size, k - kt * kt_size)
         body = [f"dcfg {width}, {k}, 1"]
         body += [f"dload {a_row(kt) + r}, {a_addr + r * k + kt * kt_size}, {count}"
-                 for r, count in _spans(m)]
+                 for r, count in row_spans(m)]
         utops.append(_UTop("dma", body, f"load_a{kt}"))
     for ct in range(n_tiles):
         width = min(nt_size, n - ct * nt_size)
@@ -130,7 +131,7 @@ def compile_matmul(config, m, k, n, *, a_addr=0, b_addr=None, c_addr=None, spad_
             body.append(f"dload {b_row(kt, ct)}, {b_addr + kt * kt_size * n + ct * nt_size}, {rows}")
         utops.append(_UTop("dma", body, f"load_b{ct}"))
         blocks = []
-        for first, count in _spans(m, row_block):
+        for first, count in row_spans(m, row_block):
             body = []
             for kt in range(k_tiles):
                 rows = min(kt_size, k - kt * kt_size)
@@ -146,12 +147,12 @@ def compile_matmul(config, m, k, n, *, a_addr=0, b_addr=None, c_addr=None, spad_
             mult, shift, zp = requant
             body = [f"vsetq {mult}, {shift}, {zp}"]
             body += [f"vrq {q_base + ct * m + r}, {c_row(ct) + r}, {count}"
-                     for r, count in _spans(m)]
+                     for r, count in row_spans(m)]
             utops.append(_UTop("ve", body, f"rq{ct}", deps=blocks))
             source_rows, producers = q_base + ct * m, [f"rq{ct}"]
         body = [f"dcfg {width}, {n}, 1"]
         body += [f"dstore {c_addr + r * n + ct * nt_size}, {source_rows + r}, {count}"
-                 for r, count in _spans(m)]
+                 for r, count in row_spans(m)]
         utops.append(_UTop("dma", body, f"store{ct}", deps=producers, eoo=ct == n_tiles - 1))
     for u in utops:
         if len(u.body) > config.max_body:

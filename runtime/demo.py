@@ -11,13 +11,9 @@ import numpy as np
 from isa.asm import assemble_program
 from isa.encoding import Engine
 from isa.golden import Segment, requantize
+from .compiler import row_spans
 
 __all__ = ["run_demo", "gemm_program", "sigmoid_program"]
-
-
-def _spans(count, most=256):
-    """(offset, size) pieces of a row range: one copy instruction moves at most 256 rows."""
-    return [(first, min(most, count - first)) for first in range(0, count, most)]
 
 
 def gemm_program(m, cfg, *, a_hbm, w_hbm, c_hbm, mult, shift):
@@ -38,19 +34,19 @@ def gemm_program(m, cfg, *, a_hbm, w_hbm, c_hbm, mult, shift):
         "load_a: .dma",
         f"    dcfg {k}, {k}, 1",
     ]
-    lines += [f"    dload {r}, {a_hbm + r * k}, {size}" for r, size in _spans(m)]
+    lines += [f"    dload {r}, {a_hbm + r * k}, {size}" for r, size in row_spans(m)]
     gemms = []
-    for index, (first, rows) in enumerate(_spans(m, block)):
+    for index, (first, rows) in enumerate(row_spans(m, block)):
         gemms.append(f"mm{index}")
         lines += [f"mm{index}: .me deps(load_w, load_a){' eoo' if first + rows == m else ''}",
                   f"    ldw {w_row}, {k}",
                   f"    mm {acc_row + first}, {first}, {rows}"]
     lines += [f"requant: .ve deps({', '.join(gemms)}) eoo",
               f"    vsetq {mult}, {shift}, 0"]
-    lines += [f"    vrq {c_row + r}, {acc_row + r}, {size}" for r, size in _spans(m)]
+    lines += [f"    vrq {c_row + r}, {acc_row + r}, {size}" for r, size in row_spans(m)]
     lines += ["store: .dma deps(requant) eop",
               f"    dcfg {n}, {n}, 1"]
-    lines += [f"    dstore {c_hbm + r * n}, {c_row + r}, {size}" for r, size in _spans(m)]
+    lines += [f"    dstore {c_hbm + r * n}, {c_row + r}, {size}" for r, size in row_spans(m)]
     assert n <= lanes
     return "\n".join(lines) + "\n"
 
@@ -61,15 +57,15 @@ def sigmoid_program(rows, cfg, *, x_hbm, y_hbm, lut_hbm, chunk=64):
     x_row, y_row, lut_row = lut_rows, lut_rows + rows, 0
     lines = ["load_lut: .dma", f"    dload {lut_row}, {lut_hbm}, {lut_rows}"]
     lines += ["load_x: .dma"]
-    lines += [f"    dload {x_row + r}, {x_hbm + r * lanes}, {size}" for r, size in _spans(rows)]
+    lines += [f"    dload {x_row + r}, {x_hbm + r * lanes}, {size}" for r, size in row_spans(rows)]
     acts = []
-    for index, (first, count) in enumerate(_spans(rows, chunk)):
+    for index, (first, count) in enumerate(row_spans(rows, chunk)):
         acts.append(f"act{index}")
         lines += [f"act{index}: .ve deps(load_lut, load_x)",
                   f"    vldlut {lut_row}",
                   f"    vlut {y_row + first}, {x_row + first}, {count}"]
     lines += [f"store: .dma deps({', '.join(acts)}) eoo eop"]
-    lines += [f"    dstore {y_hbm + r * lanes}, {y_row + r}, {size}" for r, size in _spans(rows)]
+    lines += [f"    dstore {y_hbm + r * lanes}, {y_row + r}, {size}" for r, size in row_spans(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from hw.config import NPUConfig
 from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Policy, Status,
                        register_address)
-from isa.encoding import Engine, Fault
+from isa.encoding import Fault
 from isa.golden import Segment
 
 __all__ = ["Driver", "RunResult", "ContextResult", "DriverError", "BACKENDS", "make_backend"]
@@ -218,8 +218,3 @@ class Driver:
             offset = address - first * per_line
             result.hbm[(address, count)] = lines[offset:offset + count]
         return result
-
-    def engine_type(self, index):
-        cfg = self.config
-        return Engine.ME if index < cfg.n_me else Engine.VE if index < cfg.n_me + cfg.n_ve \
-            else Engine.DMA

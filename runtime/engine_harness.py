@@ -18,22 +18,14 @@ from hw.scratchpad import Scratchpad
 from isa.asm import assemble_program
 from isa.encoding import Fault, decode_header
 from isa.golden import ContextSpec, GoldenNPU, Segment
+from .words import pack_words, unpack_words
 
 
-__all__ = ["run_engine", "EngineTop", "row_to_int", "int_to_row", "COUNTERS"]
+__all__ = ["run_engine", "EngineTop", "COUNTERS"]
 
 #: Counters an engine may expose; run_engine reports those it has.
 COUNTERS = ("busy_cycles", "stall_cycles", "utops_done", "mac_cycles", "vector_cycles",
             "words_moved")
-
-
-def row_to_int(row):
-    return sum((int(v) & 0xFFFFFFFF) << (32 * i) for i, v in enumerate(row))
-
-
-def int_to_row(value, lanes):
-    words = [(value >> (32 * i)) & 0xFFFFFFFF for i in range(lanes)]
-    return [w - (1 << 32) if w >> 31 else w for w in words]
 
 
 class NoiseClient(wiring.Component):
@@ -116,12 +108,12 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
 
     async def dispatcher(ctx):
         for address, row in enumerate(spad_init):
-            ctx.set(top.spad.row(address), row_to_int(row))
+            ctx.set(top.spad.row(address), pack_words(row))
         if hbm is not None:
             padded = np.zeros(-(-len(hbm) // words) * words, dtype=np.int64)
             padded[:len(hbm)] = hbm
             for line in range(len(padded) // words):
-                ctx.set(top.hbm.lines.data[line], row_to_int(padded[line * words:(line + 1) * words]))
+                ctx.set(top.hbm.lines.data[line], pack_words(padded[line * words:(line + 1) * words]))
         if before:
             await before(ctx, top)
         out["sim_start"] = time.perf_counter()
@@ -154,10 +146,10 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
         out["sim_seconds"] = time.perf_counter() - out.pop("sim_start")
         out["counters"] = {name: ctx.get(getattr(engine, name)) for name in COUNTERS
                            if hasattr(engine, name)}
-        out["spad"] = np.array([int_to_row(ctx.get(top.spad.row(r)), lanes)
+        out["spad"] = np.array([unpack_words(ctx.get(top.spad.row(r)), lanes)
                                 for r in range(config.spad_rows)])
         if top.hbm is not None:
-            out["hbm"] = np.array([int_to_row(ctx.get(top.hbm.lines.data[line]), words)
+            out["hbm"] = np.array([unpack_words(ctx.get(top.hbm.lines.data[line]), words)
                                    for line in range(config.hbm_words // words)]).reshape(-1)
         if after:
             await after(ctx, top)

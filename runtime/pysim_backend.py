@@ -4,17 +4,9 @@ from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from hw.npu import NPU
+from .words import to_signed32, unpack_words
 
 __all__ = ["PysimBackend"]
-
-
-def _to_signed(value):
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >> 31 else value
-
-
-def _unpack(value, count):
-    return [_to_signed(value >> (32 * i)) for i in range(count)]
 
 
 class _Harness(Elaboratable):
@@ -109,7 +101,7 @@ class _Session:
             elif kind == "spad_write":
                 request = npu.spad_wr.req
                 ctx.set(request.payload.addr, op[1])
-                ctx.set(request.payload.data, [_to_signed(v) for v in op[2]])
+                ctx.set(request.payload.data, [to_signed32(v) for v in op[2]])
                 ctx.set(request.payload.mask, (1 << lanes) - 1)
                 ctx.set(request.valid, 1)
                 await ctx.tick().until(request.ready)
@@ -120,7 +112,7 @@ class _Session:
                 ctx.set(request.valid, 1)
                 await ctx.tick().until(request.ready)
                 ctx.set(request.valid, 0)
-                results.append(_unpack(ctx.get(npu.spad_rd.resp.as_value()), lanes))
+                results.append(unpack_words(ctx.get(npu.spad_rd.resp.as_value()), lanes))
             elif kind in ("hbm_write", "hbm_read"):
                 request = npu.hbm.req
                 ctx.set(request.payload.line, op[1])
@@ -135,7 +127,7 @@ class _Session:
                     # The line is valid for one cycle: sample it at that edge.
                     (line,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(
                         npu.hbm.resp_valid)
-                    results.append(_unpack(line, per_line))
+                    results.append(unpack_words(line, per_line))
             elif kind == "run":
                 waited = 0
                 await ctx.tick()          # the START write takes effect

@@ -21,6 +21,7 @@ import amaranth
 from hw.hbm import HBMRequestLayout
 from hw.ports import SpadWriteLayout, spad_addr_shape
 from .verilog import ToolError, WAIVERS, find_verilator, generate
+from .words import to_signed32
 
 __all__ = ["VerilatorBackend", "build_model", "build_dir"]
 
@@ -136,11 +137,6 @@ def _encode(script, poll):
     return struct.pack(f"<{len(words)}Q", *words)
 
 
-def _signed32(value):
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >> 31 else value
-
-
 def _decode(script, words, config):
     """Results in the pysim backend's form, one entry per reading operation."""
     results, position = [], 0
@@ -151,7 +147,7 @@ def _decode(script, words, config):
             position += 1
         elif kind in ("spad_read", "hbm_read"):
             count = config.ve_lanes if kind == "spad_read" else config.hbm_words_per_cycle
-            results.append([_signed32(w) for w in words[position:position + count]])
+            results.append([to_signed32(w) for w in words[position:position + count]])
             position += count
         elif kind == "run":
             results.append((words[position], bool(words[position + 1])))
