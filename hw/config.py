@@ -48,11 +48,11 @@ class NPUConfig:
     #: SIMD lanes per vector engine; also the words per scratchpad row.
     ve_lanes: int = 8
     #: Scratchpad depth in rows (all contexts together).
-    spad_rows: int = 4096
+    spad_rows: int = 16384
     #: Scratchpad banks; row r lives in bank r % spad_banks.
     spad_banks: int = 4
     #: HBM size in 32-bit words (all contexts together).
-    hbm_words: int = 1 << 16
+    hbm_words: int = 1 << 18
     #: Cycles from an HBM request to its first word.
     hbm_latency: int = 20
     #: HBM bandwidth in bytes per cycle (a multiple of 4: whole words).
@@ -62,7 +62,7 @@ class NPUConfig:
     #: Largest µTOp body (instructions after the header) an engine accepts.
     max_body: int = 64
     #: Instruction memory per context, in 64-bit words.
-    imem_words: int = 1024
+    imem_words: int = 4096
     #: Depth of the ready queue per engine type in the dispatcher.
     queue_depth: int = 4
     #: When no context retires a µTOp for this many cycles, running contexts fault (WATCHDOG).

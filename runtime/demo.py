@@ -11,7 +11,7 @@ import numpy as np
 from isa.asm import assemble_program
 from isa.encoding import Engine
 from isa.golden import Segment, requantize
-from .compiler import row_spans
+from .program import row_spans
 
 __all__ = ["run_demo", "gemm_program", "sigmoid_program"]
 

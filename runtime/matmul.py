@@ -30,7 +30,7 @@ def check_operands(a, b):
 
 
 def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy="harvest",
-           row_block=None):
+           row_block=None, spad_rows=None):
     """C = A @ B (int32, or int8 with ``requant``); returns (C, run) where run is the
     driver's RunResult (None on the golden backend)."""
     a, b = check_operands(a, b)
@@ -41,10 +41,11 @@ def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy
         raise MatmulError(f"matmul {m}x{k}x{n} needs {words} HBM words; the NPU has "
                           f"{config.hbm_words}")
     try:
-        plan = compile_matmul(config, m, k, n, requant=requant, row_block=row_block)
+        plan = compile_matmul(config, m, k, n, requant=requant, row_block=row_block,
+                              spad_rows=spad_rows)
     except CompileError as error:
         raise MatmulError(str(error)) from None
-    spad, hbm = Segment(0, config.spad_rows), Segment(0, config.hbm_words)
+    spad, hbm = Segment(0, spad_rows or config.spad_rows), Segment(0, config.hbm_words)
     if backend == "golden":
         npu = GoldenNPU(config, check_races=True)
         npu.hbm[plan.a_addr:plan.a_addr + m * k] = a.reshape(-1)

@@ -28,6 +28,16 @@ def test_golden_matches_numpy(m, k, n):
     assert np.array_equal(c, a @ b)
 
 
+@pytest.mark.parametrize("m, k, n, spad_rows", [(100, 24, 40, 96), (96, 16, 8, 64)])
+def test_operands_larger_than_the_scratchpad(m, k, n, spad_rows):
+    """A and B do not fit: A panels and B column panels stream through double buffers."""
+    a, b = operands(m, k, n, spad_rows)
+    plan = compile_matmul(DEFAULT, m, k, n, spad_rows=spad_rows)
+    assert plan.spad_rows <= spad_rows < (m * k + k * n) // DEFAULT.ve_lanes
+    c, _ = matmul(a, b, config=DEFAULT, backend="golden", spad_rows=spad_rows)
+    assert np.array_equal(c, a @ b)
+
+
 def test_requantized_output():
     a, b = operands(20, 13, 11, 3)
     c, _ = matmul(a, b, config=DEFAULT, backend="golden", requant=(1 << 22, 30, -3))
@@ -70,8 +80,8 @@ def test_bad_operands(a, b, message):
 
 
 def test_too_large_for_the_vnpu():
-    with pytest.raises(CompileError, match="needs .* scratchpad rows; the vNPU has 64"):
-        compile_matmul(TINY, 100, 16, 16, spad_rows=64)
+    with pytest.raises(CompileError, match="needs at least .* scratchpad rows .* of the vNPU.s 16 are free"):
+        compile_matmul(TINY, 100, 16, 16, spad_rows=16)
     with pytest.raises(MatmulError, match="needs 6870 HBM words; the NPU has 4096"):
         matmul(*operands(70, 40, 37, 1), config=TINY)
     with pytest.raises(CompileError, match="matmul dimension k must be a positive integer"):

@@ -1,0 +1,674 @@
+"""The model compiler: int8 ML operators lowered to one µTOp program, with an exact
+integer reference computed alongside.
+
+Every operator method of :class:`Graph` does two things: it appends µTOps (tiled to one
+engine, dependencies derived from the memory they touch, see runtime/program.py) and it
+computes, in plain numpy, the integers those µTOps must produce (``Tensor.ref``). The
+golden model and the RTL then have to reproduce ``ref`` bit for bit.
+
+Activation layout: a tensor of ``rows`` x ``cols`` int8 values lives in the scratchpad as
+``cols / ve_lanes`` *tiles*, tile t holding columns t*L..t*L+L-1 of every row in ``rows``
+consecutive rows. A tile is what one systolic pass consumes (a K slice) and produces (an
+output column tile), so operators chain without relayout. Images (batch, h, w, c) use the
+same layout with one row per pixel of a zero-padded (h+2) x (w+2) grid: a 3x3 convolution
+is then 9 shifted views of its input (im2col by addressing, no copy), and pooling and
+convolution read the zero ring as padding.
+
+Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
+ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
+the current one); activations stay in the scratchpad.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .program import CompileError, ProgramBuilder, Region, row_spans
+from .quant import activation_table, multiplier, quantize, rq
+
+__all__ = ["Graph", "Tensor", "Image"]
+
+
+@dataclass(frozen=True)
+class Image:
+    """Padded image layout of a tensor: ``batch`` images of h x w pixels, 1-pixel zero ring."""
+    batch: int
+    h: int
+    w: int
+
+    @property
+    def pitch(self):
+        return self.w + 2
+
+    @property
+    def rows(self):
+        return self.batch * (self.h + 2) * (self.w + 2)
+
+    def interior(self):
+        """Boolean mask over the rows: True for real pixels, False for the zero ring."""
+        grid = np.zeros((self.batch, self.h + 2, self.w + 2), bool)
+        grid[:, 1:-1, 1:-1] = True
+        return grid.reshape(-1)
+
+    def to_rows(self, x):
+        """(batch, h, w, c) -> (rows, c) with zero padding."""
+        padded = np.zeros((self.batch, self.h + 2, self.w + 2, x.shape[-1]), np.int64)
+        padded[:, 1:-1, 1:-1] = x
+        return padded.reshape(self.rows, -1)
+
+    def from_rows(self, rows):
+        return rows.reshape(self.batch, self.h + 2, self.w + 2, -1)[:, 1:-1, 1:-1]
+
+
+@dataclass
+class Tensor:
+    """An int8 (or int32) activation in the scratchpad, and the integers it must hold."""
+    region: Region
+    rows: int
+    tiles: int
+    scale: float
+    ref: np.ndarray               # rows x (tiles * lanes) int64
+    image: Image | None = None
+
+    def tile(self, t):
+        return self.region.start + t * self.rows
+
+    def tile_region(self, t):
+        return Region("spad", self.tile(t), self.rows)
+
+    def view(self, first, count):
+        """Tiles first..first+count-1 as a tensor (no copy)."""
+        lanes = self.ref.shape[1] // self.tiles
+        return Tensor(Region("spad", self.tile(first), count * self.rows), self.rows, count,
+                      self.scale, self.ref[:, first * lanes:(first + count) * lanes], self.image)
+
+
+def _bodies(instrs, most):
+    """Split an instruction list into µTOp bodies of at most ``most`` instructions."""
+    return [instrs[i:i + most] for i in range(0, len(instrs), most)] or [[]]
+
+
+class Graph:
+    """Builds one program for a model on a vNPU of ``spad_rows`` rows and ``hbm_words`` words."""
+
+    def __init__(self, config, *, spad_rows=None, hbm_words=None):
+        if not config.array_rows == config.array_cols == config.ve_lanes:
+            raise CompileError(
+                f"the model compiler needs square arrays as wide as a scratchpad row "
+                f"(array_rows = array_cols = ve_lanes); this NPU has {config.array_rows}x"
+                f"{config.array_cols} arrays and {config.ve_lanes} lanes")
+        self.config = config
+        self.lanes = config.ve_lanes
+        self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
+        self.inputs = {}              # name -> (HBM Region, rows x cols int array)
+        self.outputs = {}             # name -> (HBM Region, Tensor)
+        self._constants = {}          # bytes of a constant block -> spad Region
+        self.ops = []                 # (kind, name) in order, for reports
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _tiles(self, cols, what):
+        if cols % self.lanes:
+            raise CompileError(f"{what}: {cols} columns is not a multiple of the "
+                               f"{self.lanes} lanes")
+        return cols // self.lanes
+
+    def _new(self, rows, tiles, scale, ref, what, image=None):
+        region = self.builder.alloc(rows * tiles, what)
+        return Tensor(region, rows, tiles, scale, np.asarray(ref, np.int64), image)
+
+    def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False):
+        body = [f"dcfg {width}, {hstride}, 1"]
+        for first, count in row_spans(rows):
+            if store:
+                body.append(f"dstore {hbm_addr + first * hstride}, {spad_row + first}, {count}")
+            else:
+                body.append(f"dload {spad_row + first}, {hbm_addr + first * hstride}, {count}")
+        return body
+
+    def constant(self, values, what):
+        """Rows of constants (lanes wide) loaded once from HBM; identical blocks are shared."""
+        values = np.asarray(values, np.int64).reshape(-1, self.lanes)
+        key = values.tobytes()
+        if key not in self._constants:
+            hbm = self.builder.hbm(values.size, what, values)
+            spad = self.builder.alloc(len(values), what)
+            self.builder.utop("dma", self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+                                                    len(values)),
+                              reads=[hbm], writes=[spad], name=f"load {what}")
+            self._constants[key] = spad
+        return self._constants[key]
+
+    def _ve(self, units, reads, writes, name, preamble=()):
+        """VE µTOps from ``units`` (instruction groups never split across µTOps); every
+        µTOp starts with ``preamble`` (engine state does not survive a µTOp)."""
+        room = self.config.max_body - len(preamble)
+        body = []
+        for unit in units:
+            if len(unit) > room:
+                raise CompileError(f"{name}: {len(unit) + len(preamble)} dependent vector "
+                                   f"instructions exceed max_body {self.config.max_body}")
+            if len(body) + len(unit) > room:
+                self.builder.utop("ve", list(preamble) + body, reads=reads, writes=writes,
+                                  name=name)
+                body = []
+            body += unit
+        if body:
+            self.builder.utop("ve", list(preamble) + body, reads=reads, writes=writes, name=name)
+
+    def _row_blocks(self, lo, hi, tiles):
+        """Row blocks so that every ME of the pNPU gets work even with few column tiles."""
+        parts = max(1, -(-self.config.n_me // tiles))
+        size = -(-(hi - lo) // parts)
+        return [(lo + first, count) for first, count in row_spans(hi - lo, size)]
+
+    def _op(self, kind, name):
+        self.builder.end_operator()
+        self.ops.append((kind, name))
+
+    # --- data in and out -------------------------------------------------------------------
+
+    def input(self, name, q, scale, image=None):
+        """An int8 input written to HBM by the host ((rows, cols), or an Image's pixels)."""
+        q = np.asarray(q, np.int64)
+        rows_q = image.to_rows(q) if image else q
+        rows, cols = rows_q.shape
+        tiles = self._tiles(cols, f"input {name}")
+        hbm = self.builder.hbm(rows * cols, f"input {name}")
+        self.inputs[name] = (hbm, rows_q)
+        out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
+        for t in range(tiles):
+            self.builder.utop("dma", self._dma_rows(self.lanes, cols, out.tile(t),
+                                                    hbm.start + t * self.lanes, rows),
+                              reads=[hbm], writes=[out.tile_region(t)], name=f"load {name}.{t}")
+        self._op("input", name)
+        return out
+
+    def indices(self, name, values, limit):
+        """Integer indices (one per word) written to HBM by the host and loaded in rows."""
+        values = np.asarray(values, np.int64).reshape(-1)
+        if values.size and (values.min() < 0 or values.max() >= limit):
+            raise CompileError(f"indices {name} must be in 0..{limit - 1}, got "
+                               f"{values.min()}..{values.max()}")
+        rows = -(-values.size // self.lanes)
+        padded = np.zeros(rows * self.lanes, np.int64)
+        padded[:values.size] = values
+        hbm = self.builder.hbm(padded.size, f"indices {name}")
+        self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
+        spad = self.builder.alloc(rows, f"indices {name}")
+        self.builder.utop("dma", self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+                                                rows),
+                          reads=[hbm], writes=[spad], name=f"load {name}")
+        return spad, values
+
+    def buffer(self, name, rows, tiles, scale):
+        """A tensor that later operators fill tile by tile (``out=`` of matmul)."""
+        return self._new(rows, tiles, scale, np.zeros((rows, tiles * self.lanes)), name)
+
+    def output(self, name, x):
+        """Store a tensor to HBM (row-major, rows x cols) for the host to read."""
+        cols = x.tiles * self.lanes
+        hbm = self.builder.hbm(x.rows * cols, f"output {name}")
+        for t in range(x.tiles):
+            self.builder.utop("dma", self._dma_rows(self.lanes, cols, x.tile(t),
+                                                    hbm.start + t * self.lanes, x.rows,
+                                                    store=True),
+                              reads=[x.tile_region(t)], writes=[hbm], name=f"store {name}.{t}")
+        self.outputs[name] = (hbm, x)
+        self._op("output", name)
+
+    def build(self):
+        return self.builder.build()
+
+    # --- matrix operators ------------------------------------------------------------------
+
+    def _gemm(self, name, sources, k_tiles, lo, hi, rows, acc_ref, n_tiles, panel, *,
+              requant, act, out_scale, reads, mask=None, image=None, out=None):
+        """Output column tiles of sum over K tiles of (rows shifted by sources(kt)) @ W.
+
+        ``panel(ct)`` gives the µTOps' view of W's column tile ct: (spad row of its first
+        K tile, Region, or None to load it from HBM as (hbm Region, hstride, column)).
+        Rows lo..hi-1 are computed; with ``mask`` the others are zero and rows where the
+        mask is 0 are zeroed too (the ring of a padded image).
+        """
+        cfg, lanes = self.config, self.lanes
+        mult, shift = requant
+        ref = rq(acc_ref, mult, shift)
+        table = None
+        if act == "relu":
+            ref = np.maximum(ref, 0)
+        elif act:
+            table = activation_table(act, out_scale[0], out_scale[1])
+            ref = table[ref + 128]
+        if mask is not None:
+            ref = ref * mask[:, None]
+        final_scale = out_scale[1] if table is not None else out_scale[0]
+        if out is None:
+            out = self._new(rows, n_tiles, final_scale, ref, name, image)
+        else:
+            out.ref[:] = ref
+        lut = self.constant(table, f"{act} table") if table is not None else None
+        mask_rows = (self.constant(np.repeat(mask, lanes), f"mask {image}")
+                     if mask is not None else None)
+        ring = min(n_tiles, 3)
+        acc = [self.builder.alloc(rows, f"{name} accumulator") for _ in range(ring)]
+        staged = [None] * ring
+        blocks = self._row_blocks(lo, hi, n_tiles)
+        for ct in range(n_tiles):
+            slot = ct % ring
+            w_row, w_region, bias_row = panel(ct, slot, staged)
+            dst = out.tile(ct)
+            for first, count in blocks:
+                target = Region("spad", acc[slot].start + first, count)
+                for chunk in range(0, k_tiles, cfg.max_body // 2):
+                    body = []
+                    for kt in range(chunk, min(k_tiles, chunk + cfg.max_body // 2)):
+                        body += [f"ldw {w_row + kt * lanes}, {lanes}",
+                                 f"mm {target.start}, {sources(kt) + first}, {count}"
+                                 + (", acc" if kt else "")]
+                    self.builder.utop("me", body, reads=reads + [w_region]
+                                      + ([target] if chunk else []), writes=[target],
+                                      name=f"{name} mm{ct}.{first}")
+                preamble = [f"vld 0, {bias_row}"] if bias_row is not None else []
+                preamble.append(f"vsetq {mult}, {shift}, 0")
+                if lut is not None:
+                    preamble.append(f"vldlut {lut.start}")
+                units = []
+                for r, n in row_spans(count):
+                    a, d = target.start + r, dst + first + r
+                    unit = [f"vaddr {a}, {a}, 0, {n}"] if bias_row is not None else []
+                    unit.append(f"vrq {d}, {a}, {n}")
+                    if act == "relu":
+                        unit.append(f"vmaxi {d}, {d}, 0, {n}")
+                    elif lut is not None:
+                        unit.append(f"vlut {d}, {d}, {n}")
+                    if mask_rows is not None:
+                        unit.append(f"vmul {d}, {d}, {mask_rows.start + first + r}, {n}")
+                    units.append(unit)
+                extra = [r for r in (w_region if bias_row is not None else None, lut, mask_rows)
+                         if r is not None]
+                self._ve(units, reads=[target] + extra, writes=[target,
+                         Region("spad", dst + first, count)], name=f"{name} epilogue{ct}.{first}",
+                         preamble=preamble)
+            zero = []
+            for a, b in ((0, lo), (hi, rows)):
+                zero += [[f"vmuli {dst + a + f}, {dst + a + f}, 0, {n}"]
+                         for f, n in row_spans(b - a)] if b > a else []
+            if zero:
+                self._ve(zero, reads=[out.tile_region(ct)], writes=[out.tile_region(ct)],
+                         name=f"{name} ring{ct}")
+        for region in acc:
+            self.builder.free(region)
+        return out
+
+    def _weights(self, name, w_q, bias_q):
+        """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row."""
+        lanes = self.lanes
+        k, n = w_q.shape
+        n_tiles = -(-n // lanes)
+        w_pad = np.zeros((k, n_tiles * lanes), np.int64)
+        w_pad[:, :n] = w_q
+        b_pad = np.zeros(n_tiles * lanes, np.int64)
+        b_pad[:n] = bias_q
+        w_hbm = self.builder.hbm(w_pad.size, f"{name} weights", w_pad)
+        b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
+        ring = min(n_tiles, 3)
+        bufs = [self.builder.alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
+
+        def panel(ct, slot, staged):
+            buf = bufs[slot]
+            body = self._dma_rows(lanes, n_tiles * lanes, buf.start, w_hbm.start + ct * lanes, k)
+            body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
+            self.builder.utop("dma", body, reads=[w_hbm, b_hbm], writes=[buf],
+                              name=f"{name} load w{ct}")
+            return buf.start, buf, buf.start + k
+
+        return n_tiles, w_pad, b_pad, panel, bufs
+
+    def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None):
+        """y = act(x @ w + bias): float weights quantized here (per tensor), int8 out."""
+        k_tiles = x.tiles
+        if w.shape[0] != k_tiles * self.lanes:
+            raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
+                               f"{k_tiles * self.lanes} columns")
+        w_scale = float(np.max(np.abs(w))) / 127 or 1.0
+        w_q = quantize(w, w_scale)
+        bias_q = quantize(bias, x.scale * w_scale, bits=32)
+        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
+        acc_ref = x.ref @ w_pad + b_pad
+        out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
+                         requant=multiplier(x.scale * w_scale / out_scale), act=act,
+                         out_scale=(out_scale, act_scale), reads=[x.region])
+        for region in bufs:
+            self.builder.free(region)
+        self._op("linear", name)
+        return out
+
+    def conv3x3(self, name, x, w, bias, out_scale, act=None):
+        """Same-padded 3x3 convolution, stride 1: w is (3, 3, cin, cout)."""
+        image, lanes = x.image, self.lanes
+        if image is None or w.shape[:3] != (3, 3, x.tiles * lanes):
+            raise CompileError(f"{name}: needs an image input with {w.shape[2]} channels and "
+                               f"(3, 3, cin, cout) weights, got {w.shape}")
+        w_scale = float(np.max(np.abs(w))) / 127 or 1.0
+        w_q = quantize(w, w_scale).reshape(9 * x.tiles * lanes, -1)   # rows: (tap, cin)
+        bias_q = quantize(bias, x.scale * w_scale, bits=32)
+        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
+        pitch = image.pitch
+        taps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        sources = lambda kt: (x.tile(kt % x.tiles) + taps[kt // x.tiles][0] * pitch
+                              + taps[kt // x.tiles][1])
+        lo, hi = pitch + 1, image.rows - pitch - 1
+        acc_ref = np.zeros((image.rows, n_tiles * lanes), np.int64)
+        for kt in range(9 * x.tiles):
+            shift = taps[kt // x.tiles][0] * pitch + taps[kt // x.tiles][1]
+            cols = slice((kt % x.tiles) * lanes, (kt % x.tiles + 1) * lanes)
+            acc_ref[lo:hi] += x.ref[lo + shift:hi + shift, cols] @ w_pad[kt * lanes:(kt + 1) * lanes]
+        acc_ref[lo:hi] += b_pad
+        out = self._gemm(name, sources, 9 * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
+                         panel, requant=multiplier(x.scale * w_scale / out_scale), act=act,
+                         out_scale=(out_scale, None), reads=[x.region],
+                         mask=image.interior().astype(np.int64), image=image)
+        for region in bufs:
+            self.builder.free(region)
+        self._op("conv3x3", name)
+        return out
+
+    def matmul(self, name, x, y, out_scale, out=None):
+        """x @ y of two activations (y's rows are the K dimension), int8 out."""
+        if y.rows != x.tiles * self.lanes:
+            raise CompileError(f"{name}: {x.tiles * self.lanes} columns against {y.rows} rows")
+
+        def panel(ct, slot, staged):
+            return y.tile(ct), y.tile_region(ct), None
+
+        result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, x.ref @ y.ref, y.tiles,
+                            panel, requant=multiplier(x.scale * y.scale / out_scale), act=None,
+                            out_scale=(out_scale, None), reads=[x.region], out=out)
+        self._op("matmul", name)
+        return result
+
+    # --- vector operators ------------------------------------------------------------------
+
+    def _elementwise(self, name, tensors, scale, ref, per_rows, out=None):
+        """One VE µTOp per tile: ``per_rows(t, dst, first, n)`` gives the instructions."""
+        x = tensors[0]
+        out = out or self._new(x.rows, x.tiles, scale, ref, name, x.image)
+        for t in range(x.tiles):
+            units = [per_rows(t, out.tile(t) + first, first, n) for first, n in row_spans(x.rows)]
+            self._ve(units, reads=[a.tile_region(t) for a in tensors],
+                     writes=[out.tile_region(t)], name=f"{name}.{t}")
+        self._op("eltwise", name)
+        return out
+
+    def add(self, name, a, b, relu=False):
+        """Saturating int8 a + b (same scale), optionally followed by relu."""
+        if a.scale != b.scale or a.ref.shape != b.ref.shape:
+            raise CompileError(f"{name}: add needs equal shapes and scales, got {a.ref.shape} "
+                               f"@ {a.scale:g} and {b.ref.shape} @ {b.scale:g}")
+        ref = np.clip(a.ref + b.ref, -128, 127)
+        ref = np.maximum(ref, 0) if relu else ref
+        return self._elementwise(name, [a, b], a.scale, ref, lambda t, d, f, n: (
+            [f"vadd.s8 {d}, {a.tile(t) + f}, {b.tile(t) + f}, {n}"]
+            + ([f"vmaxi {d}, {d}, 0, {n}"] if relu else [])))
+
+    def mul(self, name, a, b, out_scale):
+        """int8 a * b, rescaled to ``out_scale``."""
+        mult, shift = multiplier(a.scale * b.scale / out_scale)
+        return self._elementwise(name, [a, b], out_scale, rq(a.ref * b.ref, mult, shift),
+                                 lambda t, d, f, n: [
+                                     f"vsetq {mult}, {shift}, 0",
+                                     f"vmul {d}, {a.tile(t) + f}, {b.tile(t) + f}, {n}",
+                                     f"vrq {d}, {d}, {n}"])
+
+    def activation(self, name, x, function, out_scale):
+        """A nonlinear function by table lookup (gelu, sigmoid, tanh, relu)."""
+        table = activation_table(function, x.scale, out_scale)
+        lut = self.constant(table, f"{function} table")
+        out = self._new(x.rows, x.tiles, out_scale, table[x.ref + 128], name, x.image)
+        for t in range(x.tiles):
+            units = [[f"vlut {out.tile(t) + f}, {x.tile(t) + f}, {n}"]
+                     for f, n in row_spans(x.rows)]
+            self._ve(units, reads=[x.tile_region(t), lut], writes=[out.tile_region(t)],
+                     name=f"{name}.{t}", preamble=[f"vldlut {lut.start}"])
+        self._op("activation", name)
+        return out
+
+    def softmax(self, name, x):
+        """Row softmax over all columns, as integers: exp and 1/sum by table lookup.
+
+        d = x - rowmax (<= 0); e = EXP[d] = round(2^14 exp(d * scale)); s = sum of e;
+        r = RECIP[s >> k] = round(2^24 / s) at the centre of s's bucket; out = rq(e * r,
+        127, 24): probabilities at scale 1/127. The bucket k is chosen so s >> k < 256, so
+        1/s is exact to about 1 part in 2 * 2^14 / 2^k.
+        """
+        lanes, tiles, rows = self.lanes, x.tiles, x.rows
+        cols = tiles * lanes
+        exp_bits, recip_bits = 14, 24
+        exp_table = np.round((1 << exp_bits) * np.exp(np.minimum(np.arange(256) - 128, 0)
+                                                      * x.scale)).astype(np.int64)
+        k = max(0, int(np.ceil(np.log2(cols * (1 << exp_bits) / 255))))
+        recip_table = np.round((1 << recip_bits) / ((np.arange(256) + 0.5) * (1 << k))
+                               ).astype(np.int64)
+        # The reference, step for step.
+        peak = x.ref.reshape(rows, tiles, lanes).max(axis=(1, 2))[:, None]
+        e = exp_table[np.clip(x.ref - peak, -128, 127) + 128]
+        total = e.sum(axis=1, keepdims=True)
+        r = recip_table[np.clip((total >> k) - 128, -128, 127) + 128]
+        out = self._new(rows, tiles, 1 / 127, rq(e * r, 127, recip_bits), name)
+        exp_lut = self.constant(exp_table, "exp table")
+        recip_lut = self.constant(recip_table, "reciprocal table")
+        work = self.builder.alloc(rows * (tiles + 2), f"{name} scratch")
+        peak_row, sum_row = work.start, work.start + rows
+        e_row = lambda t: work.start + (2 + t) * rows
+        units = []
+        for f, n in row_spans(rows):
+            unit = [f"vldlut {exp_lut.start}", f"vsetq 127, {recip_bits}, 0"]
+            source = x.tile(0) + f
+            for t in range(1, tiles):
+                unit.append(f"vmax {peak_row + f}, {source}, {x.tile(t) + f}, {n}")
+                source = peak_row + f
+            unit.append(f"vlmax {peak_row + f}, {source}, {n}")
+            for t in range(tiles):
+                unit += [f"vsub {e_row(t) + f}, {x.tile(t) + f}, {peak_row + f}, {n}",
+                         f"vlut {e_row(t) + f}, {e_row(t) + f}, {n}"]
+            source = e_row(0) + f
+            for t in range(1, tiles):
+                unit.append(f"vadd {sum_row + f}, {source}, {e_row(t) + f}, {n}")
+                source = sum_row + f
+            unit += [f"vlsum {sum_row + f}, {source}, {n}",
+                     f"vsrai {sum_row + f}, {sum_row + f}, {k}, {n}",
+                     f"vaddi {sum_row + f}, {sum_row + f}, -128, {n}",
+                     f"vldlut {recip_lut.start}",
+                     f"vlut {sum_row + f}, {sum_row + f}, {n}"]
+            for t in range(tiles):
+                unit += [f"vmul {e_row(t) + f}, {e_row(t) + f}, {sum_row + f}, {n}",
+                         f"vrq {out.tile(t) + f}, {e_row(t) + f}, {n}"]
+            units.append(unit)
+        self._ve(units, reads=[x.region, exp_lut, recip_lut, work], writes=[work, out.region],
+                 name=name)
+        self.builder.free(work)
+        self._op("softmax", name)
+        return out
+
+    def layernorm(self, name, x, gamma, beta, out_scale):
+        """Row layer normalization in integers: 1/std by table lookup.
+
+        d = D*x - sum(x) (exact: D times the deviation); v = sum((d >> a)^2) with a chosen
+        so nothing overflows; r = RSQRT[v >> k] with k chosen so the largest possible v
+        (|x| <= 127) lands in the table; z = rq(d * r) at scale 4/127 (|z| <= 4 sigma);
+        out = rq(z * gamma_q) + beta_q, saturating.
+        """
+        lanes, tiles, rows = self.lanes, x.tiles, x.rows
+        cols = tiles * lanes
+        a = max(0, int(np.ceil((2 * np.log2(255 * cols) + np.log2(cols) - 30) / 2)))
+        v_max = cols * ((255 * cols) >> a) ** 2
+        k = max(0, int(np.ceil(np.log2(v_max / 255))))
+        rs_bits, z_scale = 24, 4 / 127
+        # r ~ 2^24 / (2^a sqrt(v / D)): then d * r / 2^24 = (x - mean) / std.
+        centre = (np.arange(256) + 0.5) * (1 << k)
+        rsqrt_table = np.round((1 << rs_bits) / ((1 << a) * np.sqrt(centre / cols))
+                               ).astype(np.int64)
+        z_mult = multiplier(1 / ((1 << rs_bits) * z_scale))
+        g_scale = float(np.max(np.abs(gamma))) / 127 or 1.0
+        g_q, b_q = quantize(gamma, g_scale), quantize(beta, out_scale)
+        y_mult = multiplier(z_scale * g_scale / out_scale)
+        # The reference, step for step.
+        total = x.ref.sum(axis=1, keepdims=True)
+        d = x.ref * cols - total
+        v = ((d >> a) ** 2).sum(axis=1, keepdims=True)
+        r = rsqrt_table[np.clip((v >> k) - 128, -128, 127) + 128]
+        z = rq(d * r, *z_mult)
+        ref = np.clip(rq(z * g_q, *y_mult) + b_q, -128, 127)
+        out = self._new(rows, tiles, out_scale, ref, name)
+        lut = self.constant(rsqrt_table, "rsqrt table")
+        params = self.constant(np.concatenate([g_q, b_q]), f"{name} gamma beta")
+        work = self.builder.alloc(rows * (tiles + 2), f"{name} scratch")
+        s_row, v_row = work.start, work.start + rows
+        d_row = lambda t: work.start + (2 + t) * rows
+        units = []
+        for f, n in row_spans(rows):
+            unit = [f"vldlut {lut.start}"]
+            source = x.tile(0) + f
+            for t in range(1, tiles):
+                unit.append(f"vadd {s_row + f}, {source}, {x.tile(t) + f}, {n}")
+                source = s_row + f
+            unit.append(f"vlsum {s_row + f}, {source}, {n}")
+            for t in range(tiles):
+                unit += [f"vmuli {d_row(t) + f}, {x.tile(t) + f}, {cols}, {n}",
+                         f"vsub {d_row(t) + f}, {d_row(t) + f}, {s_row + f}, {n}",
+                         f"vsrai {out.tile(t) + f}, {d_row(t) + f}, {a}, {n}",
+                         f"vmul {out.tile(t) + f}, {out.tile(t) + f}, {out.tile(t) + f}, {n}"]
+            source = out.tile(0) + f
+            for t in range(1, tiles):
+                unit.append(f"vadd {v_row + f}, {source}, {out.tile(t) + f}, {n}")
+                source = v_row + f
+            unit += [f"vlsum {v_row + f}, {source}, {n}",
+                     f"vsrai {v_row + f}, {v_row + f}, {k}, {n}",
+                     f"vaddi {v_row + f}, {v_row + f}, -128, {n}",
+                     f"vlut {v_row + f}, {v_row + f}, {n}"]
+            for t in range(tiles):
+                o = out.tile(t) + f
+                unit += [f"vsetq {z_mult[0]}, {z_mult[1]}, 0",
+                         f"vmul {d_row(t) + f}, {d_row(t) + f}, {v_row + f}, {n}",
+                         f"vrq {o}, {d_row(t) + f}, {n}",
+                         f"vld 1, {params.start + t}",
+                         f"vld 2, {params.start + tiles + t}",
+                         f"vmulr {o}, {o}, 1, {n}",
+                         f"vsetq {y_mult[0]}, {y_mult[1]}, 0",
+                         f"vrq {o}, {o}, {n}",
+                         f"vaddr.s8 {o}, {o}, 2, {n}"]
+            units.append(unit)
+        self._ve(units, reads=[x.region, lut, params, work], writes=[work, out.region], name=name)
+        self.builder.free(work)
+        self._op("layernorm", name)
+        return out
+
+    def maxpool2(self, name, x):
+        """2x2 max pooling, stride 2, of an image (h and w even)."""
+        image = x.image
+        if image is None or image.h % 2 or image.w % 2:
+            raise CompileError(f"{name}: 2x2 pooling needs an image with even h and w")
+        small = Image(image.batch, image.h // 2, image.w // 2)
+        pixels = image.from_rows(x.ref)
+        b, h, w, c = pixels.shape
+        pooled = pixels.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        out = self._new(small.rows, x.tiles, x.scale, small.to_rows(pooled), name, small)
+        for t in range(x.tiles):
+            units = [[f"vmuli {out.tile(t) + f}, {out.tile(t) + f}, 0, {n}"]
+                     for f, n in row_spans(small.rows)]
+            for i in range(image.batch):
+                for y in range(small.h):
+                    dst = out.tile(t) + (i * (small.h + 2) + y + 1) * small.pitch + 1
+                    src = x.tile(t) + (i * (image.h + 2) + 2 * y + 1) * image.pitch + 1
+                    units.append([f"loop {small.w}, 1, 1, 2",
+                                  f"vpoolmax {dst}, {src}, {image.pitch}, 2, 2"])
+            self._ve(units, reads=[x.tile_region(t), out.tile_region(t)],
+                     writes=[out.tile_region(t)], name=f"{name}.{t}")
+        self._op("pool", name)
+        return out
+
+    def global_avgpool(self, name, x, out_scale):
+        """Mean over all pixels of each image: (batch, channels)."""
+        image = x.image
+        per_image = (image.h + 2) * (image.w + 2)
+        if per_image > 256:
+            raise CompileError(f"{name}: images of {per_image} padded pixels; one row "
+                               f"reduction covers at most 256")
+        mult, shift = multiplier(x.scale / (image.h * image.w) / out_scale)
+        sums = image.from_rows(x.ref).sum(axis=(1, 2))
+        out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
+        work = self.builder.alloc(image.batch, f"{name} sums")
+        for t in range(x.tiles):
+            units = [[f"vrsum {work.start + i}, {x.tile(t) + i * per_image}, 1, {per_image}"]
+                     for i in range(image.batch)]
+            units.append([f"vrq {out.tile(t)}, {work.start}, {image.batch}"])
+            self._ve(units, reads=[x.tile_region(t), work], writes=[work, out.tile_region(t)],
+                     name=f"{name}.{t}", preamble=[f"vsetq {mult}, {shift}, 0"])
+        self.builder.free(work)
+        self._op("pool", name)
+        return out
+
+    def embedding(self, name, table, ids, scale=None):
+        """Rows of an embedding table (float, quantized here) gathered by the DMA."""
+        lanes = self.lanes
+        vocab, dim = table.shape
+        tiles = self._tiles(dim, f"embedding {name}")
+        scale = scale or float(np.max(np.abs(table))) / 127 or 1.0
+        table_q = quantize(table, scale)
+        idx_region, ids = self.indices(f"{name} ids", ids, vocab)
+        if len(ids) > 256:
+            raise CompileError(f"{name}: {len(ids)} lookups; one gather moves at most 256 rows")
+        hbm = self.builder.hbm(table_q.size, f"{name} table", table_q)
+        out = self._new(len(ids), tiles, scale, table_q[ids], name)
+        for t in range(tiles):
+            self.builder.utop("dma", [f"dbase {hbm.start + t * lanes}", f"dcfg {lanes}, {dim}, 1",
+                                      f"dgather {out.tile(t)}, {idx_region.start}, {len(ids)}"],
+                              reads=[hbm, idx_region], writes=[out.tile_region(t)],
+                              name=f"{name} gather{t}")
+        self._op("embedding", name)
+        return out
+
+    def concat(self, name, parts):
+        """Columns of several tensors side by side (tiles are copied by the VE)."""
+        rows = parts[0].rows
+        if any(p.rows != rows or p.scale != parts[0].scale for p in parts):
+            raise CompileError(f"{name}: concat needs equal rows and scales")
+        out = self._new(rows, sum(p.tiles for p in parts), parts[0].scale,
+                        np.concatenate([p.ref for p in parts], axis=1), name)
+        t = 0
+        for p in parts:
+            for pt in range(p.tiles):
+                units = [[f"vaddi {out.tile(t) + f}, {p.tile(pt) + f}, 0, {n}"]
+                         for f, n in row_spans(rows)]
+                self._ve(units, reads=[p.tile_region(pt)], writes=[out.tile_region(t)],
+                         name=f"{name}.{t}")
+                t += 1
+        self._op("concat", name)
+        return out
+
+    def transpose(self, name, x):
+        """x^T on the vector engine (for attention's K^T): rows must be a multiple of lanes.
+
+        Element (i, r) of a lanes x lanes block reaches lane i of row r by masking lane r
+        (vmulr with a one-hot vector), broadcasting it across the row (vlsum), keeping
+        lane i of row i (vmul with the identity) and summing the rows (vrsum).
+        """
+        lanes = self.lanes
+        row_tiles = self._tiles(x.rows, f"{name} rows")
+        eye = self.constant(np.eye(lanes, dtype=np.int64), "identity")
+        out = self._new(x.tiles * lanes, row_tiles, x.scale, x.ref.T.copy(), name)
+        work = self.builder.alloc(lanes, f"{name} scratch")
+        for j in range(row_tiles):
+            for ti in range(x.tiles):
+                units = [[f"vld 0, {eye.start + r}",
+                          f"vmulr {work.start}, {x.tile(ti) + j * lanes}, 0, {lanes}",
+                          f"vlsum {work.start}, {work.start}, {lanes}",
+                          f"vmul {work.start}, {work.start}, {eye.start}, {lanes}",
+                          f"vrsum {out.tile(j) + ti * lanes + r}, {work.start}, 1, {lanes}"]
+                         for r in range(lanes)]
+                self._ve(units, reads=[x.tile_region(ti), eye, work],
+                         writes=[work, out.tile_region(j)], name=f"{name}.{j}.{ti}")
+        self.builder.free(work)
+        self._op("transpose", name)
+        return out

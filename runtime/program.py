@@ -1,0 +1,166 @@
+"""Program builder: µTOps with the memory they touch, dependencies derived from it.
+
+The compiler's lowerings append µTOps together with the scratchpad rows and HBM words
+they read and write. The builder turns that into dependency masks: a µTOp waits for every
+earlier µTOp closer than ``dep_window`` that writes what it reads (RAW), reads what it
+writes (WAR) or writes what it writes (WAW). Older µTOps are ordered by the window rule
+(isa/SPEC.md), so nothing else is needed, and µTOps that share no memory stay free to run
+on different engines at once: that is how a program tiled to one engine spreads over any
+number of them.
+
+The builder also owns the vNPU's two address spaces: a first-fit allocator of scratchpad
+rows (regions are freed and reused; the dependency rule makes reuse safe) and a bump
+allocator of HBM words, with the host data (weights, inputs) that belongs in HBM.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.asm import assemble_program
+
+__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "row_spans"]
+
+
+class CompileError(ValueError):
+    """The operator cannot be compiled for this vNPU; the message names the limit."""
+
+
+def row_spans(count, most=256):
+    """(offset, size) pieces of a row range: one instruction moves at most ``most`` rows."""
+    return [(first, min(most, count - first)) for first in range(0, count, most)]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A range of one address space: scratchpad rows or HBM words."""
+    space: str      # "spad" or "hbm"
+    start: int
+    size: int
+
+    @property
+    def stop(self):
+        return self.start + self.size
+
+    def overlaps(self, other):
+        return (self.space == other.space and self.start < other.stop
+                and other.start < self.stop)
+
+
+@dataclass
+class UTop:
+    engine: str                 # "me", "ve", "dma"
+    body: list
+    name: str
+    reads: list
+    writes: list
+    eoo: bool = False
+    deps: set = field(default_factory=set)      # indices of earlier µTOps
+
+
+@dataclass
+class Program:
+    """Assembly, 64-bit words, and µTOp counts per engine type."""
+    source: str
+    words: list
+    n_utops: int
+    per_engine: dict
+
+
+class ProgramBuilder:
+    """Collects µTOps for one vNPU of ``spad_rows`` rows and ``hbm_words`` words."""
+
+    def __init__(self, config, *, spad_rows=None, hbm_words=None):
+        self.config = config
+        self.spad_rows = config.spad_rows if spad_rows is None else spad_rows
+        self.hbm_words = config.hbm_words if hbm_words is None else hbm_words
+        self.utops = []
+        self._spad_used = []            # allocated (start, size), sorted
+        self.spad_peak = 0
+        self.hbm_top = 0
+        self.hbm_image = {}             # HBM word address -> int array placed there by the host
+
+    # --- memory --------------------------------------------------------------------------
+
+    def alloc(self, rows, what):
+        """First-fit scratchpad region of ``rows`` rows."""
+        if rows < 1:
+            raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
+        base = 0
+        for start, size in self._spad_used:
+            if base + rows <= start:
+                break
+            base = max(base, start + size)
+        if base + rows > self.spad_rows:
+            live = sum(size for _, size in self._spad_used)
+            raise CompileError(f"{what} needs {rows} scratchpad rows; {live} of the vNPU's "
+                               f"{self.spad_rows} are live (and not necessarily in one piece)")
+        self._spad_used = sorted(self._spad_used + [(base, rows)])
+        self.spad_peak = max(self.spad_peak, base + rows)
+        return Region("spad", base, rows)
+
+    def free(self, region):
+        self._spad_used.remove((region.start, region.size))
+
+    def hbm(self, words, what, data=None):
+        """Bump-allocate ``words`` HBM words; ``data`` (if given) is written there by the host."""
+        if self.hbm_top + words > self.hbm_words:
+            raise CompileError(f"{what} needs {words} HBM words; {self.hbm_words - self.hbm_top} "
+                               f"of the vNPU's {self.hbm_words} are left")
+        region = Region("hbm", self.hbm_top, words)
+        self.hbm_top += words
+        if data is not None:
+            self.hbm_image[region.start] = np.asarray(data, dtype=np.int64).reshape(-1)
+        return region
+
+    # --- µTOps ---------------------------------------------------------------------------
+
+    def utop(self, engine, body, *, reads=(), writes=(), name="", eoo=False):
+        """Append a µTOp; its dependencies follow from ``reads``/``writes`` (Regions)."""
+        if not body:
+            raise CompileError(f"µTOp {name} has an empty body")
+        if len(body) > self.config.max_body:
+            raise CompileError(f"µTOp {name} has {len(body)} instructions; max_body is "
+                               f"{self.config.max_body}")
+        new = UTop(engine, list(body), name or f"u{len(self.utops)}", list(reads), list(writes),
+                   eoo)
+        index = len(self.utops)
+        for j in range(max(0, index - self.config.dep_window), index):
+            old = self.utops[j]
+            if (any(w.overlaps(r) for w in old.writes for r in new.reads)
+                    or any(w.overlaps(x) for w in new.writes for x in old.reads + old.writes)):
+                new.deps.add(j)
+        self.utops.append(new)
+        return new
+
+    def end_operator(self):
+        """Mark the last µTOp as the end of an ML operator (the v10 policy gangs on it)."""
+        if self.utops:
+            self.utops[-1].eoo = True
+
+    def build(self):
+        """Assemble; the last µTOp ends the program."""
+        if not self.utops:
+            raise CompileError("the program has no µTOps")
+        lines = []
+        last = len(self.utops) - 1
+        for i, u in enumerate(self.utops):
+            flags = []
+            if u.deps:
+                flags.append("deps(" + ", ".join(f"-{i - j}" for j in sorted(u.deps,
+                                                                            reverse=True)) + ")")
+            if u.eoo or i == last:
+                flags.append("eoo")
+            if i == last:
+                flags.append("eop")
+            lines.append(f".{u.engine} {' '.join(flags)}".rstrip() + f"    # {u.name}")
+            lines += [f"    {instr}" for instr in u.body]
+        source = "\n".join(lines) + "\n"
+        words = assemble_program(source, source="<compiled>",
+                                 dep_window=self.config.dep_window).words
+        if len(words) > self.config.imem_words:
+            raise CompileError(f"the program compiles to {len(words)} words; the instruction "
+                               f"memory holds {self.config.imem_words}")
+        per_engine = {kind: sum(u.engine == kind for u in self.utops)
+                      for kind in ("me", "ve", "dma")}
+        return Program(source, words, len(self.utops), per_engine)

@@ -1,0 +1,69 @@
+"""int8 quantization: scales, fixed-point multipliers, the integer rules the NPU applies,
+and the 256-entry lookup tables of the nonlinear functions.
+
+Tensors are symmetric per-tensor int8: real = q * scale. A real factor is applied in
+integer arithmetic as ``(x * mult) >> shift`` with rounding (the `vrq` rule), so every
+rescale in a model is a (mult, shift) pair chosen here.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS"]
+
+
+def scale_of(values):
+    """The int8 scale that maps the largest magnitude of ``values`` to 127."""
+    peak = float(np.max(np.abs(values))) if np.size(values) else 0.0
+    return peak / 127 if peak > 0 else 1.0
+
+
+def quantize(values, scale, bits=8):
+    """Round to the nearest integer multiple of ``scale``, saturated to ``bits`` bits."""
+    top = (1 << (bits - 1)) - 1
+    return np.clip(np.round(np.asarray(values, dtype=np.float64) / scale), -top - 1,
+                   top).astype(np.int64)
+
+
+def multiplier(real):
+    """(mult, shift) with mult * 2^-shift ~= real, mult in [2^30, 2^31): 31-bit precision."""
+    if not real > 0 or not math.isfinite(real):
+        raise ValueError(f"a rescale factor must be positive and finite, not {real!r}")
+    shift = 30 - math.floor(math.log2(real))
+    if shift > 63:
+        return 0, 0                      # below 2^-33: everything rounds to zero
+    if shift < 0:
+        raise ValueError(f"rescale factor {real!r} is too large (at most 2^30)")
+    mult = round(real * (1 << shift))
+    if mult >= 1 << 31:
+        mult, shift = mult >> 1, shift - 1
+    return mult, shift
+
+
+def rq(x, mult, shift, zp=0):
+    """The `vrq` rule in numpy: (x * mult) rounded (ties up) right by shift, + zp, int8."""
+    product = np.asarray(x, dtype=np.int64) * mult
+    if shift:
+        product = (product + (1 << (shift - 1))) >> shift
+    return np.clip(product + zp, -128, 127)
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+ACTIVATIONS = {
+    "gelu": _gelu,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0),
+}
+
+
+def activation_table(name, in_scale, out_scale):
+    """LUT[j] = quantized f((j - 128) * in_scale) at ``out_scale``: int8 in, int8 out."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    x = (np.arange(256) - 128) * in_scale
+    return quantize(ACTIVATIONS[name](x), out_scale)
