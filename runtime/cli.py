@@ -170,6 +170,37 @@ def cmd_matmul(args):
     return 0
 
 
+def cmd_run(args):
+    import json
+    from .allocator import AllocationError
+    from .driver import DriverError
+    from .execute import ExecutionError
+    from .inference import infer, parse_vnpu
+    from .models import MODELS
+    from .program import CompileError
+    config = _config(args.config)
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODELS)}")
+    try:
+        vnpu = parse_vnpu(args.vnpu, config) if args.vnpu else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if vnpu and args.budget is not None:
+        raise UsageError("give --vnpu or --budget, not both")
+
+    def progress(cycles):
+        print(f"  ... {cycles} cycles simulated", file=sys.stderr, flush=True)
+
+    try:
+        report = infer(args.model, config, backend=args.backend, vnpu=vnpu, budget=args.budget,
+                       price_me=args.price_me, price_ve=args.price_ve, policy=args.policy,
+                       progress=None if args.json else progress)
+    except (AllocationError, CompileError, DriverError, ExecutionError) as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(report.to_dict()) if args.json else report.text())
+    return 0 if report.exact else 1
+
+
 def cmd_demo(args):
     from .demo import run_demo
     from .driver import DriverError
@@ -222,6 +253,21 @@ def build_parser():
     p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.set_defaults(func=cmd_matmul)
+
+    from .models import MODELS
+    p = sub.add_parser("run", help="one inference of a model on a vNPU, with a report")
+    p.add_argument("model", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--vnpu", metavar="ME,VE", help="engines of the vNPU (default: all, or "
+                   "what --budget buys)")
+    p.add_argument("--budget", type=float, help="price per cycle the tenant pays: the "
+                   "allocator picks ME,VE from the model's profile")
+    p.add_argument("--price-me", type=float, default=1.0, help="price of an ME per cycle")
+    p.add_argument("--price-ve", type=float, default=1.0, help="price of a VE per cycle")
+    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--policy", default="harvest", choices=["static", "harvest", "temporal", "v10"])
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_run)
 
     from .verilog import BLOCKS
     p = sub.add_parser("verilog", help="write the pNPU (or one block) as Verilog")

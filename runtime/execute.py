@@ -15,8 +15,11 @@ class ExecutionError(RuntimeError):
 
 
 def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
-            max_cycles=20_000_000):
-    """(outputs by name as rows x cols int arrays, the driver's RunResult or None)."""
+            max_cycles=20_000_000, progress=None):
+    """(outputs by name as rows x cols int arrays, the driver's RunResult or None).
+
+    The vNPU gets the first ``n_me`` MEs and ``n_ve`` VEs (default: all) under ``policy``;
+    ``progress(cycles)`` is called during long pysim runs."""
     cfg = graph.config
     builder = graph.builder
     spad, hbm = Segment(0, builder.spad_rows), Segment(0, builder.hbm_words)
@@ -35,7 +38,7 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
             raise ExecutionError(f"the program has a race: {result.races[0]}")
         return {name: npu.hbm[a:a + n].reshape(shapes[name]).astype(np.int64)
                 for name, (a, n) in reads.items()}, None
-    driver = Driver(cfg, backend)
+    driver = Driver(cfg, backend, progress=progress)
     driver.set_policy(policy)
     me_mask = (1 << (cfg.n_me if n_me is None else n_me)) - 1
     ve_mask = (1 << (cfg.n_ve if n_ve is None else n_ve)) - 1

@@ -39,6 +39,7 @@ class _Session:
         self.job = None
         self.results = None
         self.error = None
+        self.progress = None         # called with the cycles run so far, every 4096 cycles
 
     def execute(self, script):
         self.job, self.results, self.error = script, None, None
@@ -136,6 +137,8 @@ class _Session:
                 while ctx.get(npu.busy) and waited < op[1]:
                     await ctx.tick().repeat(self.poll)
                     waited += self.poll
+                    if self.progress and waited % 4096 < self.poll:
+                        self.progress(waited)
                 results.append((waited, bool(ctx.get(npu.busy))))
             else:
                 raise ValueError(f"unknown host operation {kind!r}")
@@ -180,8 +183,9 @@ class PysimBackend:
 
     name = "pysim"
 
-    def __init__(self, config, *, vcd=None, poll=16, trace=False):
+    def __init__(self, config, *, vcd=None, poll=16, trace=False, progress=None):
         self.config, self.vcd, self.poll, self.trace = config, vcd, poll, trace
+        self.progress = progress
         #: With ``trace``: per cycle of the last run, the dispatcher's issues (context,
         #: engine), each context's ready engine types (bit t), which contexts occupy MEs
         #: and engines, and which retire a µTOp (bit masks).
@@ -190,6 +194,7 @@ class PysimBackend:
     def execute(self, script):
         if self.vcd:
             session = _Session(self.config, self.poll, self.vcd, self.trace)
+            session.progress = self.progress
             results = session.execute(script)
             self.trace_events = session.trace_events
             return results
@@ -197,6 +202,7 @@ class PysimBackend:
         session = _SESSIONS.get(key)
         if session is None:
             session = _SESSIONS[key] = _Session(self.config, self.poll, trace=self.trace)
+        session.progress = self.progress
         try:
             results = session.execute(script)
             self.trace_events = session.trace_events

@@ -163,7 +163,7 @@ class VerilatorBackend:
 
     name = "verilator"
 
-    def __init__(self, config, *, vcd=None, poll=16, trace=False):
+    def __init__(self, config, *, vcd=None, poll=16, trace=False, progress=None):
         if trace:
             raise ToolError("dispatch traces are recorded by the pysim backend only; use "
                             "--vcd for waveforms on verilator")
