@@ -1,7 +1,7 @@
 """The physical NPU (pNPU): engines, scratchpad, HBM, dispatcher and host interface."""
 
 from amaranth import Cat, Module
-from amaranth.lib import wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine
@@ -61,7 +61,13 @@ class NPU(wiring.Component):
             m.submodules[f"{self.types[i].name.lower()}{i}"] = engine
             link = dispatcher.engines[i]
             wiring.connect(m, link.cmd, engine.cmd)
-            wiring.connect(m, link.instr, engine.instr)
+            # Each engine buffers a whole µTOp body, so the context's body streamer hands
+            # it over at one word per cycle and moves on to the context's next µTOp while
+            # the engine works: one tenant's independent µTOps run on several engines.
+            body = fifo.SyncFIFOBuffered(width=64, depth=self.config.max_body)
+            m.submodules[f"body{i}"] = body
+            wiring.connect(m, link.instr, body.w_stream)
+            wiring.connect(m, body.r_stream, engine.instr)
             wiring.connect(m, engine.done, link.done)
         for i, (engine, name) in enumerate(self._read_ports):
             wiring.connect(m, getattr(engine, name), spad.rd[i])

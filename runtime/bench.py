@@ -179,6 +179,36 @@ def bench_backends(config, pysim_cycles=3000, chunk=256):
             "backend_workload_cycles": waited}
 
 
+def bench_runtime(config, backend="verilator", size=256):
+    """Compile time per model; end-to-end ME utilization of a size^3 int8 matmul with
+    every ME (DMA of A, B and C included); the same model on 1, 2 and all MEs."""
+    import numpy as np
+    from .execute import execute
+    from .matmul import matmul
+    from .models import MODELS, compile_model
+    compile_seconds = {name: compile_model(name, config).compile_seconds for name in MODELS}
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(-128, 128, (size, size)), rng.integers(-128, 128, (size, size))
+    c, run = matmul(a, b, config=config, backend=backend)
+    if not np.array_equal(c, a @ b):
+        raise AssertionError(f"matmul{size}: the NPU's result differs from numpy")
+    mac = sum(e["WORK"] for e in run.engines[:config.n_me])
+    model = compile_model("resnet", config)
+    cycles = {}
+    for n_me in sorted({1, 2, config.n_me}):
+        outputs, result = execute(model.graph, model.program, backend=backend, n_me=n_me,
+                                  policy="static")
+        if not np.array_equal(outputs["resnet"], model.expected):
+            raise AssertionError(f"resnet on {n_me} MEs differs from the reference")
+        cycles[n_me] = result.makespan
+    return {"compile_seconds": compile_seconds,
+            f"matmul{size}_cycles": run.makespan,
+            f"matmul{size}_me_utilization": mac / (config.n_me * run.makespan),
+            "me_scaling_model": "resnet",
+            "me_scaling_cycles": cycles,
+            "me_scaling": {n: cycles[1] / cycles[n] for n in cycles}}
+
+
 def run_benchmarks(config=None, *, policies=True, backends=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
@@ -189,6 +219,13 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
         benches.append(bench_backends)
     for bench in benches:
         results.update(bench(config))
+    if backends:
+        from .matmul import MatmulError
+        from .program import CompileError
+        try:
+            results.update(bench_runtime(config))
+        except (CompileError, MatmulError) as error:
+            results["runtime_skipped"] = f"this configuration cannot hold the workload: {error}"
     return results
 
 
@@ -231,6 +268,16 @@ def format_report(results, config):
         lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]
         lines += [f"{name:<{width}}  {value:>18}  {target:>8}  {note}"
                   for name, value, target, note in rows + rows_b]
+    if "matmul256_me_utilization" in results:
+        scaling = results["me_scaling"]
+        lines += ["", f"{'matmul 256x256x256 int8, all MEs, DMA included':<{width}}  "
+                      f"{results['matmul256_me_utilization']:>18.1%}  {'>= 80%':>8}  "
+                      f"{results['matmul256_cycles']} cycles",
+                  f"{'speedup of ' + results['me_scaling_model'] + ' on 1 / 2 / 4 MEs':<{width}}  "
+                  f"{' / '.join(f'{v:.2f}' for v in scaling.values()):>18}  {'':>8}  "
+                  f"cycles {' / '.join(str(v) for v in results['me_scaling_cycles'].values())}",
+                  "compile time per model: " + ", ".join(
+                      f"{k} {v * 1000:.1f} ms" for k, v in results["compile_seconds"].items())]
     if "policies" in results:
         lines += ["", "two tenants (0: ME-heavy, 1: VE-heavy), each owning half the MEs and VEs:",
                   f"{'policy':<10} {'makespan':>9} {'latency 0':>10} {'latency 1':>10} "

@@ -157,10 +157,20 @@ class Graph:
             self.builder.utop("ve", list(preamble) + body, reads=reads, writes=writes, name=name)
 
     def _row_blocks(self, lo, hi, tiles):
-        """Row blocks so that every ME of the pNPU gets work even with few column tiles."""
-        parts = max(1, -(-self.config.n_me // tiles))
+        """Row blocks: enough for every ME of the pNPU even with few column tiles, and at
+        most 128 rows, so the epilogue of one block overlaps the MEs on the next and the
+        next layer starts on the first rows while this one finishes the last."""
+        parts = max(1, -(-self.config.n_me // tiles), -(-(hi - lo) // 128))
         size = -(-(hi - lo) // parts)
         return [(lo + first, count) for first, count in row_spans(hi - lo, size)]
+
+    @staticmethod
+    def _rows_of(x, halo):
+        """The input rows a block of output rows reads: the same rows +- ``halo``, all tiles."""
+        def reads(first, count):
+            lo, hi = max(0, first - halo), min(x.rows, first + count + halo)
+            return [Region("spad", x.tile(t) + lo, hi - lo) for t in range(x.tiles)]
+        return reads
 
     def _op(self, kind, name):
         self.builder.end_operator()
@@ -266,7 +276,7 @@ class Graph:
                         body += [f"ldw {w_row + kt * lanes}, {lanes}",
                                  f"mm {target.start}, {sources(kt) + first}, {count}"
                                  + (", acc" if kt else "")]
-                    self.builder.utop("me", body, reads=reads + [w_region]
+                    self.builder.utop("me", body, reads=reads(first, count) + [w_region]
                                       + ([target] if chunk else []), writes=[target],
                                       name=f"{name} mm{ct}.{first}")
                 preamble = [f"vld 0, {bias_row}"] if bias_row is not None else []
@@ -290,13 +300,14 @@ class Graph:
                 self._ve(units, reads=[target] + extra, writes=[target,
                          Region("spad", dst + first, count)], name=f"{name} epilogue{ct}.{first}",
                          preamble=preamble)
-            zero = []
+            zero, edges = [], []
             for a, b in ((0, lo), (hi, rows)):
-                zero += [[f"vmuli {dst + a + f}, {dst + a + f}, 0, {n}"]
-                         for f, n in row_spans(b - a)] if b > a else []
+                if b > a:
+                    zero += [[f"vmuli {dst + a + f}, {dst + a + f}, 0, {n}"]
+                             for f, n in row_spans(b - a)]
+                    edges.append(Region("spad", dst + a, b - a))
             if zero:
-                self._ve(zero, reads=[out.tile_region(ct)], writes=[out.tile_region(ct)],
-                         name=f"{name} ring{ct}")
+                self._ve(zero, reads=edges, writes=edges, name=f"{name} ring{ct}")
         for region in acc:
             self.builder.free(region)
         return out
@@ -338,7 +349,7 @@ class Graph:
         acc_ref = x.ref @ w_pad + b_pad
         out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
                          requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                         out_scale=(out_scale, act_scale), reads=[x.region])
+                         out_scale=(out_scale, act_scale), reads=self._rows_of(x, 0))
         for region in bufs:
             self.builder.free(region)
         self._op("linear", name)
@@ -367,7 +378,7 @@ class Graph:
         acc_ref[lo:hi] += b_pad
         out = self._gemm(name, sources, 9 * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
                          panel, requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                         out_scale=(out_scale, None), reads=[x.region],
+                         out_scale=(out_scale, None), reads=self._rows_of(x, pitch + 1),
                          mask=image.interior().astype(np.int64), image=image)
         for region in bufs:
             self.builder.free(region)
@@ -384,20 +395,23 @@ class Graph:
 
         result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, x.ref @ y.ref, y.tiles,
                             panel, requant=multiplier(x.scale * y.scale / out_scale), act=None,
-                            out_scale=(out_scale, None), reads=[x.region], out=out)
+                            out_scale=(out_scale, None), reads=self._rows_of(x, 0), out=out)
         self._op("matmul", name)
         return result
 
     # --- vector operators ------------------------------------------------------------------
 
     def _elementwise(self, name, tensors, scale, ref, per_rows, out=None):
-        """One VE µTOp per tile: ``per_rows(t, dst, first, n)`` gives the instructions."""
+        """VE µTOps per tile and block of at most 128 rows: ``per_rows(t, dst, first, n)``
+        gives the instructions (blocks pipeline with the operators around them)."""
         x = tensors[0]
         out = out or self._new(x.rows, x.tiles, scale, ref, name, x.image)
         for t in range(x.tiles):
-            units = [per_rows(t, out.tile(t) + first, first, n) for first, n in row_spans(x.rows)]
-            self._ve(units, reads=[a.tile_region(t) for a in tensors],
-                     writes=[out.tile_region(t)], name=f"{name}.{t}")
+            for first, n in row_spans(x.rows, 128):
+                rows = lambda y: Region("spad", y.tile(t) + first, n)
+                self._ve([per_rows(t, out.tile(t) + first, first, n)],
+                         reads=[rows(a) for a in tensors], writes=[rows(out)],
+                         name=f"{name}.{t}.{first}")
         self._op("eltwise", name)
         return out
 
@@ -574,17 +588,20 @@ class Graph:
         b, h, w, c = pixels.shape
         pooled = pixels.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
         out = self._new(small.rows, x.tiles, x.scale, small.to_rows(pooled), name, small)
+        in_rows, out_rows = (image.h + 2) * image.pitch, (small.h + 2) * small.pitch
         for t in range(x.tiles):
-            units = [[f"vmuli {out.tile(t) + f}, {out.tile(t) + f}, 0, {n}"]
-                     for f, n in row_spans(small.rows)]
             for i in range(image.batch):
+                base, src_base = out.tile(t) + i * out_rows, x.tile(t) + i * in_rows
+                units = [[f"vmuli {base + f}, {base + f}, 0, {n}"]
+                         for f, n in row_spans(out_rows)]
                 for y in range(small.h):
-                    dst = out.tile(t) + (i * (small.h + 2) + y + 1) * small.pitch + 1
-                    src = x.tile(t) + (i * (image.h + 2) + 2 * y + 1) * image.pitch + 1
+                    dst = base + (y + 1) * small.pitch + 1
+                    src = src_base + (2 * y + 1) * image.pitch + 1
                     units.append([f"loop {small.w}, 1, 1, 2",
                                   f"vpoolmax {dst}, {src}, {image.pitch}, 2, 2"])
-            self._ve(units, reads=[x.tile_region(t), out.tile_region(t)],
-                     writes=[out.tile_region(t)], name=f"{name}.{t}")
+                self._ve(units, reads=[Region("spad", src_base, in_rows),
+                                       Region("spad", base, out_rows)],
+                         writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}")
         self._op("pool", name)
         return out
 

@@ -2,6 +2,8 @@
 
 import json
 
+from hw.config import NPUConfig
+from runtime.bench import bench_runtime
 from runtime.cli import main
 
 
@@ -22,3 +24,12 @@ def test_bench_json_keys(capsys):
     assert 0 <= results["dispatch_latency_cycles"] <= 2
     assert results["verilator_cycles_per_s"] > results["pysim_cycles_per_s"] > 0
     assert results["verilator_speedup"] > 1 and results["python_driving_overhead"] > -1
+    assert "imem" in results["runtime_skipped"] or "HBM" in results["runtime_skipped"]
+
+
+def test_runtime_figures():
+    """The runtime figures of `make bench`, at a size the small machine holds."""
+    results = bench_runtime(NPUConfig.preset("small"), size=64)
+    assert 0.3 < results["matmul64_me_utilization"] <= 1
+    assert results["me_scaling"][1] == 1 and results["me_scaling"][2] > 1.2
+    assert set(results["compile_seconds"]) == {"ncf", "resnet", "bert", "dlrm"}

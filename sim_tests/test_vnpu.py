@@ -31,7 +31,7 @@ def test_oversubscription_shares_the_least_owned_engines():
     (dict(n_me=5, n_ve=1, spad_rows=8, hbm_words=8), "n_me = 5: this NPU has 4 matrix engines"),
     (dict(n_me=1, n_ve=9, spad_rows=8, hbm_words=8), "n_ve = 9: this NPU has 4 vector engines"),
     (dict(n_me=0, n_ve=0, spad_rows=8, hbm_words=8), "at least one matrix or vector engine"),
-    (dict(n_me=1, n_ve=1, spad_rows=5000, hbm_words=8), "wants 5000 scratchpad rows; 4096 of 4096"),
+    (dict(n_me=1, n_ve=1, spad_rows=20000, hbm_words=8), "wants 20000 scratchpad rows; 16384 of 16384"),
     (dict(n_me=1, n_ve=1, spad_rows=8, hbm_words=0), "hbm size must be a positive integer"),
 ])
 def test_refusals_name_what_is_short(request_, message):
@@ -41,11 +41,11 @@ def test_refusals_name_what_is_short(request_, message):
 
 def test_refusals_when_the_npu_is_full():
     device = Device(DEFAULT)
-    device.create(4, 1, 2048, 1024)
+    device.create(4, 1, 8192, 1024)
     with pytest.raises(MappingError, match="wants 1 MEs; only 0 of 4 are not owned"):
         device.create(1, 1, 64, 64)
-    with pytest.raises(MappingError, match="wants 4000 scratchpad rows; 2048 of 4096 are free"):
-        device.create(0, 1, 4000, 64)
+    with pytest.raises(MappingError, match="wants 10000 scratchpad rows; 8192 of 16384 are free"):
+        device.create(0, 1, 10000, 64)
     for _ in range(3):
         device.create(0, 1, 64, 64)
     with pytest.raises(MappingError, match="all 4 hardware contexts hold vNPUs"):

@@ -1,0 +1,159 @@
+"""The four models: compiled programs equal the compiler's integer reference on the golden
+model and on the RTL, and the int8 results stay close to the float32 references."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hw.config import NPUConfig
+from runtime.allocator import AllocationError, Profile, allocate, estimate
+from runtime.cli import main
+from runtime.execute import execute
+from runtime.graph import Graph, Image
+from runtime.models import MODELS, accuracy, compile_model
+from runtime.program import CompileError
+
+DEFAULT = NPUConfig()
+SMALL = NPUConfig.preset("small")
+
+#: Documented tolerances of the int8 paths against the float32 references (README).
+TOLERANCE = {"ncf": 0.05, "resnet": 1.0, "bert": 0.2, "dlrm": 0.05}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_golden_equals_reference_and_is_accurate(name):
+    model = compile_model(name, DEFAULT)
+    outputs, _ = execute(model.graph, model.program)          # race check on
+    assert np.array_equal(outputs[name], model.expected)
+    metric, value = accuracy(model, outputs[name])
+    if metric == "top1_agreement":
+        assert value >= TOLERANCE[name]
+    else:
+        assert value <= TOLERANCE[name]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_verilator_bit_exact(name):
+    model = compile_model(name, SMALL)
+    outputs, run = execute(model.graph, model.program, backend="verilator")
+    assert np.array_equal(outputs[name], model.expected)
+    assert run.makespan > 0
+
+
+def test_pysim_bit_exact():
+    model = compile_model("ncf", SMALL)
+    outputs, run = execute(model.graph, model.program, backend="pysim")
+    assert np.array_equal(outputs["ncf"], model.expected) and run.makespan > 0
+
+
+def test_more_mes_fewer_cycles():
+    """The same program on 1 and 2 MEs: same output, fewer cycles with more MEs."""
+    model = compile_model("resnet", SMALL)
+    cycles = []
+    for n_me in (1, 2):
+        outputs, run = execute(model.graph, model.program, backend="verilator", n_me=n_me,
+                               policy="static")
+        assert np.array_equal(outputs["resnet"], model.expected)
+        assert all(e["BUSY"] == 0 for e in run.engines[n_me:SMALL.n_me])
+        cycles.append(run.makespan)
+    assert cycles[1] < cycles[0]
+
+
+def test_operators_one_by_one():
+    """Each operator alone (odd sizes), golden against its numpy integer reference."""
+    rng = np.random.default_rng(1)
+    g = Graph(DEFAULT)
+    x = g.input("x", rng.integers(-127, 128, (24, 16)), 0.05)
+    y = g.input("y", rng.integers(-127, 128, (24, 16)), 0.05)
+    picture = Image(2, 4, 6)
+    img = g.input("img", rng.integers(-127, 128, (2, 4, 6, 8)), 0.1, image=picture)
+    results = {
+        "add": g.add("add", x, y, relu=True),
+        "mul": g.mul("mul", x, y, 0.02),
+        "tanh": g.activation("tanh", x, "tanh", 1 / 127),
+        "softmax": g.softmax("softmax", x),
+        "layernorm": g.layernorm("layernorm", x, rng.uniform(0.5, 1.5, 16),
+                                 rng.normal(0, 0.1, 16), 0.05),
+        "transpose": g.transpose("transpose", x),
+        "linear": g.linear("linear", x, rng.normal(0, 0.3, (16, 40)), rng.normal(0, 1, 40),
+                           0.2, act="gelu", act_scale=0.03),
+        "pool": g.maxpool2("pool", img),
+        "conv": g.conv3x3("conv", img, rng.normal(0, 0.2, (3, 3, 8, 16)), np.zeros(16), 0.3),
+        "gap": g.global_avgpool("gap", img, 0.05),
+        "embedding": g.embedding("embedding", rng.normal(0, 1, (50, 8)), rng.integers(0, 50, 30)),
+    }
+    for name, tensor in results.items():
+        g.output(name, tensor)
+    program = g.build()
+    outputs, _ = execute(g, program)
+    for name, tensor in results.items():
+        assert np.array_equal(outputs[name], tensor.ref), name
+    # Spot checks of the references against plain numpy.
+    assert np.array_equal(results["transpose"].ref, x.ref.T)
+    assert np.array_equal(results["add"].ref, np.maximum(np.clip(x.ref + y.ref, -128, 127), 0))
+    probs = results["softmax"].ref / 127
+    exact = np.exp(x.ref * 0.05 - (x.ref * 0.05).max(axis=1, keepdims=True))
+    exact /= exact.sum(axis=1, keepdims=True)
+    assert np.abs(probs - exact).max() < 0.03
+
+
+def test_allocator_follows_the_profile():
+    """Same budget: the ME-heavy model gets more MEs, the VE-heavy one more VEs."""
+    resnet = estimate(compile_model("resnet", DEFAULT).program.words, DEFAULT)
+    bert = estimate(compile_model("bert", DEFAULT).program.words, DEFAULT)
+    assert resnet.me > resnet.ve and bert.ve > bert.me
+    a, b = allocate(resnet, DEFAULT, budget=5), allocate(bert, DEFAULT, budget=5)
+    assert a.n_me > a.n_ve and b.n_ve > b.n_me
+    assert a.price <= 5 and b.price <= 5
+    # A latency target: the cheapest vNPU that meets it.
+    target = allocate(Profile(4000, 1000, 0), DEFAULT, latency_target=1000)
+    assert (target.n_me, target.n_ve) == (4, 1)
+    # Dearer MEs shift the choice towards VEs.
+    cheap = allocate(Profile(3000, 3000, 0), DEFAULT, budget=6)
+    dear = allocate(Profile(3000, 3000, 0), DEFAULT, budget=6, price_me=2)
+    assert dear.n_me < cheap.n_me
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(budget=1), "budget 1 per cycle buys no vNPU"),
+    (dict(latency_target=10), "latency target 10 cycles is out of reach"),
+    (dict(), "exactly one of budget"),
+])
+def test_allocator_refusals(kwargs, message):
+    with pytest.raises(AllocationError, match=message):
+        allocate(Profile(1000, 1000, 0), DEFAULT, **kwargs)
+
+
+def test_compile_errors():
+    g = Graph(DEFAULT)
+    x = g.input("x", np.zeros((4, 8), int), 1.0)
+    with pytest.raises(CompileError, match="weights have 16 rows; the input has 8 columns"):
+        g.linear("fc", x, np.zeros((16, 8)), np.zeros(8), 1.0)
+    with pytest.raises(CompileError, match="12 columns is not a multiple of the 8 lanes"):
+        g.input("bad", np.zeros((4, 12), int), 1.0)
+    with pytest.raises(CompileError, match="square arrays as wide as a scratchpad row"):
+        Graph(DEFAULT.replace(array_cols=4))
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        compile_model("vgg", DEFAULT)
+
+
+def test_cli_run(capsys):
+    assert main(["run", "dlrm", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["exact"] and report["metric"] == "relative_error" and report["accuracy"] < 0.05
+    assert main(["run", "resnet", "--budget", "5"]) == 0
+    assert "vNPU of 3 ME + 2 VE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "vgg"], "unknown model 'vgg'"),
+    (["run", "ncf", "--vnpu", "9,1"], "9 MEs requested; this NPU has 1..4"),
+    (["run", "ncf", "--vnpu", "two"], "expected ME,VE"),
+    (["run", "ncf", "--vnpu", "1,1", "--budget", "3"], "--vnpu or --budget, not both"),
+    (["run", "ncf", "--budget", "0.5"], "buys no vNPU"),
+])
+def test_cli_run_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
