@@ -185,7 +185,7 @@ PRESETS = {
                       hbm_latency=4, hbm_bytes_per_cycle=16, dep_window=8, max_body=64,
                       imem_words=256, watchdog_cycles=1024),
     # The models at 8 lanes on a machine small enough for a quick Verilator build.
-    "small": NPUConfig(n_me=2, n_ve=2, n_dma=1, n_ctx=2, spad_rows=8192, hbm_words=1 << 16,
+    "small": NPUConfig(n_me=4, n_ve=2, n_dma=1, n_ctx=2, spad_rows=8192, hbm_words=1 << 16,
                        hbm_latency=8, imem_words=2048, watchdog_cycles=1 << 16),
     # TPU-like core: 128x128 systolic arrays, for Verilog generation.
     "tpu": NPUConfig(array_rows=128, array_cols=128, n_me=4, n_ve=2, n_dma=4, n_ctx=4,

@@ -68,6 +68,20 @@ def test_same_program_on_one_and_two_mes():
     assert run1.engines[1]["BUSY"] == 0 and run2.engines[1]["BUSY"] > 0
 
 
+@pytest.mark.slow
+def test_one_two_four_mes_on_the_default_npu():
+    """The µTOp program of one tenant on 1, 2 and 4 MEs (pysim, default config)."""
+    a, b = operands(32, 64, 32, 8)
+    cycles = []
+    for mask in (0b0001, 0b0011, 0b1111):
+        c, run = matmul(a, b, config=DEFAULT, backend="pysim", policy="static", me_mask=mask)
+        assert np.array_equal(c, a @ b)
+        assert all(e["BUSY"] == 0 for i, e in enumerate(run.engines[:DEFAULT.n_me])
+                   if not mask >> i & 1)
+        cycles.append(run.makespan)
+    assert cycles[0] > cycles[1] > cycles[2]
+
+
 @pytest.mark.parametrize("a, b, message", [
     (np.zeros((3, 4), int), np.zeros((5, 2), int), "shapes (3, 4) and (5, 2) do not match"),
     (np.zeros(3, int), np.zeros((3, 2), int), "matmul needs two matrices"),

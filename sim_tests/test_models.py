@@ -48,16 +48,16 @@ def test_pysim_bit_exact():
 
 
 def test_more_mes_fewer_cycles():
-    """The same program on 1 and 2 MEs: same output, fewer cycles with more MEs."""
+    """The same program on 1, 2 and 4 MEs: same output, fewer cycles with more MEs."""
     model = compile_model("resnet", SMALL)
     cycles = []
-    for n_me in (1, 2):
+    for n_me in (1, 2, 4):
         outputs, run = execute(model.graph, model.program, backend="verilator", n_me=n_me,
                                policy="static")
         assert np.array_equal(outputs["resnet"], model.expected)
         assert all(e["BUSY"] == 0 for e in run.engines[n_me:SMALL.n_me])
         cycles.append(run.makespan)
-    assert cycles[1] < cycles[0]
+    assert cycles[0] > cycles[1] > cycles[2]
 
 
 def test_operators_one_by_one():
