@@ -58,7 +58,7 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
 
     def fit():
         """(a_block, row_block, B ring, C ring): deep rings first, then the largest panel."""
-        most_b, most_c = min(n_tiles, cfg.n_me + 1), cfg.n_me + 2
+        most_b, most_c = min(n_tiles, cfg.n_me + 2), cfg.n_me + 3
         for ring_b, ring_c in ((most_b, most_c), (min(most_b, 2), 2), (1, 1)):
             block = m if a_block is None else a_block
             while True:
@@ -85,6 +85,7 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     q_bufs = _ring(builder, ring_c, row_block, "int8 C tile") if requant else None
 
     def load_b(ct):
+        """(body, reads, writes) of loading B's column panel ct, and where it lands."""
         width = min(nt_size, n - ct * nt_size)
         buf = b_bufs[0] if b_resident else b_bufs[ct % len(b_bufs)]
         base = buf.start + (ct * panel_b if b_resident else 0)
@@ -92,55 +93,111 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         body += [f"dload {base + r}, {b.start + r * n + ct * nt_size}, {rows}"
                  for r, rows in row_spans(k)]
         rows = Region("spad", base, panel_b)
-        builder.utop("dma", body, reads=[b], writes=[rows], name=f"load_b{ct}")
-        return base, rows
+        b_loaded[ct] = (base, rows)
+        return body, [b], [rows]
 
-    b_loaded = {}
-    tile = 0
-    for p, (a_first, a_rows) in enumerate(a_panels):
+    # The tiles in program order: (A panel, column tile, first row, rows).
+    tiles = [(p, ct, first, count) for p, (a_first, a_rows) in enumerate(a_panels)
+             for ct in range(n_tiles) for first, count in row_spans(a_rows, row_block)]
+    # The dispatcher looks dep_window µTOps ahead, so the program keeps non-ME µTOps few:
+    # one DMA µTOp per tile stores the C tile finished `lag` tiles earlier and loads the
+    # B panel the next tile needs; the ME keeps n_me tiles in flight.
+    lag = min(cfg.n_me, ring_c - 1)      # a C buffer is stored before it is reused
+    b_loaded, stores = {}, []
+
+    def dma(parts, name):
+        body = [i for part in parts for i in part[0]]
+        if body:
+            builder.utop("dma", body, reads=[r for part in parts for r in part[1]],
+                         writes=[w for part in parts for w in part[2]], name=name)
+
+    def load_a(p, slices=None):
+        """Load K slices of A panel p, as few DMA µTOps as max_body allows."""
+        a_first, a_rows = a_panels[p]
         a_buf = a_bufs[p % len(a_bufs)]
-        for kt in range(k_tiles):
+        parts = []
+        for kt in range(k_tiles) if slices is None else slices:
             width = min(kt_size, k - kt * kt_size)
             body = [f"dcfg {width}, {k}, 1"]
             body += [f"dload {a_buf.start + kt * a_rows + r}, "
                      f"{a.start + (a_first + r) * k + kt * kt_size}, {count}"
                      for r, count in row_spans(a_rows)]
-            builder.utop("dma", body, reads=[a], writes=[
-                Region("spad", a_buf.start + kt * a_rows, a_rows)], name=f"load_a{p}.{kt}")
-        for ct in range(n_tiles):
-            if ct not in b_loaded or not b_resident:
-                b_loaded[ct] = load_b(ct)
-            b_base, b_rows = b_loaded[ct]
-            width = min(nt_size, n - ct * nt_size)
-            for first, count in row_spans(a_rows, row_block):
-                c_buf = c_bufs[tile % ring_c]
-                out = Region("spad", c_buf.start, count)
-                for chunk in range(0, k_tiles, pairs):
-                    body = []
-                    for kt in range(chunk, min(k_tiles, chunk + pairs)):
-                        rows = min(kt_size, k - kt * kt_size)
-                        body += [f"ldw {b_base + kt * kt_size}, {rows}",
-                                 f"mm {out.start}, {a_buf.start + kt * a_rows + first}, {count}"
-                                 + (", acc" if kt else "")]
-                    a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count)
-                                for kt in range(chunk, min(k_tiles, chunk + pairs))]
-                    builder.utop("me", body, reads=a_slices + [b_rows]
-                                 + ([out] if chunk else []), writes=[out],
-                                 name=f"mm{p}.{ct}.{first}.{chunk}")
-                if requant:
-                    mult, shift, zp = requant
-                    q = Region("spad", q_bufs[tile % ring_c].start, count)
-                    body = [f"vsetq {mult}, {shift}, {zp}"]
-                    body += [f"vrq {q.start + r}, {out.start + r}, {size}"
-                             for r, size in row_spans(count)]
-                    builder.utop("ve", body, reads=[out], writes=[q], name=f"rq{p}.{ct}.{first}")
-                    out = q
-                row0 = a_first + first
-                body = [f"dcfg {width}, {n}, 1"]
-                body += [f"dstore {c.start + (row0 + r) * n + ct * nt_size}, {out.start + r}, "
-                         f"{size}" for r, size in row_spans(count)]
-                builder.utop("dma", body, reads=[out], writes=[c], name=f"store{p}.{ct}.{first}")
-                tile += 1
+            region = Region("spad", a_buf.start + kt * a_rows, a_rows)
+            if parts and len(parts[-1][0]) + len(body) <= cfg.max_body:
+                parts[-1][0].extend(body)
+                parts[-1][2].append(region)
+            else:
+                parts.append((body, [a], [region]))
+        for part in parts:
+            dma([part], f"load_a{p}")
+
+    def me_utop(j, chunk):
+        """The ME µTOp of tile j over K tiles ``chunk`` (accumulating after the first)."""
+        p, ct, first, count = tiles[j]
+        a_rows = a_panels[p][1]
+        a_buf = a_bufs[p % len(a_bufs)]
+        b_base, b_rows = b_loaded[ct]
+        out = Region("spad", c_bufs[j % ring_c].start, count)
+        body = []
+        for kt in chunk:
+            rows = min(kt_size, k - kt * kt_size)
+            body += [f"ldw {b_base + kt * kt_size}, {rows}",
+                     f"mm {out.start}, {a_buf.start + kt * a_rows + first}, {count}"
+                     + (", acc" if kt else "")]
+        a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count) for kt in chunk]
+        builder.utop("me", body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),
+                     writes=[out], name=f"mm{p}.{ct}.{first}.{chunk[0]}")
+        return out
+
+    chunks = [list(range(f, f + c)) for f, c in row_spans(k_tiles, pairs)]
+    # Prologue: the first n_me tiles (of the first panel) go K-chunk by K-chunk, each
+    # chunk's A slices loaded just before, so the MEs start after a quarter of A arrives.
+    lead = [j for j in range(min(cfg.n_me, len(tiles))) if tiles[j][0] == 0]
+    quarters = [list(range(f, f + c)) for f, c in row_spans(k_tiles, -(-k_tiles // 4))]
+    if len(lead) < 2 or len(quarters) < 2 or len(chunks) > 1:
+        quarters = chunks
+    needed = sorted({tiles[j][1] for j in lead + [len(lead)] if j < len(tiles)})
+    if not b_resident and len(needed) > len(b_bufs):
+        lead, needed = [], [tiles[0][1]]  # too few B buffers to hold the prologue's panels
+    outs = {}
+    for q, quarter in enumerate(quarters):
+        load_a(0, quarter)
+        if q == 0:
+            dma([load_b(ct) for ct in needed], "load_b")
+        for j in lead:
+            outs[j] = me_utop(j, quarter)
+    for j, (p, ct, first, count) in enumerate(tiles):
+        a_first = a_panels[p][0]
+        if j in outs:
+            out = outs[j]
+        else:
+            for chunk in chunks:
+                out = me_utop(j, chunk)
+        if requant:
+            mult, shift, zp = requant
+            q = Region("spad", q_bufs[j % ring_c].start, count)
+            body = [f"vsetq {mult}, {shift}, {zp}"]
+            body += [f"vrq {q.start + r}, {out.start + r}, {size}"
+                     for r, size in row_spans(count)]
+            builder.utop("ve", body, reads=[out], writes=[q], name=f"rq{p}.{ct}.{first}")
+            out = q
+        body = [f"dcfg {min(nt_size, n - ct * nt_size)}, {n}, 1"]
+        body += [f"dstore {c.start + (a_first + first + r) * n + ct * nt_size}, "
+                 f"{out.start + r}, {size}" for r, size in row_spans(count)]
+        stores.append((body, [out], [c]))
+        if j + 1 < len(tiles) and tiles[j + 1][0] != p:
+            load_a(p + 1)
+        parts = [stores.pop(0)] if len(stores) > lag else []
+        if j + 1 < len(tiles):
+            # The prologue loaded the panels of tiles 0..len(lead); later tiles load theirs
+            # at the first row block of each visit to a column tile.
+            nxt = tiles[j + 1][1]
+            if nxt not in b_loaded or (not b_resident and tiles[j + 1][2] == 0
+                                       and j + 1 > len(lead)):
+                parts.append(load_b(nxt))
+        dma(parts, f"dma{j}")
+    for index, part in enumerate(stores):
+        dma([part], f"store_tail{index}")
     builder.end_operator()
 
 

@@ -578,15 +578,22 @@ class Graph:
         self._op("layernorm", name)
         return out
 
-    def maxpool2(self, name, x):
-        """2x2 max pooling, stride 2, of an image (h and w even)."""
+    def pool2(self, name, x, kind="max"):
+        """2x2 pooling, stride 2, of an image (h and w even): ``max`` or ``avg``.
+
+        avg sums the window (vpoolsum) and divides by 4 with the `vrq` rounding."""
         image = x.image
+        if kind not in ("max", "avg"):
+            raise CompileError(f"{name}: pooling is 'max' or 'avg', not {kind!r}")
         if image is None or image.h % 2 or image.w % 2:
             raise CompileError(f"{name}: 2x2 pooling needs an image with even h and w")
         small = Image(image.batch, image.h // 2, image.w // 2)
         pixels = image.from_rows(x.ref)
         b, h, w, c = pixels.shape
-        pooled = pixels.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        windows = pixels.reshape(b, h // 2, 2, w // 2, 2, c)
+        mult, shift = multiplier(0.25)
+        pooled = windows.max(axis=(2, 4)) if kind == "max" else rq(windows.sum(axis=(2, 4)),
+                                                                   mult, shift)
         out = self._new(small.rows, x.tiles, x.scale, small.to_rows(pooled), name, small)
         in_rows, out_rows = (image.h + 2) * image.pitch, (small.h + 2) * small.pitch
         for t in range(x.tiles):
@@ -598,10 +605,14 @@ class Graph:
                     dst = base + (y + 1) * small.pitch + 1
                     src = src_base + (2 * y + 1) * image.pitch + 1
                     units.append([f"loop {small.w}, 1, 1, 2",
-                                  f"vpoolmax {dst}, {src}, {image.pitch}, 2, 2"])
+                                  f"vpool{'max' if kind == 'max' else 'sum'} {dst}, {src}, "
+                                  f"{image.pitch}, 2, 2"])
+                if kind == "avg":
+                    units += [[f"vrq {base + f}, {base + f}, {n}"] for f, n in row_spans(out_rows)]
                 self._ve(units, reads=[Region("spad", src_base, in_rows),
                                        Region("spad", base, out_rows)],
-                         writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}")
+                         writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}",
+                         preamble=[f"vsetq {mult}, {shift}, 0"] if kind == "avg" else [])
         self._op("pool", name)
         return out
 

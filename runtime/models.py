@@ -166,7 +166,7 @@ def _resnet_graph(g, p, x, s):
     h = g.conv3x3("block1", stem, *p["block1"], s["block1"], act="relu")
     h = g.conv3x3("block2", h, *p["block2"], skip)
     h = g.add("residual", stem, h, relu=True)
-    h = g.maxpool2("pool", h)
+    h = g.pool2("pool", h)
     h = g.conv3x3("conv3", h, *p["conv3"], s["conv3"], act="relu")
     h = g.global_avgpool("gap", h, s["gap"])
     return g.linear("fc", h, *p["fc"], s["fc"])

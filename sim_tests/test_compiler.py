@@ -21,7 +21,8 @@ def operands(m, k, n, seed):
 
 
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (8, 8, 8), (37, 29, 19), (300, 17, 9),
-                                     (5, 64, 3), (16, 7, 33), (2, 100, 2)])
+                                     (5, 64, 3), (16, 7, 33), (2, 100, 2), (33, 300, 17),
+                                     (70, 520, 30)])
 def test_golden_matches_numpy(m, k, n):
     a, b = operands(m, k, n, m * k * n)
     c, _ = matmul(a, b, config=DEFAULT, backend="golden")

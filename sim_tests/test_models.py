@@ -78,7 +78,8 @@ def test_operators_one_by_one():
         "transpose": g.transpose("transpose", x),
         "linear": g.linear("linear", x, rng.normal(0, 0.3, (16, 40)), rng.normal(0, 1, 40),
                            0.2, act="gelu", act_scale=0.03),
-        "pool": g.maxpool2("pool", img),
+        "maxpool": g.pool2("maxpool", img),
+        "avgpool": g.pool2("avgpool", img, "avg"),
         "conv": g.conv3x3("conv", img, rng.normal(0, 0.2, (3, 3, 8, 16)), np.zeros(16), 0.3),
         "gap": g.global_avgpool("gap", img, 0.05),
         "embedding": g.embedding("embedding", rng.normal(0, 1, (50, 8)), rng.integers(0, 50, 30)),
@@ -91,6 +92,9 @@ def test_operators_one_by_one():
         assert np.array_equal(outputs[name], tensor.ref), name
     # Spot checks of the references against plain numpy.
     assert np.array_equal(results["transpose"].ref, x.ref.T)
+    quads = img.image.from_rows(img.ref).reshape(2, 2, 2, 3, 2, 8)
+    assert np.abs(picture.__class__(2, 2, 3).from_rows(results["avgpool"].ref)
+                  - quads.mean(axis=(2, 4))).max() <= 0.5
     assert np.array_equal(results["add"].ref, np.maximum(np.clip(x.ref + y.ref, -128, 127), 0))
     probs = results["softmax"].ref / 127
     exact = np.exp(x.ref * 0.05 - (x.ref * 0.05).max(axis=1, keepdims=True))
