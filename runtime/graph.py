@@ -83,9 +83,26 @@ class Tensor:
                       self.scale, self.ref[:, first * lanes:(first + count) * lanes], self.image)
 
 
-def _bodies(instrs, most):
-    """Split an instruction list into µTOp bodies of at most ``most`` instructions."""
-    return [instrs[i:i + most] for i in range(0, len(instrs), most)] or [[]]
+def _reduce_rows(op, lane_op, dst, sources, n):
+    """Instructions combining rows of several tiles lane by lane (``op``) into ``dst``, then
+    across lanes (``lane_op``, broadcast): one value per row, in every lane."""
+    body, source = [], sources[0]
+    for other in sources[1:]:
+        body.append(f"{op} {dst}, {source}, {other}, {n}")
+        source = dst
+    return body + [f"{lane_op} {dst}, {source}, {n}"]
+
+
+def _bucket_lookup(row, k, n):
+    """Instructions replacing the non-negative values of ``row`` by TABLE[value >> k] (the
+    loaded table; `vlut` adds 128 to its clamped input)."""
+    return [f"vsrai {row}, {row}, {k}, {n}", f"vaddi {row}, {row}, -128, {n}",
+            f"vlut {row}, {row}, {n}"]
+
+
+def _bucket_lookup_ref(table, values, k):
+    """What :func:`_bucket_lookup` computes, in numpy."""
+    return table[np.clip((values >> k) - 128, -128, 127) + 128]
 
 
 class Graph:
@@ -236,8 +253,9 @@ class Graph:
               requant, act, out_scale, reads, mask=None, image=None, out=None):
         """Output column tiles of sum over K tiles of (rows shifted by sources(kt)) @ W.
 
-        ``panel(ct)`` gives the µTOps' view of W's column tile ct: (spad row of its first
-        K tile, Region, or None to load it from HBM as (hbm Region, hstride, column)).
+        ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
+        buffer ``slot`` if it lives in HBM) and returns (spad row of its first K tile, its
+        Region, spad row of the bias or None).
         Rows lo..hi-1 are computed; with ``mask`` the others are zero and rows where the
         mask is 0 are zeroed too (the ring of a padded image).
         """
@@ -262,11 +280,10 @@ class Graph:
                      if mask is not None else None)
         ring = min(n_tiles, 3)
         acc = [self.builder.alloc(rows, f"{name} accumulator") for _ in range(ring)]
-        staged = [None] * ring
         blocks = self._row_blocks(lo, hi, n_tiles)
         for ct in range(n_tiles):
             slot = ct % ring
-            w_row, w_region, bias_row = panel(ct, slot, staged)
+            w_row, w_region, bias_row = panel(ct, slot)
             dst = out.tile(ct)
             for first, count in blocks:
                 target = Region("spad", acc[slot].start + first, count)
@@ -326,7 +343,7 @@ class Graph:
         ring = min(n_tiles, 3)
         bufs = [self.builder.alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
 
-        def panel(ct, slot, staged):
+        def panel(ct, slot):
             buf = bufs[slot]
             body = self._dma_rows(lanes, n_tiles * lanes, buf.start, w_hbm.start + ct * lanes, k)
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
@@ -390,7 +407,7 @@ class Graph:
         if y.rows != x.tiles * self.lanes:
             raise CompileError(f"{name}: {x.tiles * self.lanes} columns against {y.rows} rows")
 
-        def panel(ct, slot, staged):
+        def panel(ct, slot):
             return y.tile(ct), y.tile_region(ct), None
 
         result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, x.ref @ y.ref, y.tiles,
@@ -468,7 +485,7 @@ class Graph:
         peak = x.ref.reshape(rows, tiles, lanes).max(axis=(1, 2))[:, None]
         e = exp_table[np.clip(x.ref - peak, -128, 127) + 128]
         total = e.sum(axis=1, keepdims=True)
-        r = recip_table[np.clip((total >> k) - 128, -128, 127) + 128]
+        r = _bucket_lookup_ref(recip_table, total, k)
         out = self._new(rows, tiles, 1 / 127, rq(e * r, 127, recip_bits), name)
         exp_lut = self.constant(exp_table, "exp table")
         recip_lut = self.constant(recip_table, "reciprocal table")
@@ -478,23 +495,15 @@ class Graph:
         units = []
         for f, n in row_spans(rows):
             unit = [f"vldlut {exp_lut.start}", f"vsetq 127, {recip_bits}, 0"]
-            source = x.tile(0) + f
-            for t in range(1, tiles):
-                unit.append(f"vmax {peak_row + f}, {source}, {x.tile(t) + f}, {n}")
-                source = peak_row + f
-            unit.append(f"vlmax {peak_row + f}, {source}, {n}")
+            unit += _reduce_rows("vmax", "vlmax", peak_row + f,
+                                 [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
                 unit += [f"vsub {e_row(t) + f}, {x.tile(t) + f}, {peak_row + f}, {n}",
                          f"vlut {e_row(t) + f}, {e_row(t) + f}, {n}"]
-            source = e_row(0) + f
-            for t in range(1, tiles):
-                unit.append(f"vadd {sum_row + f}, {source}, {e_row(t) + f}, {n}")
-                source = sum_row + f
-            unit += [f"vlsum {sum_row + f}, {source}, {n}",
-                     f"vsrai {sum_row + f}, {sum_row + f}, {k}, {n}",
-                     f"vaddi {sum_row + f}, {sum_row + f}, -128, {n}",
-                     f"vldlut {recip_lut.start}",
-                     f"vlut {sum_row + f}, {sum_row + f}, {n}"]
+            unit += _reduce_rows("vadd", "vlsum", sum_row + f,
+                                 [e_row(t) + f for t in range(tiles)], n)
+            unit.append(f"vldlut {recip_lut.start}")
+            unit += _bucket_lookup(sum_row + f, k, n)
             for t in range(tiles):
                 unit += [f"vmul {e_row(t) + f}, {e_row(t) + f}, {sum_row + f}, {n}",
                          f"vrq {out.tile(t) + f}, {e_row(t) + f}, {n}"]
@@ -531,7 +540,7 @@ class Graph:
         total = x.ref.sum(axis=1, keepdims=True)
         d = x.ref * cols - total
         v = ((d >> a) ** 2).sum(axis=1, keepdims=True)
-        r = rsqrt_table[np.clip((v >> k) - 128, -128, 127) + 128]
+        r = _bucket_lookup_ref(rsqrt_table, v, k)
         z = rq(d * r, *z_mult)
         ref = np.clip(rq(z * g_q, *y_mult) + b_q, -128, 127)
         out = self._new(rows, tiles, out_scale, ref, name)
@@ -543,24 +552,16 @@ class Graph:
         units = []
         for f, n in row_spans(rows):
             unit = [f"vldlut {lut.start}"]
-            source = x.tile(0) + f
-            for t in range(1, tiles):
-                unit.append(f"vadd {s_row + f}, {source}, {x.tile(t) + f}, {n}")
-                source = s_row + f
-            unit.append(f"vlsum {s_row + f}, {source}, {n}")
+            unit += _reduce_rows("vadd", "vlsum", s_row + f, [x.tile(t) + f for t in range(tiles)],
+                                 n)
             for t in range(tiles):
                 unit += [f"vmuli {d_row(t) + f}, {x.tile(t) + f}, {cols}, {n}",
                          f"vsub {d_row(t) + f}, {d_row(t) + f}, {s_row + f}, {n}",
                          f"vsrai {out.tile(t) + f}, {d_row(t) + f}, {a}, {n}",
                          f"vmul {out.tile(t) + f}, {out.tile(t) + f}, {out.tile(t) + f}, {n}"]
-            source = out.tile(0) + f
-            for t in range(1, tiles):
-                unit.append(f"vadd {v_row + f}, {source}, {out.tile(t) + f}, {n}")
-                source = v_row + f
-            unit += [f"vlsum {v_row + f}, {source}, {n}",
-                     f"vsrai {v_row + f}, {v_row + f}, {k}, {n}",
-                     f"vaddi {v_row + f}, {v_row + f}, -128, {n}",
-                     f"vlut {v_row + f}, {v_row + f}, {n}"]
+            unit += _reduce_rows("vadd", "vlsum", v_row + f,
+                                 [out.tile(t) + f for t in range(tiles)], n)
+            unit += _bucket_lookup(v_row + f, k, n)
             for t in range(tiles):
                 o = out.tile(t) + f
                 unit += [f"vsetq {z_mult[0]}, {z_mult[1]}, 0",
