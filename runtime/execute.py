@@ -7,11 +7,41 @@ import numpy as np
 from isa.golden import ContextSpec, GoldenNPU, Segment
 from .driver import Driver
 
-__all__ = ["ExecutionError", "execute"]
+__all__ = ["ExecutionError", "execute", "run_program"]
 
 
 class ExecutionError(RuntimeError):
     """The program faulted, raced, or did not finish; the message says which."""
+
+
+def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backend="golden",
+                me_mask=None, ve_mask=None, policy="harvest", max_cycles=20_000_000,
+                progress=None):
+    """Run one program as context 0 with segments at 0: the host writes ``placements``
+    ((HBM address, words) pairs) first and reads ``reads`` ((address, count) pairs) after.
+    Returns (the words read, in order; the driver's RunResult or None on golden)."""
+    spad, hbm = Segment(0, spad_rows), Segment(0, hbm_words)
+    if backend == "golden":
+        npu = GoldenNPU(config, check_races=True)
+        for address, values in placements:
+            npu.hbm[address:address + len(values)] = values
+        [result] = npu.run([ContextSpec(words, spad, hbm)])
+        if result.fault:
+            raise ExecutionError(f"the program faulted: {result.fault.name} ({result.fault_detail})")
+        if result.races:
+            raise ExecutionError(f"the program has a race: {result.races[0]}")
+        return [npu.hbm[a:a + n].astype(np.int64) for a, n in reads], None
+    driver = Driver(config, backend, progress=progress)
+    driver.set_policy(policy)
+    driver.load_context(0, words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask)
+    for address, values in placements:
+        driver.write_hbm(address, values)
+    run = driver.run(read_hbm=list(reads), max_cycles=max_cycles)
+    context = run.contexts[0]
+    if run.timed_out or context.fault:
+        raise ExecutionError(f"the program did not finish: {context.status.name} "
+                             f"{context.fault.name} at word {context.fault_pc}")
+    return [run.hbm[key].astype(np.int64) for key in reads], run
 
 
 def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
@@ -20,37 +50,15 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
 
     The vNPU gets the first ``n_me`` MEs and ``n_ve`` VEs (default: all) under ``policy``;
     ``progress(cycles)`` is called during long pysim runs."""
-    cfg = graph.config
-    builder = graph.builder
-    spad, hbm = Segment(0, builder.spad_rows), Segment(0, builder.hbm_words)
-    reads = {name: (region.start, region.size) for name, (region, _) in graph.outputs.items()}
-    shapes = {name: (x.rows, x.tiles * graph.lanes) for name, (_, x) in graph.outputs.items()}
-    if backend == "golden":
-        npu = GoldenNPU(cfg, check_races=True)
-        for address, words in builder.hbm_image.items():
-            npu.hbm[address:address + len(words)] = words
-        for region, values in graph.inputs.values():
-            npu.hbm[region.start:region.start + region.size] = values.reshape(-1)
-        [result] = npu.run([ContextSpec(program.words, spad, hbm)])
-        if result.fault:
-            raise ExecutionError(f"the program faulted: {result.fault.name} ({result.fault_detail})")
-        if result.races:
-            raise ExecutionError(f"the program has a race: {result.races[0]}")
-        return {name: npu.hbm[a:a + n].reshape(shapes[name]).astype(np.int64)
-                for name, (a, n) in reads.items()}, None
-    driver = Driver(cfg, backend, progress=progress)
-    driver.set_policy(policy)
-    me_mask = (1 << (cfg.n_me if n_me is None else n_me)) - 1
-    ve_mask = (1 << (cfg.n_ve if n_ve is None else n_ve)) - 1
-    driver.load_context(0, program.words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask)
-    for address, words in builder.hbm_image.items():
-        driver.write_hbm(address, words)
-    for region, values in graph.inputs.values():
-        driver.write_hbm(region.start, values.reshape(-1))
-    run = driver.run(read_hbm=list(reads.values()), max_cycles=max_cycles)
-    context = run.contexts[0]
-    if run.timed_out or context.fault:
-        raise ExecutionError(f"the program did not finish: {context.status.name} "
-                             f"{context.fault.name} at word {context.fault_pc}")
-    return {name: run.hbm[key].reshape(shapes[name]).astype(np.int64)
-            for name, key in reads.items()}, run
+    cfg, builder = graph.config, graph.builder
+    placements = list(builder.hbm_image.items())
+    placements += [(region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
+    outputs = list(graph.outputs.items())
+    values, run = run_program(
+        cfg, program.words, spad_rows=builder.spad_rows, hbm_words=builder.hbm_words,
+        placements=placements, reads=[(region.start, region.size) for _, (region, _) in outputs],
+        backend=backend, me_mask=None if n_me is None else (1 << n_me) - 1,
+        ve_mask=None if n_ve is None else (1 << n_ve) - 1, policy=policy,
+        max_cycles=max_cycles, progress=progress)
+    return {name: words.reshape(x.rows, x.tiles * graph.lanes)
+            for (name, (_, x)), words in zip(outputs, values)}, run

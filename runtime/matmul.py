@@ -2,9 +2,8 @@
 
 import numpy as np
 
-from isa.golden import ContextSpec, GoldenNPU, Segment
 from .compiler import CompileError, compile_matmul
-from .driver import Driver
+from .execute import ExecutionError, run_program
 
 __all__ = ["matmul", "MatmulError"]
 
@@ -45,26 +44,12 @@ def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy
                               spad_rows=spad_rows)
     except CompileError as error:
         raise MatmulError(str(error)) from None
-    spad, hbm = Segment(0, spad_rows or config.spad_rows), Segment(0, config.hbm_words)
-    if backend == "golden":
-        npu = GoldenNPU(config, check_races=True)
-        npu.hbm[plan.a_addr:plan.a_addr + m * k] = a.reshape(-1)
-        npu.hbm[plan.b_addr:plan.b_addr + k * n] = b.reshape(-1)
-        [result] = npu.run([ContextSpec(plan.program.words, spad, hbm)])
-        if result.fault:
-            raise MatmulError(f"the compiled program faulted: {result.fault.name} "
-                              f"({result.fault_detail})")
-        if result.races:
-            raise MatmulError(f"the compiled program has a race: {result.races[0]}")
-        return npu.hbm[plan.c_addr:plan.c_addr + m * n].reshape(m, n).copy(), None
-    driver = Driver(config, backend)
-    driver.set_policy(policy)
-    driver.load_context(0, plan.program.words, spad, hbm, me_mask=me_mask)
-    driver.write_hbm(plan.a_addr, a.reshape(-1))
-    driver.write_hbm(plan.b_addr, b.reshape(-1))
-    run = driver.run(read_hbm=[(plan.c_addr, m * n)], max_cycles=10_000_000)
-    context = run.contexts[0]
-    if run.timed_out or context.fault:
-        raise MatmulError(f"the compiled program did not finish: {context.status.name} "
-                          f"{context.fault.name}")
-    return run.hbm[(plan.c_addr, m * n)].reshape(m, n), run
+    try:
+        [c], run = run_program(
+            config, plan.program.words, spad_rows=spad_rows or config.spad_rows,
+            hbm_words=config.hbm_words, backend=backend, me_mask=me_mask, policy=policy,
+            placements=[(plan.a_addr, a.reshape(-1)), (plan.b_addr, b.reshape(-1))],
+            reads=[(plan.c_addr, m * n)], max_cycles=10_000_000)
+    except ExecutionError as error:
+        raise MatmulError(f"matmul {m}x{k}x{n}: {error}") from None
+    return c.reshape(m, n), run
