@@ -7,12 +7,12 @@ spreads them over however many engines the vNPU has, or harvests idle ones.
 Scratchpad plan (rows):
 - A is held in *panels* of ``a_block`` rows, one K-slice (``array_rows`` wide) after
   another. When all of A fits, there is one panel, loaded once; otherwise two panel
-  buffers alternate, so the DMA loads panel p+1 while the MEs work on panel p.
+  buffers alternate, so the DMA loads panel p+1 while the MEs finish panel p.
 - B is cut into *column panels* (``array_cols`` wide, all of K). When all of B fits it is
-  loaded once; otherwise a ring of ``n_me + 1`` panel buffers streams it, one panel
+  loaded once; otherwise a ring of ``n_me + 2`` panel buffers streams it, the next panels
   loading while every ME works on another.
-- C column tiles (int32, and int8 when requantized) go to a ring of ``n_me + 2`` buffers
-  and are stored to HBM as soon as they are complete.
+- C tiles (int32, and int8 when requantized) go to a ring of ``n_me + 3`` buffers and are
+  stored to HBM ``n_me`` tiles later (see the schedule in ``matmul_utops``).
 The program builder (runtime/program.py) derives every dependency from these regions, so
 buffer reuse waits exactly for the µTOps that still use the buffer.
 """
@@ -53,7 +53,7 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     k_tiles, n_tiles = _ceil(k, kt_size), _ceil(n, nt_size)
     pairs = cfg.max_body // 2                      # (ldw, mm) pairs per ME µTOp
     panel_b = k_tiles * kt_size                    # rows of one B column panel
-    free = builder.spad_rows - sum(size for _, size in builder._spad_used)
+    free = builder.free_rows
     b_whole = n_tiles * panel_b
 
     def fit():

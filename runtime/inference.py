@@ -71,14 +71,16 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
     (default: the whole NPU)."""
     model = compile_model(name, config, seed=seed)
     profile = estimate(model.program.words, config)
-    if vnpu is None:
-        vnpu = ((config.n_me, config.n_ve) if budget is None else
-                (lambda a: (a.n_me, a.n_ve))(allocate(profile, config, budget=budget,
-                                                      price_me=price_me, price_ve=price_ve)))
-    n_me, n_ve = vnpu
+    if vnpu is not None:
+        n_me, n_ve = vnpu
+    elif budget is not None:
+        choice = allocate(profile, config, budget=budget, price_me=price_me, price_ve=price_ve)
+        n_me, n_ve = choice.n_me, choice.n_ve
+    else:
+        n_me, n_ve = config.n_me, config.n_ve
     outputs, run = execute(model.graph, model.program, backend=backend, n_me=n_me, n_ve=n_ve,
                            policy=policy, progress=progress)
-    out = outputs[model.output]
+    out = outputs[name]
     metric, value = accuracy(model, out)
     report = InferenceReport(
         name, backend, n_me, n_ve, policy, bool(np.array_equal(out, model.expected)), metric,

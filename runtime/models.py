@@ -31,7 +31,6 @@ class CompiledModel:
     name: str
     graph: Graph
     program: Program
-    output: str                   # the graph output holding the model's result
     float_ref: np.ndarray         # float32 reference output (real values)
     metric: str                   # "top1" or "relerr"
     columns: int                  # meaningful output columns (the rest is padding)
@@ -39,12 +38,13 @@ class CompiledModel:
 
     @property
     def expected(self):
-        """The exact integers the NPU must produce (rows x padded columns)."""
-        return self.graph.outputs[self.output][1].ref
+        """The exact integers the NPU must produce (rows x padded columns); the graph's
+        output carries the model's name."""
+        return self.graph.outputs[self.name][1].ref
 
     @property
     def scale(self):
-        return self.graph.outputs[self.output][1].scale
+        return self.graph.outputs[self.name][1].scale
 
 
 def accuracy(model, out_int):
@@ -311,4 +311,4 @@ def compile_model(name, config, *, seed=0, spad_rows=None, hbm_words=None):
     graph.output(name, out)
     program = graph.build()
     seconds = time.perf_counter() - start
-    return CompiledModel(name, graph, program, name, reference, metric, columns, seconds)
+    return CompiledModel(name, graph, program, reference, metric, columns, seconds)

@@ -92,12 +92,17 @@ class ProgramBuilder:
                 break
             base = max(base, start + size)
         if base + rows > self.spad_rows:
-            live = sum(size for _, size in self._spad_used)
-            raise CompileError(f"{what} needs {rows} scratchpad rows; {live} of the vNPU's "
+            raise CompileError(f"{what} needs {rows} scratchpad rows; "
+                               f"{self.spad_rows - self.free_rows} of the vNPU's "
                                f"{self.spad_rows} are live (and not necessarily in one piece)")
         self._spad_used = sorted(self._spad_used + [(base, rows)])
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
+
+    @property
+    def free_rows(self):
+        """Scratchpad rows not allocated (not necessarily in one piece)."""
+        return self.spad_rows - sum(size for _, size in self._spad_used)
 
     def free(self, region):
         self._spad_used.remove((region.start, region.size))
