@@ -134,7 +134,11 @@ class NPUConfig:
     def from_dict(cls, values, *, source="config"):
         """Build from a mapping: an optional ``preset`` to start from, then field overrides."""
         values = dict(values)
-        base = cls.preset(values.pop("preset", "default"))
+        preset = values.pop("preset", "default")
+        if not isinstance(preset, str):
+            raise ConfigError(f"{source}: preset must be a preset name ({', '.join(PRESETS)}), "
+                              f"not {preset!r}")
+        base = cls.preset(preset)
         names = {field.name for field in dataclasses.fields(cls)}
         for key, value in values.items():
             if key not in names:
@@ -149,9 +153,11 @@ class NPUConfig:
         """Load a TOML file: ``preset = "NAME"`` (optional) and any fields to override."""
         path = Path(path)
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise ConfigError(f"{path}: cannot read config: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file (TOML is UTF-8)") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: malformed TOML: {error}") from None
         try:

@@ -84,14 +84,25 @@ class Dispatcher(wiring.Component):
 
     Faults are precise in program order: the oldest faulting µTOp is reported; µTOps older
     than it still issue, younger ones stop, and those already issued drain before the
-    context reports FAULTED. When no context has retired a µTOp for ``watchdog_cycles``
-    (the NPU makes no progress), every running context faults at once with WATCHDOG; a
-    context that merely waits for its turn (temporal, v10) is never a false positive.
+    context reports FAULTED, so nothing of a context is written once it reads FAULTED.
+
+    Two watchdogs, each blaming only the context that failed to make progress: an engine
+    that runs a µTOp and shows no progress (``engine_progress``) for ``watchdog_cycles``
+    faults that µTOp's context with WATCHDOG; every engine running that context's µTOps is
+    then held in reset (``engine_abort``) for ``abort_cycles``, long enough for in-flight
+    memory responses to drain, and only then does the context read FAULTED. When no engine
+    is busy and no context fetches, issues or retires a µTOp for ``watchdog_cycles`` while
+    some context runs (e.g. under static a context owns no engine of a type it needs),
+    every running context faults: all of them are stuck. A long µTOp that progresses, and
+    a context that waits for an engine someone else uses, never trip either.
     """
 
     def __init__(self, config):
         self.config = config
         self.types = engine_types(config)
+        #: Cycles an aborted engine is held in reset: its HBM and scratchpad responses in
+        #: flight (at most ``hbm_latency`` cycles old) arrive while it still ignores them.
+        self.abort_cycles = config.hbm_latency + 4
         n_engines = len(self.types)
         #: Instruction memories (one per context), written by the host interface.
         self.imems = [memory.Memory(shape=unsigned(64), depth=config.imem_words, init=[])
@@ -106,12 +117,17 @@ class Dispatcher(wiring.Component):
             "policy": In(2),
             "time_slice": In(32),
             "start": In(config.n_ctx),
+            "config_fault": In(config.n_ctx),
             "imem_we": In(1),
             "imem_ctx": In(range(config.n_ctx)),
             "imem_addr": In(range(config.imem_words)),
             "imem_data": In(64),
             "engine_busy_by_ctx": Out(32).array(n_engines, config.n_ctx),
             "engine_busy": Out(32).array(n_engines),
+            # Engine e did something this cycle (see the watchdog below); while engine_abort[e]
+            # is high the engine is held in reset.
+            "engine_progress": In(1).array(n_engines),
+            "engine_abort": Out(1).array(n_engines),
             # Observation points for testbenches and traces (one issue per context per cycle).
             "issue_valid": Out(1).array(config.n_ctx),
             "issue_engine": Out(range(n_engines)).array(config.n_ctx),
@@ -145,6 +161,14 @@ class Dispatcher(wiring.Component):
         done = [link.done for link in self.engines]
         m.d.comb += [d.ready.eq(1) for d in done]
         eng_done = Cat(d.valid for d in done)
+        # Engines held in reset after their context was killed by the watchdog.
+        eng_abort = Signal(E)
+        abort_left = [Signal(range(self.abort_cycles + 1), name=f"eng{e}_abort_left")
+                      for e in range(E)]
+        abort_end = Cat(eng_abort[e] & (abort_left[e] == 1) for e in range(E))
+        eng_running = Signal(E)     # busy with a µTOp and not being aborted
+        m.d.comb += [eng_running.eq(eng_busy & ~eng_abort)]
+        m.d.comb += [self.engine_abort[e].eq(eng_abort[e]) for e in range(E)]
 
         # --- per-context state ----------------------------------------------------------------
         ctxs = []
@@ -182,6 +206,7 @@ class Dispatcher(wiring.Component):
             x.counters = {name: Signal(32, name=f"c{c}_{name}") for name in _COUNTERS}
             x.me_used = Signal(32, name=f"c{c}_me_used")
             x.tokens = Signal(16, name=f"c{c}_tokens")
+            x.killed = Signal(name=f"c{c}_killed")      # faulted by a watchdog: engines abort
             x.start = self.start[c]
             ctxs.append(x)
 
@@ -194,12 +219,21 @@ class Dispatcher(wiring.Component):
             for s in range(W):
                 hit = 0
                 for e in range(E):
-                    this = eng_done[e] & eng_busy[e] & (eng_ctx[e] == c) & (eng_slot[e] == s)
-                    hit = hit | this
-                    with m.If(this & (done[e].payload.fault != 0)):
-                        m.d.comb += [x.retire_fault.eq(done[e].payload.fault),
-                                     x.retire_fault_slot.eq(s)]
+                    hit = hit | (eng_done[e] & eng_running[e] & (eng_ctx[e] == c)
+                                 & (eng_slot[e] == s))
                 terms.append(hit)
+            # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number).
+            found, oldest = Const(0, 1), Const(0, 32)
+            for e in range(E):
+                faulting = (eng_done[e] & eng_running[e] & (eng_ctx[e] == c)
+                            & (done[e].payload.fault != 0))
+                seq = Array(x.seq)[eng_slot[e]]
+                better = faulting & (~found | (seq < oldest))
+                with m.If(better):
+                    m.d.comb += [x.retire_fault.eq(done[e].payload.fault),
+                                 x.retire_fault_slot.eq(eng_slot[e])]
+                oldest = Mux(better, seq, oldest)
+                found = found | faulting
             m.d.comb += [x.retiring.eq(Cat(terms) & x.running.replicate(W)),
                          self.retiring[c].eq(x.retiring.any())]
 
@@ -470,8 +504,13 @@ class Dispatcher(wiring.Component):
                         with m.If(x.issue_slot == s):
                             m.d.comb += payload.length.eq(x.length[s])
         issued_mask = Cat(cmd_valid)
-        finished_mask = Cat(eng_done[e] & eng_busy[e] for e in range(E))
-        m.d.sync += eng_busy.eq((eng_busy & ~finished_mask) | issued_mask)
+        finished_mask = Cat(eng_done[e] & eng_running[e] for e in range(E))
+        m.d.sync += eng_busy.eq((eng_busy & ~finished_mask & ~abort_end) | issued_mask)
+        for e in range(E):
+            with m.If(eng_abort[e]):
+                m.d.sync += abort_left[e].eq(abort_left[e] - 1)
+                with m.If(abort_left[e] == 1):
+                    m.d.sync += eng_abort[e].eq(0)
 
         # --- body streaming ---------------------------------------------------------------------------
         for e, link in enumerate(self.engines):
@@ -498,16 +537,32 @@ class Dispatcher(wiring.Component):
                     with m.If(x.st_left == 1):
                         m.d.sync += x.st_active.eq(0)
 
-        # --- watchdog: cycles since any context retired a µTOp ------------------------------------
-        idle = Signal(range(cfg.watchdog_cycles + 1))
-        watchdog_expired = Signal()
+        # --- watchdogs -------------------------------------------------------------------------------
+        # An engine that runs a µTOp and shows no progress for watchdog_cycles is stuck:
+        # its context is killed. Progress is anything the engine does (an instruction
+        # taken or executed, a memory request granted or answered, a retirement), so a
+        # long µTOp that works never trips it, whoever's engine it runs on.
+        eng_hung = Signal(E)
+        for e in range(E):
+            stuck = Signal(range(cfg.watchdog_cycles + 1), name=f"eng{e}_stuck")
+            m.d.comb += eng_hung[e].eq(eng_running[e] & (stuck == cfg.watchdog_cycles))
+            with m.If(~eng_running[e] | self.engine_progress[e] | eng_done[e]):
+                m.d.sync += stuck.eq(0)
+            with m.Elif(~eng_hung[e]):
+                m.d.sync += stuck.eq(stuck + 1)
+        # The NPU is stalled when no engine is busy and no context fetches, streams, issues
+        # or retires while some context runs: every running context is stuck.
+        stall = Signal(range(cfg.watchdog_cycles + 1))
+        stall_expired = Signal()
         any_running = Cat(x.running for x in ctxs).any()
-        any_retiring = Cat(x.retiring.any() for x in ctxs).any()
-        m.d.comb += watchdog_expired.eq(idle == cfg.watchdog_cycles)
-        with m.If(~any_running | any_retiring | watchdog_expired | self.start.any()):
-            m.d.sync += idle.eq(0)
+        activity = (eng_busy.any() | self.start.any() | self.config_fault.any()
+                    | Cat(x.allocate | (x.fetch_fault != 0) | x.st_active | x.issue_now
+                          | x.retiring.any() for x in ctxs).any())
+        m.d.comb += stall_expired.eq(stall == cfg.watchdog_cycles)
+        with m.If(~any_running | activity | stall_expired):
+            m.d.sync += stall.eq(0)
         with m.Else():
-            m.d.sync += idle.eq(idle + 1)
+            m.d.sync += stall.eq(stall + 1)
 
         # --- retirement, freeing, faults, completion, counters ------------------------------
         for c, x in enumerate(ctxs):
@@ -554,7 +609,10 @@ class Dispatcher(wiring.Component):
                         m.d.comb += [new_seq.eq(x.seq[s]), new_pc.eq(x.hdr_pc[s])]
             with m.Elif(x.fetch_fault != 0):
                 m.d.comb += [new_fault.eq(x.fetch_fault), new_seq.eq(x.seq_next), new_pc.eq(x.pc)]
-            with m.If(x.running & (new_fault != 0) & (~x.fault_valid | (new_seq < x.fault_seq))):
+            fault_now = Signal(name=f"c{c}_fault_now")
+            m.d.comb += fault_now.eq(x.running & (new_fault != 0)
+                                     & (~x.fault_valid | (new_seq < x.fault_seq)))
+            with m.If(fault_now):
                 m.d.sync += [x.fault_valid.eq(1), x.fault_seq.eq(new_seq),
                              x.fault_code.eq(new_fault), x.fault_pc.eq(new_pc)]
             with m.If(x.fetch_fault != 0):
@@ -563,13 +621,31 @@ class Dispatcher(wiring.Component):
             pending = (x.valid & ~retired_next & (x.issued | x.eligible)).any() | x.st_active
             with m.If(x.running & (x.fetch_done | x.fault_valid) & ~pending & ~x.allocate
                       & (x.fetch_fault == 0)):
-                m.d.sync += x.status.eq(Mux(x.fault_valid, Status.FAULTED, Status.DONE))
+                # A fault taken in this very cycle (say by the eop µTOp) counts.
+                m.d.sync += x.status.eq(Mux(x.fault_valid | fault_now, Status.FAULTED,
+                                            Status.DONE))
 
-            # Watchdog: the NPU made no progress for watchdog_cycles.
-            with m.If(x.running & watchdog_expired):
-                m.d.sync += [x.status.eq(Status.FAULTED), x.fault_valid.eq(1),
-                             x.fault_code.eq(Fault.WATCHDOG),
-                             x.fault_pc.eq(Mux(x.count != 0, Array(x.hdr_pc)[x.head], x.pc))]
+            # Watchdog kill: fault with WATCHDOG at once, stop fetch, issue and streaming,
+            # hold every engine running one of this context's µTOps in reset, and read
+            # FAULTED only once they are all released (nothing of it is written after).
+            mine = Cat(eng_running[e] & (eng_ctx[e] == c) for e in range(E))
+            hung = Cat(eng_hung[e] & (eng_ctx[e] == c) for e in range(E))
+            hung_pc = Signal(17, name=f"c{c}_hung_pc")
+            m.d.comb += hung_pc.eq(Mux(x.count != 0, Array(x.hdr_pc)[x.head], x.pc))
+            for e in reversed(range(E)):
+                with m.If(hung[e]):
+                    m.d.comb += hung_pc.eq(Array(x.hdr_pc)[eng_slot[e]])
+            with m.If(x.running & ~x.killed & (hung.any() | stall_expired)):
+                m.d.sync += [x.killed.eq(1), x.fault_valid.eq(1), x.fault_seq.eq(0),
+                             x.fault_code.eq(Fault.WATCHDOG), x.fault_pc.eq(hung_pc),
+                             x.fetch_done.eq(1), x.st_active.eq(0),
+                             x.status.eq(Status.RUNNING)]     # not DONE, even this cycle
+                for e in range(E):
+                    with m.If(mine[e] & ~finished_mask[e]):
+                        m.d.sync += [eng_abort[e].eq(1), abort_left[e].eq(self.abort_cycles)]
+            aborting = Cat(eng_abort[e] & (eng_ctx[e] == c) for e in range(E)).any()
+            with m.If(x.running & x.killed & ~aborting):
+                m.d.sync += x.status.eq(Status.FAULTED)
 
             # Counters.
             own = 0
@@ -577,7 +653,7 @@ class Dispatcher(wiring.Component):
             dma = 0
             me_cycles = 0
             for e, t in enumerate(types):
-                mine = eng_busy[e] & (eng_ctx[e] == c)
+                mine = eng_running[e] & (eng_ctx[e] == c)
                 if t == Engine.DMA:
                     dma = dma + mine
                     continue
@@ -600,15 +676,18 @@ class Dispatcher(wiring.Component):
                     x.me_used.eq(x.me_used + me_cycles),
                 ]
 
-            # Start (wins over everything above).
-            with m.If(x.start):
+            # Start, or a refused start (wins over everything above).
+            with m.If(x.start | self.config_fault[c]):
                 m.d.sync += [x.status.eq(Status.RUNNING), x.pc.eq(0), x.fetch_done.eq(0),
                              x.seq_next.eq(0), x.head.eq(0), x.count.eq(0), x.valid.eq(0),
                              x.issued.eq(0), x.retired.eq(0), x.fault_valid.eq(0),
                              x.fault_code.eq(0), x.fault_pc.eq(0), x.st_active.eq(0),
-                             x.me_used.eq(0), x.tokens.eq(0),
+                             x.me_used.eq(0), x.tokens.eq(0), x.killed.eq(0),
                              x.op_next.eq(0)]
                 m.d.sync += [counter.eq(0) for counter in x.counters.values()]
+            with m.If(self.config_fault[c]):
+                m.d.sync += [x.status.eq(Status.FAULTED), x.fault_valid.eq(1),
+                             x.fault_code.eq(Fault.CONFIG)]
 
             m.d.comb += [x.state.status.eq(x.status), x.state.fault.eq(x.fault_code),
                          x.state.fault_pc.eq(x.fault_pc)]
@@ -616,8 +695,8 @@ class Dispatcher(wiring.Component):
 
         # Per-engine counters.
         for e in range(E):
-            m.d.sync += self.engine_busy[e].eq(self.engine_busy[e] + eng_busy[e])
+            m.d.sync += self.engine_busy[e].eq(self.engine_busy[e] + eng_running[e])
             for c in range(C):
-                with m.If(eng_busy[e] & (eng_ctx[e] == c)):
+                with m.If(eng_running[e] & (eng_ctx[e] == c)):
                     m.d.sync += self.engine_busy_by_ctx[e][c].eq(self.engine_busy_by_ctx[e][c] + 1)
         return m

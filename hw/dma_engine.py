@@ -7,7 +7,8 @@ from amaranth.lib.wiring import Out
 from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .hbm import HBMPortSignature
-from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
+from .engine_shell import engine_shell
+from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["DMAEngine"]
@@ -34,7 +35,6 @@ class DMAEngine(wiring.Component):
             rd=Out(SpadReadSignature(config)),
             wr=Out(SpadWriteSignature(config)),
             hbm=Out(HBMPortSignature(config)),
-            words_moved=Out(32),
         ))
 
     def elaborate(self, platform):
@@ -82,7 +82,7 @@ class DMAEngine(wiring.Component):
             with m.If(fault == 0):
                 m.d.sync += [ir.eq(self.instr.payload), ir_valid.eq(1)]
         with m.If(self.done.valid & self.done.ready):
-            m.d.sync += [active.eq(0), self.utops_done.eq(self.utops_done + 1)]
+            m.d.sync += active.eq(0)
 
         # --- decode and checks ----------------------------------------------------------
         is_load, is_store = is_instr(ir, "dload"), is_instr(ir, "dstore")
@@ -187,8 +187,7 @@ class DMAEngine(wiring.Component):
         row_done = Signal()
         with m.If(row_done):
             m.d.sync += [rows_left.eq(rows_left - 1), spad_row.eq(spad_row + sstride),
-                         hbm_addr.eq(hbm_addr + hstride),
-                         self.words_moved.eq(self.words_moved + length)]
+                         hbm_addr.eq(hbm_addr + hstride)]
             with m.If(job_gather):
                 m.d.sync += index_lane.eq(index_lane + 1)
                 with m.If(index_lane == lanes - 1):
@@ -300,8 +299,7 @@ class DMAEngine(wiring.Component):
         m.d.comb += load_tail_only.eq(~job_active & job_load & (store_reads == 0)
                                       & ~store_fifo.r_rdy)
 
-        # --- counters -------------------------------------------------------------------------
-        blocked = refused(self.rd.req, self.wr.req, hbm_req)
-        m.d.sync += [self.busy_cycles.eq(self.busy_cycles + active),
-                     self.stall_cycles.eq(self.stall_cycles + blocked)]
-        return m
+        # Work = words moved: a row's words, when the row is done.
+        return engine_shell(self, m, active=active, work=Mux(row_done, length, 0),
+                            requests=[self.rd.req, self.wr.req, hbm_req],
+                            responses=[self.rd.resp_valid, self.hbm.resp_valid])

@@ -6,7 +6,8 @@ from amaranth.lib.wiring import Out
 
 from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
-from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
+from .engine_shell import engine_shell
+from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 from .systolic_array import SystolicArray
 
@@ -46,7 +47,6 @@ class MatrixEngine(wiring.Component):
             rd_in=Out(SpadReadSignature(config)),
             rd_aux=Out(SpadReadSignature(config)),
             wr=Out(SpadWriteSignature(config)),
-            mac_cycles=Out(32),
         ))
 
     def elaborate(self, platform):
@@ -105,7 +105,7 @@ class MatrixEngine(wiring.Component):
             with m.If(fault == 0):
                 m.d.sync += [ir.eq(self.instr.payload), ir_valid.eq(1)]
         with m.If(self.done.valid & self.done.ready):
-            m.d.sync += [active.eq(0), self.utops_done.eq(self.utops_done + 1)]
+            m.d.sync += active.eq(0)
 
         # --- decode and dispatch ----------------------------------------------------------
         is_ldw, is_mm = is_instr(ir, "ldw"), is_instr(ir, "mm")
@@ -279,11 +279,7 @@ class MatrixEngine(wiring.Component):
             m.d.sync += in_flight[b].eq(in_flight[b] + (row_issued & (stream_buffer == b))
                                         - (tag.valid & (tag.buffer == b)))
 
-        # --- counters -----------------------------------------------------------------------
-        blocked = refused(self.rd_in.req, self.rd_aux.req, self.wr.req)
-        m.d.sync += [
-            self.busy_cycles.eq(self.busy_cycles + active),
-            self.mac_cycles.eq(self.mac_cycles + entering),
-            self.stall_cycles.eq(self.stall_cycles + blocked),
-        ]
-        return m
+        # Work = MAC cycles: rows entering the array.
+        return engine_shell(self, m, active=active, work=entering,
+                            requests=[self.rd_in.req, self.rd_aux.req, self.wr.req],
+                            responses=[self.rd_in.resp_valid, self.rd_aux.resp_valid])

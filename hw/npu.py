@@ -1,10 +1,10 @@
 """The physical NPU (pNPU): engines, scratchpad, HBM, dispatcher and host interface."""
 
 from amaranth import Cat, Module
+from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from isa.encoding import Engine
 from .dispatcher import Dispatcher, engine_types
 from .dma_engine import DMAEngine
 from .hbm import HBM, HBMPortSignature
@@ -64,8 +64,9 @@ class NPU(wiring.Component):
             # Each engine buffers a whole µTOp body, so the context's body streamer hands
             # it over at one word per cycle and moves on to the context's next µTOp while
             # the engine works: one tenant's independent µTOps run on several engines.
+            # An aborted µTOp's unread body words go with it.
             body = fifo.SyncFIFOBuffered(width=64, depth=self.config.max_body)
-            m.submodules[f"body{i}"] = body
+            m.submodules[f"body{i}"] = ResetInserter({"sync": dispatcher.engine_abort[i]})(body)
             wiring.connect(m, link.instr, body.w_stream)
             wiring.connect(m, body.r_stream, engine.instr)
             wiring.connect(m, engine.done, link.done)
@@ -87,17 +88,19 @@ class NPU(wiring.Component):
                          host.ctx_state[c].eq(dispatcher.ctx_state[c])]
         m.d.comb += [
             dispatcher.policy.eq(host.policy), dispatcher.time_slice.eq(host.time_slice),
-            dispatcher.start.eq(host.start), dispatcher.imem_we.eq(host.imem_we),
+            dispatcher.start.eq(host.start), dispatcher.config_fault.eq(host.config_fault),
+            dispatcher.imem_we.eq(host.imem_we),
             dispatcher.imem_ctx.eq(host.imem_ctx), dispatcher.imem_addr.eq(host.imem_addr),
             dispatcher.imem_data.eq(host.imem_data),
             self.busy.eq(Cat(state.status == 1 for state in dispatcher.ctx_state).any()),
         ]
-        work = {Engine.ME: "mac_cycles", Engine.VE: "vector_cycles", Engine.DMA: "words_moved"}
         for i, engine in enumerate(self.engines):
             m.d.comb += [host.engine_busy[i].eq(dispatcher.engine_busy[i]),
                          host.engine_stall[i].eq(engine.stall_cycles),
                          host.engine_done[i].eq(engine.utops_done),
-                         host.engine_work[i].eq(getattr(engine, work[self.types[i]]))]
+                         host.engine_work[i].eq(engine.work),
+                         engine.flush.eq(dispatcher.engine_abort[i]),
+                         dispatcher.engine_progress[i].eq(engine.progress)]
             for c in range(cfg.n_ctx):
                 m.d.comb += host.engine_busy_by_ctx[i][c].eq(dispatcher.engine_busy_by_ctx[i][c])
         return m

@@ -80,16 +80,22 @@ class DoneLayout(data.StructLayout):
 
 
 def engine_members(config, **extra):
-    """The members every engine has (µTOp command, body words, retirement, common counters),
-    plus its own ``extra`` ones."""
+    """The members every engine has (µTOp command, body words, retirement, flush (abort) and
+    progress for the watchdog, common counters), plus its own ``extra`` ones.
+
+    ``work`` counts what the engine does: MAC cycles (ME), rows executed (VE), words moved
+    (DMA)."""
     return {
         "cmd": In(stream.Signature(CommandLayout(config))),
         "instr": In(stream.Signature(unsigned(64))),
         "done": Out(stream.Signature(DoneLayout(config))),
+        "flush": In(1),
+        "progress": Out(1),
         **extra,
         "busy_cycles": Out(32),
         "stall_cycles": Out(32),
         "utops_done": Out(32),
+        "work": Out(32),
     }
 
 

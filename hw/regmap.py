@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["Register", "Access", "GLOBAL", "CONTEXT", "ENGINE", "CONTEXT_BASE", "CONTEXT_STRIDE",
            "ENGINE_BASE", "ENGINE_STRIDE", "IMEM_BASE", "IMEM_STRIDE", "Policy", "Status",
-           "register_address", "ID_VALUE"]
+           "HostError", "register_address", "ID_VALUE"]
 
 CONTEXT_BASE, CONTEXT_STRIDE = 0x100, 0x40
 ENGINE_BASE, ENGINE_STRIDE = 0x1000, 0x40
@@ -40,6 +40,20 @@ class Status(enum.IntEnum):
     FAULTED = 3
 
 
+class HostError(enum.IntEnum):
+    """Why the host interface refused a write (the code in HOST_ERROR bits 0..7).
+
+    A refused write changes nothing: the register, the instruction memory and the
+    contexts keep their values and states.
+    """
+    NONE = 0
+    VALUE_RANGE = 1       # the value does not fit the register (or is 0 for TIME_SLICE)
+    UNMAPPED = 2          # no writable register at that address (read-only or unmapped)
+    IMEM_RANGE = 3        # instruction-memory word at or past imem_words
+    CONTEXT_RUNNING = 4   # START, configuration or program write of a running context
+    BAD_CONTEXT = 5       # START of a context whose settings are invalid (it faults CONFIG)
+
+
 @dataclass(frozen=True)
 class Register:
     name: str
@@ -53,11 +67,16 @@ GLOBAL = (
     Register("SHAPE", 0x01, Access.RO, "n_ctx | n_me << 8 | n_ve << 16 | n_dma << 24 | "
                                        "array_rows << 32 | array_cols << 40 | ve_lanes << 48"),
     Register("POLICY", 0x02, Access.RW, "sharing policy: 0 static, 1 harvest, 2 temporal, 3 v10"),
-    Register("START", 0x03, Access.WO, "bit c set: start context c (from word 0 of its program)"),
+    Register("START", 0x03, Access.WO, "bit c set: start context c (from word 0 of its program); "
+                                       "refused for a running context; a context whose "
+                                       "settings are invalid faults CONFIG instead"),
     Register("STATUS", 0x04, Access.RO, "2 bits per context: 0 idle, 1 running, 2 done, 3 faulted"),
     Register("CYCLE", 0x05, Access.RO, "cycles since reset"),
     Register("TIME_SLICE", 0x06, Access.RW, "temporal policy: cycles before the NPU may switch "
-                                            "to another context (default 4096)"),
+                                            "to another context (default 4096; 1..2^32-1)"),
+    Register("HOST_ERROR", 0x07, Access.RW, "the first write refused since it was last cleared: "
+                                            "code (HostError) | address << 32; "
+                                            "any write clears it"),
 )
 
 CONTEXT = (

@@ -9,7 +9,8 @@ from amaranth.lib.wiring import Out
 from hw.config import LUT_ENTRIES, VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
-from .ports import (FAULT_SHAPE, engine_members, refused, SpadReadSignature,
+from .engine_shell import engine_shell
+from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["VectorEngine"]
@@ -72,7 +73,6 @@ class VectorEngine(wiring.Component):
             rd_a=Out(SpadReadSignature(config)),
             rd_b=Out(SpadReadSignature(config)),
             wr=Out(SpadWriteSignature(config)),
-            vector_cycles=Out(32),  # rows processed by the execute stage
         ))
 
     def elaborate(self, platform):
@@ -153,7 +153,7 @@ class VectorEngine(wiring.Component):
         with m.If(from_buffer & ~ir_valid & (fault == 0)):
             m.d.sync += [ir.eq(loop_read.data), ir_valid.eq(1)]
         with m.If(self.done.valid & self.done.ready):
-            m.d.sync += [active.eq(0), self.utops_done.eq(self.utops_done + 1)]
+            m.d.sync += active.eq(0)
 
         # --- decode ---------------------------------------------------------------------
         opcode = ir[:8]
@@ -405,6 +405,10 @@ class VectorEngine(wiring.Component):
                      b_fifo.r_en.eq(execute & head.has_b)]
 
         vregs = [Signal(row_layout(cfg), name=f"v{i}") for i in range(VREGS)]
+        # No state crosses a µTOp boundary: the registers read 0 at the start of every
+        # µTOp, whoever ran on this engine before (the pipeline is empty by then).
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [vreg.eq(0) for vreg in vregs]
         vreg_b = Signal(row_layout(cfg))
         with m.Switch(head.vreg):
             for i in range(VREGS):
@@ -525,11 +529,7 @@ class VectorEngine(wiring.Component):
         m.d.comb += retired.eq((execute & ~write_now) + (w_valid & self.wr.req.ready))
         m.d.sync += inflight.eq(inflight + row_issued - retired)
 
-        # --- counters -------------------------------------------------------------------------
-        blocked = refused(self.rd_a.req, self.rd_b.req, self.wr.req)
-        m.d.sync += [
-            self.busy_cycles.eq(self.busy_cycles + active),
-            self.vector_cycles.eq(self.vector_cycles + execute),
-            self.stall_cycles.eq(self.stall_cycles + blocked),
-        ]
-        return m
+        # Work = rows executed. An instruction consumed (from the loop buffer too) is progress.
+        return engine_shell(self, m, active=active, work=execute, progress=[consumed],
+                            requests=[self.rd_a.req, self.rd_b.req, self.wr.req],
+                            responses=[self.rd_a.resp_valid, self.rd_b.resp_valid])

@@ -72,9 +72,13 @@ class Assembly:
     labels: dict         # label -> word address of the header or body word it names
 
 
-def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
-    """Assemble source text; raise AsmError (with file and line) on any error."""
-    items, labels = _assemble_items(text, source, dep_window)
+def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW, max_body=None):
+    """Assemble source text; raise AsmError (with file and line) on any error.
+
+    ``dep_window`` and ``max_body`` are the limits of the NPU the program is for (a
+    config's); without ``max_body`` a body may be as long as the header can encode.
+    """
+    items, labels = _assemble_items(text, source, dep_window, max_body)
     try:
         words = encode_program(items)
     except EncodeError as error:  # operands are range-checked while parsing; a safety net
@@ -89,12 +93,13 @@ def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
     return Assembly(items, words, addresses)
 
 
-def assemble(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW):
+def assemble(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW, max_body=None):
     """Assemble source text to a list of 64-bit words."""
-    return assemble_program(text, source=source, dep_window=dep_window).words
+    return assemble_program(text, source=source, dep_window=dep_window,
+                            max_body=max_body).words
 
 
-def _assemble_items(text, source, dep_window):
+def _assemble_items(text, source, dep_window, max_body):
     items = []           # UTop or int, in program order
     utops = []           # indexes into items of the µTOps, in order
     labels = {}
@@ -134,7 +139,7 @@ def _assemble_items(text, source, dep_window):
                 token_l = token.lower()
                 if token_l.startswith("deps("):
                     deps_text.extend((d.strip(), number) for d in token[5:-1].split(",") if d.strip())
-                elif token_l in ("eoo", "eop"):
+                elif token_l in ("eoo", "eop", "restartable"):
                     setattr(utop, token_l, True)
                 elif token_l.startswith("tag="):
                     tag = _parse_int(token[4:])
@@ -144,7 +149,7 @@ def _assemble_items(text, source, dep_window):
                     utop.tag = tag
                 else:
                     err(number, f"unknown header option {token!r}; expected deps(...), eoo, "
-                                f"eop or tag=N")
+                                f"eop, restartable or tag=N")
             bind_labels(current, -1, len(items))
             utops.append(len(items))
             items.append(utop)
@@ -223,6 +228,9 @@ def _assemble_items(text, source, dep_window):
         length_field = next(f for f in HEADER.fields if f.name == "length")
         if len(utop.body) > length_field.max:
             err(header_lines[index], f"µTOp body has {len(utop.body)} instructions; at most {length_field.max} fit")
+        if max_body is not None and len(utop.body) > max_body:
+            err(header_lines[index], f"µTOp body has {len(utop.body)} instructions; the "
+                                     f"config's max_body is {max_body}")
     return items, labels
 
 
@@ -328,6 +336,8 @@ def format_items(items):
             options.append("eoo")
         if item.eop:
             options.append("eop")
+        if item.restartable:
+            options.append("restartable")
         if item.tag:
             options.append(f"tag={item.tag}")
         lines.append(f".{item.engine.name.lower()} {' '.join(options)}".rstrip()

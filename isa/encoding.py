@@ -37,7 +37,8 @@ class Fault(enum.IntEnum):
     SPAD_OOB = 5         # scratchpad access outside the context's segment
     HBM_OOB = 6          # HBM access outside the context's segment
     FETCH_OOB = 7        # a µTOp header or body lies past the end of the program
-    WATCHDOG = 8         # no context retired a µTOp for watchdog_cycles (hardware only)
+    WATCHDOG = 8         # an engine or the whole NPU made no progress for watchdog_cycles (hardware only)
+    CONFIG = 9           # START found the context's settings invalid (hardware only)
 
 
 FAULT_DOCS = {
@@ -58,9 +59,20 @@ FAULT_DOCS = {
                    "context's HBM segment.",
     Fault.FETCH_OOB: "A µTOp header or body word lies at or past the end of the context's "
                      "program (a program must end with an `eop` µTOp).",
-    Fault.WATCHDOG: "No context retired a µTOp for `watchdog_cycles` cycles (the NPU made "
-                    "no progress): every running context faults. Raised by the hardware "
+    Fault.WATCHDOG: "An engine running one of the context's µTOps made no progress (no "
+                    "instruction consumed, no memory request granted or answered) for "
+                    "`watchdog_cycles` cycles: that engine is reset and only its context "
+                    "faults, with FAULT_PC at the stuck µTOp. Or no engine was busy and no "
+                    "context fetched, issued or retired a µTOp for `watchdog_cycles` cycles "
+                    "while some ran (e.g. a context under `static` that owns no engine of a "
+                    "type it needs): every running context faults. A long µTOp that makes "
+                    "progress never trips it, and a context that waits for an engine "
+                    "another context is using never does either. Raised by the hardware "
                     "only; the golden model does not model time.",
+    Fault.CONFIG: "START found the context's settings invalid: a scratchpad or HBM segment "
+                  "runs past the end of its memory, or PROG_LEN exceeds `imem_words`. The "
+                  "context does not run; FAULT_PC is 0. Raised by the hardware only (the "
+                  "driver and the golden model refuse such settings before a run).",
 }
 
 
@@ -170,6 +182,12 @@ HEADER = HeaderDef(
                            "`v10` policy to gang-issue operators)", flag=True),
         Field("eop", 9, 1, "end of program: the context is done once this µTOp and all "
                            "earlier ones have retired", flag=True),
+        Field("restartable", 11, 1, "running this µTOp again from its start, after a partial "
+                                    "run, gives the same result (it reads no location before "
+                                    "writing it that it also writes). Under `harvest` only "
+                                    "restartable µTOps run on borrowed engines, and the owner "
+                                    "takes its engine back at once by restarting them later",
+              flag=True),
         Field("length", 16, 8, "number of body words that follow (0..`max_body`)"),
         Field("deps", 24, MAX_DEP_WINDOW, "dependency mask: bit j set means this µTOp waits "
                                           "until the µTOp j+1 positions earlier in the same "
@@ -240,7 +258,7 @@ def _build_instructions():
         "stream rows through the systolic array",
         "For i < m, c < `array_cols`: y = sum over r < `array_rows` of "
         "int8(row(src + i)[r]) * W[r][c], exact in int32 (it cannot overflow for "
-        "array_rows <= 2^17). If acc: row(dst + i)[c] = row(dst + i)[c] + y, wrapping "
+        "array_rows < 2^17). If acc: row(dst + i)[c] = row(dst + i)[c] + y, wrapping "
         "modulo 2^32; else row(dst + i)[c] = y. Lanes c >= `array_cols` are unchanged. "
         "Undefined if rows dst..dst+m-1 overlap rows src..src+m-1.",
         [Fault.UNLOADED_STATE, Fault.SPAD_OOB])
@@ -274,8 +292,9 @@ def _build_instructions():
     add("vrq", Engine.VE, 0x41, src_dst_n(),
         "requantize int32 to int8",
         "For i < n, lanes l < vl: with x = row(src + i)[l], p = x * mult computed exactly "
-        "(64 bits), r = p if shift == 0 else (p + 2^(shift-1)) >> shift (arithmetic shift: "
-        "ties round towards +infinity), row(dst + i)[l] = clamp(r + zp, -128, 127).",
+        "(64 bits), r = p if shift == 0 else (p + 2^(shift-1)) >> shift computed exactly "
+        "(65 bits; arithmetic shift: ties round towards +infinity), "
+        "row(dst + i)[l] = clamp(r + zp, -128, 127).",
         [Fault.SPAD_OOB])
     add("vldlut", Engine.VE, 0x42, [_row("src", 24, "src")],
         "load the lookup table",
@@ -410,6 +429,7 @@ class UTop:
     eoo: bool = False
     eop: bool = False
     tag: int = 0
+    restartable: bool = False
 
 
 def encode_header(utop):
@@ -420,7 +440,7 @@ def encode_header(utop):
     for distance in utop.deps:
         mask |= 1 << (distance - 1)
     values = {"eoo": int(utop.eoo), "eop": int(utop.eop), "length": len(utop.body),
-              "deps": mask, "tag": utop.tag}
+              "deps": mask, "tag": utop.tag, "restartable": int(utop.restartable)}
     word = HEADER.magic[Engine(utop.engine)]
     for f in HEADER.fields:
         word |= f.encode(values[f.name])
@@ -446,7 +466,7 @@ def decode_header(word, *, dep_window=MAX_DEP_WINDOW, max_body=255):
                           f"{max_body}", Fault.BAD_HEADER)
     deps = tuple(j + 1 for j in range(MAX_DEP_WINDOW) if values["deps"] >> j & 1)
     return UTop(engines[magic], [], deps, bool(values["eoo"]), bool(values["eop"]),
-                values["tag"]), values["length"]
+                values["tag"], bool(values["restartable"])), values["length"]
 
 
 def encode_instr(defn, args):

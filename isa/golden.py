@@ -40,6 +40,11 @@ class Segment:
     base: int
     size: int
 
+    def overlaps(self, other):
+        """Whether the two segments share a location (an empty segment shares none)."""
+        return (self.size > 0 and other.size > 0 and self.base < other.base + other.size
+                and other.base < self.base + self.size)
+
 
 @dataclass
 class ContextSpec:
@@ -59,12 +64,22 @@ class Race:
 
 
 @dataclass
+class RestartHazard:
+    """A µTOp flagged ``restartable`` that reads a location before it writes it, and also
+    writes it: run again after a partial run, it would read its own output."""
+    pc: int
+    space: str            # "spad" or "hbm"
+    address: int          # a physical row or word
+
+
+@dataclass
 class ContextResult:
     fault: Fault = Fault.NONE
     fault_pc: int | None = None      # word address of the faulting µTOp's header
     fault_detail: str = ""
     utops_retired: int = 0
     races: list = field(default_factory=list)
+    restart_hazards: list = field(default_factory=list)
 
     @property
     def status(self):
@@ -101,9 +116,11 @@ class GoldenNPU:
         self.config = config
         self.spad = np.zeros((config.spad_rows, config.ve_lanes), dtype=_INT32)
         self.hbm = np.zeros(config.hbm_words, dtype=_INT32)
-        #: With check_races, each ContextResult lists its races (see find_races).
+        #: With check_races, each ContextResult lists its races (see find_races) and the
+        #: µTOps flagged restartable that are not (see RestartHazard).
         self.check_races = check_races
         self._accesses = None
+        self._restart = None     # accesses of a restartable µTOp, instruction by instruction
 
     # --- running --------------------------------------------------------------------------
 
@@ -122,6 +139,15 @@ class GoldenNPU:
             if len(ctx.program) > cfg.imem_words:
                 raise ValueError(f"context {index}: program of {len(ctx.program)} words exceeds "
                                  f"imem_words={cfg.imem_words}")
+        for space in ("spad", "hbm"):
+            for i, first in enumerate(contexts):
+                for j in range(i):
+                    a, b = getattr(first, space), getattr(contexts[j], space)
+                    if a.overlaps(b):
+                        raise ValueError(
+                            f"context {i}: {'scratchpad' if space == 'spad' else 'HBM'} segment "
+                            f"base={a.base} size={a.size} overlaps context {j}'s (base={b.base} "
+                            f"size={b.size}); segments must be disjoint")
 
     def run(self, contexts):
         """Run every context to its end or its fault; return one ContextResult per context."""
@@ -152,9 +178,15 @@ class GoldenNPU:
                 if self.check_races:
                     self._accesses = {(space, w): set() for space in ("spad", "hbm")
                                       for w in (False, True)}
+                    if utop.restartable:
+                        self._restart = _RestartCheck()
                 self.execute(utop.engine, body, ctx)
+                if self._restart is not None:
+                    result.restart_hazards += [RestartHazard(header_pc, space, address)
+                                               for space, address in self._restart.hazards()]
+                    self._restart = None
             except ProgramFault as fault:
-                self._accesses = None
+                self._accesses = self._restart = None
                 result.fault, result.fault_pc, result.fault_detail = \
                     fault.fault, header_pc, fault.detail
                 return result
@@ -181,11 +213,20 @@ class GoldenNPU:
         run = {Engine.ME: self._run_me, Engine.VE: self._run_ve, Engine.DMA: self._run_dma}
         run[Engine(engine)](instrs, ctx)
 
-    @staticmethod
-    def _check(instr):
+    def _check(self, instr):
+        """Every instruction passes here before it runs: it faults if it did not decode, and
+        the restart check closes the previous instruction's accesses."""
+        if self._restart is not None:
+            self._restart.next_instruction()
         if isinstance(instr, DecodeError):
             raise ProgramFault(instr.fault, str(instr))
         return instr
+
+    def _track(self, space, locations, write):
+        if self._accesses is not None:
+            self._accesses[space, write].update(locations)
+        if self._restart is not None:
+            self._restart.access(space, locations, write)
 
     def _rows(self, ctx, first, count=1, stride=1, write=False):
         """Physical scratchpad rows first + i*stride, i < count; SPAD_OOB if any is outside."""
@@ -198,8 +239,7 @@ class GoldenNPU:
             raise ProgramFault(Fault.SPAD_OOB, f"scratchpad row {int(rel[bad][0])} is outside "
                                f"the segment of {ctx.spad.size} rows")
         rows = ctx.spad.base + rel
-        if self._accesses is not None:
-            self._accesses["spad", write].update(int(r) for r in np.atleast_1d(rows))
+        self._track("spad", [int(r) for r in np.atleast_1d(rows)], write)
         return rows
 
     def _words(self, ctx, first, count, write=False):
@@ -207,9 +247,7 @@ class GoldenNPU:
         if first < 0 or first + count > ctx.hbm.size:
             raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
                                f"outside the segment of {ctx.hbm.size} words")
-        if self._accesses is not None:
-            self._accesses["hbm", write].update(range(ctx.hbm.base + first,
-                                                      ctx.hbm.base + first + count))
+        self._track("hbm", range(ctx.hbm.base + first, ctx.hbm.base + first + count), write)
         return slice(ctx.hbm.base + first, ctx.hbm.base + first + count)
 
     # --- matrix engine --------------------------------------------------------------------
@@ -232,6 +270,8 @@ class GoldenNPU:
                     raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")
                 src = self._rows(ctx, a["src"], a["m"])
                 dst = self._rows(ctx, a["dst"], a["m"], write=True)
+                if a["acc"] or cfg.array_cols < cfg.ve_lanes:    # read-modify-write
+                    self._track("spad", [int(r) for r in dst], False)
                 inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
                 product = inputs @ weights
                 if a["acc"]:
@@ -277,6 +317,8 @@ class GoldenNPU:
         spad = self.spad
 
         def write(rows, values):
+            if vl < cfg.ve_lanes:      # lanes >= vl keep their value: a read-modify-write
+                self._track("spad", [int(r) for r in np.atleast_1d(rows)], False)
             spad[rows, :vl] = values[..., :vl] if values.ndim == 2 else values[:vl]
 
         alu = _ALU.match(name)
@@ -369,6 +411,31 @@ class GoldenNPU:
                 for row, span in zip(rows, words):
                     self.spad[row, :length] = self.hbm[span]
                     self.spad[row, length:] = 0
+
+
+class _RestartCheck:
+    """Accesses of one µTOp in instruction order. Within an instruction reads come before
+    writes. A location whose first access is a read and that the µTOp also writes makes it
+    unsafe to run again after a partial run (see the header's ``restartable`` flag)."""
+
+    def __init__(self):
+        self.first_read = set()      # (space, location) read before any write of it
+        self.touched = set()
+        self.written = set()
+        self.reads, self.writes = set(), set()    # of the current instruction
+
+    def access(self, space, locations, write):
+        (self.writes if write else self.reads).update((space, x) for x in locations)
+
+    def next_instruction(self):
+        self.first_read |= self.reads - self.touched
+        self.touched |= self.reads | self.writes
+        self.written |= self.writes
+        self.reads, self.writes = set(), set()
+
+    def hazards(self):
+        self.next_instruction()
+        return sorted(self.first_read & self.written)
 
 
 def find_races(history, window):

@@ -27,6 +27,10 @@ program runs on any number of engines and idle engines can be harvested by other
 - **Scratchpad.** `spad_rows` rows of `ve_lanes` words, shared by all engines and
   contexts. `row(r)[l]` is lane `l` of row `r`. Row `r` lives in bank `r % spad_banks`.
 - **HBM.** `hbm_words` words, `HBM[a]`.
+- **Initial contents.** After reset every scratchpad row and HBM word is 0, every
+  context is IDLE, and every register holds its reset value. START does not touch
+  memory: what a context finds in its segments is what the host (or an earlier run)
+  left there.
 - **Contexts.** Up to `n_ctx` contexts run at once, one per vNPU. Each has a program
   (in its instruction memory of `imem_words` words), a scratchpad segment (base, size in
   rows) and an HBM segment (base, size in words). Every address in a program is
@@ -43,6 +47,12 @@ A program is a sequence of 64-bit words, stored little-endian in binaries. A µT
 type the header names. The next µTOp's header follows the body. Execution of a context
 starts at word 0 and ends after the µTOp with the `eop` flag; a header or body word at or
 past the program's end faults (FETCH_OOB).
+
+Fetch checks a µTOp in this order: a header at or past the program's end faults
+FETCH_OOB; then a bad header faults BAD_HEADER (even if its body would also run past the
+end); then a body that runs past the end faults FETCH_OOB. A program without an `eop`
+µTOp therefore faults FETCH_OOB with FAULT_PC = the program's length in words (where the
+next header would be).
 
 ### Header word
 
@@ -89,10 +99,18 @@ its type). At the start of every µTOp:
 
 A fault stops the faulting context only: it fetches and issues no further µTOps, its
 already issued µTOps drain, and its status records the fault code and the word address of
-the faulting µTOp's header. Other contexts run on untouched. After a fault the contents of
-the faulting context's own segments are unspecified; writes outside its segments never
-happen. When several µTOps of a context would fault, the golden model reports the first
-in program order.
+the faulting µTOp's header. STATUS reads FAULTED (never DONE) whenever FAULT is not NONE,
+and only once every engine working for the context has stopped: nothing of the context
+is written after it reads FAULTED. Other contexts run on untouched. After a fault the
+contents of the faulting context's own segments are unspecified; writes outside its
+segments never happen. When several µTOps of a context would fault, the one first in
+program order is reported (by the hardware too, whatever order they fault in).
+
+Inside one µTOp, instructions take effect in order and the first faulting instruction
+stops it (the instructions before it have taken effect). One instruction is checked in
+this order: ILLEGAL_OPCODE, ILLEGAL_OPERAND, UNLOADED_STATE, SPAD_OOB, HBM_OOB. A
+`dgather` index outside the HBM segment faults when its row is reached; the rows before
+it have been copied.
 
 | code | name | raised when |
 |---|---|---|
@@ -112,7 +130,8 @@ label:  .me|.ve|.dma [deps(LABEL|-N, ...)] [eoo] [eop] [tag=N]    # a µTOp head
 ```
 
 - Operands are integers (decimal, `0x` hex, `0b` binary, `_` separators) in the order of
-  the instruction's encoding table below (flags excluded); flags are bare words.
+  the instruction's *Syntax* line below (e.g. `vld vd, src`, `dstore hbm, src, rows`),
+  which is not always the bit order of its encoding table; flags are bare words.
 - A `deps` entry is a µTOp label or a negative distance (`-1` is the previous µTOp).
 - The body length is counted by the assembler. A label that stands just after the last
   instruction of a loop body may be given as the `len` of `loop`.
@@ -204,7 +223,35 @@ def _host_interface():
             lines.append(f"| 0x{r.offset:02x} | {r.name} | {r.access.value} | {r.doc} |")
         lines.append("")
     lines.append("BUSY_CTX1 .. BUSY_CTX15 follow BUSY_CTX0 at consecutive offsets.\n")
+    lines.append("### Refused host writes\n")
+    lines.append("The host interface does not wrap or truncate: a write whose value does not "
+                 "fit its register (bits above the register's width, e.g. a mask bit for an "
+                 "engine the NPU does not have, or TIME_SLICE = 0), a write to a read-only or "
+                 "unmapped address, an instruction-memory word at or past `imem_words`, and "
+                 "any START, configuration or program write of a running context change "
+                 "nothing. HOST_ERROR records the first refused write (its code and address) "
+                 "until the host writes HOST_ERROR. START checks the settings of each context "
+                 "it starts: a scratchpad or HBM segment that runs past the end of its memory, "
+                 "or PROG_LEN greater than `imem_words`, makes that context fault CONFIG "
+                 "(FAULT_PC 0) instead of running.\n")
+    lines.append("| code | name | refused |\n|---|---|---|")
+    for code in regmap.HostError:
+        lines.append(f"| {code.value} | {code.name} | {_HOST_ERROR_DOCS[code]} |")
+    lines.append("")
     return "\n".join(lines) + "\n"
+
+
+_HOST_ERROR_DOCS = {
+    regmap.HostError.NONE: "nothing since HOST_ERROR was last written",
+    regmap.HostError.VALUE_RANGE: "a value that does not fit the register (or TIME_SLICE = 0), "
+                                  "or START bits for contexts the NPU does not have",
+    regmap.HostError.UNMAPPED: "a write to a read-only or unmapped address",
+    regmap.HostError.IMEM_RANGE: "an instruction-memory word at or past `imem_words`",
+    regmap.HostError.CONTEXT_RUNNING: "START, a configuration register or an instruction-memory "
+                                      "word of a running context",
+    regmap.HostError.BAD_CONTEXT: "START of a context with invalid settings (it faults CONFIG; "
+                                  "the other contexts of the same START start)",
+}
 
 
 def _anchor(mnemonic):

@@ -49,7 +49,7 @@ def bench_matrix_engine(config):
     spad = np.random.default_rng(1).integers(-128, 128, (outputs, config.ve_lanes))
     counters, seconds = _timed(config, MatrixEngine, ["rd_in", "rd_aux"], ["wr"],
                                "\n".join(lines) + "\n", spad)
-    return {"me_utilization": counters["mac_cycles"] / counters["busy_cycles"],
+    return {"me_utilization": counters["work"] / counters["busy_cycles"],
             "me_cycles": counters["busy_cycles"],
             "me_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
 
@@ -62,7 +62,7 @@ def bench_vector_engine(config):
     spad = np.random.default_rng(2).integers(-2**31, 2**31, (INSTRUCTIONS * rows, config.ve_lanes))
     counters, seconds = _timed(config, VectorEngine, ["rd_a", "rd_b"], ["wr"],
                                "\n".join(lines) + "\n", spad)
-    return {"ve_vectors_per_cycle": counters["vector_cycles"] / counters["busy_cycles"],
+    return {"ve_vectors_per_cycle": counters["work"] / counters["busy_cycles"],
             "ve_cycles": counters["busy_cycles"],
             "ve_pysim_cycles_per_s": counters["busy_cycles"] / seconds}
 
@@ -75,7 +75,7 @@ def bench_dma(config):
     hbm = np.random.default_rng(3).integers(-2**31, 2**31, INSTRUCTIONS * rows * lanes)
     counters, seconds = _timed(config, DMAEngine, ["rd"], ["wr"], "\n".join(lines) + "\n",
                                np.zeros((1, lanes)), hbm=hbm)
-    achieved = 4 * counters["words_moved"] / counters["busy_cycles"]
+    achieved = 4 * counters["work"] / counters["busy_cycles"]
     return {"dma_bandwidth_fraction": achieved / config.hbm_bytes_per_cycle,
             "dma_bytes_per_cycle": achieved,
             "dma_cycles": counters["busy_cycles"],

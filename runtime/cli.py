@@ -1,6 +1,7 @@
 """The `neu10` command line, a thin layer over the Python API."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,15 @@ __all__ = ["main"]
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are one line ``neu10: error: ...`` (exit code 2) like every other bad
+    input, not argparse's usage block; subparsers are made of this class too."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("neu10").strip()   # a subcommand's prog: "neu10 asm"
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _read(path, mode="r"):
@@ -54,7 +64,8 @@ def _config(spec):
 
 def cmd_asm(args):
     config = _config(args.config)
-    words = assemble(_read(args.source), source=args.source, dep_window=config.dep_window)
+    words = assemble(_read(args.source), source=args.source, dep_window=config.dep_window,
+                     max_body=config.max_body)
     output = args.output or str(Path(args.source).with_suffix(".bin"))
     _write(output, words_to_bytes(words))
     print(f"{output}: {len(words)} words")
@@ -83,10 +94,8 @@ def cmd_conformance(args):
             case = load_case(path)
         except CaseError as error:
             raise UsageError(str(error)) from None
-        # Policies only matter for the RTL; single-context cases run under the first one.
-        case_policies = policies if args.backend != "golden" and len(case.contexts) > 1 \
-            else policies[:1]
-        for policy in case_policies:
+        # Policies only matter for the RTL: the golden model runs a case once.
+        for policy in policies if args.backend != "golden" else policies[:1]:
             label = case.name + (f" [{policy}]" if args.backend != "golden" else "")
             try:
                 outcome = run_case(case, args.backend, policy, vcd=args.vcd)
@@ -97,7 +106,8 @@ def cmd_conformance(args):
                 print(f"PASS {label}", flush=True)
             else:
                 failed += 1
-                print(f"FAIL {label}: {'; '.join(outcome.failures)}", flush=True)
+                # One line per mismatch: the first after the case, the others indented.
+                print(f"FAIL {label}: " + "\n    ".join(outcome.failures), flush=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -108,8 +118,29 @@ def cmd_spec(args):
     return 0
 
 
+def _summary(config):
+    """One line: the engines and memories of a configuration."""
+    def count(n, what):
+        return f"{n} {what}{'s' if n != 1 else ''}"
+    return (f"{count(config.n_me, 'ME')} of {config.array_rows}x{config.array_cols}, "
+            f"{count(config.n_ve, 'VE')} of {config.ve_lanes} lanes, "
+            f"{count(config.n_dma, 'DMA engine')}, {count(config.n_ctx, 'context')}, "
+            f"{config.spad_rows} scratchpad rows, {config.hbm_words} HBM words")
+
+
 def cmd_config(args):
-    config = _config(args.config)
+    from hw.config import PRESETS
+    if args.list:
+        if args.config is not None:
+            raise UsageError(f"give a config or --list, not both (got {args.config!r})")
+        width = max(len(name) for name in PRESETS)
+        for name, config in PRESETS.items():
+            print(f"{name:<{width}}  {_summary(config)}")
+        return 0
+    spec = "default" if args.config is None else args.config
+    config = _config(spec)
+    # A comment line names what is shown; the rest is a TOML file that gives it back.
+    print(f"# preset {spec}" if spec in PRESETS else f"# {spec}")
     for name, value in config.to_dict().items():
         print(f"{name} = {value}")
     return 0
@@ -157,16 +188,18 @@ def cmd_matmul(args):
     from .driver import DriverError
     from .matmul import MatmulError, matmul
     a, b = _load_npy(args.a), _load_npy(args.b)
+    # np.save appends .npy to a name without it: name the file it really writes.
+    output = args.output if args.output.endswith(".npy") else args.output + ".npy"
     try:
         c, run = matmul(a, b, config=_config(args.config), backend=args.backend)
     except (MatmulError, DriverError) as error:
         raise UsageError(str(error)) from None
     try:
-        np.save(args.output, c.astype(np.int32))
+        np.save(output, c.astype(np.int32))
     except OSError as error:
-        raise UsageError(f"{args.output}: cannot write: {error.strerror}") from None
+        raise UsageError(f"{output}: cannot write: {error.strerror}") from None
     detail = f", {run.makespan} cycles on {args.backend}" if run else " (golden model)"
-    print(f"{args.output}: int32 {c.shape[0]}x{c.shape[1]}{detail}")
+    print(f"{output}: int32 {c.shape[0]}x{c.shape[1]}{detail}")
     return 0
 
 
@@ -182,7 +215,7 @@ def cmd_run(args):
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODELS)}")
     try:
-        vnpu = parse_vnpu(args.vnpu, config) if args.vnpu else None
+        vnpu = parse_vnpu(args.vnpu, config) if args.vnpu is not None else None
     except ValueError as error:
         raise UsageError(str(error)) from None
     if vnpu and args.budget is not None:
@@ -211,7 +244,7 @@ def cmd_demo(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neu10",
         description="neu10: an open, virtualizable NPU (Neu10-style µTOp ISA) in Amaranth HDL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -220,7 +253,7 @@ def build_parser():
     p.add_argument("source", help="assembly file (.s)")
     p.add_argument("-o", "--output", help="binary to write (default: SOURCE with .bin)")
     p.add_argument("--config", default="default",
-                   help="preset or .toml file whose dep_window bounds dependencies")
+                   help="preset or .toml file whose dep_window and max_body bound the program")
     p.set_defaults(func=cmd_asm)
 
     p = sub.add_parser("disasm", help="disassemble a NeuISA binary")
@@ -233,8 +266,7 @@ def build_parser():
     p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
     p.add_argument("--policy", default="harvest",
                    choices=["static", "harvest", "temporal", "v10", "all"],
-                   help="sharing policy on RTL backends; 'all' runs multi-context cases under "
-                        "each")
+                   help="sharing policy on RTL backends; 'all' runs every case under each")
     p.add_argument("--vcd", metavar="FILE", help="write a waveform of the run (one case)")
     p.set_defaults(func=cmd_conformance)
 
@@ -243,13 +275,15 @@ def build_parser():
     p.set_defaults(func=cmd_spec)
 
     p = sub.add_parser("config", help="show a configuration (preset or .toml file)")
-    p.add_argument("config", nargs="?", default="default")
+    p.add_argument("config", nargs="?", help="preset or .toml file (default: preset default)")
+    p.add_argument("--list", action="store_true", help="list the presets, one line each")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("matmul", help="int8 matrix multiply on the NPU: C = A @ B (int32)")
     p.add_argument("--a", required=True, help="A.npy, int8 values, M x K")
     p.add_argument("--b", required=True, help="B.npy, int8 values, K x N")
-    p.add_argument("-o", "--output", required=True, help="C.npy to write (int32, M x N)")
+    p.add_argument("-o", "--output", required=True,
+                   help="C.npy to write (int32, M x N; .npy is appended when missing)")
     p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.set_defaults(func=cmd_matmul)
@@ -290,13 +324,23 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (UsageError, AsmError, ConfigError) as error:
-        print(f"neu10: error: {error}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+        except (UsageError, AsmError, ConfigError) as error:
+            print(f"neu10: error: {error}", file=sys.stderr)
+            return 2
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`neu10 ... | head -1`): stop quietly. Python flushes stdout
+        # again at exit, so point it at devnull (the recipe of the signal module's docs).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured): nothing to flush
+            pass
+        return 1
 
 
 if __name__ == "__main__":

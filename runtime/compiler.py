@@ -51,6 +51,9 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     cfg = builder.config
     kt_size, nt_size = cfg.array_rows, cfg.array_cols
     k_tiles, n_tiles = _ceil(k, kt_size), _ceil(n, nt_size)
+    if cfg.max_body < 2:
+        raise CompileError(f"matmul needs max_body >= 2 (an ME µTOp holds at least one ldw "
+                           f"and one mm); this NPU has max_body {cfg.max_body}")
     pairs = cfg.max_body // 2                      # (ldw, mm) pairs per ME µTOp
     panel_b = k_tiles * kt_size                    # rows of one B column panel
     free = builder.free_rows

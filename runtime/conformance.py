@@ -4,6 +4,7 @@ A case file::
 
     description = "vadd adds rows lane by lane"
     config = "tiny"                  # a preset, or a table: [config] preset = "tiny", ve_lanes = 8
+    watchdog = 200                   # optional: overrides the config's watchdog_cycles
 
     [[context]]
     spad = [0, 64]                   # scratchpad segment: base row, size in rows
@@ -16,7 +17,8 @@ A case file::
     fault_at = "label"               # optional: label (or word address) of the faulting µTOp
 
     [[init]]                         # initial memory (any number of blocks)
-    context = 0                      # optional: addresses relative to that context's segment
+    context = 0                      # optional: addresses relative to that context's segment,
+                                     # and the block must lie inside that segment
     spad = 0                         # first row; a list of rows follows (short rows are 0-padded)
     data = [[1, 2, 3, 4], [10, 20, 30, 40]]
 
@@ -24,6 +26,14 @@ A case file::
     context = 0
     spad = 2
     data = [[11, 22, 33, 44]]
+
+Integers are TOML integers (``true`` is not 1); an unknown key anywhere is an error.
+
+Each context is checked for its fault (and ``fault_at``) and its final status: FAULTED
+when a fault is expected, DONE otherwise. A failure lists every mismatch: the first
+``SHOWN_MISMATCHES`` differing values of each expected block (row, lane, got, expected)
+with their count; a WATCHDOG fault and a run still going at ``max_cycles`` (a failure
+too) name the run's cycle count.
 """
 
 import tomllib
@@ -40,9 +50,16 @@ from isa.golden import ContextSpec, GoldenNPU, Segment
 __all__ = ["CaseError", "Case", "load_case", "run_case", "default_case_paths", "BACKENDS",
            "BackendUnavailable", "CaseOutcome"]
 
-#: Backends a case can run on; only "golden" exists until the RTL lands.
+#: Backends a case can run on.
 BACKENDS = ("golden", "pysim", "verilator")
 CASE_DIR = Path(__file__).resolve().parent.parent / "sim_tests" / "conformance"
+#: Differing values of one expected block that a failure lists (it counts them all).
+SHOWN_MISMATCHES = 4
+
+
+def _is_int(value):
+    """A TOML integer: Python's bool is an int, but ``true`` is not a number here."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _run_on_rtl(case, backend, policy, max_cycles, vcd):
@@ -65,15 +82,15 @@ def _run_on_rtl(case, backend, policy, max_cycles, vcd):
     run = driver.run(max_cycles=max_cycles,
                      read_spad=[(b.address, len(b.data)) for b in case.expect if b.space == "spad"],
                      read_hbm=[(b.address, len(b.data)) for b in case.expect if b.space == "hbm"])
-    if run.timed_out:
-        raise CaseError(f"{case.path}: still running after {max_cycles} cycles on {backend}")
-    results = [_RTLContext(r.fault, r.fault_pc if r.fault else None) for r in run.contexts]
+    results = [_RTLContext(r.status, r.fault, r.fault_pc if r.fault else None)
+               for r in run.contexts]
     return results, lambda block: (run.spad if block.space == "spad" else run.hbm)[
         (block.address, len(block.data))], run
 
 
 @dataclass
 class _RTLContext:
+    status: object            # hw.regmap.Status
     fault: Fault
     fault_pc: int | None
 
@@ -130,12 +147,14 @@ def load_case(path):
         raise CaseError(f"{path}: {message}")
 
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         fail(f"cannot read case: {error.strerror}")
+    except UnicodeDecodeError:
+        fail("not a UTF-8 text file (TOML is UTF-8)")
     except tomllib.TOMLDecodeError as error:
         fail(f"malformed TOML: {error}")
-    known = {"description", "config", "context", "init", "expect"}
+    known = {"description", "config", "watchdog", "context", "init", "expect"}
     for key in raw:
         if key not in known:
             fail(f"unknown key {key!r}; expected one of {', '.join(sorted(known))}")
@@ -150,6 +169,14 @@ def load_case(path):
             fail(f"config must be a preset name or a table, not {config_value!r}")
     except ConfigError as error:
         fail(str(error).removeprefix(f"{path}: "))
+    if "watchdog" in raw:
+        watchdog = raw["watchdog"]
+        if not _is_int(watchdog) or watchdog < 1:
+            fail(f"watchdog must be a positive integer (cycles), not {watchdog!r}")
+        try:
+            config = config.replace(watchdog_cycles=watchdog)
+        except ConfigError as error:
+            fail(str(error))
 
     raw_contexts = raw.get("context")
     if not isinstance(raw_contexts, list) or not raw_contexts:
@@ -157,6 +184,8 @@ def load_case(path):
     contexts, expected = [], []
     for index, entry in enumerate(raw_contexts):
         where = f"context {index}"
+        if not isinstance(entry, dict):
+            fail(f"{where} must be a table ([[context]]), not {entry!r}")
         for key in entry:
             if key not in ("spad", "hbm", "program", "fault", "fault_at"):
                 fail(f"{where}: unknown key {key!r}; expected spad, hbm, program, fault, fault_at")
@@ -164,7 +193,7 @@ def load_case(path):
         for name in ("spad", "hbm"):
             value = entry.get(name)
             if not (isinstance(value, list) and len(value) == 2
-                    and all(isinstance(v, int) and v >= 0 for v in value)):
+                    and all(_is_int(v) and v >= 0 for v in value)):
                 fail(f"{where}: {name} must be [base, size] with non-negative integers, "
                      f"not {value!r}")
             segments.append(Segment(*value))
@@ -187,7 +216,7 @@ def load_case(path):
             if fault_at not in assembly.labels:
                 fail(f"{where}: fault_at names no label: {fault_at!r}")
             fault_at = assembly.labels[fault_at]
-        elif fault_at is not None and not isinstance(fault_at, int):
+        elif fault_at is not None and not (_is_int(fault_at) and fault_at >= 0):
             fail(f"{where}: fault_at must be a label or a word address, not {fault_at!r}")
         contexts.append(ContextSpec(assembly.words, *segments))
         expected.append(ExpectedContext(fault, fault_at))
@@ -200,24 +229,27 @@ def load_case(path):
         result = []
         for index, entry in enumerate(raw.get(key, [])):
             where = f"{key} block {index}"
+            if not isinstance(entry, dict):
+                fail(f"{where} must be a table ([[{key}]]), not {entry!r}")
+            for name in entry:
+                if name not in ("context", "spad", "hbm", "data"):
+                    fail(f"{where}: unknown key {name!r}; expected context, spad or hbm, data")
             spaces = [s for s in ("spad", "hbm") if s in entry]
             if len(spaces) != 1:
                 fail(f"{where}: needs exactly one of spad = ROW or hbm = WORD")
             space = spaces[0]
             context = entry.get("context")
             address = entry[space]
-            if not isinstance(address, int) or address < 0:
+            if not _is_int(address) or address < 0:
                 fail(f"{where}: {space} must be a non-negative integer, not {address!r}")
-            if context is not None:
-                if not isinstance(context, int) or not 0 <= context < len(contexts):
-                    fail(f"{where}: context {context!r} is not one of the case's "
-                         f"{len(contexts)} contexts")
-                address += getattr(contexts[context], space).base
+            if context is not None and not (_is_int(context) and 0 <= context < len(contexts)):
+                fail(f"{where}: context {context!r} is not one of the case's "
+                     f"{len(contexts)} contexts")
             data = entry.get("data")
             rows_given = space == "spad"
             if not (isinstance(data, list) and all(
-                    isinstance(v, list) and all(isinstance(x, int) for x in v) if rows_given
-                    else isinstance(v, int) for v in data)):
+                    isinstance(v, list) and all(_is_int(x) for x in v) if rows_given
+                    else _is_int(v) for v in data)):
                 fail(f"{where}: data must be a list of {'rows of ' if rows_given else ''}integers")
             values = [x for row in data for x in row] if rows_given else data
             if any(not -(1 << 31) <= v < 1 << 31 for v in values):
@@ -233,9 +265,17 @@ def load_case(path):
             else:
                 array = np.array(data, dtype=np.int32)
                 limit = config.hbm_words
+            units = "rows" if space == "spad" else "words"
+            if context is not None:
+                segment = getattr(contexts[context], space)
+                if address + len(array) > segment.size:
+                    fail(f"{where}: {len(array)} {units} at {address} run past context "
+                         f"{context}'s {space} segment (base {segment.base}, size "
+                         f"{segment.size})")
+                address += segment.base
             if address + len(array) > limit:
-                fail(f"{where}: {len(array)} {'rows' if space == 'spad' else 'words'} at "
-                     f"{address} run past the end of {space} ({limit})")
+                fail(f"{where}: {len(array)} {units} at {address} run past the end of "
+                     f"{space} ({limit})")
             result.append(MemoryBlock(space, address, array, context))
         return result
 
@@ -251,6 +291,10 @@ def ownership_masks(config, n_contexts):
     each type (so the static policy can run it); with more contexts than engines, engines
     are shared (oversubscribed)."""
     return [(1 << (c % config.n_me), 1 << (c % config.n_ve)) for c in range(n_contexts)]
+
+
+def _final_status(fault):
+    return "done" if fault == Fault.NONE else "faulted"
 
 
 def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=None):
@@ -270,22 +314,39 @@ def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=No
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
     failures = []
+    if run is not None and run.timed_out:
+        failures.append(f"timed out: still running after {run.cycles} cycles on {backend}")
     for index, (result, want) in enumerate(zip(results, case.expected)):
         if result.fault != want.fault:
             detail = f" ({result.fault_detail})" if getattr(result, "fault_detail", "") else ""
+            if result.fault == Fault.WATCHDOG and run is not None:
+                detail += f" after {run.cycles} cycles"
             failures.append(f"context {index}: fault {result.fault.name.lower()}{detail}, "
                             f"expected {want.fault.name.lower()}")
         elif want.fault_at is not None and result.fault_pc != want.fault_at:
             failures.append(f"context {index}: fault at word {result.fault_pc}, expected word "
                             f"{want.fault_at}")
+        # Golden reports "done"/"faulted", the RTL a hw.regmap.Status. A wrong fault already
+        # failed: its status is news only when it does not match the fault reported either.
+        status = getattr(result.status, "name", result.status).lower()
+        want_status = _final_status(want.fault)
+        if status != want_status and (result.fault == want.fault
+                                      or status != _final_status(result.fault)):
+            failures.append(f"context {index}: status {status} with fault "
+                            f"{result.fault.name.lower()}, expected {want_status}")
     for block in case.expect:
         got = read(block)
         mismatch = np.argwhere(got != block.data)
         if len(mismatch):
-            first = tuple(int(i) for i in mismatch[0])
             unit = "row" if block.space == "spad" else "word"
-            where = f"{block.space} {unit} {block.address + first[0]}" + (
-                f" lane {first[1]}" if len(first) > 1 else "")
-            failures.append(f"{where}: got {int(got[first])}, expected {int(block.data[first])} "
-                            f"({len(mismatch)} value{'s' if len(mismatch) > 1 else ''} differ)")
+            shown = []
+            for position in mismatch[:SHOWN_MISMATCHES]:
+                at = tuple(int(i) for i in position)
+                where = f"{block.space} {unit} {block.address + at[0]}" + (
+                    f" lane {at[1]}" if len(at) > 1 else "")
+                shown.append(f"{where}: got {int(got[at])}, expected {int(block.data[at])}")
+            count = f"{len(mismatch)} value{'s differ' if len(mismatch) > 1 else ' differs'}"
+            if len(mismatch) > SHOWN_MISMATCHES:
+                count += f", first {SHOWN_MISMATCHES} shown"
+            failures.append(f"{'; '.join(shown)} ({count})")
     return CaseOutcome(not failures, failures, run)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import NPUConfig
-from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Policy, Status,
+from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, HostError, Policy, Status,
                        register_address)
 from isa.encoding import Fault
 from isa.golden import Segment
@@ -23,6 +23,24 @@ BACKENDS = ("pysim", "verilator")
 
 class DriverError(ValueError):
     """A request the NPU cannot carry out; the message names the value and the limit."""
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _words(values, what, ndim=1):
+    """Values as int64, each a 32-bit word (signed or unsigned): never truncated silently."""
+    array = np.asarray(values)
+    if array.size and (array.dtype == bool or not np.issubdtype(array.dtype, np.integer)):
+        raise DriverError(f"{what} must be integers, not {array.dtype}")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < -(1 << 31) or high >= 1 << 32:
+            raise DriverError(f"{what}: {low if low < -(1 << 31) else high} does not fit in a "
+                              f"32-bit word")
+    array = array.astype(np.int64)
+    return np.atleast_2d(array) if ndim == 2 else array
 
 
 @dataclass
@@ -74,9 +92,15 @@ class Driver:
         self.backend = make_backend(backend, config, **options) if isinstance(backend, str) else backend
         self.script = []
         self.loaded = []
+        self.segments = {}            # ctx -> (spad, hbm) of every loaded context
         self.policy = Policy.HARVEST
 
     # --- setup ------------------------------------------------------------------------------
+
+    def _check_context(self, ctx):
+        if not _is_int(ctx) or not 0 <= ctx < self.config.n_ctx:
+            raise DriverError(f"context {ctx!r} does not exist; this NPU has contexts 0.."
+                              f"{self.config.n_ctx - 1}")
 
     def _csr(self, name, value, **where):
         self.script.append(("csr_write", register_address(name, **where), int(value)))
@@ -91,31 +115,39 @@ class Driver:
         self._csr("POLICY", policy)
 
     def set_time_slice(self, cycles):
-        if not isinstance(cycles, int) or cycles < 1:
-            raise DriverError(f"time slice must be a positive number of cycles, not {cycles!r}")
+        if not _is_int(cycles) or not 1 <= cycles < 1 << 32:
+            raise DriverError(f"time slice must be a number of cycles from 1 to 2^32-1, "
+                              f"not {cycles!r}")
         self._csr("TIME_SLICE", cycles)
 
     def load_context(self, ctx, program, spad: Segment, hbm: Segment, *, me_mask=None,
                      ve_mask=None, priority=0):
         """Program and configure context ``ctx`` (masks default to every engine)."""
         cfg = self.config
-        if not isinstance(ctx, int) or not 0 <= ctx < cfg.n_ctx:
-            raise DriverError(f"context {ctx!r} does not exist; this NPU has {cfg.n_ctx} contexts")
+        self._check_context(ctx)
         if len(program) > cfg.imem_words:
             raise DriverError(f"context {ctx}: program of {len(program)} words exceeds "
                               f"imem_words={cfg.imem_words}")
         for name, segment, total in (("scratchpad", spad, cfg.spad_rows),
                                      ("HBM", hbm, cfg.hbm_words)):
-            if segment.base < 0 or segment.size < 0 or segment.base + segment.size > total:
-                raise DriverError(f"context {ctx}: {name} segment base={segment.base} "
-                                  f"size={segment.size} does not fit in {total}")
+            if (not _is_int(segment.base) or not _is_int(segment.size) or segment.base < 0
+                    or segment.size < 0 or segment.base + segment.size > total):
+                raise DriverError(f"context {ctx}: {name} segment base={segment.base!r} "
+                                  f"size={segment.size!r} does not fit in {total}")
+        for other, (other_spad, other_hbm) in self.segments.items():
+            for name, mine, theirs in (("scratchpad", spad, other_spad), ("HBM", hbm, other_hbm)):
+                if other != ctx and mine.overlaps(theirs):
+                    raise DriverError(
+                        f"context {ctx}: {name} segment base={mine.base} size={mine.size} "
+                        f"overlaps context {other}'s (base={theirs.base} size={theirs.size}); "
+                        f"tenants' segments must be disjoint")
         me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
         ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
         for name, mask, count in (("ME", me_mask, cfg.n_me), ("VE", ve_mask, cfg.n_ve)):
             if not 0 <= mask < 1 << count:
                 raise DriverError(f"context {ctx}: {name} mask 0x{mask:x} names engines this NPU "
                                   f"does not have ({count})")
-        if not 0 <= priority <= 15:
+        if not _is_int(priority) or not 0 <= priority <= 15:
             raise DriverError(f"context {ctx}: priority must be 0..15, not {priority!r}")
         for address, word in enumerate(program):
             self.script.append(("csr_write", IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
@@ -124,16 +156,17 @@ class Driver:
                             ("HBM_SIZE", hbm.size), ("ME_MASK", me_mask), ("VE_MASK", ve_mask),
                             ("PRIORITY", priority)):
             self._csr(name, value, ctx=ctx)
+        self.segments[ctx] = (spad, hbm)
         if ctx not in self.loaded:
             self.loaded.append(ctx)
 
     def write_spad(self, row, rows):
         """Write physical scratchpad rows starting at ``row`` (short rows are zero-padded)."""
         cfg = self.config
-        rows = np.atleast_2d(np.asarray(rows, dtype=np.int64))
+        rows = _words(rows, "scratchpad values", ndim=2)
         if rows.shape[1] > cfg.ve_lanes:
             raise DriverError(f"rows of {rows.shape[1]} values do not fit in {cfg.ve_lanes} lanes")
-        if row < 0 or row + len(rows) > cfg.spad_rows:
+        if not _is_int(row) or row < 0 or row + len(rows) > cfg.spad_rows:
             raise DriverError(f"scratchpad rows {row}..{row + len(rows) - 1} are outside 0.."
                               f"{cfg.spad_rows - 1}")
         for i, values in enumerate(rows):
@@ -144,8 +177,8 @@ class Driver:
     def write_hbm(self, address, words):
         """Write HBM words starting at ``address`` (partial lines are masked)."""
         cfg = self.config
-        words = np.asarray(words, dtype=np.int64).reshape(-1)
-        if address < 0 or address + len(words) > cfg.hbm_words:
+        words = _words(words, "HBM values").reshape(-1)
+        if not _is_int(address) or address < 0 or address + len(words) > cfg.hbm_words:
             raise DriverError(f"HBM words {address}..{address + len(words) - 1} are outside 0.."
                               f"{cfg.hbm_words - 1}")
         per_line = cfg.hbm_words_per_cycle
@@ -169,7 +202,22 @@ class Driver:
         contexts = self.loaded if contexts is None else list(contexts)
         if not contexts:
             raise DriverError("no context to run: load one with load_context() first")
+        for c in contexts:
+            self._check_context(c)
+            if c not in self.loaded:
+                raise DriverError(f"context {c} was not loaded; loaded: {self.loaded}")
+        if len(set(contexts)) != len(contexts):
+            raise DriverError(f"contexts {contexts} name a context more than once")
+        if not _is_int(max_cycles) or max_cycles < 1:
+            raise DriverError(f"max_cycles must be a positive integer, not {max_cycles!r}")
         cfg = self.config
+        for what, ranges, total in (("scratchpad rows", read_spad, cfg.spad_rows),
+                                    ("HBM words", read_hbm, cfg.hbm_words)):
+            for first, count in ranges:
+                if (not _is_int(first) or not _is_int(count) or first < 0 or count < 1
+                        or first + count > total):
+                    raise DriverError(f"cannot read {count!r} {what} from {first!r}: the "
+                                      f"memory has {total}")
         script = list(self.script)
         script.append(("csr_write", register_address("START"),
                        sum(1 << c for c in contexts)))
@@ -185,6 +233,7 @@ class Driver:
         for kind, index, name in reads:
             where = {"ctx": index} if kind == "ctx" else {"engine": index}
             script.append(("csr_read", register_address(name, **where)))
+        script.append(("csr_read", register_address("HOST_ERROR")))
         per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
             script += [("spad_read", r) for r in range(row, row + count)]
@@ -203,6 +252,10 @@ class Driver:
             context_results.append(ContextResult(Status(counters.pop("STATUS")),
                                                  Fault(counters.pop("FAULT")),
                                                  counters.pop("FAULT_PC"), counters))
+        host_error = next(results)
+        if host_error:
+            raise DriverError(f"the NPU refused a host write: {HostError(host_error & 0xFF).name} "
+                              f"at register address 0x{host_error >> 32:x}")
         engines = []
         for e in range(n_engines):
             engines.append({name: values[("engine", e, name)]

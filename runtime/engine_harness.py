@@ -24,8 +24,7 @@ from .words import pack_words, unpack_words
 __all__ = ["run_engine", "EngineTop", "COUNTERS"]
 
 #: Counters an engine may expose; run_engine reports those it has.
-COUNTERS = ("busy_cycles", "stall_cycles", "utops_done", "mac_cycles", "vector_cycles",
-            "words_moved")
+COUNTERS = ("busy_cycles", "stall_cycles", "utops_done", "work")
 
 
 class NoiseClient(wiring.Component):

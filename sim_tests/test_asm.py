@@ -136,3 +136,12 @@ def test_errors_name_file_line_and_value(source, line, message):
 def test_body_too_long():
     with pytest.raises(AsmError, match="prog.s:1: µTOp body has 256 instructions; at most 255 fit"):
         assemble(".ve\n" + " vsetvl 1\n" * 256, source="prog.s")
+
+
+def test_body_longer_than_the_configs_max_body():
+    body = " vsetvl 1\n" * 65
+    assert len(assemble(".ve\n" + body)) == 66           # no config: the header's limit
+    assert len(assemble(".ve\n" + body[10:], max_body=64)) == 65
+    with pytest.raises(AsmError, match="^prog.s:2: µTOp body has 65 instructions; the "
+                                       "config's max_body is 64$"):
+        assemble(".ve eop\n.ve\n" + body, source="prog.s", max_body=64)

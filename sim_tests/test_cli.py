@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from runtime.cli import main
@@ -14,6 +15,21 @@ load:   .dma
             ldw 0, 4
             mm 8, 0, 4, acc
 """
+
+
+CASE = """\
+config = "tiny"
+[[context]]
+spad = [0, 8]
+hbm = [0, 8]
+program = ".ve eop\\n vaddi 0, 0, 5, 1\\n"
+"""
+
+
+def write_matmul_inputs(directory):
+    np.save(directory / "a.npy", np.ones((4, 4), dtype=np.int8))
+    np.save(directory / "b.npy", np.ones((4, 4), dtype=np.int8))
+    (directory / "mb.toml").write_text("max_body = 1\n")
 
 
 def run(capsys, *argv):
@@ -46,6 +62,36 @@ def test_asm_disasm_round_trip(tmp_path, capsys):
     (lambda d: (d / "c.toml").write_text("[[context]]\n"), ["conformance", "{d}/c.toml"], "{d}/c.toml: context 0: spad must be [base, size]"),
     (lambda d: None, ["conformance", "--vcd", "{d}/x.vcd"], "--vcd needs an RTL backend"),
     (lambda d: None, ["config", "nope"], "unknown config 'nope'"),
+    # Configs whose preset is no name, in a file and in a case's [config].
+    (lambda d: (d / "p.toml").write_text("preset = [1]\n"), ["config", "{d}/p.toml"],
+     "{d}/p.toml: preset must be a preset name (default, tiny, small, tpu), not [1]"),
+    (lambda d: (d / "p.toml").write_text('[preset]\nname = "tiny"\n'), ["config", "{d}/p.toml"],
+     "{d}/p.toml: preset must be a preset name"),
+    (lambda d: (d / "c.toml").write_text(CASE.replace('config = "tiny"', "[config]\npreset = [1]")),
+     ["conformance", "{d}/c.toml"], "{d}/c.toml: preset must be a preset name"),
+    # Files that are not UTF-8.
+    (lambda d: (d / "p.toml").write_bytes(b"# \xff\nn_me = 2\n"), ["config", "{d}/p.toml"],
+     "{d}/p.toml: not a UTF-8 text file"),
+    (lambda d: (d / "c.toml").write_bytes(b"# \xff\n"), ["conformance", "{d}/c.toml"],
+     "{d}/c.toml: not a UTF-8 text file"),
+    (lambda d: (d / "c.toml").write_text("context = [1, 2]\n"), ["conformance", "{d}/c.toml"],
+     "{d}/c.toml: context 0 must be a table ([[context]]), not 1"),
+    (write_matmul_inputs, ["matmul", "--a", "{d}/a.npy", "--b", "{d}/b.npy", "-o", "{d}/c.npy",
+                           "--config", "{d}/mb.toml"],
+     "matmul needs max_body >= 2 (an ME µTOp holds at least one ldw and one mm); this NPU has "
+     "max_body 1"),
+    (lambda d: None, ["run", "ncf", "--vnpu", ""], "--vnpu '': expected ME,VE (two integers"),
+    (lambda d: (d / "p.s").write_text(".ve eop\n" + " vsetvl 1\n" * 65),
+     ["asm", "--config", "tiny", "{d}/p.s"],
+     "{d}/p.s:1: µTOp body has 65 instructions; the config's max_body is 64"),
+    (lambda d: None, ["config", "tiny", "--list"], "give a config or --list, not both"),
+    # argparse's errors have the same form.
+    (lambda d: None, ["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    (lambda d: None, [], "the following arguments are required: COMMAND"),
+    (lambda d: None, ["asm"], "asm: the following arguments are required: source"),
+    (lambda d: None, ["run", "ncf", "--backend", "spice"],
+     "run: argument --backend: invalid choice: 'spice'"),
+    (lambda d: None, ["bench", "--jsn"], "unrecognized arguments: --jsn"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, setup, argv, message):
     setup(tmp_path)
@@ -66,13 +112,93 @@ def test_conformance_passes_and_counts(capsys):
 
 def test_conformance_failure_exits_1(tmp_path, capsys):
     case = tmp_path / "wrong.toml"
-    case.write_text('config = "tiny"\n[[context]]\nspad = [0, 8]\nhbm = [0, 8]\n'
-                    'program = ".ve eop\\n vaddi 0, 0, 5, 1\\n"\n'
-                    '[[expect]]\nspad = 0\ndata = [[6, 5, 5, 5]]\n')
+    case.write_text(CASE + '[[expect]]\nspad = 0\ndata = [[6, 5, 5, 5]]\n')
     code, out, _ = run(capsys, "conformance", str(case))
     assert code == 1
-    assert out.splitlines() == ["FAIL wrong: spad row 0 lane 0: got 5, expected 6 (1 value differ)",
+    assert out.splitlines() == ["FAIL wrong: spad row 0 lane 0: got 5, expected 6 (1 value differs)",
                                 "0 passed, 1 failed"]
+    # Several failures: one line each, the later ones indented.
+    case.write_text(CASE + '[[expect]]\nspad = 0\ndata = [[6, 5, 5, 5]]\n'
+                    '[[expect]]\nhbm = 0\ndata = [7]\n')
+    code, out, _ = run(capsys, "conformance", str(case))
+    assert code == 1
+    assert out.splitlines() == ["FAIL wrong: spad row 0 lane 0: got 5, expected 6 (1 value differs)",
+                                "    hbm word 0: got 0, expected 7 (1 value differs)",
+                                "0 passed, 1 failed"]
+
+
+def test_conformance_policy_all_runs_every_case_under_every_policy(tmp_path, capsys,
+                                                                   monkeypatch):
+    from runtime import conformance
+    calls = []
+
+    def fake_run_case(case, backend, policy, vcd=None):
+        calls.append((case.name, len(case.contexts), backend, policy))
+        return conformance.CaseOutcome(True, [])
+
+    monkeypatch.setattr(conformance, "run_case", fake_run_case)
+    single = conformance.CASE_DIR / "ve_loop.toml"
+    multi = conformance.CASE_DIR / "multi_isolation.toml"
+    code, out, _ = run(capsys, "conformance", "--backend", "pysim", "--policy", "all",
+                       str(single), str(multi))
+    assert code == 0 and out.splitlines()[-1] == "8 passed, 0 failed"
+    policies = ["static", "harvest", "temporal", "v10"]
+    assert calls == [("ve_loop", 1, "pysim", p) for p in policies] + \
+        [("multi_isolation", len(conformance.load_case(multi).contexts), "pysim", p)
+         for p in policies]
+    assert "PASS ve_loop [temporal]" in out
+    # The golden model has no policies: a case runs once.
+    calls.clear()
+    run(capsys, "conformance", "--policy", "all", str(single))
+    assert calls == [("ve_loop", 1, "golden", "static")]
+
+
+def test_matmul_names_the_file_it_writes(tmp_path, capsys):
+    write_matmul_inputs(tmp_path)
+    code, out, _ = run(capsys, "matmul", "--a", str(tmp_path / "a.npy"), "--b",
+                       str(tmp_path / "b.npy"), "-o", str(tmp_path / "c"))
+    assert code == 0
+    assert out == f"{tmp_path}/c.npy: int32 4x4 (golden model)\n"
+    assert np.array_equal(np.load(tmp_path / "c.npy"), np.full((4, 4), 4))
+    assert not (tmp_path / "c").exists()
+    code, out, _ = run(capsys, "matmul", "--a", str(tmp_path / "a.npy"), "--b",
+                       str(tmp_path / "b.npy"), "-o", str(tmp_path / "d.npy"))
+    assert code == 0 and out.startswith(f"{tmp_path}/d.npy: ")
+
+
+def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
+    from hw.config import PRESETS, NPUConfig
+    code, out, _ = run(capsys, "config")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "# preset default" and "n_me = 4" in lines
+    code, out, _ = run(capsys, "config", "tiny")
+    assert out.splitlines()[0] == "# preset tiny"
+    path = tmp_path / "npu.toml"
+    path.write_text('preset = "tiny"\nn_me = 1\n')
+    code, out, _ = run(capsys, "config", str(path))
+    assert out.splitlines()[0] == f"# {path}"
+    # What it prints is a config file that gives the same config back.
+    path.write_text(out)
+    assert NPUConfig.load(str(path)) == NPUConfig.preset("tiny").replace(n_me=1)
+    code, out, _ = run(capsys, "config", "--list")
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert lines[1] == ("tiny     2 MEs of 4x4, 2 VEs of 4 lanes, 1 DMA engine, 4 contexts, "
+                        "1024 scratchpad rows, 4096 HBM words")
+
+
+def test_broken_pipe_exits_quietly():
+    """`neu10 conformance | head -1`: the reader goes away after one line."""
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "conformance"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"PASS ")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait() == 1
+    assert stderr == ""
 
 
 def test_demo_is_bit_exact(capsys):
@@ -96,3 +222,4 @@ def test_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "runtime.cli", "frobnicate"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
+    assert result.stderr.startswith("neu10: error: ") and result.stderr.count("\n") == 1

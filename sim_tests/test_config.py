@@ -51,6 +51,9 @@ def test_from_toml(tmp_path):
     ('preset = "huge"\n', "unknown config preset 'huge'"),
     ("n_me = \n", "malformed TOML"),
     ("ve_lanes = 3\n", "ve_lanes must be a power of two"),
+    ("preset = [1]\n", "preset must be a preset name (default, tiny, small, tpu), not [1]"),
+    ('[preset]\nname = "tiny"\n', "preset must be a preset name (default, tiny, small, tpu), "
+                                  "not {'name': 'tiny'}"),
 ])
 def test_from_toml_errors_name_the_file(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -59,6 +62,18 @@ def test_from_toml_errors_name_the_file(tmp_path, text, message):
         NPUConfig.from_toml(path)
     assert str(info.value).startswith(str(path))
     assert message in str(info.value)
+
+
+def test_from_toml_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('# größe\nn_me = 2\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"^{path}: not a UTF-8 text file"):
+        NPUConfig.load(str(path))
+
+
+def test_from_dict_preset_must_be_a_name():
+    with pytest.raises(ConfigError, match=r"^case.toml: preset must be a preset name .*not 3$"):
+        NPUConfig.from_dict({"preset": 3}, source="case.toml")
 
 
 def test_load_errors():

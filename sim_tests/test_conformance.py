@@ -1,8 +1,12 @@
 """The conformance suite: every case passes on golden, covers every instruction and fault, and the runner catches mismatches."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from hw.config import NPUConfig
+from hw.regmap import Status
 from isa.encoding import INSTRUCTIONS, DecodeError, Fault, decode_program
 from runtime.conformance import CaseError, default_case_paths, load_case, run_case
 
@@ -32,8 +36,10 @@ def test_every_instruction_has_a_case():
 
 def test_every_fault_has_a_case():
     expected = {want.fault for path in CASES for want in load_case(path).expected}
-    # WATCHDOG is about time, which the golden model does not model: the RTL tests cover it.
-    missing = set(Fault) - expected - {Fault.WATCHDOG}
+    # WATCHDOG is about time, which the golden model does not model, and CONFIG about
+    # settings a case cannot hold (the loader refuses them): sim_tests/test_isolation.py
+    # and test_host_interface.py cover both on the RTL.
+    missing = set(Fault) - expected - {Fault.WATCHDOG, Fault.CONFIG}
     assert not missing, f"no conformance case expects {sorted(f.name for f in missing)}"
 
 
@@ -47,7 +53,81 @@ def test_runner_reports_a_wrong_memory_value(tmp_path):
     bad.write_text(source.replace("[[4, -6, 9, 99]]", "[[4, -6, 9, 98]]"))
     outcome = run_case(load_case(bad))
     assert not outcome.passed
-    assert outcome.failures == ["spad row 30 lane 3: got 99, expected 98 (1 value differ)"]
+    assert outcome.failures == ["spad row 30 lane 3: got 99, expected 98 (1 value differs)"]
+
+
+def test_runner_lists_the_first_mismatches_of_a_block(tmp_path):
+    source = (CASES[0].parent / "ve_loop.toml").read_text()
+    bad = tmp_path / "ve_loop_bad.toml"
+    bad.write_text(source.replace("[0, 0, 0, 200], [1001", "[0, 1, 2, 201], [1001")
+                   .replace("[[4, -6, 9, 99]]", "[[4, -6, 0, 0]]"))
+    assert run_case(load_case(bad)).failures == [
+        "spad row 21 lane 1: got 0, expected 1; spad row 21 lane 2: got 0, expected 2; "
+        "spad row 21 lane 3: got 200, expected 201 (3 values differ)",
+        "spad row 30 lane 2: got 9, expected 0; spad row 30 lane 3: got 99, expected 0 "
+        "(2 values differ)"]
+    bad.write_text(source.replace("spad = 30\ndata = [[4, -6, 9, 99]]",
+                                  "spad = 31\ndata = [[1, 1, 1, 1], [2, 2, 2, 2]]"))
+    assert run_case(load_case(bad)).failures == [
+        "spad row 31 lane 0: got 0, expected 1; spad row 31 lane 1: got 0, expected 1; "
+        "spad row 31 lane 2: got 0, expected 1; spad row 31 lane 3: got 0, expected 1 "
+        "(8 values differ, first 4 shown)"]
+
+
+def test_case_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('description = "größe"\n'.encode("latin-1"))
+    with pytest.raises(CaseError, match=f"^{path}: not a UTF-8 text file"):
+        load_case(path)
+
+
+def test_case_watchdog_overrides_the_config(tmp_path):
+    path = tmp_path / "wd.toml"
+    path.write_text('config = "tiny"\nwatchdog = 77\n[[context]]\nspad=[0,4]\nhbm=[0,4]\n'
+                    "program=''\n")
+    assert load_case(path).config == NPUConfig.preset("tiny").replace(watchdog_cycles=77)
+
+
+def fake_rtl_run(monkeypatch, contexts, *, cycles=500, timed_out=False):
+    """Make run_case's RTL backends report ``contexts`` (Status, Fault, fault_pc) and every
+    expected memory block as expected: the runner's checks without a simulation."""
+    from runtime import conformance
+
+    def run_on_rtl(case, backend, policy, max_cycles, vcd):
+        run = SimpleNamespace(cycles=cycles, timed_out=timed_out)
+        results = [conformance._RTLContext(status, fault, pc if fault else None)
+                   for status, fault, pc in contexts]
+        return results, lambda block: block.data, run
+
+    monkeypatch.setattr(conformance, "_run_on_rtl", run_on_rtl)
+
+
+def test_runner_checks_the_final_status(monkeypatch):
+    case = load_case(CASES[0].parent / "fault_illegal_opcode.toml")
+    bad_pc = case.expected[0].fault_at
+    fake_rtl_run(monkeypatch, [(Status.FAULTED, Fault.ILLEGAL_OPCODE, bad_pc),
+                               (Status.DONE, Fault.NONE, 0)])
+    assert run_case(case, "pysim").passed
+    # A context that faulted but reports DONE (or one without a fault that is FAULTED) fails.
+    fake_rtl_run(monkeypatch, [(Status.DONE, Fault.ILLEGAL_OPCODE, bad_pc),
+                               (Status.FAULTED, Fault.NONE, 0)])
+    assert run_case(case, "pysim").failures == [
+        "context 0: status done with fault illegal_opcode, expected faulted",
+        "context 1: status faulted with fault none, expected done"]
+    # A wrong fault whose status goes with it is one failure, not two.
+    fake_rtl_run(monkeypatch, [(Status.DONE, Fault.NONE, 0), (Status.DONE, Fault.NONE, 0)])
+    assert run_case(case, "pysim").failures == ["context 0: fault none, expected illegal_opcode"]
+
+
+def test_runner_names_the_cycles_of_a_watchdog_or_a_timeout(monkeypatch):
+    case = load_case(CASES[0].parent / "ve_loop.toml")
+    fake_rtl_run(monkeypatch, [(Status.FAULTED, Fault.WATCHDOG, 0)], cycles=1234)
+    assert run_case(case, "pysim").failures == [
+        "context 0: fault watchdog after 1234 cycles, expected none"]
+    fake_rtl_run(monkeypatch, [(Status.RUNNING, Fault.NONE, 0)], cycles=300, timed_out=True)
+    assert run_case(case, "pysim", max_cycles=300).failures == [
+        "timed out: still running after 300 cycles on pysim",
+        "context 0: status running with fault none, expected done"]
 
 
 def test_runner_reports_a_wrong_fault(tmp_path):
@@ -110,6 +190,40 @@ def test_unknown_backend():
     ("[[context]]\nspad=[0,1]\nhbm=[0,1]\nprogram=''\n[[expect]]\nhbm=0\ndata=[4294967296]\n", "data values must fit in 32 bits"),
     ("[[context]]\nspad=[0,1]\nhbm=[0,1]\nprogram=''\n[[init]]\ncontext=4\nhbm=0\ndata=[1]\n", "context 4 is not one of the case's 1 contexts"),
     ("[[context\n", "malformed TOML"),
+    ("context = [1, 2]\n", "context 0 must be a table ([[context]]), not 1"),
+    ("[config]\npreset = [1]\n[[context]]\nspad=[0,1]\nhbm=[0,1]\nprogram=''\n",
+     "preset must be a preset name (default, tiny, small, tpu), not [1]"),
+    # Blocks that name a context lie inside its segment.
+    ("[[context]]\nspad=[0,2]\nhbm=[0,8]\nprogram=''\n[[init]]\ncontext=0\nspad=1\ndata=[[1],[2]]\n",
+     "init block 0: 2 rows at 1 run past context 0's spad segment (base 0, size 2)"),
+    ("[[context]]\nspad=[0,2]\nhbm=[0,8]\nprogram=''\n[[context]]\nspad=[2,2]\nhbm=[8,4]\n"
+     "program=''\n[[expect]]\ncontext=1\nhbm=3\ndata=[1, 2]\n",
+     "expect block 0: 2 words at 3 run past context 1's hbm segment (base 8, size 4)"),
+    # true is no integer.
+    ("[[context]]\nspad=[true,4]\nhbm=[0,1]\nprogram=''\n",
+     "context 0: spad must be [base, size] with non-negative integers, not [True, 4]"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\nfault_at=true\n",
+     "context 0: fault_at must be a label or a word address, not True"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[init]]\nspad=0\ndata=[[1, true]]\n",
+     "init block 0: data must be a list of rows of integers"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[expect]]\nhbm=0\ndata=[false]\n",
+     "expect block 0: data must be a list of integers"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[init]]\nspad=true\ndata=[[1]]\n",
+     "init block 0: spad must be a non-negative integer, not True"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[init]]\ncontext=false\nspad=0\ndata=[[1]]\n",
+     "init block 0: context False is not one of the case's 1 contexts"),
+    # Unknown keys, and entries that are no tables, in [[init]] and [[expect]].
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[init]]\nspad=0\ndta=[[1]]\n",
+     "init block 0: unknown key 'dta'; expected context, spad or hbm, data"),
+    ("[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n[[expect]]\nspad=0\ndata=[[1]]\nlanes=4\n",
+     "expect block 0: unknown key 'lanes'"),
+    ("init = [1]\n[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n",
+     "init block 0 must be a table ([[init]]), not 1"),
+    # The case's own watchdog.
+    ("watchdog = 0\n[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n",
+     "watchdog must be a positive integer (cycles), not 0"),
+    ("watchdog = true\n[[context]]\nspad=[0,4]\nhbm=[0,1]\nprogram=''\n",
+     "watchdog must be a positive integer (cycles), not True"),
 ])
 def test_malformed_case_files(tmp_path, text, message):
     path = tmp_path / "case.toml"

@@ -1,9 +1,14 @@
-"""Host interface: every register of the declared map is decoded as declared."""
+"""Host interface: every register of the declared map is decoded as declared, and bad
+settings are refused by the hardware (HOST_ERROR, CONFIG faults), never wrapped."""
 
 import random
 
+import pytest
+
 from hw.config import NPUConfig
-from hw.regmap import CONTEXT, GLOBAL, ID_VALUE, Access, register_address
+from hw.regmap import (CONTEXT, GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError,
+                       Status, register_address)
+from isa.asm import assemble
 from isa.encoding import Fault
 from runtime.pysim_backend import PysimBackend
 
@@ -17,18 +22,20 @@ def test_registers_read_back_and_identify():
     rng = random.Random(1)
     script, expected = [], []
     for register in GLOBAL:
-        if register.access == Access.RW:
-            value = rng.getrandbits(64)
+        if register.access == Access.RW and register.name != "HOST_ERROR":
+            value = rng.randrange(1, 1 << WIDTHS[register.name])
             address = register_address(register.name)
             script += [("csr_write", address, value), ("csr_read", address)]
-            expected.append(value & ((1 << WIDTHS[register.name]) - 1))
+            expected.append(value)
     for ctx in range(TINY.n_ctx):
         for register in CONTEXT:
             if register.access == Access.RW:
-                value = rng.getrandbits(64)
+                value = rng.randrange(1 << WIDTHS[register.name])
                 address = register_address(register.name, ctx=ctx)
                 script += [("csr_write", address, value), ("csr_read", address)]
-                expected.append(value & ((1 << WIDTHS[register.name]) - 1))
+                expected.append(value)
+    script.append(("csr_read", register_address("HOST_ERROR")))
+    expected.append(HostError.NONE)
     script += [("csr_read", register_address("ID")), ("csr_read", register_address("SHAPE")),
                ("csr_read", 0x0FFF)]
     cfg = TINY
@@ -51,3 +58,118 @@ def test_start_status_and_fault_registers():
     assert not busy
     assert packed == 3 << 4 and status == 3
     assert (fault, fault_pc) == (Fault.FETCH_OOB, 0)
+
+
+HOST_ERROR = register_address("HOST_ERROR")
+LONG = assemble(".ve eop\n loop 200, 1, 0, 0\n vaddi 0, 0, 1, 1\n")    # ~200+ cycles
+
+
+def error(code, address):
+    return code | address << 32
+
+
+def configure(ctx, program, spad=(0, 64), hbm=(0, 256)):
+    """Host writes that load a program and valid segments into ``ctx``."""
+    script = [("csr_write", IMEM_BASE + ctx * IMEM_STRIDE + i, word) for i, word in enumerate(program)]
+    for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad[0]), ("SPAD_SIZE", spad[1]),
+                        ("HBM_BASE", hbm[0]), ("HBM_SIZE", hbm[1]), ("ME_MASK", 1), ("VE_MASK", 1)):
+        script.append(("csr_write", register_address(name, ctx=ctx), value))
+    return script
+
+
+@pytest.mark.parametrize("name, ctx", [(r.name, None) for r in GLOBAL
+                                       if r.access == Access.RW and r.name != "HOST_ERROR"]
+                         + [(r.name, 1) for r in CONTEXT if r.access == Access.RW])
+def test_a_value_wider_than_its_register_is_refused(name, ctx):
+    address = register_address(name, ctx=ctx)
+    width = WIDTHS[name]
+    script = [("csr_write", address, 1), ("csr_write", address, (1 << width) | 2),
+              ("csr_read", address), ("csr_read", HOST_ERROR),
+              ("csr_write", HOST_ERROR, 0), ("csr_read", HOST_ERROR)]
+    value, host_error, cleared = PysimBackend(TINY).execute(script)
+    assert value == 1                                 # unchanged, not truncated to 2
+    assert host_error == error(HostError.VALUE_RANGE, address)
+    assert cleared == 0
+
+
+def test_time_slice_zero_and_unmapped_writes_are_refused():
+    address = register_address("TIME_SLICE")
+    script = [("csr_write", address, 0), ("csr_read", address), ("csr_read", HOST_ERROR),
+              ("csr_write", HOST_ERROR, 0), ("csr_write", 0x0FFF, 5), ("csr_read", HOST_ERROR),
+              ("csr_write", HOST_ERROR, 0), ("csr_write", register_address("CYCLES", ctx=0), 5),
+              ("csr_read", HOST_ERROR)]
+    value, zero, unmapped, read_only = PysimBackend(TINY).execute(script)
+    assert value == 4096 and zero == error(HostError.VALUE_RANGE, address)
+    assert unmapped == error(HostError.UNMAPPED, 0x0FFF)
+    assert read_only == error(HostError.UNMAPPED, register_address("CYCLES", ctx=0))
+
+
+def test_first_error_sticks_until_cleared():
+    script = [("csr_write", 0x0FFF, 5), ("csr_write", register_address("POLICY"), 7),
+              ("csr_read", HOST_ERROR)]
+    assert PysimBackend(TINY).execute(script) == [error(HostError.UNMAPPED, 0x0FFF)]
+
+
+def test_imem_write_past_the_instruction_memory_does_not_alias_word_0():
+    program = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
+    beyond = IMEM_BASE + TINY.imem_words          # would alias onto word 0 of context 0
+    script = configure(0, program) + [
+        ("csr_write", beyond, 0xFFFF_FFFF_FFFF_FFFF),
+        ("csr_read", HOST_ERROR),
+        ("csr_write", register_address("START"), 1), ("run", 2000),
+        ("csr_read", register_address("STATUS", ctx=0)), ("csr_read", register_address("FAULT", ctx=0))]
+    host_error, (_, busy), status, fault = PysimBackend(TINY).execute(script)
+    assert host_error == error(HostError.IMEM_RANGE, beyond)
+    assert not busy and (status, fault) == (Status.DONE, Fault.NONE)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PROG_LEN", TINY.imem_words + 1),                 # fetch would wrap around the memory
+    ("SPAD_BASE", TINY.spad_rows - 32),                # base + size (64) runs past the end
+    ("SPAD_SIZE", TINY.spad_rows + 1),
+    ("HBM_BASE", TINY.hbm_words - 1),
+    ("HBM_SIZE", TINY.hbm_words + 4),
+])
+def test_start_with_invalid_settings_faults_config(name, value):
+    program = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
+    script = configure(3, program) + [
+        ("csr_write", register_address(name, ctx=3), value),
+        ("csr_write", register_address("START"), 1 << 3), ("run", 2000),
+        ("csr_read", register_address("STATUS", ctx=3)), ("csr_read", register_address("FAULT", ctx=3)),
+        ("csr_read", register_address("FAULT_PC", ctx=3)), ("csr_read", register_address("ISSUED", ctx=3)),
+        ("csr_read", HOST_ERROR)]
+    (_, busy), status, fault, fault_pc, issued, host_error = PysimBackend(TINY).execute(script)
+    assert not busy
+    assert (status, fault, fault_pc, issued) == (Status.FAULTED, Fault.CONFIG, 0, 0)
+    assert host_error == error(HostError.BAD_CONTEXT, register_address("START"))
+
+
+def test_start_and_reconfiguration_of_a_running_context_are_refused():
+    """The second START would restart the program and mix the old run's in-flight µTOps
+    into the new run's counts; rewriting a running context's segment or program would
+    move it under its feet."""
+    script = configure(0, LONG) + [
+        ("csr_write", register_address("START"), 1), ("run", 40),
+        ("csr_write", register_address("START"), 1), ("csr_read", HOST_ERROR),
+        ("csr_write", HOST_ERROR, 0),
+        ("csr_write", register_address("SPAD_BASE", ctx=0), 100), ("csr_read", HOST_ERROR),
+        ("csr_write", HOST_ERROR, 0),
+        ("csr_write", IMEM_BASE + 1, 0), ("csr_read", HOST_ERROR),
+        ("run", 5000),
+        ("csr_read", register_address("STATUS", ctx=0)), ("csr_read", register_address("ISSUED", ctx=0)),
+        ("csr_read", register_address("RETIRED", ctx=0)), ("csr_read", register_address("SPAD_BASE", ctx=0))]
+    (_, busy_early), restart, segment, imem, (_, busy), status, issued, retired, base = \
+        PysimBackend(TINY).execute(script)
+    assert busy_early
+    start = register_address("START")
+    assert restart == error(HostError.CONTEXT_RUNNING, start)
+    assert segment == error(HostError.CONTEXT_RUNNING, register_address("SPAD_BASE", ctx=0))
+    assert imem == error(HostError.CONTEXT_RUNNING, IMEM_BASE + 1)
+    assert not busy and status == Status.DONE and issued == retired == 1 and base == 0
+
+
+def test_start_bits_beyond_the_contexts_are_refused():
+    start = register_address("START")
+    script = [("csr_write", start, 1 << TINY.n_ctx), ("csr_read", HOST_ERROR),
+              ("csr_read", register_address("STATUS"))]
+    assert PysimBackend(TINY).execute(script) == [error(HostError.VALUE_RANGE, start), 0]

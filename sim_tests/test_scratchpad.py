@@ -96,3 +96,70 @@ def test_random_traffic_matches_model(banks, read_ports, n_read, n_write, seed):
     simulate(dut, bench)
     assert stats["reads"] > 150 and stats["writes"] > 80 and stats["stalls"] > 0
     convert(dut)
+
+
+@pytest.mark.parametrize("banks, read_ports, n_read, n_write, readers, writers", [
+    (4, 2, 5, 3, None, None), (1, 1, 3, 2, None, None), (2, 1, 4, 4, None, None),
+    (8, 2, 7, 5, None, None),
+    pytest.param(4, 1, 5, 3, (1, 3, 4), (0, 2), id="some-clients-contend"),
+])
+def test_sustained_contention_starves_no_client(banks, read_ports, n_read, n_write, readers,
+                                                writers):
+    """Clients that keep their request valid (a new row of bank 0 after every grant) all
+    fight for bank 0. The arbiters' priority pointer visits every client once per
+    ``n_read`` (``n_write``) cycles, and the client it points at wins the first port, so a
+    requesting client waits at most that many cycles for a grant: with every client
+    contending that is the number of contenders, and each gets ``read_ports`` (one) of
+    every ``n_read`` (``n_write``) grants: equal shares."""
+    cfg = NPUConfig(ve_lanes=4, array_rows=4, array_cols=4, spad_rows=64, spad_banks=banks)
+    dut = Scratchpad(cfg, n_read=n_read, n_write=n_write, read_ports=read_ports)
+    readers = range(n_read) if readers is None else readers
+    writers = range(n_write) if writers is None else writers
+    rng = random.Random(n_read * 10 + n_write)
+    cycles = 4 * n_read * n_write
+    read_grants = {c: [] for c in readers}      # cycles in which each client was granted
+    write_grants = {c: [] for c in writers}
+    bank0_row = lambda: rng.randrange(cfg.spad_rows // banks) * banks
+
+    async def bench(ctx):
+        for c in readers:
+            ctx.set(dut.rd[c].req.valid, 1)
+            ctx.set(dut.rd[c].req.payload, bank0_row())
+        for c in writers:
+            ctx.set(dut.wr[c].req.valid, 1)
+            ctx.set(dut.wr[c].req.payload.addr, bank0_row())
+            ctx.set(dut.wr[c].req.payload.mask, 0xF)
+        for cycle in range(cycles):
+            signals = [p.req.ready for p in dut.rd] + [p.req.ready for p in dut.wr]
+            _, _, *ready = await ctx.tick().sample(*signals)
+            rd_ready, wr_ready = ready[:n_read], ready[n_read:]
+            assert not any(rd_ready[c] for c in range(n_read) if c not in readers)
+            assert not any(wr_ready[c] for c in range(n_write) if c not in writers)
+            # Work-conserving: every port of the bank is used.
+            assert sum(rd_ready) == min(len(readers), read_ports), (cycle, rd_ready)
+            assert sum(wr_ready) == 1, (cycle, wr_ready)
+            for c in readers:
+                if rd_ready[c]:
+                    read_grants[c].append(cycle)
+                    ctx.set(dut.rd[c].req.payload, bank0_row())     # next row, still valid
+            for c in writers:
+                if wr_ready[c]:
+                    write_grants[c].append(cycle)
+                    ctx.set(dut.wr[c].req.payload.addr, bank0_row())
+        assert ctx.get(dut.read_conflicts[0]) == (cycles if len(readers) > read_ports else 0)
+        assert ctx.get(dut.write_conflicts[0]) == (cycles if len(writers) > 1 else 0)
+
+    simulate(dut, bench)
+    for kind, grants, bound, contending, ports in (
+            ("read", read_grants, n_read, readers, read_ports),
+            ("write", write_grants, n_write, writers, 1)):
+        for c, granted in grants.items():
+            # Granted within `bound` cycles of the start, of its last grant, and of the end.
+            waits = [b - a for a, b in zip([-1] + granted, granted + [cycles])]
+            assert max(waits) <= bound, f"{kind} client {c} waited {max(waits)} cycles " \
+                                        f"(bound {bound}); granted in cycles {granted}"
+        counts = [len(granted) for granted in grants.values()]
+        if len(contending) == bound:          # everyone contends: equal shares
+            assert counts == [cycles * ports // bound] * bound, f"{kind} grants {counts}"
+        else:
+            assert min(counts) >= cycles // bound, f"{kind} grants {counts}"

@@ -1,0 +1,160 @@
+"""Dispatcher guarantees on the whole pNPU (pysim, tiny): who runs next under the temporal
+policy (ageing tokens), and which fault a context reports when several of its µTOps fault."""
+
+import pytest
+
+from hw.config import NPUConfig
+from hw.regmap import Status
+from isa.asm import assemble
+from isa.encoding import Fault
+from isa.golden import ContextSpec, GoldenNPU
+from runtime import mix
+from runtime.driver import Driver
+
+TINY = NPUConfig.preset("tiny")
+VES, DMAS = (2, 3), (4,)            # engine numbers on tiny: ME0 ME1 VE0 VE1 DMA0
+
+
+# --- temporal policy: ageing -----------------------------------------------------------------
+
+def token_order(priorities, turns):
+    """The contexts the temporal policy runs, turn by turn, when every context always has
+    work and every turn lasts one time slice (the unit of time below).
+
+    The rule (hw/dispatcher.py, regmap.Policy.TEMPORAL): while a context waits for the NPU
+    (running, neither the active context nor the one being switched to) its tokens grow by
+    ``priority + 1`` per cycle; when the slice ends, the waiting context with the most
+    tokens runs next (ties: the lowest context number) and its tokens restart from 0.
+    """
+    waiting_since = [0] * len(priorities)
+    active, order = None, []
+    for turn in range(turns):
+        tokens = {c: (p + 1) * (turn - waiting_since[c])
+                  for c, p in enumerate(priorities) if c != active}
+        best = max(tokens, key=lambda c: (tokens[c], -c))
+        if active is not None:
+            waiting_since[active] = turn
+        order.append(best)
+        active = best
+    return order
+
+
+def ve_program(n_utops, rows=4):
+    """``n_utops`` independent VE µTOps (rows 64.. of the segment, inputs at row 0)."""
+    lines = []
+    for i in range(n_utops):
+        lines += [".ve" + (" eop" if i == n_utops - 1 else ""),
+                  f"    vaddi {64 + (i % 8) * 8}, 0, 1, {rows}"]
+    return "\n".join(lines) + "\n"
+
+
+def service_turns(trace):
+    """[(context, first issue cycle)] for each maximal run of issues by one context."""
+    turns = []
+    for event in trace:
+        for c, _ in event["issues"]:
+            if not turns or turns[-1][0] != c:
+                turns.append((c, event["cycle"]))
+    return turns
+
+
+@pytest.mark.parametrize("priorities, expected", [
+    # Equal priorities: plain round robin, so no context waits more than two turns.
+    ((0, 0, 0), [0, 1, 2, 0, 1, 2, 0]),
+    # Context 2 ages three times as fast and runs every other turn; the priority-0 contexts
+    # still get the NPU, alternating, since each gains a token per waiting cycle.
+    ((0, 0, 2), [0, 2, 1, 2, 0, 2, 1, 2]),
+], ids=["equal-priorities", "one-urgent-context"])
+def test_temporal_ageing_decides_who_runs_next(priorities, expected):
+    assert token_order(priorities, len(expected)) == expected     # the rule, as documented
+    time_slice = 16
+    driver = Driver(TINY, trace=True)
+    driver.set_policy("temporal")
+    driver.set_time_slice(time_slice)
+    places = mix.segments(TINY, len(priorities))
+    for c, priority in enumerate(priorities):
+        # Work for more turns than `expected` gives it: 4 µTOps fit in one turn today
+        # (2 VEs, 16-cycle slices); room for 6 in case engines get faster.
+        n_utops = 6 * expected.count(c) + 2
+        driver.load_context(c, assemble(ve_program(n_utops)), *places[c], priority=priority)
+    result = driver.run(max_cycles=5_000)
+    assert not result.timed_out
+    assert [r.status for r in result.contexts] == [Status.DONE] * len(priorities)
+    turns = service_turns(result.trace)
+    # Compare the turns taken while every context still had work (the rule's premise).
+    first_done = min(r.cycles for r in result.contexts)
+    contended = [c for c, cycle in turns if cycle < first_done]
+    assert contended[:len(expected)] == expected, f"turns (context, cycle) {turns}, first " \
+                                                  f"context done after {first_done} cycles"
+    # Turns are whole slices (a switch waits for the slice, then drains the engines).
+    starts = [cycle for _, cycle in turns[:len(expected)]]
+    assert all(b - a > time_slice for a, b in zip(starts, starts[1:])), turns
+
+
+# --- precise faults ------------------------------------------------------------------------------
+
+# µTOp A (header at word 0, older): a VE loop whose destination walks out of the 256-row
+# segment in iteration 16 (SPAD_OOB after ~140 cycles). µTOp B (word 3, younger,
+# independent): a DMA load from outside the HBM segment (HBM_OOB at once).
+OLDER_FAULTS_LAST = """
+.ve
+    loop 40, 1, 8, 0
+    vaddi 128, 0, 1, 8
+.dma eop
+    dload 0, 5000, 1
+"""
+
+# µTOp A (word 0, older): 16 rows of work, then SPAD_OOB (~25 cycles). µTOp B (word 3,
+# younger, issued before A faults): 64 rows from HBM (~75 cycles), then HBM_OOB.
+OLDER_FAULTS_FIRST = """
+.ve
+    vaddi 0, 0, 1, 16
+    vaddi 250, 0, 1, 10
+.dma eop
+    dload 64, 0, 64
+    dload 0, 5000, 1
+"""
+
+
+@pytest.mark.parametrize("source, a_engines, b_engines", [
+    (OLDER_FAULTS_LAST, VES, DMAS),
+    (OLDER_FAULTS_FIRST, VES, DMAS),
+], ids=["older-faults-last", "older-faults-first"])
+def test_the_oldest_fault_is_reported_whatever_faults_first(source, a_engines, b_engines):
+    words = assemble(source)
+    spad, hbm = mix.segments(TINY, 1)[0]
+    [expected] = GoldenNPU(TINY).run([ContextSpec(words, spad, hbm)])
+    assert (expected.fault, expected.fault_pc) == (Fault.SPAD_OOB, 0)    # A's header
+    driver = Driver(TINY)
+    driver.load_context(0, words, spad, hbm)
+    result = driver.run(max_cycles=5_000)
+    assert not result.timed_out
+    [context] = result.contexts
+    # Both µTOps issued and both retired with their fault, in the intended order in time.
+    assert context.counters["ISSUED"] == context.counters["RETIRED"] == 2
+    busy_a = sum(result.engines[e]["BUSY"] for e in a_engines)
+    busy_b = sum(result.engines[e]["BUSY"] for e in b_engines)
+    if source is OLDER_FAULTS_LAST:
+        assert busy_a > busy_b + 50, (busy_a, busy_b)
+    else:
+        assert busy_b > busy_a + 30, (busy_a, busy_b)
+    assert (context.status, context.fault, context.fault_pc) == \
+        (Status.FAULTED, expected.fault, expected.fault_pc), \
+        f"reported {context.fault.name} at word {context.fault_pc}; golden: " \
+        f"{expected.fault.name} at word {expected.fault_pc} (the older µTOp)"
+
+
+@pytest.mark.parametrize("rows", range(10, 19))
+def test_the_oldest_fault_wins_when_two_fault_in_the_same_cycle(rows):
+    """µTOp A (VE, word 0) faults SPAD_OOB after ``rows`` rows of work; µTOp B (DMA, word
+    3) faults HBM_OOB after a 8-row load: for one of these counts (14 on tiny) both faults
+    reach the dispatcher in the same cycle, and the older one must still win."""
+    words = assemble(f".ve\n vaddi 0, 0, 1, {rows}\n vaddi 250, 0, 1, 10\n"
+                     ".dma eop\n dload 64, 0, 8\n dload 0, 5000, 1\n")
+    spad, hbm = mix.segments(TINY, 1)[0]
+    [expected] = GoldenNPU(TINY).run([ContextSpec(words, spad, hbm)])
+    driver = Driver(TINY)
+    driver.load_context(0, words, spad, hbm)
+    [context] = driver.run(max_cycles=5_000).contexts
+    assert (context.status, context.fault, context.fault_pc) == \
+        (Status.FAULTED, expected.fault, expected.fault_pc) == (Status.FAULTED, Fault.SPAD_OOB, 0)

@@ -1,0 +1,117 @@
+"""Isolation under attack: no tenant can read another's engine state, get another killed,
+or write after it reads FAULTED; STATUS and FAULT always agree (pysim, tiny config)."""
+
+import numpy as np
+import pytest
+
+from hw.config import NPUConfig
+from hw.regmap import Status
+from isa.asm import assemble
+from isa.encoding import Fault
+from isa.golden import ContextSpec, GoldenNPU, Segment
+from runtime.driver import Driver
+
+TINY = NPUConfig.preset("tiny")
+POLICIES = ("static", "harvest", "temporal", "v10")
+SEGMENTS = [(Segment(0, 256), Segment(0, 1024)), (Segment(256, 256), Segment(1024, 1024))]
+
+
+def run(programs, *, policy="harvest", config=TINY, owners=None, init=None, read=(),
+        max_cycles=100_000):
+    """Run assembly ``programs`` on contexts 0.. (segments SEGMENTS); also on golden.
+
+    ``init`` maps a physical scratchpad row to its values; returns (run, golden npu, golden
+    results)."""
+    driver = Driver(config)
+    driver.set_policy(policy)
+    golden = GoldenNPU(config)
+    specs = []
+    owners = owners or [(1, 1), (2, 2)]
+    for c, source in enumerate(programs):
+        words = assemble(source)
+        me_mask, ve_mask = owners[c]
+        driver.load_context(c, words, *SEGMENTS[c], me_mask=me_mask, ve_mask=ve_mask)
+        specs.append(ContextSpec(words, *SEGMENTS[c]))
+    for row, values in (init or {}).items():
+        driver.write_spad(row, [values])
+        golden.spad[row, :len(values)] = values
+    result = driver.run(max_cycles=max_cycles, read_spad=read)
+    assert not result.timed_out
+    return result, golden, golden.run(specs)
+
+
+def test_a_fault_of_the_eop_utop_reads_faulted_not_done():
+    result, _, expected = run([".ve eop\n vst 256, 0\n"])
+    context = result.contexts[0]
+    assert expected[0].fault == Fault.SPAD_OOB
+    assert (context.status, context.fault, context.fault_pc) == (Status.FAULTED, Fault.SPAD_OOB, 0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_vector_registers_are_zero_at_the_start_of_every_utop(policy):
+    """Context 1 fills V0..V7 of the only VE; context 0 (later, after a DMA) and context 1's
+    own next µTOp store registers they never loaded: they must read 0, as on golden."""
+    config = TINY.replace(n_ve=1)
+    fill = "\n".join(f" vld {v}, {v}" for v in range(8))
+    attacker = f".ve\n{fill}\n.ve eop\n vst 20, 3\n vst 21, 7\n"
+    victim = ".dma\n dload 0, 0, 4\n.ve deps(-1) eop\n vst 20, 3\n vst 21, 0\n"
+    init = {256 + v: [1000 + v] * 4 for v in range(8)}
+    init.update({r: [-5] * 4 for r in (20, 21, 276, 277)})
+    result, golden, expected = run([victim, attacker], policy=policy, config=config,
+                                    owners=[(1, 1), (2, 1)], init=init,
+                                    read=[(20, 2), (276, 2)])
+    assert [c.fault for c in result.contexts] == [Fault.NONE, Fault.NONE]
+    assert [e.fault for e in expected] == [Fault.NONE, Fault.NONE]
+    assert not result.spad[(20, 2)].any() and not result.spad[(276, 2)].any()
+    assert np.array_equal(result.spad[(276, 2)], golden.spad[276:278])
+
+
+def test_a_long_utop_that_progresses_is_not_a_watchdog_fault():
+    """One VE µTOp looping longer than watchdog_cycles (1024 on tiny) is legal."""
+    result, golden, expected = run([".ve eop\n loop 300, 1, 0, 0\n vaddi 5, 5, 1, 1\n"],
+                                   init={5: [7, 8, 9, 10]}, read=[(5, 1)])
+    assert expected[0].fault == Fault.NONE
+    context = result.contexts[0]
+    assert (context.status, context.fault) == (Status.DONE, Fault.NONE)
+    assert context.cycles > TINY.watchdog_cycles
+    assert np.array_equal(result.spad[(5, 1)], golden.spad[5:6])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_tenant_with_long_utops_cannot_get_another_killed(policy):
+    """The attacker's VE µTOps run for longer than the watchdog on borrowed engines; the
+    victim waits for them but survives and computes what golden computes."""
+    attacker = "".join(f".ve{' eop' if i == 3 else ''}\n loop 150, 1, 0, 0\n"
+                       f" vpoolsum {10 + i}, 0, 1, 3, 3\n" for i in range(4))
+    victim = (".dma\n dload 0, 0, 4\n" + "".join(
+        f".ve deps(-1)\n vaddi {20 + i}, 0, {i}, 2\n" for i in range(6)) + ".ve eop\n vaddi 40, 0, 1, 1\n")
+    result, golden, expected = run([victim, attacker], policy=policy, read=[(0, 64)])
+    assert [c.status for c in result.contexts] == [Status.DONE, Status.DONE]
+    assert [c.fault for c in result.contexts] == [e.fault for e in expected] == [Fault.NONE] * 2
+    assert np.array_equal(result.spad[(0, 64)], golden.spad[0:64])
+
+
+def test_a_watchdog_kill_stops_the_engine_before_faulted():
+    """With a watchdog shorter than the matrix engine's pipeline (a misconfiguration that
+    makes a working engine look stuck), the engine is killed mid-µTOp: its pending write
+    must never land, and BUSY stops counting for the context, while the other context
+    runs on for hundreds of cycles, untouched."""
+    config = TINY.replace(watchdog_cycles=8)
+    killed = ".me eop\n ldw 0, 4\n mm 16, 4, 1\n"
+    other = ".ve eop\n loop 200, 1, 1, 1\n vaddi 8, 8, 1, 1\n"
+    driver = Driver(config)
+    driver.set_policy("static")
+    driver.load_context(0, assemble(killed), *SEGMENTS[0], me_mask=1, ve_mask=1)
+    driver.load_context(1, assemble(other), *SEGMENTS[1], me_mask=2, ve_mask=2)
+    driver.write_spad(0, [[1, 2, 3, 4]] * 5)
+    driver.write_spad(16, [[1000] * 4])
+    driver.write_spad(264, [[5] * 4] * 200)
+    result = driver.run(max_cycles=10_000, read_spad=[(16, 1), (264, 200)])
+    killed, survivor = result.contexts
+    assert (killed.status, killed.fault, killed.fault_pc) == (Status.FAULTED, Fault.WATCHDOG, 0)
+    assert (survivor.status, survivor.fault) == (Status.DONE, Fault.NONE)
+    assert survivor.cycles > 200 > killed.cycles
+    assert list(result.spad[(16, 1)][0]) == [1000] * 4          # the write never landed
+    assert (result.spad[(264, 200)] == 6).all()
+    me0 = result.engines[0]
+    assert me0["BUSY"] == me0["BUSY_CTX0"] < killed.cycles      # stopped counting at the kill
