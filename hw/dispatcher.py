@@ -15,7 +15,7 @@ __all__ = ["Dispatcher", "EngineLinkSignature", "ContextConfigLayout", "ContextS
            "engine_types"]
 
 _COUNTERS = ("cycles", "issued", "retired", "own_cycles", "harvest_cycles", "dep_wait",
-             "engine_wait", "dma_cycles")
+             "engine_wait", "dma_cycles", "preempted")
 
 
 def engine_types(config):
@@ -89,7 +89,7 @@ class Dispatcher(wiring.Component):
     Two watchdogs, each blaming only the context that failed to make progress: an engine
     that runs a µTOp and shows no progress (``engine_progress``) for ``watchdog_cycles``
     faults that µTOp's context with WATCHDOG; every engine running that context's µTOps is
-    then held in reset (``engine_abort``) for ``abort_cycles``, long enough for in-flight
+    then held in reset (``engine_abort``) for ``flush_cycles``, long enough for in-flight
     memory responses to drain, and only then does the context read FAULTED. When no engine
     is busy and no context fetches, issues or retires a µTOp for ``watchdog_cycles`` while
     some context runs (e.g. under static a context owns no engine of a type it needs),
@@ -100,9 +100,11 @@ class Dispatcher(wiring.Component):
     def __init__(self, config):
         self.config = config
         self.types = engine_types(config)
-        #: Cycles an aborted engine is held in reset: its HBM and scratchpad responses in
-        #: flight (at most ``hbm_latency`` cycles old) arrive while it still ignores them.
-        self.abort_cycles = config.hbm_latency + 4
+        #: Cycles an engine is held in reset when its µTOp is aborted (watchdog) or preempted
+        #: (harvest): its memory responses in flight arrive while it still ignores them; a
+        #: scratchpad read answers in one cycle, an HBM line in about ``hbm_latency``.
+        self.flush_cycles = [config.hbm_latency + 4 if t == Engine.DMA else 2
+                             for t in self.types]
         n_engines = len(self.types)
         #: Instruction memories (one per context), written by the host interface.
         self.imems = [memory.Memory(shape=unsigned(64), depth=config.imem_words, init=[])
@@ -128,6 +130,8 @@ class Dispatcher(wiring.Component):
             # is high the engine is held in reset.
             "engine_progress": In(1).array(n_engines),
             "engine_abort": Out(1).array(n_engines),
+            # Engine e runs a µTOp its context borrowed (harvest): its memory traffic yields.
+            "engine_background": Out(1).array(n_engines),
             # Observation points for testbenches and traces (one issue per context per cycle).
             "issue_valid": Out(1).array(config.n_ctx),
             "issue_engine": Out(range(n_engines)).array(config.n_ctx),
@@ -163,12 +167,17 @@ class Dispatcher(wiring.Component):
         eng_done = Cat(d.valid for d in done)
         # Engines held in reset after their context was killed by the watchdog.
         eng_abort = Signal(E)
-        abort_left = [Signal(range(self.abort_cycles + 1), name=f"eng{e}_abort_left")
+        abort_left = [Signal(range(self.flush_cycles[e] + 1), name=f"eng{e}_abort_left")
                       for e in range(E)]
+        # The engine runs a µTOp of a context that does not own it, borrowed from its owner
+        # under harvest: the owner may take it back (preempt) at any time.
+        eng_borrowed = Signal(E)
         abort_end = Cat(eng_abort[e] & (abort_left[e] == 1) for e in range(E))
         eng_running = Signal(E)     # busy with a µTOp and not being aborted
         m.d.comb += [eng_running.eq(eng_busy & ~eng_abort)]
         m.d.comb += [self.engine_abort[e].eq(eng_abort[e]) for e in range(E)]
+        m.d.comb += [self.engine_background[e].eq(eng_running[e] & eng_borrowed[e])
+                     for e in range(E)]
 
         # --- per-context state ----------------------------------------------------------------
         ctxs = []
@@ -189,6 +198,7 @@ class Dispatcher(wiring.Component):
             x.etype = [Signal(2, name=f"c{c}_s{s}_type") for s in range(W)]
             x.wait = [Signal(W, name=f"c{c}_s{s}_wait") for s in range(W)]
             x.eoo = Signal(W, name=f"c{c}_eoo")
+            x.restartable = Signal(W, name=f"c{c}_restartable")
             x.hdr_pc = [Signal(17, name=f"c{c}_s{s}_pc") for s in range(W)]
             x.length = [Signal(8, name=f"c{c}_s{s}_len") for s in range(W)]
             x.seq = [Signal(32, name=f"c{c}_s{s}_seq") for s in range(W)]
@@ -286,8 +296,11 @@ class Dispatcher(wiring.Component):
                                      x.op_id[s].eq(x.op_next)]
                 with m.If(word[header_fields["eoo"].lsb]):
                     m.d.sync += x.op_next.eq(x.op_next + 1)
+                restartable = word[header_fields["restartable"].lsb]
                 m.d.sync += [x.eoo.eq(Mux(word[header_fields["eoo"].lsb], x.eoo | x.tail_bit,
                                           x.eoo & ~x.tail_bit)),
+                             x.restartable.eq(Mux(restartable, x.restartable | x.tail_bit,
+                                                  x.restartable & ~x.tail_bit)),
                              x.pc.eq(x.pc + 1 + length), x.seq_next.eq(x.seq_next + 1)]
                 with m.If(word[header_fields["eop"].lsb]):
                     m.d.sync += x.fetch_done.eq(1)
@@ -303,6 +316,7 @@ class Dispatcher(wiring.Component):
             x.ready = ready
             m.d.comb += self.ready_any[c].eq(ready.any())
             x.cand = {}
+            x.cand_restartable = {}
             for t in Engine:
                 of_type = Signal(W, name=f"c{c}_ready_{t.name}")
                 m.d.comb += of_type.eq(ready & Cat(x.etype[s] == t for s in range(W)))
@@ -312,6 +326,7 @@ class Dispatcher(wiring.Component):
                 m.d.comb += [slot.eq(_index(pick)),
                              age.eq(Mux(slot >= x.head, slot - x.head, slot + W - x.head))]
                 x.cand[t] = (of_type.any() & ~x.st_active, slot, age)
+                x.cand_restartable[t] = x.restartable.bit_select(slot, 1)
                 if t == Engine.ME:
                     x.cand_op = Signal(8, name=f"c{c}_cand_me_op")
                     m.d.comb += x.cand_op.eq(Array(x.op_id)[slot])
@@ -386,18 +401,50 @@ class Dispatcher(wiring.Component):
                 owners = [ctxs[c].cfg.me_mask[i] if t == Engine.ME else ctxs[c].cfg.ve_mask[i]
                           for c in range(C)]
                 owner_of[e] = owners
-        # An owner "wants" its engine when it has a candidate of that type.
+        # An engine owned by several contexts (oversubscribed) belongs to the lowest-numbered
+        # one for harvesting; its owner "wants" it when it has a candidate of that type.
         owner_wants = Signal(E)
+        owned_by_anyone = Signal(E)
+        primary = {}
         for e, t in enumerate(types):
             if t == Engine.DMA:
                 continue
             wanted = 0
             taken_by_lower = 0
+            primary[e] = Signal(C, name=f"eng{e}_owner")
             for c in range(C):
-                is_owner = owner_of[e][c] & ~taken_by_lower
+                m.d.comb += primary[e][c].eq(owner_of[e][c] & ~taken_by_lower)
                 taken_by_lower = taken_by_lower | owner_of[e][c]
-                wanted = wanted | (is_owner & ctxs[c].cand[t][0])
-            m.d.comb += owner_wants[e].eq(wanted)
+                wanted = wanted | (primary[e][c] & ctxs[c].cand[t][0])
+            m.d.comb += [owner_wants[e].eq(wanted), owned_by_anyone[e].eq(taken_by_lower)]
+
+        # Preemption (harvest): an owner that wants an engine type and has no owned engine of
+        # it free (or coming free) takes back one it lent. Only restartable µTOps are ever
+        # lent, so the borrower's µTOp is flushed and issued again later: the owner waits
+        # ``flush_cycles`` at most, whatever the borrower runs.
+        preempt = Signal(E)
+        for t in (Engine.ME, Engine.VE):
+            taken = 0
+            for e in groups[t]:
+                relief = Cat((primary[e] == primary[other]) & (~eng_busy[other] | eng_abort[other])
+                             for other in groups[t]).any()
+                wanted = ((policy == Policy.HARVEST) & eng_running[e] & eng_borrowed[e]
+                          & ~eng_done[e] & owner_wants[e] & ~relief)
+                m.d.comb += preempt[e].eq(wanted & ~taken)
+                taken = taken | wanted
+        for e in range(E):
+            with m.If(preempt[e]):
+                m.d.sync += [eng_abort[e].eq(1), abort_left[e].eq(self.flush_cycles[e])]
+        for c, x in enumerate(ctxs):
+            x.preempt_bit = Signal(W, name=f"c{c}_preempt_bit")
+            x.preempted_stream = Signal(name=f"c{c}_preempted_stream")
+            hits = [preempt[e] & (eng_ctx[e] == c) for e in range(E)]
+            m.d.comb += [
+                x.preempt_bit.eq(Cat(Cat(hits[e] & (eng_slot[e] == s) for e in range(E)).any()
+                                     for s in range(W))),
+                x.preempted_stream.eq(x.st_active & Cat(hits[e] & (x.st_engine == e)
+                                                        for e in range(E)).any()),
+            ]
 
         # --- issue: contexts in rotating order, two passes over a static chain ----------------------
         rotation = Signal(ctx_shape)
@@ -423,7 +470,9 @@ class Dispatcher(wiring.Component):
                         with m.Case(Policy.STATIC):
                             m.d.comb += allowed.eq(owned)
                         with m.Case(Policy.HARVEST):
-                            m.d.comb += allowed.eq(owned | (group & ~owner_wants))
+                            # Others' engines only for restartable µTOps (see preemption).
+                            lendable = Mux(x.cand_restartable[t], group, ~owned_by_anyone)
+                            m.d.comb += allowed.eq(owned | (group & ~owner_wants & lendable))
                         with m.Case(Policy.TEMPORAL):
                             m.d.comb += allowed.eq(Mux(temporal_ok[c], group, 0))
                         with m.Case(Policy.V10):
@@ -486,8 +535,11 @@ class Dispatcher(wiring.Component):
                 hit = go_any & engine_onehot[e]
                 cmd_valid[e] = cmd_valid[e] | hit
                 cmd_ctx[e] = cmd_ctx[e] | Mux(hit, c, 0)
+                borrowed = ((policy == Policy.HARVEST) & owned_by_anyone[e] & ~owner_of[e][c]
+                            if e in owner_of else 0)
                 with m.If(hit):
-                    m.d.sync += [eng_ctx[e].eq(c), eng_slot[e].eq(slot)]
+                    m.d.sync += [eng_ctx[e].eq(c), eng_slot[e].eq(slot),
+                                 eng_borrowed[e].eq(borrowed)]
             x.issue_slot = slot
 
         for e, link in enumerate(self.engines):
@@ -536,6 +588,8 @@ class Dispatcher(wiring.Component):
                     m.d.sync += [x.st_addr.eq(x.st_addr + 1), x.st_left.eq(x.st_left - 1)]
                     with m.If(x.st_left == 1):
                         m.d.sync += x.st_active.eq(0)
+            with m.If(x.preempted_stream):     # the rest of the body goes with the µTOp
+                m.d.sync += x.st_active.eq(0)
 
         # --- watchdogs -------------------------------------------------------------------------------
         # An engine that runs a µTOp and shows no progress for watchdog_cycles is stuck:
@@ -578,7 +632,8 @@ class Dispatcher(wiring.Component):
             free_bit = Mux(free_head, head_bit, 0)
             m.d.sync += [x.valid.eq((x.valid & ~free_bit) | alloc_bit),
                          x.retired.eq(retired_next & ~free_bit & ~alloc_bit),
-                         x.issued.eq((x.issued | x.issue_bit) & ~alloc_bit & ~free_bit)]
+                         x.issued.eq((x.issued | x.issue_bit) & ~alloc_bit & ~free_bit
+                                     & ~x.preempt_bit)]
             with m.If(free_head):
                 m.d.sync += [x.head.eq(Mux(x.head == W - 1, 0, x.head + 1)),
                              x.count.eq(x.count + x.allocate - 1)]
@@ -587,7 +642,9 @@ class Dispatcher(wiring.Component):
             n_retiring = 0
             for s in range(W):
                 n_retiring = n_retiring + retiring[s]
-            m.d.sync += x.counters["retired"].eq(x.counters["retired"] + n_retiring)
+            m.d.sync += [x.counters["retired"].eq(x.counters["retired"] + n_retiring),
+                         x.counters["preempted"].eq(x.counters["preempted"]
+                                                    + x.preempt_bit.any())]
             # v10: the gang ends once the operator's eoo µTOp has retired and the holder's
             # ME work has drained (or the holder stopped running).
             holder = gang_valid & (gang_ctx == c)
@@ -642,7 +699,7 @@ class Dispatcher(wiring.Component):
                              x.status.eq(Status.RUNNING)]     # not DONE, even this cycle
                 for e in range(E):
                     with m.If(mine[e] & ~finished_mask[e]):
-                        m.d.sync += [eng_abort[e].eq(1), abort_left[e].eq(self.abort_cycles)]
+                        m.d.sync += [eng_abort[e].eq(1), abort_left[e].eq(self.flush_cycles[e])]
             aborting = Cat(eng_abort[e] & (eng_ctx[e] == c) for e in range(E)).any()
             with m.If(x.running & x.killed & ~aborting):
                 m.d.sync += x.status.eq(Status.FAULTED)

@@ -70,10 +70,15 @@ class NPU(wiring.Component):
             wiring.connect(m, link.instr, body.w_stream)
             wiring.connect(m, body.r_stream, engine.instr)
             wiring.connect(m, engine.done, link.done)
+        # Traffic of a µTOp on a borrowed engine yields to everyone else's (harvest).
         for i, (engine, name) in enumerate(self._read_ports):
             wiring.connect(m, getattr(engine, name), spad.rd[i])
+            m.d.comb += spad.rd_background[i].eq(
+                dispatcher.engine_background[self.engines.index(engine)])
         for i, (engine, name) in enumerate(self._write_ports):
             wiring.connect(m, getattr(engine, name), spad.wr[i])
+            m.d.comb += spad.wr_background[i].eq(
+                dispatcher.engine_background[self.engines.index(engine)])
         for i, dma in enumerate(self.dmas):
             wiring.connect(m, dma.hbm, hbm.port[i])
         # The host's own memory ports.

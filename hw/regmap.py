@@ -100,6 +100,8 @@ CONTEXT = (
     Register("DEP_WAIT", 0x10, Access.RO, "cycles with fetched µTOps but none ready"),
     Register("ENGINE_WAIT", 0x11, Access.RO, "cycles with a ready µTOp that did not issue"),
     Register("DMA_CYCLES", 0x12, Access.RO, "engine-cycles on DMA engines"),
+    Register("PREEMPTED", 0x13, Access.RO, "µTOps of this context preempted on a borrowed "
+                                           "engine by its owner (harvest) and issued again"),
 )
 
 ENGINE = (

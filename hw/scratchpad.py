@@ -40,7 +40,15 @@ class Scratchpad(wiring.Component):
     clients that ask for it and its write port to one, in rotating priority; the others
     stall (their request stays pending) and the bank counts a conflict cycle. A read
     returns the row as it was before any write in the same cycle.
+
+    A client marked ``rd_background``/``wr_background`` (an engine running a µTOp on an
+    engine it borrowed under harvest) is served only when no foreground client wants the
+    same port, unless it has waited ``background_age`` cycles: then it competes as a
+    foreground client, so it is never starved.
     """
+
+    #: Cycles a background request waits before it competes as a foreground one.
+    background_age = 16
 
     def __init__(self, config, *, n_read, n_write, read_ports=2):
         if n_read < 1 or n_write < 1:
@@ -62,6 +70,8 @@ class Scratchpad(wiring.Component):
         super().__init__({
             "rd": In(SpadReadSignature(config)).array(n_read),
             "wr": In(SpadWriteSignature(config)).array(n_write),
+            "rd_background": In(n_read),
+            "wr_background": In(n_write),
             "read_conflicts": Out(32).array(banks),
             "write_conflicts": Out(32).array(banks),
         })
@@ -89,6 +99,27 @@ class Scratchpad(wiring.Component):
         read_decoded = [decode(port.req.payload, f"rd{c}") for c, port in enumerate(self.rd)]
         write_decoded = [decode(port.req.payload.addr, f"wr{c}") for c, port in enumerate(self.wr)]
 
+        def background(clients, flags, kind):
+            """Background clients that have not waited too long (a mask)."""
+            mask = []
+            for c, client in enumerate(clients):
+                waited = Signal(range(self.background_age + 1), name=f"{kind}{c}_waited")
+                with m.If(client.req.valid & ~client.req.ready):
+                    m.d.sync += waited.eq(Mux(waited == self.background_age, waited, waited + 1))
+                with m.Else():
+                    m.d.sync += waited.eq(0)
+                mask.append(flags[c] & (waited != self.background_age))
+            result = Signal(len(clients), name=f"{kind}_background_now")
+            m.d.comb += result.eq(Cat(mask))
+            return result
+
+        def prefer_foreground(requests, background_now):
+            """Requests to arbitrate among: the foreground ones if there are any."""
+            foreground = requests & ~background_now
+            return Mux(foreground.any(), foreground, requests)
+
+        read_background = background(self.rd, self.rd_background, "rd")
+        write_background = background(self.wr, self.wr_background, "wr")
         read_pointer = Signal(range(self.n_read))
         write_pointer = Signal(range(self.n_write))
         m.d.sync += [
@@ -109,7 +140,8 @@ class Scratchpad(wiring.Component):
             m.d.comb += remaining.eq(Cat((port.req.valid & (read_decoded[c][0] == b))
                                          for c, port in enumerate(self.rd)))
             for p, read_port in enumerate(read_ports):
-                grant = round_robin(m, remaining, read_pointer, self.n_read, f"bank{b}_rd{p}")
+                grant = round_robin(m, prefer_foreground(remaining, read_background),
+                                    read_pointer, self.n_read, f"bank{b}_rd{p}")
                 address = 0
                 for c in range(self.n_read):
                     address = address | Mux(grant[c], read_decoded[c][1], 0)
@@ -125,7 +157,8 @@ class Scratchpad(wiring.Component):
             wants = Signal(self.n_write, name=f"bank{b}_write_wants")
             m.d.comb += wants.eq(Cat((port.req.valid & (write_decoded[c][0] == b))
                                      for c, port in enumerate(self.wr)))
-            grant = round_robin(m, wants, write_pointer, self.n_write, f"bank{b}_wr")
+            grant = round_robin(m, prefer_foreground(wants, write_background), write_pointer,
+                                self.n_write, f"bank{b}_wr")
             address = data = enable = 0
             for c, client in enumerate(self.wr):
                 payload = client.req.payload

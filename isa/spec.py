@@ -95,6 +95,23 @@ its type). At the start of every µTOp:
 | DMA | copy shape `len`, `hstride`, `sstride` | `ve_lanes`, `ve_lanes`, 1 |
 | DMA | gather base `gbase` | 0 |
 
+### Restartable µTOps and harvesting
+
+The header flag `restartable` promises that running the µTOp again from its start, after
+a partial run, gives the same result: no location it reads before writing is one it
+writes (`GoldenNPU(config, check_races=True)` reports a flagged µTOp that breaks the
+promise as a restart hazard). Under the `harvest` policy only restartable µTOps run on
+engines another context owns, and an owner that has a ready µTOp for an engine type and
+none of its owned engines of that type free takes one back at once: the borrowed µTOp is
+stopped (the engine is reset for 2 cycles; the µTOp's partial writes stay in the
+borrower's own segment) and issued again later, and PREEMPTED counts it. So a borrower
+delays an owner by at most 3 cycles per preemption, whatever it runs; a µTOp without the
+flag uses only engines its context owns or that no context owns. A false flag can only
+corrupt the liar's own segment. The scratchpad traffic of a µTOp on a borrowed engine is
+background traffic: a bank port serves it only when no other request wants the port,
+unless it has waited 16 cycles (then it competes as usual), so harvesting takes bandwidth
+the owners leave and never starves the borrower.
+
 ### Faults
 
 A fault stops the faulting context only: it fetches and issues no further µTOps, its

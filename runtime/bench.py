@@ -209,6 +209,40 @@ def bench_runtime(config, backend="verilator", size=256):
             "me_scaling": {n: cycles[1] / cycles[n] for n in cycles}}
 
 
+def bench_colocation(config, backend="verilator", pair=("bert", "resnet"), vnpu=(2, 2)):
+    """Two models, each on a vNPU of ``vnpu`` (ME, VE) engines: alone, then side by side
+    under every policy. Per tenant: cycles, slowdown against alone, cycles waiting for an
+    engine, µTOps preempted; STP = sum of alone / co-located."""
+    import numpy as np
+    from .execute import run_tenants
+    from .models import compile_model
+    models = [compile_model(name, config) for name in pair]
+    alone = []
+    for model in models:
+        [out], run = run_tenants(config, [(model, *vnpu)], backend=backend, policy="static")
+        if not np.array_equal(out, model.expected):
+            raise AssertionError(f"{model.name} alone differs from its reference")
+        alone.append(run.contexts[0].cycles)
+    table = {}
+    for policy in Policy:
+        outs, run = run_tenants(config, [(m, *vnpu) for m in models], backend=backend,
+                                policy=policy.name.lower())
+        for model, out in zip(models, outs):
+            if not np.array_equal(out, model.expected):
+                raise AssertionError(f"{model.name} under {policy.name.lower()} differs")
+        cycles = [c.cycles for c in run.contexts]
+        table[policy.name.lower()] = {
+            "cycles": cycles,
+            "slowdown": [c / a for c, a in zip(cycles, alone)],
+            "stp": sum(a / c for a, c in zip(alone, cycles)),
+            "engine_wait_cycles": [c.counters["ENGINE_WAIT"] for c in run.contexts],
+            "harvested_engine_cycles": [c.counters["HARVEST_CYCLES"] for c in run.contexts],
+            "preempted_utops": [c.counters["PREEMPTED"] for c in run.contexts],
+        }
+    return {"colocation": {"models": list(pair), "vnpu": list(vnpu), "alone_cycles": alone,
+                           "policies": table}}
+
+
 def run_benchmarks(config=None, *, policies=True, backends=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
@@ -224,6 +258,7 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
         from .program import CompileError
         try:
             results.update(bench_runtime(config))
+            results.update(bench_colocation(config))
         except (CompileError, MatmulError) as error:
             results["runtime_skipped"] = f"this configuration cannot hold the workload: {error}"
     return results
@@ -290,4 +325,17 @@ def format_report(results, config):
         static = results["policies"]["static"]["makespan_cycles"]
         harvest = results["policies"]["harvest"]["makespan_cycles"]
         lines.append(f"harvest vs static makespan: {static / harvest:.2f}x")
+    if "colocation" in results:
+        co = results["colocation"]
+        a, b = co["models"]
+        lines += ["", f"{a} and {b}, each on a vNPU of {co['vnpu'][0]} ME + {co['vnpu'][1]} VE "
+                      f"(alone: {co['alone_cycles'][0]} / {co['alone_cycles'][1]} cycles):",
+                  f"{'policy':<10} {'cycles ' + a:>14} {'cycles ' + b:>14} {'slowdown':>12} "
+                  f"{'STP':>5} {'engine wait':>14} {'preempted':>10}"]
+        for name, row in co["policies"].items():
+            lines.append(f"{name:<10} {row['cycles'][0]:>14} {row['cycles'][1]:>14} "
+                         f"{'/'.join(f'{v:.2f}' for v in row['slowdown']):>12} "
+                         f"{row['stp']:>5.2f} "
+                         f"{'/'.join(str(v) for v in row['engine_wait_cycles']):>14} "
+                         f"{'/'.join(str(v) for v in row['preempted_utops']):>10}")
     return "\n".join(lines)

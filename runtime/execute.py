@@ -7,7 +7,7 @@ import numpy as np
 from isa.golden import ContextSpec, GoldenNPU, Segment
 from .driver import Driver
 
-__all__ = ["ExecutionError", "execute", "run_program"]
+__all__ = ["ExecutionError", "execute", "run_program", "run_tenants"]
 
 
 class ExecutionError(RuntimeError):
@@ -30,6 +30,9 @@ def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backe
             raise ExecutionError(f"the program faulted: {result.fault.name} ({result.fault_detail})")
         if result.races:
             raise ExecutionError(f"the program has a race: {result.races[0]}")
+        if result.restart_hazards:
+            raise ExecutionError(f"a µTOp flagged restartable is not: "
+                                 f"{result.restart_hazards[0]}")
         return [npu.hbm[a:a + n].astype(np.int64) for a, n in reads], None
     driver = Driver(config, backend, progress=progress)
     driver.set_policy(policy)
@@ -62,3 +65,43 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
         max_cycles=max_cycles, progress=progress)
     return {name: words.reshape(x.rows, x.tiles * graph.lanes)
             for (name, (_, x)), words in zip(outputs, values)}, run
+
+
+def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
+                max_cycles=20_000_000):
+    """Run compiled models side by side, each on its own vNPU.
+
+    ``tenants`` is a list of (CompiledModel, n_me, n_ve); the device maps each onto a
+    context with engines it owns and disjoint segments sized to its program, and every
+    tenant's output is read back from its own HBM segment. Returns (outputs per tenant as
+    rows x cols arrays, the driver's RunResult); raises ExecutionError on a fault."""
+    from .vnpu import Device
+    device = Device(config, backend, policy)
+    vnpus, programs = [], {}
+    for index, (model, n_me, n_ve) in enumerate(tenants):
+        builder = model.graph.builder      # the segments are what the program uses
+        vnpu = device.create(n_me, n_ve, max(1, builder.spad_peak), max(1, builder.hbm_top),
+                             name=f"{model.name}{index}")
+        vnpus.append(vnpu)
+        programs[vnpu.name] = model.program.words
+    driver = device.driver(programs)
+    reads = []
+    for vnpu, (model, _, _) in zip(vnpus, tenants):
+        graph = model.graph
+        placements = list(graph.builder.hbm_image.items())
+        placements += [(region.start, values.reshape(-1))
+                       for region, values in graph.inputs.values()]
+        for address, values in placements:
+            driver.write_hbm(vnpu.hbm.base + address, values)
+        region, _ = graph.outputs[model.name]
+        reads.append((vnpu.hbm.base + region.start, region.size))
+    run = driver.run(read_hbm=reads, max_cycles=max_cycles)
+    for vnpu, context in zip(vnpus, run.contexts):
+        if run.timed_out or context.fault:
+            raise ExecutionError(f"{vnpu.name} did not finish: {context.status.name} "
+                                 f"{context.fault.name} at word {context.fault_pc}")
+    outputs = []
+    for (model, _, _), key in zip(tenants, reads):
+        _, x = model.graph.outputs[model.name]
+        outputs.append(run.hbm[key].astype(np.int64).reshape(x.rows, x.tiles * model.graph.lanes))
+    return outputs, run

@@ -303,8 +303,12 @@ class Graph:
                 units = []
                 for r, n in row_spans(count):
                     a, d = target.start + r, dst + first + r
-                    unit = [f"vaddr {a}, {a}, 0, {n}"] if bias_row is not None else []
-                    unit.append(f"vrq {d}, {a}, {n}")
+                    # The accumulator is only read (the bias is added on the way out), so
+                    # the epilogue is restartable.
+                    if bias_row is not None:
+                        unit = [f"vaddr {d}, {a}, 0, {n}", f"vrq {d}, {d}, {n}"]
+                    else:
+                        unit = [f"vrq {d}, {a}, {n}"]
                     if act == "relu":
                         unit.append(f"vmaxi {d}, {d}, 0, {n}")
                     elif lut is not None:
@@ -314,9 +318,9 @@ class Graph:
                     units.append(unit)
                 extra = [r for r in (w_region if bias_row is not None else None, lut, mask_rows)
                          if r is not None]
-                self._ve(units, reads=[target] + extra, writes=[target,
-                         Region("spad", dst + first, count)], name=f"{name} epilogue{ct}.{first}",
-                         preamble=preamble)
+                self._ve(units, reads=[target] + extra,
+                         writes=[Region("spad", dst + first, count)],
+                         name=f"{name} epilogue{ct}.{first}", preamble=preamble)
             zero, edges = [], []
             for a, b in ((0, lo), (hi, rows)):
                 if b > a:

@@ -36,13 +36,14 @@ OUT_ROW, VE_OUT_ROW = 64, 160
 
 
 def me_heavy_program(config, n_ops=4, per_op=3, rows=24):
-    """Independent GEMM tiles in operators of ``per_op`` µTOps (eoo on the last one)."""
+    """Independent GEMM tiles in operators of ``per_op`` µTOps (eoo on the last one); each
+    µTOp overwrites its output from inputs it does not write, so it is restartable."""
     k = config.array_rows
     lines = []
     for i in range(n_ops * per_op):
         eoo = " eoo" if i % per_op == per_op - 1 else ""
         eop = " eop" if i == n_ops * per_op - 1 else ""
-        lines += [f".me{eoo}{eop}", f"    ldw 0, {k}",
+        lines += [f".me restartable{eoo}{eop}", f"    ldw 0, {k}",
                   f"    mm {OUT_ROW + (i % 4) * rows}, {2 * k}, {rows}"]
     return "\n".join(lines) + "\n"
 
@@ -53,10 +54,10 @@ def ve_heavy_program(config, n_ve=6, rows=32, n_me=3):
     lines = []
     for i in range(n_ve):
         eop = " eop" if n_me == 0 and i == n_ve - 1 else ""
-        lines += [f".ve eoo{eop}", f"    vrq {VE_OUT_ROW + (i % 2) * rows}, {2 * k}, {rows}"]
+        lines += [f".ve restartable eoo{eop}", f"    vrq {VE_OUT_ROW + (i % 2) * rows}, {2 * k}, {rows}"]
     for i in range(n_me):
         eop = " eop" if i == n_me - 1 else ""
-        lines += [f".me eoo{eop}", f"    ldw 0, {k}", f"    mm {OUT_ROW + i * 16}, {2 * k}, 16"]
+        lines += [f".me restartable eoo{eop}", f"    ldw 0, {k}", f"    mm {OUT_ROW + i * 16}, {2 * k}, 16"]
     return "\n".join(lines) + "\n"
 
 

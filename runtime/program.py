@@ -57,6 +57,14 @@ class UTop:
     eoo: bool = False
     deps: set = field(default_factory=set)      # indices of earlier µTOps
 
+    @property
+    def restartable(self):
+        """Nothing it reads is also written by it: run again after a partial run, it gives
+        the same result, so the harvest policy may lend it another tenant's engine (and the
+        owner may preempt it). Lowerings declare a temporary a µTOp writes and then reads
+        as a write only; the golden model's restart check holds them to it."""
+        return not any(w.overlaps(r) for w in self.writes for r in self.reads)
+
 
 @dataclass
 class Program:
@@ -154,6 +162,8 @@ class ProgramBuilder:
             if u.deps:
                 flags.append("deps(" + ", ".join(f"-{i - j}" for j in sorted(u.deps,
                                                                             reverse=True)) + ")")
+            if u.restartable:
+                flags.append("restartable")
             if u.eoo or i == last:
                 flags.append("eoo")
             if i == last:

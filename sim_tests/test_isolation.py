@@ -115,3 +115,45 @@ def test_a_watchdog_kill_stops_the_engine_before_faulted():
     assert (result.spad[(264, 200)] == 6).all()
     me0 = result.engines[0]
     assert me0["BUSY"] == me0["BUSY_CTX0"] < killed.cycles      # stopped counting at the kill
+
+
+OWNER = (".dma\n dload 0, 0, 8\n dload 8, 0, 8\n dload 16, 0, 8\n dload 24, 0, 8\n"
+         + "".join(f".me restartable deps(-{1 + i})\n ldw 0, 4\n mm {40 + 40 * i}, 8, 32\n"
+                   for i in range(3))
+         + ".ve eop\n vaddi 200, 36, 1, 4\n")
+
+
+def borrower(restartable):
+    flag = " restartable" if restartable else ""
+    return "".join(f".me{flag}{' eop' if i == 5 else ''}\n ldw 0, 4\n mm {64 + 24 * i}, 8, 24\n"
+                   for i in range(6))
+
+
+def test_the_owner_takes_its_engine_back_from_a_restartable_borrower():
+    """Context 1 borrows ME0 while context 0 waits for its DMA; when context 0's ME work
+    becomes ready it preempts the borrowed µTOp (which runs again later). Both results
+    equal golden, and the owner is no slower than under static partitioning by more than
+    the flushes it caused."""
+    runs = {}
+    for policy in ("static", "harvest"):
+        runs[policy] = run([OWNER, borrower(True)], policy=policy, read=[(0, 256), (256, 256)])
+    for result, golden, expected in runs.values():
+        assert [c.fault for c in result.contexts] == [e.fault for e in expected] == [Fault.NONE] * 2
+        assert np.array_equal(result.spad[(0, 256)], golden.spad[0:256])
+        assert np.array_equal(result.spad[(256, 256)], golden.spad[256:512])
+    harvest, static = runs["harvest"][0], runs["static"][0]
+    owner, guest = harvest.contexts
+    assert guest.counters["PREEMPTED"] >= 1 and guest.counters["HARVEST_CYCLES"] > 0
+    assert owner.counters["PREEMPTED"] == 0
+    assert harvest.engines[0]["BUSY_CTX1"] > 0                       # ME0 was lent
+    flushes = guest.counters["PREEMPTED"] * 2                       # flush_cycles of an ME
+    assert owner.cycles <= static.contexts[0].cycles + flushes + 4, \
+        (owner.cycles, static.contexts[0].cycles)
+    assert guest.cycles < static.contexts[1].cycles                  # and harvesting paid
+
+
+def test_a_utop_that_is_not_restartable_never_runs_on_a_borrowed_engine():
+    result, golden, expected = run([OWNER, borrower(False)], policy="harvest", read=[(256, 256)])
+    assert [c.fault for c in result.contexts] == [Fault.NONE] * 2
+    assert result.engines[0]["BUSY_CTX1"] == 0 and result.contexts[1].counters["PREEMPTED"] == 0
+    assert np.array_equal(result.spad[(256, 256)], golden.spad[256:512])
