@@ -162,6 +162,9 @@ class Dispatcher(wiring.Component):
         eng_busy = Signal(E)
         eng_ctx = [Signal(ctx_shape, name=f"eng{e}_ctx") for e in range(E)]
         eng_slot = [Signal(range(W), name=f"eng{e}_slot") for e in range(E)]
+        # The running µTOp's sequence number and header address (for faults and the watchdog).
+        eng_seq = [Signal(32, name=f"eng{e}_seq") for e in range(E)]
+        eng_pc = [Signal(17, name=f"eng{e}_pc") for e in range(E)]
         done = [link.done for link in self.engines]
         m.d.comb += [d.ready.eq(1) for d in done]
         eng_done = Cat(d.valid for d in done)
@@ -224,7 +227,8 @@ class Dispatcher(wiring.Component):
         for c, x in enumerate(ctxs):
             x.retiring = Signal(W, name=f"c{c}_retiring")
             x.retire_fault = Signal(FAULT_SHAPE, name=f"c{c}_retire_fault")
-            x.retire_fault_slot = Signal(range(W), name=f"c{c}_retire_fault_slot")
+            x.retire_fault_seq = Signal(32, name=f"c{c}_retire_fault_seq")
+            x.retire_fault_pc = Signal(17, name=f"c{c}_retire_fault_pc")
             terms = []
             for s in range(W):
                 hit = 0
@@ -233,17 +237,22 @@ class Dispatcher(wiring.Component):
                                  & (eng_slot[e] == s))
                 terms.append(hit)
             # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number).
+            # Each step is a signal, so the chain stays linear in the number of engines.
             found, oldest = Const(0, 1), Const(0, 32)
             for e in range(E):
                 faulting = (eng_done[e] & eng_running[e] & (eng_ctx[e] == c)
                             & (done[e].payload.fault != 0))
-                seq = Array(x.seq)[eng_slot[e]]
-                better = faulting & (~found | (seq < oldest))
+                better = Signal(name=f"c{c}_fault_from{e}")
+                m.d.comb += better.eq(faulting & (~found | (eng_seq[e] < oldest)))
                 with m.If(better):
                     m.d.comb += [x.retire_fault.eq(done[e].payload.fault),
-                                 x.retire_fault_slot.eq(eng_slot[e])]
-                oldest = Mux(better, seq, oldest)
-                found = found | faulting
+                                 x.retire_fault_seq.eq(eng_seq[e]),
+                                 x.retire_fault_pc.eq(eng_pc[e])]
+                step_oldest = Signal(32, name=f"c{c}_fault_oldest{e}")
+                step_found = Signal(name=f"c{c}_fault_found{e}")
+                m.d.comb += [step_oldest.eq(Mux(better, eng_seq[e], oldest)),
+                             step_found.eq(found | faulting)]
+                oldest, found = step_oldest, step_found
             m.d.comb += [x.retiring.eq(Cat(terms) & x.running.replicate(W)),
                          self.retiring[c].eq(x.retiring.any())]
 
@@ -383,7 +392,19 @@ class Dispatcher(wiring.Component):
         me_busy_any = Cat(eng_busy[e] for e in groups[Engine.ME]).any()
         best_key, gang_winner, winner_valid = Const(0, 32), Const(0, ctx_shape), Const(0, 1)
         for c, x in enumerate(ctxs):
-            wants = x.cand[Engine.ME][0]
+            # Operators gang in program order: a context bids with its oldest unfinished ME
+            # operator only (starting a later one first could leave the earlier one, and
+            # with it the gang, waiting for ever).
+            unfinished_me = Signal(W, name=f"c{c}_unfinished_me")
+            m.d.comb += unfinished_me.eq(x.valid & ~x.retired
+                                         & Cat(x.etype[s] == Engine.ME for s in range(W)))
+            oldest = round_robin(m, unfinished_me, x.head, W, f"c{c}_oldest_me")
+            oldest_op = Signal(8, name=f"c{c}_oldest_me_op")
+            for s in range(W):
+                with m.If(oldest[s]):
+                    m.d.comb += oldest_op.eq(x.op_id[s])
+            wants = Signal(name=f"c{c}_gang_bid")
+            m.d.comb += wants.eq(x.cand[Engine.ME][0] & (x.cand_op == oldest_op))
             key = x.me_used >> x.cfg.priority[:4]
             better = wants & (~winner_valid | (key < best_key))
             best_key = Mux(better, key, best_key)
@@ -522,6 +543,11 @@ class Dispatcher(wiring.Component):
             x.issue_now = go_any
             x.issue_bit = Signal(W, name=f"c{c}_issue_bit")
             m.d.comb += x.issue_bit.eq(Mux(go_any, Const(1, W) << slot, 0))
+            x.issue_seq = Signal(32, name=f"c{c}_issue_seq")
+            x.issue_pc = Signal(17, name=f"c{c}_issue_pc")
+            for s in range(W):
+                with m.If(slot == s):
+                    m.d.comb += [x.issue_seq.eq(x.seq[s]), x.issue_pc.eq(x.hdr_pc[s])]
             with m.If(go_any):
                 m.d.sync += [x.st_active.eq(1), x.st_engine.eq(engine),
                              x.counters["issued"].eq(x.counters["issued"] + 1)]
@@ -539,6 +565,7 @@ class Dispatcher(wiring.Component):
                             if e in owner_of else 0)
                 with m.If(hit):
                     m.d.sync += [eng_ctx[e].eq(c), eng_slot[e].eq(slot),
+                                 eng_seq[e].eq(x.issue_seq), eng_pc[e].eq(x.issue_pc),
                                  eng_borrowed[e].eq(borrowed)]
             x.issue_slot = slot
 
@@ -660,10 +687,8 @@ class Dispatcher(wiring.Component):
             new_seq = Signal(32, name=f"c{c}_new_seq")
             new_pc = Signal(17, name=f"c{c}_new_pc")
             with m.If(x.retire_fault != 0):
-                m.d.comb += [new_fault.eq(x.retire_fault)]
-                for s in range(W):
-                    with m.If(x.retire_fault_slot == s):
-                        m.d.comb += [new_seq.eq(x.seq[s]), new_pc.eq(x.hdr_pc[s])]
+                m.d.comb += [new_fault.eq(x.retire_fault), new_seq.eq(x.retire_fault_seq),
+                             new_pc.eq(x.retire_fault_pc)]
             with m.Elif(x.fetch_fault != 0):
                 m.d.comb += [new_fault.eq(x.fetch_fault), new_seq.eq(x.seq_next), new_pc.eq(x.pc)]
             fault_now = Signal(name=f"c{c}_fault_now")
@@ -691,7 +716,7 @@ class Dispatcher(wiring.Component):
             m.d.comb += hung_pc.eq(Mux(x.count != 0, Array(x.hdr_pc)[x.head], x.pc))
             for e in reversed(range(E)):
                 with m.If(hung[e]):
-                    m.d.comb += hung_pc.eq(Array(x.hdr_pc)[eng_slot[e]])
+                    m.d.comb += hung_pc.eq(eng_pc[e])
             with m.If(x.running & ~x.killed & (hung.any() | stall_expired)):
                 m.d.sync += [x.killed.eq(1), x.fault_valid.eq(1), x.fault_seq.eq(0),
                              x.fault_code.eq(Fault.WATCHDOG), x.fault_pc.eq(hung_pc),

@@ -144,7 +144,8 @@ class VectorEngine(wiring.Component):
                          spad_size.eq(payload.spad_size), words_left.eq(payload.length),
                          fault.eq(Fault.NONE), vl.eq(lanes), vl_mask.eq((1 << lanes) - 1),
                          mult.eq(1), shift.eq(0), zp.eq(0), lut_loaded.eq(0),
-                         loop_active.eq(0)]
+                         loop_active.eq(0), loop_capture.eq(0), loop_pos.eq(0),
+                         dst_offset.eq(0), src_offset.eq(0)]   # a faulted loop leaves them set
         with m.If(self.instr.valid & self.instr.ready):
             m.d.sync += words_left.eq(words_left - 1)
             with m.If(fault == 0):

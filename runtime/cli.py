@@ -112,6 +112,36 @@ def cmd_conformance(args):
     return 1 if failed else 0
 
 
+def cmd_fuzz(args):
+    import json
+    from .fuzz import FuzzError, run_campaign
+    for option, value, low in (("--programs", args.programs, 1), ("--seed", args.seed, 0),
+                               ("--cross-check", args.cross_check, 0)):
+        if value < low:
+            raise UsageError(f"fuzz: {option} must be at least {low}, not {value}")
+    if args.cross_check and args.backend == "golden":
+        raise UsageError("fuzz: --cross-check needs an RTL backend (--backend pysim or "
+                         "verilator)")
+    if args.cross_check > args.programs:
+        raise UsageError(f"fuzz: --cross-check {args.cross_check} is more than --programs "
+                         f"{args.programs}")
+    config = _config(args.config)
+    step = max(1, args.programs // 10)
+
+    def progress(done, total):
+        if done % step == 0 and done < total:
+            print(f"  ... {done}/{total} programs", file=sys.stderr, flush=True)
+
+    try:
+        report = run_campaign(config, args.backend, args.programs, args.seed, args.policy,
+                              args.cross_check, config_name=args.config,
+                              progress=None if args.json else progress)
+    except FuzzError as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(report.to_dict()) if args.json else report.text())
+    return 0 if report.passed else 1
+
+
 def cmd_spec(args):
     from isa.spec import generate_spec
     _emit(args.output, generate_spec())
@@ -269,6 +299,22 @@ def build_parser():
                    help="sharing policy on RTL backends; 'all' runs every case under each")
     p.add_argument("--vcd", metavar="FILE", help="write a waveform of the run (one case)")
     p.set_defaults(func=cmd_conformance)
+
+    p = sub.add_parser("fuzz", help="fuzz tenant isolation: hostile programs next to a victim")
+    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--programs", type=int, default=100, help="runs (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses "
+                   "SEED+i, so one replays with --seed SEED+i --programs 1")
+    p.add_argument("--policy", default="all",
+                   choices=["static", "harvest", "temporal", "v10", "all"],
+                   help="sharing policy; 'all' (default) takes the policy of seed s from "
+                   "static, harvest, temporal, v10 in turn (s mod 4)")
+    p.add_argument("--config", default="tiny", help="preset or .toml file (default: tiny)")
+    p.add_argument("--cross-check", type=int, default=0, metavar="K",
+                   help="the first K runs also run on the other RTL backend, which must "
+                   "agree exactly")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_fuzz)
 
     p = sub.add_parser("spec", help="print the NeuISA specification (Markdown)")
     p.add_argument("-o", "--output", help="write it here instead of stdout")

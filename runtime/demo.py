@@ -21,7 +21,9 @@ def gemm_program(m, cfg, *, a_hbm, w_hbm, c_hbm, mult, shift):
 
     Rows: A at 0..m-1, W at m.., the int32 product at m+rows.., int8 C after it. The GEMM
     is split into row blocks of one systolic pass each; blocks are independent, so the
-    dispatcher may run them on different MEs at once.
+    dispatcher may run them on different MEs at once. The ME and VE µTOps read nothing
+    they write, so they are flagged restartable: under harvest they may borrow another
+    tenant's engines.
     """
     k, n, lanes = cfg.array_rows, cfg.array_cols, cfg.ve_lanes
     w_row, acc_row = m, m + k
@@ -38,10 +40,11 @@ def gemm_program(m, cfg, *, a_hbm, w_hbm, c_hbm, mult, shift):
     gemms = []
     for index, (first, rows) in enumerate(row_spans(m, block)):
         gemms.append(f"mm{index}")
-        lines += [f"mm{index}: .me deps(load_w, load_a){' eoo' if first + rows == m else ''}",
+        lines += [f"mm{index}: .me deps(load_w, load_a) restartable"
+                  f"{' eoo' if first + rows == m else ''}",
                   f"    ldw {w_row}, {k}",
                   f"    mm {acc_row + first}, {first}, {rows}"]
-    lines += [f"requant: .ve deps({', '.join(gemms)}) eoo",
+    lines += [f"requant: .ve deps({', '.join(gemms)}) restartable eoo",
               f"    vsetq {mult}, {shift}, 0"]
     lines += [f"    vrq {c_row + r}, {acc_row + r}, {size}" for r, size in row_spans(m)]
     lines += ["store: .dma deps(requant) eop",
@@ -61,7 +64,7 @@ def sigmoid_program(rows, cfg, *, x_hbm, y_hbm, lut_hbm, chunk=64):
     acts = []
     for index, (first, count) in enumerate(row_spans(rows, chunk)):
         acts.append(f"act{index}")
-        lines += [f"act{index}: .ve deps(load_lut, load_x)",
+        lines += [f"act{index}: .ve deps(load_lut, load_x) restartable",
                   f"    vldlut {lut_row}",
                   f"    vlut {y_row + first}, {x_row + first}, {count}"]
     lines += [f"store: .dma deps({', '.join(acts)}) eoo eop"]

@@ -10,9 +10,9 @@ from hw.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Engine, Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from random_programs import random_program
 from runtime import mix
 from runtime.driver import Driver
+from runtime.fuzz import random_program
 
 TINY = NPUConfig.preset("tiny")
 SEGMENTS = [(Segment(0, 256), Segment(0, 1024)), (Segment(256, 256), Segment(1024, 1024)),

@@ -157,3 +157,30 @@ def test_a_utop_that_is_not_restartable_never_runs_on_a_borrowed_engine():
     assert [c.fault for c in result.contexts] == [Fault.NONE] * 2
     assert result.engines[0]["BUSY_CTX1"] == 0 and result.contexts[1].counters["PREEMPTED"] == 0
     assert np.array_equal(result.spad[(256, 256)], golden.spad[256:512])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_faulted_loop_leaves_no_offsets_behind(policy):
+    """A VE µTOp that faults inside a loop (found by `neu10 fuzz`, seed 15) must not leave
+    its loop offsets to the next µTOp on the engine, of any tenant: the victim's own
+    in-segment accesses stay where they are."""
+    config = TINY.replace(n_ve=1)
+    attacker = ".ve eop\n loop 397, 1, 0, 4\n vsrai.s8 8, 5, 0, 2\n"      # runs off its segment
+    victim = (".dma\n dload 0, 0, 4\n.ve deps(-1) eop\n vaddi 250, 250, 1, 6\n")
+    result, golden, expected = run([victim, attacker], policy=policy, config=config,
+                                   owners=[(1, 1), (2, 1)], read=[(250, 6)],
+                                   init={250 + r: [r] * 4 for r in range(6)})
+    assert [e.fault for e in expected] == [Fault.NONE, Fault.SPAD_OOB]
+    assert [c.fault for c in result.contexts] == [Fault.NONE, Fault.SPAD_OOB]
+    assert np.array_equal(result.spad[(250, 6)], golden.spad[250:256])
+
+
+def test_v10_gangs_operators_in_program_order():
+    """A later ME operator ready before an earlier one must not take the gang: the earlier
+    operator could then never issue (found by `neu10 fuzz`, seed 211)."""
+    source = ".ve\n vaddi 0, 0, 1, 1\n.me deps(-1) eoo\n ldw 8, 4\n mm 16, 8, 4\n" \
+             ".me eop\n ldw 8, 4\n mm 32, 8, 4\n"
+    result, golden, expected = run([source, ".ve eop\n vaddi 0, 0, 1, 1\n"], policy="v10",
+                                   read=[(0, 64)])
+    assert [c.status for c in result.contexts] == [Status.DONE] * 2
+    assert np.array_equal(result.spad[(0, 64)], golden.spad[0:64])

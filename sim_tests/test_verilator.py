@@ -9,9 +9,9 @@ import pytest
 from hw.config import NPUConfig
 from hw.regmap import Policy
 from isa.golden import Segment
-from random_programs import random_program
 from runtime.cli import main
 from runtime.driver import Driver
+from runtime.fuzz import random_program
 from runtime.verilator_backend import build_model
 from test_conformance import same_run
 
