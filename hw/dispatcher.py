@@ -339,6 +339,12 @@ class Dispatcher(wiring.Component):
                 if t == Engine.ME:
                     x.cand_op = Signal(8, name=f"c{c}_cand_me_op")
                     m.d.comb += x.cand_op.eq(Array(x.op_id)[slot])
+                    # The candidate's operator already ended: its eoo µTOp was fetched
+                    # and has retired (ME µTOps of an operator may retire out of order).
+                    x.cand_op_ended = Signal(name=f"c{c}_cand_op_ended")
+                    eoo_pending = Cat(x.valid[s] & ~x.retired[s] & ~x.retiring[s] & x.eoo[s]
+                                      & (x.op_id[s] == x.cand_op) for s in range(W)).any()
+                    m.d.comb += x.cand_op_ended.eq((x.op_next != x.cand_op) & ~eoo_pending)
                 m.d.comb += self.candidate[c][t].eq(of_type.any())
 
         # --- policy state: temporal ---------------------------------------------------------------
@@ -556,7 +562,7 @@ class Dispatcher(wiring.Component):
                         m.d.sync += [x.st_addr.eq(x.hdr_pc[s] + 1), x.st_left.eq(x.length[s])]
                 with m.If((etype == Engine.ME) & (policy == Policy.V10) & ~gang_valid):
                     m.d.sync += [gang_valid.eq(1), gang_ctx.eq(c), gang_op.eq(x.cand_op),
-                                 gang_eoo_seen.eq(0)]
+                                 gang_eoo_seen.eq(x.cand_op_ended)]
             for e in range(E):
                 hit = go_any & engine_onehot[e]
                 cmd_valid[e] = cmd_valid[e] | hit

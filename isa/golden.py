@@ -14,7 +14,7 @@ from hw.config import LUT_ENTRIES, VREGS, NPUConfig
 from .encoding import DecodeError, Engine, Fault, decode_header, decode_instr
 
 __all__ = ["Segment", "ContextSpec", "ContextResult", "GoldenNPU", "ProgramFault", "Race",
-           "find_races", "requantize", "wrap32"]
+           "RestartHazard", "find_races", "loop_operands", "requantize", "wrap32"]
 
 _INT32 = np.int32
 _ALU = re.compile(r"^v(add|sub|mul|min|max|shl|sra|srl)(r|i)?(\.s8)?$")
@@ -307,12 +307,7 @@ class GoldenNPU:
     def _ve_instr(self, instr, ctx, state, dst_offset, src_offset):
         cfg = self.config
         name = instr.op.mnemonic
-        a = dict(instr.args)
-        for f in instr.op.fields:
-            if f.role == "dst":
-                a[f.name] += dst_offset
-            elif f.role == "src":
-                a[f.name] += src_offset
+        a = loop_operands(instr, dst_offset, src_offset)
         vl = state.vl
         spad = self.spad
 
@@ -436,6 +431,18 @@ class _RestartCheck:
     def hazards(self):
         self.next_instruction()
         return sorted(self.first_read & self.written)
+
+
+def loop_operands(instr, dst_offset, src_offset):
+    """A VE instruction's operands inside a loop: its destination rows moved by
+    ``dst_offset`` and its source rows by ``src_offset`` (fields by role)."""
+    args = dict(instr.args)
+    for f in instr.op.fields:
+        if f.role == "dst":
+            args[f.name] += dst_offset
+        elif f.role == "src":
+            args[f.name] += src_offset
+    return args
 
 
 def find_races(history, window):

@@ -44,7 +44,7 @@ from isa.asm import assemble_program
 from isa.encoding import (BY_MNEMONIC, INSTRUCTIONS, DecodeError, Engine, Fault, Instr, UTop,
                           decode_header, decode_instr, encode_header, encode_instr,
                           encode_program)
-from isa.golden import ContextSpec, GoldenNPU, Segment
+from isa.golden import ContextSpec, GoldenNPU, Segment, loop_operands
 from .driver import Driver, DriverError, make_backend
 
 __all__ = ["POLICIES", "BACKENDS", "CHECKS", "FuzzError", "FuzzCase", "RunOutcome",
@@ -436,17 +436,25 @@ def _cost(instr, config):
     return max([a[name] for name in ("n", "m", "rows") if name in a] or [1])
 
 
-def _shorten_loops(words, config, budget=LOOP_BUDGET):
-    """Lower the iteration counts of vector loops (in place) so that the program's loops
-    stream at most ``budget`` rows in total, and one loop at most LOOP_MAX."""
-    words = list(words)
+def _walk(words, config):
+    """(word address, header, body length) of each µTOp the fetch would reach, in order, up
+    to the first bad header (a context faults there: nothing after it runs)."""
     pc = 0
     while pc < len(words):
         try:
             utop, length = decode_header(words[pc], dep_window=config.dep_window,
                                          max_body=config.max_body)
         except DecodeError:
-            break                                 # a context faults here: nothing after runs
+            return
+        yield pc, utop, length
+        pc += 1 + length
+
+
+def _shorten_loops(words, config, budget=LOOP_BUDGET):
+    """Lower the iteration counts of vector loops (in place) so that the program's loops
+    stream at most ``budget`` rows in total, and one loop at most LOOP_MAX."""
+    words = list(words)
+    for pc, utop, length in _walk(list(words), config):
         body = words[pc + 1:pc + 1 + length]
         if utop.engine == Engine.VE:
             decoded = []
@@ -466,7 +474,6 @@ def _shorten_loops(words, config, budget=LOOP_BUDGET):
                 if count != instr.args["count"]:
                     instr.args["count"] = count
                     words[pc + 1 + i] = encode_instr(instr.op, instr.args)
-        pc += 1 + length
     return words
 
 
@@ -663,12 +670,7 @@ class _Reference(GoldenNPU):
         return instr
 
     def _ve_instr(self, instr, ctx, state, dst_offset, src_offset):
-        a = dict(instr.args)
-        for f in instr.op.fields:
-            if f.role == "dst":
-                a[f.name] += dst_offset
-            elif f.role == "src":
-                a[f.name] += src_offset
+        a = loop_operands(instr, dst_offset, src_offset)
         name = instr.op.mnemonic
         if "n" in a and "dst" in a and "stride" not in a:   # elementwise, row by row
             for source in ("a", "b", "src"):
@@ -881,19 +883,12 @@ def _racy_gather(words, pc, config):
     them faults first is a race (the golden model, stopping at its first fault, does not
     see it)."""
     headers, target = [], None
-    position = 0
-    while position < len(words):
-        try:
-            utop, length = decode_header(words[position], dep_window=config.dep_window,
-                                         max_body=config.max_body)
-        except DecodeError:
-            break
+    for position, utop, length in _walk(words, config):
         if position == pc:
             target = len(headers)
             if not _gathers(words[position + 1:position + 1 + length]):
                 return False
         headers.append(utop.deps)
-        position += 1 + length
     if target is None:
         return False
     window = config.dep_window

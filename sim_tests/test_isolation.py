@@ -184,3 +184,18 @@ def test_v10_gangs_operators_in_program_order():
                                    read=[(0, 64)])
     assert [c.status for c in result.contexts] == [Status.DONE] * 2
     assert np.array_equal(result.spad[(0, 64)], golden.spad[0:64])
+
+
+def test_v10_gang_of_an_operator_whose_eoo_already_retired_ends():
+    """The eoo µTOp of an operator runs before an earlier ME µTOp of the same operator
+    (it had no dependency); the gang that the late µTOp starts must still end (found by
+    `neu10 fuzz`, seeds 211 and 2691)."""
+    source = (".ve\n loop 60, 1, 0, 0\n vaddi 0, 0, 1, 1\n"
+              ".me deps(-1)\n ldw 8, 4\n mm 16, 8, 4\n"
+              ".me eoo\n ldw 8, 4\n mm 32, 8, 4\n"
+              ".ve deps(-1)\n vaddi 48, 48, 1, 1\n"
+              ".me deps(-1) eop\n ldw 8, 4\n mm 40, 8, 4\n")
+    result, golden, expected = run([source, ".me eop\n ldw 8, 4\n mm 16, 8, 4\n"],
+                                   policy="v10", read=[(0, 64)])
+    assert [c.status for c in result.contexts] == [Status.DONE] * 2
+    assert np.array_equal(result.spad[(0, 64)], golden.spad[0:64])
