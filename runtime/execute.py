@@ -47,6 +47,17 @@ def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backe
     return [run.hbm[key].astype(np.int64) for key in reads], run
 
 
+def _host_image(graph):
+    """(HBM address, words) the host writes before a run: weights and inputs."""
+    return list(graph.builder.hbm_image.items()) + [
+        (region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
+
+
+def _as_tensor(graph, x, words):
+    """Output words read back from HBM as the rows x padded columns of tensor ``x``."""
+    return words.astype(np.int64).reshape(x.rows, x.tiles * graph.lanes)
+
+
 def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
             max_cycles=20_000_000, progress=None):
     """(outputs by name as rows x cols int arrays, the driver's RunResult or None).
@@ -54,8 +65,7 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
     The vNPU gets the first ``n_me`` MEs and ``n_ve`` VEs (default: all) under ``policy``;
     ``progress(cycles)`` is called during long pysim runs."""
     cfg, builder = graph.config, graph.builder
-    placements = list(builder.hbm_image.items())
-    placements += [(region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
+    placements = _host_image(graph)
     outputs = list(graph.outputs.items())
     values, run = run_program(
         cfg, program.words, spad_rows=builder.spad_rows, hbm_words=builder.hbm_words,
@@ -63,7 +73,7 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
         backend=backend, me_mask=None if n_me is None else (1 << n_me) - 1,
         ve_mask=None if n_ve is None else (1 << n_ve) - 1, policy=policy,
         max_cycles=max_cycles, progress=progress)
-    return {name: words.reshape(x.rows, x.tiles * graph.lanes)
+    return {name: _as_tensor(graph, x, words)
             for (name, (_, x)), words in zip(outputs, values)}, run
 
 
@@ -88,10 +98,7 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
     reads = []
     for vnpu, (model, _, _) in zip(vnpus, tenants):
         graph = model.graph
-        placements = list(graph.builder.hbm_image.items())
-        placements += [(region.start, values.reshape(-1))
-                       for region, values in graph.inputs.values()]
-        for address, values in placements:
+        for address, values in _host_image(graph):
             driver.write_hbm(vnpu.hbm.base + address, values)
         region, _ = graph.outputs[model.name]
         reads.append((vnpu.hbm.base + region.start, region.size))
@@ -103,5 +110,5 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
     outputs = []
     for (model, _, _), key in zip(tenants, reads):
         _, x = model.graph.outputs[model.name]
-        outputs.append(run.hbm[key].astype(np.int64).reshape(x.rows, x.tiles * model.graph.lanes))
+        outputs.append(_as_tensor(model.graph, x, run.hbm[key]))
     return outputs, run
