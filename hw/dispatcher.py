@@ -7,7 +7,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import HEADER, Engine, Fault
-from .ports import CommandLayout, DoneLayout, FAULT_SHAPE
+from .ports import CommandLayout, DoneLayout
 from .regmap import Policy, Status
 from .scratchpad import round_robin
 
@@ -48,7 +48,7 @@ class ContextConfigLayout(data.StructLayout):
 class ContextStateLayout(data.StructLayout):
     def __init__(self, config):
         super().__init__({
-            "status": unsigned(2), "fault": FAULT_SHAPE, "fault_pc": unsigned(17),
+            "status": Status, "fault": Fault, "fault_pc": unsigned(17),
             **{name: unsigned(32) for name in _COUNTERS},
         })
 
@@ -116,7 +116,7 @@ class Dispatcher(wiring.Component):
             "engines": Out(EngineLinkSignature(config)).array(n_engines),
             "ctx_config": In(ContextConfigLayout(config)).array(config.n_ctx),
             "ctx_state": Out(ContextStateLayout(config)).array(config.n_ctx),
-            "policy": In(2),
+            "policy": In(Policy),
             "time_slice": In(32),
             "start": In(config.n_ctx),
             "config_fault": In(config.n_ctx),
@@ -188,7 +188,7 @@ class Dispatcher(wiring.Component):
             x = SimpleNamespace()
             x.cfg = self.ctx_config[c]
             x.state = self.ctx_state[c]
-            x.status = Signal(2, name=f"c{c}_status")
+            x.status = Signal(Status, name=f"c{c}_status")
             x.running = x.status == Status.RUNNING
             x.pc = Signal(17, name=f"c{c}_pc")
             x.fetch_done = Signal(name=f"c{c}_fetch_done")
@@ -198,7 +198,7 @@ class Dispatcher(wiring.Component):
             x.valid = Signal(W, name=f"c{c}_valid")
             x.issued = Signal(W, name=f"c{c}_issued")
             x.retired = Signal(W, name=f"c{c}_retired")
-            x.etype = [Signal(2, name=f"c{c}_s{s}_type") for s in range(W)]
+            x.etype = [Signal(Engine, name=f"c{c}_s{s}_type") for s in range(W)]
             x.wait = [Signal(W, name=f"c{c}_s{s}_wait") for s in range(W)]
             x.eoo = Signal(W, name=f"c{c}_eoo")
             x.restartable = Signal(W, name=f"c{c}_restartable")
@@ -210,7 +210,7 @@ class Dispatcher(wiring.Component):
             x.op_id = [Signal(8, name=f"c{c}_s{s}_op") for s in range(W)]
             x.fault_valid = Signal(name=f"c{c}_fault_valid")
             x.fault_seq = Signal(32, name=f"c{c}_fault_seq")
-            x.fault_code = Signal(FAULT_SHAPE, name=f"c{c}_fault_code")
+            x.fault_code = Signal(Fault, name=f"c{c}_fault_code")
             x.fault_pc = Signal(17, name=f"c{c}_fault_pc")
             x.st_active = Signal(name=f"c{c}_st_active")
             x.st_engine = Signal(range(E), name=f"c{c}_st_engine")
@@ -226,7 +226,7 @@ class Dispatcher(wiring.Component):
         # Retirements this cycle, per context and slot.
         for c, x in enumerate(ctxs):
             x.retiring = Signal(W, name=f"c{c}_retiring")
-            x.retire_fault = Signal(FAULT_SHAPE, name=f"c{c}_retire_fault")
+            x.retire_fault = Signal(Fault, name=f"c{c}_retire_fault")
             x.retire_fault_seq = Signal(32, name=f"c{c}_retire_fault_seq")
             x.retire_fault_pc = Signal(17, name=f"c{c}_retire_fault_pc")
             terms = []
@@ -265,7 +265,7 @@ class Dispatcher(wiring.Component):
             length = word[header_fields["length"].lsb:][:8]
             deps = word[header_fields["deps"].lsb:][:header_fields["deps"].width]
             magic = word[:8]
-            engine_of_magic = Signal(2, name=f"c{c}_hdr_type")
+            engine_of_magic = Signal(Engine, name=f"c{c}_hdr_type")
             good_magic = Signal(name=f"c{c}_hdr_magic_ok")
             for engine, value in HEADER.magic.items():
                 with m.If(magic == value):
@@ -276,7 +276,7 @@ class Dispatcher(wiring.Component):
             m.d.comb += tail.eq(Mux(x.head + x.count >= W, x.head + x.count - W, x.head + x.count))
             can_fetch = x.running & ~x.fetch_done & ~x.fault_valid & (x.count < W)
             x.allocate = Signal(name=f"c{c}_allocate")
-            x.fetch_fault = Signal(FAULT_SHAPE, name=f"c{c}_fetch_fault")
+            x.fetch_fault = Signal(Fault, name=f"c{c}_fetch_fault")
             with m.If(can_fetch):
                 with m.If(x.pc >= x.cfg.prog_len):
                     m.d.comb += x.fetch_fault.eq(Fault.FETCH_OOB)
@@ -515,7 +515,7 @@ class Dispatcher(wiring.Component):
                 # Take the oldest option.
                 take = Signal(E, name=f"p{pass_index}c{c}_take")
                 take_slot = Signal(range(W), name=f"p{pass_index}c{c}_take_slot")
-                chosen_t = Signal(2, name=f"p{pass_index}c{c}_type")
+                chosen_t = Signal(Engine, name=f"p{pass_index}c{c}_type")
                 best_age2, found2 = Const(W, range(W + 1)), Const(0, 1)
                 for t, ok, slot, age, choice in options:
                     better = ok & (~found2 | (age < best_age2))
@@ -537,7 +537,7 @@ class Dispatcher(wiring.Component):
             go_any = Signal(name=f"c{c}_issue")
             engine_onehot = Signal(E, name=f"c{c}_issue_engine_onehot")
             slot = Signal(range(W), name=f"c{c}_issue_slot")
-            etype = Signal(2, name=f"c{c}_issue_type")
+            etype = Signal(Engine, name=f"c{c}_issue_type")
             (go0, take0, slot0, t0), (go1, take1, slot1, t1) = issue[c]
             m.d.comb += [go_any.eq(go0 | go1),
                          engine_onehot.eq(Mux(go0, take0, take1)),
@@ -689,7 +689,7 @@ class Dispatcher(wiring.Component):
                 m.d.sync += gang_valid.eq(0)
 
             # Faults: keep the oldest in program order.
-            new_fault = Signal(FAULT_SHAPE, name=f"c{c}_new_fault")
+            new_fault = Signal(Fault, name=f"c{c}_new_fault")
             new_seq = Signal(32, name=f"c{c}_new_seq")
             new_pc = Signal(17, name=f"c{c}_new_pc")
             with m.If(x.retire_fault != 0):

@@ -8,7 +8,7 @@ from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .hbm import HBMPortSignature
 from .engine_shell import engine_shell
-from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
+from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["DMAEngine"]
@@ -52,7 +52,7 @@ class DMAEngine(wiring.Component):
         spad_base, spad_size = Signal(17), Signal(17)
         hbm_base, hbm_size = Signal(32), Signal(33)
         words_left = Signal(8)
-        fault = Signal(FAULT_SHAPE)
+        fault = Signal(Fault)
         length = Signal(range(lanes + 1))
         hstride = Signal(24)
         sstride = Signal(16)

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import Out
 from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell
-from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
+from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 from .systolic_array import SystolicArray
 
@@ -63,7 +63,7 @@ class MatrixEngine(wiring.Component):
         spad_base = Signal(17)
         spad_size = Signal(17)
         words_left = Signal(8)
-        fault = Signal(FAULT_SHAPE)
+        fault = Signal(Fault)
         weights_loaded = Signal()
         current_buffer = Signal()
         ir = Signal(64)

@@ -7,11 +7,8 @@ from amaranth.lib.wiring import In, Out
 from isa.encoding import Fault
 
 __all__ = ["row_layout", "spad_addr_shape", "SpadReadSignature", "SpadWriteSignature",
-           "SpadWriteLayout", "CommandLayout", "DoneLayout", "FAULT_SHAPE", "engine_members",
+           "SpadWriteLayout", "CommandLayout", "DoneLayout", "engine_members",
            "refused"]
-
-FAULT_SHAPE = unsigned(4)
-assert max(Fault) < 16
 
 
 def row_layout(config):
@@ -75,7 +72,7 @@ class DoneLayout(data.StructLayout):
     def __init__(self, config):
         super().__init__({
             "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
-            "fault": FAULT_SHAPE,
+            "fault": Fault,
         })
 
 

@@ -10,7 +10,7 @@ from hw.config import LUT_ENTRIES, VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell
-from .ports import (FAULT_SHAPE, engine_members, SpadReadSignature,
+from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
 __all__ = ["VectorEngine"]
@@ -89,7 +89,7 @@ class VectorEngine(wiring.Component):
         spad_base = Signal(17)
         spad_size = Signal(17)
         words_left = Signal(8)
-        fault = Signal(FAULT_SHAPE)
+        fault = Signal(Fault)
         vl = Signal(range(lanes + 1))
         vl_mask = Signal(lanes)
         mult = Signal(signed(32))

@@ -140,7 +140,8 @@ def bench_backends(config, pysim_cycles=3000, chunk=256):
     """Simulator speed on the same program: pysim (a prefix of the run) vs verilator (all of
     it); verilator build time cold and cached; the cost of stepping from Python."""
     from .driver import Driver
-    from .verilator_backend import VerilatorBackend, build_model
+    from .verilator_backend import build_model
+    from .verilog import block_sizes
     programs = backend_workload(config)
 
     pysim = Driver(config, "pysim")
@@ -151,6 +152,7 @@ def bench_backends(config, pysim_cycles=3000, chunk=256):
     pysim_rate = result.cycles / (time.perf_counter() - start)
 
     binary, cold = build_model(config)
+    verilog_bytes = block_sizes((binary.parent / "neu10_npu.v").read_text())
     if not cold:
         cold = float((binary.parent / "build_seconds").read_text())
     start = time.perf_counter()
@@ -176,6 +178,7 @@ def bench_backends(config, pysim_cycles=3000, chunk=256):
             "python_driving_chunk_cycles": chunk,
             "verilator_build_seconds_cold": cold,
             "verilator_start_seconds_cached": cached,
+            "verilog_bytes": verilog_bytes,
             "backend_workload_cycles": waited}
 
 
@@ -298,6 +301,11 @@ def format_report(results, config):
              "<= 20%", f"steps of {results['python_driving_chunk_cycles']} cycles"),
             ("verilator build, cold / cached", f"{results['verilator_build_seconds_cold']:.0f} s / "
              f"{results['verilator_start_seconds_cached']:.2f} s", "", ""),
+            ("generated Verilog, whole pNPU", f"{results['verilog_bytes']['total'] / 1e6:.2f} MB",
+             "", "per block (one instance): " + ", ".join(
+                 f"{name} {size / 1e3:.0f} kB" for name, size in sorted(
+                     results["verilog_bytes"].items(), key=lambda item: -item[1])
+                 if name != "total")),
         ]
         width = max(width, max(len(r[0]) for r in rows_b))
         lines = [f"{'figure':<{width}}  {'measured':>18}  {'target':>8}  conditions"]

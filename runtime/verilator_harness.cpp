@@ -1,4 +1,5 @@
-// neu10 Verilator harness: executes a host script on the Verilated pNPU (top: neu10_npu).
+// neu10 Verilator harness: executes a host script on the Verilated pNPU (top: neu10_sim_top,
+// the pNPU behind a register per host input, see runtime/verilator_backend.py).
 //
 // The script and the results are little-endian uint64 streams; every operation drives the
 // host interface with exactly the same cycle-level handshakes as the pysim backend
@@ -12,7 +13,9 @@
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
-// offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
+// offsets of the request payloads. The pNPU sees the host inputs as they were at the last
+// pulse of host_strobe: settle() pulses it after the harness changed any of them, before the
+// next clock edge or output read, so the pNPU sees them exactly as if they were wired. Port names are Amaranth's (csr__addr, ...), with each
 // "__" escaped by Verilator as "___05F".
 
 #include <cstdint>
@@ -22,7 +25,7 @@
 #include <memory>
 #include <vector>
 
-#include "Vneu10_npu.h"
+#include "Vneu10_sim_top.h"
 #include "harness_config.h"
 #include "verilated.h"
 #if NEU10_TRACE
@@ -71,7 +74,7 @@ class Harness {
   public:
     explicit Harness(const char *vcd) {
         context_ = std::make_unique<VerilatedContext>();
-        top_ = std::make_unique<Vneu10_npu>(context_.get());
+        top_ = std::make_unique<Vneu10_sim_top>(context_.get());
 #if NEU10_TRACE
         if (vcd) {
             context_->traceEverOn(true);
@@ -86,11 +89,14 @@ class Harness {
         }
 #endif
         top_->clk = 0;
+        top_->host_strobe = 0;
+        top_->eval();         // the first eval() records the clocks' values: no edge yet
         top_->rst = 1;        // one cycle of reset, as the pysim backend does
-        top_->eval();
+        touched();
         tick();
         top_->rst = 0;
-        top_->eval();
+        touched();
+        settle();
     }
 
     ~Harness() {
@@ -100,8 +106,22 @@ class Harness {
         top_->final();
     }
 
+    // Marks the host inputs as changed (call after writing any of them).
+    void touched() { dirty_ = true; }
+
+    // Hands changed host inputs to the pNPU; its outputs are then current.
+    void settle() {
+        if (!dirty_) return;
+        top_->host_strobe = 1;
+        top_->eval();
+        top_->host_strobe = 0;
+        top_->eval();
+        dirty_ = false;
+    }
+
     // One clock edge; inputs set before it are seen at that edge.
     void tick() {
+        settle();
         top_->clk = 1;
         top_->eval();
         dump();
@@ -118,15 +138,19 @@ class Harness {
             top_->csr___05Faddr = ops.at(i + 1);
             top_->csr___05Fwdata = ops.at(i + 2);
             top_->csr___05Fwe = 1;
+            touched();
             tick();
             top_->csr___05Fwe = 0;
+            touched();
             return i + 3;
         case 2:  // csr_read
             top_->csr___05Faddr = ops.at(i + 1);
             top_->csr___05Fre = 1;
+            touched();
             tick();
             top_->csr___05Fre = 0;
-            top_->eval();
+            touched();
+            settle();
             out.push_back(top_->csr___05Frdata);
             return i + 2;
         case 3: {  // spad_write
@@ -135,16 +159,20 @@ class Harness {
                 put(top_->spad_wr___05Freq___05Fpayload, SPAD_WR_DATA + 32 * l, 32, ops.at(i + 2 + l));
             put(top_->spad_wr___05Freq___05Fpayload, SPAD_WR_MASK, LANES, ~0ull);
             top_->spad_wr___05Freq___05Fvalid = 1;
+            touched();
             wait_for_ready([this] { return top_->spad_wr___05Freq___05Fready; });
             top_->spad_wr___05Freq___05Fvalid = 0;
+            touched();
             return i + 2 + LANES;
         }
         case 4:  // spad_read
             top_->spad_rd___05Freq___05Fpayload = ops.at(i + 1);
             top_->spad_rd___05Freq___05Fvalid = 1;
+            touched();
             wait_for_ready([this] { return top_->spad_rd___05Freq___05Fready; });
             top_->spad_rd___05Freq___05Fvalid = 0;
-            top_->eval();
+            touched();
+            settle();
             for (int l = 0; l < LANES; l++) out.push_back(get(top_->spad_rd___05Fresp, 32 * l, 32));
             return i + 2;
         case 5:    // hbm_write
@@ -158,12 +186,14 @@ class Harness {
                     put(top_->hbm___05Freq___05Fpayload, HBM_DATA + 32 * w, 32, ops.at(i + 3 + w));
             }
             top_->hbm___05Freq___05Fvalid = 1;
+            touched();
             wait_for_ready([this] { return top_->hbm___05Freq___05Fready; });
             top_->hbm___05Freq___05Fvalid = 0;
+            touched();
             if (!write) {
                 // The line is valid for one cycle: sample it at that edge.
                 for (;;) {
-                    top_->eval();
+                    settle();
                     bool valid = top_->hbm___05Fresp_valid;
                     uint64_t words[LINE_WORDS];
                     for (int w = 0; w < LINE_WORDS; w++) words[w] = get(top_->hbm___05Fresp, 32 * w, 32);
@@ -180,11 +210,11 @@ class Harness {
         case 7: {  // run: until no context runs, polling every `poll` cycles
             uint64_t max_cycles = ops.at(i + 1), poll = ops.at(i + 2), waited = 0;
             tick();  // the START write takes effect
-            top_->eval();
+            settle();
             while (top_->busy && waited < max_cycles) {
                 for (uint64_t c = 0; c < poll; c++) tick();
                 waited += poll;
-                top_->eval();
+                settle();
             }
             out.push_back(waited);
             out.push_back(top_->busy);
@@ -193,7 +223,7 @@ class Harness {
         case 8: {  // step: a number of cycles, then report busy
             uint64_t cycles = ops.at(i + 1);
             for (uint64_t c = 0; c < cycles; c++) tick();
-            top_->eval();
+            settle();
             out.push_back(top_->busy);
             return i + 2;
         }
@@ -219,7 +249,7 @@ class Harness {
     template <typename Ready>
     void wait_for_ready(Ready ready) {
         for (;;) {
-            top_->eval();
+            settle();
             bool granted = ready();
             tick();
             if (granted) return;
@@ -234,7 +264,8 @@ class Harness {
     }
 
     std::unique_ptr<VerilatedContext> context_;
-    std::unique_ptr<Vneu10_npu> top_;
+    std::unique_ptr<Vneu10_sim_top> top_;
+    bool dirty_ = true;    // a host input changed since the last host_strobe
 #if NEU10_TRACE
     std::unique_ptr<VerilatedVcdC> trace_;
 #endif

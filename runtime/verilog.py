@@ -1,6 +1,7 @@
 """Verilog generation for the pNPU (or one block), and linting with Verilator."""
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,8 @@ from amaranth.back import verilog
 
 from hw.config import NPUConfig
 
-__all__ = ["BLOCKS", "generate", "lint", "find_verilator", "ToolError", "WAIVERS"]
+__all__ = ["BLOCKS", "generate", "block_sizes", "lint", "find_verilator", "ToolError",
+           "WAIVERS"]
 
 WAIVERS = Path(__file__).resolve().parent.parent / "hw" / "lint_waivers.vlt"
 
@@ -49,7 +51,60 @@ def generate(config: NPUConfig, block="npu"):
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; expected one of {', '.join(BLOCKS)}")
     design = _blocks()[block](config)
-    return verilog.convert(design, name=f"neu10_{block}", emit_src=False)
+    return collapse_zero_inits(verilog.convert(design, name=f"neu10_{block}", emit_src=False))
+
+
+_ZERO_INIT = re.compile(
+    r"^  initial begin\n((?:    (\S+)\[(\d+)\] = \d+'h0+;\n)+)  end\n", re.MULTILINE)
+_ZERO_ROW = re.compile(r"    (\S+)\[(\d+)\] = (\d+)'h0+;\n")
+
+
+def collapse_zero_inits(text):
+    """``text`` with every memory's all-zero initial block written as one loop.
+
+    Yosys writes a memory's initial contents one row per line: the HBM model and the
+    scratchpad banks of the default config are 49k lines (half of the Verilog), which
+    Verilator would compile into one straight-line function. A block is rewritten only when
+    it sets rows 0..N-1 of one memory to zero in order, so the meaning is unchanged.
+    """
+    def rewrite(match):
+        rows = _ZERO_ROW.findall(match.group(1))
+        names = {name for name, _, _ in rows}
+        if len(names) != 1 or [int(i) for _, i, _ in rows] != list(range(len(rows))):
+            return match.group(0)
+        name, width = rows[0][0], rows[0][2]
+        label = "zero_" + re.sub(r"\W", "_", name)
+        return (f"  initial begin : {label}\n    integer i;\n"
+                f"    for (i = 0; i < {len(rows)}; i = i + 1)\n      {name}[i] = {width}'h0;\n"
+                f"  end\n")
+    return _ZERO_INIT.sub(rewrite, text)
+
+
+_MODULE = re.compile(r"^module (\\?\S+?)[( ]", re.MULTILINE)
+
+
+def block_sizes(text, top="neu10_npu"):
+    """Bytes of the pNPU's Verilog ``text`` per block, for one instance of each kind.
+
+    Amaranth writes one module per instance (``\\neu10_npu.me0.core.array``); a block is
+    the instance path below the top with engine numbers dropped, sub-blocks included, except
+    the systolic array, reported apart. ``total`` is the whole text."""
+    starts = [(match.start(), match.group(1).lstrip("\\")) for match in _MODULE.finditer(text)]
+    sizes = {}
+    seen = set()
+    for (start, name), (end, _) in zip(starts, starts[1:] + [(len(text), None)]):
+        path = name.split(".")[1:] if name.startswith(f"{top}.") else []
+        if path and path[-1] == "array":
+            block = "systolic_array"
+        else:
+            block = re.sub(r"\d+$", "", path[0]) if path else "top"
+        instance = re.sub(r"\d+$", "", path[0]) + ".".join(path[1:]) if path else name
+        if instance in seen and path and re.search(r"\d$", path[0]):
+            continue                        # another engine of the same kind
+        seen.add(instance)
+        sizes[block] = sizes.get(block, 0) + end - start
+    sizes["total"] = len(text)
+    return sizes
 
 
 def find_verilator():
