@@ -13,10 +13,10 @@
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
-// offsets of the request payloads. The pNPU sees the host inputs as they were at the last
-// pulse of host_strobe: settle() pulses it after the harness changed any of them, before the
-// next clock edge or output read, so the pNPU sees them exactly as if they were wired. Port names are Amaranth's (csr__addr, ...), with each
-// "__" escaped by Verilator as "___05F".
+// offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
+// "__" escaped by Verilator as "___05F". The pNPU sees the host inputs as they were at the
+// last pulse of host_strobe: settle() pulses it after the harness changed any of them,
+// before the next clock edge or output read, so the pNPU sees them as if they were wired.
 
 #include <cstdint>
 #include <cstdio>
@@ -210,11 +210,9 @@ class Harness {
         case 7: {  // run: until no context runs, polling every `poll` cycles
             uint64_t max_cycles = ops.at(i + 1), poll = ops.at(i + 2), waited = 0;
             tick();  // the START write takes effect
-            settle();
             while (top_->busy && waited < max_cycles) {
                 for (uint64_t c = 0; c < poll; c++) tick();
                 waited += poll;
-                settle();
             }
             out.push_back(waited);
             out.push_back(top_->busy);
@@ -223,7 +221,6 @@ class Harness {
         case 8: {  // step: a number of cycles, then report busy
             uint64_t cycles = ops.at(i + 1);
             for (uint64_t c = 0; c < cycles; c++) tick();
-            settle();
             out.push_back(top_->busy);
             return i + 2;
         }
