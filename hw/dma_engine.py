@@ -8,6 +8,7 @@ from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .hbm import HBMPortSignature
 from .engine_shell import engine_shell
+from .utop_front_end import UTopFrontEnd
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
@@ -47,42 +48,24 @@ class DMAEngine(wiring.Component):
         wide = signed(72)     # HBM arithmetic with a signed gather index: never wraps
 
         # --- µTOp state -----------------------------------------------------------------
-        active = Signal()
-        ctx = Signal.like(self.done.payload.ctx)
-        spad_base, spad_size = Signal(17), Signal(17)
-        hbm_base, hbm_size = Signal(32), Signal(33)
-        words_left = Signal(8)
-        fault = Signal(Fault)
+        m.submodules.front = front = UTopFrontEnd(cfg)
+        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
+        wiring.connect(m, wiring.flipped(self.instr), front.instr)
+        wiring.connect(m, front.done, wiring.flipped(self.done))
+        segment = front.segment
+        spad_base, spad_size = segment.spad_base, segment.spad_size
+        hbm_base, hbm_size = segment.hbm_base, segment.hbm_size
+        fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         length = Signal(range(lanes + 1))
         hstride = Signal(24)
         sstride = Signal(16)
         gbase = Signal(32)
-        ir = Signal(64)
-        ir_valid = Signal()
         exec_busy = Signal()
         load_tail_only = Signal()   # only earlier loads' responses are still in flight
 
-        body_done = active & (words_left == 0) & (~ir_valid | (fault != 0))
-        m.d.comb += [
-            self.cmd.ready.eq(~active),
-            self.done.valid.eq(body_done & ~exec_busy),
-            self.done.payload.ctx.eq(ctx),
-            self.done.payload.fault.eq(fault),
-            self.instr.ready.eq(active & (words_left != 0) & ((fault != 0) | ~ir_valid)),
-        ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            payload = self.cmd.payload
-            m.d.sync += [active.eq(1), ctx.eq(payload.ctx), spad_base.eq(payload.spad_base),
-                         spad_size.eq(payload.spad_size), hbm_base.eq(payload.hbm_base),
-                         hbm_size.eq(payload.hbm_size), words_left.eq(payload.length),
-                         fault.eq(Fault.NONE), length.eq(lanes), hstride.eq(lanes),
-                         sstride.eq(1), gbase.eq(0), ir_valid.eq(0)]
-        with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += words_left.eq(words_left - 1)
-            with m.If(fault == 0):
-                m.d.sync += [ir.eq(self.instr.payload), ir_valid.eq(1)]
-        with m.If(self.done.valid & self.done.ready):
-            m.d.sync += active.eq(0)
+        m.d.comb += front.idle.eq(~exec_busy)
+        with m.If(front.start):
+            m.d.sync += [length.eq(lanes), hstride.eq(lanes), sstride.eq(1), gbase.eq(0)]
 
         # --- decode and checks ----------------------------------------------------------
         is_load, is_store = is_instr(ir, "dload"), is_instr(ir, "dstore")
@@ -101,26 +84,27 @@ class DMAEngine(wiring.Component):
         start = Signal()
         with m.If(ir_valid & (fault == 0)):
             with m.If(~is_legal_for(ir, Engine.DMA)):
-                m.d.sync += fault.eq(Fault.ILLEGAL_OPCODE)
+                m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPCODE)
             # The running copy reads the shape registers: change them only when it is done.
             with m.Elif(is_instr(ir, "dcfg")):
                 with m.If((new_len == 0) | (new_len > lanes)):
-                    m.d.sync += fault.eq(Fault.ILLEGAL_OPERAND)
+                    m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
                 with m.Elif(~exec_busy | load_tail_only):
                     m.d.sync += [length.eq(new_len), hstride.eq(field(ir, "dcfg", "hstride")),
-                                 sstride.eq(field(ir, "dcfg", "sstride")), ir_valid.eq(0)]
+                                 sstride.eq(field(ir, "dcfg", "sstride"))]
+                    m.d.comb += front.consume.eq(1)
             with m.Elif(is_instr(ir, "dbase")):
                 with m.If(~exec_busy | load_tail_only):
-                    m.d.sync += [gbase.eq(field(ir, "dbase", "hbm")), ir_valid.eq(0)]
+                    m.d.sync += [gbase.eq(field(ir, "dbase", "hbm"))]
+                    m.d.comb += front.consume.eq(1)
             with m.Elif(is_gather & (index_last >= spad_size)):
-                m.d.sync += fault.eq(Fault.SPAD_OOB)
+                m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
             with m.Elif(spad_last >= spad_size):
-                m.d.sync += fault.eq(Fault.SPAD_OOB)
+                m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
             with m.Elif(~is_gather & (hbm_end > hbm_size)):
-                m.d.sync += fault.eq(Fault.HBM_OOB)
+                m.d.comb += front.raise_fault.eq(Fault.HBM_OOB)
             with m.Elif(~exec_busy | (is_load & load_tail_only)):
-                m.d.comb += start.eq(1)
-                m.d.sync += ir_valid.eq(0)
+                m.d.comb += [start.eq(1), front.consume.eq(1)]
 
         # --- row generator ----------------------------------------------------------------
         job_active = Signal()
@@ -194,7 +178,8 @@ class DMAEngine(wiring.Component):
                     m.d.sync += [index_lane.eq(0), index_cached.eq(0),
                                  index_row.eq(index_row + 1)]
         with m.If(gather_bad):
-            m.d.sync += [fault.eq(Fault.HBM_OOB), rows_left.eq(0)]
+            m.d.comb += front.raise_fault.eq(Fault.HBM_OOB)      # older than any decode fault
+            m.d.sync += rows_left.eq(0)
         with m.If(job_active & (rows_left == 0) & ~index_pending & ~store_read_pending):
             m.d.sync += job_active.eq(0)
 
@@ -300,6 +285,6 @@ class DMAEngine(wiring.Component):
                                       & ~store_fifo.r_rdy)
 
         # Work = words moved: a row's words, when the row is done.
-        return engine_shell(self, m, active=active, work=Mux(row_done, length, 0),
+        return engine_shell(self, m, active=front.active, work=Mux(row_done, length, 0),
                             requests=[self.rd.req, self.wr.req, hbm_req],
                             responses=[self.rd.resp_valid, self.hbm.resp_valid])

@@ -4,7 +4,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .scratchpad import round_robin
+from .arbitration import round_robin
 
 __all__ = ["HBM", "HBMPortSignature", "HBMRequestLayout"]
 

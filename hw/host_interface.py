@@ -4,7 +4,7 @@ from amaranth import Cat, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .dispatcher import ContextConfigLayout, ContextStateLayout
+from .dispatcher import ControlSignature
 from .regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, ENGINE, ENGINE_BASE, ENGINE_STRIDE,
                      GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Status)
 
@@ -40,20 +40,8 @@ class HostInterface(wiring.Component):
         self.config, self.n_engines = config, n_engines
         super().__init__({
             "csr": In(CSRSignature()),
-            # To the dispatcher.
-            "ctx_config": Out(ContextConfigLayout(config)).array(config.n_ctx),
-            "ctx_state": In(ContextStateLayout(config)).array(config.n_ctx),
-            "policy": Out(2),
-            "time_slice": Out(32, init=4096),
-            "start": Out(config.n_ctx),
-            "config_fault": Out(config.n_ctx),
-            "imem_we": Out(1),
-            "imem_ctx": Out(range(config.n_ctx)),
-            "imem_addr": Out(range(config.imem_words)),
-            "imem_data": Out(64),
-            # Counters to read.
-            "engine_busy": In(32).array(n_engines),
-            "engine_busy_by_ctx": In(32).array(n_engines, config.n_ctx),
+            "control": Out(ControlSignature(config, n_engines)),
+            # Engine counters to read.
             "engine_stall": In(32).array(n_engines),
             "engine_done": In(32).array(n_engines),
             "engine_work": In(32).array(n_engines),
@@ -66,22 +54,35 @@ class HostInterface(wiring.Component):
         cycle = Signal(64)
         m.d.sync += cycle.eq(cycle + 1)
 
+        control = self.control
+        # The writable registers, at the widths of the register map; the dispatcher sees a
+        # context's settings at the widths of its memories (START checks they fit).
+        context_registers = [{register.name: Signal(register.width(cfg), name=f"c{c}_{register.name.lower()}")
+                              for register in CONTEXT if register.access == Access.RW}
+                             for c in range(cfg.n_ctx)]
+        for registers, settings in zip(context_registers, control.ctx_config):
+            m.d.comb += [settings.prog_len.eq(registers["PROG_LEN"]),
+                         settings.segment.spad_base.eq(registers["SPAD_BASE"]),
+                         settings.segment.spad_size.eq(registers["SPAD_SIZE"]),
+                         settings.segment.hbm_base.eq(registers["HBM_BASE"]),
+                         settings.segment.hbm_size.eq(registers["HBM_SIZE"]),
+                         settings.me_mask.eq(registers["ME_MASK"]),
+                         settings.ve_mask.eq(registers["VE_MASK"]),
+                         settings.priority.eq(registers["PRIORITY"])]
+
         shape = (cfg.n_ctx | cfg.n_me << 8 | cfg.n_ve << 16 | cfg.n_dma << 24
                  | cfg.array_rows << 32 | cfg.array_cols << 40 | cfg.ve_lanes << 48)
-        status_packed = Cat(state.status for state in self.ctx_state)
+        status_packed = Cat(state.status for state in control.ctx_state)
         readable = {
             ("global", "ID"): ID_VALUE, ("global", "SHAPE"): shape,
-            ("global", "POLICY"): self.policy, ("global", "STATUS"): status_packed,
-            ("global", "CYCLE"): cycle, ("global", "TIME_SLICE"): self.time_slice,
+            ("global", "POLICY"): control.policy, ("global", "STATUS"): status_packed,
+            ("global", "CYCLE"): cycle, ("global", "TIME_SLICE"): control.time_slice,
         }
-        writable = {("global", "POLICY"): self.policy, ("global", "TIME_SLICE"): self.time_slice}
+        writable = {("global", "POLICY"): control.policy,
+                    ("global", "TIME_SLICE"): control.time_slice}
         for c in range(cfg.n_ctx):
-            config, state = self.ctx_config[c], self.ctx_state[c]
-            fields = {"PROG_LEN": config.prog_len, "SPAD_BASE": config.spad_base,
-                      "SPAD_SIZE": config.spad_size, "HBM_BASE": config.hbm_base,
-                      "HBM_SIZE": config.hbm_size, "ME_MASK": config.me_mask,
-                      "VE_MASK": config.ve_mask, "PRIORITY": config.priority}
-            for name, value in fields.items():
+            state = control.ctx_state[c]
+            for name, value in context_registers[c].items():
                 readable[(c, name)] = writable[(c, name)] = value
             readable.update({(c, "STATUS"): state.status, (c, "FAULT"): state.fault,
                              (c, "FAULT_PC"): state.fault_pc})
@@ -89,12 +90,12 @@ class HostInterface(wiring.Component):
                 if register.access == Access.RO and (c, register.name) not in readable:
                     readable[(c, register.name)] = getattr(state, register.name.lower())
         for e in range(self.n_engines):
-            readable.update({("engine", e, "BUSY"): self.engine_busy[e],
+            readable.update({("engine", e, "BUSY"): control.engine_busy[e],
                              ("engine", e, "STALL"): self.engine_stall[e],
                              ("engine", e, "DONE"): self.engine_done[e],
                              ("engine", e, "WORK"): self.engine_work[e]})
             for c in range(cfg.n_ctx):
-                readable[("engine", e, f"BUSY_CTX{c}")] = self.engine_busy_by_ctx[e][c]
+                readable[("engine", e, f"BUSY_CTX{c}")] = control.engine_busy_by_ctx[e][c]
 
         def address(key):
             if key[0] == "global":
@@ -111,31 +112,31 @@ class HostInterface(wiring.Component):
         readable[("global", "HOST_ERROR")] = Cat(host_error, Signal(24), host_error_addr)
         refuse = Signal(8)
         running = Signal(cfg.n_ctx)
-        m.d.comb += running.eq(Cat(state.status == Status.RUNNING for state in self.ctx_state)
-                               | self.start)
+        m.d.comb += running.eq(Cat(state.status == Status.RUNNING for state in control.ctx_state)
+                               | control.start)
         value = csr.wdata
 
         def fits(target):
             return (value >> len(target)) == 0
 
         def valid_settings(c):
-            config = self.ctx_config[c]
-            return ((config.prog_len <= cfg.imem_words)
-                    & (config.spad_base + config.spad_size <= cfg.spad_rows)
-                    & (config.hbm_base + config.hbm_size <= cfg.hbm_words))
+            registers = context_registers[c]
+            return ((registers["PROG_LEN"] <= cfg.imem_words)
+                    & (registers["SPAD_BASE"] + registers["SPAD_SIZE"] <= cfg.spad_rows)
+                    & (registers["HBM_BASE"] + registers["HBM_SIZE"] <= cfg.hbm_words))
 
         imem_offset = csr.addr[:IMEM_STRIDE.bit_length() - 1]
         imem_ctx = (csr.addr - IMEM_BASE) >> (IMEM_STRIDE.bit_length() - 1)
         in_imem = (csr.addr >= IMEM_BASE) & (csr.addr < IMEM_BASE + cfg.n_ctx * IMEM_STRIDE)
         imem_ok = Signal()
-        m.d.sync += [self.start.eq(0), self.config_fault.eq(0)]
+        m.d.sync += [control.start.eq(0), control.config_fault.eq(0)]
         with m.If(csr.we):
             with m.Switch(csr.addr):
                 for key, target in writable.items():
                     with m.Case(address(key)):
                         busy = 0 if key[0] == "global" else running[key[0]]
                         out_of_range = ~fits(target)
-                        if target is self.time_slice:
+                        if target is control.time_slice:
                             out_of_range = out_of_range | (value == 0)
                         with m.If(busy):
                             m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
@@ -150,8 +151,8 @@ class HostInterface(wiring.Component):
                         m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
                     with m.Else():
                         good = Cat(valid_settings(c) for c in range(cfg.n_ctx))
-                        m.d.sync += [self.start.eq(value[:cfg.n_ctx] & good),
-                                     self.config_fault.eq(value[:cfg.n_ctx] & ~good)]
+                        m.d.sync += [control.start.eq(value[:cfg.n_ctx] & good),
+                                     control.config_fault.eq(value[:cfg.n_ctx] & ~good)]
                         with m.If((value[:cfg.n_ctx] & ~good).any()):
                             m.d.comb += refuse.eq(HostError.BAD_CONTEXT)
                 with m.Case(address(("global", "HOST_ERROR"))):
@@ -168,10 +169,10 @@ class HostInterface(wiring.Component):
         with m.If((refuse != 0) & (host_error == 0)):
             m.d.sync += [host_error.eq(refuse), host_error_addr.eq(csr.addr)]
         m.d.comb += [
-            self.imem_we.eq(imem_ok),
-            self.imem_ctx.eq(imem_ctx),
-            self.imem_addr.eq(imem_offset),
-            self.imem_data.eq(csr.wdata),
+            control.imem_we.eq(imem_ok),
+            control.imem_ctx.eq(imem_ctx),
+            control.imem_addr.eq(imem_offset),
+            control.imem_data.eq(csr.wdata),
         ]
 
         # Reads.

@@ -10,6 +10,7 @@ from .engine_shell import engine_shell
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 from .systolic_array import SystolicArray
+from .utop_front_end import UTopFrontEnd
 
 __all__ = ["MatrixEngine"]
 
@@ -58,16 +59,14 @@ class MatrixEngine(wiring.Component):
         m.submodules.array = array = SystolicArray(rows, cols)
 
         # --- µTOp state -----------------------------------------------------------------
-        active = Signal()
-        ctx = Signal.like(self.done.payload.ctx)
-        spad_base = Signal(17)
-        spad_size = Signal(17)
-        words_left = Signal(8)
-        fault = Signal(Fault)
+        m.submodules.front = front = UTopFrontEnd(cfg)
+        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
+        wiring.connect(m, wiring.flipped(self.instr), front.instr)
+        wiring.connect(m, front.done, wiring.flipped(self.done))
+        spad_base, spad_size = front.segment.spad_base, front.segment.spad_size
+        fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         weights_loaded = Signal()
         current_buffer = Signal()
-        ir = Signal(64)
-        ir_valid = Signal()
 
         # --- shared status between the units ---------------------------------------------
         load_busy = Signal()
@@ -84,28 +83,10 @@ class MatrixEngine(wiring.Component):
         def overlaps_pending_writes(lo, hi):
             return writes_pending & (lo < write_hi) & (write_lo < hi)
 
-        # --- command and instruction fetch ----------------------------------------------
-        body_done = Signal()
-        m.d.comb += body_done.eq(active & (words_left == 0) & ~ir_valid)
-        idle_units = ~load_busy & ~stream_busy & (outstanding == 0)
-        m.d.comb += [
-            self.cmd.ready.eq(~active),
-            self.done.valid.eq(body_done & idle_units),
-            self.done.payload.ctx.eq(ctx),
-            self.done.payload.fault.eq(fault),
-            self.instr.ready.eq(active & (words_left != 0) & (~ir_valid | (fault != 0))),
-        ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            payload = self.cmd.payload
-            m.d.sync += [active.eq(1), ctx.eq(payload.ctx), spad_base.eq(payload.spad_base),
-                         spad_size.eq(payload.spad_size), words_left.eq(payload.length),
-                         fault.eq(Fault.NONE), weights_loaded.eq(0)]
-        with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += words_left.eq(words_left - 1)
-            with m.If(fault == 0):
-                m.d.sync += [ir.eq(self.instr.payload), ir_valid.eq(1)]
-        with m.If(self.done.valid & self.done.ready):
-            m.d.sync += active.eq(0)
+        # --- the µTOp: retires when every unit is idle --------------------------------------
+        m.d.comb += front.idle.eq(~load_busy & ~stream_busy & (outstanding == 0))
+        with m.If(front.start):
+            m.d.sync += weights_loaded.eq(0)
 
         # --- decode and dispatch ----------------------------------------------------------
         is_ldw, is_mm = is_instr(ir, "ldw"), is_instr(ir, "mm")
@@ -118,12 +99,12 @@ class MatrixEngine(wiring.Component):
         dispatch_mm = Signal()
         with m.If(ir_valid & (fault == 0)):
             with m.If(~is_legal_for(ir, Engine.ME)):
-                m.d.sync += [fault.eq(Fault.ILLEGAL_OPCODE), ir_valid.eq(0)]
+                m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPCODE)
             with m.Elif(is_ldw):
                 with m.If((ldw_k == 0) | (ldw_k > rows)):
-                    m.d.sync += [fault.eq(Fault.ILLEGAL_OPERAND), ir_valid.eq(0)]
+                    m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
                 with m.Elif(ldw_src + ldw_k > spad_size):
-                    m.d.sync += [fault.eq(Fault.SPAD_OOB), ir_valid.eq(0)]
+                    m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
                 # The idle buffer must be free of rows in flight, and the rows it reads must
                 # not be waiting for writes of an earlier mm.
                 with m.Elif(~load_busy & ~(stream_busy & (stream_buffer == next_buffer))
@@ -132,9 +113,9 @@ class MatrixEngine(wiring.Component):
                     m.d.comb += dispatch_ldw.eq(1)
             with m.Else():  # mm
                 with m.If(~weights_loaded):
-                    m.d.sync += [fault.eq(Fault.UNLOADED_STATE), ir_valid.eq(0)]
+                    m.d.comb += front.raise_fault.eq(Fault.UNLOADED_STATE)
                 with m.Elif((mm_src + mm_m > spad_size) | (mm_dst + mm_m > spad_size)):
-                    m.d.sync += [fault.eq(Fault.SPAD_OOB), ir_valid.eq(0)]
+                    m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
                 with m.Elif(~stream_busy & ~(load_busy & (load_buffer == current_buffer))
                             & ~overlaps_pending_writes(mm_src, mm_src + mm_m)):
                     m.d.comb += dispatch_mm.eq(1)
@@ -147,7 +128,8 @@ class MatrixEngine(wiring.Component):
         writer_wants_aux = Signal()
 
         with m.If(dispatch_ldw):
-            m.d.sync += [ir_valid.eq(0), load_busy.eq(1), load_buffer.eq(next_buffer),
+            m.d.comb += front.consume.eq(1)
+            m.d.sync += [load_busy.eq(1), load_buffer.eq(next_buffer),
                          load_addr.eq(spad_base + ldw_src), load_issue_left.eq(ldw_k),
                          load_row.eq(0), current_buffer.eq(next_buffer), weights_loaded.eq(1)]
             m.d.comb += [array.w_clear.eq(1), array.w_buf.eq(next_buffer)]
@@ -176,7 +158,8 @@ class MatrixEngine(wiring.Component):
         stream_left = Signal(17)
         stream_acc = Signal()
         with m.If(dispatch_mm):
-            m.d.sync += [ir_valid.eq(0), stream_busy.eq(1), stream_buffer.eq(current_buffer),
+            m.d.comb += front.consume.eq(1)
+            m.d.sync += [stream_busy.eq(1), stream_buffer.eq(current_buffer),
                          stream_src.eq(spad_base + mm_src), stream_dst.eq(spad_base + mm_dst),
                          stream_left.eq(mm_m), stream_acc.eq(mm_acc)]
             with m.If(writes_pending):
@@ -280,6 +263,6 @@ class MatrixEngine(wiring.Component):
                                         - (tag.valid & (tag.buffer == b)))
 
         # Work = MAC cycles: rows entering the array.
-        return engine_shell(self, m, active=active, work=entering,
+        return engine_shell(self, m, active=front.active, work=entering,
                             requests=[self.rd_in.req, self.rd_aux.req, self.wr.req],
                             responses=[self.rd_in.resp_valid, self.rd_aux.resp_valid])

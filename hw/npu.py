@@ -11,6 +11,7 @@ from .hbm import HBM, HBMPortSignature
 from .host_interface import CSRSignature, HostInterface
 from .matrix_engine import MatrixEngine
 from .ports import SpadReadSignature, SpadWriteSignature
+from .regmap import Status
 from .scratchpad import Scratchpad
 from .vector_engine import VectorEngine
 
@@ -87,25 +88,13 @@ class NPU(wiring.Component):
         wiring.connect(m, wiring.flipped(self.hbm), hbm.port[self.config.n_dma])
 
         wiring.connect(m, wiring.flipped(self.csr), host.csr)
-        cfg = self.config
-        for c in range(cfg.n_ctx):
-            m.d.comb += [dispatcher.ctx_config[c].eq(host.ctx_config[c]),
-                         host.ctx_state[c].eq(dispatcher.ctx_state[c])]
-        m.d.comb += [
-            dispatcher.policy.eq(host.policy), dispatcher.time_slice.eq(host.time_slice),
-            dispatcher.start.eq(host.start), dispatcher.config_fault.eq(host.config_fault),
-            dispatcher.imem_we.eq(host.imem_we),
-            dispatcher.imem_ctx.eq(host.imem_ctx), dispatcher.imem_addr.eq(host.imem_addr),
-            dispatcher.imem_data.eq(host.imem_data),
-            self.busy.eq(Cat(state.status == 1 for state in dispatcher.ctx_state).any()),
-        ]
+        wiring.connect(m, host.control, dispatcher.control)
+        m.d.comb += self.busy.eq(Cat(state.status == Status.RUNNING
+                                     for state in dispatcher.control.ctx_state).any())
         for i, engine in enumerate(self.engines):
-            m.d.comb += [host.engine_busy[i].eq(dispatcher.engine_busy[i]),
-                         host.engine_stall[i].eq(engine.stall_cycles),
+            m.d.comb += [host.engine_stall[i].eq(engine.stall_cycles),
                          host.engine_done[i].eq(engine.utops_done),
                          host.engine_work[i].eq(engine.work),
                          engine.flush.eq(dispatcher.engine_abort[i]),
                          dispatcher.engine_progress[i].eq(engine.progress)]
-            for c in range(cfg.n_ctx):
-                m.d.comb += host.engine_busy_by_ctx[i][c].eq(dispatcher.engine_busy_by_ctx[i][c])
         return m

@@ -6,9 +6,9 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Fault
 
-__all__ = ["row_layout", "spad_addr_shape", "SpadReadSignature", "SpadWriteSignature",
-           "SpadWriteLayout", "CommandLayout", "DoneLayout", "engine_members",
-           "refused"]
+__all__ = ["row_layout", "spad_addr_shape", "ctx_shape", "body_length_shape", "imem_addr_shape",
+           "SpadReadSignature", "SpadWriteSignature", "SpadWriteLayout", "SegmentLayout",
+           "CommandLayout", "DoneLayout", "engine_members", "refused"]
 
 
 def row_layout(config):
@@ -52,17 +52,42 @@ class SpadWriteSignature(wiring.Signature):
         })
 
 
-class CommandLayout(data.StructLayout):
-    """Starts a µTOp on an engine: who runs it, where its segments are, and its body length."""
+def ctx_shape(config):
+    """A context number."""
+    return unsigned(max(1, (config.n_ctx - 1).bit_length()))
+
+
+def body_length_shape(config):
+    """A µTOp's body length in words (0..max_body)."""
+    return range(config.max_body + 1)
+
+
+def imem_addr_shape(config):
+    """A word address in a context's instruction memory, or the program length (0..imem_words)."""
+    return range(config.imem_words + 1)
+
+
+class SegmentLayout(data.StructLayout):
+    """A context's memory segments: scratchpad rows [spad_base, spad_base + spad_size) and
+    HBM words [hbm_base, hbm_base + hbm_size), each within its memory."""
 
     def __init__(self, config):
         super().__init__({
-            "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
-            "length": unsigned(8),
-            "spad_base": unsigned(17),
-            "spad_size": unsigned(17),
-            "hbm_base": unsigned(32),
-            "hbm_size": unsigned(33),
+            "spad_base": range(config.spad_rows + 1),
+            "spad_size": range(config.spad_rows + 1),
+            "hbm_base": range(config.hbm_words + 1),
+            "hbm_size": range(config.hbm_words + 1),
+        })
+
+
+class CommandLayout(data.StructLayout):
+    """Starts a µTOp on an engine: who runs it, its body length, and where its segments are."""
+
+    def __init__(self, config):
+        super().__init__({
+            "ctx": ctx_shape(config),
+            "length": body_length_shape(config),
+            "segment": SegmentLayout(config),
         })
 
 
@@ -71,7 +96,7 @@ class DoneLayout(data.StructLayout):
 
     def __init__(self, config):
         super().__init__({
-            "ctx": unsigned(max(1, (config.n_ctx - 1).bit_length())),
+            "ctx": ctx_shape(config),
             "fault": Fault,
         })
 

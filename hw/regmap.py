@@ -60,34 +60,46 @@ class Register:
     offset: int
     access: Access
     doc: str
+    #: Width of a writable register: a number of bits, or the name of the config field
+    #: that gives it (a write with bits above it is refused).
+    bits: int | str | None = None
+
+    def width(self, config):
+        """The register's width in bits for ``config`` (writable registers only)."""
+        return getattr(config, self.bits) if isinstance(self.bits, str) else self.bits
 
 
 GLOBAL = (
     Register("ID", 0x00, Access.RO, f"reads 0x{ID_VALUE:08x} ('NEU1')"),
     Register("SHAPE", 0x01, Access.RO, "n_ctx | n_me << 8 | n_ve << 16 | n_dma << 24 | "
                                        "array_rows << 32 | array_cols << 40 | ve_lanes << 48"),
-    Register("POLICY", 0x02, Access.RW, "sharing policy: 0 static, 1 harvest, 2 temporal, 3 v10"),
+    Register("POLICY", 0x02, Access.RW, "sharing policy: 0 static, 1 harvest, 2 temporal, 3 v10",
+             bits=2),
     Register("START", 0x03, Access.WO, "bit c set: start context c (from word 0 of its program); "
                                        "refused for a running context; a context whose "
                                        "settings are invalid faults CONFIG instead"),
     Register("STATUS", 0x04, Access.RO, "2 bits per context: 0 idle, 1 running, 2 done, 3 faulted"),
     Register("CYCLE", 0x05, Access.RO, "cycles since reset"),
     Register("TIME_SLICE", 0x06, Access.RW, "temporal policy: cycles before the NPU may switch "
-                                            "to another context (default 4096; 1..2^32-1)"),
+                                            "to another context (default 4096; 1..2^32-1)",
+             bits=32),
     Register("HOST_ERROR", 0x07, Access.RW, "the first write refused since it was last cleared: "
                                             "code (HostError) | address << 32; "
                                             "any write clears it"),
 )
 
 CONTEXT = (
-    Register("PROG_LEN", 0x00, Access.RW, "program length in words"),
-    Register("SPAD_BASE", 0x01, Access.RW, "scratchpad segment base (row)"),
-    Register("SPAD_SIZE", 0x02, Access.RW, "scratchpad segment size (rows)"),
-    Register("HBM_BASE", 0x03, Access.RW, "HBM segment base (word)"),
-    Register("HBM_SIZE", 0x04, Access.RW, "HBM segment size (words)"),
-    Register("ME_MASK", 0x05, Access.RW, "bit e: this context owns matrix engine e"),
-    Register("VE_MASK", 0x06, Access.RW, "bit e: this context owns vector engine e"),
-    Register("PRIORITY", 0x07, Access.RW, "0..15, higher is more urgent (temporal, v10)"),
+    Register("PROG_LEN", 0x00, Access.RW, "program length in words", bits=17),
+    Register("SPAD_BASE", 0x01, Access.RW, "scratchpad segment base (row)", bits=17),
+    Register("SPAD_SIZE", 0x02, Access.RW, "scratchpad segment size (rows)", bits=17),
+    Register("HBM_BASE", 0x03, Access.RW, "HBM segment base (word)", bits=32),
+    Register("HBM_SIZE", 0x04, Access.RW, "HBM segment size (words)", bits=33),
+    Register("ME_MASK", 0x05, Access.RW, "bit e: this context owns matrix engine e",
+             bits="n_me"),
+    Register("VE_MASK", 0x06, Access.RW, "bit e: this context owns vector engine e",
+             bits="n_ve"),
+    Register("PRIORITY", 0x07, Access.RW, "0..15, higher is more urgent (temporal, v10)",
+             bits=4),
     Register("STATUS", 0x08, Access.RO, "0 idle, 1 running, 2 done, 3 faulted"),
     Register("FAULT", 0x09, Access.RO, "fault code (isa.encoding.Fault)"),
     Register("FAULT_PC", 0x0A, Access.RO, "word address of the faulting µTOp's header"),

@@ -4,32 +4,10 @@ from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arbitration import round_robin
 from .ports import SpadReadSignature, SpadWriteSignature
 
-__all__ = ["Scratchpad", "round_robin"]
-
-
-def round_robin(m, requests, pointer, n, name):
-    """One-hot grant of the first request at or after ``pointer`` (cyclically).
-
-    Doubling the request vector turns the cyclic search into a linear one; ``x & -x``
-    isolates the lowest set bit, so the whole arbiter is a few wide operations.
-    """
-    if n == 1:
-        return requests
-    doubled = Signal(2 * n, name=f"{name}_doubled")
-    at_or_after = Signal(2 * n, name=f"{name}_at_or_after")
-    candidates = Signal(2 * n, name=f"{name}_candidates")
-    lowest = Signal(2 * n, name=f"{name}_lowest")
-    grant = Signal(n, name=f"{name}_grant")
-    m.d.comb += [
-        doubled.eq(Cat(requests, requests)),
-        at_or_after.eq(~((Const(1, 2 * n) << pointer) - 1)),
-        candidates.eq(doubled & at_or_after),
-        lowest.eq(candidates & (~candidates + 1)),
-        grant.eq(lowest[:n] | lowest[n:]),
-    ]
-    return grant
+__all__ = ["Scratchpad"]
 
 
 class Scratchpad(wiring.Component):

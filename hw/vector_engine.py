@@ -10,6 +10,7 @@ from hw.config import LUT_ENTRIES, VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell
+from .utop_front_end import UTopFrontEnd
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
@@ -84,20 +85,18 @@ class VectorEngine(wiring.Component):
         rel = signed(40)   # segment-relative rows with loop offsets: never wraps
 
         # --- µTOp state -----------------------------------------------------------------
-        active = Signal()
-        ctx = Signal.like(self.done.payload.ctx)
-        spad_base = Signal(17)
-        spad_size = Signal(17)
-        words_left = Signal(8)
-        fault = Signal(Fault)
+        m.submodules.front = front = UTopFrontEnd(cfg)
+        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
+        wiring.connect(m, wiring.flipped(self.instr), front.instr)
+        wiring.connect(m, front.done, wiring.flipped(self.done))
+        spad_base, spad_size = front.segment.spad_base, front.segment.spad_size
+        fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         vl = Signal(range(lanes + 1))
         vl_mask = Signal(lanes)
         mult = Signal(signed(32))
         shift = Signal(6)
         zp = Signal(signed(8))
         lut_loaded = Signal()
-        ir = Signal(64)
-        ir_valid = Signal()
 
         # Loop state.
         loop_active = Signal()
@@ -123,38 +122,23 @@ class VectorEngine(wiring.Component):
         m.d.comb += writes_pending.eq(issue_busy | (inflight != 0))
         pipeline_empty = ~issue_busy & (inflight == 0)
 
-        # --- command, fetch, done -------------------------------------------------------
-        body_done = active & (words_left == 0) & ~ir_valid & ~loop_active
+        # --- the µTOp: loop bodies replay from the loop buffer --------------------------------
         from_buffer = loop_active & ~loop_capture
         m.d.comb += [
-            self.cmd.ready.eq(~active),
-            self.done.valid.eq(body_done & pipeline_empty),
-            self.done.payload.ctx.eq(ctx),
-            self.done.payload.fault.eq(fault),
-            # After a fault the rest of the body is drained unread.
-            self.instr.ready.eq(active & (words_left != 0)
-                                & ((fault != 0) | (~ir_valid & ~from_buffer))),
+            front.hold.eq(loop_active),
+            front.idle.eq(pipeline_empty),
+            front.local_valid.eq(from_buffer),
+            front.local_word.eq(loop_read.data),
             loop_read.addr.eq(loop_pos),
             loop_write.addr.eq(loop_pos),
             loop_write.data.eq(self.instr.payload),
+            loop_write.en.eq(front.fetched & loop_capture),
         ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            payload = self.cmd.payload
-            m.d.sync += [active.eq(1), ctx.eq(payload.ctx), spad_base.eq(payload.spad_base),
-                         spad_size.eq(payload.spad_size), words_left.eq(payload.length),
-                         fault.eq(Fault.NONE), vl.eq(lanes), vl_mask.eq((1 << lanes) - 1),
+        with m.If(front.start):
+            m.d.sync += [vl.eq(lanes), vl_mask.eq((1 << lanes) - 1),
                          mult.eq(1), shift.eq(0), zp.eq(0), lut_loaded.eq(0),
                          loop_active.eq(0), loop_capture.eq(0), loop_pos.eq(0),
                          dst_offset.eq(0), src_offset.eq(0)]   # a faulted loop leaves them set
-        with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += words_left.eq(words_left - 1)
-            with m.If(fault == 0):
-                m.d.sync += [ir.eq(self.instr.payload), ir_valid.eq(1)]
-                m.d.comb += loop_write.en.eq(loop_capture)
-        with m.If(from_buffer & ~ir_valid & (fault == 0)):
-            m.d.sync += [ir.eq(loop_read.data), ir_valid.eq(1)]
-        with m.If(self.done.valid & self.done.ready):
-            m.d.sync += active.eq(0)
 
         # --- decode ---------------------------------------------------------------------
         opcode = ir[:8]
@@ -258,7 +242,7 @@ class VectorEngine(wiring.Component):
         with m.If(is_instr(ir, "loop")):
             m.d.comb += [kind_loop.eq(1),
                          bad_operand.eq(loop_active | (loop_len_field == 0)
-                                        | (loop_len_field > words_left))]
+                                        | (loop_len_field > front.words_left))]
 
         segment_ok = Signal()
         m.d.comb += segment_ok.eq(((read_hi < read_lo) | ((read_lo >= 0) & (read_hi < spad_size)))
@@ -279,13 +263,17 @@ class VectorEngine(wiring.Component):
         issue_ready = Signal()
         with m.If(ir_valid & (fault == 0)):
             with m.If(~is_legal_for(ir, Engine.VE)):
-                m.d.sync += [fault.eq(Fault.ILLEGAL_OPCODE), ir_valid.eq(0), loop_active.eq(0)]
+                m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPCODE)
+                m.d.sync += loop_active.eq(0)
             with m.Elif(bad_operand):
-                m.d.sync += [fault.eq(Fault.ILLEGAL_OPERAND), ir_valid.eq(0), loop_active.eq(0)]
+                m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
+                m.d.sync += loop_active.eq(0)
             with m.Elif(unloaded):
-                m.d.sync += [fault.eq(Fault.UNLOADED_STATE), ir_valid.eq(0), loop_active.eq(0)]
+                m.d.comb += front.raise_fault.eq(Fault.UNLOADED_STATE)
+                m.d.sync += loop_active.eq(0)
             with m.Elif(kind_issue & ~segment_ok):
-                m.d.sync += [fault.eq(Fault.SPAD_OOB), ir_valid.eq(0), loop_active.eq(0)]
+                m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
+                m.d.sync += loop_active.eq(0)
             with m.Elif(kind_loop):
                 m.d.comb += consumed.eq(1)
             with m.Elif(kind_config):
@@ -305,8 +293,8 @@ class VectorEngine(wiring.Component):
                     m.d.sync += lut_loaded.eq(1)
 
         # Advance through the instruction stream and the loop.
+        m.d.comb += front.consume.eq(consumed)
         with m.If(consumed):
-            m.d.sync += ir_valid.eq(0)
             with m.If(kind_loop):
                 m.d.sync += [loop_active.eq(1), loop_capture.eq(1), loop_pos.eq(0),
                              loop_len.eq(loop_len_field),
@@ -531,6 +519,6 @@ class VectorEngine(wiring.Component):
         m.d.sync += inflight.eq(inflight + row_issued - retired)
 
         # Work = rows executed. An instruction consumed (from the loop buffer too) is progress.
-        return engine_shell(self, m, active=active, work=execute, progress=[consumed],
+        return engine_shell(self, m, active=front.active, work=execute, progress=[consumed],
                             requests=[self.rd_a.req, self.rd_b.req, self.wr.req],
                             responses=[self.rd_a.resp_valid, self.rd_b.resp_valid])

@@ -235,15 +235,17 @@ def _host_interface():
     for title, table in (("Global", regmap.GLOBAL), ("Per context", regmap.CONTEXT),
                          ("Per engine", regmap.ENGINE[:5])):
         lines.append(f"### {title} registers\n")
-        lines.append("| offset | name | access | meaning |\n|---|---|---|---|")
+        lines.append("| offset | name | access | bits | meaning |\n|---|---|---|---|---|")
         for r in table:
-            lines.append(f"| 0x{r.offset:02x} | {r.name} | {r.access.value} | {r.doc} |")
+            bits = "" if r.bits is None else f"`{r.bits}`" if isinstance(r.bits, str) else r.bits
+            lines.append(f"| 0x{r.offset:02x} | {r.name} | {r.access.value} | {bits} | {r.doc} |")
         lines.append("")
     lines.append("BUSY_CTX1 .. BUSY_CTX15 follow BUSY_CTX0 at consecutive offsets.\n")
     lines.append("### Refused host writes\n")
     lines.append("The host interface does not wrap or truncate: a write whose value does not "
-                 "fit its register (bits above the register's width, e.g. a mask bit for an "
-                 "engine the NPU does not have, or TIME_SLICE = 0), a write to a read-only or "
+                 "fit its register (bits above the register's width, given in the *bits* "
+                 "column above, e.g. a mask bit for an engine the NPU does not have, or "
+                 "TIME_SLICE = 0), a write to a read-only or "
                  "unmapped address, an instruction-memory word at or past `imem_words`, and "
                  "any START, configuration or program write of a running context change "
                  "nothing. HOST_ERROR records the first refused write (its code and address) "

@@ -64,11 +64,11 @@ def _snapshot_sources():
     import hw.npu  # noqa: F401  (every RTL module, imported now with the snapshot)
     # hw/config.py holds no RTL and its values are hashed per build: adding a preset or
     # editing a docstring there must not throw away every build.
-    sources = sorted(p for p in (ROOT / "hw").glob("*.py") if p.name != "config.py")
+    sources = sorted(p for p in (ROOT / "hw").rglob("*.py") if p != ROOT / "hw" / "config.py")
     sources += [ROOT / "isa" / "encoding.py", ROOT / "runtime" / "verilog.py", HARNESS, WAIVERS]
     digest = hashlib.sha256()
     for path in sources:
-        digest.update(path.name.encode())
+        digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

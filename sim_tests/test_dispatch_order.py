@@ -21,7 +21,7 @@ def token_order(priorities, turns):
     """The contexts the temporal policy runs, turn by turn, when every context always has
     work and every turn lasts one time slice (the unit of time below).
 
-    The rule (hw/dispatcher.py, regmap.Policy.TEMPORAL): while a context waits for the NPU
+    The rule (hw/dispatcher/temporal_policy.py, regmap.Policy.TEMPORAL): while a context waits for the NPU
     (running, neither the active context nor the one being switched to) its tokens grow by
     ``priority + 1`` per cycle; when the slice ends, the waiting context with the most
     tokens runs next (ties: the lowest context number) and its tokens restart from 0.

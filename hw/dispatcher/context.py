@@ -1,0 +1,333 @@
+"""One context's fetch and dependency window: µTOps in flight, readiness, faults, status, counters."""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from isa.encoding import HEADER, Engine, Fault
+from ..arbitration import one_hot_index, round_robin
+from ..ports import body_length_shape, imem_addr_shape
+from ..regmap import Status
+from .signatures import (COUNTERS, OP_ID_BITS, CandidateLayout, ContextConfigLayout,
+                         ContextStateLayout, engine_types, seq_shape)
+
+__all__ = ["ContextWindow"]
+
+
+class ContextWindow(wiring.Component):
+    """The fetch unit and the ``dep_window`` window slots of one context.
+
+    The program counter walks the instruction memory header by header (a bad header or a
+    µTOp past the program's end faults FETCH_OOB / BAD_HEADER); each µTOp takes the next
+    window slot, with a *wait mask* of the live slots it depends on, cleared as they
+    retire. Slots are freed in order. A slot is *ready* when its wait mask is empty; the
+    oldest ready slot of each engine type is that type's candidate (none while the body
+    streamer still hands over the previous µTOp's body).
+
+    Faults are kept precise: the oldest faulting µTOp in program order is reported, µTOps
+    younger than it are no longer eligible, and the context reads FAULTED (or DONE) once
+    nothing it issued is pending. A watchdog ``kill`` faults it WATCHDOG at once and it
+    reads FAULTED once none of its engines is ``aborting`` any more.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        W, E = config.dep_window, len(engine_types(config))
+        pc = imem_addr_shape(config)
+        super().__init__({
+            "settings": In(ContextConfigLayout(config)),
+            "start": In(1),
+            "config_fault": In(1),
+            "fetch_addr": Out(range(config.imem_words)),
+            "fetch_word": In(64),
+            # Retirements: bit s, the µTOp in slot s finished on an engine this cycle; the
+            # oldest fault among them.
+            "finishing": In(W),
+            "retire_fault": In(Fault),
+            "retire_fault_seq": In(seq_shape),
+            "retire_fault_pc": In(pc),
+            # Issue of the µTOp in slot ``issue_slot`` this cycle, and what the engine needs of it.
+            "issue": In(1),
+            "issue_slot": In(range(W)),
+            "issue_seq": Out(seq_shape),
+            "issue_pc": Out(pc),
+            "issue_length": Out(body_length_shape(config)),
+            "preempted_slots": In(W),
+            "streaming": In(1),
+            "engines_running": In(E),      # bit e: engine e runs one of this context's µTOps
+            "hung": In(1),                 # one of them trips the engine watchdog ...
+            "hung_pc": In(pc),             # ... running the µTOp whose header is here
+            "stall_expired": In(1),
+            "aborting": In(1),             # one of its engines is held in reset
+            "gang_op": In(OP_ID_BITS),
+            "state": Out(ContextStateLayout(config)),
+            "running": Out(1),
+            "candidates": Out(CandidateLayout(config)).array(len(Engine)),
+            "ready_types": Out(len(Engine)),   # bit t: a ready µTOp for engine type t
+            "ready_any": Out(1),
+            "me_op": Out(OP_ID_BITS),           # operator of the ME candidate
+            "me_op_ended": Out(1),              # ... whose eoo µTOp has already retired
+            "oldest_me_op": Out(OP_ID_BITS),    # operator of the oldest unfinished ME µTOp
+            "gang_eoo_retiring": Out(1),        # the eoo µTOp of operator gang_op retires
+            "me_used": Out(32),                 # ME engine-cycles since START
+            "kill": Out(1),
+            "activity": Out(1),                 # fetches, streams, issues or retires
+            "retiring_any": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        W = cfg.dep_window
+        types = engine_types(cfg)
+        groups = {t: [e for e, et in enumerate(types) if et == t] for t in Engine}
+        pc_shape = imem_addr_shape(cfg)
+        settings = self.settings
+
+        status = Signal(Status)
+        running = status == Status.RUNNING
+        pc = Signal(pc_shape)
+        fetch_done = Signal()
+        seq_next = Signal(seq_shape)
+        head = Signal(range(W))
+        count = Signal(range(W + 1))
+        valid = Signal(W)
+        issued = Signal(W)
+        retired = Signal(W)
+        etype = [Signal(Engine, name=f"s{s}_type") for s in range(W)]
+        wait = [Signal(W, name=f"s{s}_wait") for s in range(W)]
+        eoo = Signal(W)
+        restartable = Signal(W)
+        hdr_pc = [Signal(pc_shape, name=f"s{s}_pc") for s in range(W)]
+        length = [Signal(body_length_shape(cfg), name=f"s{s}_len") for s in range(W)]
+        seq = [Signal(seq_shape, name=f"s{s}_seq") for s in range(W)]
+        op_next = Signal(OP_ID_BITS)
+        op_id = [Signal(OP_ID_BITS, name=f"s{s}_op") for s in range(W)]
+        fault_valid = Signal()
+        fault_seq = Signal(seq_shape)
+        fault_code = Signal(Fault)
+        fault_pc = Signal(pc_shape)
+        counters = {name: Signal(32, name=name) for name in COUNTERS}
+        me_used = self.me_used
+        killed = Signal()          # faulted by a watchdog: engines abort
+        m.d.comb += self.running.eq(running)
+
+        # --- retirements ------------------------------------------------------------------
+        retiring = Signal(W)
+        m.d.comb += [retiring.eq(self.finishing & running.replicate(W)),
+                     self.retiring_any.eq(retiring.any())]
+
+        # --- fetch --------------------------------------------------------------------------
+        header_fields = {f.name: f for f in HEADER.fields}
+        m.d.comb += self.fetch_addr.eq(pc)
+        word = self.fetch_word
+        hdr_length = word[header_fields["length"].lsb:][:8]
+        deps = word[header_fields["deps"].lsb:][:header_fields["deps"].width]
+        magic = word[:8]
+        engine_of_magic = Signal(Engine, name="hdr_type")
+        good_magic = Signal(name="hdr_magic_ok")
+        for engine, value in HEADER.magic.items():
+            with m.If(magic == value):
+                m.d.comb += [engine_of_magic.eq(engine), good_magic.eq(1)]
+        bad_header = (~good_magic | ((word & Const(HEADER.reserved_mask, 64)) != 0)
+                      | ((deps >> W) != 0) | (hdr_length > cfg.max_body))
+        tail = Signal(range(W))
+        m.d.comb += tail.eq(Mux(head + count >= W, head + count - W, head + count))
+        can_fetch = running & ~fetch_done & ~fault_valid & (count < W)
+        allocate = Signal()
+        fetch_fault = Signal(Fault)
+        with m.If(can_fetch):
+            with m.If(pc >= settings.prog_len):
+                m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)
+            with m.Elif(bad_header):
+                m.d.comb += fetch_fault.eq(Fault.BAD_HEADER)
+            with m.Elif(pc + 1 + hdr_length > settings.prog_len):
+                m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)
+            with m.Else():
+                m.d.comb += allocate.eq(1)
+        # Translate the dependency bits (distances) into a mask of live slots.
+        live = valid & ~retired & ~retiring
+        wait_new_terms = 0
+        for j in range(W):
+            slot = Signal(range(W), name=f"dep{j}_slot")
+            m.d.comb += slot.eq(Mux(tail >= j + 1, tail - 1 - j, tail + W - 1 - j))
+            wait_new_terms = wait_new_terms | Mux(deps[j] & live.bit_select(slot, 1),
+                                                  Const(1, W) << slot, 0)
+        tail_bit = Signal(W)
+        wait_new = Signal(W)
+        m.d.comb += [tail_bit.eq(Const(1, W) << tail), wait_new.eq(wait_new_terms)]
+        with m.If(allocate):
+            for s in range(W):
+                with m.If(tail == s):
+                    m.d.sync += [etype[s].eq(engine_of_magic), hdr_pc[s].eq(pc),
+                                 length[s].eq(hdr_length), seq[s].eq(seq_next),
+                                 op_id[s].eq(op_next)]
+            with m.If(word[header_fields["eoo"].lsb]):
+                m.d.sync += op_next.eq(op_next + 1)
+            is_restartable = word[header_fields["restartable"].lsb]
+            m.d.sync += [eoo.eq(Mux(word[header_fields["eoo"].lsb], eoo | tail_bit,
+                                    eoo & ~tail_bit)),
+                         restartable.eq(Mux(is_restartable, restartable | tail_bit,
+                                            restartable & ~tail_bit)),
+                         pc.eq(pc + 1 + hdr_length), seq_next.eq(seq_next + 1)]
+            with m.If(word[header_fields["eop"].lsb]):
+                m.d.sync += fetch_done.eq(1)
+
+        # --- readiness and candidates ----------------------------------------------------------
+        eligible = Signal(W)
+        m.d.comb += eligible.eq(Cat(~fault_valid | (seq[s] < fault_seq) for s in range(W)))
+        ready = Signal(W)
+        m.d.comb += ready.eq(Cat((wait[s] & ~retiring) == 0 for s in range(W))
+                             & valid & ~issued & eligible & running.replicate(W))
+        m.d.comb += self.ready_any.eq(ready.any())
+        for t in Engine:
+            of_type = Signal(W, name=f"ready_{t.name}")
+            m.d.comb += of_type.eq(ready & Cat(etype[s] == t for s in range(W)))
+            pick = round_robin(m, of_type, head, W, f"cand_{t.name}")
+            candidate = self.candidates[t]
+            m.d.comb += [candidate.valid.eq(of_type.any() & ~self.streaming),
+                         candidate.slot.eq(one_hot_index(pick)),
+                         candidate.age.eq(Mux(candidate.slot >= head, candidate.slot - head,
+                                              candidate.slot + W - head)),
+                         candidate.restartable.eq(restartable.bit_select(candidate.slot, 1)),
+                         self.ready_types[t].eq(of_type.any())]
+            if t == Engine.ME:
+                m.d.comb += self.me_op.eq(Array(op_id)[candidate.slot])
+                # The candidate's operator already ended: its eoo µTOp was fetched and has
+                # retired (ME µTOps of an operator may retire out of order).
+                eoo_pending = Cat(valid[s] & ~retired[s] & ~retiring[s] & eoo[s]
+                                  & (op_id[s] == self.me_op) for s in range(W)).any()
+                m.d.comb += self.me_op_ended.eq((op_next != self.me_op) & ~eoo_pending)
+        # Operators gang in program order (v10): the oldest unfinished ME operator.
+        unfinished_me = Signal(W)
+        m.d.comb += unfinished_me.eq(valid & ~retired & Cat(etype[s] == Engine.ME for s in range(W)))
+        oldest = round_robin(m, unfinished_me, head, W, "oldest_me")
+        for s in range(W):
+            with m.If(oldest[s]):
+                m.d.comb += self.oldest_me_op.eq(op_id[s])
+        m.d.comb += self.gang_eoo_retiring.eq(
+            (retiring & eoo & Cat(op_id[s] == self.gang_op for s in range(W))).any())
+
+        # --- issue ------------------------------------------------------------------------------
+        issue_bit = Signal(W)
+        m.d.comb += issue_bit.eq(Mux(self.issue, Const(1, W) << self.issue_slot, 0))
+        for s in range(W):
+            with m.If(self.issue_slot == s):
+                m.d.comb += [self.issue_seq.eq(seq[s]), self.issue_pc.eq(hdr_pc[s]),
+                             self.issue_length.eq(length[s])]
+        with m.If(self.issue):
+            m.d.sync += counters["issued"].eq(counters["issued"] + 1)
+        m.d.comb += self.activity.eq(allocate | (fetch_fault != 0) | self.streaming | self.issue
+                                     | retiring.any())
+
+        # --- retirement, freeing, faults, completion, counters ------------------------------
+        # Slot bookkeeping: one assignment per register, so nothing overrides anything.
+        alloc_bit = Mux(allocate, tail_bit, 0)
+        for s in range(W):
+            m.d.sync += wait[s].eq(Mux(alloc_bit[s], wait_new, wait[s] & ~retiring))
+        retired_next = retired | retiring
+        head_bit = Signal(W)
+        m.d.comb += head_bit.eq(Const(1, W) << head)
+        free_head = valid.bit_select(head, 1) & retired_next.bit_select(head, 1)
+        free_bit = Mux(free_head, head_bit, 0)
+        m.d.sync += [valid.eq((valid & ~free_bit) | alloc_bit),
+                     retired.eq(retired_next & ~free_bit & ~alloc_bit),
+                     issued.eq((issued | issue_bit) & ~alloc_bit & ~free_bit
+                               & ~self.preempted_slots)]
+        with m.If(free_head):
+            m.d.sync += [head.eq(Mux(head == W - 1, 0, head + 1)),
+                         count.eq(count + allocate - 1)]
+        with m.Else():
+            m.d.sync += count.eq(count + allocate)
+        n_retiring = 0
+        for s in range(W):
+            n_retiring = n_retiring + retiring[s]
+        m.d.sync += [counters["retired"].eq(counters["retired"] + n_retiring),
+                     counters["preempted"].eq(counters["preempted"]
+                                              + self.preempted_slots.any())]
+
+        # Faults: keep the oldest in program order.
+        new_fault = Signal(Fault)
+        new_seq = Signal(seq_shape)
+        new_pc = Signal(pc_shape)
+        with m.If(self.retire_fault != 0):
+            m.d.comb += [new_fault.eq(self.retire_fault), new_seq.eq(self.retire_fault_seq),
+                         new_pc.eq(self.retire_fault_pc)]
+        with m.Elif(fetch_fault != 0):
+            m.d.comb += [new_fault.eq(fetch_fault), new_seq.eq(seq_next), new_pc.eq(pc)]
+        fault_now = Signal()
+        m.d.comb += fault_now.eq(running & (new_fault != 0)
+                                 & (~fault_valid | (new_seq < fault_seq)))
+        with m.If(fault_now):
+            m.d.sync += [fault_valid.eq(1), fault_seq.eq(new_seq),
+                         fault_code.eq(new_fault), fault_pc.eq(new_pc)]
+        with m.If(fetch_fault != 0):
+            m.d.sync += fetch_done.eq(1)
+
+        pending = (valid & ~retired_next & (issued | eligible)).any() | self.streaming
+        with m.If(running & (fetch_done | fault_valid) & ~pending & ~allocate
+                  & (fetch_fault == 0)):
+            # A fault taken in this very cycle (say by the eop µTOp) counts.
+            m.d.sync += status.eq(Mux(fault_valid | fault_now, Status.FAULTED, Status.DONE))
+
+        # Watchdog kill: fault with WATCHDOG at once, stop fetch, issue and streaming; every
+        # engine running one of this context's µTOps is held in reset, and the context reads
+        # FAULTED only once they are all released (nothing of it is written after).
+        hung_pc = Signal(pc_shape)
+        m.d.comb += hung_pc.eq(Mux(self.hung, self.hung_pc,
+                                   Mux(count != 0, Array(hdr_pc)[head], pc)))
+        m.d.comb += self.kill.eq(running & ~killed & (self.hung | self.stall_expired))
+        with m.If(self.kill):
+            m.d.sync += [killed.eq(1), fault_valid.eq(1), fault_seq.eq(0),
+                         fault_code.eq(Fault.WATCHDOG), fault_pc.eq(hung_pc),
+                         fetch_done.eq(1),
+                         status.eq(Status.RUNNING)]     # not DONE, even this cycle
+        with m.If(running & killed & ~self.aborting):
+            m.d.sync += status.eq(Status.FAULTED)
+
+        # Counters.
+        own = 0
+        harvest = 0
+        dma = 0
+        me_cycles = 0
+        for e, t in enumerate(types):
+            mine = self.engines_running[e]
+            if t == Engine.DMA:
+                dma = dma + mine
+                continue
+            i = groups[t].index(e)
+            owned = settings.me_mask[i] if t == Engine.ME else settings.ve_mask[i]
+            own = own + (mine & owned)
+            harvest = harvest + (mine & ~owned)
+            if t == Engine.ME:
+                me_cycles = me_cycles + mine
+        unissued = (valid & ~issued & eligible).any()
+        with m.If(running):
+            m.d.sync += [
+                counters["cycles"].eq(counters["cycles"] + 1),
+                counters["own_cycles"].eq(counters["own_cycles"] + own),
+                counters["harvest_cycles"].eq(counters["harvest_cycles"] + harvest),
+                counters["dma_cycles"].eq(counters["dma_cycles"] + dma),
+                counters["dep_wait"].eq(counters["dep_wait"] + (unissued & ~ready.any())),
+                counters["engine_wait"].eq(counters["engine_wait"]
+                                           + (ready.any() & ~self.issue)),
+                me_used.eq(me_used + me_cycles),
+            ]
+
+        # Start, or a refused start (wins over everything above).
+        with m.If(self.start | self.config_fault):
+            m.d.sync += [status.eq(Status.RUNNING), pc.eq(0), fetch_done.eq(0),
+                         seq_next.eq(0), head.eq(0), count.eq(0), valid.eq(0),
+                         issued.eq(0), retired.eq(0), fault_valid.eq(0),
+                         fault_code.eq(0), fault_pc.eq(0),
+                         me_used.eq(0), killed.eq(0), op_next.eq(0)]
+            m.d.sync += [counter.eq(0) for counter in counters.values()]
+        with m.If(self.config_fault):
+            m.d.sync += [status.eq(Status.FAULTED), fault_valid.eq(1),
+                         fault_code.eq(Fault.CONFIG)]
+
+        state = self.state
+        m.d.comb += [state.status.eq(status), state.fault.eq(fault_code),
+                     state.fault_pc.eq(fault_pc)]
+        m.d.comb += [getattr(state, name).eq(counters[name]) for name in COUNTERS]
+        return m

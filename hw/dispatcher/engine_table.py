@@ -1,0 +1,167 @@
+"""Which µTOp each engine runs: context, window slot, sequence number; retirements, aborts, occupancy."""
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from isa.encoding import Engine, Fault
+from ..ports import ctx_shape, imem_addr_shape
+from .signatures import engine_types, seq_shape
+
+__all__ = ["EngineTable", "IssueLayout"]
+
+
+class IssueLayout(data.StructLayout):
+    """A context issues the µTOp in window slot ``slot`` to the engines set in ``engines``
+    (one), ``borrowed`` if it runs on an engine of another context (harvest)."""
+
+    def __init__(self, config):
+        E = len(engine_types(config))
+        super().__init__({
+            "valid": 1, "engines": E, "slot": range(config.dep_window),
+            "seq": seq_shape, "pc": imem_addr_shape(config), "borrowed": E,
+        })
+
+
+class EngineTable(wiring.Component):
+    """Per engine: busy, the context, slot, sequence number and header address of the µTOp it
+    runs, whether the engine is borrowed, and the abort (held in reset) countdown.
+
+    Seen per context, it tells each context which of its slots finish this cycle (and the
+    oldest fault among them), which of its µTOps are preempted, which engines run its
+    µTOps, whether one of them is hung or aborting. An abort (``preempt`` or a context's
+    ``kill``) holds the engine in reset for ``flush_cycles[e]``.
+    """
+
+    def __init__(self, config, flush_cycles):
+        self.config = config
+        self.flush_cycles = flush_cycles
+        C, W, E = config.n_ctx, config.dep_window, len(engine_types(config))
+        pc = imem_addr_shape(config)
+        super().__init__({
+            "issue": In(IssueLayout(config)).array(C),
+            "done": In(E),                 # engine e reports a retirement ...
+            "done_fault": In(Fault).array(E),   # ... with this fault
+            "preempt": In(E),
+            "kill": In(C),
+            "hung": In(E),
+            "busy": Out(E),
+            "running": Out(E),             # busy and not being aborted
+            "abort": Out(E),
+            "borrowed": Out(E),
+            "finished": Out(E),            # running and retiring this cycle
+            "engine_ctx": Out(ctx_shape(config)).array(E),
+            # Per context.
+            "ctx_busy": Out(E).array(C),         # bit e: engine e is busy with one of its µTOps
+            "ctx_running": Out(E).array(C),
+            "ctx_aborting": Out(1).array(C),
+            "ctx_finishing": Out(W).array(C),    # bit s: the µTOp in slot s finishes
+            "ctx_fault": Out(Fault).array(C),    # the oldest fault among them
+            "ctx_fault_seq": Out(seq_shape).array(C),
+            "ctx_fault_pc": Out(pc).array(C),
+            "ctx_preempted_slots": Out(W).array(C),
+            "ctx_preempted_engines": Out(E).array(C),
+            "ctx_hung": Out(1).array(C),
+            "ctx_hung_pc": Out(pc).array(C),
+            # Occupancy counters.
+            "engine_busy": Out(32).array(E),
+            "engine_busy_by_ctx": Out(32).array(E, C),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        C, W = cfg.n_ctx, cfg.dep_window
+        E = len(engine_types(cfg))
+        pc_shape = imem_addr_shape(cfg)
+        busy, running, abort, borrowed = self.busy, self.running, self.abort, self.borrowed
+        eng_ctx = self.engine_ctx
+        eng_slot = [Signal(range(W), name=f"eng{e}_slot") for e in range(E)]
+        eng_seq = [Signal(seq_shape, name=f"eng{e}_seq") for e in range(E)]
+        eng_pc = [Signal(pc_shape, name=f"eng{e}_pc") for e in range(E)]
+        abort_left = [Signal(range(self.flush_cycles[e] + 1), name=f"eng{e}_abort_left")
+                      for e in range(E)]
+        abort_end = Cat(abort[e] & (abort_left[e] == 1) for e in range(E))
+        m.d.comb += [running.eq(busy & ~abort), self.finished.eq(self.done & running)]
+
+        # --- per context views ----------------------------------------------------------------
+        for c in range(C):
+            of_c = [eng_ctx[e] == c for e in range(E)]
+            m.d.comb += [
+                self.ctx_busy[c].eq(Cat(busy[e] & of_c[e] for e in range(E))),
+                self.ctx_running[c].eq(Cat(running[e] & of_c[e] for e in range(E))),
+                self.ctx_aborting[c].eq(Cat(abort[e] & of_c[e] for e in range(E)).any()),
+            ]
+            terms = []
+            for s in range(W):
+                hit = 0
+                for e in range(E):
+                    hit = hit | (self.done[e] & running[e] & of_c[e] & (eng_slot[e] == s))
+                terms.append(hit)
+            m.d.comb += self.ctx_finishing[c].eq(Cat(terms))
+            # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number).
+            # Each step is a signal, so the chain stays linear in the number of engines.
+            found, oldest = Const(0, 1), Const(0, 32)
+            for e in range(E):
+                faulting = (self.done[e] & running[e] & of_c[e] & (self.done_fault[e] != 0))
+                better = Signal(name=f"c{c}_fault_from{e}")
+                m.d.comb += better.eq(faulting & (~found | (eng_seq[e] < oldest)))
+                with m.If(better):
+                    m.d.comb += [self.ctx_fault[c].eq(self.done_fault[e]),
+                                 self.ctx_fault_seq[c].eq(eng_seq[e]),
+                                 self.ctx_fault_pc[c].eq(eng_pc[e])]
+                step_oldest = Signal(32, name=f"c{c}_fault_oldest{e}")
+                step_found = Signal(name=f"c{c}_fault_found{e}")
+                m.d.comb += [step_oldest.eq(Mux(better, eng_seq[e], oldest)),
+                             step_found.eq(found | faulting)]
+                oldest, found = step_oldest, step_found
+            hits = [self.preempt[e] & of_c[e] for e in range(E)]
+            m.d.comb += [
+                self.ctx_preempted_slots[c].eq(Cat(Cat(hits[e] & (eng_slot[e] == s)
+                                                       for e in range(E)).any()
+                                                   for s in range(W))),
+                self.ctx_preempted_engines[c].eq(Cat(hits)),
+            ]
+            hung = [self.hung[e] & of_c[e] for e in range(E)]
+            m.d.comb += self.ctx_hung[c].eq(Cat(hung).any())
+            for e in reversed(range(E)):
+                with m.If(hung[e]):
+                    m.d.comb += self.ctx_hung_pc[c].eq(eng_pc[e])
+
+        # --- preemption: the engine is held in reset, its µTOp issued again later -------------
+        for e in range(E):
+            with m.If(self.preempt[e]):
+                m.d.sync += [abort[e].eq(1), abort_left[e].eq(self.flush_cycles[e])]
+
+        # --- issue --------------------------------------------------------------------------------
+        issued_mask = 0
+        for c in range(C):
+            issue = self.issue[c]
+            for e in range(E):
+                hit = issue.valid & issue.engines[e]
+                issued_mask = issued_mask | (hit << e)
+                with m.If(hit):
+                    m.d.sync += [eng_ctx[e].eq(c), eng_slot[e].eq(issue.slot),
+                                 eng_seq[e].eq(issue.seq), eng_pc[e].eq(issue.pc),
+                                 borrowed[e].eq(issue.borrowed[e])]
+        m.d.sync += busy.eq((busy & ~self.finished & ~abort_end) | issued_mask)
+        for e in range(E):
+            with m.If(abort[e]):
+                m.d.sync += abort_left[e].eq(abort_left[e] - 1)
+                with m.If(abort_left[e] == 1):
+                    m.d.sync += abort[e].eq(0)
+
+        # --- watchdog kill: abort every engine running one of the context's µTOps -----------------
+        for c in range(C):
+            with m.If(self.kill[c]):
+                for e in range(E):
+                    with m.If(running[e] & (eng_ctx[e] == c) & ~self.finished[e]):
+                        m.d.sync += [abort[e].eq(1), abort_left[e].eq(self.flush_cycles[e])]
+
+        # --- occupancy counters ---------------------------------------------------------------------
+        for e in range(E):
+            m.d.sync += self.engine_busy[e].eq(self.engine_busy[e] + running[e])
+            for c in range(C):
+                with m.If(running[e] & (eng_ctx[e] == c)):
+                    m.d.sync += self.engine_busy_by_ctx[e][c].eq(self.engine_busy_by_ctx[e][c] + 1)
+        return m
