@@ -95,16 +95,29 @@ class HBM(wiring.Component):
         m.d.sync += [self.reads.eq(self.reads + is_read),
                      self.writes.eq(self.writes + (accepted & chosen.write))]
 
-        # The memory's read port adds one cycle; the rest of the latency is a delay line.
+        # The memory's read port adds one cycle; the rest of the latency is a delay line:
+        # the valid bit and the port number in registers, the lines in a ring of
+        # hbm_latency - 1 rows. A line written into row ``slot`` is read out of it
+        # hbm_latency - 1 cycles later, in the cycle before the row is written again.
         valid, owner = Signal(), Signal(range(self.n_ports))
         m.d.sync += [valid.eq(is_read), owner.eq(chosen_port)]
         line = read_port.data
-        for stage in range(cfg.hbm_latency - 1):
+        delay = cfg.hbm_latency - 1
+        for stage in range(delay):
             valid_next = Signal(name=f"delay{stage}_valid")
             owner_next = Signal(range(self.n_ports), name=f"delay{stage}_owner")
-            line_next = Signal(32 * words, name=f"delay{stage}_line")
-            m.d.sync += [valid_next.eq(valid), owner_next.eq(owner), line_next.eq(line)]
-            valid, owner, line = valid_next, owner_next, line_next
+            m.d.sync += [valid_next.eq(valid), owner_next.eq(owner)]
+            valid, owner = valid_next, owner_next
+        if delay:
+            m.submodules.ring = ring = memory.Memory(shape=unsigned(32 * words), depth=delay,
+                                                     init=[])
+            ring_write = ring.write_port()
+            ring_read = ring.read_port(domain="comb")
+            slot = Signal(range(delay))
+            m.d.sync += slot.eq(Mux(slot == delay - 1, 0, slot + 1))
+            m.d.comb += [ring_write.addr.eq(slot), ring_write.data.eq(line), ring_write.en.eq(1),
+                         ring_read.addr.eq(slot)]
+            line = ring_read.data
         for i, port in enumerate(self.port):
             m.d.comb += [port.resp.eq(line), port.resp_valid.eq(valid & (owner == i))]
         return m
