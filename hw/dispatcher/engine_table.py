@@ -85,27 +85,34 @@ class EngineTable(wiring.Component):
         m.d.comb += [running.eq(busy & ~abort), self.finished.eq(self.done & running)]
 
         # --- per context views ----------------------------------------------------------------
+        # Decoded once per engine (an expression is written out again at every use).
+        ctx_bit = [Signal(C, name=f"eng{e}_ctx_bit") for e in range(E)]
+        slot_bit = [Signal(W, name=f"eng{e}_slot_bit") for e in range(E)]
+        faulting = Signal(E)
+        m.d.comb += [ctx_bit[e].eq(Const(1, C) << eng_ctx[e]) for e in range(E)]
+        m.d.comb += [slot_bit[e].eq(Const(1, W) << eng_slot[e]) for e in range(E)]
+        m.d.comb += faulting.eq(self.finished & Cat(self.done_fault[e] != 0 for e in range(E)))
         for c in range(C):
-            of_c = [eng_ctx[e] == c for e in range(E)]
+            of_c = Signal(E, name=f"c{c}_engines")
+            m.d.comb += of_c.eq(Cat(ctx_bit[e][c] for e in range(E)))
+            finishing = preempted = 0
+            for e in range(E):
+                finishing = finishing | Mux(self.finished[e] & of_c[e], slot_bit[e], 0)
+                preempted = preempted | Mux(self.preempt[e] & of_c[e], slot_bit[e], 0)
             m.d.comb += [
-                self.ctx_busy[c].eq(Cat(busy[e] & of_c[e] for e in range(E))),
-                self.ctx_running[c].eq(Cat(running[e] & of_c[e] for e in range(E))),
-                self.ctx_aborting[c].eq(Cat(abort[e] & of_c[e] for e in range(E)).any()),
+                self.ctx_busy[c].eq(busy & of_c),
+                self.ctx_running[c].eq(running & of_c),
+                self.ctx_aborting[c].eq((abort & of_c).any()),
+                self.ctx_finishing[c].eq(finishing),
+                self.ctx_preempted_slots[c].eq(preempted),
+                self.ctx_preempted_engines[c].eq(self.preempt & of_c),
             ]
-            terms = []
-            for s in range(W):
-                hit = 0
-                for e in range(E):
-                    hit = hit | (self.done[e] & running[e] & of_c[e] & (eng_slot[e] == s))
-                terms.append(hit)
-            m.d.comb += self.ctx_finishing[c].eq(Cat(terms))
             # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number).
             # Each step is a signal, so the chain stays linear in the number of engines.
             found, oldest = Const(0, 1), Const(0, 32)
             for e in range(E):
-                faulting = (self.done[e] & running[e] & of_c[e] & (self.done_fault[e] != 0))
                 better = Signal(name=f"c{c}_fault_from{e}")
-                m.d.comb += better.eq(faulting & (~found | (eng_seq[e] < oldest)))
+                m.d.comb += better.eq(faulting[e] & of_c[e] & (~found | (eng_seq[e] < oldest)))
                 with m.If(better):
                     m.d.comb += [self.ctx_fault[c].eq(self.done_fault[e]),
                                  self.ctx_fault_seq[c].eq(eng_seq[e]),
@@ -113,17 +120,10 @@ class EngineTable(wiring.Component):
                 step_oldest = Signal(32, name=f"c{c}_fault_oldest{e}")
                 step_found = Signal(name=f"c{c}_fault_found{e}")
                 m.d.comb += [step_oldest.eq(Mux(better, eng_seq[e], oldest)),
-                             step_found.eq(found | faulting)]
+                             step_found.eq(found | (faulting[e] & of_c[e]))]
                 oldest, found = step_oldest, step_found
-            hits = [self.preempt[e] & of_c[e] for e in range(E)]
-            m.d.comb += [
-                self.ctx_preempted_slots[c].eq(Cat(Cat(hits[e] & (eng_slot[e] == s)
-                                                       for e in range(E)).any()
-                                                   for s in range(W))),
-                self.ctx_preempted_engines[c].eq(Cat(hits)),
-            ]
-            hung = [self.hung[e] & of_c[e] for e in range(E)]
-            m.d.comb += self.ctx_hung[c].eq(Cat(hung).any())
+            hung = Signal(E, name=f"c{c}_hung")
+            m.d.comb += [hung.eq(self.hung & of_c), self.ctx_hung[c].eq(hung.any())]
             for e in reversed(range(E)):
                 with m.If(hung[e]):
                     m.d.comb += self.ctx_hung_pc[c].eq(eng_pc[e])
@@ -155,13 +155,13 @@ class EngineTable(wiring.Component):
         for c in range(C):
             with m.If(self.kill[c]):
                 for e in range(E):
-                    with m.If(running[e] & (eng_ctx[e] == c) & ~self.finished[e]):
+                    with m.If(self.ctx_running[c][e] & ~self.finished[e]):
                         m.d.sync += [abort[e].eq(1), abort_left[e].eq(self.flush_cycles[e])]
 
         # --- occupancy counters ---------------------------------------------------------------------
         for e in range(E):
             m.d.sync += self.engine_busy[e].eq(self.engine_busy[e] + running[e])
             for c in range(C):
-                with m.If(running[e] & (eng_ctx[e] == c)):
+                with m.If(self.ctx_running[c][e]):
                     m.d.sync += self.engine_busy_by_ctx[e][c].eq(self.engine_busy_by_ctx[e][c] + 1)
         return m

@@ -51,12 +51,17 @@ class IssueArbiter(wiring.Component):
         for pass_index in range(2):
             for c in range(C):
                 turn = (c >= rotation) if pass_index == 0 else (c < rotation)
-                free = ~self.busy & ~claimed
+                # Values used more than once are signals: an expression is written out
+                # again at every use.
+                free = Signal(E, name=f"p{pass_index}c{c}_free")
+                m.d.comb += free.eq(~self.busy & ~claimed)
                 options = []
                 for t in Engine:
                     candidate = self.candidates[c][t]
-                    usable = free & self.allowed[c][t] & engine_group(cfg, t)
-                    preferred = usable & self.owned[c][t]
+                    usable = Signal(E, name=f"p{pass_index}c{c}_{t.name}_usable")
+                    preferred = Signal(E, name=f"p{pass_index}c{c}_{t.name}_preferred")
+                    m.d.comb += [usable.eq(free & self.allowed[c][t] & engine_group(cfg, t)),
+                                 preferred.eq(usable & self.owned[c][t])]
                     choice = lowest_set(m, Mux(preferred.any(), preferred, usable),
                                         f"p{pass_index}c{c}_{t.name}_choice")
                     options.append((t, candidate.valid & usable.any(), candidate.slot,
@@ -67,16 +72,21 @@ class IssueArbiter(wiring.Component):
                 chosen_t = Signal(Engine, name=f"p{pass_index}c{c}_type")
                 best_age, found = Const(W, range(W + 1)), Const(0, 1)
                 for t, ok, slot, age, choice in options:
-                    better = ok & (~found | (age < best_age))
-                    best_age = Mux(better, age, best_age)
-                    found = found | ok
+                    better = Signal(name=f"p{pass_index}c{c}_{t.name}_better")
+                    m.d.comb += better.eq(ok & (~found | (age < best_age)))
+                    step_age = Signal(range(W + 1), name=f"p{pass_index}c{c}_{t.name}_age")
+                    step_found = Signal(name=f"p{pass_index}c{c}_{t.name}_found")
+                    m.d.comb += [step_age.eq(Mux(better, age, best_age)), step_found.eq(found | ok)]
+                    best_age, found = step_age, step_found
                     with m.If(better):
                         m.d.comb += [take.eq(choice), take_slot.eq(slot), chosen_t.eq(t)]
                 go = Signal(name=f"p{pass_index}c{c}_go")
                 m.d.comb += go.eq(turn & found & self.running[c])
                 taken = Signal(E, name=f"p{pass_index}c{c}_taken")
                 m.d.comb += taken.eq(Mux(go, take, 0))
-                claimed = claimed | taken
+                step_claimed = Signal(E, name=f"p{pass_index}c{c}_claimed")
+                m.d.comb += step_claimed.eq(claimed | taken)
+                claimed = step_claimed
                 passes.setdefault(c, []).append((go, take, take_slot, chosen_t))
         for c, ((go0, take0, slot0, t0), (go1, take1, slot1, t1)) in passes.items():
             choice = self.choice[c]
