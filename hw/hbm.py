@@ -5,6 +5,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbitration import round_robin
+from .sram import SRAM
 
 __all__ = ["HBM", "HBMPortSignature", "HBMRequestLayout"]
 
@@ -53,10 +54,7 @@ class HBM(wiring.Component):
         self.config, self.n_ports = config, n_ports
         words = _line_words(config)
         #: Line i holds words i*W .. i*W+W-1.
-        self.lines = memory.Memory(shape=unsigned(32 * words), depth=config.hbm_words // words,
-                                   init=[])
-        self._read_port = self.lines.read_port()
-        self._write_port = self.lines.write_port(granularity=32)
+        self.lines = SRAM(width=32 * words, depth=config.hbm_words // words, granularity=32)
         super().__init__({
             "port": In(HBMPortSignature(config)).array(n_ports),
             "reads": Out(32),
@@ -73,7 +71,7 @@ class HBM(wiring.Component):
         cfg = self.config
         words = _line_words(cfg)
         m.submodules.lines = self.lines
-        read_port, write_port = self._read_port, self._write_port
+        read_port, write_port = self.lines.read[0], self.lines.write
 
         pointer = Signal(range(self.n_ports))
         m.d.sync += pointer.eq(Mux(pointer == self.n_ports - 1, 0, pointer + 1))

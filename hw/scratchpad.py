@@ -5,6 +5,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbitration import round_robin
+from .sram import SRAM
 from .ports import SpadReadSignature, SpadWriteSignature
 
 __all__ = ["Scratchpad"]
@@ -38,13 +39,9 @@ class Scratchpad(wiring.Component):
         self.n_read, self.n_write, self.read_ports = n_read, n_write, read_ports
         banks = config.spad_banks
         #: The bank memories; row r is ``banks[r % spad_banks].data[r // spad_banks]``.
-        self.banks = [memory.Memory(shape=unsigned(32 * config.ve_lanes),
-                                    depth=config.spad_rows // banks, init=[])
+        self.banks = [SRAM(width=32 * config.ve_lanes, depth=config.spad_rows // banks,
+                           granularity=32, read_ports=("sync",) * read_ports)
                       for _ in range(banks)]
-        # Ports are made here, not in elaborate(), so the design can be elaborated again
-        # (simulated, then converted) with the same memories.
-        self._write_ports = [bank.write_port(granularity=32) for bank in self.banks]
-        self._read_ports = [[bank.read_port() for _ in range(read_ports)] for bank in self.banks]
         super().__init__({
             "rd": In(SpadReadSignature(config)).array(n_read),
             "wr": In(SpadWriteSignature(config)).array(n_write),
@@ -110,8 +107,8 @@ class Scratchpad(wiring.Component):
         for b in range(n_banks):
             bank = self.banks[b]
             m.submodules[f"bank{b}"] = bank
-            write_port = self._write_ports[b]
-            read_ports = self._read_ports[b]
+            write_port = bank.write
+            read_ports = bank.read
 
             # Read ports: each takes the first requester the earlier ports left.
             remaining = Signal(self.n_read, name=f"bank{b}_read_wants")

@@ -9,6 +9,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hw.config import NPUConfig
+from hw.sram import SRAMVerilog
 
 __all__ = ["BLOCKS", "generate", "block_sizes", "lint", "find_verilator", "ToolError",
            "WAIVERS"]
@@ -51,7 +52,9 @@ def generate(config: NPUConfig, block="npu"):
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; expected one of {', '.join(BLOCKS)}")
     design = _blocks()[block](config)
-    return collapse_zero_inits(verilog.convert(design, name=f"neu10_{block}", emit_src=False))
+    srams = SRAMVerilog()
+    text = verilog.convert(design, name=f"neu10_{block}", platform=srams, emit_src=False)
+    return collapse_zero_inits(text) + srams.modules()
 
 
 _ZERO_INIT = re.compile(

@@ -1,11 +1,12 @@
 """µTOp dispatcher: per-context fetch and dependency windows, issue to engines under a sharing policy."""
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import memory, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine
 from ..regmap import Policy
+from ..sram import SRAM
 from .body_streamer import BodyStreamer
 from .context import ContextWindow
 from .engine_table import EngineTable
@@ -63,11 +64,8 @@ class Dispatcher(wiring.Component):
                              for t in self.types]
         n_engines = len(self.types)
         #: Instruction memories (one per context), written by the host interface.
-        self.imems = [memory.Memory(shape=unsigned(64), depth=config.imem_words, init=[])
+        self.imems = [SRAM(width=64, depth=config.imem_words, read_ports=("comb", "comb"))
                       for _ in range(config.n_ctx)]
-        self._imem_writes = [imem.write_port() for imem in self.imems]
-        self._fetch_ports = [imem.read_port(domain="comb") for imem in self.imems]
-        self._body_ports = [imem.read_port(domain="comb") for imem in self.imems]
         super().__init__({
             "control": In(ControlSignature(config, n_engines)),
             "engines": Out(EngineLinkSignature(config)).array(n_engines),
@@ -109,7 +107,7 @@ class Dispatcher(wiring.Component):
         for c, (x, imem) in enumerate(zip(ctxs, self.imems)):
             m.submodules[f"ctx{c}"] = x
             m.submodules[f"imem{c}"] = imem
-            write, fetch, body = self._imem_writes[c], self._fetch_ports[c], self._body_ports[c]
+            write, (fetch, body) = imem.write, imem.read
             choice = arbiter.choice[c]
             m.d.comb += [
                 write.addr.eq(control.imem_addr), write.data.eq(control.imem_data),
