@@ -49,8 +49,9 @@ class NPUConfig:
     ve_lanes: int = 8
     #: Scratchpad depth in rows (all contexts together).
     spad_rows: int = 16384
-    #: Scratchpad banks; row r lives in bank r % spad_banks.
-    spad_banks: int = 4
+    #: Scratchpad banks; row r lives in bank r % spad_banks. Eight, so four MEs
+    #: accumulating (three row accesses per cycle each) and the DMA rarely meet in a bank.
+    spad_banks: int = 8
     #: HBM size in 32-bit words (all contexts together).
     hbm_words: int = 1 << 18
     #: Cycles from an HBM request to its first word.

@@ -133,8 +133,10 @@ class MatrixEngine(wiring.Component):
                          load_addr.eq(spad_base + ldw_src), load_issue_left.eq(ldw_k),
                          load_row.eq(0), current_buffer.eq(next_buffer), weights_loaded.eq(1)]
             m.d.comb += [array.w_clear.eq(1), array.w_buf.eq(next_buffer)]
+        # Weight rows go first on rd_aux: the next tile's weights are then in before the
+        # current mm ends (the writer's reads of old rows for acc wait a cycle per row).
         load_request = Signal()
-        m.d.comb += load_request.eq(load_busy & (load_issue_left != 0) & ~writer_wants_aux)
+        m.d.comb += load_request.eq(load_busy & (load_issue_left != 0))
         with m.If(load_request & self.rd_aux.req.ready):
             m.d.sync += [load_addr.eq(load_addr + 1), load_issue_left.eq(load_issue_left - 1)]
         m.d.sync += aux_for_load.eq(load_request & self.rd_aux.req.ready)
@@ -226,12 +228,12 @@ class MatrixEngine(wiring.Component):
         b_free = ~b_valid | b_moves
         hazard = (b_valid & (b_entry.dst == head.dst)) | (c_valid & (c_dst == head.dst))
         a_ready = out_fifo.r_rdy & b_free & ~(head.acc & hazard)
-        m.d.comb += writer_wants_aux.eq(a_ready & head.acc)
-        a_moves = a_ready & (~head.acc | self.rd_aux.req.ready)
+        m.d.comb += writer_wants_aux.eq(a_ready & head.acc & ~load_request)
+        a_moves = a_ready & (~head.acc | writer_wants_aux & self.rd_aux.req.ready)
 
         m.d.comb += [
             self.rd_aux.req.valid.eq(writer_wants_aux | load_request),
-            self.rd_aux.req.payload.eq(Mux(writer_wants_aux, head.dst, load_addr)),
+            self.rd_aux.req.payload.eq(Mux(load_request, load_addr, head.dst)),
             out_fifo.r_en.eq(a_moves),
         ]
         with m.If(a_moves):

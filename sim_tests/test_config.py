@@ -25,7 +25,7 @@ def test_frozen():
     ({"ve_lanes": 12}, "ve_lanes must be a power of two from 1 to 256, not 12"),
     ({"array_rows": 16}, "array_rows must be at most ve_lanes (8)"),
     ({"spad_banks": 3}, "spad_banks must be a power of two, not 3"),
-    ({"spad_rows": 1026}, "spad_rows (1026) must be a multiple of spad_banks (4)"),
+    ({"spad_rows": 1026}, "spad_rows (1026) must be a multiple of spad_banks (8)"),
     ({"hbm_bytes_per_cycle": 6}, "hbm_bytes_per_cycle must be 4 times a power of two"),
     ({"hbm_bytes_per_cycle": 12}, "hbm_bytes_per_cycle must be 4 times a power of two"),
     ({"hbm_words": 1001}, "hbm_words (1001) must be a multiple of the words per HBM line (8)"),
