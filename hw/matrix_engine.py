@@ -75,8 +75,9 @@ class MatrixEngine(wiring.Component):
         stream_buffer = Signal()
         outstanding = Signal(range(self.out_depth + 1))
         in_flight = [Signal(range(self.out_depth + 1), name=f"in_flight{b}") for b in range(2)]
-        write_lo = Signal(17)   # segment-relative rows an in-flight mm may still write
-        write_hi = Signal(17)
+        rows_shape = range(cfg.spad_rows + 1)      # segment-relative rows, and row counts
+        write_lo = Signal(rows_shape)   # segment-relative rows an in-flight mm may still write
+        write_hi = Signal(rows_shape)
         writes_pending = Signal()
         m.d.comb += writes_pending.eq(stream_busy | (outstanding != 0))
 
@@ -157,7 +158,7 @@ class MatrixEngine(wiring.Component):
         # --- streamer -----------------------------------------------------------------------
         stream_src = Signal(addr_shape)
         stream_dst = Signal(addr_shape)
-        stream_left = Signal(17)
+        stream_left = Signal(rows_shape)
         stream_acc = Signal()
         with m.If(dispatch_mm):
             m.d.comb += front.consume.eq(1)

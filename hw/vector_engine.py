@@ -103,7 +103,7 @@ class VectorEngine(wiring.Component):
         loop_capture = Signal()          # iteration 0: words arrive on `instr` and are kept
         loop_pos = Signal(8)
         loop_len = Signal(8)
-        loop_iters_left = Signal(17)
+        loop_iters_left = Signal(range(BY_MNEMONIC["loop"].field("count").max + 1))
         dst_offset = Signal(rel)
         src_offset = Signal(rel)
         dst_stride = Signal(signed(16))
