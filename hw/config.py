@@ -64,7 +64,7 @@ class NPUConfig:
     max_body: int = 64
     #: Instruction memory per context, in 64-bit words.
     imem_words: int = 4096
-    #: Depth of the ready queue per engine type in the dispatcher.
+    #: Requests each context's doorbell queue holds (see the DOORBELL register).
     queue_depth: int = 4
     #: When no context retires a µTOp for this many cycles, running contexts fault (WATCHDOG).
     watchdog_cycles: int = 1 << 20

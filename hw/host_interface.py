@@ -1,10 +1,10 @@
 """Host interface: the register file of regmap.py behind a CSR bus, plus the instruction-memory window."""
 
-from amaranth import Cat, Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dispatcher import ControlSignature
+from .dispatcher import COUNTERS, ControlSignature
 from .regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, ENGINE, ENGINE_BASE, ENGINE_STRIDE,
                      GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Status)
 
@@ -34,6 +34,11 @@ class HostInterface(wiring.Component):
     are refused (nothing changes) and recorded in HOST_ERROR. START of a context whose
     segments run past the end of their memory, or whose PROG_LEN exceeds the instruction
     memory, does not run it: the context faults CONFIG (``config_fault``).
+
+    Requests (isa/SPEC.md, "Requests"): each context has a queue of DOORBELL writes (the
+    HBM offset of the request and the cycle it arrived); a free, unfaulted context starts
+    the oldest, and when that run ends its arrival and end cycles go to a second queue the
+    host reads through COMPLETION.
     """
 
     def __init__(self, config, n_engines):
@@ -45,13 +50,15 @@ class HostInterface(wiring.Component):
             "engine_stall": In(32).array(n_engines),
             "engine_done": In(32).array(n_engines),
             "engine_work": In(32).array(n_engines),
+            "cycle": Out(64),                 # cycles since reset (the CYCLE register)
+            "busy": Out(1),                   # a context runs, starts or has a request queued
         })
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
         csr = self.csr
-        cycle = Signal(64)
+        cycle = self.cycle
         m.d.sync += cycle.eq(cycle + 1)
 
         control = self.control
@@ -60,11 +67,14 @@ class HostInterface(wiring.Component):
         context_registers = [{register.name: Signal(register.width(cfg), name=f"c{c}_{register.name.lower()}")
                               for register in CONTEXT if register.access == Access.RW}
                              for c in range(cfg.n_ctx)]
-        for registers, settings in zip(context_registers, control.ctx_config):
+        # A request runs with its doorbell value added to HBM_BASE (0 after a START).
+        request_offset = [Signal(32, name=f"c{c}_request_offset") for c in range(cfg.n_ctx)]
+        for registers, settings, offset in zip(context_registers, control.ctx_config,
+                                               request_offset):
             m.d.comb += [settings.prog_len.eq(registers["PROG_LEN"]),
                          settings.segment.spad_base.eq(registers["SPAD_BASE"]),
                          settings.segment.spad_size.eq(registers["SPAD_SIZE"]),
-                         settings.segment.hbm_base.eq(registers["HBM_BASE"]),
+                         settings.segment.hbm_base.eq(registers["HBM_BASE"] + offset),
                          settings.segment.hbm_size.eq(registers["HBM_SIZE"]),
                          settings.me_mask.eq(registers["ME_MASK"]),
                          settings.ve_mask.eq(registers["VE_MASK"]),
@@ -86,9 +96,8 @@ class HostInterface(wiring.Component):
                 readable[(c, name)] = writable[(c, name)] = value
             readable.update({(c, "STATUS"): state.status, (c, "FAULT"): state.fault,
                              (c, "FAULT_PC"): state.fault_pc})
-            for register in CONTEXT:
-                if register.access == Access.RO and (c, register.name) not in readable:
-                    readable[(c, register.name)] = getattr(state, register.name.lower())
+            for name in COUNTERS:
+                readable[(c, name.upper())] = getattr(state, name)
         for e in range(self.n_engines):
             readable.update({("engine", e, "BUSY"): control.engine_busy[e],
                              ("engine", e, "STALL"): self.engine_stall[e],
@@ -119,11 +128,24 @@ class HostInterface(wiring.Component):
         def fits(target):
             return (value >> len(target)) == 0
 
-        def valid_settings(c):
+        def valid_settings(c, offset=0):
             registers = context_registers[c]
             return ((registers["PROG_LEN"] <= cfg.imem_words)
                     & (registers["SPAD_BASE"] + registers["SPAD_SIZE"] <= cfg.spad_rows)
-                    & (registers["HBM_BASE"] + registers["HBM_SIZE"] <= cfg.hbm_words))
+                    & (registers["HBM_BASE"] + offset + registers["HBM_SIZE"] <= cfg.hbm_words))
+
+        # Requests: each context has a queue of doorbell values (requests not started) and
+        # a queue of finished requests for the host to read (one more entry than requests
+        # can be outstanding, so a context never waits for the host to read).
+        queues = [fifo.SyncFIFO(width=63, depth=cfg.queue_depth) for _ in range(cfg.n_ctx)]
+        finished = [fifo.SyncFIFO(width=63, depth=cfg.queue_depth + 1)
+                    for _ in range(cfg.n_ctx)]
+        for c, (queue, done) in enumerate(zip(queues, finished)):
+            m.submodules[f"requests{c}"] = queue
+            m.submodules[f"finished{c}"] = done
+        from_request = Signal(cfg.n_ctx)     # the context's run is a request's
+        was_running = Signal(cfg.n_ctx)
+        started = Signal(cfg.n_ctx)          # START written for these contexts this cycle
 
         imem_offset = csr.addr[:IMEM_STRIDE.bit_length() - 1]
         imem_ctx = (csr.addr - IMEM_BASE) >> (IMEM_STRIDE.bit_length() - 1)
@@ -151,10 +173,22 @@ class HostInterface(wiring.Component):
                         m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
                     with m.Else():
                         good = Cat(valid_settings(c) for c in range(cfg.n_ctx))
+                        m.d.comb += started.eq(value[:cfg.n_ctx])
                         m.d.sync += [control.start.eq(value[:cfg.n_ctx] & good),
                                      control.config_fault.eq(value[:cfg.n_ctx] & ~good)]
                         with m.If((value[:cfg.n_ctx] & ~good).any()):
                             m.d.comb += refuse.eq(HostError.BAD_CONTEXT)
+                for c, queue in enumerate(queues):
+                    with m.Case(address((c, "DOORBELL"))):
+                        with m.If(~fits(request_offset[c])):
+                            m.d.comb += refuse.eq(HostError.VALUE_RANGE)
+                        with m.Elif(control.ctx_state[c].status == Status.FAULTED):
+                            m.d.comb += refuse.eq(HostError.CONTEXT_FAULTED)
+                        with m.Elif(~queue.w_rdy):
+                            m.d.comb += refuse.eq(HostError.QUEUE_FULL)
+                        with m.Else():
+                            m.d.comb += [queue.w_en.eq(1),
+                                         queue.w_data.eq(Cat(value[:32], cycle[:31]))]
                 with m.Case(address(("global", "HOST_ERROR"))):
                     m.d.sync += [host_error.eq(0), host_error_addr.eq(0)]
                 with m.Default():
@@ -166,6 +200,44 @@ class HostInterface(wiring.Component):
                         m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
                     with m.Else():
                         m.d.comb += imem_ok.eq(1)
+        # A free context (idle or done, not faulted) whose queue holds a request starts it,
+        # unless the host starts it this very cycle. When a request's run ends, its end
+        # is recorded: faulted or not, its cycles, and CYCLE at that moment.
+        for c, (queue, done) in enumerate(zip(queues, finished)):
+            state = control.ctx_state[c]
+            take = Signal(name=f"c{c}_take_request")
+            good = Signal(name=f"c{c}_request_settings_ok")
+            offset, arrived = queue.r_data[:32], queue.r_data[32:]
+            m.d.comb += [take.eq(~running[c] & (state.status != Status.FAULTED) & queue.r_rdy
+                                 & done.w_rdy & ~started[c]),
+                         good.eq(valid_settings(c, offset)),
+                         queue.r_en.eq(take)]
+            arrival = Signal(31, name=f"c{c}_request_arrival")
+            with m.If(take):
+                m.d.sync += [control.start[c].eq(good), control.config_fault[c].eq(~good),
+                             from_request[c].eq(1), request_offset[c].eq(offset),
+                             arrival.eq(arrived)]
+            with m.If(started[c]):
+                m.d.sync += [from_request[c].eq(0), request_offset[c].eq(0)]
+            is_running = state.status == Status.RUNNING
+            m.d.sync += was_running[c].eq(is_running)
+            ended = was_running[c] & ~is_running & from_request[c]
+            refused_request = take & ~good       # it ends at once, faulted (CONFIG)
+            m.d.comb += [
+                done.w_en.eq(ended | refused_request),
+                done.w_data.eq(Cat(cycle[:31], Mux(refused_request, arrived, arrival),
+                                   refused_request | (state.status == Status.FAULTED))),
+            ]
+            completed = Signal(32, name=f"c{c}_completed")
+            with m.If(done.w_en):
+                m.d.sync += completed.eq(completed + 1)
+            readable[(c, "PENDING")] = queue.level
+            readable[(c, "COMPLETED")] = completed
+            readable[(c, "COMPLETION")] = Cat(done.r_data, done.r_rdy)
+            m.d.comb += done.r_en.eq(csr.re & (csr.addr == address((c, "COMPLETION"))))
+
+        m.d.comb += self.busy.eq(running.any() | Cat(queue.r_rdy for queue in queues).any())
+
         with m.If((refuse != 0) & (host_error == 0)):
             m.d.sync += [host_error.eq(refuse), host_error_addr.eq(csr.addr)]
         m.d.comb += [

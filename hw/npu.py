@@ -11,7 +11,6 @@ from .hbm import HBM, HBMPortSignature
 from .host_interface import CSRSignature, HostInterface
 from .matrix_engine import MatrixEngine
 from .ports import SpadReadSignature, SpadWriteSignature
-from .regmap import Status
 from .scratchpad import Scratchpad
 from .vector_engine import VectorEngine
 
@@ -25,7 +24,8 @@ class NPU(wiring.Component):
       faults, counters);
     - ``spad_rd``/``spad_wr``: a scratchpad client (rows), arbitrated like the engines;
     - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;
-    - ``busy``: some context is running.
+    - ``busy``: some context is running, starting, or has a request queued; ``cycle``: cycles
+      since reset (the CYCLE register).
     """
 
     def __init__(self, config):
@@ -50,6 +50,7 @@ class NPU(wiring.Component):
             "spad_wr": In(SpadWriteSignature(config)),
             "hbm": In(HBMPortSignature(config)),
             "busy": Out(1),
+            "cycle": Out(64),
         })
 
     def elaborate(self, platform):
@@ -89,8 +90,8 @@ class NPU(wiring.Component):
 
         wiring.connect(m, wiring.flipped(self.csr), host.csr)
         wiring.connect(m, host.control, dispatcher.control)
-        m.d.comb += self.busy.eq(Cat(state.status == Status.RUNNING
-                                     for state in dispatcher.control.ctx_state).any())
+        m.d.comb += self.cycle.eq(host.cycle)
+        m.d.comb += self.busy.eq(host.busy)
         for i, engine in enumerate(self.engines):
             m.d.comb += [host.engine_stall[i].eq(engine.stall_cycles),
                          host.engine_done[i].eq(engine.utops_done),

@@ -23,6 +23,7 @@ class Access(enum.Enum):
     RO = "read-only"
     RW = "read-write"
     WO = "write-only (reads 0)"
+    POP = "read-only; a read takes the oldest entry"
 
 
 class Policy(enum.IntEnum):
@@ -52,6 +53,8 @@ class HostError(enum.IntEnum):
     IMEM_RANGE = 3        # instruction-memory word at or past imem_words
     CONTEXT_RUNNING = 4   # START, configuration or program write of a running context
     BAD_CONTEXT = 5       # START of a context whose settings are invalid (it faults CONFIG)
+    QUEUE_FULL = 6        # DOORBELL of a context whose request queue is full
+    CONTEXT_FAULTED = 7   # DOORBELL of a faulted context (it takes no requests until START)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,16 @@ CONTEXT = (
     Register("DMA_CYCLES", 0x12, Access.RO, "engine-cycles on DMA engines"),
     Register("PREEMPTED", 0x13, Access.RO, "µTOps of this context preempted on a borrowed "
                                            "engine by its owner (harvest) and issued again"),
+    Register("DOORBELL", 0x14, Access.WO, "queue a request: the value is the offset added "
+                                          "to HBM_BASE while the request runs; refused when "
+                                          "queue_depth requests wait or the context faulted",
+             bits=32),
+    Register("PENDING", 0x15, Access.RO, "requests queued and not started"),
+    Register("COMPLETION", 0x16, Access.POP, "the oldest finished request: bit 63 valid, bit "
+                                             "62 faulted, bits 61..31 CYCLE when its doorbell "
+                                             "was written, bits 30..0 CYCLE when it ended "
+                                             "(both mod 2^31); 0 when none"),
+    Register("COMPLETED", 0x17, Access.RO, "requests finished since reset"),
 )
 
 ENGINE = (

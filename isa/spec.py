@@ -253,6 +253,24 @@ def _host_interface():
                  "it starts: a scratchpad or HBM segment that runs past the end of its memory, "
                  "or PROG_LEN greater than `imem_words`, makes that context fault CONFIG "
                  "(FAULT_PC 0) instead of running.\n")
+    lines.append("### Requests\n")
+    lines.append(
+        "A context also serves *requests*. A write to its DOORBELL queues one (up to "
+        "`queue_depth` wait; the value is an offset added to HBM_BASE while that request "
+        "runs, so each request can have its own inputs and outputs) and stamps it with "
+        "CYCLE. Whenever the context is not running (idle or done, not faulted) and a "
+        "request waits, the oldest one starts, exactly as START would: from word 0, "
+        "counters cleared, with the settings checked (HBM_BASE + offset + HBM_SIZE must "
+        "not pass `hbm_words`, or the request ends at once, faulted, and the context "
+        "faults CONFIG). When a request's run ends (DONE or FAULTED), its completion is "
+        "queued for the host: COMPLETION reads the oldest (bit 63 valid, bit 62 faulted, "
+        "bits 61..31 the cycle of its doorbell, bits 30..0 the cycle it ended, both mod "
+        "2^31; the read takes it), COMPLETED counts them. Its latency is the difference "
+        "of the two stamps, from the hardware's clock. `queue_depth` + 1 completions "
+        "fit, so a context never waits for the host to read them as long as the host "
+        "reads a context's completions before ringing it again. A faulted context takes "
+        "no request (its doorbell is refused) until START; the other contexts go on. "
+        "START of a context runs its program once, without a request, as before.\n")
     lines.append("| code | name | refused |\n|---|---|---|")
     for code in regmap.HostError:
         lines.append(f"| {code.value} | {code.name} | {_HOST_ERROR_DOCS[code]} |")
@@ -270,6 +288,8 @@ _HOST_ERROR_DOCS = {
                                       "word of a running context",
     regmap.HostError.BAD_CONTEXT: "START of a context with invalid settings (it faults CONFIG; "
                                   "the other contexts of the same START start)",
+    regmap.HostError.QUEUE_FULL: "DOORBELL of a context with `queue_depth` requests waiting",
+    regmap.HostError.CONTEXT_FAULTED: "DOORBELL of a faulted context (START it again first)",
 }
 
 

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import NPUConfig
-from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, HostError, Policy, Status,
-                       register_address)
+from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Policy,
+                       Status, register_address)
 from isa.encoding import Fault
 from isa.golden import Segment
 
-__all__ = ["Driver", "RunResult", "ContextResult", "DriverError", "BACKENDS", "make_backend"]
+__all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError", "BACKENDS",
+           "make_backend"]
 
 #: Backend names accepted everywhere a backend can be chosen.
 BACKENDS = ("pysim", "verilator")
@@ -68,6 +69,22 @@ class RunResult:
     @property
     def makespan(self):
         return max((c.cycles for c in self.contexts), default=0)
+
+
+@dataclass
+class RequestResult:
+    """One request of a stream (Driver.serve): cycles count from the stream's start."""
+    ctx: int
+    requested: int                    # the cycle the stream asked for
+    offset: int                       # its DOORBELL value (added to HBM_BASE)
+    refused: HostError | None = None  # the doorbell was refused (QUEUE_FULL, CONTEXT_FAULTED)
+    arrival: int | None = None        # the hardware's stamp: when the doorbell took effect
+    end: int | None = None            # ... and when the request ended (None: it did not)
+    faulted: bool = False
+
+    @property
+    def latency(self):
+        return None if self.end is None else self.end - self.arrival
 
 
 def make_backend(name, config, **options):
@@ -196,9 +213,7 @@ class Driver:
 
     # --- running ------------------------------------------------------------------------------
 
-    def run(self, *, contexts=None, max_cycles=1_000_000, read_spad=(), read_hbm=()):
-        """Start ``contexts`` (default: every loaded one), run until none is running (or
-        ``max_cycles``), then read status, counters and the requested memory."""
+    def _contexts(self, contexts):
         contexts = self.loaded if contexts is None else list(contexts)
         if not contexts:
             raise DriverError("no context to run: load one with load_context() first")
@@ -208,6 +223,9 @@ class Driver:
                 raise DriverError(f"context {c} was not loaded; loaded: {self.loaded}")
         if len(set(contexts)) != len(contexts):
             raise DriverError(f"contexts {contexts} name a context more than once")
+        return contexts
+
+    def _check_reads(self, max_cycles, read_spad, read_hbm):
         if not _is_int(max_cycles) or max_cycles < 1:
             raise DriverError(f"max_cycles must be a positive integer, not {max_cycles!r}")
         cfg = self.config
@@ -218,14 +236,96 @@ class Driver:
                         or first + count > total):
                     raise DriverError(f"cannot read {count!r} {what} from {first!r}: the "
                                       f"memory has {total}")
+
+    def run(self, *, contexts=None, max_cycles=1_000_000, read_spad=(), read_hbm=()):
+        """Start ``contexts`` (default: every loaded one), run until none is running (or
+        ``max_cycles``), then read status, counters and the requested memory."""
+        contexts = self._contexts(contexts)
+        self._check_reads(max_cycles, read_spad, read_hbm)
         script = list(self.script)
         script.append(("csr_write", register_address("START"),
                        sum(1 << c for c in contexts)))
         script.append(("run", max_cycles))
-        reads = []
+        tail, reads = self._readback(contexts, read_spad, read_hbm)
+        results = iter(self.backend.execute(script + tail))
+        cycles, timed_out = next(results)
+        return self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
+
+    def serve(self, arrivals, *, offsets=None, contexts=None, max_cycles=1_000_000,
+              read_spad=(), read_hbm=()):
+        """Hand the loaded contexts requests over time, free-running on the backend.
+
+        ``arrivals`` are (cycle, context) pairs in time order, cycles counted from the start
+        of the stream: at that cycle the context's DOORBELL is written with its offset
+        (``offsets``, default 0: added to HBM_BASE while the request runs). A context starts
+        a queued request whenever it is free. After the last arrival the run goes on until
+        no context runs or has a request queued (or ``max_cycles``). Returns (RunResult,
+        RequestResult per arrival); arrival and end cycles are the hardware's stamps."""
+        contexts = self._contexts(contexts)
+        self._check_reads(max_cycles, read_spad, read_hbm)
+        arrivals = list(arrivals)
+        if not arrivals:
+            raise DriverError("no requests to serve: give at least one (cycle, context)")
+        offsets = [0] * len(arrivals) if offsets is None else list(offsets)
+        if len(offsets) != len(arrivals):
+            raise DriverError(f"{len(offsets)} offsets for {len(arrivals)} requests")
+        previous = 0
+        for index, ((cycle, c), offset) in enumerate(zip(arrivals, offsets)):
+            if not _is_int(cycle) or cycle < previous:
+                raise DriverError(f"request {index}: cycle {cycle!r} must be an integer, not "
+                                  f"before the request ahead of it ({previous})")
+            if c not in contexts:
+                raise DriverError(f"request {index}: context {c!r} is not one of {contexts}")
+            if not _is_int(offset) or not 0 <= offset < 1 << 32:
+                raise DriverError(f"request {index}: HBM offset {offset!r} is not a 32-bit "
+                                  f"unsigned value")
+            previous = cycle
+        host_error = register_address("HOST_ERROR")
+        script = list(self.script) + [("mark",)]
+        for (cycle, c), offset in zip(arrivals, offsets):
+            script += [("until", int(cycle)),
+                       ("csr_write", register_address("DOORBELL", ctx=c), int(offset)),
+                       ("csr_read", host_error), ("csr_write", host_error, 0),
+                       ("drain", register_address("COMPLETION", ctx=c))]
+        script.append(("run", max_cycles))
+        script += [("drain", register_address("COMPLETION", ctx=c)) for c in contexts]
+        tail, reads = self._readback(contexts, read_spad, read_hbm)
+        results = iter(self.backend.execute(script + tail))
+        mark = next(results)
+        refusals, finished = [], {c: [] for c in contexts}
+        for _, c in arrivals:
+            error = next(results)
+            refusals.append(HostError(error & 0xFF) if error else None)
+            finished[c] += next(results)
+        cycles, timed_out = next(results)
+        for c in contexts:
+            finished[c] += next(results)
+        run = self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
+
+        def since_mark(stamp):
+            return (stamp - mark) % (1 << 31)
+
+        requests = []
+        entries = {c: iter(finished[c]) for c in contexts}
+        for (cycle, c), offset, refused in zip(arrivals, offsets, refusals):
+            request = RequestResult(c, int(cycle), offset, refused=refused)
+            entry = None if refused else next(entries[c], None)
+            if entry is not None:
+                request.arrival = since_mark((entry >> 31) & (2**31 - 1))
+                request.end = since_mark(entry & (2**31 - 1))
+                request.faulted = bool(entry >> 62 & 1)
+            requests.append(request)
+        return run, requests
+
+    def _readback(self, contexts, read_spad, read_hbm):
+        """Host operations that read every context's and engine's registers and the
+        requested memory after a run, and the keys of the register reads."""
+        cfg = self.config
+        script, reads = [], []
         for c in contexts:
             for register in CONTEXT:
-                reads.append(("ctx", c, register.name))
+                if register.access in (Access.RO, Access.RW):
+                    reads.append(("ctx", c, register.name))
         n_engines = cfg.n_me + cfg.n_ve + cfg.n_dma
         for e in range(n_engines):
             for register in ENGINE[:4] + ENGINE[4:4 + cfg.n_ctx]:
@@ -240,15 +340,17 @@ class Driver:
         for address, count in read_hbm:
             first, last = address // per_line, (address + count - 1) // per_line
             script += [("hbm_read", line) for line in range(first, last + 1)]
+        return script, reads
 
-        results = iter(self.backend.execute(script))
-        cycles, timed_out = next(results)
+    def _result(self, results, cycles, timed_out, contexts, reads, read_spad, read_hbm):
+        cfg = self.config
         values = {}
-        for kind, index, name in reads:
-            values[(kind, index, name)] = next(results)
+        for key in reads:
+            values[key] = next(results)
         context_results = []
         for c in contexts:
-            counters = {r.name: values[("ctx", c, r.name)] for r in CONTEXT}
+            counters = {r.name: values[("ctx", c, r.name)] for r in CONTEXT
+                        if ("ctx", c, r.name) in values}
             context_results.append(ContextResult(Status(counters.pop("STATUS")),
                                                  Fault(counters.pop("FAULT")),
                                                  counters.pop("FAULT_PC"), counters))
@@ -256,12 +358,14 @@ class Driver:
         if host_error:
             raise DriverError(f"the NPU refused a host write: {HostError(host_error & 0xFF).name} "
                               f"at register address 0x{host_error >> 32:x}")
+        n_engines = cfg.n_me + cfg.n_ve + cfg.n_dma
         engines = []
         for e in range(n_engines):
             engines.append({name: values[("engine", e, name)]
                             for kind, index, name in reads if kind == "engine" and index == e})
         result = RunResult(cycles, timed_out, context_results, engines,
                            trace=list(getattr(self.backend, "trace_events", [])))
+        per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
             result.spad[(row, count)] = np.array([next(results) for _ in range(count)],
                                                  dtype=np.int64)

@@ -85,6 +85,7 @@ class _Session:
         lanes, per_line = cfg.ve_lanes, cfg.hbm_words_per_cycle
         csr = npu.csr
         results = []
+        mark = 0             # the cycle counter at the last `mark`: the origin of `until`
         for op in script:
             kind = op[0]
             if kind == "csr_write":
@@ -94,11 +95,7 @@ class _Session:
                 await ctx.tick()
                 ctx.set(csr.we, 0)
             elif kind == "csr_read":
-                ctx.set(csr.addr, op[1])
-                ctx.set(csr.re, 1)
-                await ctx.tick()
-                ctx.set(csr.re, 0)
-                results.append(ctx.get(csr.rdata))
+                results.append(await self._csr_read(ctx, op[1]))
             elif kind == "spad_write":
                 request = npu.spad_wr.req
                 ctx.set(request.payload.addr, op[1])
@@ -140,10 +137,31 @@ class _Session:
                     if self.progress and waited % 4096 < self.poll:
                         self.progress(waited)
                 results.append((waited, bool(ctx.get(npu.busy))))
+            elif kind == "mark":
+                mark = ctx.get(npu.cycle)
+                results.append(mark)
+            elif kind == "until":
+                waiting = mark + op[1] - ctx.get(npu.cycle)
+                if waiting > 0:
+                    await ctx.tick().repeat(waiting)
+            elif kind == "drain":
+                entries = []
+                while (value := await self._csr_read(ctx, op[1])) >> 63:
+                    entries.append(value)
+                results.append(entries)
             else:
                 raise ValueError(f"unknown host operation {kind!r}")
         return results
 
+
+    async def _csr_read(self, ctx, address):
+        """One register read: the value is there after the clock edge."""
+        csr = self.harness.npu.csr
+        ctx.set(csr.addr, address)
+        ctx.set(csr.re, 1)
+        await ctx.tick()
+        ctx.set(csr.re, 0)
+        return ctx.get(csr.rdata)
 
     async def _traced_run(self, ctx, max_cycles):
         """Run cycle by cycle, recording the dispatcher's decisions (slow: opt-in)."""

@@ -35,7 +35,7 @@ __all__ = ["VerilatorBackend", "build_model", "build_dir"]
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = Path(__file__).resolve().parent / "verilator_harness.cpp"
 _OPCODES = {"csr_write": 1, "csr_read": 2, "spad_write": 3, "spad_read": 4, "hbm_write": 5,
-            "hbm_read": 6, "run": 7, "step": 8}
+            "hbm_read": 6, "run": 7, "step": 8, "until": 9, "drain": 10, "mark": 11}
 
 
 def build_dir():
@@ -195,7 +195,7 @@ def _encode(script, poll):
         words.append(_OPCODES[kind])
         if kind == "csr_write":
             words += [op[1], op[2] & (2**64 - 1)]
-        elif kind in ("csr_read", "spad_read", "hbm_read", "step"):
+        elif kind in ("csr_read", "spad_read", "hbm_read", "step", "until", "drain"):
             words.append(op[1])
         elif kind == "spad_write":
             words += [op[1]] + [v & 0xFFFFFFFF for v in op[2]]
@@ -203,7 +203,7 @@ def _encode(script, poll):
             words += [op[1], op[3]] + [v & 0xFFFFFFFF for v in op[2]]
         elif kind == "run":
             words += [op[1], poll]
-        else:
+        elif kind != "mark":
             raise ValueError(f"unknown host operation {kind!r}")
     return struct.pack(f"<{len(words)}Q", *words)
 
@@ -226,6 +226,13 @@ def _decode(script, words, config):
         elif kind == "step":
             results.append(bool(words[position]))
             position += 1
+        elif kind == "mark":
+            results.append(words[position])
+            position += 1
+        elif kind == "drain":
+            count = words[position]
+            results.append(list(words[position + 1:position + 1 + count]))
+            position += 1 + count
     return results
 
 

@@ -12,6 +12,9 @@
 //             3 spad_write row w0..w(LANES-1) | 4 spad_read row -> LANES words
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
+//             11 mark -> cycle (remember the pNPU's cycle counter now)
+//             9 until t (clock until the cycle counter reads mark + t; no-op if past)
+//             10 drain addr -> n v1..vn (read a queue register until bit 63 is clear)
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
 // offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
 // "__" escaped by Verilator as "___05F". The pNPU sees the host inputs as they were at the
@@ -144,14 +147,7 @@ class Harness {
             touched();
             return i + 3;
         case 2:  // csr_read
-            top_->csr___05Faddr = ops.at(i + 1);
-            top_->csr___05Fre = 1;
-            touched();
-            tick();
-            top_->csr___05Fre = 0;
-            touched();
-            settle();
-            out.push_back(top_->csr___05Frdata);
+            out.push_back(csr_read(ops.at(i + 1)));
             return i + 2;
         case 3: {  // spad_write
             put(top_->spad_wr___05Freq___05Fpayload, SPAD_WR_ADDR, SPAD_ADDR_BITS, ops.at(i + 1));
@@ -224,6 +220,24 @@ class Harness {
             out.push_back(top_->busy);
             return i + 2;
         }
+        case 11:  // mark: the cycle counter now, the origin of `until`
+            settle();
+            mark_ = top_->cycle;
+            out.push_back(mark_);
+            return i + 1;
+        case 9: {  // until: clock until the cycle counter reads mark + t
+            uint64_t target = mark_ + ops.at(i + 1);
+            settle();
+            while (top_->cycle < target) tick();
+            return i + 2;
+        }
+        case 10: {  // drain: read a queue register until an entry without bit 63
+            std::vector<uint64_t> entries;
+            for (uint64_t value; (value = csr_read(ops.at(i + 1))) >> 63;) entries.push_back(value);
+            out.push_back(entries.size());
+            out.insert(out.end(), entries.begin(), entries.end());
+            return i + 2;
+        }
         default:
             std::fprintf(stderr, "neu10_sim: unknown host operation %llu\n",
                          static_cast<unsigned long long>(kind));
@@ -234,7 +248,8 @@ class Harness {
     static size_t op_length(uint64_t kind) {
         switch (kind) {
         case 1: return 3;
-        case 2: case 4: case 6: case 8: return 2;
+        case 2: case 4: case 6: case 8: case 9: case 10: return 2;
+        case 11: return 1;
         case 3: return 2 + LANES;
         case 5: return 3 + LINE_WORDS;
         case 7: return 3;
@@ -243,6 +258,18 @@ class Harness {
     }
 
   private:
+    // One register read: the value is there after the clock edge.
+    uint64_t csr_read(uint64_t address) {
+        top_->csr___05Faddr = address;
+        top_->csr___05Fre = 1;
+        touched();
+        tick();
+        top_->csr___05Fre = 0;
+        touched();
+        settle();
+        return top_->csr___05Frdata;
+    }
+
     template <typename Ready>
     void wait_for_ready(Ready ready) {
         for (;;) {
@@ -263,6 +290,7 @@ class Harness {
     std::unique_ptr<VerilatedContext> context_;
     std::unique_ptr<Vneu10_sim_top> top_;
     bool dirty_ = true;    // a host input changed since the last host_strobe
+    uint64_t mark_ = 0;    // the cycle counter at the last `mark`
 #if NEU10_TRACE
     std::unique_ptr<VerilatedVcdC> trace_;
 #endif

@@ -1,0 +1,127 @@
+"""Requests on the hardware: doorbell queues, automatic restarts, completion stamps, faults mid-stream."""
+
+import numpy as np
+import pytest
+
+from hw.config import NPUConfig
+from hw.regmap import HostError
+from isa.asm import assemble
+from isa.golden import Segment
+from runtime.driver import Driver, DriverError
+
+TINY = NPUConfig.preset("tiny")
+# One request: load the 4 words at HBM 0 of the segment, add 1, store them at HBM 16.
+PROGRAM = assemble("""
+load:   .dma
+            dload 0, 0, 1
+add:    .ve deps(load)
+            vaddi 0, 0, 1, 1
+store:  .dma deps(add) eop
+            dstore 16, 0, 1
+""")
+SLOT = 64            # HBM words per request slot: the offset a doorbell gives a request
+
+
+def driver(backend="pysim", contexts=(0, 1)):
+    d = Driver(TINY, backend)
+    for c in contexts:
+        d.load_context(c, PROGRAM, Segment(64 * c, 64), Segment(1024 * c, 32))
+        for slot in range(2):
+            d.write_hbm(1024 * c + slot * SLOT, [100 * c + 10 * slot + i for i in range(4)])
+    return d
+
+
+def outputs(run, c):
+    return [list(run.hbm[(1024 * c + slot * SLOT + 16, 4)]) for slot in range(2)]
+
+
+def reads(contexts=(0, 1)):
+    return [(1024 * c + slot * SLOT + 16, 4) for c in contexts for slot in range(2)]
+
+
+def test_requests_run_in_order_each_on_its_own_input():
+    arrivals = [(0, 0), (0, 1), (5, 0), (40, 1), (41, 0)]
+    offsets = [0, 0, SLOT, SLOT, 0]
+    run, requests = driver().serve(arrivals, offsets=offsets, read_hbm=reads())
+    assert not run.timed_out
+    for c in (0, 1):
+        assert outputs(run, c) == [[100 * c + i + 1 for i in range(4)],
+                                   [100 * c + 10 + i + 1 for i in range(4)]]
+    for request in requests:
+        assert request.refused is None and not request.faulted
+        assert request.arrival >= request.requested      # the host's writes take cycles
+        assert request.latency > 0
+    # A context runs one request at a time, in arrival order: each ends after the one before.
+    for c in (0, 1):
+        mine = [r for r in requests if r.ctx == c]
+        assert all(a.end < b.end for a, b in zip(mine, mine[1:]))
+        assert all(b.end - max(b.arrival, a.end) >= min(r.latency for r in mine) - 2
+                   for a, b in zip(mine, mine[1:]))
+    assert [c.counters["COMPLETED"] for c in run.contexts] == [3, 2]
+    assert [c.counters["PENDING"] for c in run.contexts] == [0, 0]
+
+
+def test_a_queued_request_waits_for_the_running_one():
+    # Three requests at once: the queue holds them; latencies grow by one run each.
+    run, requests = driver(contexts=(0,)).serve([(0, 0)] * 3, offsets=[0, SLOT, 0],
+                                                  read_hbm=reads((0,)))
+    latencies = [r.latency for r in requests]
+    assert latencies[0] < latencies[1] < latencies[2]
+    # Each starts when the one before ends: the ends are one run (plus the same few cycles
+    # of restart) apart, and a run is most of the first request's latency.
+    spacing = [b.end - a.end for a, b in zip(requests, requests[1:])]
+    assert abs(spacing[0] - spacing[1]) <= 1
+    assert latencies[0] - 6 <= spacing[0] <= latencies[0] + 6
+
+
+def test_a_full_queue_refuses_the_doorbell():
+    n = TINY.queue_depth + 3
+    run, requests = driver(contexts=(0,)).serve([(0, 0)] * n, read_hbm=reads((0,)))
+    refused = [r.refused for r in requests]
+    assert refused.count(HostError.QUEUE_FULL) >= 1
+    accepted = [r for r in requests if r.refused is None]
+    assert all(r.end is not None and not r.faulted for r in accepted)
+    assert run.contexts[0].counters["COMPLETED"] == len(accepted)
+
+
+def test_a_fault_mid_stream_stops_only_that_context():
+    # Context 0's second request gets an offset whose segment runs past the end of HBM: it
+    # faults CONFIG at its start; later doorbells are refused; context 1 goes on.
+    bad = TINY.hbm_words                  # HBM_BASE + offset + HBM_SIZE > hbm_words
+    arrivals = [(0, 0), (0, 1), (60, 0), (120, 0), (121, 1)]
+    offsets = [0, 0, bad, SLOT, SLOT]
+    run, requests = driver().serve(arrivals, offsets=offsets, read_hbm=reads())
+    first, _, faulting, after, other = requests
+    assert not first.faulted and first.end is not None
+    assert faulting.faulted and faulting.end is not None
+    assert after.refused == HostError.CONTEXT_FAULTED and after.end is None
+    assert other.refused is None and not other.faulted
+    assert run.contexts[0].status.name == "FAULTED" and run.contexts[0].fault.name == "CONFIG"
+    assert run.contexts[1].status.name == "DONE"
+    assert outputs(run, 1)[1] == [110 + i + 1 for i in range(4)]
+
+
+def test_bad_streams_are_refused_before_running():
+    with pytest.raises(DriverError, match=r"request 1: cycle 3 must be an integer, not before "
+                                          r"the request ahead of it \(9\)"):
+        driver().serve([(9, 0), (3, 1)])
+    with pytest.raises(DriverError, match=r"request 0: context 3 is not one of \[0, 1\]"):
+        driver().serve([(0, 3)])
+    with pytest.raises(DriverError, match=r"request 0: HBM offset -1 is not a 32-bit"):
+        driver().serve([(0, 0)], offsets=[-1])
+    with pytest.raises(DriverError, match="no requests to serve"):
+        driver().serve([])
+
+
+def test_pysim_and_verilator_stamp_a_stream_identically():
+    arrivals = [(0, 0), (3, 1), (30, 0), (31, 0), (70, 1), (71, 1)]
+    offsets = [0, SLOT, SLOT, 0, 0, SLOT]
+    runs = {}
+    for backend in ("pysim", "verilator"):
+        run, requests = driver(backend).serve(arrivals, offsets=offsets, read_hbm=reads())
+        runs[backend] = (run, [(r.arrival, r.end, r.faulted, r.refused) for r in requests])
+    (a, stamps_a), (b, stamps_b) = runs["pysim"], runs["verilator"]
+    assert stamps_a == stamps_b
+    assert [c.counters for c in a.contexts] == [c.counters for c in b.contexts]
+    assert a.engines == b.engines
+    assert all(np.array_equal(a.hbm[k], b.hbm[k]) for k in a.hbm)
