@@ -1,6 +1,7 @@
 """Host interface: the register file of regmap.py behind a CSR bus, plus the instruction-memory window."""
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -140,12 +141,16 @@ class HostInterface(wiring.Component):
         queues = [fifo.SyncFIFO(width=63, depth=cfg.queue_depth) for _ in range(cfg.n_ctx)]
         finished = [fifo.SyncFIFO(width=63, depth=cfg.queue_depth + 1)
                     for _ in range(cfg.n_ctx)]
-        for c, (queue, done) in enumerate(zip(queues, finished)):
-            m.submodules[f"requests{c}"] = queue
-            m.submodules[f"finished{c}"] = done
         from_request = Signal(cfg.n_ctx)     # the context's run is a request's
         was_running = Signal(cfg.n_ctx)
         started = Signal(cfg.n_ctx)          # START written for these contexts this cycle
+        taking = Signal(cfg.n_ctx)           # ... or a request taken: a start next cycle
+        # Settings and programs are locked from the cycle a run is decided.
+        locked = running | taking
+        for c, (queue, done) in enumerate(zip(queues, finished)):
+            # START of a context drops the requests it had queued (say, when it faulted).
+            m.submodules[f"requests{c}"] = ResetInserter(started[c])(queue)
+            m.submodules[f"finished{c}"] = done
 
         imem_offset = csr.addr[:IMEM_STRIDE.bit_length() - 1]
         imem_ctx = (csr.addr - IMEM_BASE) >> (IMEM_STRIDE.bit_length() - 1)
@@ -156,7 +161,7 @@ class HostInterface(wiring.Component):
             with m.Switch(csr.addr):
                 for key, target in writable.items():
                     with m.Case(address(key)):
-                        busy = 0 if key[0] == "global" else running[key[0]]
+                        busy = 0 if key[0] == "global" else locked[key[0]]
                         out_of_range = ~fits(target)
                         if target is control.time_slice:
                             out_of_range = out_of_range | (value == 0)
@@ -196,20 +201,26 @@ class HostInterface(wiring.Component):
                         m.d.comb += refuse.eq(HostError.UNMAPPED)
                     with m.Elif(imem_offset >= cfg.imem_words):
                         m.d.comb += refuse.eq(HostError.IMEM_RANGE)
-                    with m.Elif(running.bit_select(imem_ctx[:max(1, (cfg.n_ctx - 1).bit_length())], 1)):
+                    with m.Elif(locked.bit_select(imem_ctx[:max(1, (cfg.n_ctx - 1).bit_length())], 1)):
                         m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
                     with m.Else():
                         m.d.comb += imem_ok.eq(1)
-        # A free context (idle or done, not faulted) whose queue holds a request starts it,
-        # unless the host starts it this very cycle. When a request's run ends, its end
-        # is recorded: faulted or not, its cycles, and CYCLE at that moment.
+        # A free context (idle or done, not faulted, not being started or refused) whose
+        # queue holds a request starts it, unless the host starts it this very cycle or a
+        # request's end is being recorded. When a request's run ends, its arrival and end
+        # cycles are recorded, and whether it faulted. One run at a time, and a request is
+        # taken only when its end will find room: no end is ever dropped.
         for c, (queue, done) in enumerate(zip(queues, finished)):
             state = control.ctx_state[c]
-            take = Signal(name=f"c{c}_take_request")
+            take = taking[c]
             good = Signal(name=f"c{c}_request_settings_ok")
             offset, arrived = queue.r_data[:32], queue.r_data[32:]
-            m.d.comb += [take.eq(~running[c] & (state.status != Status.FAULTED) & queue.r_rdy
-                                 & done.w_rdy & ~started[c]),
+            is_running = state.status == Status.RUNNING
+            ended = Signal(name=f"c{c}_request_ended")
+            m.d.comb += ended.eq(was_running[c] & ~is_running & from_request[c])
+            m.d.comb += [take.eq(~running[c] & ~control.config_fault[c]
+                                 & (state.status != Status.FAULTED) & queue.r_rdy
+                                 & done.w_rdy & ~ended & ~started[c]),
                          good.eq(valid_settings(c, offset)),
                          queue.r_en.eq(take)]
             arrival = Signal(31, name=f"c{c}_request_arrival")
@@ -219,9 +230,7 @@ class HostInterface(wiring.Component):
                              arrival.eq(arrived)]
             with m.If(started[c]):
                 m.d.sync += [from_request[c].eq(0), request_offset[c].eq(0)]
-            is_running = state.status == Status.RUNNING
             m.d.sync += was_running[c].eq(is_running)
-            ended = was_running[c] & ~is_running & from_request[c]
             refused_request = take & ~good       # it ends at once, faulted (CONFIG)
             m.d.comb += [
                 done.w_en.eq(ended | refused_request),
@@ -229,14 +238,17 @@ class HostInterface(wiring.Component):
                                    refused_request | (state.status == Status.FAULTED))),
             ]
             completed = Signal(32, name=f"c{c}_completed")
-            with m.If(done.w_en):
+            with m.If(done.w_en & done.w_rdy):
                 m.d.sync += completed.eq(completed + 1)
             readable[(c, "PENDING")] = queue.level
             readable[(c, "COMPLETED")] = completed
-            readable[(c, "COMPLETION")] = Cat(done.r_data, done.r_rdy)
+            readable[(c, "COMPLETION")] = Mux(done.r_rdy, Cat(done.r_data, 1), 0)
             m.d.comb += done.r_en.eq(csr.re & (csr.addr == address((c, "COMPLETION"))))
 
-        m.d.comb += self.busy.eq(running.any() | Cat(queue.r_rdy for queue in queues).any())
+        # Busy while a context runs or a context that can still run has a request queued.
+        m.d.comb += self.busy.eq(running.any() | Cat(
+            queue.r_rdy & (state.status != Status.FAULTED)
+            for queue, state in zip(queues, control.ctx_state)).any())
 
         with m.If((refuse != 0) & (host_error == 0)):
             m.d.sync += [host_error.eq(refuse), host_error_addr.eq(csr.addr)]

@@ -269,8 +269,11 @@ def _host_interface():
         "of the two stamps, from the hardware's clock. `queue_depth` + 1 completions "
         "fit, so a context never waits for the host to read them as long as the host "
         "reads a context's completions before ringing it again. A faulted context takes "
-        "no request (its doorbell is refused) until START; the other contexts go on. "
-        "START of a context runs its program once, without a request, as before.\n")
+        "no request (its doorbell is refused; those it had queued stay queued) until "
+        "START; the other contexts go on. START of a context drops the requests it had "
+        "queued and runs its program once, without a request, as before. Settings and "
+        "the program of a context are locked (CONTEXT_RUNNING) from the cycle it takes a "
+        "request.\n")
     lines.append("| code | name | refused |\n|---|---|---|")
     for code in regmap.HostError:
         lines.append(f"| {code.value} | {code.name} | {_HOST_ERROR_DOCS[code]} |")

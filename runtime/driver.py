@@ -260,10 +260,18 @@ class Driver:
         (``offsets``, default 0: added to HBM_BASE while the request runs). A context starts
         a queued request whenever it is free. After the last arrival the run goes on until
         no context runs or has a request queued (or ``max_cycles``). Returns (RunResult,
-        RequestResult per arrival); arrival and end cycles are the hardware's stamps."""
+        RequestResult per arrival); arrival and end cycles are the hardware's stamps.
+
+        Each request costs the host at least 4 bus cycles (doorbell, HOST_ERROR read and
+        clear, reading the context's completions): requests asked closer together arrive
+        later than asked (``requested`` keeps what was asked, ``arrival`` is when). The
+        stamps count cycles modulo 2^31, so a stream must end within 2^31 cycles."""
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
-        arrivals = list(arrivals)
+        try:
+            arrivals = [(cycle, c) for cycle, c in arrivals]
+        except (TypeError, ValueError):
+            raise DriverError("arrivals must be (cycle, context) pairs") from None
         if not arrivals:
             raise DriverError("no requests to serve: give at least one (cycle, context)")
         offsets = [0] * len(arrivals) if offsets is None else list(offsets)
@@ -280,8 +288,14 @@ class Driver:
                 raise DriverError(f"request {index}: HBM offset {offset!r} is not a 32-bit "
                                   f"unsigned value")
             previous = cycle
+        if previous + max_cycles >= 1 << 31:
+            raise DriverError(f"a stream of {previous} cycles plus max_cycles={max_cycles} "
+                              f"does not fit the 2^31-cycle stamps")
         host_error = register_address("HOST_ERROR")
-        script = list(self.script) + [("mark",)]
+        # Setup must have been accepted before the first doorbell (HOST_ERROR keeps the
+        # first refusal): read it, then clear it for the doorbells.
+        script = list(self.script) + [("mark",), ("csr_read", host_error),
+                                      ("csr_write", host_error, 0)]
         for (cycle, c), offset in zip(arrivals, offsets):
             script += [("until", int(cycle)),
                        ("csr_write", register_address("DOORBELL", ctx=c), int(offset)),
@@ -292,9 +306,16 @@ class Driver:
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
         mark = next(results)
+        setup_error = next(results)
+        if setup_error:
+            raise DriverError(f"the NPU refused a host write: {HostError(setup_error & 0xFF).name} "
+                              f"at register address 0x{setup_error >> 32:x}")
         refusals, finished = [], {c: [] for c in contexts}
         for _, c in arrivals:
             error = next(results)
+            if error and error >> 32 != register_address("DOORBELL", ctx=c):
+                raise DriverError(f"the NPU refused a host write at register address "
+                                  f"0x{error >> 32:x} during the stream")
             refusals.append(HostError(error & 0xFF) if error else None)
             finished[c] += next(results)
         cycles, timed_out = next(results)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hw.config import NPUConfig
-from hw.regmap import HostError
+from hw.regmap import HostError, register_address
 from isa.asm import assemble
 from isa.golden import Segment
 from runtime.driver import Driver, DriverError
@@ -125,3 +125,43 @@ def test_pysim_and_verilator_stamp_a_stream_identically():
     assert [c.counters for c in a.contexts] == [c.counters for c in b.contexts]
     assert a.engines == b.engines
     assert all(np.array_equal(a.hbm[k], b.hbm[k]) for k in a.hbm)
+
+
+def test_a_bad_request_queued_behind_a_good_one_is_recorded_and_stops_the_context():
+    bad = TINY.hbm_words
+    # All three queue at once: the first runs, the second faults CONFIG when it is taken
+    # (in the cycle after the first's end is recorded: both ends are kept), the third stays
+    # queued behind the fault and the run ends (no timeout).
+    run, requests = driver(contexts=(0,)).serve([(0, 0)] * 3, offsets=[0, bad, SLOT],
+                                                  read_hbm=reads((0,)))
+    first, faulting, stuck = requests
+    assert not run.timed_out
+    assert first.end is not None and not first.faulted
+    assert faulting.faulted and faulting.end >= first.end
+    assert stuck.refused is None and stuck.end is None
+    context = run.contexts[0]
+    assert context.status.name == "FAULTED" and context.fault.name == "CONFIG"
+    assert context.counters["COMPLETED"] == 2 and context.counters["PENDING"] == 1
+
+
+def test_settings_are_locked_from_the_cycle_a_request_is_taken():
+    d = driver(contexts=(0,))
+    script = list(d.script) + [
+        ("csr_write", register_address("DOORBELL", ctx=0), 0),
+        # The request is taken in the next cycle: this write must be refused.
+        ("csr_write", register_address("HBM_BASE", ctx=0), 2048),
+        ("csr_read", register_address("HOST_ERROR")),
+        ("run", 10_000),
+        ("csr_read", register_address("HBM_BASE", ctx=0)),
+    ]
+    error, _, base = d.backend.execute(script)
+    assert error & 0xFF == HostError.CONTEXT_RUNNING
+    assert error >> 32 == register_address("HBM_BASE", ctx=0)
+    assert base == 0
+
+
+def test_a_refused_setup_write_is_not_blamed_on_a_request():
+    d = driver(contexts=(0,))
+    d.script.append(("csr_write", register_address("PRIORITY", ctx=0), 99))
+    with pytest.raises(DriverError, match="refused a host write: VALUE_RANGE"):
+        d.serve([(0, 0)])
