@@ -8,7 +8,7 @@ from isa.encoding import Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .hbm import HBMPortSignature
 from .engine_shell import engine_shell
-from .utop_front_end import UTopFrontEnd
+from .utop_front_end import attach_front_end
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
@@ -48,10 +48,7 @@ class DMAEngine(wiring.Component):
         wide = signed(72)     # HBM arithmetic with a signed gather index: never wraps
 
         # --- µTOp state -----------------------------------------------------------------
-        m.submodules.front = front = UTopFrontEnd(cfg)
-        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
-        wiring.connect(m, wiring.flipped(self.instr), front.instr)
-        wiring.connect(m, front.done, wiring.flipped(self.done))
+        front = attach_front_end(m, self)
         segment = front.segment
         spad_base, spad_size = segment.spad_base, segment.spad_size
         hbm_base, hbm_size = segment.hbm_base, segment.hbm_size

@@ -1,6 +1,6 @@
 """Host interface: the register file of regmap.py behind a CSR bus, plus the instruction-memory window."""
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out

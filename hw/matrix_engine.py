@@ -1,6 +1,6 @@
 """Matrix engine: executes ME µTOps (ldw, mm) on a systolic array, reading and writing the scratchpad."""
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import Out
 
@@ -10,7 +10,7 @@ from .engine_shell import engine_shell
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 from .systolic_array import SystolicArray
-from .utop_front_end import UTopFrontEnd
+from .utop_front_end import attach_front_end
 
 __all__ = ["MatrixEngine"]
 
@@ -59,10 +59,7 @@ class MatrixEngine(wiring.Component):
         m.submodules.array = array = SystolicArray(rows, cols)
 
         # --- µTOp state -----------------------------------------------------------------
-        m.submodules.front = front = UTopFrontEnd(cfg)
-        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
-        wiring.connect(m, wiring.flipped(self.instr), front.instr)
-        wiring.connect(m, front.done, wiring.flipped(self.done))
+        front = attach_front_end(m, self)
         spad_base, spad_size = front.segment.spad_base, front.segment.spad_size
         fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         weights_loaded = Signal()

@@ -1,6 +1,6 @@
 """The physical NPU (pNPU): engines, scratchpad, HBM, dispatcher and host interface."""
 
-from amaranth import Cat, Module
+from amaranth import Module
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out

@@ -1,7 +1,7 @@
 """Banked scratchpad SRAM shared by every engine, behind per-bank round-robin arbiters."""
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import memory, wiring
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbitration import round_robin

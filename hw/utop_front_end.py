@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from isa.encoding import Fault
 from .ports import CommandLayout, DoneLayout, SegmentLayout, body_length_shape
 
-__all__ = ["UTopFrontEnd"]
+__all__ = ["UTopFrontEnd", "attach_front_end"]
 
 
 class UTopFrontEnd(wiring.Component):
@@ -82,3 +82,13 @@ class UTopFrontEnd(wiring.Component):
         with m.If(self.done.valid & self.done.ready):
             m.d.sync += self.active.eq(0)
         return m
+
+
+def attach_front_end(m, engine):
+    """A UTopFrontEnd in module ``m`` of ``engine``, joined to the engine's own ``cmd``,
+    ``instr`` and ``done`` ports; returns it."""
+    m.submodules.front = front = UTopFrontEnd(engine.config)
+    wiring.connect(m, wiring.flipped(engine.cmd), front.cmd)
+    wiring.connect(m, wiring.flipped(engine.instr), front.instr)
+    wiring.connect(m, front.done, wiring.flipped(engine.done))
+    return front

@@ -2,15 +2,15 @@
 
 import enum
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import Out
 
-from hw.config import LUT_ENTRIES, VREGS
+from hw.config import VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell
-from .utop_front_end import UTopFrontEnd
+from .utop_front_end import attach_front_end
 from .ports import (engine_members, SpadReadSignature,
                     SpadWriteSignature, row_layout, spad_addr_shape)
 
@@ -85,10 +85,7 @@ class VectorEngine(wiring.Component):
         rel = signed(40)   # segment-relative rows with loop offsets: never wraps
 
         # --- µTOp state -----------------------------------------------------------------
-        m.submodules.front = front = UTopFrontEnd(cfg)
-        wiring.connect(m, wiring.flipped(self.cmd), front.cmd)
-        wiring.connect(m, wiring.flipped(self.instr), front.instr)
-        wiring.connect(m, front.done, wiring.flipped(self.done))
+        front = attach_front_end(m, self)
         spad_base, spad_size = front.segment.spad_base, front.segment.spad_size
         fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         vl = Signal(range(lanes + 1))

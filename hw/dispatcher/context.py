@@ -1,6 +1,6 @@
 """One context's fetch and dependency window: µTOps in flight, readiness, faults, status, counters."""
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

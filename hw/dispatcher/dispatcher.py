@@ -1,6 +1,6 @@
 """µTOp dispatcher: per-context fetch and dependency windows, issue to engines under a sharing policy."""
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

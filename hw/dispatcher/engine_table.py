@@ -4,7 +4,7 @@ from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from isa.encoding import Engine, Fault
+from isa.encoding import Fault
 from ..ports import ctx_shape, imem_addr_shape
 from .signatures import engine_types, seq_shape
 
