@@ -6,7 +6,7 @@ from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from .dispatcher import COUNTERS, ControlSignature
-from .regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, ENGINE, ENGINE_BASE, ENGINE_STRIDE,
+from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, ENGINE, ENGINE_BASE, ENGINE_STRIDE,
                      GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Status)
 
 __all__ = ["HostInterface", "CSRSignature"]

@@ -20,7 +20,7 @@ __all__ = ["NPU"]
 class NPU(wiring.Component):
     """A pNPU built from an NPUConfig. Everything goes through the host interface:
 
-    - ``csr``: the register map of hw/regmap.py (configuration, programs, start, status,
+    - ``csr``: the register map of isa/regmap.py (configuration, programs, start, status,
       faults, counters);
     - ``spad_rd``/``spad_wr``: a scratchpad client (rows), arbitrated like the engines;
     - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;

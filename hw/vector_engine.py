@@ -6,7 +6,7 @@ from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import Out
 
-from hw.config import VREGS
+from isa.config import VREGS
 from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell

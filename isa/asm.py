@@ -21,7 +21,7 @@ A body's length is the number of instructions up to the next header, ``.end`` or
 import re
 from dataclasses import dataclass
 
-from hw.config import MAX_DEP_WINDOW
+from .config import MAX_DEP_WINDOW
 from .encoding import (BY_MNEMONIC, HEADER, Engine, EncodeError, DecodeError, Instr, UTop,
                        WORD_BYTES, decode_program, encode_program)
 
@@ -72,12 +72,13 @@ class Assembly:
     labels: dict         # label -> word address of the header or body word it names
 
 
-def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW, max_body=None):
-    """Assemble source text; raise AsmError (with file and line) on any error.
-
-    ``dep_window`` and ``max_body`` are the limits of the NPU the program is for (a
-    config's); without ``max_body`` a body may be as long as the header can encode.
-    """
+def assemble_program(text, config=None, *, source="<asm>"):
+    """Assemble source text for the NPU of ``config`` (its dep_window and max_body); raise
+    AsmError (with file and line) on any error. Without a config, the limits are the ISA's
+    (a dependency window of MAX_DEP_WINDOW, bodies as long as a header can encode): the
+    program may then be too wide for a given NPU, whose decoder faults it."""
+    dep_window = MAX_DEP_WINDOW if config is None else config.dep_window
+    max_body = None if config is None else config.max_body
     items, labels = _assemble_items(text, source, dep_window, max_body)
     try:
         words = encode_program(items)
@@ -93,10 +94,9 @@ def assemble_program(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW, max_bod
     return Assembly(items, words, addresses)
 
 
-def assemble(text, *, source="<asm>", dep_window=MAX_DEP_WINDOW, max_body=None):
-    """Assemble source text to a list of 64-bit words."""
-    return assemble_program(text, source=source, dep_window=dep_window,
-                            max_body=max_body).words
+def assemble(text, config=None, *, source="<asm>"):
+    """Assemble source text to a list of 64-bit words (see assemble_program)."""
+    return assemble_program(text, config, source=source).words
 
 
 def _assemble_items(text, source, dep_window, max_body):

@@ -7,11 +7,11 @@ by ``length`` body words, each an instruction of the one engine type the header 
 import enum
 from dataclasses import dataclass, field
 
-from hw.config import MAX_DEP_WINDOW, VREGS
+from .config import MAX_DEP_WINDOW, VREGS
 
 __all__ = [
     "Engine", "Fault", "Field", "InstrDef", "HeaderDef", "HEADER", "INSTRUCTIONS",
-    "BY_MNEMONIC", "BY_OPCODE", "Instr", "UTop", "EncodeError", "DecodeError",
+    "BY_MNEMONIC", "BY_OPCODE", "Instr", "instr", "UTop", "EncodeError", "DecodeError",
     "encode_header", "decode_header", "encode_instr", "decode_instr", "encode_program",
     "decode_program", "WORD_BITS", "WORD_BYTES",
 ]
@@ -420,6 +420,31 @@ class Instr:
         return encode_instr(self.op, self.args)
 
 
+def instr(mnemonic, *operands, **flags):
+    """One body instruction from its mnemonic and operands, as the assembler reads them:
+    ``instr("vadd", 2, 0, 1, 4)``; flags by name (``instr("vrsum", 0, 1, 1, 8, acc=1)``).
+    Raises EncodeError naming an unknown mnemonic, a missing operand or a value out of range."""
+    defn = BY_MNEMONIC.get(mnemonic)
+    if defn is None:
+        raise EncodeError(f"unknown instruction {mnemonic!r}")
+    positional = [f for f in defn.fields if not f.flag]
+    if len(operands) != len(positional):
+        raise EncodeError(f"{mnemonic}: {len(operands)} operands given; expected "
+                          f"{', '.join(f.name for f in positional)}")
+    args = {f.name: 0 for f in defn.fields if f.flag}
+    for name, value in flags.items():
+        if name not in args:
+            raise EncodeError(f"{mnemonic}: no flag named {name!r}")
+        args[name] = int(value)
+    for f, value in zip(positional, operands):
+        args[f.name] = int(value)
+    for f in defn.fields:
+        if not f.min <= args[f.name] <= f.max:
+            raise EncodeError(f"{mnemonic}: operand {f.name} = {args[f.name]} is out of range "
+                              f"{f.min}..{f.max}")
+    return Instr(defn, args)
+
+
 @dataclass
 class UTop:
     """One µTOp: header fields and body. ``deps`` are distances (1 = the previous µTOp)."""
@@ -447,8 +472,11 @@ def encode_header(utop):
     return word
 
 
-def decode_header(word, *, dep_window=MAX_DEP_WINDOW, max_body=255):
-    """Decode a header word; raise DecodeError(BAD_HEADER) when it is not a valid header."""
+def decode_header(word, config=None):
+    """Decode a header word for the NPU of ``config`` (its dep_window and max_body; without
+    one, the ISA's limits); raise DecodeError(BAD_HEADER) when it is not a valid header."""
+    dep_window = MAX_DEP_WINDOW if config is None else config.dep_window
+    max_body = 255 if config is None else config.max_body
     magic = word & 0xFF
     engines = {v: k for k, v in HEADER.magic.items()}
     if magic not in engines:

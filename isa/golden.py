@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.config import LUT_ENTRIES, VREGS, NPUConfig
+from .config import LUT_ENTRIES, VREGS, NPUConfig
 from .encoding import DecodeError, Engine, Fault, decode_header, decode_instr
 
-__all__ = ["Segment", "ContextSpec", "ContextResult", "GoldenNPU", "ProgramFault", "Race",
+__all__ = ["Segment", "ContextSpec", "ContextOutcome", "GoldenNPU", "ProgramFault", "Race",
            "RestartHazard", "find_races", "loop_operands", "requantize", "wrap32"]
 
 _INT32 = np.int32
@@ -73,7 +73,9 @@ class RestartHazard:
 
 
 @dataclass
-class ContextResult:
+class ContextOutcome:
+    """What the golden model reports of one context's run (the host's view of a run, on
+    every backend, is the driver's ContextResult)."""
     fault: Fault = Fault.NONE
     fault_pc: int | None = None      # word address of the faulting µTOp's header
     fault_detail: str = ""
@@ -116,7 +118,7 @@ class GoldenNPU:
         self.config = config
         self.spad = np.zeros((config.spad_rows, config.ve_lanes), dtype=_INT32)
         self.hbm = np.zeros(config.hbm_words, dtype=_INT32)
-        #: With check_races, each ContextResult lists its races (see find_races) and the
+        #: With check_races, each ContextOutcome lists its races (see find_races) and the
         #: µTOps flagged restartable that are not (see RestartHazard).
         self.check_races = check_races
         self._accesses = None
@@ -150,13 +152,13 @@ class GoldenNPU:
                             f"size={b.size}); segments must be disjoint")
 
     def run(self, contexts):
-        """Run every context to its end or its fault; return one ContextResult per context."""
+        """Run every context to its end or its fault; return one ContextOutcome per context."""
         self.check_contexts(contexts)
         return [self._run_context(ctx) for ctx in contexts]
 
     def _run_context(self, ctx):
         cfg = self.config
-        result = ContextResult()
+        result = ContextOutcome()
         history = []          # per executed µTOp: (pc, deps, accesses), for the race check
         pc = 0
         while True:
@@ -166,8 +168,7 @@ class GoldenNPU:
                     raise ProgramFault(Fault.FETCH_OOB, f"µTOp header at word {pc} is past the "
                                        f"end of the program ({len(ctx.program)} words)")
                 try:
-                    utop, length = decode_header(ctx.program[pc], dep_window=cfg.dep_window,
-                                                 max_body=cfg.max_body)
+                    utop, length = decode_header(ctx.program[pc], cfg)
                 except DecodeError as error:
                     raise ProgramFault(error.fault, str(error)) from None
                 if pc + 1 + length > len(ctx.program):

@@ -1,7 +1,7 @@
 """Generates isa/SPEC.md from the Python definitions of NeuISA (``make spec``)."""
 
-from hw import regmap
-from hw.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS, NPUConfig
+from . import regmap
+from .config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS, NPUConfig
 from .encoding import FAULT_DOCS, HEADER, INSTRUCTIONS, Engine, Fault
 
 __all__ = ["generate_spec"]
@@ -211,7 +211,7 @@ def generate_spec():
     out.append(_host_interface())
     default = NPUConfig()
     out.append("## Configuration parameters\n")
-    out.append("Names in backquotes above are fields of `NPUConfig` (`hw/config.py`). The "
+    out.append("Names in backquotes above are fields of `NPUConfig` (`isa/config.py`). The "
                "default preset:\n")
     out.append("| parameter | default |\n|---|---|")
     for name, value in default.to_dict().items():
@@ -224,7 +224,7 @@ def _host_interface():
              "The driver reaches the pNPU only through its host interface (`hw/host_interface.py`): "
              "64-bit registers on a CSR bus (addresses count registers), a scratchpad port "
              "(whole rows) and an HBM port (whole lines), both arbitrated like the engines. "
-             "The map is declared in `hw/regmap.py`; the RTL decoder and the driver both use it.\n",
+             "The map is declared in `isa/regmap.py`; the RTL decoder and the driver both use it.\n",
              f"Per-context registers are at `0x{regmap.CONTEXT_BASE:x} + ctx * "
              f"0x{regmap.CONTEXT_STRIDE:x}`, per-engine counters at `0x{regmap.ENGINE_BASE:x} + "
              f"engine * 0x{regmap.ENGINE_STRIDE:x}` (engines numbered MEs, VEs, then DMA "

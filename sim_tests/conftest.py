@@ -2,7 +2,7 @@
 
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from hw.config import MAX_DEP_WINDOW
+from isa.config import MAX_DEP_WINDOW, NPUConfig
 from isa.asm import (AsmError, assemble, assemble_program, bytes_to_words, disassemble,
                      words_to_bytes)
 from isa.encoding import INSTRUCTIONS, Engine, Instr, UTop, encode_program
@@ -127,7 +127,7 @@ def test_raw_words_and_end():
 ])
 def test_errors_name_file_line_and_value(source, line, message):
     with pytest.raises(AsmError) as info:
-        assemble(source, source="prog.s", dep_window=8)
+        assemble(source, NPUConfig(dep_window=8), source="prog.s")
     assert str(info.value).startswith(f"prog.s:{line}: ")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -141,7 +141,7 @@ def test_body_too_long():
 def test_body_longer_than_the_configs_max_body():
     body = " vsetvl 1\n" * 65
     assert len(assemble(".ve\n" + body)) == 66           # no config: the header's limit
-    assert len(assemble(".ve\n" + body[10:], max_body=64)) == 65
+    assert len(assemble(".ve\n" + body[10:], NPUConfig(max_body=64))) == 65
     with pytest.raises(AsmError, match="^prog.s:2: µTOp body has 65 instructions; the "
                                        "config's max_body is 64$"):
-        assemble(".ve eop\n.ve\n" + body, source="prog.s", max_body=64)
+        assemble(".ve eop\n.ve\n" + body, NPUConfig(max_body=64), source="prog.s")

@@ -2,9 +2,9 @@
 
 import json
 
-from hw.config import NPUConfig
-from runtime.bench import bench_runtime
-from runtime.cli import main
+from isa.config import NPUConfig
+from runtime.apps.bench import bench_runtime
+from runtime.apps.cli import main
 
 
 def test_bench_json_keys(capsys):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.cli import main
+from runtime.apps.cli import main
 
 PROGRAM = """\
 load:   .dma
@@ -129,7 +129,7 @@ def test_conformance_failure_exits_1(tmp_path, capsys):
 
 def test_conformance_policy_all_runs_every_case_under_every_policy(tmp_path, capsys,
                                                                    monkeypatch):
-    from runtime import conformance
+    from runtime.apps import conformance
     calls = []
 
     def fake_run_case(case, backend, policy, vcd=None):
@@ -167,7 +167,7 @@ def test_matmul_names_the_file_it_writes(tmp_path, capsys):
 
 
 def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
-    from hw.config import PRESETS, NPUConfig
+    from isa.config import PRESETS, NPUConfig
     code, out, _ = run(capsys, "config")
     assert code == 0
     lines = out.splitlines()
@@ -191,7 +191,7 @@ def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
 
 def test_broken_pipe_exits_quietly():
     """`neu10 conformance | head -1`: the reader goes away after one line."""
-    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "conformance"],
+    process = subprocess.Popen([sys.executable, "-m", "runtime.apps.cli", "conformance"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline().startswith(b"PASS ")
     process.stdout.close()
@@ -215,11 +215,11 @@ def test_spec_matches_generator(capsys):
 
 
 def test_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "runtime.apps.cli", "--help"], capture_output=True,
                             text=True, check=True)
     for command in ("asm", "disasm", "conformance", "spec", "demo"):
         assert command in result.stdout
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "frobnicate"],
+    result = subprocess.run([sys.executable, "-m", "runtime.apps.cli", "frobnicate"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
     assert result.stderr.startswith("neu10: error: ") and result.stderr.count("\n") == 1

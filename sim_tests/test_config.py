@@ -2,7 +2,7 @@
 
 import pytest
 
-from hw.config import ConfigError, NPUConfig, PRESETS
+from isa.config import ConfigError, NPUConfig, PRESETS
 
 
 def test_presets_are_valid_and_distinct():

@@ -1,14 +1,13 @@
 """The conformance suite: every case passes on golden, covers every instruction and fault, and the runner catches mismatches."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import Status
+from isa.config import NPUConfig
+from isa.regmap import Status
 from isa.encoding import INSTRUCTIONS, DecodeError, Fault, decode_program
-from runtime.conformance import CaseError, default_case_paths, load_case, run_case
+from runtime.apps.conformance import CaseError, default_case_paths, load_case, run_case
 
 CASES = default_case_paths()
 
@@ -88,43 +87,45 @@ def test_case_watchdog_overrides_the_config(tmp_path):
     assert load_case(path).config == NPUConfig.preset("tiny").replace(watchdog_cycles=77)
 
 
-def fake_rtl_run(monkeypatch, contexts, *, cycles=500, timed_out=False):
-    """Make run_case's RTL backends report ``contexts`` (Status, Fault, fault_pc) and every
-    expected memory block as expected: the runner's checks without a simulation."""
-    from runtime import conformance
+def fake_rtl_run(monkeypatch, case, contexts, *, cycles=500, timed_out=False):
+    """Make the driver's runs report ``contexts`` (Status, Fault, fault_pc) and every memory
+    block ``case`` expects as expected: the runner's checks without a simulation."""
+    from runtime.host import driver
 
-    def run_on_rtl(case, backend, policy, max_cycles, vcd):
-        run = SimpleNamespace(cycles=cycles, timed_out=timed_out)
-        results = [conformance._RTLContext(status, fault, pc if fault else None)
-                   for status, fault, pc in contexts]
-        return results, lambda block: block.data, run
+    def run(self, **_):
+        result = driver.RunResult(cycles, timed_out, [driver.ContextResult(status, fault, pc, {})
+                                                      for status, fault, pc in contexts], [])
+        for block in case.expect:
+            memory = result.spad if block.space == "spad" else result.hbm
+            memory[(block.address, len(block.data))] = block.data
+        return result
 
-    monkeypatch.setattr(conformance, "_run_on_rtl", run_on_rtl)
+    monkeypatch.setattr(driver.Driver, "run", run)
 
 
 def test_runner_checks_the_final_status(monkeypatch):
     case = load_case(CASES[0].parent / "fault_illegal_opcode.toml")
     bad_pc = case.expected[0].fault_at
-    fake_rtl_run(monkeypatch, [(Status.FAULTED, Fault.ILLEGAL_OPCODE, bad_pc),
+    fake_rtl_run(monkeypatch, case, [(Status.FAULTED, Fault.ILLEGAL_OPCODE, bad_pc),
                                (Status.DONE, Fault.NONE, 0)])
     assert run_case(case, "pysim").passed
     # A context that faulted but reports DONE (or one without a fault that is FAULTED) fails.
-    fake_rtl_run(monkeypatch, [(Status.DONE, Fault.ILLEGAL_OPCODE, bad_pc),
+    fake_rtl_run(monkeypatch, case, [(Status.DONE, Fault.ILLEGAL_OPCODE, bad_pc),
                                (Status.FAULTED, Fault.NONE, 0)])
     assert run_case(case, "pysim").failures == [
         "context 0: status done with fault illegal_opcode, expected faulted",
         "context 1: status faulted with fault none, expected done"]
     # A wrong fault whose status goes with it is one failure, not two.
-    fake_rtl_run(monkeypatch, [(Status.DONE, Fault.NONE, 0), (Status.DONE, Fault.NONE, 0)])
+    fake_rtl_run(monkeypatch, case, [(Status.DONE, Fault.NONE, 0), (Status.DONE, Fault.NONE, 0)])
     assert run_case(case, "pysim").failures == ["context 0: fault none, expected illegal_opcode"]
 
 
 def test_runner_names_the_cycles_of_a_watchdog_or_a_timeout(monkeypatch):
     case = load_case(CASES[0].parent / "ve_loop.toml")
-    fake_rtl_run(monkeypatch, [(Status.FAULTED, Fault.WATCHDOG, 0)], cycles=1234)
+    fake_rtl_run(monkeypatch, case, [(Status.FAULTED, Fault.WATCHDOG, 0)], cycles=1234)
     assert run_case(case, "pysim").failures == [
         "context 0: fault watchdog after 1234 cycles, expected none"]
-    fake_rtl_run(monkeypatch, [(Status.RUNNING, Fault.NONE, 0)], cycles=300, timed_out=True)
+    fake_rtl_run(monkeypatch, case, [(Status.RUNNING, Fault.NONE, 0)], cycles=300, timed_out=True)
     assert run_case(case, "pysim", max_cycles=300).failures == [
         "timed out: still running after 300 cycles on pysim",
         "context 0: status running with fault none, expected done"]

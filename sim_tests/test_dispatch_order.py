@@ -3,13 +3,14 @@ policy (ageing tokens), and which fault a context reports when several of its µ
 
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import Status
+from isa.config import NPUConfig
+from isa.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Fault
-from isa.golden import ContextSpec, GoldenNPU
-from runtime import mix
-from runtime.driver import Driver
+from isa.golden import ContextSpec, GoldenNPU, Segment
+from runtime.apps import mix
+from runtime.host.device import Device
+from runtime.host.driver import Driver
 
 TINY = NPUConfig.preset("tiny")
 VES, DMAS = (2, 3), (4,)            # engine numbers on tiny: ME0 ME1 VE0 VE1 DMA0
@@ -68,15 +69,12 @@ def service_turns(trace):
 def test_temporal_ageing_decides_who_runs_next(priorities, expected):
     assert token_order(priorities, len(expected)) == expected     # the rule, as documented
     time_slice = 16
-    driver = Driver(TINY, trace=True)
-    driver.set_policy("temporal")
-    driver.set_time_slice(time_slice)
-    places = mix.segments(TINY, len(priorities))
-    for c, priority in enumerate(priorities):
-        # Work for more turns than `expected` gives it: 4 µTOps fit in one turn today
-        # (2 VEs, 16-cycle slices); room for 6 in case engines get faster.
-        n_utops = 6 * expected.count(c) + 2
-        driver.load_context(c, assemble(ve_program(n_utops)), *places[c], priority=priority)
+    device = Device(TINY, "pysim", "temporal", time_slice=time_slice, trace=True)
+    vnpus = mix.place_tenants(device, [(TINY.n_me, TINY.n_ve)] * len(priorities), priorities)
+    # Work for more turns than `expected` gives it: 4 µTOps fit in one turn today (2 VEs,
+    # 16-cycle slices); room for 6 in case engines get faster.
+    driver = device.driver({vnpu.name: assemble(ve_program(6 * expected.count(c) + 2))
+                            for c, vnpu in enumerate(vnpus)})
     result = driver.run(max_cycles=5_000)
     assert not result.timed_out
     assert [r.status for r in result.contexts] == [Status.DONE] * len(priorities)
@@ -116,13 +114,17 @@ OLDER_FAULTS_FIRST = """
 """
 
 
+#: Context 0's segments as mixes place them: 1/n_ctx of each memory, from 0.
+SEGMENTS = Segment(0, TINY.spad_rows // TINY.n_ctx), Segment(0, TINY.hbm_words // TINY.n_ctx)
+
+
 @pytest.mark.parametrize("source, a_engines, b_engines", [
     (OLDER_FAULTS_LAST, VES, DMAS),
     (OLDER_FAULTS_FIRST, VES, DMAS),
 ], ids=["older-faults-last", "older-faults-first"])
 def test_the_oldest_fault_is_reported_whatever_faults_first(source, a_engines, b_engines):
     words = assemble(source)
-    spad, hbm = mix.segments(TINY, 1)[0]
+    spad, hbm = SEGMENTS
     [expected] = GoldenNPU(TINY).run([ContextSpec(words, spad, hbm)])
     assert (expected.fault, expected.fault_pc) == (Fault.SPAD_OOB, 0)    # A's header
     driver = Driver(TINY)
@@ -151,7 +153,7 @@ def test_the_oldest_fault_wins_when_two_fault_in_the_same_cycle(rows):
     reach the dispatcher in the same cycle, and the older one must still win."""
     words = assemble(f".ve\n vaddi 0, 0, 1, {rows}\n vaddi 250, 0, 1, 10\n"
                      ".dma eop\n dload 64, 0, 8\n dload 0, 5000, 1\n")
-    spad, hbm = mix.segments(TINY, 1)[0]
+    spad, hbm = SEGMENTS
     [expected] = GoldenNPU(TINY).run([ContextSpec(words, spad, hbm)])
     driver = Driver(TINY)
     driver.load_context(0, words, spad, hbm)

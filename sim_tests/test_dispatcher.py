@@ -5,14 +5,14 @@ import random
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import Status
+from isa.config import NPUConfig
+from isa.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Engine, Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from runtime import mix
-from runtime.driver import Driver
-from runtime.fuzz import random_program
+from runtime.apps import mix
+from runtime.host.driver import Driver
+from runtime.apps.fuzz import random_program
 
 TINY = NPUConfig.preset("tiny")
 SEGMENTS = [(Segment(0, 256), Segment(0, 1024)), (Segment(256, 256), Segment(1024, 1024)),
@@ -22,7 +22,7 @@ ME0, ME1, VE0, VE1 = 0, 1, 2, 3     # engine numbers on tiny: MEs, then VEs, the
 
 def run_mix(policy, programs, *, trace=False, config=TINY):
     """Two vNPUs splitting the engines; every context's results must equal golden."""
-    run = mix.run_mix(config, programs, policy, owners=mix.halves(config), trace=trace)
+    run = mix.run_mix(config, programs, policy, engines=mix.halves(config), trace=trace)
     assert run.exact and not run.result.timed_out
     return run.result
 

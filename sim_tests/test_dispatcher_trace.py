@@ -24,7 +24,7 @@ import pytest
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.dispatcher import Dispatcher, engine_types
 from isa.encoding import UTop, encode_header
 

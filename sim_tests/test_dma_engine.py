@@ -6,12 +6,12 @@ import random
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.dma_engine import DMAEngine
 from hw.hbm import HBM
 from isa.encoding import Fault
 from isa.golden import Segment
-from runtime.engine_harness import run_engine
+from runtime.backends.single_engine import run_engine
 from simutil import convert
 
 TINY = NPUConfig.preset("tiny").replace(spad_rows=256, hbm_words=1024)

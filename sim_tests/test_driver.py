@@ -4,10 +4,10 @@ name the value; the golden model refuses overlapping tenants too."""
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from isa.asm import assemble
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from runtime.driver import Driver, DriverError
+from runtime.host.driver import Driver, DriverError
 
 TINY = NPUConfig.preset("tiny")
 PROGRAM = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from isa.config import NPUConfig
 from isa.encoding import (BY_MNEMONIC, HEADER, INSTRUCTIONS, DecodeError, EncodeError, Engine,
                           Fault, Instr, UTop, decode_header, decode_instr, encode_header,
                           encode_instr)
@@ -61,7 +62,7 @@ def test_header_round_trip_and_faults():
     utop = UTop(Engine.VE, [Instr(BY_MNEMONIC["vsetvl"], {"vl": 1})] * 3, deps=(1, 8),
                 eoo=True, eop=True, tag=0xBEEF)
     word = encode_header(utop)
-    decoded, length = decode_header(word, dep_window=8, max_body=3)
+    decoded, length = decode_header(word, NPUConfig(dep_window=8, max_body=3))
     assert (decoded.engine, decoded.deps, decoded.eoo, decoded.eop, decoded.tag, length) == \
         (Engine.VE, (1, 8), True, True, 0xBEEF, 3)
     cases = [
@@ -74,9 +75,9 @@ def test_header_round_trip_and_faults():
             decode_header(bad)
         assert info.value.fault == Fault.BAD_HEADER
     with pytest.raises(DecodeError, match="beyond the window of 7") as info:
-        decode_header(word, dep_window=7)
+        decode_header(word, NPUConfig(dep_window=7))
     with pytest.raises(DecodeError, match="exceeds max_body 2"):
-        decode_header(word, max_body=2)
+        decode_header(word, NPUConfig(max_body=2))
 
 
 def test_instruction_decode_faults():

@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from isa.asm import assemble
 from isa.encoding import decode_header, decode_instr
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from runtime import fuzz
-from runtime.cli import main
+from runtime.apps import fuzz
+from runtime.apps.cli import main
 
 TINY = NPUConfig.preset("tiny")
 
@@ -67,8 +67,7 @@ def _utops(words, config):
     pc = 0
     while pc < len(words):
         try:
-            utop, length = decode_header(words[pc], dep_window=config.dep_window,
-                                         max_body=255)
+            utop, length = decode_header(words[pc], config.replace(max_body=255))
         except ValueError:
             return
         body = []

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from isa.asm import assemble
 from isa.encoding import Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment, requantize
@@ -21,7 +21,8 @@ def run_one(config, source, spad=None, hbm=None):
         npu.spad[:len(spad)] = spad
     if hbm is not None:
         npu.hbm[:len(hbm)] = hbm
-    program = assemble(source, dep_window=config.dep_window)
+    # The config's dependency window, but any body length: the model must fault long ones.
+    program = assemble(source, config.replace(max_body=255))
     [result] = npu.run([ContextSpec(program, Segment(0, config.spad_rows),
                                     Segment(0, config.hbm_words))])
     return npu, result

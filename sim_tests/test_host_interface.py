@@ -5,56 +5,66 @@ import random
 
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import (CONTEXT, GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError,
+from isa.config import NPUConfig
+from isa.regmap import (CONTEXT, GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError,
                        Status, register_address)
 from isa.asm import assemble
 from isa.encoding import Fault
-from runtime.pysim_backend import PysimBackend
+from runtime.backends import script as ops
+from runtime.backends.pysim import PysimBackend
+from runtime.host.driver import make_backend
 
 TINY = NPUConfig.preset("tiny")
+
+
+@pytest.fixture(params=["pysim", "golden"])
+def backend(request):
+    """The RTL, and the golden model reading the same register writes: the host interface
+    refuses, records and answers the same on both (the golden model has no time, so a
+    context is never seen running)."""
+    return make_backend(request.param, TINY)
 WIDTHS = {"POLICY": 2, "TIME_SLICE": 32, "PROG_LEN": 17, "SPAD_BASE": 17, "SPAD_SIZE": 17,
           "HBM_BASE": 32, "HBM_SIZE": 33, "ME_MASK": TINY.n_me, "VE_MASK": TINY.n_ve,
           "PRIORITY": 4}
 
 
-def test_registers_read_back_and_identify():
+def test_registers_read_back_and_identify(backend):
     rng = random.Random(1)
     script, expected = [], []
     for register in GLOBAL:
         if register.access == Access.RW and register.name != "HOST_ERROR":
             value = rng.randrange(1, 1 << WIDTHS[register.name])
             address = register_address(register.name)
-            script += [("csr_write", address, value), ("csr_read", address)]
+            script += [ops.CsrWrite(address, value), ops.CsrRead(address)]
             expected.append(value)
     for ctx in range(TINY.n_ctx):
         for register in CONTEXT:
             if register.access == Access.RW:
                 value = rng.randrange(1 << WIDTHS[register.name])
                 address = register_address(register.name, ctx=ctx)
-                script += [("csr_write", address, value), ("csr_read", address)]
+                script += [ops.CsrWrite(address, value), ops.CsrRead(address)]
                 expected.append(value)
-    script.append(("csr_read", register_address("HOST_ERROR")))
+    script.append(ops.CsrRead(register_address("HOST_ERROR")))
     expected.append(HostError.NONE)
-    script += [("csr_read", register_address("ID")), ("csr_read", register_address("SHAPE")),
-               ("csr_read", 0x0FFF)]
+    script += [ops.CsrRead(register_address("ID")), ops.CsrRead(register_address("SHAPE")),
+               ops.CsrRead(0x0FFF)]
     cfg = TINY
     expected += [ID_VALUE, cfg.n_ctx | cfg.n_me << 8 | cfg.n_ve << 16 | cfg.n_dma << 24
                  | cfg.array_rows << 32 | cfg.array_cols << 40 | cfg.ve_lanes << 48, 0]
-    assert PysimBackend(TINY).execute(script) == expected
+    assert backend.execute(script) == expected
 
 
-def test_start_status_and_fault_registers():
+def test_start_status_and_fault_registers(backend):
     """A context started with an empty program faults FETCH_OOB at word 0."""
-    script = [("csr_write", register_address("PROG_LEN", ctx=2), 0),
-              ("csr_write", register_address("SPAD_SIZE", ctx=2), 8),
-              ("csr_write", register_address("START"), 1 << 2),
-              ("run", 1000),
-              ("csr_read", register_address("STATUS")),
-              ("csr_read", register_address("STATUS", ctx=2)),
-              ("csr_read", register_address("FAULT", ctx=2)),
-              ("csr_read", register_address("FAULT_PC", ctx=2))]
-    (waited, busy), packed, status, fault, fault_pc = PysimBackend(TINY).execute(script)
+    script = [ops.CsrWrite(register_address("PROG_LEN", ctx=2), 0),
+              ops.CsrWrite(register_address("SPAD_SIZE", ctx=2), 8),
+              ops.CsrWrite(register_address("START"), 1 << 2),
+              ops.Run(1000),
+              ops.CsrRead(register_address("STATUS")),
+              ops.CsrRead(register_address("STATUS", ctx=2)),
+              ops.CsrRead(register_address("FAULT", ctx=2)),
+              ops.CsrRead(register_address("FAULT_PC", ctx=2))]
+    (waited, busy), packed, status, fault, fault_pc = backend.execute(script)
     assert not busy
     assert packed == 3 << 4 and status == 3
     assert (fault, fault_pc) == (Fault.FETCH_OOB, 0)
@@ -70,55 +80,55 @@ def error(code, address):
 
 def configure(ctx, program, spad=(0, 64), hbm=(0, 256)):
     """Host writes that load a program and valid segments into ``ctx``."""
-    script = [("csr_write", IMEM_BASE + ctx * IMEM_STRIDE + i, word) for i, word in enumerate(program)]
+    script = [ops.CsrWrite(IMEM_BASE + ctx * IMEM_STRIDE + i, word) for i, word in enumerate(program)]
     for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad[0]), ("SPAD_SIZE", spad[1]),
                         ("HBM_BASE", hbm[0]), ("HBM_SIZE", hbm[1]), ("ME_MASK", 1), ("VE_MASK", 1)):
-        script.append(("csr_write", register_address(name, ctx=ctx), value))
+        script.append(ops.CsrWrite(register_address(name, ctx=ctx), value))
     return script
 
 
 @pytest.mark.parametrize("name, ctx", [(r.name, None) for r in GLOBAL
                                        if r.access == Access.RW and r.name != "HOST_ERROR"]
                          + [(r.name, 1) for r in CONTEXT if r.access == Access.RW])
-def test_a_value_wider_than_its_register_is_refused(name, ctx):
+def test_a_value_wider_than_its_register_is_refused(backend, name, ctx):
     address = register_address(name, ctx=ctx)
     width = WIDTHS[name]
-    script = [("csr_write", address, 1), ("csr_write", address, (1 << width) | 2),
-              ("csr_read", address), ("csr_read", HOST_ERROR),
-              ("csr_write", HOST_ERROR, 0), ("csr_read", HOST_ERROR)]
-    value, host_error, cleared = PysimBackend(TINY).execute(script)
+    script = [ops.CsrWrite(address, 1), ops.CsrWrite(address, (1 << width) | 2),
+              ops.CsrRead(address), ops.CsrRead(HOST_ERROR),
+              ops.CsrWrite(HOST_ERROR, 0), ops.CsrRead(HOST_ERROR)]
+    value, host_error, cleared = backend.execute(script)
     assert value == 1                                 # unchanged, not truncated to 2
     assert host_error == error(HostError.VALUE_RANGE, address)
     assert cleared == 0
 
 
-def test_time_slice_zero_and_unmapped_writes_are_refused():
+def test_time_slice_zero_and_unmapped_writes_are_refused(backend):
     address = register_address("TIME_SLICE")
-    script = [("csr_write", address, 0), ("csr_read", address), ("csr_read", HOST_ERROR),
-              ("csr_write", HOST_ERROR, 0), ("csr_write", 0x0FFF, 5), ("csr_read", HOST_ERROR),
-              ("csr_write", HOST_ERROR, 0), ("csr_write", register_address("CYCLES", ctx=0), 5),
-              ("csr_read", HOST_ERROR)]
-    value, zero, unmapped, read_only = PysimBackend(TINY).execute(script)
+    script = [ops.CsrWrite(address, 0), ops.CsrRead(address), ops.CsrRead(HOST_ERROR),
+              ops.CsrWrite(HOST_ERROR, 0), ops.CsrWrite(0x0FFF, 5), ops.CsrRead(HOST_ERROR),
+              ops.CsrWrite(HOST_ERROR, 0), ops.CsrWrite(register_address("CYCLES", ctx=0), 5),
+              ops.CsrRead(HOST_ERROR)]
+    value, zero, unmapped, read_only = backend.execute(script)
     assert value == 4096 and zero == error(HostError.VALUE_RANGE, address)
     assert unmapped == error(HostError.UNMAPPED, 0x0FFF)
     assert read_only == error(HostError.UNMAPPED, register_address("CYCLES", ctx=0))
 
 
-def test_first_error_sticks_until_cleared():
-    script = [("csr_write", 0x0FFF, 5), ("csr_write", register_address("POLICY"), 7),
-              ("csr_read", HOST_ERROR)]
-    assert PysimBackend(TINY).execute(script) == [error(HostError.UNMAPPED, 0x0FFF)]
+def test_first_error_sticks_until_cleared(backend):
+    script = [ops.CsrWrite(0x0FFF, 5), ops.CsrWrite(register_address("POLICY"), 7),
+              ops.CsrRead(HOST_ERROR)]
+    assert backend.execute(script) == [error(HostError.UNMAPPED, 0x0FFF)]
 
 
-def test_imem_write_past_the_instruction_memory_does_not_alias_word_0():
+def test_imem_write_past_the_instruction_memory_does_not_alias_word_0(backend):
     program = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
     beyond = IMEM_BASE + TINY.imem_words          # would alias onto word 0 of context 0
     script = configure(0, program) + [
-        ("csr_write", beyond, 0xFFFF_FFFF_FFFF_FFFF),
-        ("csr_read", HOST_ERROR),
-        ("csr_write", register_address("START"), 1), ("run", 2000),
-        ("csr_read", register_address("STATUS", ctx=0)), ("csr_read", register_address("FAULT", ctx=0))]
-    host_error, (_, busy), status, fault = PysimBackend(TINY).execute(script)
+        ops.CsrWrite(beyond, 0xFFFF_FFFF_FFFF_FFFF),
+        ops.CsrRead(HOST_ERROR),
+        ops.CsrWrite(register_address("START"), 1), ops.Run(2000),
+        ops.CsrRead(register_address("STATUS", ctx=0)), ops.CsrRead(register_address("FAULT", ctx=0))]
+    host_error, (_, busy), status, fault = backend.execute(script)
     assert host_error == error(HostError.IMEM_RANGE, beyond)
     assert not busy and (status, fault) == (Status.DONE, Fault.NONE)
 
@@ -130,15 +140,15 @@ def test_imem_write_past_the_instruction_memory_does_not_alias_word_0():
     ("HBM_BASE", TINY.hbm_words - 1),
     ("HBM_SIZE", TINY.hbm_words + 4),
 ])
-def test_start_with_invalid_settings_faults_config(name, value):
+def test_start_with_invalid_settings_faults_config(backend, name, value):
     program = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
     script = configure(3, program) + [
-        ("csr_write", register_address(name, ctx=3), value),
-        ("csr_write", register_address("START"), 1 << 3), ("run", 2000),
-        ("csr_read", register_address("STATUS", ctx=3)), ("csr_read", register_address("FAULT", ctx=3)),
-        ("csr_read", register_address("FAULT_PC", ctx=3)), ("csr_read", register_address("ISSUED", ctx=3)),
-        ("csr_read", HOST_ERROR)]
-    (_, busy), status, fault, fault_pc, issued, host_error = PysimBackend(TINY).execute(script)
+        ops.CsrWrite(register_address(name, ctx=3), value),
+        ops.CsrWrite(register_address("START"), 1 << 3), ops.Run(2000),
+        ops.CsrRead(register_address("STATUS", ctx=3)), ops.CsrRead(register_address("FAULT", ctx=3)),
+        ops.CsrRead(register_address("FAULT_PC", ctx=3)), ops.CsrRead(register_address("ISSUED", ctx=3)),
+        ops.CsrRead(HOST_ERROR)]
+    (_, busy), status, fault, fault_pc, issued, host_error = backend.execute(script)
     assert not busy
     assert (status, fault, fault_pc, issued) == (Status.FAULTED, Fault.CONFIG, 0, 0)
     assert host_error == error(HostError.BAD_CONTEXT, register_address("START"))
@@ -149,15 +159,15 @@ def test_start_and_reconfiguration_of_a_running_context_are_refused():
     into the new run's counts; rewriting a running context's segment or program would
     move it under its feet."""
     script = configure(0, LONG) + [
-        ("csr_write", register_address("START"), 1), ("run", 40),
-        ("csr_write", register_address("START"), 1), ("csr_read", HOST_ERROR),
-        ("csr_write", HOST_ERROR, 0),
-        ("csr_write", register_address("SPAD_BASE", ctx=0), 100), ("csr_read", HOST_ERROR),
-        ("csr_write", HOST_ERROR, 0),
-        ("csr_write", IMEM_BASE + 1, 0), ("csr_read", HOST_ERROR),
-        ("run", 5000),
-        ("csr_read", register_address("STATUS", ctx=0)), ("csr_read", register_address("ISSUED", ctx=0)),
-        ("csr_read", register_address("RETIRED", ctx=0)), ("csr_read", register_address("SPAD_BASE", ctx=0))]
+        ops.CsrWrite(register_address("START"), 1), ops.Run(40),
+        ops.CsrWrite(register_address("START"), 1), ops.CsrRead(HOST_ERROR),
+        ops.CsrWrite(HOST_ERROR, 0),
+        ops.CsrWrite(register_address("SPAD_BASE", ctx=0), 100), ops.CsrRead(HOST_ERROR),
+        ops.CsrWrite(HOST_ERROR, 0),
+        ops.CsrWrite(IMEM_BASE + 1, 0), ops.CsrRead(HOST_ERROR),
+        ops.Run(5000),
+        ops.CsrRead(register_address("STATUS", ctx=0)), ops.CsrRead(register_address("ISSUED", ctx=0)),
+        ops.CsrRead(register_address("RETIRED", ctx=0)), ops.CsrRead(register_address("SPAD_BASE", ctx=0))]
     (_, busy_early), restart, segment, imem, (_, busy), status, issued, retired, base = \
         PysimBackend(TINY).execute(script)
     assert busy_early
@@ -168,8 +178,8 @@ def test_start_and_reconfiguration_of_a_running_context_are_refused():
     assert not busy and status == Status.DONE and issued == retired == 1 and base == 0
 
 
-def test_start_bits_beyond_the_contexts_are_refused():
+def test_start_bits_beyond_the_contexts_are_refused(backend):
     start = register_address("START")
-    script = [("csr_write", start, 1 << TINY.n_ctx), ("csr_read", HOST_ERROR),
-              ("csr_read", register_address("STATUS"))]
-    assert PysimBackend(TINY).execute(script) == [error(HostError.VALUE_RANGE, start), 0]
+    script = [ops.CsrWrite(start, 1 << TINY.n_ctx), ops.CsrRead(HOST_ERROR),
+              ops.CsrRead(register_address("STATUS"))]
+    assert backend.execute(script) == [error(HostError.VALUE_RANGE, start), 0]

@@ -4,12 +4,12 @@ or write after it reads FAULTED; STATUS and FAULT always agree (pysim, tiny conf
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import Status
+from isa.config import NPUConfig
+from isa.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from runtime.driver import Driver
+from runtime.host.driver import Driver
 
 TINY = NPUConfig.preset("tiny")
 POLICIES = ("static", "harvest", "temporal", "v10")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.loadgen import Arrival, ClosedLoop, LoadError, open_loop, poisson_arrivals, read_trace
+from runtime.host.loadgen import Arrival, ClosedLoop, LoadError, open_loop, poisson_arrivals, read_trace
 
 
 def test_poisson_mean_rate_and_exponential_gaps():

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.matrix_engine import MatrixEngine
 from isa.encoding import Fault
 from isa.golden import Segment
-from runtime.engine_harness import run_engine
+from runtime.backends.single_engine import run_engine
 from simutil import convert
 
 PORTS = (["rd_in", "rd_aux"], ["wr"])

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from runtime.allocator import AllocationError, Profile, allocate, estimate
-from runtime.cli import main
-from runtime.execute import execute
-from runtime.graph import Graph, Image
-from runtime.models import MODELS, accuracy, compile_model
-from runtime.program import CompileError
+from isa.asm import assemble
+from isa.config import NPUConfig
+from runtime.host.allocator import AllocationError, Profile, allocate, estimate
+from runtime.apps.cli import main
+from runtime.host.execute import execute
+from runtime.compiler.graph import Graph, Image
+from runtime.compiler.models import MODELS, accuracy, compile_model
+from runtime.compiler.builder import CompileError
 
 DEFAULT = NPUConfig()
 SMALL = NPUConfig.preset("small")
@@ -148,6 +149,21 @@ def test_cli_run(capsys):
     assert report["exact"] and report["metric"] == "relative_error" and report["accuracy"] < 0.05
     assert main(["run", "resnet", "--budget", "5"]) == 0
     assert "vNPU of 3 ME + 2 VE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_listing_assembles_to_the_compiled_words(name):
+    """The compiler encodes typed µTOps directly; its listing is made from them and names
+    each µTOp, and assembling the listing gives the same words."""
+    program = compile_model(name, DEFAULT).program
+    assert assemble(program.listing, DEFAULT) == program.words
+    assert program.names[0] in program.listing.splitlines()[0]
+
+
+def test_cli_run_writes_the_listing(tmp_path, capsys):
+    listing = tmp_path / "ncf.s"
+    assert main(["run", "ncf", "--listing", str(listing)]) == 0
+    assert assemble(listing.read_text(), DEFAULT) == compile_model("ncf", DEFAULT).program.words
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,11 +2,11 @@
 
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from isa.asm import assemble
 from isa.golden import ContextSpec, GoldenNPU, Segment
-from runtime.compiler import compile_matmul
-from runtime.conformance import default_case_paths, load_case
+from runtime.compiler.matmul import compile_matmul
+from runtime.apps.conformance import default_case_paths, load_case
 
 TINY = NPUConfig.preset("tiny")
 

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import HostError, register_address
+from isa.config import NPUConfig
+from isa.regmap import HostError, register_address
 from isa.asm import assemble
 from isa.golden import Segment
-from runtime.driver import Driver, DriverError
+from runtime.backends import script as ops
+from runtime.host.driver import Driver, DriverError
 
 TINY = NPUConfig.preset("tiny")
 # One request: load the 4 words at HBM 0 of the segment, add 1, store them at HBM 16.
@@ -59,6 +60,20 @@ def test_requests_run_in_order_each_on_its_own_input():
                    for a, b in zip(mine, mine[1:]))
     assert [c.counters["COMPLETED"] for c in run.contexts] == [3, 2]
     assert [c.counters["PENDING"] for c in run.contexts] == [0, 0]
+
+
+def test_the_golden_backend_serves_the_same_stream_without_time():
+    """The golden model reads the same doorbells: each request runs at once on its own
+    input, so outputs, refusals, faults and counts equal the RTL's, and stamps are 0."""
+    arrivals, offsets = [(0, 0), (0, 1), (5, 0), (40, 1), (41, 0)], [0, 0, SLOT, SLOT, 0]
+    rtl, rtl_requests = driver().serve(arrivals, offsets=offsets, read_hbm=reads())
+    gold, gold_requests = driver("golden").serve(arrivals, offsets=offsets, read_hbm=reads())
+    assert rtl.timed and not gold.timed
+    assert all(np.array_equal(gold.hbm[key], rtl.hbm[key]) for key in rtl.hbm)
+    assert [(r.ctx, r.refused, r.faulted) for r in gold_requests] == \
+        [(r.ctx, r.refused, r.faulted) for r in rtl_requests]
+    assert all(r.latency == 0 for r in gold_requests)
+    assert [c.counters["COMPLETED"] for c in gold.contexts] == [3, 2]
 
 
 def test_a_queued_request_waits_for_the_running_one():
@@ -147,12 +162,12 @@ def test_a_bad_request_queued_behind_a_good_one_is_recorded_and_stops_the_contex
 def test_settings_are_locked_from_the_cycle_a_request_is_taken():
     d = driver(contexts=(0,))
     script = list(d.script) + [
-        ("csr_write", register_address("DOORBELL", ctx=0), 0),
+        ops.CsrWrite(register_address("DOORBELL", ctx=0), 0),
         # The request is taken in the next cycle: this write must be refused.
-        ("csr_write", register_address("HBM_BASE", ctx=0), 2048),
-        ("csr_read", register_address("HOST_ERROR")),
-        ("run", 10_000),
-        ("csr_read", register_address("HBM_BASE", ctx=0)),
+        ops.CsrWrite(register_address("HBM_BASE", ctx=0), 2048),
+        ops.CsrRead(register_address("HOST_ERROR")),
+        ops.Run(10_000),
+        ops.CsrRead(register_address("HBM_BASE", ctx=0)),
     ]
     error, _, base = d.backend.execute(script)
     assert error & 0xFF == HostError.CONTEXT_RUNNING
@@ -162,6 +177,6 @@ def test_settings_are_locked_from_the_cycle_a_request_is_taken():
 
 def test_a_refused_setup_write_is_not_blamed_on_a_request():
     d = driver(contexts=(0,))
-    d.script.append(("csr_write", register_address("PRIORITY", ctx=0), 99))
+    d.script.append(ops.CsrWrite(register_address("PRIORITY", ctx=0), 99))
     with pytest.raises(DriverError, match="refused a host write: VALUE_RANGE"):
         d.serve([(0, 0)])

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.scratchpad import Scratchpad
 from simutil import convert, simulate
 

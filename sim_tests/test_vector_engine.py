@@ -5,11 +5,11 @@ import random
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.vector_engine import VectorEngine
 from isa.encoding import Fault
 from isa.golden import Segment
-from runtime.engine_harness import run_engine
+from runtime.backends.single_engine import run_engine
 from simutil import convert
 
 PORTS = (["rd_a", "rd_b"], ["wr"])

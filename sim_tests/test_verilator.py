@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
-from hw.regmap import Policy
+from isa.config import NPUConfig
+from isa.regmap import Policy
 from isa.asm import assemble
 from isa.golden import Segment
-from runtime.cli import main
-from runtime.driver import Driver
-from runtime.fuzz import random_program
-from runtime.verilator_backend import build_model
+from runtime.apps.cli import main
+from runtime.host.driver import Driver
+from runtime.apps.fuzz import random_program
+from runtime.backends.verilator import build_model
 from test_conformance import same_run
 
 TINY = NPUConfig.preset("tiny")
@@ -50,8 +50,7 @@ def test_cycles_since_reset_agree_on_both_backends(warmup):
     arbiters' rotation, i.e. on every cycle since reset, host traffic included. For each
     amount of host traffic before START, both backends give the same cycle counts (a
     harness that missed the reset cycle, or added one, would not)."""
-    program = assemble(".dma eop\n    dload 0, 0, 4\n    dload 4, 16, 4\n",
-                       dep_window=TINY.dep_window)
+    program = assemble(".dma eop\n    dload 0, 0, 4\n    dload 4, 16, 4\n", config=TINY)
 
     def run(backend):
         driver = Driver(TINY, backend)
@@ -101,7 +100,7 @@ def test_bad_verilator_setting(monkeypatch):
 
 def test_zero_memory_inits_become_one_loop():
     """All-zero initial contents are written as one loop; anything else is left as it is."""
-    from runtime.verilog import collapse_zero_inits
+    from runtime.backends.verilog import collapse_zero_inits
     zeros = "  initial begin\n" + "".join(f"    mem[{i}] = 8'h00;\n" for i in range(3)) + "  end\n"
     collapsed = collapse_zero_inits("module m;\n" + zeros + "endmodule\n")
     assert "for (i = 0; i < 3; i = i + 1)\n      mem[i] = 8'h0;" in collapsed
@@ -114,7 +113,7 @@ def test_zero_memory_inits_become_one_loop():
 
 def test_verilog_sizes_per_block():
     """`neu10 bench` reports the generated Verilog per block: every block of the pNPU once."""
-    from runtime.verilog import block_sizes, generate
+    from runtime.backends.verilog import block_sizes, generate
     sizes = block_sizes(generate(TINY, "npu"))
     assert {"dispatcher", "hbm", "spad", "host", "me", "ve", "dma", "systolic_array",
             "top"} <= sizes.keys()

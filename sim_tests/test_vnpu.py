@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from isa.asm import assemble
 from isa.golden import ContextSpec, GoldenNPU
-from runtime.vnpu import Device, MappingError
+from runtime.host.device import Device, MappingError
 
 DEFAULT = NPUConfig()
 

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from isa.encoding import HEADER, Engine, Fault
 from ..arbitration import one_hot_index, round_robin
 from ..ports import body_length_shape, imem_addr_shape
-from ..regmap import Status
+from isa.regmap import Status
 from .signatures import (COUNTERS, OP_ID_BITS, CandidateLayout, ContextConfigLayout,
                          ContextStateLayout, engine_types, seq_shape)
 

@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine
-from ..regmap import Policy
+from isa.regmap import Policy
 from ..sram import SRAM
 from .body_streamer import BodyStreamer
 from .context import ContextWindow

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine, Fault
 from ..ports import CommandLayout, DoneLayout, SegmentLayout, imem_addr_shape
-from ..regmap import Policy, Status
+from isa.regmap import Policy, Status
 
 __all__ = ["COUNTERS", "engine_types", "EngineLinkSignature", "ContextConfigLayout",
            "ContextStateLayout", "ControlSignature", "CandidateLayout", "seq_shape", "OP_ID_BITS",

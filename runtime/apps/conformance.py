@@ -42,17 +42,19 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import ConfigError, NPUConfig
 from isa.asm import AsmError, assemble_program
+from isa.config import ConfigError, NPUConfig
 from isa.encoding import Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
+from isa.regmap import Status
+from runtime.host.device import Device
 
 __all__ = ["CaseError", "Case", "load_case", "run_case", "default_case_paths", "BACKENDS",
            "BackendUnavailable", "CaseOutcome"]
 
 #: Backends a case can run on.
 BACKENDS = ("golden", "pysim", "verilator")
-CASE_DIR = Path(__file__).resolve().parent.parent / "sim_tests" / "conformance"
+CASE_DIR = Path(__file__).resolve().parents[2] / "sim_tests" / "conformance"
 #: Differing values of one expected block that a failure lists (it counts them all).
 SHOWN_MISMATCHES = 4
 
@@ -60,39 +62,6 @@ SHOWN_MISMATCHES = 4
 def _is_int(value):
     """A TOML integer: Python's bool is an int, but ``true`` is not a number here."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _run_on_rtl(case, backend, policy, max_cycles, vcd):
-    """Run on an RTL backend through the driver; per-context results, a reader, the run."""
-    from .driver import Driver, DriverError
-    try:
-        driver = Driver(case.config, backend, **({"vcd": vcd} if vcd else {}))
-    except DriverError as error:
-        raise BackendUnavailable(str(error)) from None
-    driver.set_policy(policy)
-    for c, (spec, (me_mask, ve_mask)) in enumerate(zip(
-            case.contexts, ownership_masks(case.config, len(case.contexts)))):
-        driver.load_context(c, spec.program, spec.spad, spec.hbm, me_mask=me_mask,
-                            ve_mask=ve_mask)
-    for block in case.init:
-        if block.space == "spad":
-            driver.write_spad(block.address, block.data)
-        else:
-            driver.write_hbm(block.address, block.data)
-    run = driver.run(max_cycles=max_cycles,
-                     read_spad=[(b.address, len(b.data)) for b in case.expect if b.space == "spad"],
-                     read_hbm=[(b.address, len(b.data)) for b in case.expect if b.space == "hbm"])
-    results = [_RTLContext(r.status, r.fault, r.fault_pc if r.fault else None)
-               for r in run.contexts]
-    return results, lambda block: (run.spad if block.space == "spad" else run.hbm)[
-        (block.address, len(block.data))], run
-
-
-@dataclass
-class _RTLContext:
-    status: object            # hw.regmap.Status
-    fault: Fault
-    fault_pc: int | None
 
 
 class CaseError(ValueError):
@@ -133,7 +102,7 @@ class Case:
 class CaseOutcome:
     passed: bool
     failures: list
-    run: object = None        # the driver's RunResult, on RTL backends
+    run: object = None        # the driver's RunResult
 
 
 def default_case_paths():
@@ -201,8 +170,7 @@ def load_case(path):
         if not isinstance(program, str):
             fail(f"{where}: program must be a string of assembly")
         try:
-            assembly = assemble_program(program, source=f"{path} [{where}]",
-                                        dep_window=config.dep_window)
+            assembly = assemble_program(program, source=f"{path} [{where}]", config=config)
         except AsmError as error:
             raise CaseError(str(error)) from None
         fault_name = entry.get("fault", "none")
@@ -286,56 +254,66 @@ def load_case(path):
                 blocks("init"), blocks("expect"))
 
 
-def ownership_masks(config, n_contexts):
-    """Context c owns ME (c mod n_me) and VE (c mod n_ve): every context owns one engine of
-    each type (so the static policy can run it); with more contexts than engines, engines
-    are shared (oversubscribed)."""
-    return [(1 << (c % config.n_me), 1 << (c % config.n_ve)) for c in range(n_contexts)]
+def place(case, device):
+    """The case's contexts as vNPUs: its segments, and context c owns ME (c mod n_me) and VE
+    (c mod n_ve), so every context owns one engine of each type (the static policy can run
+    it); with more contexts than engines, engines are shared (oversubscribed)."""
+    cfg = case.config
+    return [device.place(spec.spad, spec.hbm, me_mask=1 << (c % cfg.n_me),
+                         ve_mask=1 << (c % cfg.n_ve), name=f"context {c}")
+            for c, spec in enumerate(case.contexts)]
 
 
 def _final_status(fault):
-    return "done" if fault == Fault.NONE else "faulted"
+    return Status.DONE if fault == Fault.NONE else Status.FAULTED
 
 
 def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=None):
     """Run a case on a backend; return a CaseOutcome listing every mismatch."""
-    run = None
-    if backend == "golden":
-        npu = GoldenNPU(case.config)
-        for block in case.init:
-            memory = npu.spad if block.space == "spad" else npu.hbm
-            memory[block.address:block.address + len(block.data)] = block.data
-        results = npu.run(case.contexts)
-        read = lambda block: (npu.spad if block.space == "spad" else npu.hbm)[
-            block.address:block.address + len(block.data)]
-    elif backend in BACKENDS:
-        results, read, run = _run_on_rtl(case, backend, policy, max_cycles, vcd)
-    else:
+    from runtime.host.driver import DriverError
+    if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    try:
+        device = Device(case.config, backend, policy, **({"vcd": vcd} if vcd else {}))
+        vnpus = place(case, device)
+        driver = device.driver({vnpu.name: spec.program
+                                for vnpu, spec in zip(vnpus, case.contexts)})
+    except DriverError as error:
+        raise BackendUnavailable(str(error)) from None
+    for block in case.init:
+        if block.space == "spad":
+            driver.write_spad(block.address, block.data)
+        else:
+            driver.write_hbm(block.address, block.data)
+    run = driver.run(max_cycles=max_cycles,
+                     read_spad=[(b.address, len(b.data)) for b in case.expect if b.space == "spad"],
+                     read_hbm=[(b.address, len(b.data)) for b in case.expect if b.space == "hbm"])
 
     failures = []
-    if run is not None and run.timed_out:
+    if run.timed_out:
         failures.append(f"timed out: still running after {run.cycles} cycles on {backend}")
-    for index, (result, want) in enumerate(zip(results, case.expected)):
+    for index, (result, want) in enumerate(zip(run.contexts, case.expected)):
         if result.fault != want.fault:
-            detail = f" ({result.fault_detail})" if getattr(result, "fault_detail", "") else ""
-            if result.fault == Fault.WATCHDOG and run is not None:
+            detail = f" ({result.fault_detail})" if result.fault_detail else ""
+            if result.fault == Fault.WATCHDOG:
                 detail += f" after {run.cycles} cycles"
             failures.append(f"context {index}: fault {result.fault.name.lower()}{detail}, "
                             f"expected {want.fault.name.lower()}")
-        elif want.fault_at is not None and result.fault_pc != want.fault_at:
-            failures.append(f"context {index}: fault at word {result.fault_pc}, expected word "
+        elif want.fault_at is not None and (result.fault_pc if result.fault else None) \
+                != want.fault_at:
+            failures.append(f"context {index}: fault at word "
+                            f"{result.fault_pc if result.fault else None}, expected word "
                             f"{want.fault_at}")
-        # Golden reports "done"/"faulted", the RTL a hw.regmap.Status. A wrong fault already
-        # failed: its status is news only when it does not match the fault reported either.
-        status = getattr(result.status, "name", result.status).lower()
+        # A wrong fault already failed: the status is news only when it does not match the
+        # fault reported either.
         want_status = _final_status(want.fault)
-        if status != want_status and (result.fault == want.fault
-                                      or status != _final_status(result.fault)):
-            failures.append(f"context {index}: status {status} with fault "
-                            f"{result.fault.name.lower()}, expected {want_status}")
+        if result.status != want_status and (result.fault == want.fault
+                                             or result.status != _final_status(result.fault)):
+            failures.append(f"context {index}: status {result.status.name.lower()} with fault "
+                            f"{result.fault.name.lower()}, expected "
+                            f"{want_status.name.lower()}")
     for block in case.expect:
-        got = read(block)
+        got = (run.spad if block.space == "spad" else run.hbm)[(block.address, len(block.data))]
         mismatch = np.argwhere(got != block.data)
         if len(mismatch):
             unit = "row" if block.space == "spad" else "word"

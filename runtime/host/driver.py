@@ -1,25 +1,28 @@
 """The driver: configures, loads, runs and reads back a pNPU, only through its host interface.
 
-A run is a *host script*, a list of host-interface operations, executed from reset by a
-backend (``pysim`` now; ``verilator`` runs the same scripts). Every backend sees exactly
-the same operations, so results and cycle counts can be compared one to one.
+A run is a *host script* (runtime.backends.script: register writes, memory writes, run,
+reads), executed from reset by a backend: ``golden`` (the ISA's numpy model, no timing),
+``pysim`` (the RTL in Amaranth's simulator) or ``verilator``. Every backend sees exactly the
+same operations, so results and cycle counts compare one to one, and every run reads back
+the same RunResult.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.config import NPUConfig
-from hw.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Policy,
-                       Status, register_address)
+from isa.config import NPUConfig
 from isa.encoding import Fault
 from isa.golden import Segment
+from isa.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Policy,
+                        Status, register_address)
+from runtime.backends import script as ops
 
 __all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError", "BACKENDS",
            "make_backend"]
 
 #: Backend names accepted everywhere a backend can be chosen.
-BACKENDS = ("pysim", "verilator")
+BACKENDS = ("golden", "pysim", "verilator")
 
 
 class DriverError(ValueError):
@@ -46,10 +49,15 @@ def _words(values, what, ndim=1):
 
 @dataclass
 class ContextResult:
+    """A context after a run, as its registers tell it; the golden backend adds the
+    fault explained in words and, when it checks them, races and restart hazards."""
     status: Status
     fault: Fault
     fault_pc: int
     counters: dict
+    fault_detail: str = ""
+    races: list = field(default_factory=list)              # isa.golden.Race
+    restart_hazards: list = field(default_factory=list)    # isa.golden.RestartHazard
 
     @property
     def cycles(self):
@@ -65,6 +73,7 @@ class RunResult:
     spad: dict = field(default_factory=dict)    # (row, count) -> array
     hbm: dict = field(default_factory=dict)     # (addr, count) -> array
     trace: list = field(default_factory=list)   # per cycle, when the backend traces
+    timed: bool = True                # False on the golden backend: no cycles, no timing counters
 
     @property
     def makespan(self):
@@ -88,12 +97,19 @@ class RequestResult:
 
 
 def make_backend(name, config, **options):
+    """A backend by name; ``options`` are the backend's own (e.g. vcd, trace, progress)."""
+    if name == "golden":
+        from runtime.backends.golden import GoldenBackend
+        try:
+            return GoldenBackend(config, **options)
+        except ValueError as error:
+            raise DriverError(str(error)) from None
     if name == "pysim":
-        from .pysim_backend import PysimBackend
+        from runtime.backends.pysim import PysimBackend
         return PysimBackend(config, **options)
     if name == "verilator":
-        from .verilator_backend import VerilatorBackend
-        from .verilog import ToolError
+        from runtime.backends.verilator import VerilatorBackend
+        from runtime.backends.verilog import ToolError
         try:
             return VerilatorBackend(config, **options)
         except ToolError as error:
@@ -120,7 +136,7 @@ class Driver:
                               f"{self.config.n_ctx - 1}")
 
     def _csr(self, name, value, **where):
-        self.script.append(("csr_write", register_address(name, **where), int(value)))
+        self.script.append(ops.CsrWrite(register_address(name, **where), int(value)))
 
     def set_policy(self, policy):
         try:
@@ -167,7 +183,7 @@ class Driver:
         if not _is_int(priority) or not 0 <= priority <= 15:
             raise DriverError(f"context {ctx}: priority must be 0..15, not {priority!r}")
         for address, word in enumerate(program):
-            self.script.append(("csr_write", IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
+            self.script.append(ops.CsrWrite(IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
         for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad.base),
                             ("SPAD_SIZE", spad.size), ("HBM_BASE", hbm.base),
                             ("HBM_SIZE", hbm.size), ("ME_MASK", me_mask), ("VE_MASK", ve_mask),
@@ -189,7 +205,7 @@ class Driver:
         for i, values in enumerate(rows):
             padded = np.zeros(cfg.ve_lanes, dtype=np.int64)
             padded[:len(values)] = values
-            self.script.append(("spad_write", row + i, [int(v) for v in padded]))
+            self.script.append(ops.SpadWrite(row + i, tuple(int(v) for v in padded)))
 
     def write_hbm(self, address, words):
         """Write HBM words starting at ``address`` (partial lines are masked)."""
@@ -208,7 +224,7 @@ class Driver:
             for j in range(take):
                 values[offset + j] = int(words[position - address + j])
                 mask |= 1 << (offset + j)
-            self.script.append(("hbm_write", line, values, mask))
+            self.script.append(ops.HbmWrite(line, tuple(values), mask))
             position += take
 
     # --- running ------------------------------------------------------------------------------
@@ -243,9 +259,8 @@ class Driver:
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
         script = list(self.script)
-        script.append(("csr_write", register_address("START"),
-                       sum(1 << c for c in contexts)))
-        script.append(("run", max_cycles))
+        script.append(ops.CsrWrite(register_address("START"), sum(1 << c for c in contexts)))
+        script.append(ops.Run(max_cycles))
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
         cycles, timed_out = next(results)
@@ -294,15 +309,15 @@ class Driver:
         host_error = register_address("HOST_ERROR")
         # Setup must have been accepted before the first doorbell (HOST_ERROR keeps the
         # first refusal): read it, then clear it for the doorbells.
-        script = list(self.script) + [("mark",), ("csr_read", host_error),
-                                      ("csr_write", host_error, 0)]
+        script = list(self.script) + [ops.Mark(), ops.CsrRead(host_error),
+                                      ops.CsrWrite(host_error, 0)]
         for (cycle, c), offset in zip(arrivals, offsets):
-            script += [("until", int(cycle)),
-                       ("csr_write", register_address("DOORBELL", ctx=c), int(offset)),
-                       ("csr_read", host_error), ("csr_write", host_error, 0),
-                       ("drain", register_address("COMPLETION", ctx=c))]
-        script.append(("run", max_cycles))
-        script += [("drain", register_address("COMPLETION", ctx=c)) for c in contexts]
+            script += [ops.Until(int(cycle)),
+                       ops.CsrWrite(register_address("DOORBELL", ctx=c), int(offset)),
+                       ops.CsrRead(host_error), ops.CsrWrite(host_error, 0),
+                       ops.Drain(register_address("COMPLETION", ctx=c))]
+        script.append(ops.Run(max_cycles))
+        script += [ops.Drain(register_address("COMPLETION", ctx=c)) for c in contexts]
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
         mark = next(results)
@@ -353,14 +368,14 @@ class Driver:
                 reads.append(("engine", e, register.name))
         for kind, index, name in reads:
             where = {"ctx": index} if kind == "ctx" else {"engine": index}
-            script.append(("csr_read", register_address(name, **where)))
-        script.append(("csr_read", register_address("HOST_ERROR")))
+            script.append(ops.CsrRead(register_address(name, **where)))
+        script.append(ops.CsrRead(register_address("HOST_ERROR")))
         per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
-            script += [("spad_read", r) for r in range(row, row + count)]
+            script += [ops.SpadRead(r) for r in range(row, row + count)]
         for address, count in read_hbm:
             first, last = address // per_line, (address + count - 1) // per_line
-            script += [("hbm_read", line) for line in range(first, last + 1)]
+            script += [ops.HbmRead(line) for line in range(first, last + 1)]
         return script, reads
 
     def _result(self, results, cycles, timed_out, contexts, reads, read_spad, read_hbm):
@@ -369,12 +384,17 @@ class Driver:
         for key in reads:
             values[key] = next(results)
         context_results = []
+        details = getattr(self.backend, "context_details", {})
         for c in contexts:
             counters = {r.name: values[("ctx", c, r.name)] for r in CONTEXT
                         if ("ctx", c, r.name) in values}
-            context_results.append(ContextResult(Status(counters.pop("STATUS")),
-                                                 Fault(counters.pop("FAULT")),
-                                                 counters.pop("FAULT_PC"), counters))
+            outcome = details.get(c)
+            context_results.append(ContextResult(
+                Status(counters.pop("STATUS")), Fault(counters.pop("FAULT")),
+                counters.pop("FAULT_PC"), counters,
+                fault_detail=outcome.fault_detail if outcome else "",
+                races=list(outcome.races) if outcome else [],
+                restart_hazards=list(outcome.restart_hazards) if outcome else []))
         host_error = next(results)
         if host_error:
             raise DriverError(f"the NPU refused a host write: {HostError(host_error & 0xFF).name} "
@@ -385,7 +405,8 @@ class Driver:
             engines.append({name: values[("engine", e, name)]
                             for kind, index, name in reads if kind == "engine" and index == e})
         result = RunResult(cycles, timed_out, context_results, engines,
-                           trace=list(getattr(self.backend, "trace_events", [])))
+                           trace=list(getattr(self.backend, "trace_events", [])),
+                           timed=getattr(self.backend, "timed", True))
         per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
             result.spad[(row, count)] = np.array([next(results) for _ in range(count)],

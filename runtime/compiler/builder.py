@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from isa.asm import assemble_program
+from isa.asm import format_items
+from isa.encoding import Engine, Instr, UTop, encode_program
 
-__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "row_spans"]
+__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "row_spans"]
 
 
 class CompileError(ValueError):
@@ -48,8 +49,10 @@ class Region:
 
 
 @dataclass
-class UTop:
-    engine: str                 # "me", "ve", "dma"
+class PlannedUTop:
+    """A µTOp as the compiler plans it: engine type and body (isa.encoding.Instr), the
+    memory it touches, and the dependencies that follow from that."""
+    engine: Engine
     body: list
     name: str
     reads: list
@@ -68,11 +71,26 @@ class UTop:
 
 @dataclass
 class Program:
-    """Assembly, 64-bit words, and µTOp counts per engine type."""
-    source: str
+    """A compiled program: its µTOps (isa.encoding.UTop), their 64-bit words, the name of
+    each µTOp, and µTOp counts per engine type."""
+    utops: list
     words: list
-    n_utops: int
+    names: list
     per_engine: dict
+
+    @property
+    def n_utops(self):
+        return len(self.utops)
+
+    @property
+    def listing(self):
+        """Assembly text of the program, each µTOp headed by its name (assembling it gives
+        the same words)."""
+        lines = format_items(self.utops).splitlines()
+        headers = [i for i, line in enumerate(lines) if line.startswith(".")]
+        for i, name in zip(headers, self.names):
+            lines[i] += f": {name}"
+        return "\n".join(lines) + "\n"
 
 
 class ProgramBuilder:
@@ -129,13 +147,16 @@ class ProgramBuilder:
     # --- µTOps ---------------------------------------------------------------------------
 
     def utop(self, engine, body, *, reads=(), writes=(), name="", eoo=False):
-        """Append a µTOp; its dependencies follow from ``reads``/``writes`` (Regions)."""
+        """Append a µTOp of ``engine`` (an Engine) running ``body`` (isa.encoding.Instr);
+        its dependencies follow from ``reads``/``writes`` (Regions)."""
         if not body:
             raise CompileError(f"µTOp {name} has an empty body")
+        if not all(isinstance(i, Instr) for i in body):
+            raise TypeError(f"µTOp {name}: a body is a list of isa.encoding.Instr")
         if len(body) > self.config.max_body:
             raise CompileError(f"µTOp {name} has {len(body)} instructions; max_body is "
                                f"{self.config.max_body}")
-        new = UTop(engine, list(body), name or f"u{len(self.utops)}", list(reads), list(writes),
+        new = PlannedUTop(Engine(engine), list(body), name or f"u{len(self.utops)}", list(reads), list(writes),
                    eoo)
         index = len(self.utops)
         for j in range(max(0, index - self.config.dep_window), index):
@@ -152,30 +173,17 @@ class ProgramBuilder:
             self.utops[-1].eoo = True
 
     def build(self):
-        """Assemble; the last µTOp ends the program."""
+        """Encode; the last µTOp ends the program."""
         if not self.utops:
             raise CompileError("the program has no µTOps")
-        lines = []
         last = len(self.utops) - 1
-        for i, u in enumerate(self.utops):
-            flags = []
-            if u.deps:
-                flags.append("deps(" + ", ".join(f"-{i - j}" for j in sorted(u.deps,
-                                                                            reverse=True)) + ")")
-            if u.restartable:
-                flags.append("restartable")
-            if u.eoo or i == last:
-                flags.append("eoo")
-            if i == last:
-                flags.append("eop")
-            lines.append(f".{u.engine} {' '.join(flags)}".rstrip() + f"    # {u.name}")
-            lines += [f"    {instr}" for instr in u.body]
-        source = "\n".join(lines) + "\n"
-        words = assemble_program(source, source="<compiled>",
-                                 dep_window=self.config.dep_window).words
+        utops = [UTop(u.engine, u.body, deps=tuple(i - j for j in sorted(u.deps, reverse=True)),
+                      eoo=u.eoo or i == last, eop=i == last, restartable=u.restartable)
+                 for i, u in enumerate(self.utops)]
+        words = encode_program(utops)
         if len(words) > self.config.imem_words:
             raise CompileError(f"the program compiles to {len(words)} words; the instruction "
                                f"memory holds {self.config.imem_words}")
-        per_engine = {kind: sum(u.engine == kind for u in self.utops)
-                      for kind in ("me", "ve", "dma")}
-        return Program(source, words, len(self.utops), per_engine)
+        per_engine = {engine.name.lower(): sum(u.engine == engine for u in self.utops)
+                      for engine in Engine}
+        return Program(utops, words, [u.name for u in self.utops], per_engine)

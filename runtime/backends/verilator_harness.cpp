@@ -1,9 +1,9 @@
 // neu10 Verilator harness: executes a host script on the Verilated pNPU (top: neu10_sim_top,
-// the pNPU behind a register per host input, see runtime/verilator_backend.py).
+// the pNPU behind a register per host input, see runtime/backends/verilator.py).
 //
 // The script and the results are little-endian uint64 streams; every operation drives the
 // host interface with exactly the same cycle-level handshakes as the pysim backend
-// (runtime/pysim_backend.py), so results and cycle counts are identical.
+// (runtime/backends/pysim.py), so results and cycle counts are identical.
 //
 //   neu10_sim SCRIPT RESULTS [VCD]   run a whole script, free-running (no host per cycle)
 //   neu10_sim --interactive [VCD]    read one operation at a time on stdin, answer on stdout

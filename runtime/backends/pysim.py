@@ -4,6 +4,7 @@ from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from hw.npu import NPU
+from . import script as ops
 from .words import to_signed32, unpack_words
 
 __all__ = ["PysimBackend"]
@@ -87,70 +88,71 @@ class _Session:
         results = []
         mark = 0             # the cycle counter at the last `mark`: the origin of `until`
         for op in script:
-            kind = op[0]
-            if kind == "csr_write":
-                ctx.set(csr.addr, op[1])
-                ctx.set(csr.wdata, op[2])
-                ctx.set(csr.we, 1)
-                await ctx.tick()
-                ctx.set(csr.we, 0)
-            elif kind == "csr_read":
-                results.append(await self._csr_read(ctx, op[1]))
-            elif kind == "spad_write":
-                request = npu.spad_wr.req
-                ctx.set(request.payload.addr, op[1])
-                ctx.set(request.payload.data, [to_signed32(v) for v in op[2]])
-                ctx.set(request.payload.mask, (1 << lanes) - 1)
-                ctx.set(request.valid, 1)
-                await ctx.tick().until(request.ready)
-                ctx.set(request.valid, 0)
-            elif kind == "spad_read":
-                request = npu.spad_rd.req
-                ctx.set(request.payload, op[1])
-                ctx.set(request.valid, 1)
-                await ctx.tick().until(request.ready)
-                ctx.set(request.valid, 0)
-                results.append(unpack_words(ctx.get(npu.spad_rd.resp.as_value()), lanes))
-            elif kind in ("hbm_write", "hbm_read"):
-                request = npu.hbm.req
-                ctx.set(request.payload.line, op[1])
-                ctx.set(request.payload.write, kind == "hbm_write")
-                if kind == "hbm_write":
-                    ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in op[2]])
-                    ctx.set(request.payload.mask, op[3])
-                ctx.set(request.valid, 1)
-                await ctx.tick().until(request.ready)
-                ctx.set(request.valid, 0)
-                if kind == "hbm_read":
-                    # The line is valid for one cycle: sample it at that edge.
-                    (line,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(
-                        npu.hbm.resp_valid)
-                    results.append(unpack_words(line, per_line))
-            elif kind == "run":
-                waited = 0
-                await ctx.tick()          # the START write takes effect
-                if self.trace:
-                    waited = await self._traced_run(ctx, op[1])
-                while ctx.get(npu.busy) and waited < op[1]:
-                    await ctx.tick().repeat(self.poll)
-                    waited += self.poll
-                    if self.progress and waited % 4096 < self.poll:
-                        self.progress(waited)
-                results.append((waited, bool(ctx.get(npu.busy))))
-            elif kind == "mark":
-                mark = ctx.get(npu.cycle)
-                results.append(mark)
-            elif kind == "until":
-                waiting = mark + op[1] - ctx.get(npu.cycle)
-                if waiting > 0:
-                    await ctx.tick().repeat(waiting)
-            elif kind == "drain":
-                entries = []
-                while (value := await self._csr_read(ctx, op[1])) >> 63:
-                    entries.append(value)
-                results.append(entries)
-            else:
-                raise ValueError(f"unknown host operation {kind!r}")
+            match op:
+                case ops.CsrWrite(address, value):
+                    ctx.set(csr.addr, address)
+                    ctx.set(csr.wdata, value)
+                    ctx.set(csr.we, 1)
+                    await ctx.tick()
+                    ctx.set(csr.we, 0)
+                case ops.CsrRead(address):
+                    results.append(await self._csr_read(ctx, address))
+                case ops.SpadWrite(row, values):
+                    request = npu.spad_wr.req
+                    ctx.set(request.payload.addr, row)
+                    ctx.set(request.payload.data, [to_signed32(v) for v in values])
+                    ctx.set(request.payload.mask, (1 << lanes) - 1)
+                    ctx.set(request.valid, 1)
+                    await ctx.tick().until(request.ready)
+                    ctx.set(request.valid, 0)
+                case ops.SpadRead(row):
+                    request = npu.spad_rd.req
+                    ctx.set(request.payload, row)
+                    ctx.set(request.valid, 1)
+                    await ctx.tick().until(request.ready)
+                    ctx.set(request.valid, 0)
+                    results.append(unpack_words(ctx.get(npu.spad_rd.resp.as_value()), lanes))
+                case ops.HbmWrite() | ops.HbmRead():
+                    request = npu.hbm.req
+                    writing = isinstance(op, ops.HbmWrite)
+                    ctx.set(request.payload.line, op.line)
+                    ctx.set(request.payload.write, writing)
+                    if writing:
+                        ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in op.values])
+                        ctx.set(request.payload.mask, op.mask)
+                    ctx.set(request.valid, 1)
+                    await ctx.tick().until(request.ready)
+                    ctx.set(request.valid, 0)
+                    if not writing:
+                        # The line is valid for one cycle: sample it at that edge.
+                        (line,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(
+                            npu.hbm.resp_valid)
+                        results.append(unpack_words(line, per_line))
+                case ops.Run(max_cycles):
+                    waited = 0
+                    await ctx.tick()          # the START write takes effect
+                    if self.trace:
+                        waited = await self._traced_run(ctx, max_cycles)
+                    while ctx.get(npu.busy) and waited < max_cycles:
+                        await ctx.tick().repeat(self.poll)
+                        waited += self.poll
+                        if self.progress and waited % 4096 < self.poll:
+                            self.progress(waited)
+                    results.append((waited, bool(ctx.get(npu.busy))))
+                case ops.Mark():
+                    mark = ctx.get(npu.cycle)
+                    results.append(mark)
+                case ops.Until(cycle):
+                    waiting = mark + cycle - ctx.get(npu.cycle)
+                    if waiting > 0:
+                        await ctx.tick().repeat(waiting)
+                case ops.Drain(address):
+                    entries = []
+                    while (value := await self._csr_read(ctx, address)) >> 63:
+                        entries.append(value)
+                    results.append(entries)
+                case _:
+                    raise ValueError(f"the pysim backend cannot execute {op!r}")
         return results
 
 

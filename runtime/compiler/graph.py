@@ -2,7 +2,7 @@
 integer reference computed alongside.
 
 Every operator method of :class:`Graph` does two things: it appends µTOps (tiled to one
-engine, dependencies derived from the memory they touch, see runtime/program.py) and it
+engine, dependencies derived from the memory they touch, see builder.py) and it
 computes, in plain numpy, the integers those µTOps must produce (``Tensor.ref``). The
 golden model and the RTL then have to reproduce ``ref`` bit for bit.
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .program import CompileError, ProgramBuilder, Region, row_spans
+from isa.encoding import Engine, instr
+
+from .builder import CompileError, ProgramBuilder, Region, row_spans
 from .quant import activation_table, multiplier, quantize, rq
 
 __all__ = ["Graph", "Tensor", "Image"]
@@ -88,16 +90,16 @@ def _reduce_rows(op, lane_op, dst, sources, n):
     across lanes (``lane_op``, broadcast): one value per row, in every lane."""
     body, source = [], sources[0]
     for other in sources[1:]:
-        body.append(f"{op} {dst}, {source}, {other}, {n}")
+        body.append(instr(op, dst, source, other, n))
         source = dst
-    return body + [f"{lane_op} {dst}, {source}, {n}"]
+    return body + [instr(lane_op, dst, source, n)]
 
 
 def _bucket_lookup(row, k, n):
     """Instructions replacing the non-negative values of ``row`` by TABLE[value >> k] (the
     loaded table; `vlut` adds 128 to its clamped input)."""
-    return [f"vsrai {row}, {row}, {k}, {n}", f"vaddi {row}, {row}, -128, {n}",
-            f"vlut {row}, {row}, {n}"]
+    return [instr("vsrai", row, row, k, n), instr("vaddi", row, row, -128, n),
+            instr("vlut", row, row, n)]
 
 
 def _bucket_lookup_ref(table, values, k):
@@ -135,12 +137,12 @@ class Graph:
         return Tensor(region, rows, tiles, scale, np.asarray(ref, np.int64), image)
 
     def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False):
-        body = [f"dcfg {width}, {hstride}, 1"]
+        body = [instr("dcfg", width, hstride, 1)]
         for first, count in row_spans(rows):
             if store:
-                body.append(f"dstore {hbm_addr + first * hstride}, {spad_row + first}, {count}")
+                body.append(instr("dstore", hbm_addr + first * hstride, spad_row + first, count))
             else:
-                body.append(f"dload {spad_row + first}, {hbm_addr + first * hstride}, {count}")
+                body.append(instr("dload", spad_row + first, hbm_addr + first * hstride, count))
         return body
 
     def constant(self, values, what):
@@ -150,7 +152,7 @@ class Graph:
         if key not in self._constants:
             hbm = self.builder.hbm(values.size, what, values)
             spad = self.builder.alloc(len(values), what)
-            self.builder.utop("dma", self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                     len(values)),
                               reads=[hbm], writes=[spad], name=f"load {what}")
             self._constants[key] = spad
@@ -166,12 +168,12 @@ class Graph:
                 raise CompileError(f"{name}: {len(unit) + len(preamble)} dependent vector "
                                    f"instructions exceed max_body {self.config.max_body}")
             if len(body) + len(unit) > room:
-                self.builder.utop("ve", list(preamble) + body, reads=reads, writes=writes,
+                self.builder.utop(Engine.VE, list(preamble) + body, reads=reads, writes=writes,
                                   name=name)
                 body = []
             body += unit
         if body:
-            self.builder.utop("ve", list(preamble) + body, reads=reads, writes=writes, name=name)
+            self.builder.utop(Engine.VE, list(preamble) + body, reads=reads, writes=writes, name=name)
 
     def _row_blocks(self, lo, hi, tiles):
         """Row blocks: enough for every ME of the pNPU even with few column tiles, and at
@@ -205,7 +207,7 @@ class Graph:
         self.inputs[name] = (hbm, rows_q)
         out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
         for t in range(tiles):
-            self.builder.utop("dma", self._dma_rows(self.lanes, cols, out.tile(t),
+            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, cols, out.tile(t),
                                                     hbm.start + t * self.lanes, rows),
                               reads=[hbm], writes=[out.tile_region(t)], name=f"load {name}.{t}")
         self._op("input", name)
@@ -223,7 +225,7 @@ class Graph:
         hbm = self.builder.hbm(padded.size, f"indices {name}")
         self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
         spad = self.builder.alloc(rows, f"indices {name}")
-        self.builder.utop("dma", self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+        self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                 rows),
                           reads=[hbm], writes=[spad], name=f"load {name}")
         return spad, values
@@ -237,7 +239,7 @@ class Graph:
         cols = x.tiles * self.lanes
         hbm = self.builder.hbm(x.rows * cols, f"output {name}")
         for t in range(x.tiles):
-            self.builder.utop("dma", self._dma_rows(self.lanes, cols, x.tile(t),
+            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, cols, x.tile(t),
                                                     hbm.start + t * self.lanes, x.rows,
                                                     store=True),
                               reads=[x.tile_region(t)], writes=[hbm], name=f"store {name}.{t}")
@@ -290,31 +292,30 @@ class Graph:
                 for chunk in range(0, k_tiles, cfg.max_body // 2):
                     body = []
                     for kt in range(chunk, min(k_tiles, chunk + cfg.max_body // 2)):
-                        body += [f"ldw {w_row + kt * lanes}, {lanes}",
-                                 f"mm {target.start}, {sources(kt) + first}, {count}"
-                                 + (", acc" if kt else "")]
-                    self.builder.utop("me", body, reads=reads(first, count) + [w_region]
+                        body += [instr("ldw", w_row + kt * lanes, lanes),
+                                 instr("mm", target.start, sources(kt) + first, count, acc=bool(kt))]
+                    self.builder.utop(Engine.ME, body, reads=reads(first, count) + [w_region]
                                       + ([target] if chunk else []), writes=[target],
                                       name=f"{name} mm{ct}.{first}")
-                preamble = [f"vld 0, {bias_row}"] if bias_row is not None else []
-                preamble.append(f"vsetq {mult}, {shift}, 0")
+                preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
+                preamble.append(instr("vsetq", mult, shift, 0))
                 if lut is not None:
-                    preamble.append(f"vldlut {lut.start}")
+                    preamble.append(instr("vldlut", lut.start))
                 units = []
                 for r, n in row_spans(count):
                     a, d = target.start + r, dst + first + r
                     # The accumulator is only read (the bias is added on the way out), so
                     # the epilogue is restartable.
                     if bias_row is not None:
-                        unit = [f"vaddr {d}, {a}, 0, {n}", f"vrq {d}, {d}, {n}"]
+                        unit = [instr("vaddr", d, a, 0, n), instr("vrq", d, d, n)]
                     else:
-                        unit = [f"vrq {d}, {a}, {n}"]
+                        unit = [instr("vrq", d, a, n)]
                     if act == "relu":
-                        unit.append(f"vmaxi {d}, {d}, 0, {n}")
+                        unit.append(instr("vmaxi", d, d, 0, n))
                     elif lut is not None:
-                        unit.append(f"vlut {d}, {d}, {n}")
+                        unit.append(instr("vlut", d, d, n))
                     if mask_rows is not None:
-                        unit.append(f"vmul {d}, {d}, {mask_rows.start + first + r}, {n}")
+                        unit.append(instr("vmul", d, d, mask_rows.start + first + r, n))
                     units.append(unit)
                 extra = [r for r in (w_region if bias_row is not None else None, lut, mask_rows)
                          if r is not None]
@@ -324,7 +325,7 @@ class Graph:
             zero, edges = [], []
             for a, b in ((0, lo), (hi, rows)):
                 if b > a:
-                    zero += [[f"vmuli {dst + a + f}, {dst + a + f}, 0, {n}"]
+                    zero += [[instr("vmuli", dst + a + f, dst + a + f, 0, n)]
                              for f, n in row_spans(b - a)]
                     edges.append(Region("spad", dst + a, b - a))
             if zero:
@@ -351,7 +352,7 @@ class Graph:
             buf = bufs[slot]
             body = self._dma_rows(lanes, n_tiles * lanes, buf.start, w_hbm.start + ct * lanes, k)
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
-            self.builder.utop("dma", body, reads=[w_hbm, b_hbm], writes=[buf],
+            self.builder.utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
                               name=f"{name} load w{ct}")
             return buf.start, buf, buf.start + k
 
@@ -444,17 +445,17 @@ class Graph:
         ref = np.clip(a.ref + b.ref, -128, 127)
         ref = np.maximum(ref, 0) if relu else ref
         return self._elementwise(name, [a, b], a.scale, ref, lambda t, d, f, n: (
-            [f"vadd.s8 {d}, {a.tile(t) + f}, {b.tile(t) + f}, {n}"]
-            + ([f"vmaxi {d}, {d}, 0, {n}"] if relu else [])))
+            [instr("vadd.s8", d, a.tile(t) + f, b.tile(t) + f, n)]
+            + ([instr("vmaxi", d, d, 0, n)] if relu else [])))
 
     def mul(self, name, a, b, out_scale):
         """int8 a * b, rescaled to ``out_scale``."""
         mult, shift = multiplier(a.scale * b.scale / out_scale)
         return self._elementwise(name, [a, b], out_scale, rq(a.ref * b.ref, mult, shift),
                                  lambda t, d, f, n: [
-                                     f"vsetq {mult}, {shift}, 0",
-                                     f"vmul {d}, {a.tile(t) + f}, {b.tile(t) + f}, {n}",
-                                     f"vrq {d}, {d}, {n}"])
+                                     instr("vsetq", mult, shift, 0),
+                                     instr("vmul", d, a.tile(t) + f, b.tile(t) + f, n),
+                                     instr("vrq", d, d, n)])
 
     def activation(self, name, x, function, out_scale):
         """A nonlinear function by table lookup (gelu, sigmoid, tanh, relu)."""
@@ -462,10 +463,10 @@ class Graph:
         lut = self.constant(table, f"{function} table")
         out = self._new(x.rows, x.tiles, out_scale, table[x.ref + 128], name, x.image)
         for t in range(x.tiles):
-            units = [[f"vlut {out.tile(t) + f}, {x.tile(t) + f}, {n}"]
+            units = [[instr("vlut", out.tile(t) + f, x.tile(t) + f, n)]
                      for f, n in row_spans(x.rows)]
             self._ve(units, reads=[x.tile_region(t), lut], writes=[out.tile_region(t)],
-                     name=f"{name}.{t}", preamble=[f"vldlut {lut.start}"])
+                     name=f"{name}.{t}", preamble=[instr("vldlut", lut.start)])
         self._op("activation", name)
         return out
 
@@ -498,19 +499,19 @@ class Graph:
         e_row = lambda t: work.start + (2 + t) * rows
         units = []
         for f, n in row_spans(rows):
-            unit = [f"vldlut {exp_lut.start}", f"vsetq 127, {recip_bits}, 0"]
+            unit = [instr("vldlut", exp_lut.start), instr("vsetq", 127, recip_bits, 0)]
             unit += _reduce_rows("vmax", "vlmax", peak_row + f,
                                  [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
-                unit += [f"vsub {e_row(t) + f}, {x.tile(t) + f}, {peak_row + f}, {n}",
-                         f"vlut {e_row(t) + f}, {e_row(t) + f}, {n}"]
+                unit += [instr("vsub", e_row(t) + f, x.tile(t) + f, peak_row + f, n),
+                         instr("vlut", e_row(t) + f, e_row(t) + f, n)]
             unit += _reduce_rows("vadd", "vlsum", sum_row + f,
                                  [e_row(t) + f for t in range(tiles)], n)
-            unit.append(f"vldlut {recip_lut.start}")
+            unit.append(instr("vldlut", recip_lut.start))
             unit += _bucket_lookup(sum_row + f, k, n)
             for t in range(tiles):
-                unit += [f"vmul {e_row(t) + f}, {e_row(t) + f}, {sum_row + f}, {n}",
-                         f"vrq {out.tile(t) + f}, {e_row(t) + f}, {n}"]
+                unit += [instr("vmul", e_row(t) + f, e_row(t) + f, sum_row + f, n),
+                         instr("vrq", out.tile(t) + f, e_row(t) + f, n)]
             units.append(unit)
         self._ve(units, reads=[x.region, exp_lut, recip_lut, work], writes=[work, out.region],
                  name=name)
@@ -555,28 +556,28 @@ class Graph:
         d_row = lambda t: work.start + (2 + t) * rows
         units = []
         for f, n in row_spans(rows):
-            unit = [f"vldlut {lut.start}"]
+            unit = [instr("vldlut", lut.start)]
             unit += _reduce_rows("vadd", "vlsum", s_row + f, [x.tile(t) + f for t in range(tiles)],
                                  n)
             for t in range(tiles):
-                unit += [f"vmuli {d_row(t) + f}, {x.tile(t) + f}, {cols}, {n}",
-                         f"vsub {d_row(t) + f}, {d_row(t) + f}, {s_row + f}, {n}",
-                         f"vsrai {out.tile(t) + f}, {d_row(t) + f}, {a}, {n}",
-                         f"vmul {out.tile(t) + f}, {out.tile(t) + f}, {out.tile(t) + f}, {n}"]
+                unit += [instr("vmuli", d_row(t) + f, x.tile(t) + f, cols, n),
+                         instr("vsub", d_row(t) + f, d_row(t) + f, s_row + f, n),
+                         instr("vsrai", out.tile(t) + f, d_row(t) + f, a, n),
+                         instr("vmul", out.tile(t) + f, out.tile(t) + f, out.tile(t) + f, n)]
             unit += _reduce_rows("vadd", "vlsum", v_row + f,
                                  [out.tile(t) + f for t in range(tiles)], n)
             unit += _bucket_lookup(v_row + f, k, n)
             for t in range(tiles):
                 o = out.tile(t) + f
-                unit += [f"vsetq {z_mult[0]}, {z_mult[1]}, 0",
-                         f"vmul {d_row(t) + f}, {d_row(t) + f}, {v_row + f}, {n}",
-                         f"vrq {o}, {d_row(t) + f}, {n}",
-                         f"vld 1, {params.start + t}",
-                         f"vld 2, {params.start + tiles + t}",
-                         f"vmulr {o}, {o}, 1, {n}",
-                         f"vsetq {y_mult[0]}, {y_mult[1]}, 0",
-                         f"vrq {o}, {o}, {n}",
-                         f"vaddr.s8 {o}, {o}, 2, {n}"]
+                unit += [instr("vsetq", z_mult[0], z_mult[1], 0),
+                         instr("vmul", d_row(t) + f, d_row(t) + f, v_row + f, n),
+                         instr("vrq", o, d_row(t) + f, n),
+                         instr("vld", 1, params.start + t),
+                         instr("vld", 2, params.start + tiles + t),
+                         instr("vmulr", o, o, 1, n),
+                         instr("vsetq", y_mult[0], y_mult[1], 0),
+                         instr("vrq", o, o, n),
+                         instr("vaddr.s8", o, o, 2, n)]
             units.append(unit)
         self._ve(units, reads=[x.region, lut, params, work], writes=[work, out.region], name=name)
         self.builder.free(work)
@@ -604,20 +605,20 @@ class Graph:
         for t in range(x.tiles):
             for i in range(image.batch):
                 base, src_base = out.tile(t) + i * out_rows, x.tile(t) + i * in_rows
-                units = [[f"vmuli {base + f}, {base + f}, 0, {n}"]
+                units = [[instr("vmuli", base + f, base + f, 0, n)]
                          for f, n in row_spans(out_rows)]
                 for y in range(small.h):
                     dst = base + (y + 1) * small.pitch + 1
                     src = src_base + (2 * y + 1) * image.pitch + 1
-                    units.append([f"loop {small.w}, 1, 1, 2",
-                                  f"vpool{'max' if kind == 'max' else 'sum'} {dst}, {src}, "
-                                  f"{image.pitch}, 2, 2"])
+                    units.append([instr("loop", small.w, 1, 1, 2),
+                                  instr(f"vpool{'max' if kind == 'max' else 'sum'}", dst, src,
+                                        image.pitch, 2, 2)])
                 if kind == "avg":
-                    units += [[f"vrq {base + f}, {base + f}, {n}"] for f, n in row_spans(out_rows)]
+                    units += [[instr("vrq", base + f, base + f, n)] for f, n in row_spans(out_rows)]
                 self._ve(units, reads=[Region("spad", src_base, in_rows),
                                        Region("spad", base, out_rows)],
                          writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}",
-                         preamble=[f"vsetq {mult}, {shift}, 0"] if kind == "avg" else [])
+                         preamble=[instr("vsetq", mult, shift, 0)] if kind == "avg" else [])
         self._op("pool", name)
         return out
 
@@ -633,11 +634,11 @@ class Graph:
         out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
         work = self.builder.alloc(image.batch, f"{name} sums")
         for t in range(x.tiles):
-            units = [[f"vrsum {work.start + i}, {x.tile(t) + i * per_image}, 1, {per_image}"]
+            units = [[instr("vrsum", work.start + i, x.tile(t) + i * per_image, 1, per_image)]
                      for i in range(image.batch)]
-            units.append([f"vrq {out.tile(t)}, {work.start}, {image.batch}"])
+            units.append([instr("vrq", out.tile(t), work.start, image.batch)])
             self._ve(units, reads=[x.tile_region(t), work], writes=[work, out.tile_region(t)],
-                     name=f"{name}.{t}", preamble=[f"vsetq {mult}, {shift}, 0"])
+                     name=f"{name}.{t}", preamble=[instr("vsetq", mult, shift, 0)])
         self.builder.free(work)
         self._op("pool", name)
         return out
@@ -655,8 +656,8 @@ class Graph:
         hbm = self.builder.hbm(table_q.size, f"{name} table", table_q)
         out = self._new(len(ids), tiles, scale, table_q[ids], name)
         for t in range(tiles):
-            self.builder.utop("dma", [f"dbase {hbm.start + t * lanes}", f"dcfg {lanes}, {dim}, 1",
-                                      f"dgather {out.tile(t)}, {idx_region.start}, {len(ids)}"],
+            self.builder.utop(Engine.DMA, [instr("dbase", hbm.start + t * lanes), instr("dcfg", lanes, dim, 1),
+                                      instr("dgather", out.tile(t), idx_region.start, len(ids))],
                               reads=[hbm, idx_region], writes=[out.tile_region(t)],
                               name=f"{name} gather{t}")
         self._op("embedding", name)
@@ -672,7 +673,7 @@ class Graph:
         t = 0
         for p in parts:
             for pt in range(p.tiles):
-                units = [[f"vaddi {out.tile(t) + f}, {p.tile(pt) + f}, 0, {n}"]
+                units = [[instr("vaddi", out.tile(t) + f, p.tile(pt) + f, 0, n)]
                          for f, n in row_spans(rows)]
                 self._ve(units, reads=[p.tile_region(pt)], writes=[out.tile_region(t)],
                          name=f"{name}.{t}")
@@ -694,11 +695,11 @@ class Graph:
         work = self.builder.alloc(lanes, f"{name} scratch")
         for j in range(row_tiles):
             for ti in range(x.tiles):
-                units = [[f"vld 0, {eye.start + r}",
-                          f"vmulr {work.start}, {x.tile(ti) + j * lanes}, 0, {lanes}",
-                          f"vlsum {work.start}, {work.start}, {lanes}",
-                          f"vmul {work.start}, {work.start}, {eye.start}, {lanes}",
-                          f"vrsum {out.tile(j) + ti * lanes + r}, {work.start}, 1, {lanes}"]
+                units = [[instr("vld", 0, eye.start + r),
+                          instr("vmulr", work.start, x.tile(ti) + j * lanes, 0, lanes),
+                          instr("vlsum", work.start, work.start, lanes),
+                          instr("vmul", work.start, work.start, eye.start, lanes),
+                          instr("vrsum", out.tile(j) + ti * lanes + r, work.start, 1, lanes)]
                          for r in range(lanes)]
                 self._ve(units, reads=[x.tile_region(ti), eye, work],
                          writes=[work, out.tile_region(j)], name=f"{name}.{j}.{ti}")

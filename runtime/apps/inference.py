@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .allocator import allocate, estimate, measured
-from .execute import execute
-from .models import accuracy, compile_model
+from runtime.host.allocator import allocate, estimate, measured
+from runtime.host.execute import execute
+from runtime.compiler.models import accuracy, compile_model
 
 __all__ = ["InferenceReport", "infer", "parse_vnpu"]
 
@@ -86,7 +86,7 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
         name, backend, n_me, n_ve, policy, bool(np.array_equal(out, model.expected)), metric,
         value, model.compile_seconds, len(model.program.words), model.program.per_engine,
         {"me": profile.me, "ve": profile.ve, "dma": profile.dma})
-    if run is not None:
+    if run.timed:
         busy = measured(run, config)
         report.cycles = run.makespan
         report.measured_busy = {"me": busy.me, "ve": busy.ve, "dma": busy.dma}

@@ -37,10 +37,6 @@ class Profile:
     ve: int
     dma: int
 
-    @property
-    def ratio(self):
-        return self.me / max(self.ve, 1)
-
 
 @dataclass(frozen=True)
 class Allocation:

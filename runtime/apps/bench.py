@@ -8,14 +8,16 @@ import time
 
 import numpy as np
 
-from hw.config import NPUConfig
 from hw.dma_engine import DMAEngine
 from hw.matrix_engine import MatrixEngine
 from hw.vector_engine import VectorEngine
-from hw.regmap import Policy, register_address
 from isa.asm import assemble
+from isa.config import NPUConfig
+from isa.regmap import Policy, register_address
+from runtime.backends import script as ops
+from runtime.backends.single_engine import run_engine
+from runtime.host.device import Device
 from . import mix
-from .engine_harness import run_engine
 
 __all__ = ["run_benchmarks", "format_report"]
 
@@ -93,7 +95,7 @@ def bench_policies(config):
     programs = policy_mix(config)
     table = {}
     for policy in Policy:
-        run = mix.run_mix(config, programs, policy.name.lower(), owners=mix.halves(config))
+        run = mix.run_mix(config, programs, policy.name.lower(), engines=mix.halves(config))
         if not run.exact:
             raise AssertionError(f"policy {policy.name.lower()}: RTL result differs from golden")
         result = run.result
@@ -131,22 +133,23 @@ def backend_workload(config):
             ".ve eop\n    loop 4000, 1, 0, 0\n    vaddi 200, 200, 1, 64\n"]
 
 
-def _load(driver, config, programs):
-    for c, (source, (spad, hbm)) in enumerate(zip(programs, mix.segments(config, len(programs)))):
-        driver.load_context(c, assemble(source, dep_window=config.dep_window), spad, hbm)
+def _loaded(config, backend, programs):
+    """A driver with ``programs`` (assembly) on vNPUs of every engine (shared)."""
+    device = Device(config, backend)
+    vnpus = mix.place_tenants(device, [(config.n_me, config.n_ve)] * len(programs))
+    return device.driver({vnpu.name: assemble(source, config=config)
+                          for vnpu, source in zip(vnpus, programs)})
 
 
 def bench_backends(config, pysim_cycles=3000, chunk=256):
     """Simulator speed on the same program: pysim (a prefix of the run) vs verilator (all of
     it); verilator build time cold and cached; the cost of stepping from Python."""
-    from .driver import Driver
-    from .verilator_backend import build_model
-    from .verilog import block_sizes
+    from runtime.backends.verilator import build_model
+    from runtime.backends.verilog import block_sizes
     programs = backend_workload(config)
 
-    pysim = Driver(config, "pysim")
-    pysim.backend.execute([("csr_read", 0)])          # build and compile the simulation first
-    _load(pysim, config, programs)
+    pysim = _loaded(config, "pysim", programs)
+    pysim.backend.execute([ops.CsrRead(0)])          # build and compile the simulation first
     start = time.perf_counter()
     result = pysim.run(max_cycles=pysim_cycles)
     pysim_rate = result.cycles / (time.perf_counter() - start)
@@ -159,10 +162,9 @@ def bench_backends(config, pysim_cycles=3000, chunk=256):
     build_model(config)
     cached = time.perf_counter() - start
 
-    verilator = Driver(config, "verilator")
-    _load(verilator, config, programs)
-    script = list(verilator.script) + [("csr_write", register_address("START"), 3),
-                                       ("run", 10_000_000)]
+    verilator = _loaded(config, "verilator", programs)
+    script = list(verilator.script) + [ops.CsrWrite(register_address("START"), 3),
+                                       ops.Run(10_000_000)]
     start = time.perf_counter()
     (waited, busy), = verilator.backend.execute(script)
     free = time.perf_counter() - start
@@ -186,9 +188,9 @@ def bench_runtime(config, backend="verilator", size=256):
     """Compile time per model; end-to-end ME utilization of a size^3 int8 matmul with
     every ME (DMA of A, B and C included); the same model on 1, 2 and all MEs."""
     import numpy as np
-    from .execute import execute
+    from runtime.host.execute import execute
     from .matmul import matmul
-    from .models import MODELS, compile_model
+    from runtime.compiler.models import MODELS, compile_model
     compile_seconds = {name: compile_model(name, config).compile_seconds for name in MODELS}
     rng = np.random.default_rng(0)
     a, b = rng.integers(-128, 128, (size, size)), rng.integers(-128, 128, (size, size))
@@ -217,18 +219,18 @@ def bench_colocation(config, backend="verilator", pair=("bert", "resnet"), vnpu=
     under every policy. Per tenant: cycles, slowdown against alone, cycles waiting for an
     engine, µTOps preempted; STP = sum of alone / co-located."""
     import numpy as np
-    from .execute import run_tenants
-    from .models import compile_model
+    from runtime.host.execute import run_models
+    from runtime.compiler.models import compile_model
     models = [compile_model(name, config) for name in pair]
     alone = []
     for model in models:
-        [out], run = run_tenants(config, [(model, *vnpu)], backend=backend, policy="static")
+        [out], run = run_models(config, [(model, *vnpu)], backend=backend, policy="static")
         if not np.array_equal(out, model.expected):
             raise AssertionError(f"{model.name} alone differs from its reference")
         alone.append(run.contexts[0].cycles)
     table = {}
     for policy in Policy:
-        outs, run = run_tenants(config, [(m, *vnpu) for m in models], backend=backend,
+        outs, run = run_models(config, [(m, *vnpu) for m in models], backend=backend,
                                 policy=policy.name.lower())
         for model, out in zip(models, outs):
             if not np.array_equal(out, model.expected):
@@ -258,7 +260,7 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
         results.update(bench(config))
     if backends:
         from .matmul import MatmulError
-        from .program import CompileError
+        from runtime.compiler.builder import CompileError
         try:
             results.update(bench_runtime(config))
             results.update(bench_colocation(config))

@@ -10,8 +10,8 @@ import numpy as np
 
 from isa.asm import assemble_program
 from isa.encoding import Engine
-from isa.golden import Segment, requantize
-from .program import row_spans
+from isa.golden import requantize
+from runtime.compiler.builder import row_spans
 
 __all__ = ["run_demo", "gemm_program", "sigmoid_program"]
 
@@ -80,7 +80,7 @@ def sigmoid_table(scale_in=16.0, scale_out=127.0):
 
 def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static")):
     """Run both tenants on the RTL under each policy; report latency, engines, exactness."""
-    from .driver import Driver
+    from runtime.host.device import Device
     from .mix import halves
     rng = np.random.default_rng(seed)
     k, n, lanes = cfg.array_rows, cfg.array_cols, cfg.ve_lanes
@@ -91,15 +91,12 @@ def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static")):
     mult, shift = 1 << 20, 30
     c_hbm = m * k + k * n
     gemm = assemble_program(gemm_program(m, cfg, a_hbm=0, w_hbm=m * k, c_hbm=c_hbm,
-                                         mult=mult, shift=shift), source="tenant0.s",
-                            dep_window=cfg.dep_window)
+                                         mult=mult, shift=shift), source="tenant0.s", config=cfg)
     lut = sigmoid_table()
     sig = assemble_program(sigmoid_program(rows, cfg, x_hbm=0, y_hbm=rows * lanes,
                                            lut_hbm=2 * rows * lanes),
-                           source="tenant1.s", dep_window=cfg.dep_window)
+                           source="tenant1.s", config=cfg)
     spad_half, hbm_half = cfg.spad_rows // 2, cfg.hbm_words // 2
-    segments = [(Segment(0, spad_half), Segment(0, hbm_half)),
-                (Segment(spad_half, spad_half), Segment(hbm_half, hbm_half))]
     c_expect = requantize(a @ w, mult, shift, 0)
     y_expect = lut[np.clip(x, -128, 127) + 128]
 
@@ -118,11 +115,11 @@ def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static")):
           f"owns the other half\n")
     ok, latencies = True, {}
     for policy in policies:
-        driver = Driver(cfg, backend)
-        driver.set_policy(policy)
-        for c, (program, (spad, hbm)) in enumerate(zip((gemm, sig), segments)):
-            me_mask, ve_mask = halves(cfg)[c]
-            driver.load_context(c, program.words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask)
+        device = Device(cfg, backend, policy)
+        tenants = [device.create(n_me, n_ve, spad_half, hbm_half, oversubscribe=True)
+                   for n_me, n_ve in halves(cfg)]
+        driver = device.driver({vnpu.name: program.words
+                                for vnpu, program in zip(tenants, (gemm, sig))})
         driver.write_hbm(0, a.reshape(-1))
         driver.write_hbm(m * k, w.reshape(-1))
         driver.write_hbm(hbm_half, x.reshape(-1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Image
-from .program import Program
+from .builder import Program
 from .quant import ACTIVATIONS, scale_of
 
 __all__ = ["MODELS", "CompiledModel", "compile_model", "accuracy"]

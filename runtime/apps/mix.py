@@ -8,26 +8,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from isa.asm import assemble
-from isa.golden import ContextSpec, GoldenNPU, Segment
-from .driver import Driver
+from runtime.host.device import Device
 
-__all__ = ["me_heavy_program", "ve_heavy_program", "chain_program", "segments", "run_mix",
+__all__ = ["me_heavy_program", "ve_heavy_program", "chain_program", "place_tenants", "run_mix",
            "MixRun", "halves"]
 
 
-def segments(config, n_contexts):
-    """Equal, disjoint scratchpad and HBM segments for ``n_contexts`` contexts."""
-    spad = config.spad_rows // config.n_ctx
-    hbm = config.hbm_words // config.n_ctx
-    return [(Segment(c * spad, spad), Segment(c * hbm, hbm)) for c in range(n_contexts)]
-
-
 def halves(config):
-    """Ownership of two vNPUs splitting the engines evenly: (me_mask, ve_mask) each."""
-    me_low = (1 << (config.n_me // 2 or 1)) - 1
-    ve_low = (1 << (config.n_ve // 2 or 1)) - 1
-    me_all, ve_all = (1 << config.n_me) - 1, (1 << config.n_ve) - 1
-    return [(me_low, ve_low), (me_all & ~me_low or me_all, ve_all & ~ve_low or ve_all)]
+    """(n_me, n_ve) of two vNPUs splitting the engines evenly (with one engine of a kind,
+    both own it)."""
+    me, ve = config.n_me // 2 or 1, config.n_ve // 2 or 1
+    return [(me, ve), (config.n_me - me or config.n_me, config.n_ve - ve or config.n_ve)]
+
+
+def place_tenants(device, engines, priorities=None):
+    """One vNPU per (n_me, n_ve) of ``engines`` on ``device``, in order: the lowest engines
+    free (shared when none are), and equal disjoint segments of 1/n_ctx of each memory."""
+    cfg = device.config
+    priorities = priorities or [0] * len(engines)
+    return [device.create(n_me, n_ve, cfg.spad_rows // cfg.n_ctx, cfg.hbm_words // cfg.n_ctx,
+                          priority=priority, oversubscribe=True)
+            for (n_me, n_ve), priority in zip(engines, priorities)]
 
 
 # Layout inside a segment: weights at row 0, inputs at 2*array_rows (both within the first
@@ -73,8 +74,8 @@ def chain_program(length=16):
 
 @dataclass
 class MixRun:
-    result: object        # runtime.driver.RunResult
-    golden: list          # golden ContextResult per context
+    result: object        # runtime.host.driver.RunResult
+    golden: list          # the golden backend's ContextResult per context
     exact: bool           # every context's segment and fault equal the golden model's
 
 
@@ -83,32 +84,28 @@ INPUT_ROWS, USED_ROWS = 64, 256
 assert VE_OUT_ROW + 2 * 32 <= USED_ROWS
 
 
-def run_mix(config, programs, policy, *, owners=None, priorities=None, trace=False, seed=7,
+def run_mix(config, programs, policy, *, engines=None, priorities=None, trace=False, seed=7,
             max_cycles=200_000, backend="pysim"):
-    """Run ``programs`` (assembly) on contexts 0.. with random inputs, and on the golden
-    model; the first USED_ROWS rows of every segment are compared."""
+    """Run ``programs`` (assembly) on vNPUs of ``engines`` ((n_me, n_ve) each; default every
+    engine, shared) with random inputs, on ``backend`` and on the golden model; the first
+    USED_ROWS rows of every segment are compared."""
     rng = np.random.default_rng(seed)
-    driver = Driver(config, backend, trace=trace)
-    driver.set_policy(policy)
-    golden = GoldenNPU(config)
-    owners = owners or [(None, None)] * len(programs)
-    specs = []
-    places = segments(config, len(programs))
-    for c, source in enumerate(programs):
-        spad, hbm = places[c]
-        words = assemble(source, dep_window=config.dep_window)
-        me_mask, ve_mask = owners[c]
-        driver.load_context(c, words, spad, hbm, me_mask=me_mask, ve_mask=ve_mask,
-                            priority=(priorities or [0] * len(programs))[c])
-        data = rng.integers(-128, 128, (INPUT_ROWS, config.ve_lanes))
-        driver.write_spad(spad.base, data)
-        golden.spad[spad.base:spad.base + INPUT_ROWS] = data
-        specs.append(ContextSpec(words, spad, hbm))
-    expected = golden.run(specs)
-    result = driver.run(max_cycles=max_cycles,
-                        read_spad=[(spad.base, USED_ROWS) for spad, _ in places])
+    words = [assemble(source, config=config) for source in programs]
+    data = [rng.integers(-128, 128, (INPUT_ROWS, config.ve_lanes)) for _ in programs]
+    engines = engines or [(config.n_me, config.n_ve)] * len(programs)
+
+    def run_on(backend, **options):
+        device = Device(config, backend, policy, **options)
+        vnpus = place_tenants(device, engines, priorities)
+        driver = device.driver({v.name: w for v, w in zip(vnpus, words)})
+        for vnpu, values in zip(vnpus, data):
+            driver.write_spad(vnpu.spad.base, values)
+        reads = [(vnpu.spad.base, USED_ROWS) for vnpu in vnpus]
+        return driver.run(max_cycles=max_cycles, read_spad=reads), reads
+
+    result, reads = run_on(backend, **({"trace": True} if trace else {}))
+    expected, _ = run_on("golden")
     exact = not result.timed_out and all(
-        r.fault == e.fault and np.array_equal(result.spad[(spad.base, USED_ROWS)],
-                                              golden.spad[spad.base:spad.base + USED_ROWS])
-        for r, e, (spad, _) in zip(result.contexts, expected, places))
-    return MixRun(result, expected, exact)
+        r.fault == e.fault and np.array_equal(result.spad[key], expected.spad[key])
+        for r, e, key in zip(result.contexts, expected.contexts, reads))
+    return MixRun(result, expected.contexts, exact)

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from hw.config import ConfigError, NPUConfig
+from isa.config import ConfigError, NPUConfig
 from isa.asm import AsmError, assemble, bytes_to_words, disassemble, words_to_bytes
 
 __all__ = ["main"]
@@ -64,8 +64,7 @@ def _config(spec):
 
 def cmd_asm(args):
     config = _config(args.config)
-    words = assemble(_read(args.source), source=args.source, dep_window=config.dep_window,
-                     max_body=config.max_body)
+    words = assemble(_read(args.source), source=args.source, config=config)
     output = args.output or str(Path(args.source).with_suffix(".bin"))
     _write(output, words_to_bytes(words))
     print(f"{output}: {len(words)} words")
@@ -86,7 +85,7 @@ def cmd_conformance(args):
         raise UsageError("no conformance cases found")
     if args.vcd and (args.backend == "golden" or len(paths) != 1 or args.policy == "all"):
         raise UsageError("--vcd needs an RTL backend, exactly one case and one policy")
-    from hw.regmap import Policy
+    from isa.regmap import Policy
     policies = [p.name.lower() for p in Policy] if args.policy == "all" else [args.policy]
     passed = failed = 0
     for path in paths:
@@ -159,7 +158,7 @@ def _summary(config):
 
 
 def cmd_config(args):
-    from hw.config import PRESETS
+    from isa.config import PRESETS
     if args.list:
         if args.config is not None:
             raise UsageError(f"give a config or --list, not both (got {args.config!r})")
@@ -189,7 +188,7 @@ def cmd_bench(args):
 
 
 def cmd_verilog(args):
-    from .verilog import ToolError, generate, lint
+    from runtime.backends.verilog import ToolError, generate, lint
     config = _config(args.config)
     text = generate(config, args.block)
     _write(args.output, text)
@@ -215,7 +214,7 @@ def _load_npy(path):
 
 def cmd_matmul(args):
     import numpy as np
-    from .driver import DriverError
+    from runtime.host.driver import DriverError
     from .matmul import MatmulError, matmul
     a, b = _load_npy(args.a), _load_npy(args.b)
     # np.save appends .npy to a name without it: name the file it really writes.
@@ -228,22 +227,27 @@ def cmd_matmul(args):
         np.save(output, c.astype(np.int32))
     except OSError as error:
         raise UsageError(f"{output}: cannot write: {error.strerror}") from None
-    detail = f", {run.makespan} cycles on {args.backend}" if run else " (golden model)"
+    detail = f", {run.makespan} cycles on {args.backend}" if run.timed else " (golden model)"
     print(f"{output}: int32 {c.shape[0]}x{c.shape[1]}{detail}")
     return 0
 
 
 def cmd_run(args):
     import json
-    from .allocator import AllocationError
-    from .driver import DriverError
-    from .execute import ExecutionError
+    from runtime.host.allocator import AllocationError
+    from runtime.host.driver import DriverError
+    from runtime.host.execute import ExecutionError
     from .inference import infer, parse_vnpu
-    from .models import MODELS
-    from .program import CompileError
+    from runtime.compiler.builder import CompileError
+    from runtime.compiler.models import MODELS, compile_model
     config = _config(args.config)
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODELS)}")
+    if args.listing:
+        try:
+            _write(args.listing, compile_model(args.model, config).program.listing)
+        except CompileError as error:
+            raise UsageError(str(error)) from None
     try:
         vnpu = parse_vnpu(args.vnpu, config) if args.vnpu is not None else None
     except ValueError as error:
@@ -266,7 +270,7 @@ def cmd_run(args):
 
 def cmd_demo(args):
     from .demo import run_demo
-    from .driver import DriverError
+    from runtime.host.driver import DriverError
     try:
         return run_demo(_config(args.config), backend=args.backend)
     except DriverError as error:
@@ -334,7 +338,7 @@ def build_parser():
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.set_defaults(func=cmd_matmul)
 
-    from .models import MODELS
+    from runtime.compiler.models import MODELS
     p = sub.add_parser("run", help="one inference of a model on a vNPU, with a report")
     p.add_argument("model", help=f"one of {', '.join(MODELS)}")
     p.add_argument("--vnpu", metavar="ME,VE", help="engines of the vNPU (default: all, or "
@@ -347,9 +351,11 @@ def build_parser():
     p.add_argument("--policy", default="harvest", choices=["static", "harvest", "temporal", "v10"])
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--listing", metavar="FILE", help="also write the compiled program as "
+                   "assembly, each µTOp named after the operator it belongs to")
     p.set_defaults(func=cmd_run)
 
-    from .verilog import BLOCKS
+    from runtime.backends.verilog import BLOCKS
     p = sub.add_parser("verilog", help="write the pNPU (or one block) as Verilog")
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--block", default="npu", choices=BLOCKS)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hw.config import NPUConfig
+from isa.config import NPUConfig
 from hw.sram import SRAMVerilog
 
 __all__ = ["BLOCKS", "generate", "block_sizes", "lint", "find_verilator", "ToolError",
            "WAIVERS"]
 
-WAIVERS = Path(__file__).resolve().parent.parent / "hw" / "lint_waivers.vlt"
+WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
 
 
 class ToolError(RuntimeError):

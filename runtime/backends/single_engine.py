@@ -1,7 +1,6 @@
-"""Runs the µTOps of one engine on RTL (engine + scratchpad [+ HBM]), playing the dispatcher.
-
-Used by the block tests and by `neu10 bench` until the dispatcher and the pNPU top exist:
-the same program also runs on the golden model, so every run is checked.
+"""One engine alone on RTL (engine + scratchpad [+ HBM]) in pysim, with the testbench
+playing the dispatcher: the engine tests drive it, and `neu10 bench` measures each engine's
+throughput with it. The same program also runs on the golden model, so every run is checked.
 """
 
 import random
@@ -77,7 +76,7 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     program, e.g. to load or read an HBM model. Returns a dict with the RTL scratchpad,
     the golden model, per-µTOp RTL faults, the golden result and the engine's counters.
     """
-    program = assemble_program(source, dep_window=config.dep_window).words
+    program = assemble_program(source, config=config).words
     segment = segment or Segment(0, config.spad_rows)
     hbm_segment = hbm_segment or Segment(0, config.hbm_words)
     golden = GoldenNPU(config)

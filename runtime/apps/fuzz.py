@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.config import MAX_DEP_WINDOW
-from hw.regmap import Status, register_address
+from isa.config import MAX_DEP_WINDOW
+from isa.regmap import Status, register_address
 from isa.asm import assemble_program
 from isa.encoding import (BY_MNEMONIC, INSTRUCTIONS, DecodeError, Engine, Fault, Instr, UTop,
                           decode_header, decode_instr, encode_header, encode_instr,
                           encode_program)
 from isa.golden import ContextSpec, GoldenNPU, Segment, loop_operands
-from .driver import Driver, DriverError, make_backend
+from runtime.backends import script as ops
+from runtime.host.driver import Driver, DriverError, make_backend
 
 __all__ = ["POLICIES", "BACKENDS", "CHECKS", "FuzzError", "FuzzCase", "RunOutcome",
            "FuzzFailure", "FuzzReport", "random_program", "hostile_program", "victim_program",
@@ -442,8 +443,7 @@ def _walk(words, config):
     pc = 0
     while pc < len(words):
         try:
-            utop, length = decode_header(words[pc], dep_window=config.dep_window,
-                                         max_body=config.max_body)
+            utop, length = decode_header(words[pc], config)
         except DecodeError:
             return
         yield pc, utop, length
@@ -586,9 +586,7 @@ def make_case(config, seed, policy):
     n = n_attackers + 1
     victim = rng.randrange(n)
     source, victim_rows, victim_words = victim_program(config)
-    victim_words_program = assemble_program(source, source="victim",
-                                            dep_window=config.dep_window,
-                                            max_body=config.max_body).words
+    victim_words_program = assemble_program(source, source="victim", config=config).words
     lanes = config.ve_lanes
     spad_gaps = lambda: rng.choice([1, rng.randint(2, 8), rng.randint(8, _SPAD_GAP)])
     hbm_gaps = lambda: rng.choice([1, 2, 3, rng.randint(4, 16),
@@ -686,7 +684,7 @@ class _Reference(GoldenNPU):
 
 @dataclass
 class _Expected:
-    results: list                  # golden ContextResult per context (with .undefined)
+    results: list                  # golden ContextOutcome per context (with .undefined)
     spad: np.ndarray               # memories after the golden run of every context
     hbm: np.ndarray
     victim_spad: np.ndarray        # after a golden run of the victim alone
@@ -1095,7 +1093,7 @@ def _policies(policies):
 
 def _warm(backend):
     """Build what a backend builds once (the Verilator model, the pysim simulation)."""
-    backend.execute([("csr_read", register_address("ID"))])
+    backend.execute([ops.CsrRead(register_address("ID"))])
 
 
 def run_campaign(config, backend="golden", programs=100, seed=0, policies="all",
@@ -1125,8 +1123,7 @@ def run_campaign(config, backend="golden", programs=100, seed=0, policies="all",
                         f"configuration has {config.n_ctx}")
     source, victim_rows, victim_words = victim_program(config)
     try:
-        words = assemble_program(source, source="victim", dep_window=config.dep_window,
-                                 max_body=config.max_body).words
+        words = assemble_program(source, source="victim", config=config).words
         [alone] = GoldenNPU(config, check_races=True).run(
             [ContextSpec(words, Segment(0, victim_rows), Segment(0, victim_words))])
     except ValueError as error:

@@ -3,8 +3,10 @@
 A vNPU asks for a number of matrix and vector engines, scratchpad rows and HBM words, and
 has a priority. The device maps it onto a hardware context: *spatially* (engines that no
 other vNPU owns) or *oversubscribed* (engines may be owned by several vNPUs), always with
-disjoint memory segments. The mapping becomes the context's registers (owned-engine
-masks, segments, priority) and the policy register, written through the host interface.
+disjoint memory segments; or exactly where the caller says (`Device.place`). The mapping
+becomes the context's registers (owned-engine masks, segments, priority) and the policy
+register, written through the host interface by `Device.driver`. Every run of the project
+(conformance cases, mixes, the demo, bench, model runs) places its tenants this way.
 """
 
 from dataclasses import dataclass
@@ -46,15 +48,31 @@ def _first_fit(used, size, total):
 
 
 class Device:
-    """A pNPU and the vNPUs mapped on it."""
+    """A pNPU, the vNPUs mapped on it, and how it runs them: the backend (with its
+    options, e.g. ``trace``, ``vcd``, ``check_races``), the sharing policy and the temporal
+    policy's time slice."""
 
-    def __init__(self, config, backend="pysim", policy="harvest"):
+    def __init__(self, config, backend="pysim", policy="harvest", *, time_slice=None,
+                 **backend_options):
         self.config, self.backend, self.policy = config, backend, policy
+        self.time_slice, self.backend_options = time_slice, backend_options
         self.vnpus = []
+
+    def _free_context(self):
+        cfg = self.config
+        if len(self.vnpus) == cfg.n_ctx:
+            raise MappingError(f"all {cfg.n_ctx} hardware contexts hold vNPUs; destroy one first")
+        return min(set(range(cfg.n_ctx)) - {v.ctx for v in self.vnpus})
+
+    @staticmethod
+    def _check_priority(priority):
+        if not isinstance(priority, int) or not 0 <= priority <= 15:
+            raise MappingError(f"vNPU priority must be 0..15, not {priority!r}")
 
     def create(self, n_me, n_ve, spad_rows, hbm_words, *, priority=0, oversubscribe=False,
                name=""):
-        """Map a new vNPU; raise MappingError when the NPU cannot hold it."""
+        """Map a new vNPU of ``n_me`` MEs and ``n_ve`` VEs (the lowest engines no other vNPU
+        owns) and first-fit segments; raise MappingError when the NPU cannot hold it."""
         cfg = self.config
         for field, value, limit in (("n_me", n_me, cfg.n_me), ("n_ve", n_ve, cfg.n_ve)):
             if not isinstance(value, int) or not 0 <= value <= limit:
@@ -62,11 +80,8 @@ class Device:
                                    f"{'matrix' if field == 'n_me' else 'vector'} engines")
         if n_me + n_ve == 0:
             raise MappingError("a vNPU needs at least one matrix or vector engine")
-        if not 0 <= priority <= 15:
-            raise MappingError(f"vNPU priority must be 0..15, not {priority!r}")
-        if len(self.vnpus) == cfg.n_ctx:
-            raise MappingError(f"all {cfg.n_ctx} hardware contexts hold vNPUs; destroy one first")
-        ctx = min(set(range(cfg.n_ctx)) - {v.ctx for v in self.vnpus})
+        self._check_priority(priority)
+        self._free_context()
         masks = []
         for kind, count, total in (("me", n_me, cfg.n_me), ("ve", n_ve, cfg.n_ve)):
             taken = 0
@@ -98,8 +113,37 @@ class Device:
                 raise MappingError(f"vNPU wants {size} {unit}; {free} of {total} are free "
                                    f"(and not necessarily in one piece)")
             segments.append(Segment(base, size))
-        vnpu = VNPU(n_me, n_ve, spad_rows, hbm_words, priority, name or f"vnpu{ctx}", ctx,
-                    masks[0], masks[1], segments[0], segments[1])
+        return self.place(segments[0], segments[1], me_mask=masks[0], ve_mask=masks[1],
+                          priority=priority, name=name)
+
+    def place(self, spad, hbm, *, me_mask=None, ve_mask=None, priority=0, name=""):
+        """Map a vNPU exactly here: ``spad`` and ``hbm`` Segments (disjoint from every other
+        vNPU's) and the engines it owns (masks; default every engine, shared with the
+        others); it takes the lowest free context."""
+        cfg = self.config
+        me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
+        ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
+        for kind, mask, total in (("ME", me_mask, cfg.n_me), ("VE", ve_mask, cfg.n_ve)):
+            if not isinstance(mask, int) or not 0 <= mask < 1 << total:
+                raise MappingError(f"vNPU {kind} mask {mask!r} names engines this NPU does not "
+                                   f"have ({total})")
+        if me_mask == ve_mask == 0:
+            raise MappingError("a vNPU needs at least one matrix or vector engine")
+        self._check_priority(priority)
+        for kind, segment, total in (("scratchpad", spad, cfg.spad_rows),
+                                     ("HBM", hbm, cfg.hbm_words)):
+            if segment.base < 0 or segment.size < 0 or segment.base + segment.size > total:
+                raise MappingError(f"vNPU {kind} segment base={segment.base} size={segment.size} "
+                                   f"does not fit in {total}")
+        for other in self.vnpus:
+            for kind, mine, theirs in (("scratchpad", spad, other.spad), ("HBM", hbm, other.hbm)):
+                if mine.overlaps(theirs):
+                    raise MappingError(f"vNPU {kind} segment base={mine.base} size={mine.size} "
+                                       f"overlaps {other.name}'s (base={theirs.base} "
+                                       f"size={theirs.size})")
+        ctx = self._free_context()
+        vnpu = VNPU(me_mask.bit_count(), ve_mask.bit_count(), spad.size, hbm.size, priority,
+                    name or f"vnpu{ctx}", ctx, me_mask, ve_mask, spad, hbm)
         self.vnpus.append(vnpu)
         return vnpu
 
@@ -109,9 +153,12 @@ class Device:
         self.vnpus.remove(vnpu)
 
     def driver(self, programs):
-        """A driver with the policy set and each vNPU's program and registers loaded."""
-        driver = Driver(self.config, self.backend)
+        """A driver with the policy (and time slice) set and each vNPU's program (``programs``
+        by vNPU name: 64-bit words) and registers loaded."""
+        driver = Driver(self.config, self.backend, **self.backend_options)
         driver.set_policy(self.policy)
+        if self.time_slice is not None:
+            driver.set_time_slice(self.time_slice)
         for vnpu in self.vnpus:
             if vnpu.name not in programs:
                 continue

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .compiler import CompileError, compile_matmul
-from .execute import ExecutionError, run_program
+from runtime.compiler.matmul import CompileError, compile_matmul
+from runtime.host.execute import ExecutionError, run_program
 
 __all__ = ["matmul", "MatmulError"]
 
@@ -28,10 +28,10 @@ def check_operands(a, b):
     return a.astype(np.int64), b.astype(np.int64)
 
 
-def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy="harvest",
+def matmul(a, b, *, config, backend="golden", requant=None, n_me=None, policy="harvest",
            row_block=None, spad_rows=None):
-    """C = A @ B (int32, or int8 with ``requant``); returns (C, run) where run is the
-    driver's RunResult (None on the golden backend)."""
+    """C = A @ B (int32, or int8 with ``requant``) on a vNPU of ``n_me`` MEs (default: all);
+    returns (C, the driver's RunResult)."""
     a, b = check_operands(a, b)
     m, k = a.shape
     n = b.shape[1]
@@ -47,7 +47,7 @@ def matmul(a, b, *, config, backend="golden", requant=None, me_mask=None, policy
     try:
         [c], run = run_program(
             config, plan.program.words, spad_rows=spad_rows or config.spad_rows,
-            hbm_words=config.hbm_words, backend=backend, me_mask=me_mask, policy=policy,
+            hbm_words=config.hbm_words, backend=backend, n_me=n_me, policy=policy,
             placements=[(plan.a_addr, a.reshape(-1)), (plan.b_addr, b.reshape(-1))],
             reads=[(plan.c_addr, m * n)], max_cycles=10_000_000)
     except ExecutionError as error:

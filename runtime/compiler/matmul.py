@@ -13,13 +13,15 @@ Scratchpad plan (rows):
   loading while every ME works on another.
 - C tiles (int32, and int8 when requantized) go to a ring of ``n_me + 3`` buffers and are
   stored to HBM ``n_me`` tiles later (see the schedule in ``matmul_utops``).
-The program builder (runtime/program.py) derives every dependency from these regions, so
+The program builder (builder.py) derives every dependency from these regions, so
 buffer reuse waits exactly for the µTOps that still use the buffer.
 """
 
 from dataclasses import dataclass
 
-from .program import CompileError, Program, ProgramBuilder, Region, row_spans
+from isa.encoding import Engine, instr
+
+from .builder import CompileError, Program, ProgramBuilder, Region, row_spans
 
 __all__ = ["CompileError", "MatmulPlan", "compile_matmul", "matmul_utops"]
 
@@ -98,8 +100,8 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         width = min(nt_size, n - ct * nt_size)
         buf = b_bufs[0] if b_resident else b_bufs[ct % len(b_bufs)]
         base = buf.start + (ct * panel_b if b_resident else 0)
-        body = [f"dcfg {width}, {n}, 1"]
-        body += [f"dload {base + r}, {b.start + r * n + ct * nt_size}, {rows}"
+        body = [instr("dcfg", width, n, 1)]
+        body += [instr("dload", base + r, b.start + r * n + ct * nt_size, rows)
                  for r, rows in row_spans(k)]
         rows = Region("spad", base, panel_b)
         b_loaded[ct] = (base, rows)
@@ -117,7 +119,7 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     def dma(parts, name):
         body = [i for part in parts for i in part[0]]
         if body:
-            builder.utop("dma", body, reads=[r for part in parts for r in part[1]],
+            builder.utop(Engine.DMA, body, reads=[r for part in parts for r in part[1]],
                          writes=[w for part in parts for w in part[2]], name=name)
 
     def load_a(p, slices=None):
@@ -127,9 +129,9 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         parts = []
         for kt in range(k_tiles) if slices is None else slices:
             width = min(kt_size, k - kt * kt_size)
-            body = [f"dcfg {width}, {k}, 1"]
-            body += [f"dload {a_buf.start + kt * a_rows + r}, "
-                     f"{a.start + (a_first + r) * k + kt * kt_size}, {count}"
+            body = [instr("dcfg", width, k, 1)]
+            body += [instr("dload", a_buf.start + kt * a_rows + r,
+                           a.start + (a_first + r) * k + kt * kt_size, count)
                      for r, count in row_spans(a_rows)]
             region = Region("spad", a_buf.start + kt * a_rows, a_rows)
             if parts and len(parts[-1][0]) + len(body) <= cfg.max_body:
@@ -150,11 +152,11 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         body = []
         for kt in chunk:
             rows = min(kt_size, k - kt * kt_size)
-            body += [f"ldw {b_base + kt * kt_size}, {rows}",
-                     f"mm {out.start}, {a_buf.start + kt * a_rows + first}, {count}"
-                     + (", acc" if kt else "")]
+            body += [instr("ldw", b_base + kt * kt_size, rows),
+                     instr("mm", out.start, a_buf.start + kt * a_rows + first, count,
+                           acc=bool(kt))]
         a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count) for kt in chunk]
-        builder.utop("me", body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),
+        builder.utop(Engine.ME, body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),
                      writes=[out], name=f"mm{p}.{ct}.{first}.{chunk[0]}")
         return out
 
@@ -190,14 +192,14 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         if requant:
             mult, shift, zp = requant
             q = Region("spad", q_bufs[j % ring_c].start, count)
-            body = [f"vsetq {mult}, {shift}, {zp}"]
-            body += [f"vrq {q.start + r}, {out.start + r}, {size}"
+            body = [instr("vsetq", mult, shift, zp)]
+            body += [instr("vrq", q.start + r, out.start + r, size)
                      for r, size in row_spans(count)]
-            builder.utop("ve", body, reads=[out], writes=[q], name=f"rq{p}.{ct}.{first}")
+            builder.utop(Engine.VE, body, reads=[out], writes=[q], name=f"rq{p}.{ct}.{first}")
             out = q
-        body = [f"dcfg {min(nt_size, n - ct * nt_size)}, {n}, 1"]
-        body += [f"dstore {c.start + (a_first + first + r) * n + ct * nt_size}, "
-                 f"{out.start + r}, {size}" for r, size in row_spans(count)]
+        body = [instr("dcfg", min(nt_size, n - ct * nt_size), n, 1)]
+        body += [instr("dstore", c.start + (a_first + first + r) * n + ct * nt_size,
+                       out.start + r, size) for r, size in row_spans(count)]
         stores.append((body, [out], [c]))
         if j + 1 < len(tiles) and tiles[j + 1][0] != p:
             load_a(p + 1)

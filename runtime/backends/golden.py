@@ -1,0 +1,187 @@
+"""golden backend: host scripts executed by the ISA's golden model (numpy), no RTL.
+
+It reads the same register writes as the hardware: the host interface's refusals
+(HOST_ERROR), START (a context with invalid settings faults CONFIG), doorbells and
+completions. It models what a program computes, not when: a started context, or a request,
+runs to its end at once, so `Run` waits 0 cycles, CYCLE and every timing counter read 0, and
+completion stamps are 0. What it adds is the detail the RTL has no register for: each
+context's fault explained in words, and (with ``check_races``) its races and the µTOps
+flagged restartable that are not (`context_details`, per context, after `execute`).
+"""
+
+import numpy as np
+
+from isa.golden import ContextSpec, GoldenNPU, Segment
+from isa.encoding import Fault
+from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, GLOBAL, ID_VALUE, IMEM_BASE,
+                        IMEM_STRIDE, Access, HostError, Status)
+from . import script as ops
+
+__all__ = ["GoldenBackend"]
+
+_SETTINGS = ("PROG_LEN", "SPAD_BASE", "SPAD_SIZE", "HBM_BASE", "HBM_SIZE", "ME_MASK", "VE_MASK",
+             "PRIORITY")
+
+
+class _Context:
+    def __init__(self, imem_words):
+        self.imem = [0] * imem_words
+        self.settings = dict.fromkeys(_SETTINGS, 0)
+        self.status, self.fault, self.fault_pc = Status.IDLE, Fault.NONE, 0
+        self.retired = self.completed = 0
+        self.completions = []
+        self.detail = None
+
+
+class GoldenBackend:
+    """Executes host scripts on ``GoldenNPU(config)``, from a fresh NPU each time."""
+
+    name = "golden"
+    timed = False
+
+    def __init__(self, config, *, check_races=False, progress=None, trace=False, vcd=None):
+        if trace or vcd:
+            raise ValueError("the golden backend has no cycles to trace or dump as a waveform: "
+                             "use pysim or verilator")
+        self.config, self.check_races = config, check_races
+        #: After `execute`: ctx -> the golden model's ContextOutcome of its last run.
+        self.context_details = {}
+
+    def execute(self, script):
+        cfg = self.config
+        self.npu = GoldenNPU(cfg, check_races=self.check_races)
+        self.contexts = [_Context(cfg.imem_words) for _ in range(cfg.n_ctx)]
+        self.registers = {"POLICY": 1, "TIME_SLICE": 4096, "HOST_ERROR": 0}
+        self.context_details = {}
+        results = []
+        per_line = cfg.hbm_words_per_cycle
+        for op in script:
+            match op:
+                case ops.CsrWrite(address, value):
+                    self._write(address, value)
+                case ops.CsrRead(address):
+                    results.append(self._read(address))
+                case ops.SpadWrite(row, values):
+                    self.npu.spad[row] = np.asarray(values, np.int64).astype(np.uint32).view(np.int32)
+                case ops.SpadRead(row):
+                    results.append([int(v) for v in self.npu.spad[row]])
+                case ops.HbmWrite(line, values, mask):
+                    for j, value in enumerate(values):
+                        if mask >> j & 1:
+                            self.npu.hbm[line * per_line + j] = np.int64(value).astype(np.uint32).view(np.int32)
+                case ops.HbmRead(line):
+                    results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
+                case ops.Run():
+                    results.append((0, False))
+                case ops.Mark():
+                    results.append(0)
+                case ops.Until():
+                    pass
+                case ops.Drain(address):
+                    entries = []
+                    while (value := self._read(address)) >> 63:
+                        entries.append(value)
+                    results.append(entries)
+                case _:
+                    raise ValueError(f"the golden backend cannot execute {op!r}")
+        return results
+
+    # --- registers ----------------------------------------------------------------------------
+
+    def _where(self, address):
+        """(context or None, Register) at ``address``, or (None, None)."""
+        if address < CONTEXT_BASE:
+            return None, next((r for r in GLOBAL if r.offset == address), None)
+        c, offset = divmod(address - CONTEXT_BASE, CONTEXT_STRIDE)
+        if c < self.config.n_ctx:
+            return c, next((r for r in CONTEXT if r.offset == offset), None)
+        return None, None
+
+    def _refuse(self, code, address):
+        if not self.registers["HOST_ERROR"]:
+            self.registers["HOST_ERROR"] = int(code) | address << 32
+
+    def _write(self, address, value):
+        cfg = self.config
+        if IMEM_BASE <= address < IMEM_BASE + cfg.n_ctx * IMEM_STRIDE:
+            c, word = divmod(address - IMEM_BASE, IMEM_STRIDE)
+            if word >= cfg.imem_words:
+                self._refuse(HostError.IMEM_RANGE, address)
+            else:
+                self.contexts[c].imem[word] = value & (2**64 - 1)
+            return
+        c, register = self._where(address)
+        if register is None or register.access not in (Access.RW, Access.WO):
+            self._refuse(HostError.UNMAPPED, address)
+            return
+        name = register.name
+        if name == "HOST_ERROR":
+            self.registers[name] = 0
+            return
+        width = cfg.n_ctx if name == "START" else register.width(cfg)
+        if value >> width or (name == "TIME_SLICE" and value == 0):
+            self._refuse(HostError.VALUE_RANGE, address)
+        elif name == "START":
+            started = [i for i in range(cfg.n_ctx) if value >> i & 1]
+            if any(not self._valid(self.contexts[i], 0) for i in started):
+                self._refuse(HostError.BAD_CONTEXT, address)
+            for i in started:
+                self.contexts[i].completions.clear()
+                self._start(i, 0)
+        elif name == "DOORBELL":
+            context = self.contexts[c]
+            if context.status == Status.FAULTED:
+                self._refuse(HostError.CONTEXT_FAULTED, address)
+            else:
+                self._start(c, value)
+                context.completed += 1
+                context.completions.append(1 << 63 | int(context.status == Status.FAULTED) << 62)
+        elif c is None:
+            self.registers[name] = value
+        else:
+            self.contexts[c].settings[name] = value
+
+    def _valid(self, context, offset):
+        cfg, s = self.config, context.settings
+        return (s["PROG_LEN"] <= cfg.imem_words and s["SPAD_BASE"] + s["SPAD_SIZE"] <= cfg.spad_rows
+                and s["HBM_BASE"] + offset + s["HBM_SIZE"] <= cfg.hbm_words)
+
+    def _start(self, c, offset):
+        """Run context ``c`` (a request's HBM ``offset``) to its end; invalid settings
+        fault CONFIG."""
+        context, s = self.contexts[c], self.contexts[c].settings
+        if not self._valid(context, offset):
+            context.status, context.fault, context.fault_pc = Status.FAULTED, Fault.CONFIG, 0
+            context.retired, context.detail = 0, None
+            return
+        spec = ContextSpec(context.imem[:s["PROG_LEN"]], Segment(s["SPAD_BASE"], s["SPAD_SIZE"]),
+                           Segment(s["HBM_BASE"] + offset, s["HBM_SIZE"]))
+        [outcome] = self.npu.run([spec])
+        context.fault, context.fault_pc = outcome.fault, outcome.fault_pc or 0
+        context.status = Status.FAULTED if outcome.fault else Status.DONE
+        context.retired, context.detail = outcome.utops_retired, outcome
+        self.context_details[c] = outcome
+
+    def _read(self, address):
+        cfg = self.config
+        c, register = self._where(address)
+        if register is None or register.access == Access.WO:
+            return 0
+        name = register.name
+        if c is None:
+            if name == "ID":
+                return ID_VALUE
+            if name == "SHAPE":
+                return (cfg.n_ctx | cfg.n_me << 8 | cfg.n_ve << 16 | cfg.n_dma << 24
+                        | cfg.array_rows << 32 | cfg.array_cols << 40 | cfg.ve_lanes << 48)
+            if name == "STATUS":
+                return sum(int(x.status) << 2 * i for i, x in enumerate(self.contexts))
+            return self.registers.get(name, 0)       # CYCLE: no time in this model
+        context = self.contexts[c]
+        if name in context.settings:
+            return context.settings[name]
+        if name == "COMPLETION":
+            return context.completions.pop(0) if context.completions else 0
+        return {"STATUS": int(context.status), "FAULT": int(context.fault),
+                "FAULT_PC": context.fault_pc, "ISSUED": context.retired,
+                "RETIRED": context.retired, "COMPLETED": context.completed}.get(name, 0)

@@ -1,0 +1,131 @@
+"""Run compiled programs on vNPUs: the host places each one's HBM image, starts them, reads
+the outputs. Every backend goes the same way (device, driver, host script); on ``golden``
+(the ISA's numpy model) the race check is on, so a program that races or is wrongly
+flagged restartable is refused before any RTL runs it."""
+
+import numpy as np
+
+from .device import Device
+
+__all__ = ["ExecutionError", "execute", "run_program", "run_tenants", "run_models"]
+
+
+class ExecutionError(RuntimeError):
+    """The program faulted, raced, or did not finish; the message says which."""
+
+
+def _check(run, names):
+    """Raise ExecutionError for the first context of ``run`` that did not finish cleanly."""
+    for name, context in zip(names, run.contexts):
+        if context.races:
+            raise ExecutionError(f"{name} has a race: {context.races[0]}")
+        if context.restart_hazards:
+            raise ExecutionError(f"{name}: a µTOp flagged restartable is not: "
+                                 f"{context.restart_hazards[0]}")
+        if run.timed_out or context.fault:
+            detail = f" ({context.fault_detail})" if context.fault_detail else ""
+            raise ExecutionError(f"{name} did not finish: {context.status.name} "
+                                 f"{context.fault.name} at word {context.fault_pc}{detail}")
+
+
+def _device(config, backend, policy, progress):
+    options = {"check_races": True} if backend == "golden" else {}
+    if progress is not None:
+        options["progress"] = progress
+    return Device(config, backend, policy, **options)
+
+
+def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backend="golden",
+                n_me=None, n_ve=None, policy="harvest", max_cycles=20_000_000, progress=None):
+    """Run one program on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) with
+    segments of ``spad_rows`` and ``hbm_words``: the host writes ``placements`` ((HBM
+    address, words) pairs, segment-relative) first and reads ``reads`` ((address, count)
+    pairs) after. Returns (the words read, in order; the driver's RunResult)."""
+    [values], run = run_tenants(
+        config, [(words, n_me, n_ve, spad_rows, hbm_words, placements, reads)],
+        backend=backend, policy=policy, max_cycles=max_cycles, progress=progress,
+        names=["the program"])
+    return values, run
+
+
+def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
+                max_cycles=20_000_000, progress=None, names=None):
+    """Run programs side by side, each on its own vNPU.
+
+    ``tenants`` are (words, n_me, n_ve, spad_rows, hbm_words, placements, reads): the device
+    maps each onto a context with engines it owns (None: every engine) and disjoint
+    segments; ``placements`` and ``reads`` are as in run_program, relative to the tenant's
+    HBM segment. Returns (per tenant the words read, the driver's RunResult); raises
+    ExecutionError when a tenant faults, races or does not finish."""
+    cfg = config
+    device = _device(cfg, backend, policy, progress)
+    names = names or [f"tenant {i}" for i in range(len(tenants))]
+    vnpus, programs = [], {}
+    for name, (words, n_me, n_ve, spad_rows, hbm_words, _, _) in zip(names, tenants):
+        vnpus.append(device.create(cfg.n_me if n_me is None else n_me,
+                                   cfg.n_ve if n_ve is None else n_ve, spad_rows, hbm_words,
+                                   name=name))
+        programs[name] = words
+    driver = device.driver(programs)
+    reads = []
+    for vnpu, (_, _, _, _, _, placements, wanted) in zip(vnpus, tenants):
+        for address, values in placements:
+            driver.write_hbm(vnpu.hbm.base + address, values)
+        reads.append([(vnpu.hbm.base + address, count) for address, count in wanted])
+    run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles)
+    _check(run, names)
+    return [[run.hbm[key].astype(np.int64) for key in tenant] for tenant in reads], run
+
+
+def _host_image(graph):
+    """(HBM address, words) the host writes before a run: weights and inputs."""
+    return list(graph.builder.hbm_image.items()) + [
+        (region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
+
+
+def _outputs(graph):
+    """(name, region, tensor) of each output of a compiled graph."""
+    return [(name, region, x) for name, (region, x) in graph.outputs.items()]
+
+
+def _as_tensor(graph, x, words):
+    """Output words read back from HBM as the rows x padded columns of tensor ``x``."""
+    return words.astype(np.int64).reshape(x.rows, x.tiles * graph.lanes)
+
+
+def _tenant(model_graph, program, n_me, n_ve, whole=False):
+    builder = model_graph.builder
+    spad_rows, hbm_words = ((builder.spad_rows, builder.hbm_words) if whole else
+                            (max(1, builder.spad_peak), max(1, builder.hbm_top)))
+    return (program.words, n_me, n_ve, spad_rows, hbm_words, _host_image(model_graph),
+            [(region.start, region.size) for _, region, _ in _outputs(model_graph)])
+
+
+def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
+            max_cycles=20_000_000, progress=None):
+    """Run a compiled graph on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) under
+    ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult).
+    ``progress(cycles)`` is called during long pysim runs."""
+    [values], run = run_tenants(graph.config, [_tenant(graph, program, n_me, n_ve, whole=True)],
+                                backend=backend, policy=policy, max_cycles=max_cycles,
+                                progress=progress, names=["the program"])
+    return {name: _as_tensor(graph, x, words)
+            for (name, _, x), words in zip(_outputs(graph), values)}, run
+
+
+def run_models(config, tenants, *, backend="verilator", policy="harvest",
+               max_cycles=20_000_000):
+    """Run compiled models side by side: ``tenants`` are (CompiledModel, n_me, n_ve), each
+    on its own vNPU with segments sized to its program. Returns (each tenant's output as
+    rows x cols, the driver's RunResult)."""
+    runs = [_tenant(model.graph, model.program, n_me, n_ve) for model, n_me, n_ve in tenants]
+    values, run = run_tenants(config, runs, backend=backend, policy=policy,
+                              max_cycles=max_cycles,
+                              names=[f"{model.name}{i}" for i, (model, _, _) in
+                                     enumerate(tenants)])
+    outputs = []
+    for (model, _, _), words in zip(tenants, values):
+        index = list(model.graph.outputs).index(model.name)
+        _, _, x = _outputs(model.graph)[index]
+        outputs.append(_as_tensor(model.graph, x, words[index]))
+    return outputs, run
