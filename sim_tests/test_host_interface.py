@@ -7,7 +7,7 @@ import pytest
 
 from isa.config import NPUConfig
 from isa.regmap import (CONTEXT, GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError,
-                       Status, register_address)
+                       Policy, Status, register_address)
 from isa.asm import assemble
 from isa.encoding import Fault
 from runtime.backends import script as ops
@@ -30,7 +30,9 @@ WIDTHS = {"POLICY": 2, "TIME_SLICE": 32, "PROG_LEN": 17, "SPAD_BASE": 17, "SPAD_
 
 def test_registers_read_back_and_identify(backend):
     rng = random.Random(1)
-    script, expected = [], []
+    # Reset values first: POLICY static, TIME_SLICE 4096.
+    script = [ops.CsrRead(register_address("POLICY")), ops.CsrRead(register_address("TIME_SLICE"))]
+    expected = [Policy.STATIC, 4096]
     for register in GLOBAL:
         if register.access == Access.RW and register.name != "HOST_ERROR":
             value = rng.randrange(1, 1 << WIDTHS[register.name])

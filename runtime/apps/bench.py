@@ -134,8 +134,9 @@ def backend_workload(config):
 
 
 def _loaded(config, backend, programs):
-    """A driver with ``programs`` (assembly) on vNPUs of every engine (shared)."""
-    device = Device(config, backend)
+    """A driver with ``programs`` (assembly) on vNPUs of every engine (shared), the policy
+    left at its reset value (static)."""
+    device = Device(config, backend, policy=None)
     vnpus = mix.place_tenants(device, [(config.n_me, config.n_ve)] * len(programs))
     return device.driver({vnpu.name: assemble(source, config=config)
                           for vnpu, source in zip(vnpus, programs)})

@@ -51,7 +51,7 @@ class GoldenBackend:
         cfg = self.config
         self.npu = GoldenNPU(cfg, check_races=self.check_races)
         self.contexts = [_Context(cfg.imem_words) for _ in range(cfg.n_ctx)]
-        self.registers = {"POLICY": 1, "TIME_SLICE": 4096, "HOST_ERROR": 0}
+        self.registers = {"POLICY": 0, "TIME_SLICE": 4096, "HOST_ERROR": 0}   # reset values
         self.context_details = {}
         results = []
         per_line = cfg.hbm_words_per_cycle

@@ -49,8 +49,8 @@ def _first_fit(used, size, total):
 
 class Device:
     """A pNPU, the vNPUs mapped on it, and how it runs them: the backend (with its
-    options, e.g. ``trace``, ``vcd``, ``check_races``), the sharing policy and the temporal
-    policy's time slice."""
+    options, e.g. ``trace``, ``vcd``, ``check_races``), the sharing policy (None: the
+    POLICY register keeps its reset value, static) and the temporal policy's time slice."""
 
     def __init__(self, config, backend="pysim", policy="harvest", *, time_slice=None,
                  **backend_options):
@@ -156,7 +156,8 @@ class Device:
         """A driver with the policy (and time slice) set and each vNPU's program (``programs``
         by vNPU name: 64-bit words) and registers loaded."""
         driver = Driver(self.config, self.backend, **self.backend_options)
-        driver.set_policy(self.policy)
+        if self.policy is not None:
+            driver.set_policy(self.policy)
         if self.time_slice is not None:
             driver.set_time_slice(self.time_slice)
         for vnpu in self.vnpus:
