@@ -62,6 +62,36 @@ def test_requests_run_in_order_each_on_its_own_input():
     assert [c.counters["PENDING"] for c in run.contexts] == [0, 0]
 
 
+@pytest.mark.parametrize("backend", ["pysim", "golden"])
+def test_every_request_output_is_read_before_a_later_request_overwrites_it(backend):
+    """A long stream on one context cycles through queue_depth + 2 slots (input and output
+    each): the driver reads each request's output once it has ended and before the slot's
+    next request can run, so every request's output is checked, not only the last ones."""
+    slots = TINY.queue_depth + 2
+    d = Driver(TINY, backend)
+    d.load_context(0, PROGRAM, Segment(0, 64), Segment(0, 32))
+    for slot in range(slots):
+        d.write_hbm(slot * SLOT, [1000 * slot + i for i in range(4)])
+    n = 3 * slots + 1
+    arrivals = [(0, 0)] * 3 + [(600 * i, 0) for i in range(1, n - 2)]
+    run, requests = d.serve(arrivals, offsets=[(i % slots) * SLOT for i in range(n)],
+                            outputs=[[((i % slots) * SLOT + 16, 4)] for i in range(n)])
+    assert not run.timed_out and run.contexts[0].counters["COMPLETED"] == n
+    for i, request in enumerate(requests):
+        assert request.refused is None and not request.faulted
+        assert [list(words) for words in request.outputs] == \
+            [[1000 * (i % slots) + j + 1 for j in range(4)]]
+
+
+def test_output_slots_a_request_could_overwrite_before_they_are_read_are_refused():
+    slots = TINY.queue_depth + 1
+    with pytest.raises(DriverError, match=f"requests 0 and {slots} of context 0 write the same "
+                                          f"HBM words.*at least {slots + 1} output slots"):
+        driver(contexts=(0,)).serve([(0, 0)] * (slots + 1),
+                                    outputs=[[(16 + (i % slots) * SLOT, 4)] for i in
+                                             range(slots + 1)])
+
+
 def test_the_golden_backend_serves_the_same_stream_without_time():
     """The golden model reads the same doorbells: each request runs at once on its own
     input, so outputs, refusals, faults and counts equal the RTL's, and stamps are 0."""

@@ -29,6 +29,11 @@ class DriverError(ValueError):
     """A request the NPU cannot carry out; the message names the value and the limit."""
 
 
+def _overlap(a, b):
+    """Whether two (first, count) ranges share a location."""
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
+
+
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -90,6 +95,7 @@ class RequestResult:
     arrival: int | None = None        # the hardware's stamp: when the doorbell took effect
     end: int | None = None            # ... and when the request ended (None: it did not)
     faulted: bool = False
+    outputs: list | None = None       # the words of each output range it was given
 
     @property
     def latency(self):
@@ -266,8 +272,8 @@ class Driver:
         cycles, timed_out = next(results)
         return self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
 
-    def serve(self, arrivals, *, offsets=None, contexts=None, max_cycles=1_000_000,
-              read_spad=(), read_hbm=()):
+    def serve(self, arrivals, *, offsets=None, outputs=None, contexts=None,
+              max_cycles=1_000_000, read_spad=(), read_hbm=()):
         """Hand the loaded contexts requests over time, free-running on the backend.
 
         ``arrivals`` are (cycle, context) pairs in time order, cycles counted from the start
@@ -277,10 +283,20 @@ class Driver:
         no context runs or has a request queued (or ``max_cycles``). Returns (RunResult,
         RequestResult per arrival); arrival and end cycles are the hardware's stamps.
 
+        ``outputs[i]`` are the (address, count) HBM ranges request i writes: the host reads
+        them once the request has surely ended, just before the doorbell of its context's
+        request ``queue_depth`` + 2 later (a context holds at most ``queue_depth`` + 1
+        requests, so that one is over) or after the run, and `RequestResult.outputs` has
+        them. So a context's requests cycle through at least ``queue_depth`` + 2 output
+        slots (refused otherwise), and a stream may be as long as it likes.
+
         Each request costs the host at least 4 bus cycles (doorbell, HOST_ERROR read and
-        clear, reading the context's completions): requests asked closer together arrive
-        later than asked (``requested`` keeps what was asked, ``arrival`` is when). The
-        stamps count cycles modulo 2^31, so a stream must end within 2^31 cycles."""
+        clear, reading the context's completions) plus the reads of an earlier request's
+        outputs: requests asked closer together arrive later than asked (``requested``
+        keeps what was asked, ``arrival`` is when). The host's reads share HBM with the
+        engines, as a real host's would. The stamps count cycles modulo 2^31, so a stream
+        must end within 2^31 cycles."""
+        cfg = self.config
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
         try:
@@ -290,8 +306,10 @@ class Driver:
         if not arrivals:
             raise DriverError("no requests to serve: give at least one (cycle, context)")
         offsets = [0] * len(arrivals) if offsets is None else list(offsets)
-        if len(offsets) != len(arrivals):
-            raise DriverError(f"{len(offsets)} offsets for {len(arrivals)} requests")
+        outputs = [[] for _ in arrivals] if outputs is None else [list(o) for o in outputs]
+        for what, values in (("offsets", offsets), ("output lists", outputs)):
+            if len(values) != len(arrivals):
+                raise DriverError(f"{len(values)} {what} for {len(arrivals)} requests")
         previous = 0
         for index, ((cycle, c), offset) in enumerate(zip(arrivals, offsets)):
             if not _is_int(cycle) or cycle < previous:
@@ -302,22 +320,42 @@ class Driver:
             if not _is_int(offset) or not 0 <= offset < 1 << 32:
                 raise DriverError(f"request {index}: HBM offset {offset!r} is not a 32-bit "
                                   f"unsigned value")
+            self._check_reads(max_cycles, (), outputs[index])
             previous = cycle
         if previous + max_cycles >= 1 << 31:
             raise DriverError(f"a stream of {previous} cycles plus max_cycles={max_cycles} "
                               f"does not fit the 2^31-cycle stamps")
+        lag = cfg.queue_depth + 2
+        mine = {c: [i for i, (_, d) in enumerate(arrivals) if d == c] for c in contexts}
+        for c, indexes in mine.items():
+            for k, i in enumerate(indexes):
+                for j in indexes[k + 1:k + lag]:
+                    if any(_overlap(r, q) for r in outputs[i] for q in outputs[j]):
+                        raise DriverError(
+                            f"requests {i} and {j} of context {c} write the same HBM words "
+                            f"and may both run before the host reads {i}'s: give a "
+                            f"context's requests at least {lag} output slots in turn")
         host_error = register_address("HOST_ERROR")
         # Setup must have been accepted before the first doorbell (HOST_ERROR keeps the
         # first refusal): read it, then clear it for the doorbells.
         script = list(self.script) + [ops.Mark(), ops.CsrRead(host_error),
                                       ops.CsrWrite(host_error, 0)]
-        for (cycle, c), offset in zip(arrivals, offsets):
-            script += [ops.Until(int(cycle)),
-                       ops.CsrWrite(register_address("DOORBELL", ctx=c), int(offset)),
+        position = {i: k for indexes in mine.values() for k, i in enumerate(indexes)}
+        read_before = {}                  # arrival index -> the earlier request read first
+        for (cycle, c), offset, index in zip(arrivals, offsets, range(len(arrivals))):
+            script.append(ops.Until(int(cycle)))
+            if position[index] >= lag:
+                earlier = mine[c][position[index] - lag]
+                read_before[index] = earlier
+                script += self._hbm_reads(outputs[earlier])
+            script += [ops.CsrWrite(register_address("DOORBELL", ctx=c), int(offset)),
                        ops.CsrRead(host_error), ops.CsrWrite(host_error, 0),
                        ops.Drain(register_address("COMPLETION", ctx=c))]
         script.append(ops.Run(max_cycles))
         script += [ops.Drain(register_address("COMPLETION", ctx=c)) for c in contexts]
+        last = [i for indexes in mine.values() for i in indexes[-lag:]]
+        for i in last:
+            script += self._hbm_reads(outputs[i])
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
         mark = next(results)
@@ -325,8 +363,10 @@ class Driver:
         if setup_error:
             raise DriverError(f"the NPU refused a host write: {HostError(setup_error & 0xFF).name} "
                               f"at register address 0x{setup_error >> 32:x}")
-        refusals, finished = [], {c: [] for c in contexts}
-        for _, c in arrivals:
+        refusals, finished, read = [], {c: [] for c in contexts}, {}
+        for index, (_, c) in enumerate(arrivals):
+            if index in read_before:
+                read[read_before[index]] = self._hbm_values(results, outputs[read_before[index]])
             error = next(results)
             if error and error >> 32 != register_address("DOORBELL", ctx=c):
                 raise DriverError(f"the NPU refused a host write at register address "
@@ -336,6 +376,8 @@ class Driver:
         cycles, timed_out = next(results)
         for c in contexts:
             finished[c] += next(results)
+        for i in last:
+            read[i] = self._hbm_values(results, outputs[i])
         run = self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
 
         def since_mark(stamp):
@@ -343,15 +385,33 @@ class Driver:
 
         requests = []
         entries = {c: iter(finished[c]) for c in contexts}
-        for (cycle, c), offset, refused in zip(arrivals, offsets, refusals):
+        for index, ((cycle, c), offset, refused) in enumerate(zip(arrivals, offsets, refusals)):
             request = RequestResult(c, int(cycle), offset, refused=refused)
             entry = None if refused else next(entries[c], None)
             if entry is not None:
                 request.arrival = since_mark((entry >> 31) & (2**31 - 1))
                 request.end = since_mark(entry & (2**31 - 1))
                 request.faulted = bool(entry >> 62 & 1)
+                request.outputs = read[index]
             requests.append(request)
         return run, requests
+
+    def _hbm_reads(self, ranges):
+        """Host operations reading the HBM lines that hold ``ranges`` ((address, count))."""
+        per_line = self.config.hbm_words_per_cycle
+        return [ops.HbmRead(line) for address, count in ranges
+                for line in range(address // per_line, (address + count - 1) // per_line + 1)]
+
+    def _hbm_values(self, results, ranges):
+        """The words of ``ranges`` from the results of `_hbm_reads`, one array per range."""
+        per_line = self.config.hbm_words_per_cycle
+        values = []
+        for address, count in ranges:
+            first, last = address // per_line, (address + count - 1) // per_line
+            lines = np.concatenate([next(results) for _ in range(first, last + 1)])
+            offset = address - first * per_line
+            values.append(lines[offset:offset + count].astype(np.int64))
+        return values
 
     def _readback(self, contexts, read_spad, read_hbm):
         """Host operations that read every context's and engine's registers and the
@@ -370,12 +430,9 @@ class Driver:
             where = {"ctx": index} if kind == "ctx" else {"engine": index}
             script.append(ops.CsrRead(register_address(name, **where)))
         script.append(ops.CsrRead(register_address("HOST_ERROR")))
-        per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
             script += [ops.SpadRead(r) for r in range(row, row + count)]
-        for address, count in read_hbm:
-            first, last = address // per_line, (address + count - 1) // per_line
-            script += [ops.HbmRead(line) for line in range(first, last + 1)]
+        script += self._hbm_reads(read_hbm)
         return script, reads
 
     def _result(self, results, cycles, timed_out, contexts, reads, read_spad, read_hbm):
@@ -407,13 +464,9 @@ class Driver:
         result = RunResult(cycles, timed_out, context_results, engines,
                            trace=list(getattr(self.backend, "trace_events", [])),
                            timed=getattr(self.backend, "timed", True))
-        per_line = cfg.hbm_words_per_cycle
         for row, count in read_spad:
             result.spad[(row, count)] = np.array([next(results) for _ in range(count)],
                                                  dtype=np.int64)
-        for address, count in read_hbm:
-            first, last = address // per_line, (address + count - 1) // per_line
-            lines = np.concatenate([next(results) for _ in range(first, last + 1)])
-            offset = address - first * per_line
-            result.hbm[(address, count)] = lines[offset:offset + count]
+        for key, values in zip(read_hbm, self._hbm_values(results, read_hbm)):
+            result.hbm[tuple(key)] = values
         return result
