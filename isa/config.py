@@ -68,6 +68,9 @@ class NPUConfig:
     queue_depth: int = 4
     #: When no context retires a µTOp for this many cycles, running contexts fault (WATCHDOG).
     watchdog_cycles: int = 1 << 20
+    #: Clock the NPU is meant to run at, in MHz: reports convert cycles to time with it
+    #: (the paper's TPU-like NPU runs near 1 GHz). It changes no hardware.
+    clock_mhz: int = 1000
 
     def __post_init__(self):
         def positive(name, upper=None):

@@ -50,23 +50,23 @@ def test_requests_run_in_order_each_on_its_own_input():
                                    [100 * c + 10 + i + 1 for i in range(4)]]
     for request in requests:
         assert request.refused is None and not request.faulted
-        assert request.arrival >= request.requested      # the host's writes take cycles
+        assert request.rung >= request.arrival          # the host's writes take cycles
         assert request.latency > 0
     # A context runs one request at a time, in arrival order: each ends after the one before.
     for c in (0, 1):
         mine = [r for r in requests if r.ctx == c]
         assert all(a.end < b.end for a, b in zip(mine, mine[1:]))
-        assert all(b.end - max(b.arrival, a.end) >= min(r.latency for r in mine) - 2
+        assert all(b.end - max(b.rung, a.end) >= min(r.end - r.rung for r in mine) - 2
                    for a, b in zip(mine, mine[1:]))
     assert [c.counters["COMPLETED"] for c in run.contexts] == [3, 2]
     assert [c.counters["PENDING"] for c in run.contexts] == [0, 0]
 
 
 @pytest.mark.parametrize("backend", ["pysim", "golden"])
-def test_every_request_output_is_read_before_a_later_request_overwrites_it(backend):
+def test_every_request_output_is_read_when_it_completes(backend):
     """A long stream on one context cycles through queue_depth + 2 slots (input and output
-    each): the driver reads each request's output once it has ended and before the slot's
-    next request can run, so every request's output is checked, not only the last ones."""
+    each): the host reads each request's output as soon as it sees it completed, before
+    the slot's next request can run, so every request's output is checked."""
     slots = TINY.queue_depth + 2
     d = Driver(TINY, backend)
     d.load_context(0, PROGRAM, Segment(0, 64), Segment(0, 32))
@@ -75,12 +75,11 @@ def test_every_request_output_is_read_before_a_later_request_overwrites_it(backe
     n = 3 * slots + 1
     arrivals = [(0, 0)] * 3 + [(600 * i, 0) for i in range(1, n - 2)]
     run, requests = d.serve(arrivals, offsets=[(i % slots) * SLOT for i in range(n)],
-                            outputs=[[((i % slots) * SLOT + 16, 4)] for i in range(n)])
+                            outputs=[((i % slots) * SLOT + 16, 4) for i in range(n)])
     assert not run.timed_out and run.contexts[0].counters["COMPLETED"] == n
     for i, request in enumerate(requests):
         assert request.refused is None and not request.faulted
-        assert [list(words) for words in request.outputs] == \
-            [[1000 * (i % slots) + j + 1 for j in range(4)]]
+        assert list(request.output) == [1000 * (i % slots) + j + 1 for j in range(4)]
 
 
 def test_output_slots_a_request_could_overwrite_before_they_are_read_are_refused():
@@ -88,7 +87,7 @@ def test_output_slots_a_request_could_overwrite_before_they_are_read_are_refused
     with pytest.raises(DriverError, match=f"requests 0 and {slots} of context 0 write the same "
                                           f"HBM words.*at least {slots + 1} output slots"):
         driver(contexts=(0,)).serve([(0, 0)] * (slots + 1),
-                                    outputs=[[(16 + (i % slots) * SLOT, 4)] for i in
+                                    outputs=[(16 + (i % slots) * SLOT, 4) for i in
                                              range(slots + 1)])
 
 
@@ -100,9 +99,9 @@ def test_the_golden_backend_serves_the_same_stream_without_time():
     gold, gold_requests = driver("golden").serve(arrivals, offsets=offsets, read_hbm=reads())
     assert rtl.timed and not gold.timed
     assert all(np.array_equal(gold.hbm[key], rtl.hbm[key]) for key in rtl.hbm)
-    assert [(r.ctx, r.refused, r.faulted) for r in gold_requests] == \
-        [(r.ctx, r.refused, r.faulted) for r in rtl_requests]
-    assert all(r.latency == 0 for r in gold_requests)
+    assert [(r.ctx, r.arrival, r.refused, r.faulted) for r in gold_requests] == \
+        [(r.ctx, r.arrival, r.refused, r.faulted) for r in rtl_requests]
+    assert all(r.end == r.rung == 0 for r in gold_requests)
     assert [c.counters["COMPLETED"] for c in gold.contexts] == [3, 2]
 
 
@@ -119,14 +118,42 @@ def test_a_queued_request_waits_for_the_running_one():
     assert latencies[0] - 6 <= spacing[0] <= latencies[0] + 6
 
 
-def test_a_full_queue_refuses_the_doorbell():
-    n = TINY.queue_depth + 3
-    run, requests = driver(contexts=(0,)).serve([(0, 0)] * n, read_hbm=reads((0,)))
-    refused = [r.refused for r in requests]
-    assert refused.count(HostError.QUEUE_FULL) >= 1
-    accepted = [r for r in requests if r.refused is None]
-    assert all(r.end is not None and not r.faulted for r in accepted)
-    assert run.contexts[0].counters["COMPLETED"] == len(accepted)
+@pytest.mark.parametrize("backend", ["pysim", "golden"])
+def test_a_full_queue_refuses_the_doorbell(backend):
+    """Doorbells rung back to back without reading completions: queue_depth wait, one
+    runs, and once queue_depth + 1 ends wait to be read no request is taken: the queue
+    fills and refuses (QUEUE_FULL). Reading a completion lets the next one in."""
+    d = driver(backend, contexts=(0,))
+    doorbell, error = register_address("DOORBELL", ctx=0), register_address("HOST_ERROR")
+    pending, completion = register_address("PENDING", ctx=0), register_address("COMPLETION", ctx=0)
+    n = 2 * TINY.queue_depth + 2
+    script = list(d.script)
+    for _ in range(n):
+        script += [ops.CsrWrite(doorbell, 0), ops.CsrRead(error), ops.CsrWrite(error, 0),
+                   ops.Run(10_000)]
+    script += [ops.CsrRead(pending), ops.CsrRead(completion), ops.Run(10_000),
+               ops.CsrRead(pending)]
+    results = d.backend.execute(script)
+    codes = [results[2 * i] & 0xFF for i in range(n)]
+    accepted = codes.count(HostError.NONE)
+    assert accepted == 2 * TINY.queue_depth + 1
+    assert codes[accepted:] == [HostError.QUEUE_FULL] * (n - accepted)
+    waiting, entry, _, waiting_after = results[2 * n:]
+    assert waiting == TINY.queue_depth and entry >> 63
+    assert waiting_after == TINY.queue_depth - 1
+
+
+def test_the_host_queues_what_the_hardware_cannot_hold():
+    """More requests at once than a context holds: serve keeps the rest in the host's
+    queue and rings them as completions make room, so none is refused, each runs, and
+    latency counts the wait in the host's queue."""
+    n = TINY.queue_depth + 4
+    run, requests = driver(contexts=(0,)).serve([(0, 0)] * n)
+    assert all(r.refused is None and r.end is not None and not r.faulted for r in requests)
+    assert run.contexts[0].counters["COMPLETED"] == n
+    late = requests[TINY.queue_depth + 1:]
+    assert all(r.rung > requests[0].end for r in late)      # rung once one has completed
+    assert [r.latency for r in requests] == sorted(r.latency for r in requests)
 
 
 def test_a_fault_mid_stream_stops_only_that_context():
@@ -140,6 +167,7 @@ def test_a_fault_mid_stream_stops_only_that_context():
     assert not first.faulted and first.end is not None
     assert faulting.faulted and faulting.end is not None
     assert after.refused == HostError.CONTEXT_FAULTED and after.end is None
+    assert after.arrival == 120
     assert other.refused is None and not other.faulted
     assert run.contexts[0].status.name == "FAULTED" and run.contexts[0].fault.name == "CONFIG"
     assert run.contexts[1].status.name == "DONE"
@@ -148,7 +176,7 @@ def test_a_fault_mid_stream_stops_only_that_context():
 
 def test_bad_streams_are_refused_before_running():
     with pytest.raises(DriverError, match=r"request 1: cycle 3 must be an integer, not before "
-                                          r"the request ahead of it \(9\)"):
+                                          r"the timed request ahead of it \(9\)"):
         driver().serve([(9, 0), (3, 1)])
     with pytest.raises(DriverError, match=r"request 0: context 3 is not one of \[0, 1\]"):
         driver().serve([(0, 3)])
@@ -156,17 +184,28 @@ def test_bad_streams_are_refused_before_running():
         driver().serve([(0, 0)], offsets=[-1])
     with pytest.raises(DriverError, match="no requests to serve"):
         driver().serve([])
+    with pytest.raises(DriverError, match=r"request 1: after=1 must name an earlier request"):
+        driver().serve([(0, 0), (None, 0)], after=[None, 1])
 
 
 def test_pysim_and_verilator_stamp_a_stream_identically():
-    arrivals = [(0, 0), (3, 1), (30, 0), (31, 0), (70, 1), (71, 1)]
-    offsets = [0, SLOT, SLOT, 0, 0, SLOT]
+    # Timed arrivals, more at once than a context holds, and a closed-loop request (the
+    # last arrives when the second completes).
+    arrivals = [(0, 0), (3, 1), (30, 0), (31, 0), (70, 1), (71, 1), (71, 0), (71, 0),
+                (72, 0), (73, 0), (None, 1)]
+    offsets = [0, SLOT, SLOT, 0, 0, SLOT, SLOT, 0, SLOT, 0, 0]
+    after = [None] * 10 + [1]
     runs = {}
     for backend in ("pysim", "verilator"):
-        run, requests = driver(backend).serve(arrivals, offsets=offsets, read_hbm=reads())
-        runs[backend] = (run, [(r.arrival, r.end, r.faulted, r.refused) for r in requests])
+        run, requests = driver(backend).serve(arrivals, offsets=offsets, after=after,
+                                              outputs=[None] * 9 + [(16, 4), (1024 + 16, 4)],
+                                              read_hbm=reads())
+        runs[backend] = (run, [(r.arrival, r.rung, r.end, r.faulted, r.refused,
+                                None if r.output is None else list(r.output))
+                               for r in requests])
     (a, stamps_a), (b, stamps_b) = runs["pysim"], runs["verilator"]
     assert stamps_a == stamps_b
+    assert stamps_a[-1][0] > 0 and stamps_a[-2][5] == [1, 2, 3, 4]      # closed loop; output
     assert [c.counters for c in a.contexts] == [c.counters for c in b.contexts]
     assert a.engines == b.engines
     assert all(np.array_equal(a.hbm[k], b.hbm[k]) for k in a.hbm)
@@ -183,7 +222,7 @@ def test_a_bad_request_queued_behind_a_good_one_is_recorded_and_stops_the_contex
     assert not run.timed_out
     assert first.end is not None and not first.faulted
     assert faulting.faulted and faulting.end >= first.end
-    assert stuck.refused is None and stuck.end is None
+    assert stuck.refused is None and stuck.rung is None and stuck.end is None
     context = run.contexts[0]
     assert context.status.name == "FAULTED" and context.fault.name == "CONFIG"
     assert context.counters["COMPLETED"] == 2 and context.counters["PENDING"] == 1

@@ -277,6 +277,40 @@ def cmd_demo(args):
         raise UsageError(str(error)) from None
 
 
+def cmd_serve(args):
+    import dataclasses
+    import json
+    from .serve import POLICIES, ServeError, format_points, parse_tenant, serve
+    config = _config(args.config)
+    try:
+        specs = [parse_tenant(text) for text in args.tenants]
+        if args.priority is not None:
+            try:
+                priorities = [int(p) for p in args.priority.split(",")]
+            except ValueError:
+                raise ServeError(f"--priority {args.priority!r}: expected one integer per "
+                                 f"tenant, e.g. 0,3") from None
+            if len(priorities) != len(specs) or not all(0 <= p <= 15 for p in priorities):
+                raise ServeError(f"--priority {args.priority!r}: expected {len(specs)} values "
+                                 f"from 0 to 15, one per tenant")
+            specs = [dataclasses.replace(s, priority=p) for s, p in zip(specs, priorities)]
+        policies = POLICIES if args.policy == "all" else (args.policy,)
+
+        def progress(cycles):
+            print(f"  ... {cycles} cycles simulated", file=sys.stderr, flush=True)
+
+        points = serve(config, specs, policies=policies, load=args.load, requests=args.requests,
+                       seed=args.seed, backend=args.backend, time_slice=args.time_slice,
+                       progress=progress if args.backend == "pysim" and not args.json else None)
+    except ServeError as error:
+        raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps([p.to_dict() for p in points]))
+    else:
+        print(format_points(points))
+    return 0 if not any(p.problems for p in points) else 1
+
+
 def build_parser():
     parser = _Parser(
         prog="neu10",
@@ -367,6 +401,27 @@ def build_parser():
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="serve request streams of several tenants: latency, "
+                       "throughput, utilization per policy")
+    p.add_argument("tenants", nargs="+", metavar="MODEL[:ME,VE]",
+                   help="a tenant: a model and its vNPU's engines (default: the allocator's "
+                   "choice for an equal share of the NPU)")
+    p.add_argument("--policy", default="harvest", choices=["static", "harvest", "temporal",
+                                                           "v10", "all"])
+    p.add_argument("--load", type=float, default=0.6, help="arrival rate as a fraction of "
+                   "each tenant's isolated saturation throughput (default 0.6)")
+    p.add_argument("--requests", type=int, default=100, help="requests per tenant (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the arrivals (default 1)")
+    p.add_argument("--priority", metavar="P,P,..", help="each tenant's priority, 0..15 "
+                   "(temporal and v10 policies)")
+    p.add_argument("--time-slice", type=int, help="temporal policy: cycles before the NPU may "
+                   "switch tenants (default 4096)")
+    p.add_argument("--backend", default="verilator", choices=["pysim", "verilator"],
+                   help="simulator (default verilator: streams are millions of cycles)")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--json", action="store_true", help="print one JSON list (a point per policy)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")

@@ -1,18 +1,20 @@
 """golden backend: host scripts executed by the ISA's golden model (numpy), no RTL.
 
 It reads the same register writes as the hardware: the host interface's refusals
-(HOST_ERROR), START (a context with invalid settings faults CONFIG), doorbells and
-completions. It models what a program computes, not when: a started context, or a request,
-runs to its end at once, so `Run` waits 0 cycles, CYCLE and every timing counter read 0, and
-completion stamps are 0. What it adds is the detail the RTL has no register for: each
-context's fault explained in words, and (with ``check_races``) its races and the µTOps
-flagged restartable that are not (`context_details`, per context, after `execute`).
+(HOST_ERROR), START (a context with invalid settings faults CONFIG), doorbells, the
+request queue (QUEUE_FULL) and completions. It models what a program computes, not when: a
+started context, or a request, runs to its end at once, so `Run` waits 0 cycles, CYCLE and
+every timing counter read 0, completion stamps are 0, and ISSUED and RETIRED count the
+µTOps that completed (the RTL also counts one that faulted in an engine). What it adds is
+the detail the RTL has no register for: each context's fault explained in words, and (with
+``check_races``) its races and the µTOps flagged restartable that are not
+(`context_details`, per context, after `execute`).
 """
 
 import numpy as np
 
-from isa.golden import ContextSpec, GoldenNPU, Segment
 from isa.encoding import Fault
+from isa.golden import ContextOutcome, ContextSpec, GoldenNPU, Segment
 from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, GLOBAL, ID_VALUE, IMEM_BASE,
                         IMEM_STRIDE, Access, HostError, Status)
 from . import script as ops
@@ -29,8 +31,8 @@ class _Context:
         self.settings = dict.fromkeys(_SETTINGS, 0)
         self.status, self.fault, self.fault_pc = Status.IDLE, Fault.NONE, 0
         self.retired = self.completed = 0
+        self.pending = []          # doorbell offsets of requests not started
         self.completions = []
-        self.detail = None
 
 
 class GoldenBackend:
@@ -73,15 +75,8 @@ class GoldenBackend:
                     results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
                 case ops.Run():
                     results.append((0, False))
-                case ops.Mark():
-                    results.append(0)
-                case ops.Until():
-                    pass
-                case ops.Drain(address):
-                    entries = []
-                    while (value := self._read(address)) >> 63:
-                        entries.append(value)
-                    results.append(entries)
+                case ops.Serve():
+                    results.append(self._serve(op))
                 case _:
                     raise ValueError(f"the golden backend cannot execute {op!r}")
         return results
@@ -126,20 +121,31 @@ class GoldenBackend:
             if any(not self._valid(self.contexts[i], 0) for i in started):
                 self._refuse(HostError.BAD_CONTEXT, address)
             for i in started:
-                self.contexts[i].completions.clear()
+                self.contexts[i].pending.clear()      # START drops the queued requests
                 self._start(i, 0)
         elif name == "DOORBELL":
             context = self.contexts[c]
             if context.status == Status.FAULTED:
                 self._refuse(HostError.CONTEXT_FAULTED, address)
+            elif len(context.pending) >= cfg.queue_depth:
+                self._refuse(HostError.QUEUE_FULL, address)
             else:
-                self._start(c, value)
-                context.completed += 1
-                context.completions.append(1 << 63 | int(context.status == Status.FAULTED) << 62)
+                context.pending.append(value)
+                self._take(c)
         elif c is None:
             self.registers[name] = value
         else:
             self.contexts[c].settings[name] = value
+
+    def _take(self, c):
+        """Run the queued requests of a free context while their ends find room among the
+        completions (queue_depth + 1 of them), as the RTL takes them."""
+        context = self.contexts[c]
+        while (context.pending and context.status != Status.FAULTED
+               and len(context.completions) < self.config.queue_depth + 1):
+            self._start(c, context.pending.pop(0))
+            context.completed += 1
+            context.completions.append(1 << 63 | int(context.status == Status.FAULTED) << 62)
 
     def _valid(self, context, offset):
         cfg, s = self.config, context.settings
@@ -152,15 +158,51 @@ class GoldenBackend:
         context, s = self.contexts[c], self.contexts[c].settings
         if not self._valid(context, offset):
             context.status, context.fault, context.fault_pc = Status.FAULTED, Fault.CONFIG, 0
-            context.retired, context.detail = 0, None
+            context.retired = 0
+            self.context_details[c] = ContextOutcome(
+                Fault.CONFIG, 0, f"settings invalid: PROG_LEN {s['PROG_LEN']}, scratchpad "
+                f"{s['SPAD_BASE']}+{s['SPAD_SIZE']}, HBM {s['HBM_BASE']}+{offset}+{s['HBM_SIZE']} "
+                f"(memories: {self.config.spad_rows} rows, {self.config.hbm_words} words, "
+                f"{self.config.imem_words} program words)")
             return
         spec = ContextSpec(context.imem[:s["PROG_LEN"]], Segment(s["SPAD_BASE"], s["SPAD_SIZE"]),
                            Segment(s["HBM_BASE"] + offset, s["HBM_SIZE"]))
         [outcome] = self.npu.run([spec])
         context.fault, context.fault_pc = outcome.fault, outcome.fault_pc or 0
         context.status = Status.FAULTED if outcome.fault else Status.DONE
-        context.retired, context.detail = outcome.utops_retired, outcome
+        context.retired = outcome.utops_retired
         self.context_details[c] = outcome
+
+    def _serve(self, op):
+        """The Serve operation without time: each request arrives (timed ones in their
+        order, closed-loop ones when the request before them completes), is rung and runs at
+        once; refusals and faults end what would have followed."""
+        per_line = self.config.hbm_words_per_cycle
+        requests = op.requests
+        served = [[None, 0, 0, [0] * (r.lines[1] * per_line)] for r in requests]
+        followers = {}
+        for index, request in enumerate(requests):
+            if request.after is not None:
+                followers.setdefault(request.after, []).append(index)
+        arrivals = [(i, r.cycle) for i, r in enumerate(requests) if r.after is None]
+        while arrivals:
+            index, when = arrivals.pop(0)
+            request, result = requests[index], served[index]
+            result[0] = when
+            context = op.contexts[request.context]
+            self._write(context.doorbell, request.offset)
+            error = self.registers["HOST_ERROR"]
+            if error:
+                self.registers["HOST_ERROR"] = 0
+                result[1] = error & 0xFF
+                continue
+            result[2] = entry = self._read(context.completion)
+            first, count = request.lines
+            result[3] = [int(v) for v in self.npu.hbm[first * per_line:(first + count) * per_line]]
+            if entry >> 62 & 1:
+                continue
+            arrivals[:0] = [(f, when) for f in followers.get(index, [])]
+        return 0, 0, False, [tuple(r) for r in served]
 
     def _read(self, address):
         cfg = self.config
@@ -181,7 +223,13 @@ class GoldenBackend:
         if name in context.settings:
             return context.settings[name]
         if name == "COMPLETION":
-            return context.completions.pop(0) if context.completions else 0
+            if not context.completions:
+                return 0
+            entry = context.completions.pop(0)
+            self._take(c)
+            return entry
+        if name == "PENDING":
+            return len(context.pending)
         return {"STATUS": int(context.status), "FAULT": int(context.fault),
                 "FAULT_PC": context.fault_pc, "ISSUED": context.retired,
                 "RETIRED": context.retired, "COMPLETED": context.completed}.get(name, 0)

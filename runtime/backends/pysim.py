@@ -1,5 +1,7 @@
 """pysim backend: executes host scripts on the pNPU in Amaranth's built-in simulator."""
 
+from collections import deque
+
 from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
@@ -83,18 +85,12 @@ class _Session:
     async def _run_script(self, ctx, script):
         npu = self.harness.npu
         cfg = self.config
-        lanes, per_line = cfg.ve_lanes, cfg.hbm_words_per_cycle
-        csr = npu.csr
+        lanes = cfg.ve_lanes
         results = []
-        mark = 0             # the cycle counter at the last `mark`: the origin of `until`
         for op in script:
             match op:
                 case ops.CsrWrite(address, value):
-                    ctx.set(csr.addr, address)
-                    ctx.set(csr.wdata, value)
-                    ctx.set(csr.we, 1)
-                    await ctx.tick()
-                    ctx.set(csr.we, 0)
+                    await self._csr_write(ctx, address, value)
                 case ops.CsrRead(address):
                     results.append(await self._csr_read(ctx, address))
                 case ops.SpadWrite(row, values):
@@ -112,22 +108,17 @@ class _Session:
                     await ctx.tick().until(request.ready)
                     ctx.set(request.valid, 0)
                     results.append(unpack_words(ctx.get(npu.spad_rd.resp.as_value()), lanes))
-                case ops.HbmWrite() | ops.HbmRead():
+                case ops.HbmWrite(line, values, mask):
                     request = npu.hbm.req
-                    writing = isinstance(op, ops.HbmWrite)
-                    ctx.set(request.payload.line, op.line)
-                    ctx.set(request.payload.write, writing)
-                    if writing:
-                        ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in op.values])
-                        ctx.set(request.payload.mask, op.mask)
+                    ctx.set(request.payload.line, line)
+                    ctx.set(request.payload.write, 1)
+                    ctx.set(request.payload.data, [v & 0xFFFFFFFF for v in values])
+                    ctx.set(request.payload.mask, mask)
                     ctx.set(request.valid, 1)
                     await ctx.tick().until(request.ready)
                     ctx.set(request.valid, 0)
-                    if not writing:
-                        # The line is valid for one cycle: sample it at that edge.
-                        (line,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(
-                            npu.hbm.resp_valid)
-                        results.append(unpack_words(line, per_line))
+                case ops.HbmRead(line):
+                    results.append(await self._hbm_read(ctx, line))
                 case ops.Run(max_cycles):
                     waited = 0
                     await ctx.tick()          # the START write takes effect
@@ -139,22 +130,113 @@ class _Session:
                         if self.progress and waited % 4096 < self.poll:
                             self.progress(waited)
                     results.append((waited, bool(ctx.get(npu.busy))))
-                case ops.Mark():
-                    mark = ctx.get(npu.cycle)
-                    results.append(mark)
-                case ops.Until(cycle):
-                    waiting = mark + cycle - ctx.get(npu.cycle)
-                    if waiting > 0:
-                        await ctx.tick().repeat(waiting)
-                case ops.Drain(address):
-                    entries = []
-                    while (value := await self._csr_read(ctx, address)) >> 63:
-                        entries.append(value)
-                    results.append(entries)
+                case ops.Serve():
+                    results.append(await self._serve(ctx, op))
                 case _:
                     raise ValueError(f"the pysim backend cannot execute {op!r}")
         return results
 
+
+    async def _csr_write(self, ctx, address, value):
+        csr = self.harness.npu.csr
+        ctx.set(csr.addr, address)
+        ctx.set(csr.wdata, value)
+        ctx.set(csr.we, 1)
+        await ctx.tick()
+        ctx.set(csr.we, 0)
+
+    async def _hbm_read(self, ctx, line):
+        """One HBM line through the host port; the line is valid for one cycle: it is
+        sampled at that edge."""
+        npu = self.harness.npu
+        request = npu.hbm.req
+        ctx.set(request.payload.line, line)
+        ctx.set(request.payload.write, 0)
+        ctx.set(request.valid, 1)
+        await ctx.tick().until(request.ready)
+        ctx.set(request.valid, 0)
+        (value,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(npu.hbm.resp_valid)
+        return unpack_words(value, self.config.hbm_words_per_cycle)
+
+    async def _serve(self, ctx, op):
+        """The Serve operation (runtime/backends/script.py): the same steps, in the same
+        cycles, as the Verilator harness's."""
+        npu = self.harness.npu
+        requests = op.requests
+        waiting = [deque() for _ in op.contexts]   # arrived at the host
+        rung = [deque() for _ in op.contexts]      # rung, not completed
+        dead = [False] * len(op.contexts)          # faulted: takes no request
+        arrival, error, entry = [None] * len(requests), [0] * len(requests), [0] * len(requests)
+        words = [[] for _ in requests]
+        followers = [[] for _ in requests]
+        timed = []
+        for index, request in enumerate(requests):
+            if request.after is None:
+                timed.append(index)
+            else:
+                followers[request.after].append(index)
+        resolved = 0
+
+        def drop(index):
+            nonlocal resolved
+            resolved += 1
+            for follower in followers[index]:
+                drop(follower)
+
+        mark = ctx.get(npu.cycle)
+        following = 0                              # the next timed request
+        while True:
+            now = ctx.get(npu.cycle) - mark
+            while following < len(timed) and requests[timed[following]].cycle <= now:
+                index = timed[following]
+                following += 1
+                arrival[index] = requests[index].cycle
+                waiting[requests[index].context].append(index)
+            for c, context in enumerate(op.contexts):
+                while waiting[c] and (dead[c] or len(rung[c]) < context.capacity):
+                    index = waiting[c].popleft()
+                    await self._csr_write(ctx, context.doorbell, requests[index].offset)
+                    value = await self._csr_read(ctx, op.host_error)
+                    if value:
+                        await self._csr_write(ctx, op.host_error, 0)
+                        error[index] = value & 0xFF
+                        drop(index)
+                    else:
+                        rung[c].append(index)
+            for c, context in enumerate(op.contexts):
+                while rung[c]:
+                    value = await self._csr_read(ctx, context.completion)
+                    if not value >> 63:
+                        break
+                    index = rung[c].popleft()
+                    entry[index] = value
+                    first, count = requests[index].lines
+                    for line in range(first, first + count):
+                        words[index] += await self._hbm_read(ctx, line)
+                    resolved += 1
+                    if value >> 62 & 1:
+                        dead[c] = True
+                        for held in rung[c]:
+                            drop(held)
+                        rung[c].clear()
+                        for follower in followers[index]:
+                            drop(follower)
+                        break
+                    arrived = ctx.get(npu.cycle) - mark
+                    for follower in followers[index]:
+                        arrival[follower] = arrived
+                        waiting[requests[follower].context].append(follower)
+            now = ctx.get(npu.cycle) - mark
+            if resolved == len(requests) or now >= op.max_cycles:
+                break
+            step = self.poll
+            if following < len(timed) and requests[timed[following]].cycle > now:
+                step = min(step, requests[timed[following]].cycle - now)
+            await ctx.tick().repeat(step)
+        served = [(arrival[i], error[i], entry[i], words[i] or
+                   [0] * (requests[i].lines[1] * self.config.hbm_words_per_cycle))
+                  for i in range(len(requests))]
+        return mark, ctx.get(npu.cycle) - mark, bool(ctx.get(npu.busy)), served
 
     async def _csr_read(self, ctx, address):
         """One register read: the value is there after the clock edge."""

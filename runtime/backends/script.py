@@ -2,14 +2,14 @@
 
 A run of the NPU is a list of these operations, executed from reset. Every backend (the
 golden model, pysim, Verilator and its C++ harness) executes the same list, so their
-results and cycle counts compare one to one. Operations that read something produce one
+results and cycle counts compare one to one (`Step` only Verilator's interactive mode). Operations that read something produce one
 result each, in order (see each class).
 """
 
 from dataclasses import dataclass
 
 __all__ = ["CsrWrite", "CsrRead", "SpadWrite", "SpadRead", "HbmWrite", "HbmRead", "Run", "Step",
-           "Mark", "Until", "Drain", "READS"]
+           "Serve", "ServeContext", "Request"]
 
 
 @dataclass(frozen=True)
@@ -67,21 +67,42 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Mark:
-    """Note the NPU's cycle counter as the origin of later `Until`s; result: its value."""
+class Request:
+    """One request of a `Serve`: it arrives at the host at ``cycle`` (counted from the
+    start of the Serve), or, with ``after``, when the request of that index completes
+    (closed loop). ``lines`` are the HBM lines (first, count) read when it completes."""
+    context: int            # index into Serve.contexts
+    offset: int             # its DOORBELL value
+    cycle: int = 0
+    after: int | None = None
+    lines: tuple = (0, 0)
 
 
 @dataclass(frozen=True)
-class Until:
-    """Wait until ``cycle`` cycles after the last `Mark` (no wait when that has passed)."""
-    cycle: int
+class ServeContext:
+    """A context a `Serve` hands requests to: its register addresses, and how many of its
+    requests the host lets be rung and not yet completed (its queue plus the one running,
+    so the hardware never refuses one as QUEUE_FULL)."""
+    doorbell: int
+    completion: int
+    capacity: int
 
 
 @dataclass(frozen=True)
-class Drain:
-    """Read a POP register until an entry without bit 63 (valid); result: the valid entries."""
-    address: int
+class Serve:
+    """Serve ``requests`` free-running, as a host driver would: a request that arrives
+    waits in the host's queue of its context until the context has room, then its
+    DOORBELL is written (and HOST_ERROR read, and cleared if set). At least every poll
+    interval (and at each timed arrival) the host drains each context's COMPLETION queue,
+    reads the HBM lines of each completed request, and lets the requests waiting for it
+    arrive. A completion with the faulted bit ends its context: the requests it still
+    held are dropped. Ends when every request completed, was refused or dropped (or after
+    ``max_cycles``). Result: (the NPU's cycle counter at the start, cycles waited, still
+    busy, per request (host arrival cycle or None, HOST_ERROR code of its doorbell or 0,
+    COMPLETION entry or 0, words of its lines)). Cycles count from the start."""
+    host_error: int
+    contexts: tuple         # ServeContext
+    requests: tuple         # Request
+    max_cycles: int
 
 
-#: The operations that produce a result.
-READS = (CsrRead, SpadRead, HbmRead, Run, Step, Mark, Drain)

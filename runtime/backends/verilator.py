@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).resolve().parent / "verilator_harness.cpp"
 #: The harness's opcode of each host operation (verilator_harness.cpp reads them).
 _OPCODES = {ops.CsrWrite: 1, ops.CsrRead: 2, ops.SpadWrite: 3, ops.SpadRead: 4, ops.HbmWrite: 5,
-            ops.HbmRead: 6, ops.Run: 7, ops.Step: 8, ops.Until: 9, ops.Drain: 10, ops.Mark: 11}
+            ops.HbmRead: 6, ops.Run: 7, ops.Step: 8, ops.Serve: 12}
+_NONE = 2**64 - 1               # the harness's "no value" (a request that never arrived)
 
 
 def build_dir():
@@ -81,7 +82,9 @@ _SOURCES = _snapshot_sources()
 
 def _key(config, tool_version, trace):
     digest = hashlib.sha256()
-    digest.update(repr(sorted(config.to_dict().items())).encode())
+    values = config.to_dict()
+    values.pop("clock_mhz")            # changes no hardware
+    digest.update(repr(sorted(values.items())).encode())
     digest.update(_SOURCES.encode())
     digest.update(f"{amaranth.__version__}|{tool_version}|{VERILATOR_FLAGS}|{CXX_FLAGS}|"
                   f"trace={trace}".encode())
@@ -200,7 +203,7 @@ def _encode(script, poll):
         match op:
             case ops.CsrWrite(address, value):
                 words += [address, value & (2**64 - 1)]
-            case ops.CsrRead(address) | ops.Drain(address):
+            case ops.CsrRead(address):
                 words.append(address)
             case ops.SpadRead(row):
                 words.append(row)
@@ -208,14 +211,19 @@ def _encode(script, poll):
                 words.append(line)
             case ops.Step(cycles):
                 words.append(cycles)
-            case ops.Until(cycle):
-                words.append(cycle)
             case ops.SpadWrite(row, values):
                 words += [row] + [v & 0xFFFFFFFF for v in values]
             case ops.HbmWrite(line, values, mask):
                 words += [line, mask] + [v & 0xFFFFFFFF for v in values]
             case ops.Run(max_cycles):
                 words += [max_cycles, poll]
+            case ops.Serve(host_error, contexts, requests, max_cycles):
+                words += [host_error, len(contexts), len(requests), max_cycles, poll]
+                for c in contexts:
+                    words += [c.doorbell, c.completion, c.capacity]
+                for r in requests:
+                    words += [r.context, r.offset, r.cycle, _NONE if r.after is None else r.after,
+                              *r.lines]
     return struct.pack(f"<{len(words)}Q", *words)
 
 
@@ -224,7 +232,7 @@ def _decode(script, words, config):
     results, position = [], 0
     for op in script:
         match op:
-            case ops.CsrRead() | ops.Mark():
+            case ops.CsrRead():
                 results.append(words[position])
                 position += 1
             case ops.SpadRead() | ops.HbmRead():
@@ -238,10 +246,17 @@ def _decode(script, words, config):
             case ops.Step():
                 results.append(bool(words[position]))
                 position += 1
-            case ops.Drain():
-                count = words[position]
-                results.append(list(words[position + 1:position + 1 + count]))
-                position += 1 + count
+            case ops.Serve(requests=requests):
+                mark, waited, busy = words[position:position + 3]
+                position += 3
+                served = []
+                for request in requests:
+                    arrival, error, entry = words[position:position + 3]
+                    count = request.lines[1] * config.hbm_words_per_cycle
+                    served.append((None if arrival == _NONE else arrival, error, entry,
+                                   [to_signed32(w) for w in words[position + 3:position + 3 + count]]))
+                    position += 3 + count
+                results.append((mark, waited, bool(busy), served))
     return results
 
 

@@ -12,9 +12,11 @@
 //             3 spad_write row w0..w(LANES-1) | 4 spad_read row -> LANES words
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
-//             11 mark -> cycle (remember the pNPU's cycle counter now)
-//             9 until t (clock until the cycle counter reads mark + t; no-op if past)
-//             10 drain addr -> n v1..vn (read a queue register until bit 63 is clear)
+//             12 serve host_error n_contexts n_requests max_cycles poll
+//                  n_contexts x (doorbell completion capacity)
+//                  n_requests x (context offset cycle after first_line n_lines)
+//                -> mark waited busy, then per request: arrival error entry words...
+//                (runtime/backends/script.py, Serve: the same algorithm as pysim's)
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
 // offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
 // "__" escaped by Verilator as "___05F". The pNPU sees the host inputs as they were at the
@@ -24,7 +26,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -138,13 +142,7 @@ class Harness {
         uint64_t kind = ops.at(i);
         switch (kind) {
         case 1:  // csr_write
-            top_->csr___05Faddr = ops.at(i + 1);
-            top_->csr___05Fwdata = ops.at(i + 2);
-            top_->csr___05Fwe = 1;
-            touched();
-            tick();
-            top_->csr___05Fwe = 0;
-            touched();
+            csr_write(ops.at(i + 1), ops.at(i + 2));
             return i + 3;
         case 2:  // csr_read
             out.push_back(csr_read(ops.at(i + 1)));
@@ -171,37 +169,23 @@ class Harness {
             settle();
             for (int l = 0; l < LANES; l++) out.push_back(get(top_->spad_rd___05Fresp, 32 * l, 32));
             return i + 2;
-        case 5:    // hbm_write
-        case 6: {  // hbm_read
-            bool write = kind == 5;
+        case 5:  // hbm_write
             put(top_->hbm___05Freq___05Fpayload, HBM_LINE, HBM_LINE_BITS, ops.at(i + 1));
-            put(top_->hbm___05Freq___05Fpayload, HBM_WRITE, 1, write);
-            if (write) {
-                put(top_->hbm___05Freq___05Fpayload, HBM_MASK, LINE_WORDS, ops.at(i + 2));
-                for (int w = 0; w < LINE_WORDS; w++)
-                    put(top_->hbm___05Freq___05Fpayload, HBM_DATA + 32 * w, 32, ops.at(i + 3 + w));
-            }
+            put(top_->hbm___05Freq___05Fpayload, HBM_WRITE, 1, 1);
+            put(top_->hbm___05Freq___05Fpayload, HBM_MASK, LINE_WORDS, ops.at(i + 2));
+            for (int w = 0; w < LINE_WORDS; w++)
+                put(top_->hbm___05Freq___05Fpayload, HBM_DATA + 32 * w, 32, ops.at(i + 3 + w));
             top_->hbm___05Freq___05Fvalid = 1;
             touched();
             wait_for_ready([this] { return top_->hbm___05Freq___05Fready; });
             top_->hbm___05Freq___05Fvalid = 0;
             touched();
-            if (!write) {
-                // The line is valid for one cycle: sample it at that edge.
-                for (;;) {
-                    settle();
-                    bool valid = top_->hbm___05Fresp_valid;
-                    uint64_t words[LINE_WORDS];
-                    for (int w = 0; w < LINE_WORDS; w++) words[w] = get(top_->hbm___05Fresp, 32 * w, 32);
-                    tick();
-                    if (valid) {
-                        for (int w = 0; w < LINE_WORDS; w++) out.push_back(words[w]);
-                        break;
-                    }
-                }
-                return i + 2;
-            }
             return i + 3 + LINE_WORDS;
+        case 6: {  // hbm_read
+            uint64_t words[LINE_WORDS];
+            hbm_read(ops.at(i + 1), words);
+            out.insert(out.end(), words, words + LINE_WORDS);
+            return i + 2;
         }
         case 7: {  // run: until no context runs, polling every `poll` cycles
             uint64_t max_cycles = ops.at(i + 1), poll = ops.at(i + 2), waited = 0;
@@ -220,24 +204,8 @@ class Harness {
             out.push_back(top_->busy);
             return i + 2;
         }
-        case 11:  // mark: the cycle counter now, the origin of `until`
-            settle();
-            mark_ = top_->cycle;
-            out.push_back(mark_);
-            return i + 1;
-        case 9: {  // until: clock until the cycle counter reads mark + t
-            uint64_t target = mark_ + ops.at(i + 1);
-            settle();
-            while (top_->cycle < target) tick();
-            return i + 2;
-        }
-        case 10: {  // drain: read a queue register until an entry without bit 63
-            std::vector<uint64_t> entries;
-            for (uint64_t value; (value = csr_read(ops.at(i + 1))) >> 63;) entries.push_back(value);
-            out.push_back(entries.size());
-            out.insert(out.end(), entries.begin(), entries.end());
-            return i + 2;
-        }
+        case 12:
+            return serve(ops, i, out);
         default:
             std::fprintf(stderr, "neu10_sim: unknown host operation %llu\n",
                          static_cast<unsigned long long>(kind));
@@ -248,8 +216,7 @@ class Harness {
     static size_t op_length(uint64_t kind) {
         switch (kind) {
         case 1: return 3;
-        case 2: case 4: case 6: case 8: case 9: case 10: return 2;
-        case 11: return 1;
+        case 2: case 4: case 6: case 8: return 2;
         case 3: return 2 + LANES;
         case 5: return 3 + LINE_WORDS;
         case 7: return 3;
@@ -258,6 +225,156 @@ class Harness {
     }
 
   private:
+    static constexpr uint64_t NONE = ~0ull;
+
+    void csr_write(uint64_t address, uint64_t value) {
+        top_->csr___05Faddr = address;
+        top_->csr___05Fwdata = value;
+        top_->csr___05Fwe = 1;
+        touched();
+        tick();
+        top_->csr___05Fwe = 0;
+        touched();
+    }
+
+    // One HBM line read through the host port; the line is valid for one cycle: it is
+    // sampled at that edge.
+    void hbm_read(uint64_t line, uint64_t *words) {
+        put(top_->hbm___05Freq___05Fpayload, HBM_LINE, HBM_LINE_BITS, line);
+        put(top_->hbm___05Freq___05Fpayload, HBM_WRITE, 1, 0);
+        top_->hbm___05Freq___05Fvalid = 1;
+        touched();
+        wait_for_ready([this] { return top_->hbm___05Freq___05Fready; });
+        top_->hbm___05Freq___05Fvalid = 0;
+        touched();
+        for (;;) {
+            settle();
+            bool valid = top_->hbm___05Fresp_valid;
+            for (int w = 0; w < LINE_WORDS; w++) words[w] = get(top_->hbm___05Fresp, 32 * w, 32);
+            tick();
+            if (valid) return;
+        }
+    }
+
+    uint64_t now() {
+        settle();
+        return top_->cycle;
+    }
+
+    // Serve (op 12): a host driver's loop, free-running. See runtime/backends/script.py.
+    size_t serve(const std::vector<uint64_t> &ops, size_t i, std::vector<uint64_t> &out) {
+        uint64_t host_error = ops.at(i + 1), n_ctx = ops.at(i + 2), n_req = ops.at(i + 3);
+        uint64_t max_cycles = ops.at(i + 4), poll = ops.at(i + 5);
+        size_t at = i + 6;
+        struct Ctx {
+            uint64_t doorbell, completion, capacity;
+            std::deque<uint64_t> waiting, rung;   // arrived at the host; rung, not completed
+            bool dead = false;                    // it faulted: it takes no request
+        };
+        struct Req {
+            uint64_t ctx, offset, cycle, after, first, lines;
+            uint64_t arrival = NONE, error = 0, entry = 0;
+            std::vector<uint64_t> words;
+        };
+        std::vector<Ctx> ctxs(n_ctx);
+        for (auto &c : ctxs) {
+            c.doorbell = ops.at(at);
+            c.completion = ops.at(at + 1);
+            c.capacity = ops.at(at + 2);
+            at += 3;
+        }
+        std::vector<Req> reqs(n_req);
+        std::vector<std::vector<uint64_t>> followers(n_req);
+        std::vector<uint64_t> timed;
+        for (uint64_t r = 0; r < n_req; r++) {
+            Req &q = reqs[r];
+            q.ctx = ops.at(at); q.offset = ops.at(at + 1); q.cycle = ops.at(at + 2);
+            q.after = ops.at(at + 3); q.first = ops.at(at + 4); q.lines = ops.at(at + 5);
+            q.words.assign(q.lines * LINE_WORDS, 0);
+            at += 6;
+            if (q.after == NONE) timed.push_back(r); else followers[q.after].push_back(r);
+        }
+        uint64_t mark = now(), resolved = 0, next = 0;   // next: the next timed request
+        for (;;) {
+            uint64_t t = now() - mark;
+            while (next < timed.size() && reqs[timed[next]].cycle <= t) {
+                Req &q = reqs[timed[next++]];
+                q.arrival = q.cycle;
+                ctxs[q.ctx].waiting.push_back(&q - reqs.data());
+            }
+            for (auto &c : ctxs) {
+                while (!c.waiting.empty() && (c.dead || c.rung.size() < c.capacity)) {
+                    uint64_t r = c.waiting.front();
+                    c.waiting.pop_front();
+                    csr_write(c.doorbell, reqs[r].offset);
+                    uint64_t error = csr_read(host_error);
+                    if (error) {
+                        csr_write(host_error, 0);
+                        reqs[r].error = error & 0xFF;
+                        drop(followers, r, resolved);
+                    } else {
+                        c.rung.push_back(r);
+                    }
+                }
+            }
+            for (auto &c : ctxs) {
+                while (!c.rung.empty()) {
+                    uint64_t value = csr_read(c.completion);
+                    if (!(value >> 63)) break;
+                    uint64_t r = c.rung.front();
+                    c.rung.pop_front();
+                    Req &q = reqs[r];
+                    q.entry = value;
+                    for (uint64_t l = 0; l < q.lines; l++)
+                        hbm_read(q.first + l, &q.words[l * LINE_WORDS]);
+                    resolved++;
+                    if (value >> 62 & 1) {
+                        // The context faulted: what it still holds never runs.
+                        c.dead = true;
+                        for (uint64_t held : c.rung) drop(followers, held, resolved);
+                        c.rung.clear();
+                        drop_followers(followers, r, resolved);
+                        break;
+                    }
+                    uint64_t arrived = now() - mark;
+                    for (uint64_t f : followers[r]) {
+                        reqs[f].arrival = arrived;
+                        ctxs[reqs[f].ctx].waiting.push_back(f);
+                    }
+                }
+            }
+            t = now() - mark;
+            if (resolved == n_req || t >= max_cycles) break;
+            uint64_t step = poll;
+            if (next < timed.size() && reqs[timed[next]].cycle > t)
+                step = std::min(step, reqs[timed[next]].cycle - t);
+            for (uint64_t c = 0; c < step; c++) tick();
+        }
+        out.push_back(mark);
+        out.push_back(now() - mark);
+        out.push_back(top_->busy);
+        for (auto &q : reqs) {
+            out.push_back(q.arrival);
+            out.push_back(q.error);
+            out.push_back(q.entry);
+            out.insert(out.end(), q.words.begin(), q.words.end());
+        }
+        return at;
+    }
+
+    // A request that will never complete (refused, or held by a faulted context), and
+    // the closed-loop requests that would have arrived when it completed.
+    static void drop(const std::vector<std::vector<uint64_t>> &followers, uint64_t r,
+                     uint64_t &resolved) {
+        resolved++;
+        drop_followers(followers, r, resolved);
+    }
+
+    static void drop_followers(const std::vector<std::vector<uint64_t>> &followers, uint64_t r,
+                               uint64_t &resolved) {
+        for (uint64_t f : followers[r]) drop(followers, f, resolved);
+    }
+
     // One register read: the value is there after the clock edge.
     uint64_t csr_read(uint64_t address) {
         top_->csr___05Faddr = address;

@@ -158,7 +158,7 @@ def _resnet_float(p, x, rec):
 def _resnet_graph(g, p, x, s):
     image = x["image"]
     layout = Image(image.shape[0], image.shape[1], image.shape[2])
-    scale = scale_of(image)
+    scale = s["input image"]
     inp = g.input("image", np.clip(np.round(image / scale), -127, 127), scale, image=layout)
     # The skip and the block's output share a scale so the residual add is exact.
     skip = max(s["stem"], s["block2"], s["residual"])
@@ -222,7 +222,7 @@ def _bert_float(p, x, rec):
 
 def _bert_graph(g, p, x, s):
     # Residual adds saturate in int8: both operands carry the scale of their sum.
-    r1 = max(s["res1"], scale_of(x["x"]))
+    r1 = max(s["res1"], s["input x"])
     inp = g.input("x", np.clip(np.round(x["x"] / r1), -127, 127), r1)
     q = g.linear("q", inp, *p["wq"], s["q"])
     k = g.linear("k", inp, *p["wk"], s["k"])
@@ -273,7 +273,7 @@ def _dlrm_float(p, x, rec):
 def _dlrm_graph(g, p, x, s):
     # Embeddings and the bottom MLP's output share one scale: they are concatenated.
     shared = max([s["bot2"]] + [scale_of(p[f"table{t}"]) for t in range(3)])
-    dense_scale = scale_of(x["dense"])
+    dense_scale = s["input dense"]
     h = g.input("dense", np.clip(np.round(x["dense"] / dense_scale), -127, 127), dense_scale)
     h = g.linear("bot1", h, *p["bot1"], s["bot1"], act="relu")
     h = g.linear("bot2", h, *p["bot2"], shared, act="relu")
@@ -293,17 +293,22 @@ MODELS = {
 }
 
 
-def compile_model(name, config, *, seed=0, spad_rows=None, hbm_words=None):
-    """Weights from ``seed``, scales calibrated on batch ``seed+1``, compiled for batch
-    ``seed+2``; raises KeyError-free ValueError for an unknown model name."""
+def compile_model(name, config, *, seed=0, batch=0, spad_rows=None, hbm_words=None):
+    """Weights from ``seed``, scales calibrated on batch ``seed+1``, compiled for input
+    batch ``seed+2+batch`` (the program does not depend on the input: ``batch`` changes
+    only the HBM image and the expected output); raises ValueError for an unknown model."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     params_fn, inputs_fn, float_fn, graph_fn, metric, columns = MODELS[name]
     params = params_fn(np.random.default_rng(seed))
     calibration = {}
-    float_fn(params, inputs_fn(np.random.default_rng(seed + 1)), calibration)
+    calibration_inputs = inputs_fn(np.random.default_rng(seed + 1))
+    float_fn(params, calibration_inputs, calibration)
+    # Inputs are quantized with calibrated scales too: the program (whose requantization
+    # constants follow from the scales) is then the same for every input.
+    calibration.update({f"input {key}": value for key, value in calibration_inputs.items()})
     scales = {key: scale_of(value) for key, value in calibration.items()}
-    inputs = inputs_fn(np.random.default_rng(seed + 2))
+    inputs = inputs_fn(np.random.default_rng(seed + 2 + batch))
     reference = float_fn(params, inputs, {}).astype(np.float32)
     start = time.perf_counter()
     graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words)

@@ -152,9 +152,11 @@ class Device:
             raise MappingError(f"{vnpu.name} is not mapped on this device")
         self.vnpus.remove(vnpu)
 
-    def driver(self, programs):
+    def driver(self, programs, *, windows=None):
         """A driver with the policy (and time slice) set and each vNPU's program (``programs``
-        by vNPU name: 64-bit words) and registers loaded."""
+        by vNPU name: 64-bit words) and registers loaded. ``windows`` (by vNPU name) narrows
+        the HBM a context sees to that many words from its segment's base: its requests'
+        doorbell offsets then move the window within the vNPU's segment."""
         driver = Driver(self.config, self.backend, **self.backend_options)
         if self.policy is not None:
             driver.set_policy(self.policy)
@@ -163,7 +165,13 @@ class Device:
         for vnpu in self.vnpus:
             if vnpu.name not in programs:
                 continue
-            driver.load_context(vnpu.ctx, programs[vnpu.name], vnpu.spad, vnpu.hbm,
+            hbm = vnpu.hbm
+            if windows and vnpu.name in windows:
+                if not 1 <= windows[vnpu.name] <= hbm.size:
+                    raise MappingError(f"{vnpu.name}: an HBM window of {windows[vnpu.name]!r} "
+                                       f"words does not fit its segment of {hbm.size}")
+                hbm = Segment(hbm.base, windows[vnpu.name])
+            driver.load_context(vnpu.ctx, programs[vnpu.name], vnpu.spad, hbm,
                                 me_mask=vnpu.me_mask, ve_mask=vnpu.ve_mask,
                                 priority=vnpu.priority)
         return driver

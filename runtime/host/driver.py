@@ -87,18 +87,20 @@ class RunResult:
 
 @dataclass
 class RequestResult:
-    """One request of a stream (Driver.serve): cycles count from the stream's start."""
+    """One request of a stream (Driver.serve); cycles count from the stream's start."""
     ctx: int
-    requested: int                    # the cycle the stream asked for
     offset: int                       # its DOORBELL value (added to HBM_BASE)
-    refused: HostError | None = None  # the doorbell was refused (QUEUE_FULL, CONTEXT_FAULTED)
-    arrival: int | None = None        # the hardware's stamp: when the doorbell took effect
-    end: int | None = None            # ... and when the request ended (None: it did not)
+    arrival: int | None = None        # when it arrived at the host (None: it never did)
+    refused: HostError | None = None  # its doorbell was refused (e.g. CONTEXT_FAULTED)
+    rung: int | None = None           # the hardware's stamp: when its doorbell was written
+    end: int | None = None            # ... and when it ended (None: it did not)
     faulted: bool = False
-    outputs: list | None = None       # the words of each output range it was given
+    output: np.ndarray | None = None  # the words of its output range, read when it ended
 
     @property
     def latency(self):
+        """End minus arrival at the host: waiting in the host's queue and the NPU's, and
+        running."""
         return None if self.end is None else self.end - self.arrival
 
 
@@ -272,30 +274,27 @@ class Driver:
         cycles, timed_out = next(results)
         return self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
 
-    def serve(self, arrivals, *, offsets=None, outputs=None, contexts=None,
+    def serve(self, arrivals, *, offsets=None, outputs=None, after=None, contexts=None,
               max_cycles=1_000_000, read_spad=(), read_hbm=()):
-        """Hand the loaded contexts requests over time, free-running on the backend.
+        """Hand the loaded contexts requests over time, free-running on the backend as a
+        host driver would (runtime.backends.script.Serve).
 
         ``arrivals`` are (cycle, context) pairs in time order, cycles counted from the start
-        of the stream: at that cycle the context's DOORBELL is written with its offset
-        (``offsets``, default 0: added to HBM_BASE while the request runs). A context starts
-        a queued request whenever it is free. After the last arrival the run goes on until
-        no context runs or has a request queued (or ``max_cycles``). Returns (RunResult,
-        RequestResult per arrival); arrival and end cycles are the hardware's stamps.
+        of the stream; with ``after[i]`` set, request i arrives instead when request
+        ``after[i]`` (an earlier one) completes (closed loop; its cycle is ignored). A request
+        waits in the host's queue of its context until the context holds fewer than
+        ``queue_depth`` + 1 rung and not completed, so the hardware never refuses one as
+        QUEUE_FULL; then its DOORBELL is written with its offset (``offsets``, default 0:
+        added to HBM_BASE while it runs). ``outputs[i]`` is an (address, count) HBM range
+        (or None) the host reads as soon as it sees request i completed. Returns (RunResult,
+        RequestResult per request); rung and end cycles are the hardware's stamps.
 
-        ``outputs[i]`` are the (address, count) HBM ranges request i writes: the host reads
-        them once the request has surely ended, just before the doorbell of its context's
-        request ``queue_depth`` + 2 later (a context holds at most ``queue_depth`` + 1
-        requests, so that one is over) or after the run, and `RequestResult.outputs` has
-        them. So a context's requests cycle through at least ``queue_depth`` + 2 output
-        slots (refused otherwise), and a stream may be as long as it likes.
-
-        Each request costs the host at least 4 bus cycles (doorbell, HOST_ERROR read and
-        clear, reading the context's completions) plus the reads of an earlier request's
-        outputs: requests asked closer together arrive later than asked (``requested``
-        keeps what was asked, ``arrival`` is when). The host's reads share HBM with the
-        engines, as a real host's would. The stamps count cycles modulo 2^31, so a stream
-        must end within 2^31 cycles."""
+        The host polls completions every poll interval (16 cycles) and at each timed
+        arrival; its bus operations take cycles, and its reads share HBM with the engines,
+        as a real host's would. A context's requests must not write an output range that
+        one of its next ``queue_depth`` + 1 requests also writes (it could run before the
+        host reads). Stamps count cycles modulo 2^31: a stream must end within 2^31
+        cycles."""
         cfg = self.config
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
@@ -305,96 +304,88 @@ class Driver:
             raise DriverError("arrivals must be (cycle, context) pairs") from None
         if not arrivals:
             raise DriverError("no requests to serve: give at least one (cycle, context)")
-        offsets = [0] * len(arrivals) if offsets is None else list(offsets)
-        outputs = [[] for _ in arrivals] if outputs is None else [list(o) for o in outputs]
-        for what, values in (("offsets", offsets), ("output lists", outputs)):
-            if len(values) != len(arrivals):
-                raise DriverError(f"{len(values)} {what} for {len(arrivals)} requests")
+        n = len(arrivals)
+        offsets = [0] * n if offsets is None else list(offsets)
+        outputs = [None] * n if outputs is None else list(outputs)
+        after = [None] * n if after is None else list(after)
+        for what, values in (("offsets", offsets), ("outputs", outputs), ("after", after)):
+            if len(values) != n:
+                raise DriverError(f"{len(values)} {what} for {n} requests")
         previous = 0
-        for index, ((cycle, c), offset) in enumerate(zip(arrivals, offsets)):
-            if not _is_int(cycle) or cycle < previous:
-                raise DriverError(f"request {index}: cycle {cycle!r} must be an integer, not "
-                                  f"before the request ahead of it ({previous})")
+        for index, ((cycle, c), offset, output, before) in enumerate(
+                zip(arrivals, offsets, outputs, after)):
             if c not in contexts:
                 raise DriverError(f"request {index}: context {c!r} is not one of {contexts}")
             if not _is_int(offset) or not 0 <= offset < 1 << 32:
                 raise DriverError(f"request {index}: HBM offset {offset!r} is not a 32-bit "
                                   f"unsigned value")
-            self._check_reads(max_cycles, (), outputs[index])
+            if output is not None:
+                self._check_reads(max_cycles, (), [output])
+            if before is not None:
+                if not _is_int(before) or not 0 <= before < index:
+                    raise DriverError(f"request {index}: after={before!r} must name an earlier "
+                                      f"request (0..{index - 1})")
+                continue
+            if not _is_int(cycle) or cycle < previous:
+                raise DriverError(f"request {index}: cycle {cycle!r} must be an integer, not "
+                                  f"before the timed request ahead of it ({previous})")
             previous = cycle
         if previous + max_cycles >= 1 << 31:
             raise DriverError(f"a stream of {previous} cycles plus max_cycles={max_cycles} "
                               f"does not fit the 2^31-cycle stamps")
-        lag = cfg.queue_depth + 2
+        capacity = cfg.queue_depth + 1
         mine = {c: [i for i, (_, d) in enumerate(arrivals) if d == c] for c in contexts}
         for c, indexes in mine.items():
             for k, i in enumerate(indexes):
-                for j in indexes[k + 1:k + lag]:
-                    if any(_overlap(r, q) for r in outputs[i] for q in outputs[j]):
+                for j in indexes[k + 1:k + 1 + capacity]:
+                    if outputs[i] and outputs[j] and _overlap(outputs[i], outputs[j]):
                         raise DriverError(
-                            f"requests {i} and {j} of context {c} write the same HBM words "
-                            f"and may both run before the host reads {i}'s: give a "
-                            f"context's requests at least {lag} output slots in turn")
+                            f"requests {i} and {j} of context {c} write the same HBM words, "
+                            f"and {j} may run before the host reads {i}'s: give a context's "
+                            f"requests at least {capacity + 1} output slots in turn")
         host_error = register_address("HOST_ERROR")
-        # Setup must have been accepted before the first doorbell (HOST_ERROR keeps the
-        # first refusal): read it, then clear it for the doorbells.
-        script = list(self.script) + [ops.Mark(), ops.CsrRead(host_error),
-                                      ops.CsrWrite(host_error, 0)]
-        position = {i: k for indexes in mine.values() for k, i in enumerate(indexes)}
-        read_before = {}                  # arrival index -> the earlier request read first
-        for (cycle, c), offset, index in zip(arrivals, offsets, range(len(arrivals))):
-            script.append(ops.Until(int(cycle)))
-            if position[index] >= lag:
-                earlier = mine[c][position[index] - lag]
-                read_before[index] = earlier
-                script += self._hbm_reads(outputs[earlier])
-            script += [ops.CsrWrite(register_address("DOORBELL", ctx=c), int(offset)),
-                       ops.CsrRead(host_error), ops.CsrWrite(host_error, 0),
-                       ops.Drain(register_address("COMPLETION", ctx=c))]
-        script.append(ops.Run(max_cycles))
-        script += [ops.Drain(register_address("COMPLETION", ctx=c)) for c in contexts]
-        last = [i for indexes in mine.values() for i in indexes[-lag:]]
-        for i in last:
-            script += self._hbm_reads(outputs[i])
+        per_line = cfg.hbm_words_per_cycle
+        order = {c: k for k, c in enumerate(contexts)}
+        requests = []
+        for (cycle, c), offset, output, before in zip(arrivals, offsets, outputs, after):
+            lines = (0, 0)
+            if output is not None:
+                first = output[0] // per_line
+                lines = (first, (output[0] + output[1] - 1) // per_line - first + 1)
+            requests.append(ops.Request(order[c], int(offset), 0 if before is not None
+                                        else int(cycle), before, lines))
+        serve = ops.Serve(host_error, tuple(ops.ServeContext(
+            register_address("DOORBELL", ctx=c), register_address("COMPLETION", ctx=c),
+            capacity) for c in contexts), tuple(requests), max_cycles)
+        # Setup must have been accepted before the stream (HOST_ERROR keeps the first
+        # refusal): read it, then clear it for the doorbells.
+        script = list(self.script) + [ops.CsrRead(host_error), ops.CsrWrite(host_error, 0),
+                                      serve]
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
-        mark = next(results)
         setup_error = next(results)
         if setup_error:
             raise DriverError(f"the NPU refused a host write: {HostError(setup_error & 0xFF).name} "
                               f"at register address 0x{setup_error >> 32:x}")
-        refusals, finished, read = [], {c: [] for c in contexts}, {}
-        for index, (_, c) in enumerate(arrivals):
-            if index in read_before:
-                read[read_before[index]] = self._hbm_values(results, outputs[read_before[index]])
-            error = next(results)
-            if error and error >> 32 != register_address("DOORBELL", ctx=c):
-                raise DriverError(f"the NPU refused a host write at register address "
-                                  f"0x{error >> 32:x} during the stream")
-            refusals.append(HostError(error & 0xFF) if error else None)
-            finished[c] += next(results)
-        cycles, timed_out = next(results)
-        for c in contexts:
-            finished[c] += next(results)
-        for i in last:
-            read[i] = self._hbm_values(results, outputs[i])
-        run = self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
+        mark, cycles, busy, served = next(results)
+        run = self._result(results, cycles, busy, contexts, reads, read_spad, read_hbm)
 
         def since_mark(stamp):
             return (stamp - mark) % (1 << 31)
 
-        requests = []
-        entries = {c: iter(finished[c]) for c in contexts}
-        for index, ((cycle, c), offset, refused) in enumerate(zip(arrivals, offsets, refusals)):
-            request = RequestResult(c, int(cycle), offset, refused=refused)
-            entry = None if refused else next(entries[c], None)
-            if entry is not None:
-                request.arrival = since_mark((entry >> 31) & (2**31 - 1))
+        results = []
+        for (_, c), offset, output, (arrival, error, entry, words) in zip(
+                arrivals, offsets, outputs, served):
+            request = RequestResult(c, offset, arrival, HostError(error) if error else None)
+            if entry >> 63:
+                request.rung = since_mark((entry >> 31) & (2**31 - 1))
                 request.end = since_mark(entry & (2**31 - 1))
                 request.faulted = bool(entry >> 62 & 1)
-                request.outputs = read[index]
-            requests.append(request)
-        return run, requests
+                if output is not None:
+                    skip = output[0] % per_line
+                    request.output = np.array(words[skip:skip + output[1]], dtype=np.int64)
+            results.append(request)
+        return run, results
 
     def _hbm_reads(self, ranges):
         """Host operations reading the HBM lines that hold ``ranges`` ((address, count))."""

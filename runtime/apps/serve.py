@@ -1,0 +1,349 @@
+"""`neu10 serve`: request streams of several tenants on one pNPU, one experiment point.
+
+Each tenant is a model on its own vNPU (spatially mapped: engines no other tenant owns).
+Its requests arrive over time (open loop: seeded Poisson arrivals at a *load*, the
+fraction of the tenant's isolated saturation throughput), queue in its context's
+DOORBELL, and run one after another; the hardware stamps when each arrived and ended.
+
+Inputs and outputs: the tenant's HBM segment holds ``queue_depth`` + 2 *slots*, each a
+whole copy of the model's HBM image (weights, input, output), and a request's doorbell
+offset selects its slot. Requests go round the slots, and the slots alternate between two
+different input batches, so a stale output or a missed restart shows. The host places
+every slot before the stream and reads each request's output as soon as it sees it
+completed (runtime.host.driver.Driver.serve), and every output is compared bit for bit
+with the compiler's integer reference for that input. A request waits in the host's queue
+while its context holds ``queue_depth`` + 1 requests (so none is refused as QUEUE_FULL).
+Its latency is the hardware's end stamp minus the cycle it arrived at the host: waiting in
+the host's queue and the NPU's, and running. It does not include placing inputs (they are
+in HBM beforehand); the host's reads of outputs share HBM with the engines, as a real
+host's would.
+
+Isolated figures (for the load, SLOs, STP and ANTT) come from the same tenant alone on
+the same vNPU under the static policy: its latency is that of a request that finds the
+NPU idle, its service time the spacing of back-to-back requests.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from isa.regmap import Policy
+from runtime.compiler.builder import CompileError
+from runtime.compiler.models import MODELS, compile_model
+from runtime.host.allocator import AllocationError, allocate, estimate
+from runtime.host.device import Device, MappingError
+from runtime.host.driver import DriverError
+from runtime.host.loadgen import LoadError, open_loop
+
+__all__ = ["ServeError", "TenantSpec", "parse_tenant", "serve", "POLICIES", "SLO_FACTORS"]
+
+POLICIES = tuple(p.name.lower() for p in Policy)
+#: SLO attainment is reported at these multiples of the tenant's isolated latency.
+SLO_FACTORS = (2, 5, 10)
+#: Different input batches each tenant's requests go round.
+INPUTS = 2
+
+
+class ServeError(ValueError):
+    """Bad serving input (tenant, load, sizes); the message names the value."""
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """A tenant as given: a model and, optionally, its vNPU's engines and priority."""
+    model: str
+    n_me: int | None = None
+    n_ve: int | None = None
+    priority: int = 0
+
+
+def parse_tenant(text):
+    """'MODEL' or 'MODEL:ME,VE' -> TenantSpec; ServeError names what is wrong."""
+    model, colon, size = text.partition(":")
+    if model not in MODELS:
+        raise ServeError(f"tenant {text!r}: unknown model {model!r}; expected one of "
+                         f"{', '.join(MODELS)}")
+    if not colon:
+        return TenantSpec(model)
+    try:
+        n_me, n_ve = (int(part) for part in size.split(","))
+    except ValueError:
+        raise ServeError(f"tenant {text!r}: expected MODEL:ME,VE (e.g. {model}:2,2)") from None
+    return TenantSpec(model, n_me, n_ve)
+
+
+@dataclass
+class _Tenant:
+    """A compiled tenant: its program, per input its HBM image and expected output."""
+    name: str
+    spec: TenantSpec
+    words: list
+    images: list                   # per input: [(address, words)] relative to a slot
+    expected: list                 # per input: the output words, flat
+    output: tuple                  # (address, count) of the output in a slot
+    spad_rows: int
+    slot_words: int
+    n_me: int
+    n_ve: int
+
+
+def _compile(config, specs, seed):
+    tenants = []
+    for index, spec in enumerate(specs):
+        try:
+            models = [compile_model(spec.model, config, seed=seed, batch=b) for b in range(INPUTS)]
+        except CompileError as error:
+            raise ServeError(f"tenant {index} ({spec.model}): {error}") from None
+        words = models[0].program.words
+        if any(m.program.words != words for m in models[1:]):
+            raise ServeError(f"{spec.model}: the program depends on its input; it cannot serve "
+                             f"different inputs")
+        graph = models[0].graph
+        region, _ = graph.outputs[spec.model]
+        images = []
+        for m in models:
+            g = m.graph
+            images.append(list(g.builder.hbm_image.items())
+                          + [(r.start, v.reshape(-1)) for r, v in g.inputs.values()])
+        builder = graph.builder
+        tenants.append(_Tenant(f"{spec.model}{index}", spec, words, images,
+                               [m.expected.reshape(-1).astype(np.int64) for m in models],
+                               (region.start, region.size), max(1, builder.spad_peak),
+                               max(1, builder.hbm_top), spec.n_me, spec.n_ve))
+    return tenants
+
+
+def _size(config, tenants):
+    """Engines for tenants given without a size: the allocator's choice (lowest latency
+    bound) within an equal share of each engine type; all must fit side by side."""
+    share = config.replace(n_me=max(1, config.n_me // len(tenants)),
+                           n_ve=max(1, config.n_ve // len(tenants)))
+    for tenant in tenants:
+        if tenant.n_me is None:
+            try:
+                choice = allocate(estimate(tenant.words, config), share,
+                                  budget=share.n_me + share.n_ve)
+            except AllocationError as error:
+                raise ServeError(f"{tenant.name}: {error}") from None
+            tenant.n_me, tenant.n_ve = choice.n_me, choice.n_ve
+    for kind, total in (("me", config.n_me), ("ve", config.n_ve)):
+        wanted = sum(getattr(t, f"n_{kind}") for t in tenants)
+        if wanted > total:
+            sizes = " ".join(f"{t.spec.model}:{t.n_me},{t.n_ve}" for t in tenants)
+            raise ServeError(f"the vNPUs ({sizes}) need {wanted} {kind.upper()}s side by side; "
+                             f"this NPU has {total}")
+
+
+def _stream(config, tenants, arrivals, policy, backend, *, time_slice=None, max_cycles,
+            progress=None):
+    """Run ``arrivals`` ((cycle, tenant index)) on vNPUs of ``tenants``; returns (RunResult,
+    RequestResults, per request whether its output is bit-exact, the vNPUs)."""
+    slots = config.queue_depth + 2
+    device = Device(config, backend, policy, time_slice=time_slice,
+                    **({"progress": progress} if progress else {}))
+    try:
+        vnpus = [device.create(t.n_me, t.n_ve, t.spad_rows, slots * t.slot_words,
+                               priority=t.spec.priority, name=t.name) for t in tenants]
+    except MappingError as error:
+        raise ServeError(str(error)) from None
+    driver = device.driver({t.name: t.words for t in tenants},
+                           windows={t.name: t.slot_words for t in tenants})
+    for tenant, vnpu in zip(tenants, vnpus):
+        for slot in range(slots):
+            base = vnpu.hbm.base + slot * tenant.slot_words
+            for address, values in tenant.images[slot % INPUTS]:
+                driver.write_hbm(base + address, values)
+    count = [0] * len(tenants)
+    offsets, outputs, slot_of = [], [], []
+    for _, t in arrivals:
+        slot = count[t] % slots
+        count[t] += 1
+        tenant, vnpu = tenants[t], vnpus[t]
+        offsets.append(slot * tenant.slot_words)
+        start, size = tenant.output
+        outputs.append((vnpu.hbm.base + slot * tenant.slot_words + start, size))
+        slot_of.append(slot)
+    run, requests = driver.serve([(cycle, vnpus[t].ctx) for cycle, t in arrivals],
+                                 offsets=offsets, outputs=outputs, max_cycles=max_cycles)
+    exact = [r.output is not None and np.array_equal(r.output, tenants[t].expected[slot % INPUTS])
+             for r, (_, t), slot in zip(requests, arrivals, slot_of)]
+    return run, requests, exact, vnpus
+
+
+@dataclass
+class Isolated:
+    latency: int                   # cycles of a request that finds the NPU idle
+    service: float                 # cycles between back-to-back requests
+
+
+def _isolated(config, tenant, backend, max_cycles):
+    run, requests, exact, _ = _stream(config, [tenant], [(0, 0)] * 3, "static", backend,
+                                      max_cycles=max_cycles)
+    if run.timed_out or not all(exact) or any(r.faulted or r.end is None for r in requests):
+        raise ServeError(f"{tenant.name} alone on its vNPU did not serve 3 requests cleanly")
+    return Isolated(requests[0].latency, (requests[2].end - requests[0].end) / 2)
+
+
+def _percentile(values, q):
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass
+class TenantReport:
+    name: str
+    model: str
+    n_me: int
+    n_ve: int
+    requests: int
+    completed: int
+    refused: int
+    faulted: int
+    wrong: int                     # completed with an output that is not bit-exact
+    throughput: float              # completed requests per million cycles
+    latency_mean: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    latency_p99_us: float | None
+    isolated_latency: int
+    isolated_service: float
+    slo: dict                      # factor -> fraction of requests within factor x isolated
+    utilization_own: dict          # "me"/"ve" -> busy cycles on its own engines / (own x span)
+    harvested_engine_cycles: int   # its µTOps' cycles on MEs/VEs other tenants own
+    ntt: float | None              # mean latency / isolated latency
+
+
+@dataclass
+class PointReport:
+    policy: str
+    load: float
+    seed: int
+    backend: str
+    cycles: int                    # the stream's span: first arrival to last end
+    timed_out: bool
+    utilization: dict              # pNPU: "me"/"ve"/"dma" busy / (engines x span)
+    stp: float                     # sum over tenants of throughput / isolated throughput
+    antt: float | None
+    exact: bool                    # every completed request's output bit-exact
+    tenants: list = field(default_factory=list)
+    #: What went wrong, one line each (faulted requests, wrong outputs, a timeout): a point
+    #: with problems is reported, never averaged in as if it were fine.
+    problems: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *, policy,
+            load, seed, backend):
+    ends = [r.end for r in requests if r.end is not None]
+    span = max(ends, default=0)
+    n = config.n_me + config.n_ve
+    busy = {"me": run.engines[:config.n_me], "ve": run.engines[config.n_me:n],
+            "dma": run.engines[n:]}
+    utilization = {kind: sum(e["BUSY"] for e in engines) / (len(engines) * span) if span else 0.0
+                   for kind, engines in busy.items()}
+    reports = []
+    for t, (tenant, alone, vnpu) in enumerate(zip(tenants, isolated, vnpus)):
+        mine = [(r, ok) for r, ok, (_, who) in zip(requests, exact, arrivals) if who == t]
+        done = [(r, ok) for r, ok in mine if r.end is not None and not r.faulted]
+        latencies = [r.latency for r, _ in done]
+        own, harvested = {}, 0
+        for kind, first, count, mask in (("me", 0, config.n_me, vnpu.me_mask),
+                                         ("ve", config.n_me, config.n_ve, vnpu.ve_mask)):
+            cycles = [run.engines[first + e][f"BUSY_CTX{vnpu.ctx}"] for e in range(count)]
+            owned = [e for e in range(count) if mask >> e & 1]
+            own[kind] = (sum(cycles[e] for e in owned) / (len(owned) * span)
+                         if owned and span else 0.0)
+            harvested += sum(c for e, c in enumerate(cycles) if not mask >> e & 1)
+        mean = float(np.mean(latencies)) if latencies else None
+        reports.append(TenantReport(
+            tenant.name, tenant.spec.model, vnpu.n_me, vnpu.n_ve, len(mine), len(done),
+            sum(r.refused is not None for r, _ in mine), sum(r.faulted for r, _ in mine),
+            sum(not ok for _, ok in done), len(done) / span * 1e6 if span else 0.0, mean,
+            _percentile(latencies, 50), _percentile(latencies, 95), _percentile(latencies, 99),
+            None if not latencies else _percentile(latencies, 99) / config.clock_mhz,
+            alone.latency, alone.service,
+            {f: sum(lat <= f * alone.latency for lat in latencies) / len(mine) for f in SLO_FACTORS},
+            own, harvested, None if mean is None else mean / alone.latency))
+    stp = sum(r.throughput / (1e6 / alone.service) for r, alone in zip(reports, isolated))
+    ntts = [r.ntt for r in reports if r.ntt is not None]
+    problems = [f"still running after {run.cycles} cycles"] if run.timed_out else []
+    for index, (r, ok, (_, t)) in enumerate(zip(requests, exact, arrivals)):
+        what = ("faulted" if r.faulted else "did not end" if r.end is None and not r.refused
+                else "output differs from the reference" if not r.refused and not ok else None)
+        if what:
+            problems.append(f"request {index} of {tenants[t].name} (arrived at cycle "
+                            f"{r.arrival}): {what}")
+    return PointReport(policy, load, seed, backend, span, run.timed_out, utilization, stp,
+                       float(np.mean(ntts)) if ntts else None,
+                       all(ok for r, ok in zip(requests, exact) if r.end is not None
+                           and not r.faulted), reports, problems)
+
+
+def serve(config, specs, *, policies=("harvest",), load=0.6, requests=100, seed=1,
+          backend="verilator", time_slice=None, max_cycles=None, progress=None):
+    """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``,
+    ``requests`` per tenant. Returns a PointReport per policy."""
+    if not specs:
+        raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
+    if len(specs) > config.n_ctx:
+        raise ServeError(f"{len(specs)} tenants; this NPU has {config.n_ctx} contexts")
+    if not isinstance(load, (int, float)) or not load > 0:
+        raise ServeError(f"load must be > 0 (a fraction of each tenant's isolated saturation "
+                         f"throughput), not {load!r}")
+    if not isinstance(requests, int) or requests < 1:
+        raise ServeError(f"requests must be a positive integer per tenant, not {requests!r}")
+    for policy in policies:
+        if policy not in POLICIES:
+            raise ServeError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    tenants = _compile(config, specs, seed)
+    _size(config, tenants)
+    alone_cycles = max_cycles or 50 * max(t.slot_words for t in tenants) + 1_000_000
+    try:
+        isolated = [_isolated(config, t, backend, alone_cycles) for t in tenants]
+        rates = [load / alone.service for alone in isolated]
+        arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, requests, seed=seed))
+        budget = max_cycles or int(2 * arrivals[-1][0] + 4 * requests * max(
+            alone.service for alone in isolated)) + 100_000
+        points = []
+        for policy in policies:
+            run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,
+                                                 time_slice=time_slice, max_cycles=budget,
+                                                 progress=progress)
+            points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
+                                  vnpus, policy=policy, load=load, seed=seed, backend=backend))
+    except (DriverError, LoadError) as error:
+        raise ServeError(str(error)) from None
+    return points
+
+
+def format_points(points):
+    """A table per point: one row per tenant, then the NPU's figures."""
+    lines = []
+    for p in points:
+        lines.append(f"policy {p.policy} at load {p.load:g} (seed {p.seed}, {p.backend}): "
+                     f"{p.cycles} cycles{' TIMED OUT' if p.timed_out else ''}; utilization ME "
+                     f"{p.utilization['me']:.0%} VE {p.utilization['ve']:.0%} DMA "
+                     f"{p.utilization['dma']:.0%}; STP {p.stp:.2f}"
+                     + (f", ANTT {p.antt:.2f}" if p.antt is not None else "")
+                     + ("; every output bit-exact" if p.exact else "; OUTPUTS WRONG"))
+        lines.append(f"  {'tenant':<10} {'vNPU':>5} {'done':>9} {'req/Mcyc':>9} {'mean':>8} "
+                     f"{'p50':>8} {'p95':>8} {'p99':>8} {'alone':>7} "
+                     + " ".join(f"{f'SLO{f}x':>6}" for f in SLO_FACTORS)
+                     + f" {'own ME/VE':>10} {'harvested':>9}")
+        for t in p.tenants:
+            def cycles(value):
+                return f"{value:>8.0f}" if value is not None else f"{'-':>8}"
+            lines.append(
+                f"  {t.name:<10} {f'{t.n_me},{t.n_ve}':>5} {f'{t.completed}/{t.requests}':>9} "
+                f"{t.throughput:>9.1f} {cycles(t.latency_mean)} {cycles(t.latency_p50)} "
+                f"{cycles(t.latency_p95)} {cycles(t.latency_p99)} {t.isolated_latency:>7} "
+                + " ".join(f"{t.slo[f]:>6.0%}" for f in SLO_FACTORS)
+                + f" {t.utilization_own['me']:>4.0%}/{t.utilization_own['ve']:<4.0%} "
+                f"{t.harvested_engine_cycles:>9}"
+                + (f"  ({t.refused} refused)" if t.refused else ""))
+        lines += [f"  PROBLEM: {problem}" for problem in p.problems[:10]]
+        if len(p.problems) > 10:
+            lines.append(f"  ... and {len(p.problems) - 10} more problems")
+    return "\n".join(lines)
