@@ -10,7 +10,7 @@ from isa.asm import assemble
 from isa.config import NPUConfig
 from runtime.host.allocator import AllocationError, Profile, allocate, estimate
 from runtime.apps.cli import main
-from runtime.host.execute import execute
+from runtime.apps.inference import execute
 from runtime.compiler.graph import Graph, Image
 from runtime.compiler.models import MODELS, accuracy, compile_model
 from runtime.compiler.builder import CompileError

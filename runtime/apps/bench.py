@@ -189,7 +189,7 @@ def bench_runtime(config, backend="verilator", size=256):
     """Compile time per model; end-to-end ME utilization of a size^3 int8 matmul with
     every ME (DMA of A, B and C included); the same model on 1, 2 and all MEs."""
     import numpy as np
-    from runtime.host.execute import execute
+    from .inference import execute
     from .matmul import matmul
     from runtime.compiler.models import MODELS, compile_model
     compile_seconds = {name: compile_model(name, config).compile_seconds for name in MODELS}
@@ -220,7 +220,7 @@ def bench_colocation(config, backend="verilator", pair=("bert", "resnet"), vnpu=
     under every policy. Per tenant: cycles, slowdown against alone, cycles waiting for an
     engine, µTOps preempted; STP = sum of alone / co-located."""
     import numpy as np
-    from runtime.host.execute import run_models
+    from .inference import run_models
     from runtime.compiler.models import compile_model
     models = [compile_model(name, config) for name in pair]
     alone = []

@@ -280,7 +280,8 @@ def cmd_demo(args):
 def cmd_serve(args):
     import dataclasses
     import json
-    from .serve import POLICIES, ServeError, format_points, parse_tenant, serve
+    from runtime.host.driver import POLICIES
+    from .serve import ServeError, format_points, parse_tenant, serve
     config = _config(args.config)
     try:
         specs = [parse_tenant(text) for text in args.tenants]
@@ -299,8 +300,9 @@ def cmd_serve(args):
         def progress(cycles):
             print(f"  ... {cycles} cycles simulated", file=sys.stderr, flush=True)
 
-        points = serve(config, specs, policies=policies, load=args.load, requests=args.requests,
-                       seed=args.seed, backend=args.backend, time_slice=args.time_slice,
+        points = serve(config, specs, policies=policies, load=args.load, closed=args.closed,
+                       requests=args.requests, seed=args.seed, backend=args.backend,
+                       time_slice=args.time_slice,
                        progress=progress if args.backend == "pysim" and not args.json else None)
     except ServeError as error:
         raise UsageError(str(error)) from None
@@ -411,6 +413,8 @@ def build_parser():
                                                            "v10", "all"])
     p.add_argument("--load", type=float, default=0.6, help="arrival rate as a fraction of "
                    "each tenant's isolated saturation throughput (default 0.6)")
+    p.add_argument("--closed", type=int, metavar="N", help="closed loop instead: N requests "
+                   "of each tenant outstanding (saturated throughput)")
     p.add_argument("--requests", type=int, default=100, help="requests per tenant (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seed of the arrivals (default 1)")
     p.add_argument("--priority", metavar="P,P,..", help="each tenant's priority, 0..15 "

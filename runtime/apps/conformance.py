@@ -48,12 +48,11 @@ from isa.encoding import Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
 from isa.regmap import Status
 from runtime.host.device import Device
+from runtime.host.driver import BACKENDS
 
 __all__ = ["CaseError", "Case", "load_case", "run_case", "default_case_paths", "BACKENDS",
            "BackendUnavailable", "CaseOutcome"]
 
-#: Backends a case can run on.
-BACKENDS = ("golden", "pysim", "verilator")
 CASE_DIR = Path(__file__).resolve().parents[2] / "sim_tests" / "conformance"
 #: Differing values of one expected block that a failure lists (it counts them all).
 SHOWN_MISMATCHES = 4

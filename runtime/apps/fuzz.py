@@ -46,14 +46,12 @@ from isa.encoding import (BY_MNEMONIC, INSTRUCTIONS, DecodeError, Engine, Fault,
                           encode_program)
 from isa.golden import ContextSpec, GoldenNPU, Segment, loop_operands
 from runtime.backends import script as ops
-from runtime.host.driver import Driver, DriverError, make_backend
+from runtime.host.driver import BACKENDS, POLICIES, Driver, DriverError, make_backend
 
 __all__ = ["POLICIES", "BACKENDS", "CHECKS", "FuzzError", "FuzzCase", "RunOutcome",
            "FuzzFailure", "FuzzReport", "random_program", "hostile_program", "victim_program",
            "make_case", "run_case", "run_campaign"]
 
-POLICIES = ("static", "harvest", "temporal", "v10")
-BACKENDS = ("golden", "pysim", "verilator")
 
 #: Loop iterations times rows per iteration that one hostile program may ask for in total
 #: (longer loops are shortened): keeps a run to thousands of cycles.

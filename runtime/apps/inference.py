@@ -1,4 +1,5 @@
-"""One inference of a model on a vNPU: compile, size the vNPU, run, check, report.
+"""Models on vNPUs: one inference (compile, size the vNPU, run, check, report), and
+compiled models run alone or side by side (`execute`, `run_models`).
 
 The report carries the latency in cycles, the utilization of the vNPU's engines, whether
 the output equals the compiler's integer reference bit for bit, and the accuracy of the
@@ -9,11 +10,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from runtime.host.allocator import allocate, estimate, measured
-from runtime.host.execute import execute
 from runtime.compiler.models import accuracy, compile_model
+from runtime.host.allocator import allocate, estimate, measured
+from runtime.host.execute import run_tenants
 
-__all__ = ["InferenceReport", "infer", "parse_vnpu"]
+__all__ = ["InferenceReport", "infer", "parse_vnpu", "execute", "run_models"]
 
 
 @dataclass
@@ -94,3 +95,57 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
                               "ve": busy.ve / (n_ve * run.makespan),
                               "dma": busy.dma / (config.n_dma * run.makespan)}
     return report
+
+
+def _host_image(graph):
+    """(HBM address, words) the host writes before a run: weights and inputs."""
+    return list(graph.builder.hbm_image.items()) + [
+        (region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
+
+
+def _outputs(graph):
+    """(name, region, tensor) of each output of a compiled graph."""
+    return [(name, region, x) for name, (region, x) in graph.outputs.items()]
+
+
+def _as_tensor(graph, x, words):
+    """Output words read back from HBM as the rows x padded columns of tensor ``x``."""
+    return words.astype(np.int64).reshape(x.rows, x.tiles * graph.lanes)
+
+
+def _tenant(model_graph, program, n_me, n_ve, whole=False):
+    builder = model_graph.builder
+    spad_rows, hbm_words = ((builder.spad_rows, builder.hbm_words) if whole else
+                            (max(1, builder.spad_peak), max(1, builder.hbm_top)))
+    return (program.words, n_me, n_ve, spad_rows, hbm_words, _host_image(model_graph),
+            [(region.start, region.size) for _, region, _ in _outputs(model_graph)])
+
+
+def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
+            max_cycles=20_000_000, progress=None):
+    """Run a compiled graph on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) under
+    ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult).
+    ``progress(cycles)`` is called during long pysim runs."""
+    [values], run = run_tenants(graph.config, [_tenant(graph, program, n_me, n_ve, whole=True)],
+                                backend=backend, policy=policy, max_cycles=max_cycles,
+                                progress=progress, names=["the program"])
+    return {name: _as_tensor(graph, x, words)
+            for (name, _, x), words in zip(_outputs(graph), values)}, run
+
+
+def run_models(config, tenants, *, backend="verilator", policy="harvest",
+               max_cycles=20_000_000):
+    """Run compiled models side by side: ``tenants`` are (CompiledModel, n_me, n_ve), each
+    on its own vNPU with segments sized to its program. Returns (each tenant's output as
+    rows x cols, the driver's RunResult)."""
+    runs = [_tenant(model.graph, model.program, n_me, n_ve) for model, n_me, n_ve in tenants]
+    values, run = run_tenants(config, runs, backend=backend, policy=policy,
+                              max_cycles=max_cycles,
+                              names=[f"{model.name}{i}" for i, (model, _, _) in
+                                     enumerate(tenants)])
+    outputs = []
+    for (model, _, _), words in zip(tenants, values):
+        index = list(model.graph.outputs).index(model.name)
+        _, _, x = _outputs(model.graph)[index]
+        outputs.append(_as_tensor(model.graph, x, words[index]))
+    return outputs, run

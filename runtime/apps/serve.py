@@ -27,17 +27,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from isa.regmap import Policy
 from runtime.compiler.builder import CompileError
 from runtime.compiler.models import MODELS, compile_model
 from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
-from runtime.host.driver import DriverError
+from runtime.host.driver import POLICIES, DriverError
 from runtime.host.loadgen import LoadError, open_loop
 
-__all__ = ["ServeError", "TenantSpec", "parse_tenant", "serve", "POLICIES", "SLO_FACTORS"]
+__all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
+           "closed_loop", "format_points", "SLO_FACTORS"]
 
-POLICIES = tuple(p.name.lower() for p in Policy)
 #: SLO attainment is reported at these multiples of the tenant's isolated latency.
 SLO_FACTORS = (2, 5, 10)
 #: Different input batches each tenant's requests go round.
@@ -134,9 +133,10 @@ def _size(config, tenants):
                              f"this NPU has {total}")
 
 
-def _stream(config, tenants, arrivals, policy, backend, *, time_slice=None, max_cycles,
-            progress=None):
-    """Run ``arrivals`` ((cycle, tenant index)) on vNPUs of ``tenants``; returns (RunResult,
+def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slice=None,
+            max_cycles, progress=None):
+    """Run ``arrivals`` ((cycle, tenant index); with ``after``, closed-loop requests arrive
+    when an earlier one completes) on vNPUs of ``tenants``; returns (RunResult,
     RequestResults, per request whether its output is bit-exact, the vNPUs)."""
     slots = config.queue_depth + 2
     device = Device(config, backend, policy, time_slice=time_slice,
@@ -164,7 +164,8 @@ def _stream(config, tenants, arrivals, policy, backend, *, time_slice=None, max_
         outputs.append((vnpu.hbm.base + slot * tenant.slot_words + start, size))
         slot_of.append(slot)
     run, requests = driver.serve([(cycle, vnpus[t].ctx) for cycle, t in arrivals],
-                                 offsets=offsets, outputs=outputs, max_cycles=max_cycles)
+                                 offsets=offsets, outputs=outputs, after=after,
+                                 max_cycles=max_cycles)
     exact = [r.output is not None and np.array_equal(r.output, tenants[t].expected[slot % INPUTS])
              for r, (_, t), slot in zip(requests, arrivals, slot_of)]
     return run, requests, exact, vnpus
@@ -199,7 +200,7 @@ class TenantReport:
     refused: int
     faulted: int
     wrong: int                     # completed with an output that is not bit-exact
-    throughput: float              # completed requests per million cycles
+    throughput: float              # completed requests per million cycles, up to its last end
     latency_mean: float | None
     latency_p50: float | None
     latency_p95: float | None
@@ -216,7 +217,8 @@ class TenantReport:
 @dataclass
 class PointReport:
     policy: str
-    load: float
+    load: float | None             # open loop: the arrival rate / isolated throughput
+    closed: int | None             # closed loop: requests of each tenant outstanding
     seed: int
     backend: str
     cycles: int                    # the stream's span: first arrival to last end
@@ -235,7 +237,7 @@ class PointReport:
 
 
 def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *, policy,
-            load, seed, backend):
+            load, closed, seed, backend):
     ends = [r.end for r in requests if r.end is not None]
     span = max(ends, default=0)
     n = config.n_me + config.n_ve
@@ -257,10 +259,12 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
                          if owned and span else 0.0)
             harvested += sum(c for e, c in enumerate(cycles) if not mask >> e & 1)
         mean = float(np.mean(latencies)) if latencies else None
+        # Its own span (a closed loop's tenants finish at different times).
+        own_span = max((r.end for r, _ in done), default=0)
         reports.append(TenantReport(
             tenant.name, tenant.spec.model, vnpu.n_me, vnpu.n_ve, len(mine), len(done),
             sum(r.refused is not None for r, _ in mine), sum(r.faulted for r, _ in mine),
-            sum(not ok for _, ok in done), len(done) / span * 1e6 if span else 0.0, mean,
+            sum(not ok for _, ok in done), len(done) / own_span * 1e6 if own_span else 0.0, mean,
             _percentile(latencies, 50), _percentile(latencies, 95), _percentile(latencies, 99),
             None if not latencies else _percentile(latencies, 99) / config.clock_mhz,
             alone.latency, alone.service,
@@ -275,21 +279,41 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
         if what:
             problems.append(f"request {index} of {tenants[t].name} (arrived at cycle "
                             f"{r.arrival}): {what}")
-    return PointReport(policy, load, seed, backend, span, run.timed_out, utilization, stp,
+    return PointReport(policy, load, closed, seed, backend, span, run.timed_out, utilization, stp,
                        float(np.mean(ntts)) if ntts else None,
                        all(ok for r, ok in zip(requests, exact) if r.end is not None
                            and not r.faulted), reports, problems)
 
 
-def serve(config, specs, *, policies=("harvest",), load=0.6, requests=100, seed=1,
-          backend="verilator", time_slice=None, max_cycles=None, progress=None):
-    """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``,
+def closed_loop(n_tenants, outstanding, requests):
+    """Arrivals ((cycle or None, tenant)) and ``after`` of a closed loop: ``outstanding``
+    requests of each tenant at cycle 0, then each next one when the tenant's request
+    ``outstanding`` earlier completes."""
+    arrivals, after, index = [], [], {}
+    for k in range(requests):
+        for t in range(n_tenants):
+            index[t, k] = len(arrivals)
+            timed = k < outstanding
+            arrivals.append((0 if timed else None, t))
+            after.append(None if timed else index[t, k - outstanding])
+    return arrivals, after
+
+
+def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
+          seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None):
+    """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
+    (or, with ``closed``, closed loop with that many requests of each tenant outstanding),
     ``requests`` per tenant. Returns a PointReport per policy."""
     if not specs:
         raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
     if len(specs) > config.n_ctx:
         raise ServeError(f"{len(specs)} tenants; this NPU has {config.n_ctx} contexts")
-    if not isinstance(load, (int, float)) or not load > 0:
+    if closed is not None:
+        if not isinstance(closed, int) or isinstance(closed, bool) or closed < 1:
+            raise ServeError(f"closed loop: outstanding requests must be a positive integer, "
+                             f"not {closed!r}")
+        load = None
+    elif not isinstance(load, (int, float)) or isinstance(load, bool) or not load > 0:
         raise ServeError(f"load must be > 0 (a fraction of each tenant's isolated saturation "
                          f"throughput), not {load!r}")
     if not isinstance(requests, int) or requests < 1:
@@ -302,17 +326,24 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, requests=100, seed=
     alone_cycles = max_cycles or 50 * max(t.slot_words for t in tenants) + 1_000_000
     try:
         isolated = [_isolated(config, t, backend, alone_cycles) for t in tenants]
-        rates = [load / alone.service for alone in isolated]
-        arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, requests, seed=seed))
-        budget = max_cycles or int(2 * arrivals[-1][0] + 4 * requests * max(
-            alone.service for alone in isolated)) + 100_000
+        slowest = max(alone.service for alone in isolated)
+        if closed is None:
+            rates = [load / alone.service for alone in isolated]
+            arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, requests, seed=seed))
+            after = None
+            budget = int(2 * arrivals[-1][0] + 4 * requests * slowest) + 100_000
+        else:
+            arrivals, after = closed_loop(len(tenants), closed, requests)
+            budget = int(4 * requests * len(tenants) * slowest) + 100_000
         points = []
         for policy in policies:
             run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,
-                                                 time_slice=time_slice, max_cycles=budget,
+                                                 after=after, time_slice=time_slice,
+                                                 max_cycles=max_cycles or budget,
                                                  progress=progress)
             points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
-                                  vnpus, policy=policy, load=load, seed=seed, backend=backend))
+                                  vnpus, policy=policy, load=load, closed=closed, seed=seed,
+                                  backend=backend))
     except (DriverError, LoadError) as error:
         raise ServeError(str(error)) from None
     return points
@@ -322,7 +353,8 @@ def format_points(points):
     """A table per point: one row per tenant, then the NPU's figures."""
     lines = []
     for p in points:
-        lines.append(f"policy {p.policy} at load {p.load:g} (seed {p.seed}, {p.backend}): "
+        how = f"load {p.load:g}" if p.closed is None else f"closed loop of {p.closed}"
+        lines.append(f"policy {p.policy} at {how} (seed {p.seed}, {p.backend}): "
                      f"{p.cycles} cycles{' TIMED OUT' if p.timed_out else ''}; utilization ME "
                      f"{p.utilization['me']:.0%} VE {p.utilization['ve']:.0%} DMA "
                      f"{p.utilization['dma']:.0%}; STP {p.stp:.2f}"

@@ -12,7 +12,7 @@ register, written through the host interface by `Device.driver`. Every run of th
 from dataclasses import dataclass
 
 from isa.golden import Segment
-from .driver import Driver
+from .driver import Driver, check_placement
 
 __all__ = ["VNPU", "Device", "MappingError"]
 
@@ -64,11 +64,6 @@ class Device:
             raise MappingError(f"all {cfg.n_ctx} hardware contexts hold vNPUs; destroy one first")
         return min(set(range(cfg.n_ctx)) - {v.ctx for v in self.vnpus})
 
-    @staticmethod
-    def _check_priority(priority):
-        if not isinstance(priority, int) or not 0 <= priority <= 15:
-            raise MappingError(f"vNPU priority must be 0..15, not {priority!r}")
-
     def create(self, n_me, n_ve, spad_rows, hbm_words, *, priority=0, oversubscribe=False,
                name=""):
         """Map a new vNPU of ``n_me`` MEs and ``n_ve`` VEs (the lowest engines no other vNPU
@@ -80,7 +75,6 @@ class Device:
                                    f"{'matrix' if field == 'n_me' else 'vector'} engines")
         if n_me + n_ve == 0:
             raise MappingError("a vNPU needs at least one matrix or vector engine")
-        self._check_priority(priority)
         self._free_context()
         masks = []
         for kind, count, total in (("me", n_me, cfg.n_me), ("ve", n_ve, cfg.n_ve)):
@@ -123,25 +117,14 @@ class Device:
         cfg = self.config
         me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
         ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
-        for kind, mask, total in (("ME", me_mask, cfg.n_me), ("VE", ve_mask, cfg.n_ve)):
-            if not isinstance(mask, int) or not 0 <= mask < 1 << total:
-                raise MappingError(f"vNPU {kind} mask {mask!r} names engines this NPU does not "
-                                   f"have ({total})")
         if me_mask == ve_mask == 0:
             raise MappingError("a vNPU needs at least one matrix or vector engine")
-        self._check_priority(priority)
-        for kind, segment, total in (("scratchpad", spad, cfg.spad_rows),
-                                     ("HBM", hbm, cfg.hbm_words)):
-            if segment.base < 0 or segment.size < 0 or segment.base + segment.size > total:
-                raise MappingError(f"vNPU {kind} segment base={segment.base} size={segment.size} "
-                                   f"does not fit in {total}")
-        for other in self.vnpus:
-            for kind, mine, theirs in (("scratchpad", spad, other.spad), ("HBM", hbm, other.hbm)):
-                if mine.overlaps(theirs):
-                    raise MappingError(f"vNPU {kind} segment base={mine.base} size={mine.size} "
-                                       f"overlaps {other.name}'s (base={theirs.base} "
-                                       f"size={theirs.size})")
+        check_placement(cfg, f"vNPU {name}" if name else "vNPU", spad, hbm, me_mask, ve_mask,
+                        priority, {v.name: (v.spad, v.hbm) for v in self.vnpus},
+                        error=MappingError)
         ctx = self._free_context()
+        if name and any(v.name == name for v in self.vnpus):
+            raise MappingError(f"a vNPU named {name!r} is already mapped on this device")
         vnpu = VNPU(me_mask.bit_count(), ve_mask.bit_count(), spad.size, hbm.size, priority,
                     name or f"vnpu{ctx}", ctx, me_mask, ve_mask, spad, hbm)
         self.vnpus.append(vnpu)
@@ -157,6 +140,10 @@ class Device:
         by vNPU name: 64-bit words) and registers loaded. ``windows`` (by vNPU name) narrows
         the HBM a context sees to that many words from its segment's base: its requests'
         doorbell offsets then move the window within the vNPU's segment."""
+        unknown = set(programs) - {v.name for v in self.vnpus}
+        if unknown:
+            raise MappingError(f"programs for vNPUs this device does not hold: "
+                               f"{', '.join(sorted(unknown))}")
         driver = Driver(self.config, self.backend, **self.backend_options)
         if self.policy is not None:
             driver.set_policy(self.policy)

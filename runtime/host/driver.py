@@ -19,10 +19,12 @@ from isa.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Access, HostErr
 from runtime.backends import script as ops
 
 __all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError", "BACKENDS",
-           "make_backend"]
+           "POLICIES", "make_backend", "check_placement"]
 
 #: Backend names accepted everywhere a backend can be chosen.
 BACKENDS = ("golden", "pysim", "verilator")
+#: Sharing policies by name, in POLICY register order.
+POLICIES = tuple(policy.name.lower() for policy in Policy)
 
 
 class DriverError(ValueError):
@@ -104,6 +106,31 @@ class RequestResult:
         return None if self.end is None else self.end - self.arrival
 
 
+def check_placement(config, who, spad, hbm, me_mask, ve_mask, priority, others,
+                    error=DriverError):
+    """Raise ``error`` naming ``who`` for settings this NPU cannot hold: a segment that runs
+    past the end of its memory or overlaps one of ``others`` (name -> (spad, hbm)), an
+    engine mask naming engines it does not have, a priority outside 0..15."""
+    for name, segment, total in (("scratchpad", spad, config.spad_rows),
+                                 ("HBM", hbm, config.hbm_words)):
+        if (not _is_int(segment.base) or not _is_int(segment.size) or segment.base < 0
+                or segment.size < 0 or segment.base + segment.size > total):
+            raise error(f"{who}: {name} segment base={segment.base!r} size={segment.size!r} "
+                        f"does not fit in {total}")
+    for other, (other_spad, other_hbm) in others.items():
+        for name, mine, theirs in (("scratchpad", spad, other_spad), ("HBM", hbm, other_hbm)):
+            if mine.overlaps(theirs):
+                raise error(f"{who}: {name} segment base={mine.base} size={mine.size} overlaps "
+                            f"{other}'s (base={theirs.base} size={theirs.size}); tenants' "
+                            f"segments must be disjoint")
+    for name, mask, count in (("ME", me_mask, config.n_me), ("VE", ve_mask, config.n_ve)):
+        if not _is_int(mask) or not 0 <= mask < 1 << count:
+            raise error(f"{who}: {name} mask {mask!r} names engines this NPU does not have "
+                        f"({count})")
+    if not _is_int(priority) or not 0 <= priority <= 15:
+        raise error(f"{who}: priority must be 0..15, not {priority!r}")
+
+
 def make_backend(name, config, **options):
     """A backend by name; ``options`` are the backend's own (e.g. vcd, trace, progress)."""
     if name == "golden":
@@ -134,7 +161,6 @@ class Driver:
         self.script = []
         self.loaded = []
         self.segments = {}            # ctx -> (spad, hbm) of every loaded context
-        self.policy = Policy.HARVEST
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -152,7 +178,6 @@ class Driver:
         except (KeyError, ValueError):
             raise DriverError(f"unknown policy {policy!r}; expected one of "
                               f"{', '.join(p.name.lower() for p in Policy)}") from None
-        self.policy = policy
         self._csr("POLICY", policy)
 
     def set_time_slice(self, cycles):
@@ -169,27 +194,11 @@ class Driver:
         if len(program) > cfg.imem_words:
             raise DriverError(f"context {ctx}: program of {len(program)} words exceeds "
                               f"imem_words={cfg.imem_words}")
-        for name, segment, total in (("scratchpad", spad, cfg.spad_rows),
-                                     ("HBM", hbm, cfg.hbm_words)):
-            if (not _is_int(segment.base) or not _is_int(segment.size) or segment.base < 0
-                    or segment.size < 0 or segment.base + segment.size > total):
-                raise DriverError(f"context {ctx}: {name} segment base={segment.base!r} "
-                                  f"size={segment.size!r} does not fit in {total}")
-        for other, (other_spad, other_hbm) in self.segments.items():
-            for name, mine, theirs in (("scratchpad", spad, other_spad), ("HBM", hbm, other_hbm)):
-                if other != ctx and mine.overlaps(theirs):
-                    raise DriverError(
-                        f"context {ctx}: {name} segment base={mine.base} size={mine.size} "
-                        f"overlaps context {other}'s (base={theirs.base} size={theirs.size}); "
-                        f"tenants' segments must be disjoint")
         me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
         ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
-        for name, mask, count in (("ME", me_mask, cfg.n_me), ("VE", ve_mask, cfg.n_ve)):
-            if not 0 <= mask < 1 << count:
-                raise DriverError(f"context {ctx}: {name} mask 0x{mask:x} names engines this NPU "
-                                  f"does not have ({count})")
-        if not _is_int(priority) or not 0 <= priority <= 15:
-            raise DriverError(f"context {ctx}: priority must be 0..15, not {priority!r}")
+        check_placement(cfg, f"context {ctx}", spad, hbm, me_mask, ve_mask, priority,
+                        {f"context {other}": segments for other, segments in
+                         self.segments.items() if other != ctx})
         for address, word in enumerate(program):
             self.script.append(ops.CsrWrite(IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
         for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad.base),

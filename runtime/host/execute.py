@@ -1,5 +1,5 @@
-"""Run compiled programs on vNPUs: the host places each one's HBM image, starts them, reads
-the outputs. Every backend goes the same way (device, driver, host script); on ``golden``
+"""Run programs on vNPUs: the host places each one's HBM image, starts them, reads the
+outputs. Every backend goes the same way (device, driver, host script); on ``golden``
 (the ISA's numpy model) the race check is on, so a program that races or is wrongly
 flagged restartable is refused before any RTL runs it."""
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from .device import Device
 
-__all__ = ["ExecutionError", "execute", "run_program", "run_tenants", "run_models"]
+__all__ = ["ExecutionError", "run_program", "run_tenants"]
 
 
 class ExecutionError(RuntimeError):
@@ -75,57 +75,3 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
     run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles)
     _check(run, names)
     return [[run.hbm[key].astype(np.int64) for key in tenant] for tenant in reads], run
-
-
-def _host_image(graph):
-    """(HBM address, words) the host writes before a run: weights and inputs."""
-    return list(graph.builder.hbm_image.items()) + [
-        (region.start, values.reshape(-1)) for region, values in graph.inputs.values()]
-
-
-def _outputs(graph):
-    """(name, region, tensor) of each output of a compiled graph."""
-    return [(name, region, x) for name, (region, x) in graph.outputs.items()]
-
-
-def _as_tensor(graph, x, words):
-    """Output words read back from HBM as the rows x padded columns of tensor ``x``."""
-    return words.astype(np.int64).reshape(x.rows, x.tiles * graph.lanes)
-
-
-def _tenant(model_graph, program, n_me, n_ve, whole=False):
-    builder = model_graph.builder
-    spad_rows, hbm_words = ((builder.spad_rows, builder.hbm_words) if whole else
-                            (max(1, builder.spad_peak), max(1, builder.hbm_top)))
-    return (program.words, n_me, n_ve, spad_rows, hbm_words, _host_image(model_graph),
-            [(region.start, region.size) for _, region, _ in _outputs(model_graph)])
-
-
-def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
-            max_cycles=20_000_000, progress=None):
-    """Run a compiled graph on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) under
-    ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult).
-    ``progress(cycles)`` is called during long pysim runs."""
-    [values], run = run_tenants(graph.config, [_tenant(graph, program, n_me, n_ve, whole=True)],
-                                backend=backend, policy=policy, max_cycles=max_cycles,
-                                progress=progress, names=["the program"])
-    return {name: _as_tensor(graph, x, words)
-            for (name, _, x), words in zip(_outputs(graph), values)}, run
-
-
-def run_models(config, tenants, *, backend="verilator", policy="harvest",
-               max_cycles=20_000_000):
-    """Run compiled models side by side: ``tenants`` are (CompiledModel, n_me, n_ve), each
-    on its own vNPU with segments sized to its program. Returns (each tenant's output as
-    rows x cols, the driver's RunResult)."""
-    runs = [_tenant(model.graph, model.program, n_me, n_ve) for model, n_me, n_ve in tenants]
-    values, run = run_tenants(config, runs, backend=backend, policy=policy,
-                              max_cycles=max_cycles,
-                              names=[f"{model.name}{i}" for i, (model, _, _) in
-                                     enumerate(tenants)])
-    outputs = []
-    for (model, _, _), words in zip(tenants, values):
-        index = list(model.graph.outputs).index(model.name)
-        _, _, x = _outputs(model.graph)[index]
-        outputs.append(_as_tensor(model.graph, x, words[index]))
-    return outputs, run

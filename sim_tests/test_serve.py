@@ -1,0 +1,96 @@
+"""neu10 serve: tenants' request streams on the RTL, every output checked, the report's figures."""
+
+import json
+
+import pytest
+
+from isa.config import NPUConfig
+from runtime.apps.cli import main
+from runtime.apps.serve import ServeError, TenantSpec, closed_loop, parse_tenant, serve
+
+SMALL = NPUConfig.preset("small")
+
+
+@pytest.fixture(scope="module")
+def points():
+    """ncf and dlrm on the small NPU, open loop, under static and harvest (Verilator)."""
+    return serve(SMALL, [TenantSpec("ncf"), TenantSpec("dlrm")], policies=("static", "harvest"),
+                 load=0.8, requests=8, seed=3)
+
+
+def test_every_request_completes_bit_exact(points):
+    for point in points:
+        assert point.problems == [] and point.exact and not point.timed_out
+        for tenant in point.tenants:
+            assert tenant.requests == tenant.completed == 8
+            assert tenant.refused == tenant.faulted == tenant.wrong == 0
+
+
+def test_the_figures_hang_together(points):
+    static, harvest = points
+    for point in points:
+        assert 0 < point.utilization["me"] <= 1 and 0 < point.utilization["dma"] <= 1
+        for t in point.tenants:
+            assert t.latency_p50 <= t.latency_p95 <= t.latency_p99
+            assert t.latency_p99_us == pytest.approx(t.latency_p99 / SMALL.clock_mhz)
+            assert 0 <= t.slo[2] <= t.slo[5] <= t.slo[10] <= 1
+            assert all(0 <= u <= 1 for u in t.utilization_own.values())
+            # A request that finds the NPU idle takes the isolated latency: none is faster
+            # by more than the host's polling.
+            assert t.latency_p50 >= 0.8 * t.isolated_latency
+            assert t.ntt == pytest.approx(t.latency_mean / t.isolated_latency)
+        assert point.stp == pytest.approx(sum(t.throughput * t.isolated_service / 1e6
+                                              for t in point.tenants))
+    # Static partitioning never runs a tenant's µTOp on another's engine; harvesting does.
+    assert all(t.harvested_engine_cycles == 0 for t in static.tenants)
+    assert sum(t.harvested_engine_cycles for t in harvest.tenants) > 0
+    # Same arrivals for every policy.
+    assert [t.isolated_latency for t in static.tenants] == \
+        [t.isolated_latency for t in harvest.tenants]
+
+
+def test_closed_loop_arrivals():
+    arrivals, after = closed_loop(2, 2, 3)
+    assert arrivals == [(0, 0), (0, 1), (0, 0), (0, 1), (None, 0), (None, 1)]
+    assert after == [None, None, None, None, 0, 1]
+
+
+def test_closed_loop_keeps_the_npu_busier_than_a_light_load():
+    specs = [TenantSpec("ncf", 1, 1), TenantSpec("dlrm", 2, 1)]
+    [closed] = serve(SMALL, specs, closed=2, requests=5)
+    [light] = serve(SMALL, specs, load=0.2, requests=5)
+    assert closed.problems == light.problems == []
+    assert closed.load is None and closed.closed == 2
+    assert closed.stp > light.stp and closed.utilization["ve"] > light.utilization["ve"]
+
+
+def test_cli_json(capsys):
+    assert main(["serve", "ncf:1,1", "--config", "small", "--requests", "3", "--json"]) == 0
+    [point] = json.loads(capsys.readouterr().out)
+    assert point["policy"] == "harvest" and point["exact"]
+    [tenant] = point["tenants"]
+    assert tenant["n_me"] == tenant["n_ve"] == 1 and tenant["completed"] == 3
+
+
+def test_parse_tenant():
+    assert parse_tenant("bert") == TenantSpec("bert")
+    assert parse_tenant("resnet:3,1") == TenantSpec("resnet", 3, 1)
+    with pytest.raises(ServeError, match="unknown model 'vgg'"):
+        parse_tenant("vgg:1,1")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "vgg"], "unknown model 'vgg'"),
+    (["serve", "ncf:two"], "expected MODEL:ME,VE"),
+    (["serve", "resnet:4,2", "bert:2,2"], "need 6 MEs side by side; this NPU has 4"),
+    (["serve", "ncf:0,0"], "at least one matrix or vector engine"),
+    (["serve", "ncf", "--load", "0"], "load must be > 0"),
+    (["serve", "ncf", "--requests", "0"], "requests must be a positive integer"),
+    (["serve", "ncf", "--closed", "0"], "outstanding requests must be a positive integer"),
+    (["serve", "ncf", "dlrm", "--priority", "1"], "expected 2 values from 0 to 15"),
+    (["serve"] + ["ncf"] * 5, "5 tenants; this NPU has 4 contexts"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
