@@ -33,3 +33,14 @@ def test_runtime_figures():
     assert 0.3 < results["matmul64_me_utilization"] <= 1
     assert results["me_scaling"][1] == 1 and results["me_scaling"][2] > 1.2
     assert set(results["compile_seconds"]) == {"ncf", "resnet", "bert", "dlrm"}
+
+
+def test_serving_figures():
+    """The serving point of `make bench`, with small models and few requests."""
+    from runtime.apps.bench import bench_serving
+    results = bench_serving(NPUConfig.preset("small"), pair=("ncf", "dlrm"), requests=4)["serving"]
+    assert set(results["policies"]) == {"static", "harvest", "temporal", "v10"}
+    assert set(results["harvest_vs"]) == {"static", "temporal", "v10"}
+    for ratios in results["harvest_vs"].values():
+        assert ratios["throughput"] > 0 and ratios["utilization"] > 0
+        assert len(ratios["p99"]) == 2 and all(r > 0 for r in ratios["p99"])

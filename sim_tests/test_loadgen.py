@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime.host.loadgen import Arrival, ClosedLoop, LoadError, open_loop, poisson_arrivals, read_trace
+from runtime.host.loadgen import (Arrival, LoadError, closed_loop, open_loop, poisson_arrivals,
+                                  read_trace)
 
 
 def test_poisson_mean_rate_and_exponential_gaps():
@@ -38,13 +39,12 @@ def test_open_loop_merges_independent_tenant_streams():
 
 
 def test_closed_loop_keeps_n_outstanding_until_the_count():
-    loop = ClosedLoop(2, outstanding=3, count=5, start=10)
-    first = loop.initial()
-    assert first == [Arrival(10, 0)] * 3 + [Arrival(10, 1)] * 3
-    assert loop.completed(0, 200) == Arrival(200, 0)
-    assert loop.completed(0, 250) == Arrival(250, 0)
-    assert loop.completed(0, 300) is None           # tenant 0 has had its 5
-    assert loop.completed(1, 400) == Arrival(400, 1)
+    arrivals, after = closed_loop(2, 3, 5)
+    assert arrivals[:6] == [Arrival(0, 0), Arrival(0, 1)] * 3
+    assert arrivals[6:] == [Arrival(None, 0), Arrival(None, 1)] * 2
+    # Request k of a tenant follows its request k - 3.
+    assert after == [None] * 6 + [0, 1, 2, 3]
+    assert [arrivals[i].tenant for i in after[6:]] == [0, 1, 0, 1]
 
 
 def test_trace_replay(tmp_path):
@@ -76,6 +76,6 @@ def test_bad_parameters_are_refused():
     with pytest.raises(LoadError, match="request count must be a positive integer, not 0"):
         poisson_arrivals(0.1, 0, seed=1)
     with pytest.raises(LoadError, match="outstanding requests must be a positive integer"):
-        ClosedLoop(1, 0, 10)
+        closed_loop(1, 0, 10)
     with pytest.raises(LoadError, match="cannot read trace"):
         read_trace("/nonexistent/trace.csv", 1)

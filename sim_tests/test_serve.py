@@ -6,7 +6,7 @@ import pytest
 
 from isa.config import NPUConfig
 from runtime.apps.cli import main
-from runtime.apps.serve import ServeError, TenantSpec, closed_loop, parse_tenant, serve
+from runtime.apps.serve import ServeError, TenantSpec, parse_tenant, serve
 
 SMALL = NPUConfig.preset("small")
 
@@ -47,12 +47,6 @@ def test_the_figures_hang_together(points):
     # Same arrivals for every policy.
     assert [t.isolated_latency for t in static.tenants] == \
         [t.isolated_latency for t in harvest.tenants]
-
-
-def test_closed_loop_arrivals():
-    arrivals, after = closed_loop(2, 2, 3)
-    assert arrivals == [(0, 0), (0, 1), (0, 0), (0, 1), (None, 0), (None, 1)]
-    assert after == [None, None, None, None, 0, 1]
 
 
 def test_closed_loop_keeps_the_npu_busier_than_a_light_load():

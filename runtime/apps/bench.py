@@ -249,6 +249,41 @@ def bench_colocation(config, backend="verilator", pair=("bert", "resnet"), vnpu=
                            "policies": table}}
 
 
+def bench_serving(config, backend="verilator", pair=("resnet", "bert"), load=0.7,
+                  requests=50, seed=1):
+    """Serving: an ME-heavy and a VE-heavy model (each on the allocator's vNPU), open loop at
+    ``load``, under every policy: harvest's throughput, p99 latency and utilization against
+    each baseline (ratios > 1: harvest is better)."""
+    from runtime.host.driver import POLICIES
+    from .serve import TenantSpec, serve
+    points = serve(config, [TenantSpec(name) for name in pair], policies=POLICIES, load=load,
+                   requests=requests, seed=seed, backend=backend)
+    table = {}
+    for point in points:
+        if point.problems:
+            raise AssertionError(f"serving under {point.policy}: {point.problems[0]}")
+        table[point.policy] = {
+            "throughput": [t.throughput for t in point.tenants],
+            "p99_cycles": [t.latency_p99 for t in point.tenants],
+            "p50_cycles": [t.latency_p50 for t in point.tenants],
+            "utilization": (point.utilization["me"] + point.utilization["ve"]) / 2,
+            "stp": point.stp, "antt": point.antt}
+    harvest = table["harvest"]
+    ratios = {}
+    for name, row in table.items():
+        if name == "harvest":
+            continue
+        ratios[name] = {
+            "throughput": sum(harvest["throughput"]) / sum(row["throughput"]),
+            "p99": [b / h for h, b in zip(harvest["p99_cycles"], row["p99_cycles"])],
+            "utilization": harvest["utilization"] / row["utilization"]}
+    first = points[0]
+    return {"serving": {"models": list(pair), "load": load, "requests": requests,
+                        "vnpus": [[t.n_me, t.n_ve] for t in first.tenants],
+                        "isolated_latency": [t.isolated_latency for t in first.tenants],
+                        "policies": table, "harvest_vs": ratios}}
+
+
 def run_benchmarks(config=None, *, policies=True, backends=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
@@ -260,12 +295,14 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
     for bench in benches:
         results.update(bench(config))
     if backends:
-        from .matmul import MatmulError
         from runtime.compiler.builder import CompileError
+        from .matmul import MatmulError
+        from .serve import ServeError
         try:
             results.update(bench_runtime(config))
             results.update(bench_colocation(config))
-        except (CompileError, MatmulError) as error:
+            results.update(bench_serving(config))
+        except (CompileError, MatmulError, ServeError) as error:
             results["runtime_skipped"] = f"this configuration cannot hold the workload: {error}"
     return results
 
@@ -349,4 +386,21 @@ def format_report(results, config):
                          f"{row['stp']:>5.2f} "
                          f"{'/'.join(str(v) for v in row['engine_wait_cycles']):>14} "
                          f"{'/'.join(str(v) for v in row['preempted_utops']):>10}")
+    if "serving" in results:
+        sv = results["serving"]
+        a, b = sv["models"]
+        lines += ["", f"serving {a} ({sv['vnpus'][0][0]} ME + {sv['vnpus'][0][1]} VE) and {b} "
+                      f"({sv['vnpus'][1][0]} ME + {sv['vnpus'][1][1]} VE), open loop at load "
+                      f"{sv['load']:g}, {sv['requests']} requests each (alone: "
+                      f"{sv['isolated_latency'][0]} / {sv['isolated_latency'][1]} cycles):",
+                  f"{'policy':<10} {'p50 ' + a:>12} {'p99 ' + a:>12} {'p50 ' + b:>12} "
+                  f"{'p99 ' + b:>12} {'util':>6} {'STP':>5} {'ANTT':>5}"]
+        for name, row in sv["policies"].items():
+            lines.append(f"{name:<10} {row['p50_cycles'][0]:>12.0f} {row['p99_cycles'][0]:>12.0f} "
+                         f"{row['p50_cycles'][1]:>12.0f} {row['p99_cycles'][1]:>12.0f} "
+                         f"{row['utilization']:>6.1%} {row['stp']:>5.2f} {row['antt']:>5.2f}")
+        lines.append("harvest vs " + "; ".join(
+            f"{name}: throughput {r['throughput']:.2f}x, p99 "
+            f"{'/'.join(f'{v:.2f}' for v in r['p99'])}x, utilization {r['utilization']:.2f}x"
+            for name, r in sv["harvest_vs"].items()))
     return "\n".join(lines)

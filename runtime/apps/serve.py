@@ -32,10 +32,10 @@ from runtime.compiler.models import MODELS, compile_model
 from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
 from runtime.host.driver import POLICIES, DriverError
-from runtime.host.loadgen import LoadError, open_loop
+from runtime.host.loadgen import LoadError, closed_loop, open_loop
 
 __all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
-           "closed_loop", "format_points", "SLO_FACTORS"]
+           "format_points", "SLO_FACTORS"]
 
 #: SLO attainment is reported at these multiples of the tenant's isolated latency.
 SLO_FACTORS = (2, 5, 10)
@@ -285,20 +285,6 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
                            and not r.faulted), reports, problems)
 
 
-def closed_loop(n_tenants, outstanding, requests):
-    """Arrivals ((cycle or None, tenant)) and ``after`` of a closed loop: ``outstanding``
-    requests of each tenant at cycle 0, then each next one when the tenant's request
-    ``outstanding`` earlier completes."""
-    arrivals, after, index = [], [], {}
-    for k in range(requests):
-        for t in range(n_tenants):
-            index[t, k] = len(arrivals)
-            timed = k < outstanding
-            arrivals.append((0 if timed else None, t))
-            after.append(None if timed else index[t, k - outstanding])
-    return arrivals, after
-
-
 def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
           seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
@@ -309,9 +295,6 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
     if len(specs) > config.n_ctx:
         raise ServeError(f"{len(specs)} tenants; this NPU has {config.n_ctx} contexts")
     if closed is not None:
-        if not isinstance(closed, int) or isinstance(closed, bool) or closed < 1:
-            raise ServeError(f"closed loop: outstanding requests must be a positive integer, "
-                             f"not {closed!r}")
         load = None
     elif not isinstance(load, (int, float)) or isinstance(load, bool) or not load > 0:
         raise ServeError(f"load must be > 0 (a fraction of each tenant's isolated saturation "
@@ -334,6 +317,7 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
             budget = int(2 * arrivals[-1][0] + 4 * requests * slowest) + 100_000
         else:
             arrivals, after = closed_loop(len(tenants), closed, requests)
+            arrivals = [(a.cycle, a.tenant) for a in arrivals]
             budget = int(4 * requests * len(tenants) * slowest) + 100_000
         points = []
         for policy in policies:

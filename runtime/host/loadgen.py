@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Arrival", "LoadError", "poisson_arrivals", "open_loop", "read_trace", "ClosedLoop"]
+__all__ = ["Arrival", "LoadError", "poisson_arrivals", "open_loop", "read_trace", "closed_loop"]
 
 
 class LoadError(ValueError):
@@ -23,7 +23,7 @@ class LoadError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Arrival:
-    cycle: int
+    cycle: int | None          # None: a closed-loop request (it arrives on a completion)
     tenant: int
 
 
@@ -84,32 +84,20 @@ def read_trace(path, n_tenants):
     return arrivals
 
 
-class ClosedLoop:
-    """``outstanding`` requests of each tenant in flight until ``count`` have arrived: the
-    first ones at ``start``, then one whenever one of the tenant's completes."""
-
-    def __init__(self, n_tenants, outstanding, count, *, start=0):
-        if not isinstance(outstanding, int) or outstanding < 1:
-            raise LoadError(f"outstanding requests must be a positive integer, not {outstanding!r}")
-        if not isinstance(count, int) or count < 1:
-            raise LoadError(f"request count must be a positive integer, not {count!r}")
-        self.outstanding, self.count = outstanding, count
-        self.arrived = [0] * n_tenants
-        self.start = start
-
-    def initial(self):
-        """The arrivals at the start."""
-        first = []
-        for tenant in range(len(self.arrived)):
-            n = min(self.outstanding, self.count)
-            self.arrived[tenant] = n
-            first += [Arrival(self.start, tenant)] * n
-        return first
-
-    def completed(self, tenant, cycle):
-        """A request of ``tenant`` completed at ``cycle``: the arrival that replaces it (or
-        None once the tenant's ``count`` requests have all arrived)."""
-        if self.arrived[tenant] >= self.count:
-            return None
-        self.arrived[tenant] += 1
-        return Arrival(cycle, tenant)
+def closed_loop(n_tenants, outstanding, count):
+    """A closed loop as (arrivals, after): ``outstanding`` requests of each tenant arrive at
+    cycle 0, and each later one (arrival cycle None) when the tenant's request
+    ``outstanding`` before it completes: ``after[i]`` is that request's index (None for the
+    timed ones), as Driver.serve takes them. ``count`` requests per tenant, interleaved."""
+    if not isinstance(outstanding, int) or isinstance(outstanding, bool) or outstanding < 1:
+        raise LoadError(f"outstanding requests must be a positive integer, not {outstanding!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise LoadError(f"request count must be a positive integer, not {count!r}")
+    arrivals, after, index = [], [], {}
+    for k in range(count):
+        for tenant in range(n_tenants):
+            index[tenant, k] = len(arrivals)
+            timed = k < outstanding
+            arrivals.append(Arrival(0 if timed else None, tenant))
+            after.append(None if timed else index[tenant, k - outstanding])
+    return arrivals, after
