@@ -201,11 +201,19 @@ def test_broken_pipe_exits_quietly():
     assert stderr == ""
 
 
-def test_demo_is_bit_exact(capsys):
+def test_demo_serves_both_tenants_bit_exact(capsys):
     code, out, _ = run(capsys, "demo", "--config", "tiny")
     assert code == 0
-    assert out.count("bit-exact vs numpy") == 4 and "WRONG" not in out
-    assert "policy harvest" in out and "policy static" in out
+    assert out.count("bit-exact") == 6 and "WRONG" not in out
+    rows = [row for row in map(str.split, out.splitlines())
+            if len(row) == 8 and row[0] in ("harvest", "static", "temporal")]
+    assert [(row[0], row[1]) for row in rows] == [
+        (policy, tenant) for policy in ("harvest", "static", "temporal")
+        for tenant in ("gemm", "sigmoid")]
+    # Static partitioning never lends an engine; harvesting does.
+    assert all(row[6] == "0" for row in rows if row[0] == "static")
+    assert any(int(row[6]) > 0 for row in rows if row[0] == "harvest")
+    assert "harvest vs static: median latency" in out
 
 
 def test_spec_matches_generator(capsys):

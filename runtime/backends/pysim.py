@@ -158,6 +158,27 @@ class _Session:
         (value,) = await ctx.tick().sample(npu.hbm.resp.as_value()).until(npu.hbm.resp_valid)
         return unpack_words(value, self.config.hbm_words_per_cycle)
 
+    async def _hbm_burst(self, ctx, first, count):
+        """``count`` HBM lines from ``first``, pipelined like the Verilator harness's: a
+        request each cycle the port takes one, the lines collected as they arrive."""
+        npu = self.harness.npu
+        request = npu.hbm.req
+        issued, words, got = 0, [], 0
+        while got < count:
+            if issued < count:
+                ctx.set(request.payload.line, first + issued)
+                ctx.set(request.payload.write, 0)
+            ctx.set(request.valid, issued < count)
+            _, _, ready, valid, value = await ctx.tick().sample(
+                request.ready, npu.hbm.resp_valid, npu.hbm.resp.as_value())
+            if valid:
+                words += unpack_words(value, self.config.hbm_words_per_cycle)
+                got += 1
+            if issued < count and ready:
+                issued += 1
+        ctx.set(request.valid, 0)
+        return words
+
     async def _serve(self, ctx, op):
         """The Serve operation (runtime/backends/script.py): the same steps, in the same
         cycles, as the Verilator harness's."""
@@ -210,9 +231,7 @@ class _Session:
                         break
                     index = rung[c].popleft()
                     entry[index] = value
-                    first, count = requests[index].lines
-                    for line in range(first, first + count):
-                        words[index] += await self._hbm_read(ctx, line)
+                    words[index] = await self._hbm_burst(ctx, *requests[index].lines)
                     resolved += 1
                     if value >> 62 & 1:
                         dead[c] = True

@@ -256,6 +256,31 @@ class Harness {
         }
     }
 
+    // ``count`` HBM lines from ``first``, pipelined: a request each cycle the port takes
+    // one, the lines collected as they arrive (in order, hbm_latency later).
+    void hbm_burst(uint64_t first, uint64_t count, uint64_t *words) {
+        uint64_t issued = 0, got = 0;
+        while (got < count) {
+            if (issued < count) {
+                put(top_->hbm___05Freq___05Fpayload, HBM_LINE, HBM_LINE_BITS, first + issued);
+                put(top_->hbm___05Freq___05Fpayload, HBM_WRITE, 1, 0);
+            }
+            top_->hbm___05Freq___05Fvalid = issued < count;
+            touched();
+            settle();
+            bool taken = issued < count && top_->hbm___05Freq___05Fready;
+            if (top_->hbm___05Fresp_valid) {
+                for (int w = 0; w < LINE_WORDS; w++)
+                    words[got * LINE_WORDS + w] = get(top_->hbm___05Fresp, 32 * w, 32);
+                got++;
+            }
+            tick();
+            if (taken) issued++;
+        }
+        top_->hbm___05Freq___05Fvalid = 0;
+        touched();
+    }
+
     uint64_t now() {
         settle();
         return top_->cycle;
@@ -325,8 +350,7 @@ class Harness {
                     c.rung.pop_front();
                     Req &q = reqs[r];
                     q.entry = value;
-                    for (uint64_t l = 0; l < q.lines; l++)
-                        hbm_read(q.first + l, &q.words[l * LINE_WORDS]);
+                    hbm_burst(q.first, q.lines, q.words.data());
                     resolved++;
                     if (value >> 62 & 1) {
                         // The context faulted: what it still holds never runs.
