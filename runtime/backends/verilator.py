@@ -26,6 +26,7 @@ from pathlib import Path
 import amaranth
 
 from hw.hbm import HBMRequestLayout
+from isa.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS
 from hw.ports import SpadWriteLayout, spad_addr_shape
 from . import script as ops
 from .verilog import ToolError, WAIVERS, find_verilator, generate
@@ -65,8 +66,9 @@ def _snapshot_sources():
     made while a long process runs would otherwise file the old design under the new key).
     """
     import hw.npu  # noqa: F401  (every RTL module, imported now with the snapshot)
-    # isa/config.py holds no RTL and its values are hashed per build: adding a preset or
-    # editing a docstring there must not throw away every build.
+    # isa/config.py holds no RTL; the config's values and the ISA constants the RTL uses
+    # are hashed per build (_key): adding a preset or editing a docstring there must not
+    # throw away every build.
     sources = sorted((ROOT / "hw").rglob("*.py"))
     sources += [ROOT / "isa" / "encoding.py", ROOT / "isa" / "regmap.py",
                 Path(__file__).resolve().parent / "verilog.py", HARNESS, WAIVERS]
@@ -84,6 +86,8 @@ def _key(config, tool_version, trace):
     digest = hashlib.sha256()
     values = config.to_dict()
     values.pop("clock_mhz")            # changes no hardware
+    # The ISA's constants the RTL is built with (isa/config.py is not among the sources).
+    values.update(VREGS=VREGS, LUT_ENTRIES=LUT_ENTRIES, MAX_DEP_WINDOW=MAX_DEP_WINDOW)
     digest.update(repr(sorted(values.items())).encode())
     digest.update(_SOURCES.encode())
     digest.update(f"{amaranth.__version__}|{tool_version}|{VERILATOR_FLAGS}|{CXX_FLAGS}|"
