@@ -8,7 +8,7 @@ import pytest
 
 from isa.asm import assemble
 from isa.config import NPUConfig
-from runtime.host.allocator import AllocationError, Profile, allocate, estimate
+from runtime.host.allocator import AllocationError, Profile, allocate, estimate, measured
 from runtime.apps.cli import main
 from runtime.apps.inference import execute
 from runtime.compiler.graph import Graph, Image
@@ -35,11 +35,15 @@ def test_golden_equals_reference_and_is_accurate(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_verilator_bit_exact(name):
+def test_verilator_bit_exact_and_the_allocators_estimate_matches_the_busy_counters(name):
     model = compile_model(name, SMALL)
     outputs, run = execute(model.graph, model.program, backend="verilator")
     assert np.array_equal(outputs[name], model.expected)
     assert run.makespan > 0
+    # The allocator's profile (calibrated engine overheads) is within 10% of what the
+    # engines' BUSY counters measure, for the engine types it sizes vNPUs by.
+    guess, busy = estimate(model.program.words, SMALL), measured(run, SMALL)
+    assert abs(guess.me / busy.me - 1) < 0.1 and abs(guess.ve / busy.ve - 1) < 0.1
 
 
 def test_pysim_bit_exact():

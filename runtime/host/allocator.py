@@ -46,18 +46,30 @@ class Allocation:
     price: float                 # per cycle
 
 
+#: Cycles the engines spend beyond the rows they stream, calibrated against the BUSY
+#: counters of runs of the four models (sim_tests/test_models.py holds estimate and
+#: measurement within 10%): an ME µTOp starts and retires in about 8 cycles, and each `mm`
+#: waits for its weight tile (array_rows rows, loaded by the `ldw` before it, which a
+#: short mm cannot hide); a VE instruction passes a pipeline of about 4 cycles before the
+#: next may start, and a VE µTOp takes about 2 cycles to start and retire.
+ME_UTOP_CYCLES, VE_INSTRUCTION_CYCLES, VE_UTOP_CYCLES = 8, 4, 2
+
+
 def _ve_cycles(instr, config):
     args, name = instr.args, instr.op.mnemonic
     if name.startswith("vpool"):
-        return args["kh"] * args["kw"]
-    if name == "vldlut":
-        return config.lut_rows
-    return args.get("n", 1)
+        rows = args["kh"] * args["kw"]
+    elif name == "vldlut":
+        rows = config.lut_rows
+    else:
+        rows = args.get("n", 1)
+    return rows + VE_INSTRUCTION_CYCLES
 
 
 def estimate(words, config):
-    """The compiler's profile of a program: rows streamed per engine type, plus the
-    systolic array's fill per ME µTOp and the HBM latency per DMA instruction."""
+    """The compiler's profile of a program: rows streamed per engine type, the systolic
+    array's fill per ME µTOp, the calibrated overheads above, and the HBM latency per DMA
+    instruction."""
     busy = {Engine.ME: 0, Engine.VE: 0, Engine.DMA: 0}
     pc = 0
     while pc < len(words):
@@ -66,9 +78,10 @@ def estimate(words, config):
         pc += 1 + length
         cycles = 0
         if header.engine == Engine.ME:
-            cycles = config.array_rows + config.array_cols
-            cycles += sum(i.args["m"] for i in body if i.op.mnemonic == "mm")
+            cycles = config.array_rows + config.array_cols + ME_UTOP_CYCLES
+            cycles += sum(i.args["m"] + config.array_rows for i in body if i.op.mnemonic == "mm")
         elif header.engine == Engine.VE:
+            cycles = VE_UTOP_CYCLES
             index = 0
             while index < len(body):
                 instr = body[index]
