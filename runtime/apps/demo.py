@@ -81,16 +81,13 @@ def sigmoid_table(scale_in=16.0, scale_out=127.0):
     return np.round(scale_out / (1.0 + np.exp(-x))).astype(np.int32)
 
 
-def _percentile(values, q):
-    return float(np.percentile(values, q))
-
-
 def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static", "temporal"),
              requests=3):
     """Two tenants serve short request streams side by side under each policy; report
     latency, throughput and engine use per tenant, and check every output."""
     from runtime.host.device import Device
     from .mix import halves
+    from .serve import engine_cycles
     rng = np.random.default_rng(seed)
     k, n, lanes = cfg.array_rows, cfg.array_cols, cfg.ve_lanes
     m, rows = 64, 64
@@ -166,19 +163,11 @@ def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static", "te
                         np.array_equal(r.output, expected[slot % 2]) for r, slot in mine)
             ok &= exact
             latencies = [r.latency for r, _ in mine if r.end is not None]
-            medians[policy, name] = _percentile(latencies, 50) if latencies else float("inf")
-            own = borrowed = 0
-            for e in range(cfg.n_me + cfg.n_ve):
-                cycles = run.engines[e][f"BUSY_CTX{vnpu.ctx}"]
-                mask, bit = (vnpu.me_mask, e) if e < cfg.n_me else (vnpu.ve_mask, e - cfg.n_me)
-                if mask >> bit & 1:
-                    own += cycles
-                else:
-                    borrowed += cycles
-            owned = vnpu.me_mask.bit_count() + vnpu.ve_mask.bit_count()
+            medians[policy, name] = float(np.median(latencies)) if latencies else float("inf")
+            own, owned, borrowed = engine_cycles(cfg, run, vnpu)
             print(f"  {policy:<9} {name:<8} {medians[policy, name]:>11.0f} "
                   f"{max(latencies, default=0):>6} {len(latencies) / span * 1e6:>10.0f} "
-                  f"{own / (owned * span):>16.0%} {borrowed:>8}  "
+                  f"{sum(own.values()) / (sum(owned.values()) * span):>16.0%} {borrowed:>8}  "
                   f"{'bit-exact' if exact else 'WRONG'}")
     for baseline in ("static", "temporal"):
         if "harvest" in policies and baseline in policies:

@@ -35,7 +35,7 @@ from runtime.host.driver import POLICIES, DriverError
 from runtime.host.loadgen import LoadError, closed_loop, open_loop
 
 __all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
-           "format_points", "SLO_FACTORS"]
+           "format_points", "engine_cycles", "SLO_FACTORS"]
 
 #: SLO attainment is reported at these multiples of the tenant's isolated latency.
 SLO_FACTORS = (2, 5, 10)
@@ -236,6 +236,19 @@ class PointReport:
         return asdict(self)
 
 
+def engine_cycles(config, run, vnpu):
+    """Cycles the engines ran the vNPU's µTOps: per type ("me", "ve") on the engines it
+    owns, how many it owns, and in all on engines it does not own (harvested)."""
+    own, owned, harvested = {}, {}, 0
+    for kind, first, count, mask in (("me", 0, config.n_me, vnpu.me_mask),
+                                     ("ve", config.n_me, config.n_ve, vnpu.ve_mask)):
+        cycles = [run.engines[first + e][f"BUSY_CTX{vnpu.ctx}"] for e in range(count)]
+        own[kind] = sum(c for e, c in enumerate(cycles) if mask >> e & 1)
+        owned[kind] = mask.bit_count()
+        harvested += sum(c for e, c in enumerate(cycles) if not mask >> e & 1)
+    return own, owned, harvested
+
+
 def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *, policy,
             load, closed, seed, backend):
     ends = [r.end for r in requests if r.end is not None]
@@ -250,14 +263,9 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
         mine = [(r, ok) for r, ok, (_, who) in zip(requests, exact, arrivals) if who == t]
         done = [(r, ok) for r, ok in mine if r.end is not None and not r.faulted]
         latencies = [r.latency for r, _ in done]
-        own, harvested = {}, 0
-        for kind, first, count, mask in (("me", 0, config.n_me, vnpu.me_mask),
-                                         ("ve", config.n_me, config.n_ve, vnpu.ve_mask)):
-            cycles = [run.engines[first + e][f"BUSY_CTX{vnpu.ctx}"] for e in range(count)]
-            owned = [e for e in range(count) if mask >> e & 1]
-            own[kind] = (sum(cycles[e] for e in owned) / (len(owned) * span)
-                         if owned and span else 0.0)
-            harvested += sum(c for e, c in enumerate(cycles) if not mask >> e & 1)
+        cycles, owned, harvested = engine_cycles(config, run, vnpu)
+        own = {kind: cycles[kind] / (owned[kind] * span) if owned[kind] and span else 0.0
+               for kind in cycles}
         mean = float(np.mean(latencies)) if latencies else None
         # Its own span (a closed loop's tenants finish at different times).
         own_span = max((r.end for r, _ in done), default=0)
