@@ -79,3 +79,15 @@ def test_bad_parameters_are_refused():
         closed_loop(1, 0, 10)
     with pytest.raises(LoadError, match="cannot read trace"):
         read_trace("/nonexistent/trace.csv", 1)
+
+
+def test_per_tenant_request_counts():
+    arrivals = open_loop([1 / 100, 1 / 400], [40, 10], seed=2)
+    assert [sum(a.tenant == t for a in arrivals) for t in range(2)] == [40, 10]
+    arrivals, after = closed_loop(2, 1, [3, 1])
+    assert [a.tenant for a in arrivals] == [0, 1, 0, 0]
+    assert after == [None, None, 0, 2]
+    with pytest.raises(LoadError, match="2 request counts for 3 tenants"):
+        open_loop([1, 1, 1], [1, 2], seed=0)
+    with pytest.raises(LoadError, match="request count must be a positive integer, not 0"):
+        closed_loop(2, 1, [3, 0])

@@ -313,6 +313,29 @@ def cmd_serve(args):
     return 0 if not any(p.problems for p in points) else 1
 
 
+def cmd_experiment(args):
+    from dataclasses import replace
+    from .experiment import ExperimentError, load_matrix, run_experiment
+    try:
+        matrix = load_matrix(args.matrix)
+        if args.name:
+            matrix = replace(matrix, name=args.name)
+        if args.list:
+            for point in matrix.points():
+                print(point.label)
+            return 0
+        folder, rows = run_experiment(matrix, reports=args.reports, jobs=args.jobs,
+                                      ray=args.ray)
+    except ExperimentError as error:
+        raise UsageError(str(error)) from None
+    bad = sorted({(r["mix"], r["policy"], r["load"], r["closed"], r["seed"])
+                  for r in rows if r["status"] != "ok"}, key=str)
+    print(f"{folder / 'summary.md'}: {len(matrix.points()) - len(bad)} of "
+          f"{len(matrix.points())} points ran cleanly"
+          + (f"; {len(bad)} failed or had problems (listed there)" if bad else ""))
+    return 1 if bad else 0
+
+
 def build_parser():
     parser = _Parser(
         prog="neu10",
@@ -415,7 +438,8 @@ def build_parser():
                    "each tenant's isolated saturation throughput (default 0.6)")
     p.add_argument("--closed", type=int, metavar="N", help="closed loop instead: N requests "
                    "of each tenant outstanding (saturated throughput)")
-    p.add_argument("--requests", type=int, default=100, help="requests per tenant (default 100)")
+    p.add_argument("--requests", type=int, default=100, help="requests of the slowest tenant; each other "
+                   "tenant gets as many as arrive in the same time (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seed of the arrivals (default 1)")
     p.add_argument("--priority", metavar="P,P,..", help="each tenant's priority, 0..15 "
                    "(temporal and v10 policies)")
@@ -426,6 +450,21 @@ def build_parser():
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON list (a point per policy)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("experiment", help="a matrix of serving points (mixes x policies x "
+                       "loads x seeds): results, summary and plots in reports/NAME")
+    p.add_argument("matrix", nargs="?", default="quick", metavar="PRESET|FILE.toml",
+                   help="quick (default; minutes), paper (hours of CPU) or a TOML matrix")
+    p.add_argument("--name", help="folder under --reports (default: the preset's name or "
+                   "the file's stem)")
+    p.add_argument("--reports", default="reports", help="parent folder (default reports)")
+    p.add_argument("--jobs", type=int, help="points run at once on this machine (default: "
+                   "one per CPU)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the points on a Ray cluster instead: "
+                   "its address, 'auto' for the cluster this machine is in, or 'local' to "
+                   "start one here")
+    p.add_argument("--list", action="store_true", help="print the points and stop")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")

@@ -35,7 +35,7 @@ from runtime.host.driver import POLICIES, DriverError
 from runtime.host.loadgen import LoadError, closed_loop, open_loop
 
 __all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
-           "format_points", "engine_cycles", "SLO_FACTORS"]
+           "format_points", "engine_cycles", "request_counts", "SLO_FACTORS"]
 
 #: SLO attainment is reported at these multiples of the tenant's isolated latency.
 SLO_FACTORS = (2, 5, 10)
@@ -293,11 +293,21 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
                            and not r.faulted), reports, problems)
 
 
+def request_counts(requests, services):
+    """Requests per tenant so that every tenant's stream lasts about as long: ``requests``
+    for the slowest (longest service time), proportionally more for faster ones. With equal
+    counts a fast tenant would finish early and the slow one run the rest alone, which is
+    not co-location."""
+    slowest = max(services)
+    return [max(1, round(requests * slowest / service)) for service in services]
+
+
 def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
           seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
-    (or, with ``closed``, closed loop with that many requests of each tenant outstanding),
-    ``requests`` per tenant. Returns a PointReport per policy."""
+    (or, with ``closed``, closed loop with that many requests of each tenant outstanding):
+    ``requests`` of the slowest tenant, and of each other as many as fit in the same time
+    (request_counts). Returns a PointReport per policy."""
     if not specs:
         raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
     if len(specs) > config.n_ctx:
@@ -317,16 +327,17 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
     alone_cycles = max_cycles or 50 * max(t.slot_words for t in tenants) + 1_000_000
     try:
         isolated = [_isolated(config, t, backend, alone_cycles) for t in tenants]
-        slowest = max(alone.service for alone in isolated)
+        counts = request_counts(requests, [alone.service for alone in isolated])
+        work = sum(n * alone.service for n, alone in zip(counts, isolated))
         if closed is None:
             rates = [load / alone.service for alone in isolated]
-            arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, requests, seed=seed))
+            arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, counts, seed=seed))
             after = None
-            budget = int(2 * arrivals[-1][0] + 4 * requests * slowest) + 100_000
+            budget = int(2 * arrivals[-1][0] + 4 * work) + 100_000
         else:
-            arrivals, after = closed_loop(len(tenants), closed, requests)
+            arrivals, after = closed_loop(len(tenants), closed, counts)
             arrivals = [(a.cycle, a.tenant) for a in arrivals]
-            budget = int(4 * requests * len(tenants) * slowest) + 100_000
+            budget = int(4 * work) + 100_000
         points = []
         for policy in policies:
             run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,

@@ -13,6 +13,7 @@ almost every engine) is "input combinational" logic, which Verilator 5 evaluates
 ``eval()`` call, twice per clock, on top of evaluating it once after the clock edge.
 """
 
+import fcntl
 import hashlib
 import os
 import re
@@ -156,8 +157,20 @@ def build_model(config, *, trace=False, log=None):
     binary = target / "neu10_sim"
     if binary.exists():
         return binary, 0.0
-    start = time.perf_counter()
     build_dir().mkdir(parents=True, exist_ok=True)
+    # One build per machine: processes that need the same model (an experiment's workers)
+    # wait for the first one's build instead of each building it.
+    with open(build_dir() / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return binary, 0.0
+        return _build(config, trace, log, tool, env, key, target, binary)
+
+
+def _build(config, trace, log, tool, env, key, target, binary):
+    start = time.perf_counter()
+    if log:
+        log(f"building the Verilator model of this config (once, cached in {target})")
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=build_dir()))
     try:
         npu = generate(config, "npu")

@@ -38,13 +38,25 @@ def poisson_arrivals(rate, count, *, seed, start=0):
     return [start + int(t) for t in np.cumsum(gaps)]
 
 
+def _counts(count, n_tenants):
+    """``count`` requests per tenant: one number for all, or one per tenant."""
+    counts = [count] * n_tenants if isinstance(count, int) else list(count)
+    if len(counts) != n_tenants:
+        raise LoadError(f"{len(counts)} request counts for {n_tenants} tenants")
+    for c in counts:
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+            raise LoadError(f"request count must be a positive integer, not {c!r}")
+    return counts
+
+
 def open_loop(rates, count, *, seed, start=0):
-    """Arrivals of every tenant (``rates[t]`` requests per cycle, ``count`` requests each),
-    merged in time order; tenant t's stream depends only on ``seed`` and t."""
+    """Arrivals of every tenant (``rates[t]`` requests per cycle; ``count`` requests each, or
+    ``count[t]`` of tenant t), merged in time order; tenant t's stream depends only on
+    ``seed`` and t."""
     streams = np.random.SeedSequence(seed).spawn(len(rates))
     arrivals = []
-    for tenant, (rate, stream) in enumerate(zip(rates, streams)):
-        cycles = poisson_arrivals(rate, count, seed=stream, start=start)
+    for tenant, (rate, stream, n) in enumerate(zip(rates, streams, _counts(count, len(rates)))):
+        cycles = poisson_arrivals(rate, n, seed=stream, start=start)
         arrivals += [Arrival(cycle, tenant) for cycle in cycles]
     return sorted(arrivals)
 
@@ -88,14 +100,16 @@ def closed_loop(n_tenants, outstanding, count):
     """A closed loop as (arrivals, after): ``outstanding`` requests of each tenant arrive at
     cycle 0, and each later one (arrival cycle None) when the tenant's request
     ``outstanding`` before it completes: ``after[i]`` is that request's index (None for the
-    timed ones), as Driver.serve takes them. ``count`` requests per tenant, interleaved."""
+    timed ones), as Driver.serve takes them. ``count`` requests per tenant (or ``count[t]``
+    of tenant t), interleaved."""
     if not isinstance(outstanding, int) or isinstance(outstanding, bool) or outstanding < 1:
         raise LoadError(f"outstanding requests must be a positive integer, not {outstanding!r}")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise LoadError(f"request count must be a positive integer, not {count!r}")
+    counts = _counts(count, n_tenants)
     arrivals, after, index = [], [], {}
-    for k in range(count):
+    for k in range(max(counts)):
         for tenant in range(n_tenants):
+            if k >= counts[tenant]:
+                continue
             index[tenant, k] = len(arrivals)
             timed = k < outstanding
             arrivals.append(Arrival(0 if timed else None, tenant))

@@ -1,0 +1,293 @@
+"""The report of `neu10 experiment`: ``summary.md`` and PNG plots from its results rows.
+
+Every ratio compares harvest (Neu10) with one baseline on the *same* arrivals: same mix,
+load (or closed-loop depth) and seed. It is computed per seed, then given as the mean and
+the sample standard deviation across seeds (``mean ± sd``, n = the number of seeds), so a
+reader can tell a difference from noise (a closed loop runs with one seed: it repeats
+cycle for cycle with any other, see Matrix.points):
+
+- throughput: harvest's STP / the baseline's (STP: the sum over tenants of throughput
+  normalized to the tenant alone on its vNPU);
+- p95, p99: the baseline's tail latency / harvest's, per tenant (above 1: harvest's is
+  lower, as in the paper's "4.6x lower tail latency");
+- utilization: harvest's ME+VE utilization of the pNPU / the baseline's.
+
+Across mixes, each ratio's best and geometric mean over mixes and points; throughput and
+utilization over the closed-loop points (saturated, where throughput can differ; open loop
+below saturation serves what arrives under every policy), tail latency over the open-loop
+points. Points that failed or had problems are listed and left out of every figure.
+"""
+
+from collections import defaultdict
+
+import numpy as np
+
+__all__ = ["write_report", "summarize"]
+
+#: The paper's headline figures (Neu10 vs "state-of-the-art NPU sharing approaches", MICRO
+#: 2024 abstract): throughput up to 1.4x, tail latency lower by up to 4.6x, utilization 1.2x
+#: on average.
+PAPER = {"throughput": 1.4, "p99": 4.6, "utilization": 1.2}
+BASELINES = ("static", "temporal", "v10")
+
+
+def _how(row):
+    return ("open", row["load"]) if row["closed"] is None else ("closed", row["closed"])
+
+
+def _how_text(how):
+    kind, value = how
+    return f"load {value:g}" if kind == "open" else f"closed {value}"
+
+
+def _stat(values):
+    """(mean, sd, n) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), sd, len(values)
+
+
+def _fmt(stat, digits=2):
+    if stat is None:
+        return "—"
+    mean, sd, _ = stat
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _fmt_cycles(stat):
+    if stat is None:
+        return "—"
+    mean, sd, _ = stat
+    return f"{mean:.0f}" + (f" ± {sd:.0f}" if sd is not None else "")
+
+
+def summarize(matrix, rows):
+    """The figures of the report, from results rows of ``matrix``'s points.
+
+    Returns a dict: ``points`` {(mix, how, policy, seed): {"point": row, "tenants": [rows]}}
+    of the points that went well, ``failed`` (rows of points that did not), ``ratios``
+    {(mix, how, baseline): {"throughput" / "utilization": stat, "p95" / "p99": [stat per
+    tenant]}} and ``across`` {baseline: {metric: (best, geometric mean, count)}}."""
+    points, failed = {}, []
+    for row in rows:
+        if row["status"] != "ok":
+            if not any(f["mix"] == row["mix"] and f["policy"] == row["policy"]
+                       and _how(f) == _how(row) and f["seed"] == row["seed"] for f in failed):
+                failed.append(row)
+            continue
+        key = (row["mix"], _how(row), row["policy"], row["seed"])
+        entry = points.setdefault(key, {"point": row, "tenants": []})
+        entry["tenants"].append(row)
+    for entry in points.values():
+        entry["tenants"].sort(key=lambda r: r["tenant"])
+    mixes = ["+".join(mix) for mix in matrix.mixes]
+    hows = [("open", load) for load in matrix.loads] + [("closed", d) for d in matrix.closed]
+    ratios = {}
+    for mix in mixes:
+        for how in hows:
+            for baseline in (b for b in BASELINES if b in matrix.policies):
+                pairs = [(points.get((mix, how, "harvest", s)), points.get((mix, how, baseline, s)))
+                         for s in matrix.seeds]
+                pairs = [(h, b) for h, b in pairs if h and b]
+                if not pairs:
+                    continue
+                entry = {
+                    "throughput": _stat([h["point"]["stp"] / b["point"]["stp"]
+                                         for h, b in pairs if b["point"]["stp"]]),
+                    "utilization": _stat([h["point"]["util_engines"] / b["point"]["util_engines"]
+                                          for h, b in pairs if b["point"]["util_engines"]])}
+                for q in ("p95", "p99"):
+                    n_tenants = len(pairs[0][0]["tenants"])
+                    entry[q] = [_stat([b["tenants"][t][f"latency_{q}"] / h["tenants"][t][f"latency_{q}"]
+                                       for h, b in pairs if h["tenants"][t][f"latency_{q}"]])
+                                for t in range(n_tenants)]
+                ratios[mix, how, baseline] = entry
+    across = {}
+    for baseline in (b for b in BASELINES if b in matrix.policies):
+        mine = {(mix, how): r for (mix, how, b), r in ratios.items() if b == baseline}
+        closed = [r for (mix, how), r in mine.items() if how[0] == "closed"] or list(mine.values())
+        opened = [r for (mix, how), r in mine.items() if how[0] == "open"] or list(mine.values())
+        across[baseline] = {
+            "throughput": _best_mean([r["throughput"] for r in closed]),
+            "utilization": _best_mean([r["utilization"] for r in closed]),
+            "p95": _best_mean([s for r in opened for s in r["p95"]]),
+            "p99": _best_mean([s for r in opened for s in r["p99"]])}
+    return {"points": points, "failed": failed, "ratios": ratios, "across": across,
+            "mixes": mixes, "hows": hows}
+
+
+def _best_mean(stats):
+    means = [s[0] for s in stats if s is not None and s[0] > 0]
+    if not means:
+        return None
+    return max(means), float(np.exp(np.mean(np.log(means)))), len(means)
+
+
+def _markdown(matrix, summary, folder):
+    points, ratios = summary["points"], summary["ratios"]
+    baselines = [b for b in BASELINES if b in matrix.policies]
+    total = len(matrix.points())
+    lines = [
+        f"# Experiment `{matrix.name}`", "",
+        f"Mixes {', '.join(summary['mixes'])}; policies {', '.join(matrix.policies)}; "
+        f"loads {', '.join(f'{x:g}' for x in matrix.loads) or 'none'}; closed loop "
+        f"{', '.join(map(str, matrix.closed)) or 'none'}; seeds "
+        f"{', '.join(map(str, matrix.seeds))}; {matrix.requests} requests of each mix's "
+        f"slowest tenant (the others as many as arrive meanwhile); closed loops with the first "
+        f"seed only (they have no random arrivals); config `{matrix.config}`; "
+        f"backend {matrix.backend}"
+        + (f"; time slice {matrix.time_slice}" if matrix.time_slice else "") + ".",
+        "",
+        f"{len(points)} of {total} points ran cleanly; every output of those is bit-exact "
+        f"against the compiler's integer reference. Results: `results.csv` / `results.json` "
+        f"(a row per point and tenant) in `{folder}`.", ""]
+    if summary["failed"]:
+        lines += ["## Points that failed (left out of every figure)", ""]
+        lines += [f"- {r['mix']} {r['policy']} {_how_text(_how(r))} seed {r['seed']}: "
+                  f"{r['status']}: {r['error']}" for r in summary["failed"]]
+        lines.append("")
+    if baselines and "harvest" in matrix.policies:
+        lines += [
+            "## Harvest (Neu10) against each baseline, across mixes", "",
+            "Ratios as in the sections below: best and geometric mean over mixes and points "
+            "(throughput and utilization at the closed-loop points, tail latency over the "
+            "open-loop points and tenants). The paper's figures are its headline claims "
+            "against its own baselines, on its simulator and models, and are given for "
+            "orientation, not as a like-for-like comparison.", "",
+            "| harvest vs | throughput best / mean | p95 lower by, best / mean | "
+            "p99 lower by, best / mean | utilization best / mean |",
+            "|---|---|---|---|---|"]
+        for baseline in baselines:
+            a = summary["across"][baseline]
+            cells = [f"{x[0]:.2f}x / {x[1]:.2f}x" if x else "—"
+                     for x in (a["throughput"], a["p95"], a["p99"], a["utilization"])]
+            lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
+        lines += [f"| paper | up to {PAPER['throughput']}x | — | up to {PAPER['p99']}x | "
+                  f"{PAPER['utilization']}x on average |", ""]
+    for mix in summary["mixes"]:
+        tenants = _tenant_names(points, mix)
+        lines += [f"## {mix}", ""]
+        for baseline in baselines:
+            rows = [(how, ratios.get((mix, how, baseline))) for how in summary["hows"]]
+            rows = [(how, r) for how, r in rows if r]
+            if not rows:
+                continue
+            lines += [f"Harvest vs {baseline} (ratio, mean ± sd across seeds):", "",
+                      "| point | throughput | " + " | ".join(f"p95 {t}" for t in tenants)
+                      + " | " + " | ".join(f"p99 {t}" for t in tenants) + " | utilization |",
+                      "|---" * (3 + 2 * len(tenants)) + "|"]
+            for how, r in rows:
+                lines.append(f"| {_how_text(how)} | {_fmt(r['throughput'])} | "
+                             + " | ".join(_fmt(s) for s in r["p95"]) + " | "
+                             + " | ".join(_fmt(s) for s in r["p99"])
+                             + f" | {_fmt(r['utilization'])} |")
+            lines.append("")
+        lines += ["Figures per policy (mean ± sd across seeds; latency in cycles):", "",
+                  "| point | policy | " + " | ".join(f"p99 {t}" for t in tenants)
+                  + " | " + " | ".join(f"req/Mcycle {t}" for t in tenants)
+                  + " | STP | ME+VE util | harvested engine-cycles |",
+                  "|---" * (5 + 2 * len(tenants)) + "|"]
+        for how in summary["hows"]:
+            for policy in matrix.policies:
+                got = [points[mix, how, policy, s] for s in matrix.seeds
+                       if (mix, how, policy, s) in points]
+                if not got:
+                    continue
+                p99 = [_fmt_cycles(_stat([g["tenants"][t]["latency_p99"] for g in got]))
+                       for t in range(len(tenants))]
+                thr = [_fmt(_stat([g["tenants"][t]["throughput"] for g in got]), 1)
+                       for t in range(len(tenants))]
+                harvested = _stat([sum(r["harvested_engine_cycles"] for r in g["tenants"])
+                                   for g in got])
+                lines.append(f"| {_how_text(how)} | {policy} | " + " | ".join(p99) + " | "
+                             + " | ".join(thr)
+                             + f" | {_fmt(_stat([g['point']['stp'] for g in got]))} | "
+                             f"{_fmt(_stat([g['point']['util_engines'] for g in got]))} | "
+                             f"{_fmt_cycles(harvested)} |")
+        lines.append("")
+    lines += ["Plots: `p99_vs_load.png` (p99 latency against load per policy, a panel per mix "
+              "and tenant), `throughput.png` and `utilization.png` (per mix and policy, at "
+              "the closed-loop point, or the highest load when there is none).", ""]
+    return "\n".join(lines)
+
+
+def _tenant_names(points, mix):
+    for (m, *_), entry in points.items():
+        if m == mix:
+            return [r["tenant"] for r in entry["tenants"]]
+    return []
+
+
+def _plots(matrix, summary, folder):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    points, mixes = summary["points"], summary["mixes"]
+    policies = list(matrix.policies)
+    written = []
+    opens = [how for how in summary["hows"] if how[0] == "open"]
+    width = max((len(_tenant_names(points, mix)) for mix in mixes), default=0)
+    if opens and width:
+        figure, axes = plt.subplots(len(mixes), width, figsize=(4.5 * width, 3.2 * len(mixes)),
+                                    squeeze=False)
+        for row, mix in enumerate(mixes):
+            names = _tenant_names(points, mix)
+            for col in range(width):
+                ax = axes[row][col]
+                if col >= len(names):
+                    ax.axis("off")
+                    continue
+                for policy in policies:
+                    xs, ys, es = [], [], []
+                    for how in opens:
+                        s = _stat([points[mix, how, policy, seed]["tenants"][col]["latency_p99"]
+                                   for seed in matrix.seeds if (mix, how, policy, seed) in points])
+                        if s:
+                            xs.append(how[1])
+                            ys.append(s[0])
+                            es.append(s[1] or 0.0)
+                    if xs:
+                        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=policy)
+                ax.set_yscale("log")
+                ax.set_title(f"{mix}: {names[col]}", fontsize=9)
+                ax.set_xlabel("load (of isolated saturation throughput)")
+                ax.set_ylabel("p99 latency (cycles)")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(folder / "p99_vs_load.png", dpi=110)
+        plt.close(figure)
+        written.append("p99_vs_load.png")
+    at = ([how for how in summary["hows"] if how[0] == "closed"] or opens[-1:])[:1]
+    for name, field, label in (("throughput.png", "stp", "STP (sum of normalized throughputs)"),
+                               ("utilization.png", "util_engines", "ME+VE utilization of the pNPU")):
+        if not at or not mixes:
+            break
+        figure, ax = plt.subplots(figsize=(1.8 + 1.6 * len(mixes), 3.4))
+        bar = 0.8 / len(policies)
+        for i, policy in enumerate(policies):
+            stats = [_stat([points[mix, at[0], policy, s]["point"][field] for s in matrix.seeds
+                            if (mix, at[0], policy, s) in points]) for mix in mixes]
+            ax.bar([m + (i - (len(policies) - 1) / 2) * bar for m in range(len(mixes))],
+                   [s[0] if s else 0 for s in stats], bar,
+                   yerr=[(s[1] or 0) if s else 0 for s in stats], capsize=2, label=policy)
+        ax.set_xticks(range(len(mixes)), mixes, fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_title(f"{matrix.name}: at {_how_text(at[0])}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(folder / name, dpi=110)
+        plt.close(figure)
+        written.append(name)
+    return written
+
+
+def write_report(matrix, rows, folder):
+    """summary.md and the plots in ``folder``; returns the summary (see summarize)."""
+    summary = summarize(matrix, rows)
+    summary["plots"] = _plots(matrix, summary, folder)
+    (folder / "summary.md").write_text(_markdown(matrix, summary, folder))
+    return summary
