@@ -1,6 +1,6 @@
 """The physical NPU (pNPU): engines, scratchpad, HBM, dispatcher and host interface."""
 
-from amaranth import Module
+from amaranth import Cat, Module
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
@@ -14,7 +14,12 @@ from .ports import SpadReadSignature, SpadWriteSignature
 from .scratchpad import Scratchpad
 from .vector_engine import VectorEngine
 
-__all__ = ["NPU"]
+__all__ = ["NPU", "activity_bits"]
+
+
+def activity_bits(config):
+    """Bits per engine of the NPU's ``activity`` port: 0 idle, c + 1 running context c."""
+    return config.n_ctx.bit_length()
 
 
 class NPU(wiring.Component):
@@ -25,7 +30,8 @@ class NPU(wiring.Component):
     - ``spad_rd``/``spad_wr``: a scratchpad client (rows), arbitrated like the engines;
     - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;
     - ``busy``: some context is running, starting, or has a request queued; ``cycle``: cycles
-      since reset (the CYCLE register).
+      since reset (the CYCLE register); ``activity``: which context each engine runs now
+      (timelines).
     """
 
     def __init__(self, config):
@@ -51,6 +57,10 @@ class NPU(wiring.Component):
             "hbm": In(HBMPortSignature(config)),
             "busy": Out(1),
             "cycle": Out(64),
+            # A trace port (timelines, runtime.backends): per engine e, bits
+            # [e * ACTIVITY_BITS, (e + 1) * ACTIVITY_BITS) are 0 when it is idle and c + 1
+            # while it runs a µTOp of context c.
+            "activity": Out(len(self.engines) * activity_bits(config)),
         })
 
     def elaborate(self, platform):
@@ -92,6 +102,7 @@ class NPU(wiring.Component):
         wiring.connect(m, host.control, dispatcher.control)
         m.d.comb += self.cycle.eq(host.cycle)
         m.d.comb += self.busy.eq(host.busy)
+        m.d.comb += self.activity.eq(Cat(dispatcher.engine_activity))
         for i, engine in enumerate(self.engines):
             m.d.comb += [host.engine_stall[i].eq(engine.stall_cycles),
                          host.engine_done[i].eq(engine.utops_done),

@@ -199,7 +199,7 @@ def test_pysim_and_verilator_stamp_a_stream_identically():
     for backend in ("pysim", "verilator"):
         run, requests = driver(backend).serve(arrivals, offsets=offsets, after=after,
                                               outputs=[None] * 9 + [(16, 4), (1024 + 16, 4)],
-                                              read_hbm=reads())
+                                              read_hbm=reads(), timeline=True)
         runs[backend] = (run, [(r.arrival, r.rung, r.end, r.faulted, r.refused,
                                 None if r.output is None else list(r.output))
                                for r in requests])
@@ -209,6 +209,15 @@ def test_pysim_and_verilator_stamp_a_stream_identically():
     assert [c.counters for c in a.contexts] == [c.counters for c in b.contexts]
     assert a.engines == b.engines
     assert all(np.array_equal(a.hbm[k], b.hbm[k]) for k in a.hbm)
+    # The timeline: the same on both, and it adds up to every BUSY_CTX counter.
+    assert a.timeline == b.timeline and len(a.timeline) > 2 * len(a.engines)
+    busy = {}
+    for engine, ctx, start, end in a.busy_intervals():
+        assert 0 <= start < end <= a.cycles
+        busy[engine, ctx] = busy.get((engine, ctx), 0) + end - start
+    assert {k: v for k, v in busy.items() if v} == {
+        (e, c): counters[f"BUSY_CTX{c}"] for e, counters in enumerate(a.engines)
+        for c in range(TINY.n_ctx) if counters[f"BUSY_CTX{c}"]}
 
 
 def test_a_bad_request_queued_behind_a_good_one_is_recorded_and_stops_the_context():

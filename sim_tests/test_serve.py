@@ -92,3 +92,33 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
+
+
+def test_trace_out_writes_a_perfetto_timeline(tmp_path):
+    """--trace-out: a track per engine whose slices add up to the report's engine-cycles,
+    and an async slice per request from its arrival to its end."""
+    specs = [TenantSpec("ncf", 1, 1), TenantSpec("dlrm", 1, 1)]
+    points = serve(SMALL, specs, policies=("static", "harvest"), load=0.8, requests=3, seed=2,
+                   trace_out=tmp_path / "t.json")
+    for point in points:
+        assert point.trace == str(tmp_path / f"t.{point.policy}.json")
+        trace = json.loads((tmp_path / f"t.{point.policy}.json").read_text())
+        events = trace["traceEvents"]
+        tracks = {e["args"]["name"] for e in events
+                  if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 0}
+        assert tracks == {"ME0", "ME1", "ME2", "ME3", "VE0", "VE1", "DMA0"}     # small
+        slices = [e for e in events if e["ph"] == "X"]
+        assert slices and all(e["dur"] > 0 for e in slices)
+        for tenant in point.tenants:
+            mine = [e for e in slices if e["name"] == tenant.name]
+            cycles = {kind: sum(e["args"]["end_cycle"] - e["args"]["first_cycle"]
+                                for e in mine if e["cat"] == kind) for kind in ("own", "harvested")}
+            assert cycles["harvested"] == tenant.harvested_engine_cycles
+            assert cycles["own"] == pytest.approx(sum(
+                tenant.utilization_own[k] * n for k, n in (("me", tenant.n_me),
+                                                           ("ve", tenant.n_ve))) * point.cycles)
+            begins = [e for e in events if e["ph"] == "b" and e["name"].startswith(tenant.name)]
+            assert len(begins) == tenant.requests
+            ends = {e["id"]: e["ts"] for e in events if e["ph"] == "e"}
+            assert all(ends[b["id"]] >= b["ts"] for b in begins)
+        assert (point.policy == "harvest") == any(e["cat"] == "harvested" for e in slices)

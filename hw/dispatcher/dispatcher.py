@@ -83,6 +83,8 @@ class Dispatcher(wiring.Component):
             "ctx_on_me": Out(config.n_ctx),             # bit c: an ME runs a µTOp of context c
             "ctx_on_any": Out(config.n_ctx),            # bit c: some engine runs one of c's µTOps
             "retiring": Out(config.n_ctx),              # bit c: c retires a µTOp this cycle
+            # Per engine: 0 idle, c + 1 running a µTOp of context c (what BUSY_CTXc counts).
+            "engine_activity": Out(range(config.n_ctx + 1)).array(n_engines),
         })
 
     def elaborate(self, platform):
@@ -204,6 +206,8 @@ class Dispatcher(wiring.Component):
                          table.done_fault[e].eq(link.done.payload.fault),
                          self.engine_abort[e].eq(table.abort[e]),
                          self.engine_background[e].eq(table.running[e] & table.borrowed[e]),
+                         self.engine_activity[e].eq(
+                             Mux(table.running[e], table.engine_ctx[e] + 1, 0)),
                          control.engine_busy[e].eq(table.engine_busy[e])]
             m.d.comb += [control.engine_busy_by_ctx[e][c].eq(table.engine_busy_by_ctx[e][c])
                          for c in range(C)]

@@ -302,7 +302,7 @@ def cmd_serve(args):
 
         points = serve(config, specs, policies=policies, load=args.load, closed=args.closed,
                        requests=args.requests, seed=args.seed, backend=args.backend,
-                       time_slice=args.time_slice,
+                       time_slice=args.time_slice, trace_out=args.trace_out,
                        progress=progress if args.backend == "pysim" and not args.json else None)
     except ServeError as error:
         raise UsageError(str(error)) from None
@@ -310,6 +310,9 @@ def cmd_serve(args):
         print(json.dumps([p.to_dict() for p in points]))
     else:
         print(format_points(points))
+        for point in points:
+            if point.trace:
+                print(f"{point.trace}: the {point.policy} timeline (open in ui.perfetto.dev)")
     return 0 if not any(p.problems for p in points) else 1
 
 
@@ -449,6 +452,9 @@ def build_parser():
                    help="simulator (default verilator: streams are millions of cycles)")
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON list (a point per policy)")
+    p.add_argument("--trace-out", metavar="FILE.json", help="write the timeline (engines and "
+                   "requests) in the Chrome trace-event format, for ui.perfetto.dev; with "
+                   "several policies one file each (FILE.POLICY.json)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("experiment", help="a matrix of serving points (mixes x policies x "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from itertools import combinations_with_replacement
 from pathlib import Path
 
-from isa.config import PRESETS as CONFIG_PRESETS, ConfigError, NPUConfig
+from isa.config import ConfigError, NPUConfig
 from runtime.host.driver import POLICIES
 from .serve import SLO_FACTORS, ServeError, parse_tenant, serve
 
@@ -208,7 +208,7 @@ def load_matrix(spec):
     if "config" in values and not isinstance(values["config"], str):
         raise ExperimentError(f"{spec}: config = {values['config']!r}: expected a preset "
                               f"name or a config file")
-    if "config" in values and values["config"] not in CONFIG_PRESETS:
+    if values.get("config", "").endswith(".toml"):   # a config file beside the matrix's
         values["config"] = str((path.parent / values["config"]).resolve())
     return _check(Matrix(**values))
 

@@ -187,7 +187,7 @@ def _markdown(matrix, summary, folder):
         lines += ["Figures per policy (mean ± sd across seeds; latency in cycles):", "",
                   "| point | policy | " + " | ".join(f"p99 {t}" for t in tenants)
                   + " | " + " | ".join(f"req/Mcycle {t}" for t in tenants)
-                  + " | STP | ME+VE util | harvested engine-cycles |",
+                  + " | STP | ME+VE util | engine-cycles on others' engines |",
                   "|---" * (5 + 2 * len(tenants)) + "|"]
         for how in summary["hows"]:
             for policy in matrix.policies:

@@ -24,6 +24,7 @@ NPU idle, its service time the spacing of back-to-back requests.
 """
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
 from runtime.host.driver import POLICIES, DriverError
 from runtime.host.loadgen import LoadError, closed_loop, open_loop
+from .perfetto import write_chrome_trace
 
 __all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
            "format_points", "engine_cycles", "request_counts", "SLO_FACTORS"]
@@ -134,7 +136,7 @@ def _size(config, tenants):
 
 
 def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slice=None,
-            max_cycles, progress=None):
+            max_cycles, progress=None, timeline=False):
     """Run ``arrivals`` ((cycle, tenant index); with ``after``, closed-loop requests arrive
     when an earlier one completes) on vNPUs of ``tenants``; returns (RunResult,
     RequestResults, per request whether its output is bit-exact, the vNPUs)."""
@@ -165,7 +167,7 @@ def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slic
         slot_of.append(slot)
     run, requests = driver.serve([(cycle, vnpus[t].ctx) for cycle, t in arrivals],
                                  offsets=offsets, outputs=outputs, after=after,
-                                 max_cycles=max_cycles)
+                                 max_cycles=max_cycles, timeline=timeline)
     exact = [r.output is not None and np.array_equal(r.output, tenants[t].expected[slot % INPUTS])
              for r, (_, t), slot in zip(requests, arrivals, slot_of)]
     return run, requests, exact, vnpus
@@ -231,6 +233,7 @@ class PointReport:
     #: What went wrong, one line each (faulted requests, wrong outputs, a timeout): a point
     #: with problems is reported, never averaged in as if it were fine.
     problems: list = field(default_factory=list)
+    trace: str | None = None       # the timeline file written (serve's trace_out)
 
     def to_dict(self):
         return asdict(self)
@@ -303,11 +306,14 @@ def request_counts(requests, services):
 
 
 def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
-          seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None):
+          seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None,
+          trace_out=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
     (or, with ``closed``, closed loop with that many requests of each tenant outstanding):
     ``requests`` of the slowest tenant, and of each other as many as fit in the same time
-    (request_counts). Returns a PointReport per policy."""
+    (request_counts). Returns a PointReport per policy. ``trace_out``: a path to write
+    each policy's timeline to (runtime.apps.perfetto; with several policies the policy's
+    name goes before the suffix: trace.harvest.json)."""
     if not specs:
         raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
     if len(specs) > config.n_ctx:
@@ -343,10 +349,23 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
             run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,
                                                  after=after, time_slice=time_slice,
                                                  max_cycles=max_cycles or budget,
-                                                 progress=progress)
+                                                 progress=progress, timeline=bool(trace_out))
             points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
                                   vnpus, policy=policy, load=load, closed=closed, seed=seed,
                                   backend=backend))
+            if trace_out:
+                path = Path(trace_out)
+                if len(policies) > 1:
+                    path = path.with_name(f"{path.stem}.{policy}{path.suffix}")
+                how = f"load {load:g}" if closed is None else f"closed loop of {closed}"
+                try:
+                    write_chrome_trace(path, config, run, results,
+                                       [(t.name, v) for t, v in zip(tenants, vnpus)],
+                                       title=f"{policy}, {how}, seed {seed}")
+                except OSError as error:
+                    raise ServeError(f"{path}: cannot write the trace ({error.strerror})") \
+                        from None
+                points[-1].trace = str(path)
     except (DriverError, LoadError) as error:
         raise ServeError(str(error)) from None
     return points

@@ -177,6 +177,9 @@ class GoldenBackend:
         """The Serve operation without time: each request arrives (timed ones in their
         order, closed-loop ones when the request before them completes), is rung and runs at
         once; refusals and faults end what would have followed."""
+        if op.timeline:
+            raise ValueError("the golden backend has no time, hence no timeline; serve on "
+                             "pysim or verilator")
         per_line = self.config.hbm_words_per_cycle
         requests = op.requests
         served = [[None, 0, 0, [0] * (r.lines[1] * per_line)] for r in requests]
@@ -202,7 +205,7 @@ class GoldenBackend:
             if entry >> 62 & 1:
                 continue
             arrivals[:0] = [(f, when) for f in followers.get(index, [])]
-        return 0, 0, False, [tuple(r) for r in served]
+        return 0, 0, False, [tuple(r) for r in served], None
 
     def _read(self, address):
         cfg = self.config

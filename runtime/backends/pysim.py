@@ -5,7 +5,7 @@ from collections import deque
 from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
-from hw.npu import NPU
+from hw.npu import NPU, activity_bits
 from . import script as ops
 from .words import to_signed32, unpack_words
 
@@ -31,13 +31,17 @@ class _Session:
     every memory, so each script starts from the state of a fresh NPU. Building and
     compiling the simulation is what costs seconds; this pays it once per configuration."""
 
-    def __init__(self, config, poll, vcd=None, trace=False):
+    def __init__(self, config, poll, vcd=None, trace=False, timeline=False):
         self.config, self.poll, self.trace = config, poll, trace
         self.trace_events = []
         self.harness = _Harness(config)
         self.sim = Simulator(self.harness)
         self.sim.add_clock(1e-6)
         self.sim.add_testbench(self._server)
+        #: While a Serve with a timeline runs: (cycle, engine, activity) changes.
+        self.timeline = None
+        if timeline:                 # a process waking every cycle: only where asked for
+            self.sim.add_process(self._timeline)
         self.vcd = vcd
         self.job = None
         self.results = None
@@ -70,7 +74,7 @@ class _Session:
             if self.job is None:
                 await ctx.tick()
                 continue
-            script, self.job = self.job, None
+            script, self.job, self.timeline = self.job, None, None
             ctx.set(self.harness.domain.rst, 1)
             await ctx.tick()
             ctx.set(self.harness.domain.rst, 0)
@@ -81,6 +85,24 @@ class _Session:
                 self.results = await self._run_script(ctx, script)
             except Exception as error:    # reported to the caller of execute()
                 self.error = error
+
+    async def _timeline(self, ctx):
+        """Each engine's activity at every clock edge (before it), kept on change, as the
+        Verilator harness's sample() does."""
+        npu = self.harness.npu
+        bits, n = activity_bits(self.config), len(npu.engines)
+        last = None
+        async for _, _, cycle, activity in ctx.tick().sample(npu.cycle, npu.activity):
+            if self.timeline is None:
+                last = None
+                continue
+            if last is None:
+                last = [None] * n
+            for e in range(n):
+                value = activity >> (e * bits) & ((1 << bits) - 1)
+                if value != last[e]:
+                    last[e] = value
+                    self.timeline.append((cycle, e, value))
 
     async def _run_script(self, ctx, script):
         npu = self.harness.npu
@@ -205,6 +227,8 @@ class _Session:
                 drop(follower)
 
         mark = ctx.get(npu.cycle)
+        if op.timeline:
+            self.timeline = []
         following = 0                              # the next timed request
         while True:
             now = ctx.get(npu.cycle) - mark
@@ -255,7 +279,11 @@ class _Session:
         served = [(arrival[i], error[i], entry[i], words[i] or
                    [0] * (requests[i].lines[1] * self.config.hbm_words_per_cycle))
                   for i in range(len(requests))]
-        return mark, ctx.get(npu.cycle) - mark, bool(ctx.get(npu.busy)), served
+        timeline = None
+        if op.timeline:
+            timeline = [(cycle - mark, e, value) for cycle, e, value in self.timeline]
+            self.timeline = None
+        return mark, ctx.get(npu.cycle) - mark, bool(ctx.get(npu.busy)), served, timeline
 
     async def _csr_read(self, ctx, address):
         """One register read: the value is there after the clock edge."""
@@ -314,15 +342,18 @@ class PysimBackend:
 
     def execute(self, script):
         if self.vcd:
-            session = _Session(self.config, self.poll, self.vcd, self.trace)
+            session = _Session(self.config, self.poll, self.vcd, self.trace, timeline=any(
+                isinstance(op, ops.Serve) and op.timeline for op in script))
             session.progress = self.progress
             results = session.execute(script)
             self.trace_events = session.trace_events
             return results
-        key = (self.config, self.poll, self.trace)
+        timeline = any(isinstance(op, ops.Serve) and op.timeline for op in script)
+        key = (self.config, self.poll, self.trace, timeline)
         session = _SESSIONS.get(key)
         if session is None:
-            session = _SESSIONS[key] = _Session(self.config, self.poll, trace=self.trace)
+            session = _SESSIONS[key] = _Session(self.config, self.poll, trace=self.trace,
+                                                timeline=timeline)
         session.progress = self.progress
         try:
             results = session.execute(script)

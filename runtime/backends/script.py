@@ -99,10 +99,14 @@ class Serve:
     held are dropped. Ends when every request completed, was refused or dropped (or after
     ``max_cycles``). Result: (the NPU's cycle counter at the start, cycles waited, still
     busy, per request (host arrival cycle or None, HOST_ERROR code of its doorbell or 0,
-    COMPLETION entry or 0, words of its lines)). Cycles count from the start."""
+    COMPLETION entry or 0, words of its lines), the timeline or None). Cycles count from
+    the start. With ``timeline``, the backend records the NPU's ``activity`` port each
+    cycle: the timeline is (cycle, engine, value) for the start and for every change, value
+    0 when the engine is idle and c + 1 while it runs a µTOp of context c."""
     host_error: int
     contexts: tuple         # ServeContext
     requests: tuple         # Request
     max_cycles: int
+    timeline: bool = False
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import amaranth
 
 from hw.hbm import HBMRequestLayout
+from hw.npu import activity_bits
 from isa.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS
 from hw.ports import SpadWriteLayout, spad_addr_shape
 from . import script as ops
@@ -139,6 +140,8 @@ def _config_header(config):
         "SPAD_WR_ADDR": write["addr"].offset, "SPAD_WR_DATA": write["data"].offset,
         "SPAD_WR_MASK": write["mask"].offset,
         "HBM_LINE_BITS": hbm["line"].width,
+        "N_ENGINES": config.n_me + config.n_ve + config.n_dma,
+        "ACTIVITY_BITS": activity_bits(config),
         "HBM_LINE": hbm["line"].offset, "HBM_WRITE": hbm["write"].offset,
         "HBM_DATA": hbm["data"].offset, "HBM_MASK": hbm["mask"].offset,
     }
@@ -234,8 +237,9 @@ def _encode(script, poll):
                 words += [line, mask] + [v & 0xFFFFFFFF for v in values]
             case ops.Run(max_cycles):
                 words += [max_cycles, poll]
-            case ops.Serve(host_error, contexts, requests, max_cycles):
-                words += [host_error, len(contexts), len(requests), max_cycles, poll]
+            case ops.Serve(host_error, contexts, requests, max_cycles, timeline):
+                words += [host_error, len(contexts), len(requests), max_cycles, poll,
+                          int(timeline)]
                 for c in contexts:
                     words += [c.doorbell, c.completion, c.capacity]
                 for r in requests:
@@ -273,7 +277,13 @@ def _decode(script, words, config):
                     served.append((None if arrival == _NONE else arrival, error, entry,
                                    [to_signed32(w) for w in words[position + 3:position + 3 + count]]))
                     position += 3 + count
-                results.append((mark, waited, bool(busy), served))
+                timeline = None
+                if op.timeline:
+                    count = words[position]
+                    timeline = [tuple(words[position + 1 + 3 * k:position + 4 + 3 * k])
+                                for k in range(count)]
+                    position += 1 + 3 * count
+                results.append((mark, waited, bool(busy), served, timeline))
     return results
 
 

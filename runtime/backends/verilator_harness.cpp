@@ -12,10 +12,11 @@
 //             3 spad_write row w0..w(LANES-1) | 4 spad_read row -> LANES words
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
-//             12 serve host_error n_contexts n_requests max_cycles poll
+//             12 serve host_error n_contexts n_requests max_cycles poll timeline
 //                  n_contexts x (doorbell completion capacity)
 //                  n_requests x (context offset cycle after first_line n_lines)
-//                -> mark waited busy, then per request: arrival error entry words...
+//                -> mark waited busy, then per request: arrival error entry words...,
+//                   then with timeline: n_events, n_events x (cycle engine activity)
 //                (runtime/backends/script.py, Serve: the same algorithm as pysim's)
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
 // offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
@@ -129,6 +130,7 @@ class Harness {
     // One clock edge; inputs set before it are seen at that edge.
     void tick() {
         settle();
+        if (tracing_) sample();
         top_->clk = 1;
         top_->eval();
         dump();
@@ -286,11 +288,23 @@ class Harness {
         return top_->cycle;
     }
 
+    // Timeline (Serve with timeline): each engine's activity before this clock edge, kept
+    // when it differs from the last one kept.
+    void sample() {
+        uint64_t cycle = top_->cycle - timeline_mark_;
+        for (int e = 0; e < N_ENGINES; e++) {
+            uint64_t value = get(top_->activity, e * ACTIVITY_BITS, ACTIVITY_BITS);
+            if (value == last_activity_[e]) continue;
+            last_activity_[e] = value;
+            timeline_.insert(timeline_.end(), {cycle, static_cast<uint64_t>(e), value});
+        }
+    }
+
     // Serve (op 12): a host driver's loop, free-running. See runtime/backends/script.py.
     size_t serve(const std::vector<uint64_t> &ops, size_t i, std::vector<uint64_t> &out) {
         uint64_t host_error = ops.at(i + 1), n_ctx = ops.at(i + 2), n_req = ops.at(i + 3);
-        uint64_t max_cycles = ops.at(i + 4), poll = ops.at(i + 5);
-        size_t at = i + 6;
+        uint64_t max_cycles = ops.at(i + 4), poll = ops.at(i + 5), timeline = ops.at(i + 6);
+        size_t at = i + 7;
         struct Ctx {
             uint64_t doorbell, completion, capacity;
             std::deque<uint64_t> waiting, rung;   // arrived at the host; rung, not completed
@@ -320,6 +334,12 @@ class Harness {
             if (q.after == NONE) timed.push_back(r); else followers[q.after].push_back(r);
         }
         uint64_t mark = now(), resolved = 0, next = 0;   // next: the next timed request
+        if (timeline) {
+            tracing_ = true;
+            timeline_mark_ = mark;
+            timeline_.clear();
+            last_activity_.assign(N_ENGINES, NONE);
+        }
         for (;;) {
             uint64_t t = now() - mark;
             while (next < timed.size() && reqs[timed[next]].cycle <= t) {
@@ -383,6 +403,11 @@ class Harness {
             out.push_back(q.entry);
             out.insert(out.end(), q.words.begin(), q.words.end());
         }
+        if (timeline) {
+            tracing_ = false;
+            out.push_back(timeline_.size() / 3);
+            out.insert(out.end(), timeline_.begin(), timeline_.end());
+        }
         return at;
     }
 
@@ -431,6 +456,9 @@ class Harness {
     std::unique_ptr<VerilatedContext> context_;
     std::unique_ptr<Vneu10_sim_top> top_;
     bool dirty_ = true;    // a host input changed since the last host_strobe
+    bool tracing_ = false;  // recording a timeline (sample() before each edge)
+    uint64_t timeline_mark_ = 0;
+    std::vector<uint64_t> timeline_, last_activity_;
     uint64_t mark_ = 0;    // the cycle counter at the last `mark`
 #if NEU10_TRACE
     std::unique_ptr<VerilatedVcdC> trace_;

@@ -80,11 +80,30 @@ class RunResult:
     spad: dict = field(default_factory=dict)    # (row, count) -> array
     hbm: dict = field(default_factory=dict)     # (addr, count) -> array
     trace: list = field(default_factory=list)   # per cycle, when the backend traces
+    #: Driver.serve(timeline=True): (cycle, engine, value) at the start and at every change
+    #: of what an engine runs, value 0 idle or c + 1 for context c (hw.npu's activity port).
+    timeline: list | None = None
     timed: bool = True                # False on the golden backend: no cycles, no timing counters
 
     @property
     def makespan(self):
         return max((c.cycles for c in self.contexts), default=0)
+
+    def busy_intervals(self):
+        """The timeline as (engine, context, first cycle, end cycle) per stretch an engine
+        ran one context's µTOps, in time order; the last stretch ends at ``cycles``."""
+        if self.timeline is None:
+            raise ValueError("no timeline: serve with timeline=True on pysim or verilator")
+        open_, intervals = {}, []
+        for cycle, engine, value in list(self.timeline) + [(self.cycles, e, 0)
+                                                           for e in {e for _, e, _ in self.timeline}]:
+            if engine in open_:
+                start, ctx = open_.pop(engine)
+                if cycle > start:
+                    intervals.append((engine, ctx, start, cycle))
+            if value:
+                open_[engine] = (cycle, value - 1)
+        return sorted(intervals, key=lambda i: (i[2], i[0]))
 
 
 @dataclass
@@ -284,7 +303,7 @@ class Driver:
         return self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
 
     def serve(self, arrivals, *, offsets=None, outputs=None, after=None, contexts=None,
-              max_cycles=1_000_000, read_spad=(), read_hbm=()):
+              max_cycles=1_000_000, read_spad=(), read_hbm=(), timeline=False):
         """Hand the loaded contexts requests over time, free-running on the backend as a
         host driver would (runtime.backends.script.Serve).
 
@@ -303,7 +322,8 @@ class Driver:
         as a real host's would. A context's requests must not write an output range that
         one of its next ``queue_depth`` + 1 requests also writes (it could run before the
         host reads). Stamps count cycles modulo 2^31: a stream must end within 2^31
-        cycles."""
+        cycles. With ``timeline`` the run's ``timeline`` says which context each engine ran
+        when (pysim and verilator)."""
         cfg = self.config
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
@@ -365,7 +385,7 @@ class Driver:
                                         else int(cycle), before, lines))
         serve = ops.Serve(host_error, tuple(ops.ServeContext(
             register_address("DOORBELL", ctx=c), register_address("COMPLETION", ctx=c),
-            capacity) for c in contexts), tuple(requests), max_cycles)
+            capacity) for c in contexts), tuple(requests), max_cycles, bool(timeline))
         # Setup must have been accepted before the stream (HOST_ERROR keeps the first
         # refusal): read it, then clear it for the doorbells.
         script = list(self.script) + [ops.CsrRead(host_error), ops.CsrWrite(host_error, 0),
@@ -376,8 +396,9 @@ class Driver:
         if setup_error:
             raise DriverError(f"the NPU refused a host write: {HostError(setup_error & 0xFF).name} "
                               f"at register address 0x{setup_error >> 32:x}")
-        mark, cycles, busy, served = next(results)
+        mark, cycles, busy, served, events = next(results)
         run = self._result(results, cycles, busy, contexts, reads, read_spad, read_hbm)
+        run.timeline = events
 
         def since_mark(stamp):
             return (stamp - mark) % (1 << 31)

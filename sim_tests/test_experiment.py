@@ -1,0 +1,197 @@
+"""neu10 experiment: matrices, resumable results, the summary's ratios, failed points, the
+process pool and a local Ray instance giving the same results."""
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+
+from runtime.apps.cli import main
+from runtime.apps.experiment import (ExperimentError, Matrix, PRESETS, ROW_FIELDS, load_matrix,
+                                     read_results, run_experiment)
+from runtime.apps.experiment_report import summarize
+
+#: Two tenants on the small NPU, harvest against static, one load, a closed loop, 2 seeds.
+TINY = Matrix("tiny", mixes=(("ncf:1,1", "dlrm:1,1"),), policies=("harvest", "static"),
+              loads=(0.6,), closed=(1,), seeds=(1, 2), requests=4, config="small")
+
+
+def figures(rows):
+    """What a point measured, without how long it took to simulate."""
+    return sorted((tuple(str(r[k]) for k in ROW_FIELDS if k != "wall_seconds") for r in rows))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    folder, rows = run_experiment(TINY, reports=reports, jobs=1, log=lambda text: None)
+    return folder, rows
+
+
+def test_points_of_a_matrix():
+    points = TINY.points()
+    # Open loop: every seed; the closed loop (no random arrivals) with the first seed.
+    assert len(points) == 2 * (2 + 1)
+    assert {p.seed for p in points if p.closed} == {1}
+    assert len({TINY.key(p) for p in points}) == len(points)
+    paper = PRESETS["paper"]
+    assert len(paper.mixes) == 10 and ("bert", "bert") in paper.mixes
+    assert len(paper.loads) >= 5 and len(paper.seeds) >= 3
+
+
+def test_results_summary_and_plots(tiny):
+    folder, rows = tiny
+    assert {p.name for p in folder.iterdir()} >= {"results.json", "results.csv", "summary.md",
+                                                  "p99_vs_load.png", "throughput.png",
+                                                  "utilization.png"}
+    # A row per point and tenant, every one clean and bit-exact.
+    assert len(rows) == len(TINY.points()) * 2
+    assert all(r["status"] == "ok" and r["completed"] == r["tenant_requests"] and r["wrong"] == 0
+               for r in rows)
+    assert figures(read_results(folder)) == figures(rows)
+    with (folder / "results.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert len(table) == len(rows) and list(table[0]) == list(ROW_FIELDS)
+    for png in ("p99_vs_load.png", "throughput.png", "utilization.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_ratios_come_from_the_rows(tiny):
+    folder, rows = tiny
+    summary = summarize(TINY, rows)
+    mix = "ncf:1,1+dlrm:1,1"
+
+    def point(policy, seed, load=0.6):
+        return [r for r in rows if r["policy"] == policy and r["seed"] == seed
+                and r["load"] == load]
+
+    # Per seed harvest / static, then the mean and the sample standard deviation.
+    stp = [point("harvest", s)[0]["stp"] / point("static", s)[0]["stp"] for s in (1, 2)]
+    mean, sd, n = summary["ratios"][mix, ("open", 0.6), "static"]["throughput"]
+    assert n == 2 and mean == pytest.approx(sum(stp) / 2)
+    assert sd == pytest.approx(abs(stp[0] - stp[1]) / 2 ** 0.5)
+    tenants = sorted(r["tenant"] for r in point("harvest", 1))
+    for t, name in enumerate(tenants):
+        p99 = [next(r for r in point("static", s) if r["tenant"] == name)["latency_p99"]
+               / next(r for r in point("harvest", s) if r["tenant"] == name)["latency_p99"]
+               for s in (1, 2)]
+        assert summary["ratios"][mix, ("open", 0.6), "static"]["p99"][t][0] == \
+            pytest.approx(sum(p99) / 2)
+    # Across mixes: throughput at the closed loop (one mix, one point: best = mean).
+    closed = summary["ratios"][mix, ("closed", 1), "static"]["throughput"][0]
+    best, mean, count = summary["across"]["static"]["throughput"]
+    assert best == pytest.approx(closed) and mean == pytest.approx(closed) and count == 1
+    text = (folder / "summary.md").read_text()
+    assert "| static |" in text and "up to 4.6x" in text and f"## {mix}" in text
+
+
+def test_rerun_skips_finished_points_and_retries_errors(tiny, tmp_path):
+    folder, rows = tiny
+    copy = tmp_path / "tiny"
+    copy.mkdir()
+    broken = json.loads((folder / "results.json").read_text())
+    victim = next(r for r in broken if r["closed"] == 1 and r["policy"] == "static")
+    broken = [r for r in broken if r is victim or not (r["closed"] == 1 and
+                                                        r["policy"] == "static")]
+    victim.update({k: None for k in ROW_FIELDS if k not in ("mix", "policy", "load", "closed",
+                                                             "seed", "requests", "config",
+                                                             "backend", "time_slice")},
+                  status="error", error="RuntimeError: killed")
+    (copy / "results.json").write_text(json.dumps(broken))
+    messages = []
+    _, again = run_experiment(TINY, reports=tmp_path, jobs=1, log=messages.append)
+    assert messages[0] == (f"experiment tiny: 6 points, 5 already in {copy / 'results.json'}; "
+                           f"running 1 with 1 jobs")
+    # The retried point measures what it measured the first time.
+    assert figures(again) == figures(rows)
+
+
+def test_process_pool_gives_the_same_results(tiny, tmp_path):
+    _, rows = tiny
+    _, pooled = run_experiment(TINY, reports=tmp_path, jobs=2, log=lambda text: None)
+    assert figures(pooled) == figures(rows)
+
+
+def test_ray_gives_the_same_results(tiny, tmp_path):
+    """A local Ray instance (started and stopped by the run) runs the same points."""
+    _, rows = tiny
+    matrix = replace(TINY, seeds=(1,))
+    _, ours = run_experiment(matrix, reports=tmp_path, ray="local", log=lambda text: None)
+    assert figures(ours) == figures([r for r in rows if r["seed"] == 1])
+
+
+def test_a_failed_point_is_reported_and_the_others_go_on(tmp_path, capsys):
+    (tmp_path / "m.toml").write_text(
+        'mixes = [["ncf:1,1"], ["ncf:4,4", "dlrm:4,4"]]\npolicies = ["harvest"]\n'
+        'loads = [0.5]\nclosed = []\nseeds = [1]\nrequests = 3\nconfig = "small"\n')
+    assert main(["experiment", str(tmp_path / "m.toml"), "--reports", str(tmp_path),
+                 "--jobs", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 points ran cleanly; 1 failed" in out
+    rows = read_results(tmp_path / "m")
+    [bad] = [r for r in rows if r["status"] != "ok"]
+    assert bad["status"] == "error" and "need 8 MEs side by side; this NPU has 4" in bad["error"]
+    assert [r["status"] for r in rows if r["mix"] == "ncf:1,1"] == ["ok"]
+    assert "ncf:4,4+dlrm:4,4 harvest load 0.5 seed 1: error" in \
+        (tmp_path / "m" / "summary.md").read_text()
+
+
+def test_load_matrix(tmp_path):
+    assert load_matrix("quick") is PRESETS["quick"]
+    (tmp_path / "mine.toml").write_text('mixes = [["ncf", "bert:2,2"]]\nloads = [0.5]\n'
+                                        'config = "sub/c.toml"\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.toml").write_text('preset = "small"\n')
+    matrix = load_matrix(str(tmp_path / "mine.toml"))
+    assert matrix.name == "mine" and matrix.mixes == (("ncf", "bert:2,2"),)
+    assert matrix.loads == (0.5,) and matrix.policies == PRESETS["quick"].policies
+    assert matrix.config == str(tmp_path / "sub" / "c.toml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('mixes = [["ncf", "gpt"]]', "unknown model 'gpt'"),
+    ('mixes = [["ncf:2"]]', "expected MODEL:ME,VE"),
+    ('mixes = ["ncf"]', "expected a list of lists of tenants"),
+    ('mixes = []', "no mixes"),
+    ('loads = [0.5]', "no 'mixes'"),
+    ('mixes = [["ncf"]]\nloads = [0]', "load 0: expected a number > 0"),
+    ('mixes = [["ncf"]]\nloads = []\nclosed = []', "nothing to run"),
+    ('mixes = [["ncf"]]\nclosed = [0]', "closed-loop depth 0"),
+    ('mixes = [["ncf"]]\npolicies = ["fifo"]', "unknown policy 'fifo'"),
+    ('mixes = [["ncf"]]\npolicies = ["static"]', "must include harvest"),
+    ('mixes = [["ncf"]]\nrequests = 0', "requests 0: expected an integer >= 1"),
+    ('mixes = [["ncf"]]\nbackend = "golden"', "backend 'golden'"),
+    ('mixes = [["ncf"]]\nconfig = "huge"', "unknown config 'huge'"),
+    ('mixes = [["ncf"]]\nloadz = [1]', "unknown key 'loadz'"),
+    ('mixes = [["ncf"]', "not valid TOML"),
+])
+def test_bad_matrices(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ExperimentError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_matrix(str(path))
+    assert main(["experiment", str(path), "--reports", str(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("neu10: error: ") and message in line
+
+
+def test_cli_errors(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for argv, message in [
+        (["experiment", "huge"], "expected a preset (quick, paper) or a .toml file"),
+        (["experiment", "missing.toml"], "missing.toml: no such file"),
+        (["experiment", "quick", "--reports", str(tmp_path / "file")], "cannot write the results"),
+        (["experiment", "quick", "--jobs", "0", "--reports", str(tmp_path)], "jobs 0"),
+        (["experiment", "quick", "--name", "a/b"], "expected a folder name"),
+    ]:
+        assert main(argv) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("neu10: error: ") and message in line, line
+
+
+def test_cli_list(capsys):
+    assert main(["experiment", "quick", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(PRESETS["quick"].points())
+    assert "ncf+dlrm harvest load 0.3 seed 1" in lines
