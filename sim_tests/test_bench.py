@@ -41,6 +41,8 @@ def test_serving_figures():
     results = bench_serving(NPUConfig.preset("small"), pair=("ncf", "dlrm"), requests=4)["serving"]
     assert set(results["policies"]) == {"static", "harvest", "temporal", "v10"}
     assert set(results["harvest_vs"]) == {"static", "temporal", "v10"}
+    # dlrm (the slower) gets 4 requests, ncf more: as many as arrive in the same time.
+    assert results["requests"][1] == 4 and results["requests"][0] > 4
     for ratios in results["harvest_vs"].values():
         assert ratios["throughput"] > 0 and ratios["utilization"] > 0
         assert len(ratios["p99"]) == 2 and all(r > 0 for r in ratios["p99"])

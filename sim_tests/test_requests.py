@@ -186,6 +186,8 @@ def test_bad_streams_are_refused_before_running():
         driver().serve([])
     with pytest.raises(DriverError, match=r"request 1: after=1 must name an earlier request"):
         driver().serve([(0, 0), (None, 0)], after=[None, 1])
+    with pytest.raises(DriverError, match="the golden backend has no time, hence no timeline"):
+        driver("golden").serve([(0, 0)], timeline=True)
 
 
 def test_pysim_and_verilator_stamp_a_stream_identically():

@@ -87,6 +87,7 @@ def test_parse_tenant():
     (["serve", "ncf", "--closed", "0"], "outstanding requests must be a positive integer"),
     (["serve", "ncf", "dlrm", "--priority", "1"], "expected 2 values from 0 to 15"),
     (["serve"] + ["ncf"] * 5, "5 tenants; this NPU has 4 contexts"),
+    (["serve", "ncf", "--trace-out", "/no/such/folder/t.json"], "cannot write there"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2

@@ -252,7 +252,7 @@ def bench_colocation(config, backend="verilator", pair=("bert", "resnet"), vnpu=
 def bench_serving(config, backend="verilator", pair=("resnet", "bert"), load=0.7,
                   requests=50, seed=1):
     """Serving: an ME-heavy and a VE-heavy model (each on the allocator's vNPU), open loop at
-    ``load``, under every policy: harvest's throughput, p99 latency and utilization against
+    ``load`` (``requests`` of the slower, serve.request_counts), under every policy: harvest's throughput, p99 latency and utilization against
     each baseline (ratios > 1: harvest is better)."""
     from runtime.host.driver import POLICIES
     from .serve import TenantSpec, serve
@@ -278,7 +278,8 @@ def bench_serving(config, backend="verilator", pair=("resnet", "bert"), load=0.7
             "p99": [b / h for h, b in zip(harvest["p99_cycles"], row["p99_cycles"])],
             "utilization": harvest["utilization"] / row["utilization"]}
     first = points[0]
-    return {"serving": {"models": list(pair), "load": load, "requests": requests,
+    return {"serving": {"models": list(pair), "load": load,
+                        "requests": [t.requests for t in first.tenants],
                         "vnpus": [[t.n_me, t.n_ve] for t in first.tenants],
                         "isolated_latency": [t.isolated_latency for t in first.tenants],
                         "policies": table, "harvest_vs": ratios}}
@@ -391,7 +392,8 @@ def format_report(results, config):
         a, b = sv["models"]
         lines += ["", f"serving {a} ({sv['vnpus'][0][0]} ME + {sv['vnpus'][0][1]} VE) and {b} "
                       f"({sv['vnpus'][1][0]} ME + {sv['vnpus'][1][1]} VE), open loop at load "
-                      f"{sv['load']:g}, {sv['requests']} requests each (alone: "
+                      f"{sv['load']:g}, {sv['requests'][0]} / {sv['requests'][1]} requests "
+                      f"(as many as arrive in the same time; alone: "
                       f"{sv['isolated_latency'][0]} / {sv['isolated_latency'][1]} cycles):",
                   f"{'policy':<10} {'p50 ' + a:>12} {'p99 ' + a:>12} {'p50 ' + b:>12} "
                   f"{'p99 ' + b:>12} {'util':>6} {'STP':>5} {'ANTT':>5}"]

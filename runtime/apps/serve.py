@@ -23,6 +23,7 @@ the same vNPU under the static policy: its latency is that of a request that fin
 NPU idle, its service time the spacing of back-to-back requests.
 """
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -328,6 +329,11 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
     for policy in policies:
         if policy not in POLICIES:
             raise ServeError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    if trace_out is not None:
+        folder = Path(trace_out).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ServeError(f"--trace-out {trace_out}: cannot write there ({folder} is not a "
+                             f"writable folder)")
     tenants = _compile(config, specs, seed)
     _size(config, tenants)
     alone_cycles = max_cycles or 50 * max(t.slot_words for t in tenants) + 1_000_000

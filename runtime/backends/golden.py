@@ -178,8 +178,7 @@ class GoldenBackend:
         order, closed-loop ones when the request before them completes), is rung and runs at
         once; refusals and faults end what would have followed."""
         if op.timeline:
-            raise ValueError("the golden backend has no time, hence no timeline; serve on "
-                             "pysim or verilator")
+            raise ValueError("the golden backend has no time, hence no timeline")
         per_line = self.config.hbm_words_per_cycle
         requests = op.requests
         served = [[None, 0, 0, [0] * (r.lines[1] * per_line)] for r in requests]

@@ -327,6 +327,9 @@ class Driver:
         cfg = self.config
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
+        if timeline and self.backend.name == "golden":
+            raise DriverError("the golden backend has no time, hence no timeline: serve on "
+                              "pysim or verilator")
         try:
             arrivals = [(cycle, c) for cycle, c in arrivals]
         except (TypeError, ValueError):
