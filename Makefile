@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 NEU10   = $(VENV)/bin/neu10
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: install test test-all demo spec bench verilog verilog-tpu clean
+.PHONY: install test test-all demo experiment spec bench verilog verilog-tpu clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test-all: $(STAMP)
 ## The main job: a two-tenant demo.
 demo: $(STAMP)
 	$(NEU10) demo
+
+## The serving experiment (harvest vs static, temporal, v10): reports/quick/summary.md.
+experiment: $(STAMP)
+	$(NEU10) experiment quick
 
 ## Performance figures (printed; tracked from run to run with `neu10 bench --json`).
 bench: $(STAMP)
