@@ -3,13 +3,15 @@ process pool and a local Ray instance giving the same results."""
 
 import csv
 import json
+import os
+import re
 from dataclasses import replace
 
 import pytest
 
 from runtime.apps.cli import main
-from runtime.apps.experiment import (ExperimentError, Matrix, PRESETS, ROW_FIELDS, load_matrix,
-                                     read_results, run_experiment)
+from runtime.apps.experiment import (KEY_FIELDS, ExperimentError, Matrix, PRESETS, ROW_FIELDS, _run_local,
+                                     load_matrix, read_results, run_experiment)
 from runtime.apps.experiment_report import summarize
 
 #: Two tenants on the small NPU, harvest against static, one load, a closed loop, 2 seeds.
@@ -94,9 +96,7 @@ def test_rerun_skips_finished_points_and_retries_errors(tiny, tmp_path):
     victim = next(r for r in broken if r["closed"] == 1 and r["policy"] == "static")
     broken = [r for r in broken if r is victim or not (r["closed"] == 1 and
                                                         r["policy"] == "static")]
-    victim.update({k: None for k in ROW_FIELDS if k not in ("mix", "policy", "load", "closed",
-                                                             "seed", "requests", "config",
-                                                             "backend", "time_slice")},
+    victim.update({k: None for k in ROW_FIELDS if k not in KEY_FIELDS},
                   status="error", error="RuntimeError: killed")
     (copy / "results.json").write_text(json.dumps(broken))
     messages = []
@@ -121,9 +121,18 @@ def test_ray_gives_the_same_results(tiny, tmp_path):
     assert figures(ours) == figures([r for r in rows if r["seed"] == 1])
 
 
-def test_a_failed_point_is_reported_and_the_others_go_on(tmp_path, capsys):
+def test_a_failed_point_is_reported_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    import runtime.apps.experiment as experiment
+    real = experiment.serve
+
+    def serve(config, specs, **options):
+        if specs[0].model == "dlrm":
+            raise RuntimeError("the simulator crashed\nbadly")
+        return real(config, specs, **options)
+
+    monkeypatch.setattr(experiment, "serve", serve)
     (tmp_path / "m.toml").write_text(
-        'mixes = [["ncf:1,1"], ["ncf:4,4", "dlrm:4,4"]]\npolicies = ["harvest"]\n'
+        'mixes = [["ncf:1,1"], ["dlrm:1,1"]]\npolicies = ["harvest"]\n'
         'loads = [0.5]\nclosed = []\nseeds = [1]\nrequests = 3\nconfig = "small"\n')
     assert main(["experiment", str(tmp_path / "m.toml"), "--reports", str(tmp_path),
                  "--jobs", "1"]) == 1
@@ -131,10 +140,42 @@ def test_a_failed_point_is_reported_and_the_others_go_on(tmp_path, capsys):
     assert "1 of 2 points ran cleanly; 1 failed" in out
     rows = read_results(tmp_path / "m")
     [bad] = [r for r in rows if r["status"] != "ok"]
-    assert bad["status"] == "error" and "need 8 MEs side by side; this NPU has 4" in bad["error"]
+    assert bad["status"] == "error" and bad["mix"] == "dlrm:1,1"
+    # One line, with where it was raised.
+    assert bad["error"].startswith("RuntimeError: the simulator crashed badly (at ")
+    assert "test_experiment.py:" in bad["error"]
     assert [r["status"] for r in rows if r["mix"] == "ncf:1,1"] == ["ok"]
-    assert "ncf:4,4+dlrm:4,4 harvest load 0.5 seed 1: error" in \
-        (tmp_path / "m" / "summary.md").read_text()
+    summary = (tmp_path / "m" / "summary.md").read_text()
+    assert "dlrm:1,1 harvest load 0.5 seed 1: error: RuntimeError: the simulator crashed" in summary
+
+
+def fake_work(matrix, point):
+    """Stands in for run_point in a pool: the static point of seed 2 kills its worker."""
+    if point.policy == "static" and point.seed == 2:
+        os._exit(3)
+    return [{"status": "ok", "label": point.label}]
+
+
+def test_a_worker_that_dies_fails_only_its_point():
+    results = []
+    _run_local(TINY, TINY.points(), 2, lambda point, rows: results.append((point, rows)),
+               work=fake_work)
+    assert sorted(p.label for p, _ in results) == sorted(p.label for p in TINY.points())
+    for point, [row] in results:
+        if point.policy == "static" and point.seed == 2:
+            assert row["status"] == "error" and "worker process died" in row["error"]
+        else:
+            assert row == {"status": "ok", "label": point.label}
+
+
+def test_the_config_s_values_are_part_of_a_point_s_key(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('preset = "small"\n')
+    matrix = replace(TINY, config=str(config))
+    before = matrix.key(matrix.points()[0])
+    config.write_text('preset = "small"\nhbm_latency = 12\n')
+    after = replace(TINY, config=str(config)).key(matrix.points()[0])
+    assert before != after and before[:7] == after[:7]
 
 
 def test_load_matrix(tmp_path):
@@ -155,7 +196,7 @@ def test_load_matrix(tmp_path):
     ('mixes = ["ncf"]', "expected a list of lists of tenants"),
     ('mixes = []', "no mixes"),
     ('loads = [0.5]', "no 'mixes'"),
-    ('mixes = [["ncf"]]\nloads = [0]', "load 0: expected a number > 0"),
+    ('mixes = [["ncf"]]\nloads = [0]', "load 0: expected a finite number > 0"),
     ('mixes = [["ncf"]]\nloads = []\nclosed = []', "nothing to run"),
     ('mixes = [["ncf"]]\nclosed = [0]', "closed-loop depth 0"),
     ('mixes = [["ncf"]]\npolicies = ["fifo"]', "unknown policy 'fifo'"),
@@ -165,11 +206,17 @@ def test_load_matrix(tmp_path):
     ('mixes = [["ncf"]]\nconfig = "huge"', "unknown config 'huge'"),
     ('mixes = [["ncf"]]\nloadz = [1]', "unknown key 'loadz'"),
     ('mixes = [["ncf"]', "not valid TOML"),
+    ('mixes = [["ncf"]]\nseeds = [1, 1]', "seeds lists 1 more than once"),
+    ('mixes = [["ncf"], ["ncf"]]', "mixes lists ncf more than once"),
+    ('mixes = [["ncf"]]\nloads = [inf]', "load inf: expected a finite number > 0"),
+    ('name = 5\nmixes = [["ncf"]]', "experiment name 5: expected a folder name"),
+    ('mixes = [["ncf", "ncf", "ncf"]]\nconfig = "small"', "has 3 tenants; the NPU has 2 contexts"),
+    ('mixes = [["ncf:4,4", "dlrm:4,4"]]', "needs 8 MEs side by side; the NPU has 4"),
 ])
 def test_bad_matrices(tmp_path, capsys, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ExperimentError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ExperimentError, match=re.escape(message)):
         load_matrix(str(path))
     assert main(["experiment", str(path), "--reports", str(tmp_path)]) == 2
     [line] = capsys.readouterr().err.splitlines()
@@ -184,6 +231,7 @@ def test_cli_errors(tmp_path, capsys):
         (["experiment", "quick", "--reports", str(tmp_path / "file")], "cannot write the results"),
         (["experiment", "quick", "--jobs", "0", "--reports", str(tmp_path)], "jobs 0"),
         (["experiment", "quick", "--name", "a/b"], "expected a folder name"),
+        (["experiment", "quick", "--jobs", "2", "--ray", "local"], "--jobs and --ray: give one"),
     ]:
         assert main(argv) == 2
         [line] = capsys.readouterr().err.splitlines()

@@ -106,7 +106,7 @@ def test_trace_out_writes_a_perfetto_timeline(tmp_path):
         trace = json.loads((tmp_path / f"t.{point.policy}.json").read_text())
         events = trace["traceEvents"]
         tracks = {e["args"]["name"] for e in events
-                  if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 0}
+                  if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 1}
         assert tracks == {"ME0", "ME1", "ME2", "ME3", "VE0", "VE1", "DMA0"}     # small
         slices = [e for e in events if e["ph"] == "X"]
         assert slices and all(e["dur"] > 0 for e in slices)
@@ -118,8 +118,14 @@ def test_trace_out_writes_a_perfetto_timeline(tmp_path):
             assert cycles["own"] == pytest.approx(sum(
                 tenant.utilization_own[k] * n for k, n in (("me", tenant.n_me),
                                                            ("ve", tenant.n_ve))) * point.cycles)
-            begins = [e for e in events if e["ph"] == "b" and e["name"].startswith(tenant.name)]
+            # A request: an async slice on its tenant's track, from arrival to end.
+            begins = [e for e in events if e["ph"] == "b" and e["name"] == tenant.name]
             assert len(begins) == tenant.requests
-            ends = {e["id"]: e["ts"] for e in events if e["ph"] == "e"}
-            assert all(ends[b["id"]] >= b["ts"] for b in begins)
+            ends = {(e["cat"], e["name"], e["id"]): e for e in events if e["ph"] == "e"}
+            for b in begins:
+                end = ends[b["cat"], b["name"], b["id"]]
+                assert b["ts"] == b["args"]["arrival_cycle"] / SMALL.clock_mhz
+                assert end["ts"] == b["args"]["end_cycle"] / SMALL.clock_mhz
+                assert b["args"]["end_cycle"] - b["args"]["arrival_cycle"] == \
+                    b["args"]["latency_cycles"] > 0
         assert (point.policy == "harvest") == any(e["cat"] == "harvested" for e in slices)

@@ -318,8 +318,12 @@ def cmd_serve(args):
 
 def cmd_experiment(args):
     from dataclasses import replace
+    from runtime.backends.verilog import ToolError
     from .experiment import ExperimentError, load_matrix, run_experiment
     try:
+        if args.jobs is not None and args.ray:
+            raise ExperimentError("--jobs and --ray: give one (Ray runs a point per CPU of "
+                                  "its cluster)")
         matrix = load_matrix(args.matrix)
         if args.name:
             matrix = replace(matrix, name=args.name)
@@ -329,7 +333,7 @@ def cmd_experiment(args):
             return 0
         folder, rows = run_experiment(matrix, reports=args.reports, jobs=args.jobs,
                                       ray=args.ray)
-    except ExperimentError as error:
+    except (ExperimentError, ToolError) as error:
         raise UsageError(str(error)) from None
     bad = sorted({(r["mix"], r["policy"], r["load"], r["closed"], r["seed"])
                   for r in rows if r["status"] != "ok"}, key=str)

@@ -17,13 +17,16 @@ file gives a matrix of one's own (``load_matrix``).
 """
 
 import csv
+import hashlib
 import json
+import math
 import os
 import sys
 import time
 import tomllib
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from itertools import combinations_with_replacement
 from pathlib import Path
 
@@ -78,17 +81,23 @@ class Matrix:
         return [Point(mix, policy, load, depth, seed) for mix in self.mixes
                 for load, depth, seeds in hows for seed in seeds for policy in self.policies]
 
+    @cached_property
+    def config_digest(self):
+        """The config's values, hashed: a config file edited between runs is another one."""
+        values = json.dumps(asdict(NPUConfig.load(self.config)), sort_keys=True)
+        return hashlib.sha256(values.encode()).hexdigest()[:12]
+
     def key(self, point):
         """What identifies a point's rows in a results file, this matrix's settings included
         (so a run with other settings never takes them for its own)."""
         return ("+".join(point.mix), point.policy, point.load, point.closed, point.seed,
-                self.requests, self.config, self.backend, self.time_slice)
+                self.requests, self.config, self.config_digest, self.backend, self.time_slice)
 
 
 #: The fields of a results row: the point (KEY_FIELDS), how it went, the NPU's figures,
 #: then one tenant's (a row per tenant; a point that raised an error has one row).
-KEY_FIELDS = ("mix", "policy", "load", "closed", "seed", "requests", "config", "backend",
-              "time_slice")
+KEY_FIELDS = ("mix", "policy", "load", "closed", "seed", "requests", "config",
+              "config_digest", "backend", "time_slice")
 ROW_FIELDS = KEY_FIELDS + (
     "status", "error", "wall_seconds", "cycles", "util_me", "util_ve", "util_dma",
     "util_engines", "stp", "antt", "tenant", "model", "n_me", "n_ve", "tenant_requests",
@@ -99,7 +108,7 @@ ROW_FIELDS = KEY_FIELDS + (
 
 
 def row_key(row):
-    return tuple(row[name] for name in KEY_FIELDS)
+    return tuple(row.get(name) for name in KEY_FIELDS)
 
 
 _MODELS = ("ncf", "dlrm", "bert", "resnet")
@@ -115,18 +124,36 @@ PRESETS = {
 def _check(matrix):
     """ExperimentError for any value of ``matrix`` a run could not use."""
     name = matrix.name
-    if not name or "/" in name or name in (".", ".."):
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise ExperimentError(f"experiment name {name!r}: expected a folder name")
+    try:
+        config = NPUConfig.load(matrix.config)
+    except ConfigError as error:
+        raise ExperimentError(f"{name}: {error}") from None
     if not matrix.mixes:
         raise ExperimentError(f"{name}: no mixes; expected e.g. mixes = [[\"ncf\", \"dlrm\"]]")
+    for key in ("mixes", "policies", "loads", "closed", "seeds"):
+        values = list(getattr(matrix, key))
+        repeated = sorted({"+".join(v) if key == "mixes" else str(v)
+                           for v in values if values.count(v) > 1})
+        if repeated:
+            raise ExperimentError(f"{name}: {key} lists {', '.join(repeated)} more than once")
     for mix in matrix.mixes:
         if not mix:
             raise ExperimentError(f"{name}: an empty mix; expected a list of tenants")
         try:
-            for tenant in mix:
-                parse_tenant(tenant)
+            specs = [parse_tenant(tenant) for tenant in mix]
         except ServeError as error:
             raise ExperimentError(f"{name}: {error}") from None
+        if len(mix) > config.n_ctx:
+            raise ExperimentError(f"{name}: mix {'+'.join(mix)} has {len(mix)} tenants; the "
+                                  f"NPU has {config.n_ctx} contexts")
+        for kind in ("me", "ve"):
+            wanted = sum(getattr(s, f"n_{kind}") or 0 for s in specs)
+            if wanted > getattr(config, f"n_{kind}"):
+                raise ExperimentError(f"{name}: mix {'+'.join(mix)} needs {wanted} "
+                                      f"{kind.upper()}s side by side; the NPU has "
+                                      f"{getattr(config, f'n_{kind}')}")
     for policy in matrix.policies:
         if policy not in POLICIES:
             raise ExperimentError(f"{name}: unknown policy {policy!r}; expected some of "
@@ -135,8 +162,9 @@ def _check(matrix):
         raise ExperimentError(f"{name}: the policies must include harvest (the summary "
                               f"compares it with the others)")
     for load in matrix.loads:
-        if isinstance(load, bool) or not isinstance(load, (int, float)) or not load > 0:
-            raise ExperimentError(f"{name}: load {load!r}: expected a number > 0")
+        if isinstance(load, bool) or not isinstance(load, (int, float)) or not load > 0 \
+                or not math.isfinite(load):
+            raise ExperimentError(f"{name}: load {load!r}: expected a finite number > 0")
     for depth in matrix.closed:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ExperimentError(f"{name}: closed-loop depth {depth!r}: expected an integer >= 1")
@@ -155,10 +183,6 @@ def _check(matrix):
                                           or matrix.time_slice < 1):
         raise ExperimentError(f"{name}: time_slice {matrix.time_slice!r}: expected an "
                               f"integer >= 1")
-    try:
-        NPUConfig.load(matrix.config)
-    except ConfigError as error:
-        raise ExperimentError(f"{name}: {error}") from None
     return matrix
 
 
@@ -225,8 +249,12 @@ def run_point(matrix, point):
                          closed=point.closed, requests=matrix.requests, seed=point.seed,
                          backend=matrix.backend, time_slice=matrix.time_slice)
     except Exception as error:        # reported with the point, never lost with the others
-        detail = str(error) if isinstance(error, ServeError) else \
-            f"{type(error).__name__}: {error} ({traceback.format_exc(limit=-1).strip()})"
+        if isinstance(error, ServeError):
+            detail = str(error)
+        else:
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            detail = (f"{type(error).__name__}: {' '.join(str(error).split())} (at "
+                      f"{frame.filename}:{frame.lineno})")
         return [dict.fromkeys(ROW_FIELDS) | base | {
             "status": "error", "error": detail,
             "wall_seconds": round(time.perf_counter() - start, 2)}]
@@ -266,15 +294,15 @@ def read_results(folder):
     except (OSError, json.JSONDecodeError) as error:
         raise ExperimentError(f"{path}: cannot read the earlier results ({error}); move it "
                               f"away to start afresh") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(KEY_FIELDS) <= set(r)
-                                             for r in rows):
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"mix", "policy", "status"}
+                                             <= set(r) for r in rows):
         raise ExperimentError(f"{path}: not a results file of neu10 experiment")
     return rows
 
 
 def _write_results(folder, rows):
     """results.json and results.csv, each replaced whole (never left half written)."""
-    rows = sorted(rows, key=lambda r: tuple(str(v) for v in row_key(r)) + (str(r["tenant"]),))
+    rows = sorted(rows, key=lambda r: tuple(str(v) for v in row_key(r)) + (str(r.get("tenant")),))
     for name, write in (("results.json", lambda f: json.dump(rows, f, indent=1)),
                         ("results.csv", lambda f: _write_csv(f, rows))):
         temporary = folder / f".{name}.tmp"
@@ -323,22 +351,54 @@ def _duration(seconds):
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _run_local(matrix, points, jobs, done):
+def _run_local(matrix, points, jobs, done, work=run_point):
+    """``work(matrix, point)`` -> rows for each point, on ``jobs`` processes; ``done(point,
+    rows)`` as each finishes."""
     if jobs == 1:
         for point in points:
-            done(point, run_point(matrix, point))
+            done(point, work(matrix, point))
         return
+    # A worker that dies (killed for memory, say) breaks the whole pool: the points it left
+    # unfinished run again in a new one; the last time each alone in a pool of its own, so
+    # only a point that kills its worker every time is reported as failed.
+    for _ in range(2):
+        points = _pool_round(matrix, points, jobs, done, work)
+        if not points:
+            return
+    for point in points:
+        if _pool_round(matrix, [point], 1, done, work):
+            done(point, _error_rows(matrix, point, "its worker process died (3 times; out of "
+                                    "memory?)"))
+
+
+def _pool_round(matrix, points, jobs, done, work):
+    """Run ``points`` on a pool of ``jobs`` processes; the points left unfinished when a
+    worker died. On an interrupt (Ctrl-C) the workers are stopped at once."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_point, matrix, point): point for point in points}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    try:
+        futures = {pool.submit(work, matrix, point): point for point in points}
+        unfinished = set(futures)
         for future in as_completed(futures):
             point = futures[future]
             try:
                 rows = future.result()
-            except Exception as error:   # the worker died (e.g. killed for memory)
+            except BrokenProcessPool:
+                return [futures[f] for f in futures if f in unfinished]
+            except Exception as error:      # run_point raises nothing; e.g. pickling
                 rows = _error_rows(matrix, point, f"{type(error).__name__}: {error}")
+            unfinished.discard(future)
             done(point, rows)
+        return []
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _run_ray(matrix, points, address, done):

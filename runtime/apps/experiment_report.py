@@ -15,7 +15,8 @@ cycle for cycle with any other, see Matrix.points):
 Across mixes, each ratio's best and geometric mean over mixes and points; throughput and
 utilization over the closed-loop points (saturated, where throughput can differ; open loop
 below saturation serves what arrives under every policy), tail latency over the open-loop
-points. Points that failed or had problems are listed and left out of every figure.
+points; a matrix without closed loops (or loads) has no such figure ("—"). Points that
+failed or had problems are listed and left out of every figure.
 """
 
 from collections import defaultdict
@@ -101,14 +102,15 @@ def summarize(matrix, rows):
                 for q in ("p95", "p99"):
                     n_tenants = len(pairs[0][0]["tenants"])
                     entry[q] = [_stat([b["tenants"][t][f"latency_{q}"] / h["tenants"][t][f"latency_{q}"]
-                                       for h, b in pairs if h["tenants"][t][f"latency_{q}"]])
+                                       for h, b in pairs if h["tenants"][t][f"latency_{q}"]
+                                       and b["tenants"][t][f"latency_{q}"] is not None])
                                 for t in range(n_tenants)]
                 ratios[mix, how, baseline] = entry
     across = {}
     for baseline in (b for b in BASELINES if b in matrix.policies):
         mine = {(mix, how): r for (mix, how, b), r in ratios.items() if b == baseline}
-        closed = [r for (mix, how), r in mine.items() if how[0] == "closed"] or list(mine.values())
-        opened = [r for (mix, how), r in mine.items() if how[0] == "open"] or list(mine.values())
+        closed = [r for (mix, how), r in mine.items() if how[0] == "closed"]
+        opened = [r for (mix, how), r in mine.items() if how[0] == "open"]
         across[baseline] = {
             "throughput": _best_mean([r["throughput"] for r in closed]),
             "utilization": _best_mean([r["utilization"] for r in closed]),
@@ -153,7 +155,7 @@ def _markdown(matrix, summary, folder):
             "## Harvest (Neu10) against each baseline, across mixes", "",
             "Ratios as in the sections below: best and geometric mean over mixes and points "
             "(throughput and utilization at the closed-loop points, tail latency over the "
-            "open-loop points and tenants). The paper's figures are its headline claims "
+            "open-loop points and tenants; — where the matrix has no such points). The paper's figures are its headline claims "
             "against its own baselines, on its simulator and models, and are given for "
             "orientation, not as a like-for-like comparison.", "",
             "| harvest vs | throughput best / mean | p95 lower by, best / mean | "

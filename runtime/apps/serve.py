@@ -331,6 +331,8 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
             raise ServeError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
     if trace_out is not None:
         folder = Path(trace_out).resolve().parent
+        if Path(trace_out).is_dir():
+            raise ServeError(f"--trace-out {trace_out}: is a folder; expected a file name")
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ServeError(f"--trace-out {trace_out}: cannot write there ({folder} is not a "
                              f"writable folder)")

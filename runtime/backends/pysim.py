@@ -91,13 +91,12 @@ class _Session:
         Verilator harness's sample() does."""
         npu = self.harness.npu
         bits, n = activity_bits(self.config), len(npu.engines)
-        last = None
+        recording = last = None
         async for _, _, cycle, activity in ctx.tick().sample(npu.cycle, npu.activity):
             if self.timeline is None:
-                last = None
                 continue
-            if last is None:
-                last = [None] * n
+            if self.timeline is not recording:         # a new Serve: record every engine
+                recording, last = self.timeline, [None] * n
             for e in range(n):
                 value = activity >> (e * bits) & ((1 << bits) - 1)
                 if value != last[e]:
