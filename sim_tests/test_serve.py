@@ -62,6 +62,33 @@ def test_closed_loop_keeps_the_npu_busier_than_a_light_load():
     assert closed.stp > light.stp and closed.utilization["ve"] > light.utilization["ve"]
 
 
+def test_replay_serves_the_trace_s_arrivals(tmp_path, capsys):
+    trace = tmp_path / "arrivals.csv"
+    trace.write_text("cycle,tenant\n0,1\n10,0\n10,1\n5000,0\n")
+    [point] = serve(SMALL, [TenantSpec("ncf", 1, 1), TenantSpec("dlrm", 1, 1)], replay=trace)
+    assert point.problems == [] and point.replay == str(trace) and point.load is None
+    assert [t.requests for t in point.tenants] == [2, 2]
+    assert [t.completed for t in point.tenants] == [2, 2]
+    assert main(["serve", "ncf:1,1", "dlrm:1,1", "--config", "small", "--replay",
+                 str(trace)]) == 0
+    assert f"replay of {trace}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("cycle,tenant\n0,2\n", "tenant 2 is out of range 0..1"),
+    ("cycle,tenant\n5,0\n3,1\n", "cycle 3 is earlier than the row before"),
+    ("cycle,tenant\nx,0\n", "cycle and tenant must be integers"),
+    ("when,who\n0,0\n", "the first row must be the header 'cycle,tenant'"),
+])
+def test_a_bad_trace_is_one_line_and_exit_2(tmp_path, capsys, rows, message):
+    trace = tmp_path / "bad.csv"
+    trace.write_text(rows)
+    assert main(["serve", "ncf:1,1", "dlrm:1,1", "--config", "small", "--replay",
+                 str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
+
+
 def test_cli_json(capsys):
     assert main(["serve", "ncf:1,1", "--config", "small", "--requests", "3", "--json"]) == 0
     [point] = json.loads(capsys.readouterr().out)
@@ -88,6 +115,8 @@ def test_parse_tenant():
     (["serve", "ncf", "dlrm", "--priority", "1"], "expected 2 values from 0 to 15"),
     (["serve"] + ["ncf"] * 5, "5 tenants; this NPU has 4 contexts"),
     (["serve", "ncf", "--trace-out", "/no/such/folder/t.json"], "cannot write there"),
+    (["serve", "ncf", "--replay", "/no/such.csv"], "cannot read trace /no/such.csv"),
+    (["serve", "ncf", "--replay", "/no/such.csv", "--closed", "2"], "give one"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2

@@ -303,6 +303,7 @@ def cmd_serve(args):
         points = serve(config, specs, policies=policies, load=args.load, closed=args.closed,
                        requests=args.requests, seed=args.seed, backend=args.backend,
                        time_slice=args.time_slice, trace_out=args.trace_out,
+                       replay=args.replay,
                        progress=progress if args.backend == "pysim" and not args.json else None)
     except ServeError as error:
         raise UsageError(str(error)) from None
@@ -445,6 +446,9 @@ def build_parser():
                    "each tenant's isolated saturation throughput (default 0.6)")
     p.add_argument("--closed", type=int, metavar="N", help="closed loop instead: N requests "
                    "of each tenant outstanding (saturated throughput)")
+    p.add_argument("--replay", metavar="TRACE.csv", help="arrivals from a CSV file instead: "
+                   "a 'cycle,tenant' header, then a row per request in time order (tenants "
+                   "numbered from 0 as given)")
     p.add_argument("--requests", type=int, default=100, help="requests of the slowest tenant; each other "
                    "tenant gets as many as arrive in the same time (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seed of the arrivals (default 1)")

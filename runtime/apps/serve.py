@@ -34,7 +34,7 @@ from runtime.compiler.models import MODELS, compile_model
 from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
 from runtime.host.driver import POLICIES, DriverError
-from runtime.host.loadgen import LoadError, closed_loop, open_loop
+from runtime.host.loadgen import LoadError, closed_loop, open_loop, read_trace
 from .perfetto import write_chrome_trace
 
 __all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
@@ -235,6 +235,7 @@ class PointReport:
     #: with problems is reported, never averaged in as if it were fine.
     problems: list = field(default_factory=list)
     trace: str | None = None       # the timeline file written (serve's trace_out)
+    replay: str | None = None      # the arrivals' CSV file, when replayed
 
     def to_dict(self):
         return asdict(self)
@@ -308,18 +309,27 @@ def request_counts(requests, services):
 
 def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
           seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None,
-          trace_out=None):
+          trace_out=None, replay=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
     (or, with ``closed``, closed loop with that many requests of each tenant outstanding):
     ``requests`` of the slowest tenant, and of each other as many as fit in the same time
-    (request_counts). Returns a PointReport per policy. ``trace_out``: a path to write
+    (request_counts); or, with ``replay``, the arrivals of a ``cycle,tenant`` CSV file
+    (loadgen.read_trace; tenants numbered as ``specs``). Returns a PointReport per policy. ``trace_out``: a path to write
     each policy's timeline to (runtime.apps.perfetto; with several policies the policy's
     name goes before the suffix: trace.harvest.json)."""
     if not specs:
         raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
     if len(specs) > config.n_ctx:
         raise ServeError(f"{len(specs)} tenants; this NPU has {config.n_ctx} contexts")
-    if closed is not None:
+    if closed is not None and replay is not None:
+        raise ServeError("a closed loop or a replayed trace: give one")
+    replayed = None
+    if replay is not None:
+        try:
+            replayed = [(a.cycle, a.tenant) for a in read_trace(replay, len(specs))]
+        except LoadError as error:
+            raise ServeError(str(error)) from None
+    if closed is not None or replay is not None:
         load = None
     elif not isinstance(load, (int, float)) or isinstance(load, bool) or not load > 0:
         raise ServeError(f"load must be > 0 (a fraction of each tenant's isolated saturation "
@@ -343,7 +353,11 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
         isolated = [_isolated(config, t, backend, alone_cycles) for t in tenants]
         counts = request_counts(requests, [alone.service for alone in isolated])
         work = sum(n * alone.service for n, alone in zip(counts, isolated))
-        if closed is None:
+        if replayed is not None:
+            arrivals, after = replayed, None
+            work = sum(isolated[t].service for _, t in arrivals)
+            budget = int(2 * arrivals[-1][0] + 4 * work) + 100_000
+        elif closed is None:
             rates = [load / alone.service for alone in isolated]
             arrivals = sorted((a.cycle, a.tenant) for a in open_loop(rates, counts, seed=seed))
             after = None
@@ -361,11 +375,12 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
             points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
                                   vnpus, policy=policy, load=load, closed=closed, seed=seed,
                                   backend=backend))
+            points[-1].replay = None if replay is None else str(replay)
             if trace_out:
                 path = Path(trace_out)
                 if len(policies) > 1:
                     path = path.with_name(f"{path.stem}.{policy}{path.suffix}")
-                how = f"load {load:g}" if closed is None else f"closed loop of {closed}"
+                how = _how(load, closed, replay)
                 try:
                     write_chrome_trace(path, config, run, results,
                                        [(t.name, v) for t, v in zip(tenants, vnpus)],
@@ -379,11 +394,16 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
     return points
 
 
+def _how(load, closed, replay):
+    return (f"replay of {replay}" if replay is not None else f"load {load:g}"
+            if closed is None else f"closed loop of {closed}")
+
+
 def format_points(points):
     """A table per point: one row per tenant, then the NPU's figures."""
     lines = []
     for p in points:
-        how = f"load {p.load:g}" if p.closed is None else f"closed loop of {p.closed}"
+        how = _how(p.load, p.closed, p.replay)
         lines.append(f"policy {p.policy} at {how} (seed {p.seed}, {p.backend}): "
                      f"{p.cycles} cycles{' TIMED OUT' if p.timed_out else ''}; utilization ME "
                      f"{p.utilization['me']:.0%} VE {p.utilization['ve']:.0%} DMA "
