@@ -225,6 +225,13 @@ def _host_interface():
              "64-bit registers on a CSR bus (addresses count registers), a scratchpad port "
              "(whole rows) and an HBM port (whole lines), both arbitrated like the engines. "
              "The map is declared in `isa/regmap.py`; the RTL decoder and the driver both use it.\n",
+             "Besides, the pNPU has three output ports for testbenches and simulators, not part "
+             "of the host's view: `busy` (a context is running, starting or has a request "
+             "queued), `cycle` (the CYCLE register) and `activity`, a trace port: for engine "
+             "`e` (numbered as for the counters), bits `[e * B, (e + 1) * B)` with `B` = the "
+             "bit length of `n_ctx` are 0 while the engine is idle and `c + 1` while it runs a "
+             "µTOp of context `c` (what its BUSY_CTXc counter counts). The backends record "
+             "timelines from it.\n",
              f"Per-context registers are at `0x{regmap.CONTEXT_BASE:x} + ctx * "
              f"0x{regmap.CONTEXT_STRIDE:x}`, per-engine counters at `0x{regmap.ENGINE_BASE:x} + "
              f"engine * 0x{regmap.ENGINE_STRIDE:x}` (engines numbered MEs, VEs, then DMA "
