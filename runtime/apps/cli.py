@@ -344,6 +344,32 @@ def cmd_experiment(args):
     return 1 if bad else 0
 
 
+def cmd_synth(args):
+    import json
+    from runtime.backends.verilog import ToolError
+    from .synth import check_scaling, format_report, pnpu_report
+    config = _config(args.config)
+
+    def log(text):
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    try:
+        report = pnpu_report(config, None if args.block == "all" else [args.block], log=log)
+        if args.check_scaling:
+            report["scaling_error"] = check_scaling(config, log=log)
+    except ToolError as error:
+        raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(args.config, report))
+        for block, error in report.get("scaling_error", {}).items():
+            print(f"scaling check, {block}: the quadratic through 2, 4, 8 lanes misses "
+                  f"the synthesized 16 by {error:+.2%}")
+    return 0
+
+
 def build_parser():
     parser = _Parser(
         prog="neu10",
@@ -479,6 +505,18 @@ def build_parser():
                    "start one here")
     p.add_argument("--list", action="store_true", help="print the points and stop")
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("synth", help="area, flip-flops, memory and logic depth per block "
+                       "(Yosys), and the share of Neu10's additions")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--block", default="all", choices=["all", "matrix_engine", "systolic_array",
+                                                      "vector_engine", "dma_engine", "scratchpad",
+                                                      "dispatcher", "host_interface",
+                                                      "body_fifo"])
+    p.add_argument("--check-scaling", action="store_true", help="also measure the error of "
+                   "extrapolating arrays and vector widths (synthesizes each at 2, 4, 8, 16 lanes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")

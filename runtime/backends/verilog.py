@@ -11,7 +11,7 @@ from amaranth.back import verilog
 from isa.config import NPUConfig
 from hw.sram import SRAMVerilog
 
-__all__ = ["BLOCKS", "generate", "block_sizes", "lint", "find_verilator", "ToolError",
+__all__ = ["BLOCKS", "generate", "convert", "block_sizes", "lint", "find_verilator", "ToolError",
            "WAIVERS"]
 
 WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
@@ -51,9 +51,16 @@ def generate(config: NPUConfig, block="npu"):
     """Verilog text of ``block`` built from ``config``; the top module is ``neu10_<block>``."""
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; expected one of {', '.join(BLOCKS)}")
-    design = _blocks()[block](config)
+    return convert(_blocks()[block](config), f"neu10_{block}")
+
+
+def convert(design, name, ports=None):
+    """Verilog text of an Amaranth ``design`` with top module ``name`` (SRAMs as
+    behavioural modules, all-zero initial blocks collapsed); ``ports`` for a design that
+    is not a wiring.Component."""
     srams = SRAMVerilog()
-    text = verilog.convert(design, name=f"neu10_{block}", platform=srams, emit_src=False)
+    text = verilog.convert(design, name=name, platform=srams, emit_src=False,
+                           **({"ports": ports} if ports is not None else {}))
     return collapse_zero_inits(text) + srams.modules()
 
 
