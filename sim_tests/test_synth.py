@@ -11,7 +11,7 @@ from isa.config import NPUConfig
 from runtime.apps import synth
 from runtime.apps.cli import main
 from runtime.backends.verilog import ToolError
-from runtime.backends.yosys import synthesize
+from runtime.backends.yosys import Memory, synthesize
 
 TINY = NPUConfig.preset("tiny")
 
@@ -28,19 +28,50 @@ def test_one_systolic_cell():
     assert 10 < netlist.depth < 60
 
 
-def test_area_weights():
-    assert synth.area({"$_NAND_": 3, "$_DFF_P_": 1}, 10) == (3 + synth.FLIP_FLOP, 5.0)
-    logic, _ = synth.area({"$_SDFFE_PP0P_": 1}, 0)
-    assert logic == pytest.approx(synth.FLIP_FLOP + synth.ENABLE + synth.RESET)
+@pytest.mark.parametrize("kind, weight", [
+    ("$_DFF_P_", synth.FLIP_FLOP),
+    ("$_DFFE_PP_", synth.FLIP_FLOP + synth.ENABLE),
+    ("$_SDFF_PP0_", synth.FLIP_FLOP + synth.RESET),
+    ("$_SDFFE_PP0P_", synth.FLIP_FLOP + synth.ENABLE + synth.RESET),
+    ("$_SDFFCE_PN1P_", synth.FLIP_FLOP + synth.ENABLE + synth.RESET),
+    ("$_DFF_PN0_", synth.FLIP_FLOP + synth.RESET),             # asynchronous reset
+    ("$_DFFE_PN0P_", synth.FLIP_FLOP + synth.ENABLE + synth.RESET),
+    ("$_DFFSRE_PPPP_", synth.FLIP_FLOP + synth.ENABLE + synth.RESET),
+    ("$_DLATCH_P_", synth.FLIP_FLOP),
+    ("$_FF_", synth.FLIP_FLOP),
+    ("$_NAND_", 1.0), ("$_XOR_", 2.33),
+])
+def test_cell_weights(kind, weight):
+    assert synth.area({kind: 3})[0] == pytest.approx(3 * weight)
+
+
+def test_memory_weights():
+    sram = Memory(width=32, depth=1024, clocked_reads=2, combinational_reads=0)
+    regfile = Memory(width=64, depth=256, clocked_reads=0, combinational_reads=2)
+    assert synth.memory_area(sram) == 32 * 1024 * synth.SRAM_BIT
+    assert synth.memory_area(regfile) == pytest.approx(
+        64 * 256 * (synth.REGFILE_BIT + 2 * synth.REGFILE_READ))
+    assert synth.area({}, [sram, regfile])[1] == pytest.approx(
+        synth.memory_area(sram) + synth.memory_area(regfile))
     with pytest.raises(ToolError, match=r"no NAND2 weight for the cell kind '\$_MYSTERY_'"):
-        synth.area({"$_MYSTERY_": 1}, 0)
+        synth.area({"$_MYSTERY_": 1})
+
+
+def test_the_scratchpad_is_sram_and_instruction_memory_a_register_file():
+    """The scratchpad's banks are read through registers (SRAM macros: every bit of
+    spad_rows x lanes x 32); the dispatcher's instruction memories are read
+    combinationally (register files: n_ctx x imem_words x 64)."""
+    spad = synth.block_figures(TINY, "scratchpad", "lanes")
+    assert spad["sram_bits"] == TINY.spad_rows * TINY.ve_lanes * 32
+    dispatcher = synth.block_figures(TINY, "dispatcher")
+    assert dispatcher["regfile_bits"] == TINY.n_ctx * TINY.imem_words * 64
 
 
 def test_small_blocks_of_the_tiny_config():
     report = synth.pnpu_report(TINY, ["body_fifo", "host_interface"])
     fifo, host = report["blocks"]["body_fifo"], report["blocks"]["host_interface"]
-    # A µTOp body FIFO: max_body - 1 words of memory and a 64-bit output register.
-    assert fifo["memory_bits"] == 64 * (TINY.max_body - 1)
+    # A µTOp body FIFO: max_body - 1 words of SRAM (its output register is the SRAM's).
+    assert fifo["memory_bits"] == fifo["sram_bits"] == 64 * (TINY.max_body - 1)
     assert fifo["instances"] == TINY.n_me + TINY.n_ve + TINY.n_dma and fifo["neu10"]
     # The host interface holds at least its request queues: queue_depth offsets and
     # arrival stamps (63 bits) per context, and its finished queue one deeper.
@@ -48,11 +79,12 @@ def test_small_blocks_of_the_tiny_config():
     for figures in (fifo, host):
         assert figures["area_nand2"] == pytest.approx(figures["logic_nand2"]
                                                       + figures["memory_nand2"])
-        assert figures["memory_nand2"] == figures["memory_bits"] * synth.SRAM_BIT
+        assert figures["memory_bits"] == figures["sram_bits"] + figures["regfile_bits"]
         assert figures["cell_count"] == sum(figures["cells"].values())
         assert figures["depth"] > 0 and figures["method"] == "synthesized"
-    total = fifo["total_nand2"] + host["total_nand2"]
-    assert fifo["share"] == pytest.approx(fifo["total_nand2"] / total)
+    # Shares of the pNPU need every part: none for a subset.
+    assert fifo["share"] is None and "neu10_share" not in report
+    assert fifo["total_nand2"] == pytest.approx(fifo["area_nand2"] * fifo["instances"])
 
 
 @pytest.mark.parametrize("points, target, area_error", [
@@ -96,3 +128,13 @@ def test_the_whole_tiny_pnpu():
     # The array is part of the matrix engine, and smaller.
     assert report["blocks"]["systolic_array"]["area_nand2"] < \
         report["blocks"]["matrix_engine"]["area_nand2"]
+    assert report["blocks"]["systolic_array"]["share"] is None
+    assert sum(f["share"] for b, f in report["blocks"].items() if f["share"]) == \
+        pytest.approx(1)
+
+
+def test_an_extrapolated_figure_never_goes_below_zero():
+    """236, 238, 240 at 4, 8, 16 lanes: the quadratic through them bends below 0 at 128."""
+    points = [(4, {"n": 236}), (8, {"n": 238}), (16, {"n": 240})]
+    assert synth._fit(points, 128, "n") == 0.0
+    assert synth._fit(points, 16, "n") == pytest.approx(240)

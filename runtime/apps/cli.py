@@ -357,7 +357,8 @@ def cmd_synth(args):
     try:
         report = pnpu_report(config, None if args.block == "all" else [args.block], log=log)
         if args.check_scaling:
-            report["scaling_error"] = check_scaling(config, log=log)
+            report["scaling_error"] = check_scaling(
+                config, None if args.block == "all" else [args.block], log=log)
     except ToolError as error:
         raise UsageError(str(error)) from None
     if args.json:

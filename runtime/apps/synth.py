@@ -2,10 +2,12 @@
 block of the pNPU, from Yosys (runtime.backends.yosys), and the share of what Neu10 adds.
 
 Area is an estimate in NAND2 equivalents: each generic cell Yosys maps to counts with
-the weight of ``WEIGHTS`` (typical of a standard-cell library, where a NAND2 is 1), and
-each memory bit with ``SRAM_BIT`` (a 6T SRAM bit cell is about a third of a NAND2; with
-a macro's periphery about half). The netlist is not optimized by ABC, so logic figures
-are upper bounds, consistent from block to block.
+the weight of ``WEIGHTS`` (typical of a standard-cell library, where a NAND2 is 1). A
+memory whose reads are all registered is an SRAM macro, ``SRAM_BIT`` per bit (a 6T bit
+cell is about a third of a NAND2; with a macro's periphery about half); a memory read
+combinationally cannot be one, and counts as a register file: per bit a flip-flop with a
+write enable and a multiplexer per read port. The netlist is not optimized by ABC, so
+logic figures are upper bounds, consistent from block to block.
 
 The pNPU is counted as its parts: ``n_me`` matrix engines, ``n_ve`` vector engines,
 ``n_dma`` DMA engines, the scratchpad (with the pNPU's ports), the dispatcher, the host
@@ -24,6 +26,7 @@ and deskew registers; lane datapaths grow linearly). ``check_scaling`` measures 
 method's error: the quadratic through 2, 4 and 8 against a direct synthesis at 16.
 """
 
+import re
 import time
 
 import numpy as np
@@ -31,8 +34,8 @@ import numpy as np
 from runtime.backends.verilog import ToolError, convert
 from runtime.backends.yosys import synthesize
 
-__all__ = ["WEIGHTS", "SRAM_BIT", "PARTS", "area", "block_figures", "pnpu_report",
-           "check_scaling", "format_report"]
+__all__ = ["WEIGHTS", "SRAM_BIT", "REGFILE_BIT", "REGFILE_READ", "PARTS", "area",
+           "memory_area", "block_figures", "pnpu_report", "check_scaling", "format_report"]
 
 #: NAND2-equivalent area per generic cell (combinational cells of 2-3 inputs, then
 #: flip-flops: a plain D flip-flop is about 4.33, an enable or a reset adds a multiplexer
@@ -44,31 +47,55 @@ WEIGHTS = {
     "$_OAI4_": 2.0,
 }
 FLIP_FLOP, ENABLE, RESET = 4.33, 1.0, 0.67
-#: NAND2 equivalents per memory bit (SRAM macro, periphery included).
+#: NAND2 equivalents per bit of a memory whose reads are all registered (an SRAM macro,
+#: periphery included).
 SRAM_BIT = 0.5
+#: A memory read combinationally cannot be an SRAM macro: a register file, per bit a
+#: flip-flop with a write enable and, per read port, a 2:1 multiplexer of its read tree.
+REGFILE_BIT = FLIP_FLOP + ENABLE
+REGFILE_READ = WEIGHTS["$_MUX_"]
 #: Largest array side / vector width synthesized directly.
 DIRECT_UP_TO = 16
 FIT_POINTS = (4, 8, 16)
 
 
+_FLIP_FLOP = re.compile(
+    r"^\$_(SDFFC|SDFF|ALDFF|DFFSR|DFF|DLATCHSR|DLATCH|SR|FF)(E?)_(?:([NP01]+)_)?$")
+
+
 def _is_flip_flop(kind):
-    return kind.startswith(("$_DFF", "$_SDFF", "$_ADFF", "$_DFFE", "$_SDFFE", "$_SDFFCE",
-                            "$_ALDFF", "$_DLATCH", "$_SR"))
+    return bool(_FLIP_FLOP.match(kind))
 
 
 def _cell_area(kind):
     if kind in WEIGHTS:
         return WEIGHTS[kind]
-    if _is_flip_flop(kind):
-        name = kind[2:]
-        return (FLIP_FLOP + (ENABLE if "E_" in name or name.startswith("DFFE") else 0)
-                + (RESET if name.startswith(("SDFF", "ADFF", "DFFSR")) else 0))
+    match = _FLIP_FLOP.match(kind)
+    if match:
+        base, enable, polarity = match.groups()
+        # A reset: synchronous (SDFF, SDFFC), set/reset or async load (DFFSR, SR,
+        # DLATCHSR, ALDFF), or asynchronous, given by a third polarity letter 0 or 1
+        # ($_DFF_PN0_, $_DFFE_PN0P_, $_DLATCH_PN0_).
+        reset = base in ("SDFF", "SDFFC", "DFFSR", "SR", "DLATCHSR", "ALDFF") or (
+            base in ("DFF", "DLATCH") and polarity is not None and len(polarity) >= 3
+            and polarity[2] in "01")
+        return FLIP_FLOP + (ENABLE if enable else 0) + (RESET if reset else 0)
     raise ToolError(f"no NAND2 weight for the cell kind {kind!r} (runtime/apps/synth.py)")
 
 
-def area(cells, memory_bits):
+def memory_area(memory):
+    """NAND2 equivalents of one memory: an SRAM when every read is registered, else a
+    register file."""
+    if memory.combinational_reads == 0:
+        return memory.bits * SRAM_BIT
+    reads = memory.combinational_reads + memory.clocked_reads
+    return memory.bits * (REGFILE_BIT + REGFILE_READ * reads)
+
+
+def area(cells, memories=()):
     """(logic, memory) area in NAND2 equivalents."""
-    return sum(_cell_area(kind) * n for kind, n in cells.items()), memory_bits * SRAM_BIT
+    return (sum(_cell_area(kind) * n for kind, n in cells.items()),
+            sum(memory_area(m) for m in memories))
 
 
 def _designs():
@@ -117,24 +144,28 @@ PARTS = (
     ("host_interface", lambda c: 1, True, None),
     ("body_fifo", lambda c: c.n_me + c.n_ve + c.n_dma, True, None),
 )
-#: Reported with the matrix engine it is part of.
-SUB_BLOCKS = {"systolic_array": "matrix_engine"}
-
-
 def _scaled_config(config, p):
     """``config`` with ``p`` lanes, and its array sides and HBM line kept in proportion to
-    the lanes (a scratchpad row feeds an array row: the tpu preset has 128 of each)."""
-    rows = max(1, p * config.array_rows // config.ve_lanes)
-    cols = max(1, p * config.array_cols // config.ve_lanes)
-    line = max(4, p * config.hbm_bytes_per_cycle // config.ve_lanes)
+    the lanes (a scratchpad row feeds an array row: the tpu preset has 128 of each); None
+    when the proportion is not exact at ``p``."""
+    sides = [p * config.array_rows, p * config.array_cols, p * config.hbm_bytes_per_cycle]
+    if any(side % config.ve_lanes for side in sides):
+        return None
+    rows, cols, line = (side // config.ve_lanes for side in sides)
+    if min(rows, cols) < 1 or line < 4:
+        return None
     return config.replace(ve_lanes=p, array_rows=rows, array_cols=cols,
                           hbm_bytes_per_cycle=line)
 
 
-def _size(config, scale):
-    """The lanes to extrapolate to, or None when ``config`` is synthesized directly."""
+def _size(config, scale, points=None):
+    """The lanes to extrapolate to, or None when ``config`` is synthesized directly (it
+    is small, or its proportions cannot be kept at the fit's points)."""
+    points = points or FIT_POINTS
     if scale is None or max(config.ve_lanes, config.array_rows,
                             config.array_cols) <= DIRECT_UP_TO:
+        return None
+    if any(_scaled_config(config, p) is None for p in points):
         return None
     return config.ve_lanes
 
@@ -143,18 +174,25 @@ def _direct(config, block, log):
     design = _designs()[block](config)
     text = convert(design, f"neu10_{block}", _ports(design))
     netlist = synthesize(text, f"neu10_{block}", log=log)
-    logic, memory = area(netlist.cells, netlist.memory_bits)
+    logic, memory = area(netlist.cells, netlist.memories)
     ff = sum(n for kind, n in netlist.cells.items() if _is_flip_flop(kind))
+    sram = sum(m.bits for m in netlist.memories if m.combinational_reads == 0)
     return {"cells": netlist.cells, "cell_count": sum(netlist.cells.values()), "ff_bits": ff,
-            "memory_bits": netlist.memory_bits, "logic_nand2": logic, "memory_nand2": memory,
-            "area_nand2": logic + memory, "depth": netlist.depth, "method": "synthesized",
-            "yosys_seconds": netlist.seconds}
+            "memory_bits": netlist.memory_bits, "sram_bits": sram,
+            "regfile_bits": netlist.memory_bits - sram, "logic_nand2": logic,
+            "memory_nand2": memory, "area_nand2": logic + memory,
+            # What it would take with every memory an SRAM (registered reads: a redesign
+            # that spends a cycle on each combinational read).
+            "area_nand2_sram": logic + netlist.memory_bits * SRAM_BIT, "depth": netlist.depth,
+            "method": "synthesized", "yosys_seconds": netlist.seconds}
 
 
 def _fit(points, target, key):
+    """The quadratic through ``points`` at ``target``, never below 0 (a figure that barely
+    grows can bend below 0 far from the points)."""
     xs = [p for p, _ in points]
     ys = [figures[key] for _, figures in points]
-    return float(np.polyval(np.polyfit(xs, ys, 2), target))
+    return max(0.0, float(np.polyval(np.polyfit(xs, ys, 2), target)))
 
 
 def block_figures(config, block, scale=None, *, log=None):
@@ -165,14 +203,16 @@ def block_figures(config, block, scale=None, *, log=None):
         return _direct(config, block, log)
     points = [(p, _direct(_scaled_config(config, p), block, log)) for p in FIT_POINTS]
     figures = {key: _fit(points, size, key)
-               for key in ("cell_count", "ff_bits", "memory_bits", "logic_nand2",
-                           "memory_nand2", "area_nand2")}
+               for key in ("cell_count", "ff_bits", "memory_bits", "sram_bits", "regfile_bits",
+                           "logic_nand2", "memory_nand2", "area_nand2", "area_nand2_sram")}
     kinds = sorted({k for _, f in points for k in f["cells"]})
     cells = {k: round(_fit([(p, {"n": f["cells"].get(k, 0)}) for p, f in points], size, "n"))
              for k in kinds}
     label = "lanes (array in proportion)" if scale == "array" else "lanes"
     return figures | {"cells": cells, "ff_bits": round(figures["ff_bits"]),
                       "memory_bits": round(figures["memory_bits"]),
+                      "sram_bits": round(figures["sram_bits"]),
+                      "regfile_bits": round(figures["regfile_bits"]),
                       "cell_count": round(figures["cell_count"]),
                       "depth": points[-1][1]["depth"],
                       "method": f"quadratic in {label} through {', '.join(map(str, FIT_POINTS))}"
@@ -202,30 +242,38 @@ def pnpu_report(config, blocks=None, *, log=None):
     counted = {b: f for b, f in report["blocks"].items() if "part_of" not in f}
     total = sum(f["total_nand2"] for f in counted.values())
     logic = sum(f["logic_nand2"] * f["instances"] for f in counted.values())
-    for f in report["blocks"].values():
-        f["share"] = (f["area_nand2"] * f["instances"] / total) if total else None
+    for block, f in report["blocks"].items():
+        # A share of the pNPU: only when every part was synthesized.
+        f["share"] = f["total_nand2"] / total if wanted is None and block in counted else None
     if wanted is None:
         neu10 = sum(f["total_nand2"] for f in counted.values() if f["neu10"])
         neu10_logic = sum(f["logic_nand2"] * f["instances"] for f in counted.values()
                           if f["neu10"])
         me_depth = report["blocks"]["matrix_engine"]["depth"]
+        total_sram = sum(f["area_nand2_sram"] * f["instances"] for f in counted.values())
+        neu10_sram = sum(f["area_nand2_sram"] * f["instances"] for f in counted.values()
+                         if f["neu10"])
         report |= {
             "total_nand2": total, "logic_nand2": logic,
             "neu10_nand2": neu10, "neu10_share": neu10 / total,
+            "neu10_share_all_sram": neu10_sram / total_sram,
             "neu10_logic_share": neu10_logic / logic,
             "dispatcher_share": report["blocks"]["dispatcher"]["total_nand2"] / total,
             "depth_vs_me": {b: f["depth"] / me_depth for b, f in report["blocks"].items()}}
     return report
 
 
-def check_scaling(config, *, log=None):
-    """The extrapolation's error: for each scaled block, the quadratic through 2, 4 and 8
-    lanes (arrays in proportion) evaluated at 16, against synthesizing it at 16 (relative
-    error of the NAND2 area)."""
+def check_scaling(config, blocks=None, *, log=None):
+    """The extrapolation's error: for each scaled block (of ``blocks``, default all), the
+    quadratic through 2, 4 and 8 lanes (arrays in proportion) evaluated at 16, against
+    synthesizing it at 16 (relative error of the NAND2 area)."""
     errors = {}
     for block, _, _, scale in PARTS + (("systolic_array", None, False, "array"),):
-        if scale is None:
+        if scale is None or (blocks is not None and block not in blocks):
             continue
+        if any(_scaled_config(config, p) is None for p in (2, 4, 8, 16)):
+            raise ToolError(f"this config's array and HBM line cannot keep their proportion "
+                            f"to 2, 4, 8 and 16 lanes: no scaling check")
         points = [(p, _direct(_scaled_config(config, p), block, log)) for p in (2, 4, 8)]
         measured = _direct(_scaled_config(config, 16), block, log)["area_nand2"]
         errors[block] = _fit(points, 16, "area_nand2") / measured - 1
@@ -234,21 +282,24 @@ def check_scaling(config, *, log=None):
 
 def format_report(config_name, report):
     lines = [f"pNPU {config_name}: area in NAND2 equivalents (logic from Yosys's generic "
-             f"cells, memory at {SRAM_BIT} per bit), depth in cells on the longest path",
-             f"{'block':<16} {'n':>3} {'cells':>9} {'FF bits':>8} {'mem bits':>10} "
-             f"{'NAND2-eq':>11} {'x n':>12} {'share':>7} {'depth':>6}  method"]
+             f"cells; SRAM at {SRAM_BIT} per bit; memories read combinationally as register "
+             f"files), depth in cells on the longest path",
+             f"{'block':<16} {'n':>3} {'cells':>9} {'FF bits':>8} {'SRAM bits':>10} "
+             f"{'regfile bits':>12} {'NAND2-eq':>11} {'x n':>12} {'share':>7} {'depth':>6}  "
+             f"method"]
     for block, f in report["blocks"].items():
-        share = "" if f.get("part_of") else f"{f['share']:>7.2%}"
+        share = "" if f["share"] is None else f"{f['share']:>7.2%}"
         total = f"(in ME)" if f.get("part_of") else f"{f['total_nand2']:>12.0f}"
         lines.append(f"{block:<16} {f['instances']:>3} {f['cell_count']:>9} {f['ff_bits']:>8} "
-                     f"{f['memory_bits']:>10} {f['area_nand2']:>11.0f} {total:>12} {share:>7} "
-                     f"{f['depth']:>6}  {f['method']}")
+                     f"{f['sram_bits']:>10} {f['regfile_bits']:>12} {f['area_nand2']:>11.0f} "
+                     f"{total:>12} {share:>7} {f['depth']:>6}  {f['method']}")
     if "total_nand2" in report:
         lines += [f"pNPU total {report['total_nand2']:.0f} NAND2-eq (logic "
                   f"{report['logic_nand2']:.0f}); Neu10's additions (dispatcher, host "
                   f"interface, body FIFOs) {report['neu10_share']:.2%} of it "
-                  f"({report['neu10_logic_share']:.2%} of the logic); the dispatcher "
-                  f"{report['dispatcher_share']:.2%}. The paper: about 0.04% of a chip "
+                  f"({report['neu10_logic_share']:.2%} of the logic; "
+                  f"{report['neu10_share_all_sram']:.2%} if every memory were an SRAM); the "
+                  f"dispatcher {report['dispatcher_share']:.2%}. The paper: about 0.04% of a chip "
                   f"that also has HBM controllers, interconnect and on-chip memory not "
                   f"modelled here.",
                   "depth / the matrix engine's: " + ", ".join(
