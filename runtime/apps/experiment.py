@@ -255,9 +255,7 @@ def run_point(matrix, point):
             frame = traceback.extract_tb(error.__traceback__)[-1]
             detail = (f"{type(error).__name__}: {' '.join(str(error).split())} (at "
                       f"{frame.filename}:{frame.lineno})")
-        return [dict.fromkeys(ROW_FIELDS) | base | {
-            "status": "error", "error": detail,
-            "wall_seconds": round(time.perf_counter() - start, 2)}]
+        return _error_rows(matrix, point, detail, round(time.perf_counter() - start, 2))
     n_me, n_ve = config.n_me, config.n_ve
     point_fields = base | {
         "status": "problems" if report.problems else "ok",
@@ -430,9 +428,10 @@ def _run_ray(matrix, points, address, done):
         ray.shutdown()
 
 
-def _error_rows(matrix, point, message):
+def _error_rows(matrix, point, message, seconds=None):
+    """The one row of a point that did not run: its key, the error and the time it took."""
     return [dict.fromkeys(ROW_FIELDS) | dict(zip(KEY_FIELDS, matrix.key(point)))
-            | {"status": "error", "error": message}]
+            | {"status": "error", "error": message, "wall_seconds": seconds}]
 
 
 def run_experiment(matrix, *, reports="reports", jobs=None, ray=None, stream=None, log=None):

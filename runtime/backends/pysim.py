@@ -340,14 +340,13 @@ class PysimBackend:
         self.trace_events = []
 
     def execute(self, script):
+        timeline = any(isinstance(op, ops.Serve) and op.timeline for op in script)
         if self.vcd:
-            session = _Session(self.config, self.poll, self.vcd, self.trace, timeline=any(
-                isinstance(op, ops.Serve) and op.timeline for op in script))
+            session = _Session(self.config, self.poll, self.vcd, self.trace, timeline=timeline)
             session.progress = self.progress
             results = session.execute(script)
             self.trace_events = session.trace_events
             return results
-        timeline = any(isinstance(op, ops.Serve) and op.timeline for op in script)
         key = (self.config, self.poll, self.trace, timeline)
         session = _SESSIONS.get(key)
         if session is None:

@@ -31,7 +31,7 @@ from hw.npu import activity_bits
 from isa.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS
 from hw.ports import SpadWriteLayout, spad_addr_shape
 from . import script as ops
-from .verilog import ToolError, WAIVERS, find_verilator, generate
+from .verilog import ToolError, WAIVERS, build_root, find_verilator, generate
 from .words import to_signed32
 
 __all__ = ["VerilatorBackend", "build_model", "build_dir"]
@@ -45,7 +45,7 @@ _NONE = 2**64 - 1               # the harness's "no value" (a request that never
 
 
 def build_dir():
-    return Path(os.environ.get("NEU10_BUILD_DIR", ROOT / "build")) / "verilator"
+    return build_root() / "verilator"
 
 
 def _tool_version(tool, env):

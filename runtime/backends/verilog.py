@@ -12,9 +12,14 @@ from isa.config import NPUConfig
 from hw.sram import SRAMVerilog
 
 __all__ = ["BLOCKS", "generate", "convert", "block_sizes", "lint", "find_verilator", "ToolError",
-           "WAIVERS"]
+           "WAIVERS", "build_root"]
 
 WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
+
+
+def build_root():
+    """Where build outputs are cached: ``build/`` of the project, or ``$NEU10_BUILD_DIR``."""
+    return Path(os.environ.get("NEU10_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 
 
 class ToolError(RuntimeError):

@@ -29,11 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .verilog import ToolError
+from .verilog import ToolError, build_root
 
 __all__ = ["Memory", "Netlist", "synthesize", "yosys_version", "SCRIPT"]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: The Yosys script (``{top}`` is the top module): memories are written out (their
 #: widths, depths and read ports) before the rest is mapped and counted.
@@ -79,14 +77,14 @@ def _memories(written):
             if cell["type"] != "$mem_v2":
                 continue
             p = cell["parameters"]
-            clocked = str(p["RD_CLK_ENABLE"]).count("1") if int(p["RD_PORTS"], 2) else 0
             ports = int(p["RD_PORTS"], 2)
+            clocked = str(p["RD_CLK_ENABLE"]).count("1") if ports else 0
             found.append(Memory(int(p["WIDTH"], 2), int(p["SIZE"], 2), clocked, ports - clocked))
     return sorted(found, key=lambda m: (m.width, m.depth, m.clocked_reads))
 
 
 def _cache_dir():
-    return Path(os.environ.get("NEU10_BUILD_DIR", ROOT / "build")) / "synth"
+    return build_root() / "synth"
 
 
 def _yosys(args, cwd, timeout=None):
