@@ -1,6 +1,6 @@
 """Arbitration helpers shared by the blocks: rotating-priority grants, lowest set bit, one-hot index."""
 
-from amaranth import Cat, Const, Mux, Signal
+from amaranth import Cat, Const, Signal
 
 __all__ = ["round_robin", "lowest_set", "one_hot_index"]
 
@@ -30,14 +30,17 @@ def round_robin(m, requests, pointer, n, name):
 
 def lowest_set(m, value, name):
     """One-hot of the lowest set bit of ``value`` (0 if none)."""
+    # Bit i is set when no lower bit is: each bit's test is an OR tree of log depth (the
+    # two's-complement trick ``value & -value`` would be a carry chain).
     lowest = Signal(len(value), name=name)
-    m.d.comb += lowest.eq(value & (~value + 1))
+    m.d.comb += lowest.eq(Cat(value[i] & ~value[:i].any() for i in range(len(value))))
     return lowest
 
 
 def one_hot_index(one_hot):
     """Index of the set bit of a one-hot value (0 if none)."""
-    result = 0
-    for i in range(len(one_hot)):
-        result = result | Mux(one_hot[i], i, 0)
-    return result
+    # Bit b of the index is the OR of the inputs whose index has bit b (for any input, the
+    # OR of the indices of its set bits): a tree per bit, not a chain through the inputs.
+    n = len(one_hot)
+    return Cat(Cat(one_hot[i] for i in range(n) if i >> b & 1).any()
+               for b in range(max(1, (n - 1).bit_length())))

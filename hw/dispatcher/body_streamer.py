@@ -32,8 +32,8 @@ class BodyStreamer(wiring.Component):
             "job": In(BodyJobLayout(config)).array(C),
             "cancel": In(1).array(C),
             "preempted": In(E).array(C),     # bit e: the context's µTOp on engine e is preempted
-            "read_addr": Out(range(config.imem_words)).array(C),
-            "read_data": In(64).array(C),
+            "read_addr": Out(range(config.imem_words)).array(C),   # registered read:
+            "read_data": In(64).array(C),                          # the word at addr
             "active": Out(1).array(C),
             "instr": Out(stream.Signature(unsigned(64))).array(E),
         })
@@ -61,10 +61,14 @@ class BodyStreamer(wiring.Component):
 
         for c, (active, engine, addr, left) in enumerate(streams):
             job = self.job[c]
-            m.d.comb += self.read_addr[c].eq(addr)
+            # The instruction memory's read port is registered: it is given the address
+            # the stream moves to at this clock edge, and returns the word at ``addr``.
+            addr_next = Signal(imem_addr_shape(cfg), name=f"c{c}_addr_next")
+            m.d.comb += [addr_next.eq(addr), self.read_addr[c].eq(addr_next)]
+            m.d.sync += addr.eq(addr_next)
             with m.If(job.valid):
-                m.d.sync += [active.eq(1), engine.eq(job.engine), addr.eq(job.addr),
-                             left.eq(job.length)]
+                m.d.sync += [active.eq(1), engine.eq(job.engine), left.eq(job.length)]
+                m.d.comb += addr_next.eq(job.addr)
             accepted = Signal(name=f"c{c}_word_accepted")
             for e, link in enumerate(self.instr):
                 with m.If(engine == e):
@@ -73,7 +77,8 @@ class BodyStreamer(wiring.Component):
                 with m.If(left == 0):
                     m.d.sync += active.eq(0)
                 with m.Elif(accepted):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - 1)]
+                    m.d.sync += left.eq(left - 1)
+                    m.d.comb += addr_next.eq(addr + 1)
                     with m.If(left == 1):
                         m.d.sync += active.eq(0)
             with m.If(active & self.preempted[c].bit_select(engine, 1)):

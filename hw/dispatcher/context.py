@@ -38,6 +38,9 @@ class ContextWindow(wiring.Component):
             "settings": In(ContextConfigLayout(config)),
             "start": In(1),
             "config_fault": In(1),
+            # The instruction memory is read with a registered port: ``fetch_addr`` is the
+            # word the program counter moves to at this clock edge, ``fetch_word`` the word
+            # at the program counter.
             "fetch_addr": Out(range(config.imem_words)),
             "fetch_word": In(64),
             # Retirements: bit s, the µTOp in slot s finished on an engine this cycle; the
@@ -119,7 +122,9 @@ class ContextWindow(wiring.Component):
 
         # --- fetch --------------------------------------------------------------------------
         header_fields = {f.name: f for f in HEADER.fields}
-        m.d.comb += self.fetch_addr.eq(pc)
+        pc_next = Signal(pc_shape)
+        m.d.comb += [pc_next.eq(pc), self.fetch_addr.eq(pc_next)]
+        m.d.sync += pc.eq(pc_next)
         word = self.fetch_word
         hdr_length = word[header_fields["length"].lsb:][:8]
         deps = word[header_fields["deps"].lsb:][:header_fields["deps"].width]
@@ -169,7 +174,8 @@ class ContextWindow(wiring.Component):
                                     eoo & ~tail_bit)),
                          restartable.eq(Mux(is_restartable, restartable | tail_bit,
                                             restartable & ~tail_bit)),
-                         pc.eq(pc + 1 + hdr_length), seq_next.eq(seq_next + 1)]
+                         seq_next.eq(seq_next + 1)]
+            m.d.comb += pc_next.eq(pc + 1 + hdr_length)
             with m.If(word[header_fields["eop"].lsb]):
                 m.d.sync += fetch_done.eq(1)
 
@@ -192,7 +198,10 @@ class ContextWindow(wiring.Component):
                          candidate.restartable.eq(restartable.bit_select(candidate.slot, 1)),
                          self.ready_types[t].eq(of_type.any())]
             if t == Engine.ME:
-                m.d.comb += self.me_op.eq(Array(op_id)[candidate.slot])
+                # Selected by the one-hot pick (a binary slot would be decoded again).
+                m.d.comb += self.me_op.eq(Mux(pick.any(), Cat(
+                    Cat(pick[s] & op_id[s][b] for s in range(W)).any()
+                    for b in range(OP_ID_BITS)), op_id[0]))
                 # The candidate's operator already ended: its eoo µTOp was fetched and has
                 # retired (ME µTOps of an operator may retire out of order).
                 eoo_pending = Cat(valid[s] & ~retired[s] & ~retiring[s] & eoo[s]
@@ -316,7 +325,8 @@ class ContextWindow(wiring.Component):
 
         # Start, or a refused start (wins over everything above).
         with m.If(self.start | self.config_fault):
-            m.d.sync += [status.eq(Status.RUNNING), pc.eq(0), fetch_done.eq(0),
+            m.d.comb += pc_next.eq(0)
+            m.d.sync += [status.eq(Status.RUNNING), fetch_done.eq(0),
                          seq_next.eq(0), head.eq(0), count.eq(0), valid.eq(0),
                          issued.eq(0), retired.eq(0), fault_valid.eq(0),
                          fault_code.eq(0), fault_pc.eq(0),

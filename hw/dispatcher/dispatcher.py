@@ -63,8 +63,10 @@ class Dispatcher(wiring.Component):
         self.flush_cycles = [config.hbm_latency + 4 if t == Engine.DMA else 2
                              for t in self.types]
         n_engines = len(self.types)
-        #: Instruction memories (one per context), written by the host interface.
-        self.imems = [SRAM(width=64, depth=config.imem_words, read_ports=("comb", "comb"))
+        #: Instruction memories (one per context), written by the host interface. Both
+        #: reads (header fetch, body streaming) are registered, as an SRAM macro's are: the
+        #: fetch unit and the body streamer address them with their next position.
+        self.imems = [SRAM(width=64, depth=config.imem_words, read_ports=("sync", "sync"))
                       for _ in range(config.n_ctx)]
         super().__init__({
             "control": In(ControlSignature(config, n_engines)),

@@ -92,13 +92,22 @@ class EngineTable(wiring.Component):
         m.d.comb += [ctx_bit[e].eq(Const(1, C) << eng_ctx[e]) for e in range(E)]
         m.d.comb += [slot_bit[e].eq(Const(1, W) << eng_slot[e]) for e in range(E)]
         m.d.comb += faulting.eq(self.finished & Cat(self.done_fault[e] != 0 for e in range(E)))
+        # older[e, d]: engine e's µTOp comes before engine d's in program order (on equal
+        # sequence numbers, the lower-numbered engine counts as older).
+        older = {}
+        for e in range(E):
+            for d in range(e + 1, E):
+                before = Signal(name=f"eng{e}_before_eng{d}")
+                m.d.comb += before.eq(eng_seq[e] <= eng_seq[d])
+                older[e, d], older[d, e] = before, ~before
         for c in range(C):
             of_c = Signal(E, name=f"c{c}_engines")
             m.d.comb += of_c.eq(Cat(ctx_bit[e][c] for e in range(E)))
-            finishing = preempted = 0
-            for e in range(E):
-                finishing = finishing | Mux(self.finished[e] & of_c[e], slot_bit[e], 0)
-                preempted = preempted | Mux(self.preempt[e] & of_c[e], slot_bit[e], 0)
+            # Slot s: an OR tree over the engines (not a chain through them).
+            finishing, preempted = (
+                Cat(Cat(event[e] & of_c[e] & slot_bit[e][s] for e in range(E)).any()
+                    for s in range(W))
+                for event in (self.finished, self.preempt))
             m.d.comb += [
                 self.ctx_busy[c].eq(busy & of_c),
                 self.ctx_running[c].eq(running & of_c),
@@ -107,21 +116,21 @@ class EngineTable(wiring.Component):
                 self.ctx_preempted_slots[c].eq(preempted),
                 self.ctx_preempted_engines[c].eq(self.preempt & of_c),
             ]
-            # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number).
-            # Each step is a signal, so the chain stays linear in the number of engines.
-            found, oldest = Const(0, 1), Const(0, 32)
+            # Several µTOps may fault in one cycle: keep the oldest (lowest sequence number;
+            # the lowest-numbered engine on a tie). The sequence numbers are compared pairwise
+            # beside the retirements (they are registers), so a fault passes one AND tree.
+            mine = Signal(E, name=f"c{c}_faulting")
+            m.d.comb += mine.eq(faulting & of_c)
+            fault, fault_seq, fault_pc = 0, 0, 0
             for e in range(E):
-                better = Signal(name=f"c{c}_fault_from{e}")
-                m.d.comb += better.eq(faulting[e] & of_c[e] & (~found | (eng_seq[e] < oldest)))
-                with m.If(better):
-                    m.d.comb += [self.ctx_fault[c].eq(self.done_fault[e]),
-                                 self.ctx_fault_seq[c].eq(eng_seq[e]),
-                                 self.ctx_fault_pc[c].eq(eng_pc[e])]
-                step_oldest = Signal(32, name=f"c{c}_fault_oldest{e}")
-                step_found = Signal(name=f"c{c}_fault_found{e}")
-                m.d.comb += [step_oldest.eq(Mux(better, eng_seq[e], oldest)),
-                             step_found.eq(found | (faulting[e] & of_c[e]))]
-                oldest, found = step_oldest, step_found
+                wins = Signal(name=f"c{c}_fault_from{e}")
+                m.d.comb += wins.eq(mine[e] & Cat(~mine[d] | older[e, d]
+                                                  for d in range(E) if d != e).all())
+                fault = fault | Mux(wins, self.done_fault[e], 0)
+                fault_seq = fault_seq | Mux(wins, eng_seq[e], 0)
+                fault_pc = fault_pc | Mux(wins, eng_pc[e], 0)
+            m.d.comb += [self.ctx_fault[c].eq(fault), self.ctx_fault_seq[c].eq(fault_seq),
+                         self.ctx_fault_pc[c].eq(fault_pc)]
             hung = Signal(E, name=f"c{c}_hung")
             m.d.comb += [hung.eq(self.hung & of_c), self.ctx_hung[c].eq(hung.any())]
             for e in reversed(range(E)):

@@ -1,6 +1,6 @@
 """Issue: every cycle each context may start one candidate µTOp on a free engine it is allowed."""
 
-from amaranth import Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,10 +22,16 @@ class IssueChoiceLayout(data.StructLayout):
 
 
 class IssueArbiter(wiring.Component):
-    """Contexts are visited in rotating order (a static chain walked in two passes: from the
-    context whose turn it is to the last, then from the first); each takes, among its
-    candidates (one per engine type) that have a free engine it is ``allowed``, the oldest.
-    It prefers an engine it ``owns``, then the lowest-numbered one."""
+    """Contexts are visited in rotating order (from the context whose turn it is, round to
+    the one before it); each takes, among its candidates (one per engine type) that have a
+    free engine it is ``allowed``, the oldest (on equal age the first engine type). It
+    prefers an engine it ``owns``, then the lowest-numbered one.
+
+    Only the engines claimed so far pass from one context to the next, so everything else
+    is worked out beside that chain: which candidate beats which (by age), and the engines
+    each candidate could use if they are free. The contexts' inputs are rotated into visit
+    order and the choices rotated back, so the chain is ``n_ctx`` steps long.
+    """
 
     def __init__(self, config):
         self.config = config
@@ -42,57 +48,80 @@ class IssueArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        C, W = cfg.n_ctx, cfg.dep_window
+        C = cfg.n_ctx
         E = len(engine_types(cfg))
+        types = list(Engine)
+        pairs = [(t, u) for t in types for u in types if t != u]
         rotation = Signal(ctx_shape(cfg))
         m.d.sync += rotation.eq(Mux(rotation == C - 1, 0, rotation + 1))
+
+        # Per context, independent of the other contexts: the engines each candidate could
+        # take if free, the ones it owns, and which candidate beats which.
+        requests = []
+        for c in range(C):
+            wants, owns, beats = [], [], []
+            for t in types:
+                candidate = self.candidates[c][t]
+                want = Signal(E, name=f"c{c}_{t.name}_wants")
+                m.d.comb += want.eq((self.running[c] & candidate.valid).replicate(E)
+                                    & self.allowed[c][t] & engine_group(cfg, t))
+                wants.append(want)
+                owns.append(self.owned[c][t])
+            for t, u in pairs:
+                a, b = self.candidates[c][t].age, self.candidates[c][u].age
+                beats.append(a < b if t > u else a <= b)
+            request = Signal(2 * len(types) * E + len(pairs), name=f"c{c}_request")
+            m.d.comb += request.eq(Cat(*wants, *owns, *beats))
+            requests.append(request)
+
+        # The chain, in visit order: position k is context (rotation + k) mod n_ctx.
         claimed = Const(0, E)
-        passes = {}
-        for pass_index in range(2):
-            for c in range(C):
-                turn = (c >= rotation) if pass_index == 0 else (c < rotation)
-                # Values used more than once are signals: an expression is written out
-                # again at every use.
-                free = Signal(E, name=f"p{pass_index}c{c}_free")
-                m.d.comb += free.eq(~self.busy & ~claimed)
-                options = []
-                for t in Engine:
-                    candidate = self.candidates[c][t]
-                    usable = Signal(E, name=f"p{pass_index}c{c}_{t.name}_usable")
-                    preferred = Signal(E, name=f"p{pass_index}c{c}_{t.name}_preferred")
-                    m.d.comb += [usable.eq(free & self.allowed[c][t] & engine_group(cfg, t)),
-                                 preferred.eq(usable & self.owned[c][t])]
-                    choice = lowest_set(m, Mux(preferred.any(), preferred, usable),
-                                        f"p{pass_index}c{c}_{t.name}_choice")
-                    options.append((t, candidate.valid & usable.any(), candidate.slot,
-                                    candidate.age, choice))
-                # Take the oldest option.
-                take = Signal(E, name=f"p{pass_index}c{c}_take")
-                take_slot = Signal(range(W), name=f"p{pass_index}c{c}_take_slot")
-                chosen_t = Signal(Engine, name=f"p{pass_index}c{c}_type")
-                best_age, found = Const(W, range(W + 1)), Const(0, 1)
-                for t, ok, slot, age, choice in options:
-                    better = Signal(name=f"p{pass_index}c{c}_{t.name}_better")
-                    m.d.comb += better.eq(ok & (~found | (age < best_age)))
-                    step_age = Signal(range(W + 1), name=f"p{pass_index}c{c}_{t.name}_age")
-                    step_found = Signal(name=f"p{pass_index}c{c}_{t.name}_found")
-                    m.d.comb += [step_age.eq(Mux(better, age, best_age)), step_found.eq(found | ok)]
-                    best_age, found = step_age, step_found
-                    with m.If(better):
-                        m.d.comb += [take.eq(choice), take_slot.eq(slot), chosen_t.eq(t)]
-                go = Signal(name=f"p{pass_index}c{c}_go")
-                m.d.comb += go.eq(turn & found & self.running[c])
-                taken = Signal(E, name=f"p{pass_index}c{c}_taken")
-                m.d.comb += taken.eq(Mux(go, take, 0))
-                step_claimed = Signal(E, name=f"p{pass_index}c{c}_claimed")
-                m.d.comb += step_claimed.eq(claimed | taken)
-                claimed = step_claimed
-                passes.setdefault(c, []).append((go, take, take_slot, chosen_t))
-        for c, ((go0, take0, slot0, t0), (go1, take1, slot1, t1)) in passes.items():
+        results = []
+        for k in range(C):
+            request = Signal(len(requests[0]), name=f"k{k}_request")
+            with m.Switch(rotation):
+                for r in range(C):
+                    with m.Case(r):
+                        m.d.comb += request.eq(requests[(r + k) % C])
+            fields = iter(range(len(types) * 2))
+            wants = [request.word_select(next(fields), E) for _ in types]
+            owns = [request.word_select(next(fields), E) for _ in types]
+            beats = dict(zip(pairs, request[2 * len(types) * E:]))
+            free = Signal(E, name=f"k{k}_free")
+            m.d.comb += free.eq(~self.busy & ~claimed)
+            ok, takes = {}, {}
+            for t, want, own in zip(types, wants, owns):
+                usable = Signal(E, name=f"k{k}_{t.name}_usable")
+                preferred = Signal(E, name=f"k{k}_{t.name}_preferred")
+                m.d.comb += [usable.eq(free & want), preferred.eq(usable & own)]
+                ok[t] = usable.any()
+                takes[t] = lowest_set(m, Mux(preferred.any(), preferred, usable),
+                                      f"k{k}_{t.name}_choice")
+            take = Signal(E, name=f"k{k}_take")
+            kind = Signal(Engine, name=f"k{k}_type")
+            for t in types:
+                picked = Signal(name=f"k{k}_{t.name}_picked")
+                m.d.comb += picked.eq(ok[t] & Cat(~ok[u] | beats[t, u]
+                                                  for u in types if u != t).all())
+                with m.If(picked):
+                    m.d.comb += [take.eq(takes[t]), kind.eq(t)]
+            step = Signal(E, name=f"k{k}_claimed")
+            m.d.comb += step.eq(claimed | take)
+            claimed = step
+            results.append(Cat(take, kind))
+
+        # Back to context order.
+        for c in range(C):
+            result = Signal(len(results[0]), name=f"c{c}_result")
+            with m.Switch(rotation):
+                for r in range(C):
+                    with m.Case(r):
+                        m.d.comb += result.eq(results[(c - r) % C])
             choice = self.choice[c]
-            m.d.comb += [choice.valid.eq(go0 | go1),
-                         choice.engines.eq(Mux(go0, take0, take1)),
-                         choice.slot.eq(Mux(go0, slot0, slot1)),
-                         choice.type.eq(Mux(go0, t0, t1))]
-            m.d.comb += choice.engine.eq(one_hot_index(choice.engines))
+            m.d.comb += [choice.engines.eq(result[:E]), choice.type.eq(result[E:]),
+                         choice.valid.eq(choice.engines.any()),
+                         choice.engine.eq(one_hot_index(choice.engines))]
+            for t in types:
+                with m.If(choice.valid & (choice.type == t)):
+                    m.d.comb += choice.slot.eq(self.candidates[c][t].slot)
         return m

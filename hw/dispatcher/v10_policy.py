@@ -1,6 +1,6 @@
 """V10-style sharing: engines shared by all, one context's ME operator gang-issued on every ME."""
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -49,18 +49,24 @@ class V10Policy(wiring.Component):
         gang_ctx = Signal(ctx_shape(self.config))
         gang_op = self.gang_op
         gang_eoo_seen = Signal()
-        best_key, gang_winner, winner_valid = Const(0, 32), Const(0, range(C)), Const(0, 1)
+        # The winner: least key among the bidders, the lowest-numbered on a tie. Every pair
+        # of keys is compared beside the bids (they come from registers), so a bid passes
+        # through one AND to the choice.
+        bids = []
         for c in range(C):
             wants = Signal(name=f"c{c}_gang_bid")
             m.d.comb += wants.eq(self.me_candidate[c] & (self.me_op[c] == self.oldest_me_op[c]))
-            key = self.me_used[c] >> self.priority[c]
-            better = wants & (~winner_valid | (key < best_key))
-            best_key = Mux(better, key, best_key)
-            gang_winner = Mux(better, c, gang_winner)
-            winner_valid = winner_valid | wants
+            bids.append(wants)
+        keys = [Signal(32, name=f"c{c}_gang_key") for c in range(C)]
+        m.d.comb += [key.eq(self.me_used[c] >> self.priority[c]) for c, key in enumerate(keys)]
+        wins = []
+        for c in range(C):
+            beats = [~bids[d] | (keys[c] < keys[d] if d < c else keys[c] <= keys[d])
+                     for d in range(C) if d != c]
+            wins.append(bids[c] & Cat(beats).all())
         m.d.comb += self.me_ok.eq(Cat(
             (gang_valid & (gang_ctx == c) & ~gang_eoo_seen & (self.me_op[c] == gang_op))
-            | (~gang_valid & ~self.me_busy & winner_valid & (gang_winner == c))
+            | (~gang_valid & ~self.me_busy & wins[c])
             for c in range(C)))
 
         for c in range(C):
