@@ -57,14 +57,18 @@ def test_memory_weights():
         synth.area({"$_MYSTERY_": 1})
 
 
-def test_the_scratchpad_is_sram_and_instruction_memory_a_register_file():
-    """The scratchpad's banks are read through registers (SRAM macros: every bit of
-    spad_rows x lanes x 32); the dispatcher's instruction memories are read
-    combinationally (register files: n_ctx x imem_words x 64)."""
+def test_the_scratchpad_and_instruction_memories_are_srams():
+    """The scratchpad's banks and the dispatcher's instruction memories are read through
+    registers (SRAM macros: every bit of spad_rows x lanes x 32 and n_ctx x imem_words x
+    64); the host interface's small request queues are read combinationally (register
+    files)."""
     spad = synth.block_figures(TINY, "scratchpad", "lanes")
     assert spad["sram_bits"] == TINY.spad_rows * TINY.ve_lanes * 32
     dispatcher = synth.block_figures(TINY, "dispatcher")
-    assert dispatcher["regfile_bits"] == TINY.n_ctx * TINY.imem_words * 64
+    assert dispatcher["sram_bits"] == TINY.n_ctx * TINY.imem_words * 64
+    assert dispatcher["regfile_bits"] == 0
+    host = synth.block_figures(TINY, "host_interface")
+    assert host["regfile_bits"] > 0 and host["sram_bits"] == 0
 
 
 def test_small_blocks_of_the_tiny_config():
