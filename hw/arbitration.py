@@ -1,40 +1,59 @@
 """Arbitration helpers shared by the blocks: rotating-priority grants, lowest set bit, one-hot index."""
 
-from amaranth import Cat, Const, Signal
+from amaranth import Cat, Const, Mux, Signal
 
-__all__ = ["round_robin", "lowest_set", "one_hot_index"]
+__all__ = ["round_robin", "lowest_set", "one_hot_index", "one_hot_select", "or_tree"]
 
 
 def round_robin(m, requests, pointer, n, name):
     """One-hot grant of the first request at or after ``pointer`` (cyclically).
 
-    Doubling the request vector turns the cyclic search into a linear one; ``x & -x``
-    isolates the lowest set bit, so the whole arbiter is a few wide operations.
+    Doubling the request vector turns the cyclic search into a linear one: the first set
+    bit of the doubled vector at or after ``pointer``. Both steps are trees of log depth
+    (no carry chains).
     """
     if n == 1:
         return requests
     doubled = Signal(2 * n, name=f"{name}_doubled")
     at_or_after = Signal(2 * n, name=f"{name}_at_or_after")
     candidates = Signal(2 * n, name=f"{name}_candidates")
-    lowest = Signal(2 * n, name=f"{name}_lowest")
     grant = Signal(n, name=f"{name}_grant")
     m.d.comb += [
         doubled.eq(Cat(requests, requests)),
-        at_or_after.eq(~((Const(1, 2 * n) << pointer) - 1)),
+        at_or_after.eq(Cat(pointer <= i for i in range(2 * n))),
         candidates.eq(doubled & at_or_after),
-        lowest.eq(candidates & (~candidates + 1)),
-        grant.eq(lowest[:n] | lowest[n:]),
     ]
+    lowest = lowest_set(m, candidates, f"{name}_lowest")
+    m.d.comb += grant.eq(lowest[:n] | lowest[n:])
     return grant
 
 
 def lowest_set(m, value, name):
     """One-hot of the lowest set bit of ``value`` (0 if none)."""
-    # Bit i is set when no lower bit is: each bit's test is an OR tree of log depth (the
-    # two's-complement trick ``value & -value`` would be a carry chain).
-    lowest = Signal(len(value), name=name)
-    m.d.comb += lowest.eq(Cat(value[i] & ~value[:i].any() for i in range(len(value))))
+    # Bit i is set when no lower bit is. The OR of the lower bits is a prefix OR in log
+    # steps of wide shifts (the two's-complement trick ``value & -value`` would be a carry
+    # chain); wide operations also keep the Python simulator fast.
+    n = len(value)
+    below = Signal(n, name=f"{name}_below")
+    prefix, step = value, 1
+    while step < n:
+        prefix = (prefix | (prefix << step))[:n]
+        step *= 2
+    m.d.comb += below.eq((prefix << 1)[:n])
+    lowest = Signal(n, name=name)
+    m.d.comb += lowest.eq(value & ~below)
     return lowest
+
+
+def or_tree(values):
+    """The OR of ``values`` as a balanced tree (a chain would be as deep as the list is long)."""
+    values = list(values)
+    if not values:
+        return Const(0, 1)
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
 
 
 def one_hot_index(one_hot):
@@ -44,3 +63,8 @@ def one_hot_index(one_hot):
     n = len(one_hot)
     return Cat(Cat(one_hot[i] for i in range(n) if i >> b & 1).any()
                for b in range(max(1, (n - 1).bit_length())))
+
+
+def one_hot_select(one_hot, values):
+    """The value whose bit of ``one_hot`` is set (0 if none): an AND-OR tree."""
+    return or_tree(Mux(one_hot[i], v, 0) for i, v in enumerate(values))

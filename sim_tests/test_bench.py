@@ -21,7 +21,8 @@ def test_bench_json_keys(capsys):
     # Harvesting shortens the mix: the ME-heavy tenant borrows the VE-heavy tenant's MEs.
     assert results["policies"]["harvest"]["makespan_cycles"] < \
         results["policies"]["static"]["makespan_cycles"]
-    assert 0 <= results["dispatch_latency_cycles"] <= 2
+    # A retirement reaches the wait masks at the clock edge: its dependant issues a cycle later.
+    assert results["dispatch_latency_cycles"] == results["dispatch_latency_max_cycles"] == 1
     assert results["verilator_cycles_per_s"] > results["pysim_cycles_per_s"] > 0
     assert results["verilator_speedup"] > 1 and results["python_driving_overhead"] > -1
     assert "cannot hold the workload" in results["runtime_skipped"]

@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import HEADER, Engine, Fault
-from ..arbitration import one_hot_index, round_robin
+from ..arbitration import one_hot_index, one_hot_select, round_robin
 from ..ports import body_length_shape, imem_addr_shape
 from isa.regmap import Status
 from .signatures import (COUNTERS, OP_ID_BITS, CandidateLayout, ContextConfigLayout,
@@ -49,11 +49,15 @@ class ContextWindow(wiring.Component):
             "retire_fault": In(Fault),
             "retire_fault_seq": In(seq_shape),
             "retire_fault_pc": In(pc),
-            # Issue of the µTOp in slot ``issue_slot`` this cycle, and what the engine needs of it.
+            # Issue of the µTOp in slot ``issue_slot`` (the candidate of ``issue_type``) this
+            # cycle, and what the engine needs of it: the header's address, the body's first
+            # word and its length (read from the candidate, which is known early).
             "issue": In(1),
             "issue_slot": In(range(W)),
+            "issue_type": In(Engine),
             "issue_seq": Out(seq_shape),
             "issue_pc": Out(pc),
+            "issue_body": Out(pc),
             "issue_length": Out(body_length_shape(config)),
             "preempted_slots": In(W),
             "streaming": In(1),
@@ -180,12 +184,17 @@ class ContextWindow(wiring.Component):
                 m.d.sync += fetch_done.eq(1)
 
         # --- readiness and candidates ----------------------------------------------------------
-        eligible = Signal(W)
-        m.d.comb += eligible.eq(Cat(~fault_valid | (seq[s] < fault_seq) for s in range(W)))
+        # Eligible: a live slot older than the recorded fault (all of them while there is
+        # none). Kept as a register, updated where the fault and the slots change below, so
+        # that readiness starts from registers: it is ~fault_valid | (seq[s] < fault_seq).
+        eligible = Signal(W, init=(1 << W) - 1)
         ready = Signal(W)
-        m.d.comb += ready.eq(Cat((wait[s] & ~retiring) == 0 for s in range(W))
+        # A retirement clears wait masks at the clock edge: its dependants are ready from
+        # the next cycle (a register between retire and issue).
+        m.d.comb += ready.eq(Cat(wait[s] == 0 for s in range(W))
                              & valid & ~issued & eligible & running.replicate(W))
         m.d.comb += self.ready_any.eq(ready.any())
+        issue_fields = []
         for t in Engine:
             of_type = Signal(W, name=f"ready_{t.name}")
             m.d.comb += of_type.eq(ready & Cat(etype[s] == t for s in range(W)))
@@ -197,11 +206,14 @@ class ContextWindow(wiring.Component):
                                               candidate.slot + W - head)),
                          candidate.restartable.eq(restartable.bit_select(candidate.slot, 1)),
                          self.ready_types[t].eq(of_type.any())]
+            # What issue needs of the candidate (beside arbitration, not after it).
+            utops = [Cat(seq[s], hdr_pc[s], (hdr_pc[s] + 1)[:len(pc)], length[s])
+                     for s in range(W)]
+            chosen = Signal(len(utops[0]), name=f"cand_{t.name}_utop")
+            m.d.comb += chosen.eq(Array(utops)[candidate.slot])
+            issue_fields.append(chosen)
             if t == Engine.ME:
-                # Selected by the one-hot pick (a binary slot would be decoded again).
-                m.d.comb += self.me_op.eq(Mux(pick.any(), Cat(
-                    Cat(pick[s] & op_id[s][b] for s in range(W)).any()
-                    for b in range(OP_ID_BITS)), op_id[0]))
+                m.d.comb += self.me_op.eq(Mux(pick.any(), one_hot_select(pick, op_id), op_id[0]))
                 # The candidate's operator already ended: its eoo µTOp was fetched and has
                 # retired (ME µTOps of an operator may retire out of order).
                 eoo_pending = Cat(valid[s] & ~retired[s] & ~retiring[s] & eoo[s]
@@ -211,19 +223,22 @@ class ContextWindow(wiring.Component):
         unfinished_me = Signal(W)
         m.d.comb += unfinished_me.eq(valid & ~retired & Cat(etype[s] == Engine.ME for s in range(W)))
         oldest = round_robin(m, unfinished_me, head, W, "oldest_me")
-        for s in range(W):
-            with m.If(oldest[s]):
-                m.d.comb += self.oldest_me_op.eq(op_id[s])
+        m.d.comb += self.oldest_me_op.eq(one_hot_select(oldest, op_id))
         m.d.comb += self.gang_eoo_retiring.eq(
             (retiring & eoo & Cat(op_id[s] == self.gang_op for s in range(W))).any())
 
         # --- issue ------------------------------------------------------------------------------
         issue_bit = Signal(W)
         m.d.comb += issue_bit.eq(Mux(self.issue, Const(1, W) << self.issue_slot, 0))
-        for s in range(W):
-            with m.If(self.issue_slot == s):
-                m.d.comb += [self.issue_seq.eq(seq[s]), self.issue_pc.eq(hdr_pc[s]),
-                             self.issue_length.eq(length[s])]
+        issued_utop = Signal.like(issue_fields[0])
+        for t, fields in zip(Engine, issue_fields):
+            with m.If(self.issue_type == t):
+                m.d.comb += issued_utop.eq(fields)
+        issue_length = Signal.like(self.issue_length)
+        m.d.comb += [Cat(self.issue_seq, self.issue_pc, self.issue_body, issue_length)
+                     .eq(issued_utop),
+                     # (Without an issue, the length of slot 0: the engines' command payload.)
+                     self.issue_length.eq(Mux(self.issue, issue_length, length[0]))]
         with m.If(self.issue):
             m.d.sync += counters["issued"].eq(counters["issued"] + 1)
         m.d.comb += self.activity.eq(allocate | (fetch_fault != 0) | self.streaming | self.issue
@@ -269,7 +284,11 @@ class ContextWindow(wiring.Component):
                                  & (~fault_valid | (new_seq < fault_seq)))
         with m.If(fault_now):
             m.d.sync += [fault_valid.eq(1), fault_seq.eq(new_seq),
-                         fault_code.eq(new_fault), fault_pc.eq(new_pc)]
+                         fault_code.eq(new_fault), fault_pc.eq(new_pc),
+                         # A µTOp allocated now is younger than any fault (fetch stops at one).
+                         eligible.eq(Cat(seq[s] < new_seq for s in range(W)) & ~alloc_bit)]
+        with m.Elif(allocate):
+            m.d.sync += eligible.eq(eligible | tail_bit)   # fetch runs only without a fault
         with m.If(fetch_fault != 0):
             m.d.sync += fetch_done.eq(1)
 
@@ -287,7 +306,7 @@ class ContextWindow(wiring.Component):
                                    Mux(count != 0, Array(hdr_pc)[head], pc)))
         m.d.comb += self.kill.eq(running & ~killed & (self.hung | self.stall_expired))
         with m.If(self.kill):
-            m.d.sync += [killed.eq(1), fault_valid.eq(1), fault_seq.eq(0),
+            m.d.sync += [killed.eq(1), fault_valid.eq(1), fault_seq.eq(0), eligible.eq(0),
                          fault_code.eq(Fault.WATCHDOG), fault_pc.eq(hung_pc),
                          fetch_done.eq(1),
                          status.eq(Status.RUNNING)]     # not DONE, even this cycle
@@ -328,7 +347,7 @@ class ContextWindow(wiring.Component):
             m.d.comb += pc_next.eq(0)
             m.d.sync += [status.eq(Status.RUNNING), fetch_done.eq(0),
                          seq_next.eq(0), head.eq(0), count.eq(0), valid.eq(0),
-                         issued.eq(0), retired.eq(0), fault_valid.eq(0),
+                         issued.eq(0), retired.eq(0), fault_valid.eq(0), eligible.eq(~0),
                          fault_code.eq(0), fault_pc.eq(0),
                          me_used.eq(0), killed.eq(0), op_next.eq(0)]
             m.d.sync += [counter.eq(0) for counter in counters.values()]

@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Fault
+from ..arbitration import one_hot_select, or_tree
 from ..ports import ctx_shape, imem_addr_shape
 from .signatures import engine_types, seq_shape
 
@@ -103,10 +104,8 @@ class EngineTable(wiring.Component):
         for c in range(C):
             of_c = Signal(E, name=f"c{c}_engines")
             m.d.comb += of_c.eq(Cat(ctx_bit[e][c] for e in range(E)))
-            # Slot s: an OR tree over the engines (not a chain through them).
             finishing, preempted = (
-                Cat(Cat(event[e] & of_c[e] & slot_bit[e][s] for e in range(E)).any()
-                    for s in range(W))
+                or_tree(Mux(event[e] & of_c[e], slot_bit[e], 0) for e in range(E))
                 for event in (self.finished, self.preempt))
             m.d.comb += [
                 self.ctx_busy[c].eq(busy & of_c),
@@ -121,16 +120,13 @@ class EngineTable(wiring.Component):
             # beside the retirements (they are registers), so a fault passes one AND tree.
             mine = Signal(E, name=f"c{c}_faulting")
             m.d.comb += mine.eq(faulting & of_c)
-            fault, fault_seq, fault_pc = 0, 0, 0
-            for e in range(E):
-                wins = Signal(name=f"c{c}_fault_from{e}")
-                m.d.comb += wins.eq(mine[e] & Cat(~mine[d] | older[e, d]
-                                                  for d in range(E) if d != e).all())
-                fault = fault | Mux(wins, self.done_fault[e], 0)
-                fault_seq = fault_seq | Mux(wins, eng_seq[e], 0)
-                fault_pc = fault_pc | Mux(wins, eng_pc[e], 0)
-            m.d.comb += [self.ctx_fault[c].eq(fault), self.ctx_fault_seq[c].eq(fault_seq),
-                         self.ctx_fault_pc[c].eq(fault_pc)]
+            wins = Signal(E, name=f"c{c}_fault_from")
+            m.d.comb += wins.eq(Cat(mine[e] & Cat(~mine[d] | older[e, d]
+                                                  for d in range(E) if d != e).all()
+                                    for e in range(E)))
+            m.d.comb += Cat(self.ctx_fault[c], self.ctx_fault_seq[c], self.ctx_fault_pc[c]).eq(
+                one_hot_select(wins, [Cat(self.done_fault[e], eng_seq[e], eng_pc[e])
+                                      for e in range(E)]))
             hung = Signal(E, name=f"c{c}_hung")
             m.d.comb += [hung.eq(self.hung & of_c), self.ctx_hung[c].eq(hung.any())]
             for e in reversed(range(E)):
