@@ -5,12 +5,12 @@ from amaranth import Cat, Const, Mux, Signal
 __all__ = ["round_robin", "lowest_set", "one_hot_index", "one_hot_select", "or_tree"]
 
 
-def round_robin(m, requests, pointer, n, name):
+def round_robin(m, requests, pointer, n, name, *, tree=False):
     """One-hot grant of the first request at or after ``pointer`` (cyclically).
 
     Doubling the request vector turns the cyclic search into a linear one: the first set
-    bit of the doubled vector at or after ``pointer``. Both steps are trees of log depth
-    (no carry chains).
+    bit of the doubled vector at or after ``pointer`` (a shift masks the bits before it).
+    ``tree``: see ``lowest_set``.
     """
     if n == 1:
         return requests
@@ -20,28 +20,31 @@ def round_robin(m, requests, pointer, n, name):
     grant = Signal(n, name=f"{name}_grant")
     m.d.comb += [
         doubled.eq(Cat(requests, requests)),
-        at_or_after.eq(Cat(pointer <= i for i in range(2 * n))),
+        at_or_after.eq((Const((1 << 2 * n) - 1, 2 * n) << pointer)[:2 * n]),
         candidates.eq(doubled & at_or_after),
     ]
-    lowest = lowest_set(m, candidates, f"{name}_lowest")
+    lowest = lowest_set(m, candidates, f"{name}_lowest", tree=tree)
     m.d.comb += grant.eq(lowest[:n] | lowest[n:])
     return grant
 
 
-def lowest_set(m, value, name):
-    """One-hot of the lowest set bit of ``value`` (0 if none)."""
-    # Bit i is set when no lower bit is. The OR of the lower bits is a prefix OR in log
-    # steps of wide shifts (the two's-complement trick ``value & -value`` would be a carry
-    # chain); wide operations also keep the Python simulator fast.
+def lowest_set(m, value, name, *, tree=False):
+    """One-hot of the lowest set bit of ``value`` (0 if none).
+
+    ``value & -value`` is three operations (cheap to simulate) but a carry chain in gates;
+    with ``tree`` the OR of the lower bits is a prefix OR in log steps of wide shifts, for
+    paths where depth counts (the issue arbiter's chain through the contexts)."""
     n = len(value)
+    lowest = Signal(n, name=name)
+    if not tree:
+        m.d.comb += lowest.eq(value & (~value + 1))
+        return lowest
     below = Signal(n, name=f"{name}_below")
     prefix, step = value, 1
     while step < n:
         prefix = (prefix | (prefix << step))[:n]
         step *= 2
-    m.d.comb += below.eq((prefix << 1)[:n])
-    lowest = Signal(n, name=name)
-    m.d.comb += lowest.eq(value & ~below)
+    m.d.comb += [below.eq((prefix << 1)[:n]), lowest.eq(value & ~below)]
     return lowest
 
 

@@ -185,8 +185,9 @@ class ContextWindow(wiring.Component):
 
         # --- readiness and candidates ----------------------------------------------------------
         # Eligible: a live slot older than the recorded fault (all of them while there is
-        # none). Kept as a register, updated where the fault and the slots change below, so
-        # that readiness starts from registers: it is ~fault_valid | (seq[s] < fault_seq).
+        # none). Kept as a register, set where a fault is recorded below, so that readiness
+        # starts from registers: for every valid slot of a running context it equals
+        # ~fault_valid | (seq[s] < fault_seq) (fetch allocates only while there is no fault).
         eligible = Signal(W, init=(1 << W) - 1)
         ready = Signal(W)
         # A retirement clears wait masks at the clock edge: its dependants are ready from
@@ -198,7 +199,7 @@ class ContextWindow(wiring.Component):
         for t in Engine:
             of_type = Signal(W, name=f"ready_{t.name}")
             m.d.comb += of_type.eq(ready & Cat(etype[s] == t for s in range(W)))
-            pick = round_robin(m, of_type, head, W, f"cand_{t.name}")
+            pick = round_robin(m, of_type, head, W, f"cand_{t.name}", tree=True)
             candidate = self.candidates[t]
             m.d.comb += [candidate.valid.eq(of_type.any() & ~self.streaming),
                          candidate.slot.eq(one_hot_index(pick)),
@@ -222,7 +223,7 @@ class ContextWindow(wiring.Component):
         # Operators gang in program order (v10): the oldest unfinished ME operator.
         unfinished_me = Signal(W)
         m.d.comb += unfinished_me.eq(valid & ~retired & Cat(etype[s] == Engine.ME for s in range(W)))
-        oldest = round_robin(m, unfinished_me, head, W, "oldest_me")
+        oldest = round_robin(m, unfinished_me, head, W, "oldest_me", tree=True)
         m.d.comb += self.oldest_me_op.eq(one_hot_select(oldest, op_id))
         m.d.comb += self.gang_eoo_retiring.eq(
             (retiring & eoo & Cat(op_id[s] == self.gang_op for s in range(W))).any())
@@ -287,8 +288,6 @@ class ContextWindow(wiring.Component):
                          fault_code.eq(new_fault), fault_pc.eq(new_pc),
                          # A µTOp allocated now is younger than any fault (fetch stops at one).
                          eligible.eq(Cat(seq[s] < new_seq for s in range(W)) & ~alloc_bit)]
-        with m.Elif(allocate):
-            m.d.sync += eligible.eq(eligible | tail_bit)   # fetch runs only without a fault
         with m.If(fetch_fault != 0):
             m.d.sync += fetch_done.eq(1)
 

@@ -65,7 +65,9 @@ class Dispatcher(wiring.Component):
         n_engines = len(self.types)
         #: Instruction memories (one per context), written by the host interface. Both
         #: reads (header fetch, body streaming) are registered, as an SRAM macro's are: the
-        #: fetch unit and the body streamer address them with their next position.
+        #: fetch unit and the body streamer address them with their next position. So a
+        #: context's memory must not change from its START cycle on: the host interface
+        #: refuses program writes to a running, starting or request-taking context.
         self.imems = [SRAM(width=64, depth=config.imem_words, read_ports=("sync", "sync"))
                       for _ in range(config.n_ctx)]
         super().__init__({

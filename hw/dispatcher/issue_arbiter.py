@@ -67,9 +67,14 @@ class IssueArbiter(wiring.Component):
                                     & self.allowed[c][t] & engine_group(cfg, t))
                 wants.append(want)
                 owns.append(self.owned[c][t])
+            # t beats u: it is older, or as old and the earlier type (one comparator a pair).
+            first = {}
             for t, u in pairs:
-                a, b = self.candidates[c][t].age, self.candidates[c][u].age
-                beats.append(a < b if t > u else a <= b)
+                if t < u:
+                    first[t, u] = Signal(name=f"c{c}_{t.name}_before_{u.name}")
+                    m.d.comb += first[t, u].eq(self.candidates[c][t].age
+                                               <= self.candidates[c][u].age)
+            beats += [first[t, u] if t < u else ~first[u, t] for t, u in pairs]
             request = Signal(2 * len(types) * E + len(pairs), name=f"c{c}_request")
             m.d.comb += request.eq(Cat(*wants, *owns, *beats))
             requests.append(request)
@@ -96,7 +101,7 @@ class IssueArbiter(wiring.Component):
                 m.d.comb += [usable.eq(free & want), preferred.eq(usable & own)]
                 ok[t] = usable.any()
                 takes[t] = lowest_set(m, Mux(preferred.any(), preferred, usable),
-                                      f"k{k}_{t.name}_choice")
+                                      f"k{k}_{t.name}_choice", tree=True)
             take = Signal(E, name=f"k{k}_take")
             kind = Signal(Engine, name=f"k{k}_type")
             for t in types:

@@ -59,11 +59,15 @@ class V10Policy(wiring.Component):
             bids.append(wants)
         keys = [Signal(32, name=f"c{c}_gang_key") for c in range(C)]
         m.d.comb += [key.eq(self.me_used[c] >> self.priority[c]) for c, key in enumerate(keys)]
-        wins = []
+        # beats[c, d]: c's key wins over d's (one comparator per pair).
+        beats = {}
         for c in range(C):
-            beats = [~bids[d] | (keys[c] < keys[d] if d < c else keys[c] <= keys[d])
-                     for d in range(C) if d != c]
-            wins.append(bids[c] & Cat(beats).all())
+            for d in range(c + 1, C):
+                first = Signal(name=f"c{c}_key_le_c{d}")
+                m.d.comb += first.eq(keys[c] <= keys[d])
+                beats[c, d], beats[d, c] = first, ~first
+        wins = [bids[c] & Cat(~bids[d] | beats[c, d] for d in range(C) if d != c).all()
+                for c in range(C)]
         m.d.comb += self.me_ok.eq(Cat(
             (gang_valid & (gang_ctx == c) & ~gang_eoo_seen & (self.me_op[c] == gang_op))
             | (~gang_valid & ~self.me_busy & wins[c])
