@@ -10,8 +10,9 @@ from dataclasses import replace
 import pytest
 
 from runtime.apps.cli import main
+from runtime.apps import experiment
 from runtime.apps.experiment import (KEY_FIELDS, ExperimentError, Matrix, PRESETS, ROW_FIELDS, _run_local,
-                                     load_matrix, read_results, run_experiment)
+                                     load_matrix, read_results, row_key, run_experiment)
 from runtime.apps.experiment_report import summarize
 
 #: Two tenants on the small NPU, harvest against static, one load, a closed loop, 2 seeds.
@@ -176,6 +177,16 @@ def test_the_config_s_values_are_part_of_a_point_s_key(tmp_path):
     config.write_text('preset = "small"\nhbm_latency = 12\n')
     after = replace(TINY, config=str(config)).key(matrix.points()[0])
     assert before != after and before[:7] == after[:7]
+
+
+def test_the_code_is_part_of_a_point_s_key(tiny, monkeypatch):
+    """Results of another version of the RTL, compiler or host are not resumed."""
+    folder, rows = tiny
+    assert {r["code_digest"] for r in rows} == {experiment.code_digest()}
+    mine = {row_key(r) for r in read_results(folder)}
+    assert mine == {TINY.key(p) for p in TINY.points()}
+    monkeypatch.setattr(experiment, "_CODE_DIGEST", "edited")
+    assert not mine & {TINY.key(p) for p in TINY.points()}
 
 
 def test_load_matrix(tmp_path):

@@ -88,16 +88,42 @@ class Matrix:
         return hashlib.sha256(values.encode()).hexdigest()[:12]
 
     def key(self, point):
-        """What identifies a point's rows in a results file, this matrix's settings included
-        (so a run with other settings never takes them for its own)."""
+        """What identifies a point's rows in a results file, this matrix's settings and the
+        code that runs it included (so a run with other settings, or after a change of the
+        RTL, compiler or host, never takes them for its own)."""
         return ("+".join(point.mix), point.policy, point.load, point.closed, point.seed,
-                self.requests, self.config, self.config_digest, self.backend, self.time_slice)
+                self.requests, self.config, self.config_digest, self.backend, self.time_slice,
+                code_digest())
+
+
+#: What a point's results depend on: the RTL, the ISA, the compiler, the backends, the host
+#: and the serving loop (not the reports drawn from them).
+CODE = ("hw", "isa", "runtime/compiler", "runtime/backends", "runtime/host",
+        "runtime/apps/serve.py", "runtime/apps/inference.py", "runtime/apps/experiment.py")
+_ROOT = Path(__file__).resolve().parents[2]
+_CODE_DIGEST = None
+
+
+def code_digest():
+    """A digest of the sources in CODE (their paths and contents)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        digest = hashlib.sha256()
+        for part in CODE:
+            path = _ROOT / part
+            files = [path] if path.is_file() else sorted(
+                f for f in path.rglob("*") if f.is_file() and f.suffix in (".py", ".cpp", ".vlt"))
+            for file in files:
+                digest.update(file.relative_to(_ROOT).as_posix().encode() + b"\0")
+                digest.update(file.read_bytes())
+        _CODE_DIGEST = digest.hexdigest()[:12]
+    return _CODE_DIGEST
 
 
 #: The fields of a results row: the point (KEY_FIELDS), how it went, the NPU's figures,
 #: then one tenant's (a row per tenant; a point that raised an error has one row).
 KEY_FIELDS = ("mix", "policy", "load", "closed", "seed", "requests", "config",
-              "config_digest", "backend", "time_slice")
+              "config_digest", "backend", "time_slice", "code_digest")
 ROW_FIELDS = KEY_FIELDS + (
     "status", "error", "wall_seconds", "cycles", "util_me", "util_ve", "util_dma",
     "util_engines", "stp", "antt", "tenant", "model", "n_me", "n_ve", "tenant_requests",
