@@ -71,6 +71,14 @@ def test_the_scratchpad_and_instruction_memories_are_srams():
     assert host["regfile_bits"] > 0 and host["sram_bits"] == 0
 
 
+def test_the_dispatcher_does_not_set_the_clock():
+    """The dispatcher's longest path (retire is registered, arbitration one chain through
+    the contexts) is no longer than the vector engine's: the engines set the clock."""
+    dispatcher = synth.block_figures(TINY, "dispatcher")
+    ve = synth.block_figures(TINY, "vector_engine")
+    assert dispatcher["depth"] <= ve["depth"]
+
+
 def test_small_blocks_of_the_tiny_config():
     report = synth.pnpu_report(TINY, ["body_fifo", "host_interface"])
     fifo, host = report["blocks"]["body_fifo"], report["blocks"]["host_interface"]
