@@ -2,7 +2,8 @@
 
 from amaranth import Cat, Const, Mux, Signal
 
-__all__ = ["round_robin", "lowest_set", "one_hot_index", "one_hot_select", "or_tree"]
+__all__ = ["round_robin", "lowest_set", "one_hot_index", "one_hot_select", "or_tree",
+           "pairwise_order", "first_in_order"]
 
 
 def round_robin(m, requests, pointer, n, name, *, tree=False):
@@ -71,3 +72,23 @@ def one_hot_index(one_hot):
 def one_hot_select(one_hot, values):
     """The value whose bit of ``one_hot`` is set (0 if none): an AND-OR tree."""
     return or_tree(Mux(one_hot[i], v, 0) for i, v in enumerate(values))
+
+
+def pairwise_order(m, keys, name):
+    """``order[i, j]``: ``keys[i]`` comes before ``keys[j]`` (the smaller key; on equal keys
+    the lower index), for every pair i != j, with one comparator per pair."""
+    order = {}
+    for i in range(len(keys)):
+        for j in range(i + 1, len(keys)):
+            before = Signal(name=f"{name}{i}_before_{j}")
+            m.d.comb += before.eq(keys[i] <= keys[j])
+            order[i, j], order[j, i] = before, ~before
+    return order
+
+
+def first_in_order(requests, order):
+    """One-hot of the request that comes first by ``order`` (see ``pairwise_order``), 0 if
+    none: each request checks every other beside the rest, so it passes one AND tree."""
+    n = len(requests)
+    return Cat(requests[i] & Cat(~requests[j] | order[i, j] for j in range(n) if j != i).all()
+               for i in range(n))

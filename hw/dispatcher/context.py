@@ -195,6 +195,9 @@ class ContextWindow(wiring.Component):
         m.d.comb += ready.eq(Cat(wait[s] == 0 for s in range(W))
                              & valid & ~issued & eligible & running.replicate(W))
         m.d.comb += self.ready_any.eq(ready.any())
+        # Per slot, what issue needs of a µTOp: sequence number, header and body addresses,
+        # body length.
+        utops = [Cat(seq[s], hdr_pc[s], (hdr_pc[s] + 1)[:len(pc)], length[s]) for s in range(W)]
         issue_fields = []
         for t in Engine:
             of_type = Signal(W, name=f"ready_{t.name}")
@@ -208,8 +211,6 @@ class ContextWindow(wiring.Component):
                          candidate.restartable.eq(restartable.bit_select(candidate.slot, 1)),
                          self.ready_types[t].eq(of_type.any())]
             # What issue needs of the candidate (beside arbitration, not after it).
-            utops = [Cat(seq[s], hdr_pc[s], (hdr_pc[s] + 1)[:len(pc)], length[s])
-                     for s in range(W)]
             chosen = Signal(len(utops[0]), name=f"cand_{t.name}_utop")
             m.d.comb += chosen.eq(Array(utops)[candidate.slot])
             issue_fields.append(chosen)

@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Fault
-from ..arbitration import one_hot_select, or_tree
+from ..arbitration import first_in_order, one_hot_select, or_tree, pairwise_order
 from ..ports import ctx_shape, imem_addr_shape
 from .signatures import engine_types, seq_shape
 
@@ -93,14 +93,8 @@ class EngineTable(wiring.Component):
         m.d.comb += [ctx_bit[e].eq(Const(1, C) << eng_ctx[e]) for e in range(E)]
         m.d.comb += [slot_bit[e].eq(Const(1, W) << eng_slot[e]) for e in range(E)]
         m.d.comb += faulting.eq(self.finished & Cat(self.done_fault[e] != 0 for e in range(E)))
-        # older[e, d]: engine e's µTOp comes before engine d's in program order (on equal
-        # sequence numbers, the lower-numbered engine counts as older).
-        older = {}
-        for e in range(E):
-            for d in range(e + 1, E):
-                before = Signal(name=f"eng{e}_before_eng{d}")
-                m.d.comb += before.eq(eng_seq[e] <= eng_seq[d])
-                older[e, d], older[d, e] = before, ~before
+        # Which engine's µTOp comes first in program order (the same for every context).
+        older = pairwise_order(m, eng_seq, "eng_seq")
         for c in range(C):
             of_c = Signal(E, name=f"c{c}_engines")
             m.d.comb += of_c.eq(Cat(ctx_bit[e][c] for e in range(E)))
@@ -121,9 +115,7 @@ class EngineTable(wiring.Component):
             mine = Signal(E, name=f"c{c}_faulting")
             m.d.comb += mine.eq(faulting & of_c)
             wins = Signal(E, name=f"c{c}_fault_from")
-            m.d.comb += wins.eq(Cat(mine[e] & Cat(~mine[d] | older[e, d]
-                                                  for d in range(E) if d != e).all()
-                                    for e in range(E)))
+            m.d.comb += wins.eq(first_in_order(mine, older))
             m.d.comb += Cat(self.ctx_fault[c], self.ctx_fault_seq[c], self.ctx_fault_pc[c]).eq(
                 one_hot_select(wins, [Cat(self.done_fault[e], eng_seq[e], eng_pc[e])
                                       for e in range(E)]))

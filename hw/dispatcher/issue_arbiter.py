@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine
-from ..arbitration import lowest_set, one_hot_index
+from ..arbitration import first_in_order, lowest_set, one_hot_index, pairwise_order
 from ..ports import ctx_shape
 from .signatures import CandidateLayout, engine_group, engine_types
 
@@ -67,14 +67,9 @@ class IssueArbiter(wiring.Component):
                                     & self.allowed[c][t] & engine_group(cfg, t))
                 wants.append(want)
                 owns.append(self.owned[c][t])
-            # t beats u: it is older, or as old and the earlier type (one comparator a pair).
-            first = {}
-            for t, u in pairs:
-                if t < u:
-                    first[t, u] = Signal(name=f"c{c}_{t.name}_before_{u.name}")
-                    m.d.comb += first[t, u].eq(self.candidates[c][t].age
-                                               <= self.candidates[c][u].age)
-            beats += [first[t, u] if t < u else ~first[u, t] for t, u in pairs]
+            # t beats u: it is older, or as old and the earlier type.
+            order = pairwise_order(m, [self.candidates[c][t].age for t in types], f"c{c}_age")
+            beats += [order[t, u] for t, u in pairs]
             request = Signal(2 * len(types) * E + len(pairs), name=f"c{c}_request")
             m.d.comb += request.eq(Cat(*wants, *owns, *beats))
             requests.append(request)
@@ -104,10 +99,9 @@ class IssueArbiter(wiring.Component):
                                       f"k{k}_{t.name}_choice", tree=True)
             take = Signal(E, name=f"k{k}_take")
             kind = Signal(Engine, name=f"k{k}_type")
-            for t in types:
-                picked = Signal(name=f"k{k}_{t.name}_picked")
-                m.d.comb += picked.eq(ok[t] & Cat(~ok[u] | beats[t, u]
-                                                  for u in types if u != t).all())
+            picks = Signal(len(types), name=f"k{k}_picked")
+            m.d.comb += picks.eq(first_in_order(Cat(ok[t] for t in types), beats))
+            for t, picked in zip(types, picks):
                 with m.If(picked):
                     m.d.comb += [take.eq(takes[t]), kind.eq(t)]
             step = Signal(E, name=f"k{k}_claimed")

@@ -4,6 +4,7 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..arbitration import first_in_order, pairwise_order
 from ..ports import ctx_shape
 from .signatures import OP_ID_BITS
 
@@ -59,15 +60,7 @@ class V10Policy(wiring.Component):
             bids.append(wants)
         keys = [Signal(32, name=f"c{c}_gang_key") for c in range(C)]
         m.d.comb += [key.eq(self.me_used[c] >> self.priority[c]) for c, key in enumerate(keys)]
-        # beats[c, d]: c's key wins over d's (one comparator per pair).
-        beats = {}
-        for c in range(C):
-            for d in range(c + 1, C):
-                first = Signal(name=f"c{c}_key_le_c{d}")
-                m.d.comb += first.eq(keys[c] <= keys[d])
-                beats[c, d], beats[d, c] = first, ~first
-        wins = [bids[c] & Cat(~bids[d] | beats[c, d] for d in range(C) if d != c).all()
-                for c in range(C)]
+        wins = first_in_order(Cat(bids), pairwise_order(m, keys, "gang_key"))
         m.d.comb += self.me_ok.eq(Cat(
             (gang_valid & (gang_ctx == c) & ~gang_eoo_seen & (self.me_op[c] == gang_op))
             | (~gang_valid & ~self.me_busy & wins[c])
