@@ -32,6 +32,7 @@ from pathlib import Path
 
 from isa.config import ConfigError, NPUConfig
 from runtime.host.driver import POLICIES
+from runtime.backends.verilog import source_digest
 from .serve import SLO_FACTORS, ServeError, parse_tenant, serve
 
 __all__ = ["ExperimentError", "Matrix", "Point", "PRESETS", "ROW_FIELDS", "load_matrix",
@@ -108,15 +109,12 @@ def code_digest():
     """A digest of the sources in CODE (their paths and contents)."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
-        digest = hashlib.sha256()
+        files = []
         for part in CODE:
             path = _ROOT / part
-            files = [path] if path.is_file() else sorted(
+            files += [path] if path.is_file() else sorted(
                 f for f in path.rglob("*") if f.is_file() and f.suffix in (".py", ".cpp", ".vlt"))
-            for file in files:
-                digest.update(file.relative_to(_ROOT).as_posix().encode() + b"\0")
-                digest.update(file.read_bytes())
-        _CODE_DIGEST = digest.hexdigest()[:12]
+        _CODE_DIGEST = source_digest(files, _ROOT)[:12]
     return _CODE_DIGEST
 
 

@@ -31,7 +31,7 @@ from hw.npu import activity_bits
 from isa.config import LUT_ENTRIES, MAX_DEP_WINDOW, VREGS
 from hw.ports import SpadWriteLayout, spad_addr_shape
 from . import script as ops
-from .verilog import ToolError, WAIVERS, build_root, find_verilator, generate
+from .verilog import ToolError, WAIVERS, build_root, find_verilator, generate, source_digest
 from .words import to_signed32
 
 __all__ = ["VerilatorBackend", "build_model", "build_dir"]
@@ -74,11 +74,7 @@ def _snapshot_sources():
     sources = sorted((ROOT / "hw").rglob("*.py"))
     sources += [ROOT / "isa" / "encoding.py", ROOT / "isa" / "regmap.py",
                 Path(__file__).resolve().parent / "verilog.py", HARNESS, WAIVERS]
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.relative_to(ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return source_digest(sources, ROOT)
 
 
 _SOURCES = _snapshot_sources()

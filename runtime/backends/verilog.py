@@ -1,5 +1,6 @@
 """Verilog generation for the pNPU (or one block), and linting with Verilator."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from isa.config import NPUConfig
 from hw.sram import SRAMVerilog
 
 __all__ = ["BLOCKS", "generate", "convert", "block_sizes", "lint", "find_verilator", "ToolError",
-           "WAIVERS", "build_root"]
+           "WAIVERS", "build_root", "source_digest"]
 
 WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
 
@@ -20,6 +21,15 @@ WAIVERS = Path(__file__).resolve().parents[2] / "hw" / "lint_waivers.vlt"
 def build_root():
     """Where build outputs are cached: ``build/`` of the project, or ``$NEU10_BUILD_DIR``."""
     return Path(os.environ.get("NEU10_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
+
+
+def source_digest(paths, root):
+    """A digest of the files ``paths``: each one's path relative to ``root``, then its bytes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).relative_to(root).as_posix().encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 class ToolError(RuntimeError):
