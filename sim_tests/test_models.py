@@ -83,9 +83,9 @@ def test_operators_one_by_one():
         "transpose": g.transpose("transpose", x),
         "linear": g.linear("linear", x, rng.normal(0, 0.3, (16, 40)), rng.normal(0, 1, 40),
                            0.2, act="gelu", act_scale=0.03),
-        "maxpool": g.pool2("maxpool", img),
-        "avgpool": g.pool2("avgpool", img, "avg"),
-        "conv": g.conv3x3("conv", img, rng.normal(0, 0.2, (3, 3, 8, 16)), np.zeros(16), 0.3),
+        "maxpool": g.pool("maxpool", img),
+        "avgpool": g.pool("avgpool", img, "avg"),
+        "conv": g.conv("conv", img, rng.normal(0, 0.2, (3, 3, 8, 16)), np.zeros(16), 0.3),
         "gap": g.global_avgpool("gap", img, 0.05),
         "embedding": g.embedding("embedding", rng.normal(0, 1, (50, 8)), rng.integers(0, 50, 30)),
     }

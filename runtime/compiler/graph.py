@@ -377,34 +377,37 @@ class Graph:
         self._op("linear", name)
         return out
 
-    def conv3x3(self, name, x, w, bias, out_scale, act=None):
-        """Same-padded 3x3 convolution, stride 1: w is (3, 3, cin, cout)."""
+    def conv(self, name, x, w, bias, out_scale, act=None):
+        """Same-padded k x k convolution (k = 1 or 3), stride 1: w is (k, k, cin, cout)."""
         image, lanes = x.image, self.lanes
-        if image is None or w.shape[:3] != (3, 3, x.tiles * lanes):
-            raise CompileError(f"{name}: needs an image input with {w.shape[2]} channels and "
-                               f"(3, 3, cin, cout) weights, got {w.shape}")
+        k = w.shape[0]
+        if image is None or k not in (1, 3) or w.shape[:3] != (k, k, x.tiles * lanes):
+            raise CompileError(f"{name}: needs an image input with {x.tiles * lanes} channels "
+                               f"and (k, k, cin, cout) weights with k = 1 or 3, got {w.shape}")
         w_scale = float(np.max(np.abs(w))) / 127 or 1.0
-        w_q = quantize(w, w_scale).reshape(9 * x.tiles * lanes, -1)   # rows: (tap, cin)
+        w_q = quantize(w, w_scale).reshape(k * k * x.tiles * lanes, -1)   # rows: (tap, cin)
         bias_q = quantize(bias, x.scale * w_scale, bits=32)
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
         pitch = image.pitch
-        taps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        sources = lambda kt: (x.tile(kt % x.tiles) + taps[kt // x.tiles][0] * pitch
-                              + taps[kt // x.tiles][1])
+        taps = [(dy, dx) for dy in range(-(k // 2), k // 2 + 1)
+                for dx in range(-(k // 2), k // 2 + 1)]
+        offset = lambda kt: taps[kt // x.tiles][0] * pitch + taps[kt // x.tiles][1]
+        sources = lambda kt: x.tile(kt % x.tiles) + offset(kt)
         lo, hi = pitch + 1, image.rows - pitch - 1
         acc_ref = np.zeros((image.rows, n_tiles * lanes), np.int64)
-        for kt in range(9 * x.tiles):
-            shift = taps[kt // x.tiles][0] * pitch + taps[kt // x.tiles][1]
+        for kt in range(k * k * x.tiles):
             cols = slice((kt % x.tiles) * lanes, (kt % x.tiles + 1) * lanes)
-            acc_ref[lo:hi] += x.ref[lo + shift:hi + shift, cols] @ w_pad[kt * lanes:(kt + 1) * lanes]
+            acc_ref[lo:hi] += (x.ref[lo + offset(kt):hi + offset(kt), cols]
+                               @ w_pad[kt * lanes:(kt + 1) * lanes])
         acc_ref[lo:hi] += b_pad
-        out = self._gemm(name, sources, 9 * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
+        out = self._gemm(name, sources, k * k * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
                          panel, requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                         out_scale=(out_scale, None), reads=self._rows_of(x, pitch + 1),
+                         out_scale=(out_scale, None),
+                         reads=self._rows_of(x, (pitch + 1) * (k // 2)),
                          mask=image.interior().astype(np.int64), image=image)
         for region in bufs:
             self.builder.free(region)
-        self._op("conv3x3", name)
+        self._op(f"conv{k}x{k}", name)
         return out
 
     def matmul(self, name, x, y, out_scale, out=None):
@@ -456,6 +459,13 @@ class Graph:
                                      instr("vsetq", mult, shift, 0),
                                      instr("vmul", d, a.tile(t) + f, b.tile(t) + f, n),
                                      instr("vrq", d, d, n)])
+
+    def rescale(self, name, x, out_scale):
+        """The same values at another scale (int8, rounded and saturated)."""
+        mult, shift = multiplier(x.scale / out_scale)
+        return self._elementwise(name, [x], out_scale, rq(x.ref, mult, shift),
+                                 lambda t, d, f, n: [instr("vsetq", mult, shift, 0),
+                                                     instr("vrq", d, x.tile(t) + f, n)])
 
     def activation(self, name, x, function, out_scale):
         """A nonlinear function by table lookup (gelu, sigmoid, tanh, relu)."""
@@ -584,22 +594,26 @@ class Graph:
         self._op("layernorm", name)
         return out
 
-    def pool2(self, name, x, kind="max"):
-        """2x2 pooling, stride 2, of an image (h and w even): ``max`` or ``avg``.
+    def pool(self, name, x, kind="max", window=2):
+        """Pooling with stride 2 of an image (h and w even): a ``window`` x ``window`` window
+        (2, or 1 to keep every other pixel), ``max`` or ``avg``.
 
-        avg sums the window (vpoolsum) and divides by 4 with the `vrq` rounding."""
+        avg sums the window (vpoolsum) and divides by its size with the `vrq` rounding."""
         image = x.image
         if kind not in ("max", "avg"):
             raise CompileError(f"{name}: pooling is 'max' or 'avg', not {kind!r}")
+        if window not in (1, 2):
+            raise CompileError(f"{name}: pooling windows are 1x1 or 2x2, not {window}x{window}")
         if image is None or image.h % 2 or image.w % 2:
-            raise CompileError(f"{name}: 2x2 pooling needs an image with even h and w")
+            raise CompileError(f"{name}: pooling with stride 2 needs an image with even h and w")
         small = Image(image.batch, image.h // 2, image.w // 2)
         pixels = image.from_rows(x.ref)
         b, h, w, c = pixels.shape
-        windows = pixels.reshape(b, h // 2, 2, w // 2, 2, c)
-        mult, shift = multiplier(0.25)
-        pooled = windows.max(axis=(2, 4)) if kind == "max" else rq(windows.sum(axis=(2, 4)),
-                                                                   mult, shift)
+        windows = pixels.reshape(b, h // 2, 2, w // 2, 2, c)[:, :, :window, :, :window]
+        average = kind == "avg" and window > 1
+        mult, shift = multiplier(1 / window ** 2)
+        pooled = (rq(windows.sum(axis=(2, 4)), mult, shift) if average
+                  else windows.max(axis=(2, 4)))
         out = self._new(small.rows, x.tiles, x.scale, small.to_rows(pooled), name, small)
         in_rows, out_rows = (image.h + 2) * image.pitch, (small.h + 2) * small.pitch
         for t in range(x.tiles):
@@ -611,14 +625,14 @@ class Graph:
                     dst = base + (y + 1) * small.pitch + 1
                     src = src_base + (2 * y + 1) * image.pitch + 1
                     units.append([instr("loop", small.w, 1, 1, 2),
-                                  instr(f"vpool{'max' if kind == 'max' else 'sum'}", dst, src,
-                                        image.pitch, 2, 2)])
-                if kind == "avg":
+                                  instr(f"vpool{'sum' if average else 'max'}", dst, src,
+                                        image.pitch, window, window)])
+                if average:
                     units += [[instr("vrq", base + f, base + f, n)] for f, n in row_spans(out_rows)]
                 self._ve(units, reads=[Region("spad", src_base, in_rows),
                                        Region("spad", base, out_rows)],
                          writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}",
-                         preamble=[instr("vsetq", mult, shift, 0)] if kind == "avg" else [])
+                         preamble=[instr("vsetq", mult, shift, 0)] if average else [])
         self._op("pool", name)
         return out
 

@@ -162,12 +162,12 @@ def _resnet_graph(g, p, x, s):
     inp = g.input("image", np.clip(np.round(image / scale), -127, 127), scale, image=layout)
     # The skip and the block's output share a scale so the residual add is exact.
     skip = max(s["stem"], s["block2"], s["residual"])
-    stem = g.conv3x3("stem", inp, *p["stem"], skip, act="relu")
-    h = g.conv3x3("block1", stem, *p["block1"], s["block1"], act="relu")
-    h = g.conv3x3("block2", h, *p["block2"], skip)
+    stem = g.conv("stem", inp, *p["stem"], skip, act="relu")
+    h = g.conv("block1", stem, *p["block1"], s["block1"], act="relu")
+    h = g.conv("block2", h, *p["block2"], skip)
     h = g.add("residual", stem, h, relu=True)
-    h = g.pool2("pool", h)
-    h = g.conv3x3("conv3", h, *p["conv3"], s["conv3"], act="relu")
+    h = g.pool("pool", h)
+    h = g.conv("conv3", h, *p["conv3"], s["conv3"], act="relu")
     h = g.global_avgpool("gap", h, s["gap"])
     return g.linear("fc", h, *p["fc"], s["fc"])
 
