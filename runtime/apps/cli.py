@@ -232,6 +232,34 @@ def cmd_matmul(args):
     return 0
 
 
+def _input_shapes(items):
+    """--input-shape NAME=D,D,.. (or D,D,.. for a model with one input) -> {name: shape}."""
+    shapes = {}
+    for item in items or ():
+        name, eq, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape):
+            raise UsageError(f"--input-shape {item!r}: expected NAME=D,D,... (positive "
+                             f"integers), e.g. x=1,3,32,32")
+        shapes[name if eq else None] = shape
+    return shapes
+
+
+def _model_args(args):
+    """compile_model's keyword arguments from --input-shape and --calibrate."""
+    from runtime.compiler.models import is_file
+    if (args.input_shape or args.calibrate) and not str(args.model).endswith(".onnx"):
+        raise UsageError("--input-shape and --calibrate apply to .onnx models")
+    if is_file(args.model) and str(args.model).endswith(".onnx") and not args.calibrate:
+        print("neu10: warning: no --calibrate inputs: activation scales are calibrated on a "
+              "seeded random batch (floats ~ N(0, 1), indices uniform); accuracy on real data "
+              "needs real calibration inputs", file=sys.stderr)
+    return {"input_shapes": _input_shapes(args.input_shape), "calibration": args.calibrate}
+
+
 def cmd_run(args):
     import json
     from runtime.host.allocator import AllocationError
@@ -239,15 +267,10 @@ def cmd_run(args):
     from runtime.host.execute import ExecutionError
     from .inference import infer, parse_vnpu
     from runtime.compiler.builder import CompileError
-    from runtime.compiler.models import MODELS, compile_model
+    from runtime.compiler.models import compile_model
+    from runtime.compiler.onnx_import import OnnxError
     config = _config(args.config)
-    if args.model not in MODELS:
-        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(MODELS)}")
-    if args.listing:
-        try:
-            _write(args.listing, compile_model(args.model, config).program.listing)
-        except CompileError as error:
-            raise UsageError(str(error)) from None
+    compile_args = _model_args(args)
     try:
         vnpu = parse_vnpu(args.vnpu, config) if args.vnpu is not None else None
     except ValueError as error:
@@ -259,13 +282,69 @@ def cmd_run(args):
         print(f"  ... {cycles} cycles simulated", file=sys.stderr, flush=True)
 
     try:
+        if args.listing:
+            _write(args.listing, compile_model(args.model, config, **compile_args).program.listing)
         report = infer(args.model, config, backend=args.backend, vnpu=vnpu, budget=args.budget,
                        price_me=args.price_me, price_ve=args.price_ve, policy=args.policy,
-                       progress=None if args.json else progress)
-    except (AllocationError, CompileError, DriverError, ExecutionError) as error:
+                       progress=None if args.json else progress, **compile_args)
+    except (AllocationError, CompileError, DriverError, ExecutionError, OnnxError) as error:
         raise UsageError(str(error)) from None
     print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0 if report.exact else 1
+
+
+def cmd_import(args):
+    from runtime.compiler.builder import CompileError
+    from runtime.compiler.models import compile_model, load_model, save_quantized
+    from runtime.compiler.onnx_import import OnnxError
+    from .inference import execute
+    from runtime.compiler.models import accuracy
+    if not str(args.model).endswith(".onnx"):
+        raise UsageError(f"{args.model}: expected an .onnx file")
+    config = _config(args.config)
+    compile_args = _model_args(args)
+    output = args.output or str(Path(args.model).with_suffix(".neu10"))
+    try:
+        compiled = compile_model(args.model, config, **compile_args)
+        model = load_model(args.model, 0, tuple((k, tuple(v)) for k, v in
+                                                compile_args["input_shapes"].items()),
+                           args.calibrate)
+        outputs, _ = execute(compiled.graph, compiled.program)
+    except (CompileError, OnnxError) as error:
+        raise UsageError(str(error)) from None
+    try:
+        save_quantized(model, output)
+    except OSError as error:
+        raise UsageError(f"{output}: cannot write: {error.strerror}") from None
+    metric, value = accuracy(compiled, outputs[compiled.name])
+    ops = {}
+    for kind, _ in compiled.graph.ops:
+        ops[kind] = ops.get(kind, 0) + 1
+    print(f"{output}: {len(model.nodes)} nodes lowered to "
+          f"{', '.join(f'{n} {k}' for k, n in ops.items())}")
+    print(f"  program   {len(compiled.program.words)} words, µTOps {compiled.program.per_engine} "
+          f"on {args.config}")
+    print(f"  golden    {metric.replace('_', ' ')} vs float32 {value:.4f} (calibrated on "
+          f"{args.calibrate or 'a seeded random batch'})")
+    return 0
+
+
+def cmd_export(args):
+    import onnx
+    from runtime.compiler import zoo
+    from runtime.compiler.models import ModelError, parse_builtin
+    try:
+        name, sizes = parse_builtin(args.model)
+        proto = zoo.build(name, args.seed, **sizes)
+    except (ModelError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    output = args.output or f"{name}.onnx"
+    try:
+        onnx.save(proto, output)
+    except OSError as error:
+        raise UsageError(f"{output}: cannot write: {error.strerror}") from None
+    print(f"{output}: {len(proto.graph.node)} nodes, opset {proto.opset_import[0].version}")
+    return 0
 
 
 def cmd_demo(args):
@@ -433,8 +512,19 @@ def build_parser():
     p.set_defaults(func=cmd_matmul)
 
     from runtime.compiler.models import MODELS
+    model_help = (f"a built-in model ({', '.join(MODELS)}), with optional sizes as in "
+                  f"'bert[tokens=64,width=64]', an ONNX file or a .neu10 from `neu10 import`")
+
+    def onnx_options(p):
+        p.add_argument("--input-shape", action="append", metavar="NAME=D,D,..",
+                       help="fix a dynamic input shape of an ONNX model (repeatable; NAME= "
+                       "may be left out when the model has one input)")
+        p.add_argument("--calibrate", metavar="INPUTS.npy|.npz", help="calibration inputs of "
+                       "an ONNX model (default: a seeded random batch, with a warning)")
+
     p = sub.add_parser("run", help="one inference of a model on a vNPU, with a report")
-    p.add_argument("model", help=f"one of {', '.join(MODELS)}")
+    p.add_argument("model", help=model_help)
+    onnx_options(p)
     p.add_argument("--vnpu", metavar="ME,VE", help="engines of the vNPU (default: all, or "
                    "what --budget buys)")
     p.add_argument("--budget", type=float, help="price per cycle the tenant pays: the "
@@ -448,6 +538,21 @@ def build_parser():
     p.add_argument("--listing", metavar="FILE", help="also write the compiled program as "
                    "assembly, each µTOp named after the operator it belongs to")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("import", help="an ONNX model quantized (int8, post-training), "
+                       "compiled and checked on the golden model, saved as .neu10")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", metavar="MODEL.neu10", help="default: next to the model")
+    p.add_argument("--config", default="default", help="preset or .toml file to check it on")
+    onnx_options(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="a built-in model as an ONNX file")
+    p.add_argument("model", help=f"{', '.join(MODELS)}, with optional sizes as in "
+                   f"'bert[tokens=64]'")
+    p.add_argument("-o", "--output", metavar="FILE.onnx", help="default: NAME.onnx")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    p.set_defaults(func=cmd_export)
 
     from runtime.backends.verilog import BLOCKS
     p = sub.add_parser("verilog", help="write the pNPU (or one block) as Verilog")

@@ -33,6 +33,7 @@ from pathlib import Path
 from isa.config import ConfigError, NPUConfig
 from runtime.host.driver import POLICIES
 from runtime.backends.verilog import source_digest
+from runtime.compiler.models import is_file
 from .serve import SLO_FACTORS, ServeError, parse_tenant, serve
 
 __all__ = ["ExperimentError", "Matrix", "Point", "PRESETS", "ROW_FIELDS", "load_matrix",
@@ -94,7 +95,7 @@ class Matrix:
         RTL, compiler or host, never takes them for its own)."""
         return ("+".join(point.mix), point.policy, point.load, point.closed, point.seed,
                 self.requests, self.config, self.config_digest, self.backend, self.time_slice,
-                code_digest())
+                code_digest(point.mix))
 
 
 #: What a point's results depend on: the RTL, the ISA, the compiler, the backends, the host
@@ -105,8 +106,9 @@ _ROOT = Path(__file__).resolve().parents[2]
 _CODE_DIGEST = None
 
 
-def code_digest():
-    """A digest of the sources in CODE (their paths and contents)."""
+def code_digest(mix=()):
+    """A digest of the sources in CODE (their paths and contents), and of the model files
+    (.onnx, .neu10) among the tenants of ``mix``: an edited model is another one."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         files = []
@@ -115,7 +117,11 @@ def code_digest():
             files += [path] if path.is_file() else sorted(
                 f for f in path.rglob("*") if f.is_file() and f.suffix in (".py", ".cpp", ".vlt"))
         _CODE_DIGEST = source_digest(files, _ROOT)[:12]
-    return _CODE_DIGEST
+    models = sorted({Path(spec.model).resolve() for spec in map(parse_tenant, mix)
+                     if is_file(spec.model)})
+    if not models:
+        return _CODE_DIGEST
+    return _CODE_DIGEST + "+" + source_digest(models, Path("/"))[:12]
 
 
 #: The fields of a results row: the point (KEY_FIELDS), how it went, the NPU's figures,

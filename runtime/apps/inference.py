@@ -67,10 +67,12 @@ def parse_vnpu(text, config):
 
 
 def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.0,
-          price_ve=1.0, policy="harvest", seed=0, progress=None):
-    """Run one inference; ``vnpu=(n_me, n_ve)`` or a ``budget`` for the allocator
-    (default: the whole NPU)."""
-    model = compile_model(name, config, seed=seed)
+          price_ve=1.0, policy="harvest", seed=0, progress=None, input_shapes=None,
+          calibration=None):
+    """Run one inference of model reference ``name`` (see models.py); ``vnpu=(n_me, n_ve)``
+    or a ``budget`` for the allocator (default: the whole NPU)."""
+    model = compile_model(name, config, seed=seed, input_shapes=input_shapes,
+                          calibration=calibration)
     profile = estimate(model.program.words, config)
     if vnpu is not None:
         n_me, n_ve = vnpu
@@ -81,10 +83,10 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
         n_me, n_ve = config.n_me, config.n_ve
     outputs, run = execute(model.graph, model.program, backend=backend, n_me=n_me, n_ve=n_ve,
                            policy=policy, progress=progress)
-    out = outputs[name]
+    out = outputs[model.name]
     metric, value = accuracy(model, out)
     report = InferenceReport(
-        name, backend, n_me, n_ve, policy, bool(np.array_equal(out, model.expected)), metric,
+        model.name, backend, n_me, n_ve, policy, bool(np.array_equal(out, model.expected)), metric,
         value, model.compile_seconds, len(model.program.words), model.program.per_engine,
         {"me": profile.me, "ve": profile.ve, "dma": profile.dma})
     if run.timed:

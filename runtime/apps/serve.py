@@ -24,13 +24,15 @@ NPU idle, its service time the spacing of back-to-back requests.
 """
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from runtime.compiler.builder import CompileError
-from runtime.compiler.models import MODELS, compile_model
+from runtime.compiler.models import ModelError, compile_model, is_file, parse_builtin
+from runtime.compiler.onnx_import import OnnxError
 from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
 from runtime.host.driver import POLICIES, DriverError
@@ -60,11 +62,19 @@ class TenantSpec:
 
 
 def parse_tenant(text):
-    """'MODEL' or 'MODEL:ME,VE' -> TenantSpec; ServeError names what is wrong."""
-    model, colon, size = text.partition(":")
-    if model not in MODELS:
-        raise ServeError(f"tenant {text!r}: unknown model {model!r}; expected one of "
-                         f"{', '.join(MODELS)}")
+    """'MODEL' or 'MODEL:ME,VE' -> TenantSpec; MODEL is a built-in (with optional sizes,
+    'bert[tokens=64]'), an .onnx or a .neu10 file. ServeError names what is wrong."""
+    model, colon, size = text.rpartition(":")
+    if not colon or not re.fullmatch(r"[^,]*,[^,]*", size) or size.startswith(("/", "\\")):
+        model, colon, size = text, "", ""
+    try:
+        if is_file(model):
+            if not Path(model).is_file():
+                raise ServeError(f"tenant {text!r}: no file {model}")
+        else:
+            parse_builtin(model)
+    except ModelError as error:
+        raise ServeError(f"tenant {text!r}: {error}") from None
     if not colon:
         return TenantSpec(model)
     try:
@@ -94,21 +104,21 @@ def _compile(config, specs, seed):
     for index, spec in enumerate(specs):
         try:
             models = [compile_model(spec.model, config, seed=seed, batch=b) for b in range(INPUTS)]
-        except CompileError as error:
+        except (CompileError, ModelError, OnnxError) as error:
             raise ServeError(f"tenant {index} ({spec.model}): {error}") from None
         words = models[0].program.words
         if any(m.program.words != words for m in models[1:]):
             raise ServeError(f"{spec.model}: the program depends on its input; it cannot serve "
                              f"different inputs")
         graph = models[0].graph
-        region, _ = graph.outputs[spec.model]
+        region, _ = graph.outputs[models[0].name]
         images = []
         for m in models:
             g = m.graph
             images.append(list(g.builder.hbm_image.items())
                           + [(r.start, v.reshape(-1)) for r, v in g.inputs.values()])
         builder = graph.builder
-        tenants.append(_Tenant(f"{spec.model}{index}", spec, words, images,
+        tenants.append(_Tenant(f"{models[0].name}{index}", spec, words, images,
                                [m.expected.reshape(-1).astype(np.int64) for m in models],
                                (region.start, region.size), max(1, builder.spad_peak),
                                max(1, builder.hbm_top), spec.n_me, spec.n_ve))

@@ -54,7 +54,8 @@ def _gelu(x):
 
 
 ACTIVATIONS = {
-    "gelu": _gelu,
+    "gelu": _gelu,                                   # the tanh approximation
+    "gelu_erf": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),

@@ -1,0 +1,930 @@
+"""ONNX import: a model's graph read, checked, folded, quantized (int8, post-training) and
+lowered onto the compiler's operators (graph.py).
+
+Steps, each with a one-line :class:`OnnxError` naming what is wrong:
+
+1. :func:`load` reads the file, checks the opset, fixes dynamic input dimensions
+   (``input_shapes``), folds every node that depends only on constants (shape
+   arithmetic, Constant nodes), rewrites the decomposed patterns exporters emit
+   (LayerNormalization as ReduceMean/Sub/Pow/Sqrt/Div, Gelu as its Erf formula), and
+   checks that every node left is one the lowering knows.
+2. :func:`calibrate` runs the float reference (onnx_reference.py) on calibration inputs;
+   each value's scale is its largest magnitude / 127 (symmetric int8, per tensor).
+   Values that must share a scale (operands and result of Add, parts of Concat, the two
+   sides of a layout-only op; a scalar Mul/Div only retags the scale) are grouped; a group
+   takes the largest scale of its members.
+3. :func:`lower` walks the nodes and calls the Graph operators, fusing a MatMul/Gemm/Conv
+   with the bias Add and activation after it, and Add with a following Relu.
+
+Layouts: a tensor of shape (..., rows, cols) is a matrix (rows = the product of the leading
+dimensions; cols padded with zero columns to whole tiles); an (N, C, H, W) tensor is an
+image (one row per pixel, channels padded); attention's (1, heads, S, d) tensors are lists
+of per-head matrices (d a multiple of the lanes), so Reshape/Transpose between them move
+no data.
+"""
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .builder import CompileError
+from .graph import Image, Tensor
+from .onnx_reference import OPS as _EVALUABLE, attributes, evaluate, run
+from .quant import scale_of
+
+__all__ = ["OnnxError", "OnnxModel", "SUPPORTED_OPS", "OPSETS", "load", "random_inputs",
+           "calibrate", "lower"]
+
+#: Default-domain opsets the importer accepts.
+OPSETS = range(13, 23)
+
+#: Operators the lowering accepts (besides those folded away as constants, and the parts of
+#: the LayerNormalization and Gelu patterns).
+SUPPORTED_OPS = ("Add", "AveragePool", "Concat", "Conv", "Div", "Flatten", "Gather", "Gelu",
+                 "Gemm", "GlobalAveragePool", "Identity", "LayerNormalization", "MatMul",
+                 "MaxPool", "Mul", "Relu", "Reshape", "Sigmoid", "Softmax", "Squeeze", "Tanh",
+                 "Transpose", "Unsqueeze")
+
+#: Fixed output scales (the integer softmax produces probabilities at 1/127).
+_FIXED_SCALES = {"Softmax": 1 / 127}
+_ACTS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
+_LAYOUT = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
+           "MaxPool", "AveragePool")
+
+
+class OnnxError(ValueError):
+    """A model the importer cannot take; the message names the node or value."""
+
+
+@dataclass
+class OnnxModel:
+    """A loaded model: static shapes, constants folded, patterns rewritten."""
+    name: str
+    graph: onnx.GraphProto           # as loaded (folded): the float reference runs this
+    nodes: list                      # the lowering's nodes (patterns rewritten)
+    constants: dict                  # name -> array (initializers and folded values)
+    inputs: dict                     # name -> (shape, numpy dtype)
+    output: str
+    metric: str = "relerr"
+    scales: dict | None = None       # calibrated scale per value, once calibrated
+    extra: dict = field(default_factory=dict)
+
+    def reference(self, inputs):
+        """The float output and every value, for ``inputs``."""
+        values = run(self.graph, inputs, self.constants)
+        return np.asarray(values[self.output], np.float32), values
+
+    def to_proto(self):
+        """The folded model as an ONNX ModelProto (what `neu10 import` stores)."""
+        graph = helper.make_graph(
+            list(self.graph.node), self.name,
+            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(d), s)
+             for n, (s, d) in self.inputs.items()],
+            [helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, n) for n, v in self.constants.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSETS[-1])])
+
+
+def _error(node, message):
+    return OnnxError(f"node {node.name or node.output[0]!r} ({node.op_type}): {message}")
+
+
+def _unsupported(node, what=None):
+    detail = f"{what} is not supported" if what else "is not supported"
+    return _error(node, f"{detail}; supported operators: {', '.join(SUPPORTED_OPS)}")
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _dims(value_info):
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+            (d.dim_param or "?") for d in shape.dim]
+
+
+def load(source, *, input_shapes=None, name=None):
+    """An :class:`OnnxModel` from a path, bytes or ModelProto. ``input_shapes`` (name ->
+    shape) fixes dynamic dimensions; with one input, the key may be None."""
+    if isinstance(source, onnx.ModelProto):
+        proto, name = source, name or source.graph.name or "model"
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise OnnxError(f"{source}: cannot read: {error.strerror}") from None
+        try:
+            proto = onnx.load_from_string(data)
+        except Exception:
+            raise OnnxError(f"{source}: not an ONNX model (no ModelProto could be "
+                            f"parsed)") from None
+        if not proto.graph.node:
+            raise OnnxError(f"{source}: not an ONNX model (no graph nodes)")
+        name = name or path.stem
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version not in OPSETS:
+            raise OnnxError(f"opset {opset.version} is outside the supported range "
+                            f"{OPSETS[0]}..{OPSETS[-1]}")
+        if opset.domain not in ("", "ai.onnx"):
+            raise OnnxError(f"operator domain {opset.domain!r} is not supported (only the "
+                            f"default ONNX domain)")
+    graph = proto.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inputs = {}
+    given = dict(input_shapes or {})
+    real_inputs = [v for v in graph.input if v.name not in constants]
+    if None in given and len(real_inputs) == 1:
+        given[real_inputs[0].name] = given.pop(None)
+    for value in real_inputs:
+        dims = _dims(value)
+        if value.name in given:
+            shape = tuple(int(d) for d in given.pop(value.name))
+            if len(shape) != len(dims) or any(isinstance(d, int) and d != s
+                                              for d, s in zip(dims, shape)):
+                raise OnnxError(f"--input-shape {value.name}={','.join(map(str, shape))} does "
+                                f"not match the model's shape {dims}")
+        elif all(isinstance(d, int) for d in dims):
+            shape = tuple(dims)
+        else:
+            raise OnnxError(f"input {value.name!r} has dynamic shape {dims}; give "
+                            f"--input-shape {value.name}=" + ",".join(
+                                str(d) if isinstance(d, int) else "N" for d in dims))
+        elem = value.type.tensor_type.elem_type
+        inputs[value.name] = (shape, helper.tensor_dtype_to_np_dtype(elem))
+    if given:
+        raise OnnxError(f"--input-shape names {', '.join(map(str, given))}; the model's inputs "
+                        f"are {', '.join(inputs)}")
+    if len(graph.output) != 1:
+        raise OnnxError(f"the model has {len(graph.output)} outputs; the importer takes "
+                        f"models with one")
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise _unsupported(node, f"domain {node.domain!r}")
+    nodes = _fold(graph, constants, inputs)
+    folded = helper.make_graph(nodes, graph.name, graph.input, graph.output)
+    model = OnnxModel(name, folded, _rewrite(nodes, constants), constants, inputs,
+                      graph.output[0].name)
+    for node in model.nodes:
+        if node.op_type not in SUPPORTED_OPS:
+            raise _unsupported(node)
+    return model
+
+
+def _fold(graph, constants, inputs):
+    """Evaluate nodes whose inputs are constants (and Shape of a static shape) into
+    ``constants``; the nodes left. Shapes come from one run on zero inputs."""
+    zeros = {n: np.zeros(s, d) for n, (s, d) in inputs.items()}
+    values = dict(constants)
+    values.update(zeros)
+    kept = []
+    for node in graph.node:
+        op = node.op_type
+        if op != "Constant" and op not in _EVALUABLE:
+            raise _unsupported(node)
+        args = [values[n] if n else None for n in node.input]
+        try:
+            outs = evaluate(node, args)
+        except NotImplementedError as error:
+            raise _error(node, str(error)) from None
+        except Exception as error:
+            raise _error(node, f"cannot be evaluated on inputs of shapes "
+                               f"{[getattr(a, 'shape', None) for a in args]}: {error}") from None
+        values.update(zip(node.output, outs))
+        if op in ("Constant", "Shape") or all(n in constants for n in node.input if n):
+            constants.update(zip(node.output, (np.asarray(o) for o in outs)))
+        else:
+            kept.append(node)
+    return kept
+
+
+def _consumers(nodes):
+    users = {}
+    for node in nodes:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _const(constants, name, value, tolerance=1e-4):
+    """Is ``name`` a constant equal (everywhere) to ``value``?"""
+    c = constants.get(name)
+    return c is not None and np.allclose(np.asarray(c, np.float64), value, rtol=tolerance,
+                                         atol=0)
+
+
+def _other(node, name):
+    """The other input of a two-input node."""
+    a, b = node.input
+    return b if a == name else a
+
+
+def _rewrite(nodes, constants):
+    """The decomposed LayerNormalization and Erf-Gelu patterns replaced by one node each."""
+    users = _consumers(nodes)
+    producer = {out: node for node in nodes for out in node.output}
+
+    def only(name, op):
+        found = users.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    drop, add = set(), {}
+    for node in nodes:
+        if node.op_type == "Erf":
+            match = _match_gelu(node, producer, only, constants)
+        elif node.op_type == "ReduceMean":
+            match = _match_layernorm(node, users, only, constants)
+        else:
+            continue
+        if match:
+            parts, fused = match
+            drop.update(id(p) for p in parts)
+            add[id(parts[-1])] = fused
+    out = []
+    for node in nodes:
+        if id(node) in add:
+            out.append(add[id(node)])
+        elif id(node) not in drop:
+            out.append(node)
+    return out
+
+
+def _match_gelu(erf, producer, only, constants):
+    """x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5 (either Mul order): Gelu(x)."""
+    pre = producer.get(erf.input[0])
+    if pre is None or pre.op_type not in ("Div", "Mul"):
+        return None
+    x = next((n for n in pre.input if n not in constants), None)
+    c = _other(pre, x) if x else None
+    if c is None or not _const(constants, c, np.sqrt(2) if pre.op_type == "Div" else 1 / np.sqrt(2)):
+        return None
+    plus = only(erf.output[0], "Add")
+    if plus is None or not _const(constants, _other(plus, erf.output[0]), 1.0):
+        return None
+    m1 = only(plus.output[0], "Mul")
+    if m1 is None:
+        return None
+    partner = _other(m1, plus.output[0])
+    if partner == x:
+        m2 = only(m1.output[0], "Mul")
+        if m2 is None or not _const(constants, _other(m2, m1.output[0]), 0.5):
+            return None
+        parts, y = [pre, erf, plus, m1, m2], m2.output[0]
+    else:
+        half = producer.get(partner)
+        if (half is None or half.op_type != "Mul" or x not in half.input
+                or not _const(constants, _other(half, x), 0.5)):
+            return None
+        parts, y = [half, pre, erf, plus, m1], m1.output[0]
+    return parts, helper.make_node("Gelu", [x], [y], name=parts[-1].name or y)
+
+
+def _match_layernorm(mean, users, only, constants):
+    """ReduceMean -> Sub -> Pow 2 -> ReduceMean -> + eps -> Sqrt -> Div (-> * gamma -> + beta)
+    over the last axis: LayerNormalization."""
+    x = mean.input[0]
+    sub = only(mean.output[0], "Sub")
+    if sub is None or list(sub.input) != [x, mean.output[0]]:
+        return None
+    uses = users.get(sub.output[0], [])
+    sq = next((u for u in uses if u.op_type == "Pow"
+               and _const(constants, u.input[1], 2.0)), None)
+    div = next((u for u in uses if u.op_type == "Div" and u.input[0] == sub.output[0]), None)
+    if sq is None or div is None or len(uses) != 2:
+        return None
+    var = only(sq.output[0], "ReduceMean")
+    eps_add = var and only(var.output[0], "Add")
+    root = eps_add and only(eps_add.output[0], "Sqrt")
+    if root is None or div.input[1] != root.output[0]:
+        return None
+    eps = constants.get(_other(eps_add, var.output[0]))
+    for reduce in (mean, var):
+        axes = attributes(reduce).get("axes")
+        if axes is None and len(reduce.input) > 1:
+            axes = constants.get(reduce.input[1])
+        if axes is None or [int(a) for a in np.ravel(axes)] != [-1]:
+            return None
+    if eps is None or np.size(eps) != 1:
+        return None
+    parts, y, gamma, beta = [mean, sub, sq, var, eps_add, root, div], div.output[0], None, None
+    scale = only(y, "Mul")
+    if scale is not None and _other(scale, y) in constants:
+        gamma, y = _other(scale, y), scale.output[0]
+        parts.append(scale)
+        shift = only(y, "Add")
+        if shift is not None and _other(shift, y) in constants:
+            beta, y = _other(shift, y), shift.output[0]
+            parts.append(shift)
+    inputs = [x] + [n for n in (gamma, beta) if n]
+    if beta and not gamma:
+        return None
+    node = helper.make_node("LayerNormalization", inputs, [y], name=parts[-1].name or y,
+                            axis=-1, epsilon=float(np.ravel(eps)[0]))
+    return parts, node
+
+
+# --- inputs and calibration ----------------------------------------------------------------
+
+def random_inputs(model, rng):
+    """A seeded batch: floats ~ N(0, 1); integer inputs uniform over the rows of the table
+    they index."""
+    out = {}
+    for name, (shape, dtype) in model.inputs.items():
+        if np.issubdtype(dtype, np.integer):
+            out[name] = rng.integers(0, _vocabulary(model, name), shape).astype(dtype)
+        else:
+            out[name] = rng.normal(0, 1, shape).astype(dtype)
+    return out
+
+
+def _vocabulary(model, name):
+    sizes = [model.constants[n.input[0]].shape[0] for n in model.nodes
+             if n.op_type == "Gather" and n.input[1] == name and n.input[0] in model.constants]
+    if not sizes:
+        raise OnnxError(f"integer input {name!r} is not the indices of a Gather of a "
+                        f"constant table")
+    return min(sizes)
+
+
+def calibrate(model, batches):
+    """Scales per value: the largest magnitude over ``batches`` (lists of input dicts) / 127."""
+    peaks = {}
+    for inputs in batches:
+        _, values = model.reference(inputs)
+        for key, value in values.items():
+            if key in model.constants or not np.issubdtype(np.asarray(value).dtype, np.floating):
+                continue
+            peak = float(np.max(np.abs(value))) if np.size(value) else 0.0
+            peaks[key] = max(peaks.get(key, 0.0), peak)
+    scales = {key: (peak / 127 if peak > 0 else 1.0) for key, peak in peaks.items()}
+    for node in model.nodes:
+        if node.op_type in _FIXED_SCALES:
+            scales[node.output[0]] = _FIXED_SCALES[node.op_type]
+        elif node.op_type == "Gather" and node.input[0] in model.constants:
+            scales[node.output[0]] = scale_of(model.constants[node.input[0]])
+    return scales
+
+
+class _Scales:
+    """Weighted union-find: scale(v) = factor(v) * base(group of v); a group's base is the
+    largest calibrated scale / factor among its members."""
+
+    def __init__(self, calibrated):
+        self.calibrated = calibrated
+        self.parent = {}
+
+    def find(self, v):
+        parent, factor = self.parent.get(v, (v, 1.0))
+        if parent == v:
+            return v, 1.0
+        root, f = self.find(parent)
+        self.parent[v] = (root, factor * f)
+        return root, factor * f
+
+    def join(self, a, b, ratio=1.0):
+        """scale(b) = ratio * scale(a) (unless that contradicts an earlier join)."""
+        ra, fa = self.find(a)
+        rb, fb = self.find(b)
+        if ra != rb:
+            self.parent[rb] = (ra, fa * ratio / fb)
+
+    def resolve(self):
+        base = {}
+        for v, s in self.calibrated.items():
+            root, f = self.find(v)
+            base[root] = max(base.get(root, 0.0), s / f)
+        return {v: base[self.find(v)[0]] * self.find(v)[1] for v in self.calibrated}
+
+
+def _group_scales(model, scales):
+    users = _consumers(model.nodes)
+    groups = _Scales(scales)
+    for node in model.nodes:
+        op, ins = node.op_type, [n for n in node.input if n and n not in model.constants]
+        out = node.output[0]
+        if op == "Add" and len(ins) == 2:
+            follow = users.get(out, [])
+            target = (follow[0].output[0] if len(follow) == 1 and follow[0].op_type == "Relu"
+                      and out != model.output else out)
+            groups.join(ins[0], ins[1])
+            groups.join(ins[0], target)
+        elif op == "Concat" or op in _LAYOUT:
+            for name in ins:
+                groups.join(name, out)
+        elif op in ("Mul", "Div") and len(ins) == 1:
+            c = model.constants[_other(node, ins[0])]
+            if np.size(c) == 1 and float(np.ravel(c)[0]) > 0:
+                c = float(np.ravel(c)[0])
+                groups.join(ins[0], out, c if op == "Mul" else 1 / c)
+    return groups.resolve()
+
+
+# --- lowering ----------------------------------------------------------------------------------
+
+@dataclass
+class _Mat:
+    t: Tensor
+    shape: tuple        # logical ONNX shape; rows = prod(shape[:axis]), cols = shape[axis]
+    cols: int
+
+
+@dataclass
+class _Img:
+    t: Tensor
+    shape: tuple        # (N, C, H, W)
+
+
+@dataclass
+class _Heads:
+    parts: list         # Tensors, one per head
+    shape: tuple        # logical shape
+    order: str          # "HS": (..., H, rows, cols); "SH": (..., rows, H, cols)
+
+
+@dataclass
+class _Ids:
+    values: np.ndarray
+    name: str
+
+
+def _cols_axis(shape, cols, rows):
+    """The axis of a matrix view of ``shape`` with ``cols`` columns and ``rows`` rows."""
+    for axis in range(len(shape) - 1, -1, -1):
+        if shape[axis] == cols and all(d == 1 for d in shape[axis + 1:]) \
+                and int(np.prod(shape[:axis])) == rows:
+            return axis
+    return None
+
+
+class _Lowering:
+    def __init__(self, g, model, scales, values, inputs):
+        self.g, self.model, self.values = g, model, values
+        self.lanes = g.lanes
+        self.want = _group_scales(model, scales)
+        self.users = _consumers(model.nodes)
+        self.env = {}
+        self.done = set()
+        for name, (shape, dtype) in model.inputs.items():
+            self.env[name] = self._input(name, inputs[name], shape, dtype)
+
+    # helpers ----------------------------------------------------------------------------
+
+    def only_user(self, name, ops):
+        found = self.users.get(name, [])
+        if len(found) == 1 and found[0].op_type in ops and name != self.model.output:
+            return found[0]
+        return None
+
+    def scale(self, name):
+        if name not in self.want:
+            raise OnnxError(f"value {name!r} has no calibrated scale (is it computed?)")
+        return self.want[name]
+
+    def fit(self, t, name, what):
+        """``t`` at the scale value ``name`` must have (rescaled when they differ)."""
+        want = self.scale(name)
+        if abs(t.scale / want - 1) < 1e-9:
+            return replace(t, scale=want) if t.scale != want else t
+        return self.g.rescale(f"{what} rescale", t, want)
+
+    def shape(self, name):
+        return tuple(np.shape(self.values[name]))
+
+    def _input(self, name, values, shape, dtype):
+        if np.issubdtype(dtype, np.integer):
+            return _Ids(np.asarray(values), name)
+        s = self.scale(name)
+        q = np.clip(np.round(np.asarray(values, np.float64) / s), -127, 127)
+        if len(shape) == 4:
+            n, c, h, w = shape
+            pixels = self._pad_cols(q.transpose(0, 2, 3, 1).reshape(-1, c)).reshape(n, h, w, -1)
+            t = self.g.input(name, pixels, s, image=Image(n, h, w))
+            return _Img(t, shape)
+        if not shape:
+            raise OnnxError(f"input {name!r} is a scalar; inputs are matrices or images")
+        t = self.g.input(name, self._pad_cols(q.reshape(-1, shape[-1])), s)
+        return _Mat(t, shape, shape[-1])
+
+    def _pad_cols(self, a, axis=-1):
+        a = np.asarray(a)
+        n = a.shape[axis]
+        width = -(-n // self.lanes) * self.lanes
+        if width == n:
+            return a
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, width - n)
+        return np.pad(a, pad)
+
+    def get(self, node, i, kinds, what="input"):
+        name = node.input[i]
+        if name in self.model.constants:
+            raise _error(node, f"{what} {name!r} is a constant; expected an activation")
+        value = self.env[name]
+        if not isinstance(value, kinds):
+            raise _error(node, f"{what} {name!r} of shape {self.shape(name)} has a layout "
+                               f"this operator does not take")
+        return value
+
+    def const(self, node, i, what):
+        name = node.input[i] if i < len(node.input) else ""
+        if not name:
+            return None
+        if name not in self.model.constants:
+            raise _error(node, f"{what} {name!r} must be a constant (an initializer)")
+        return np.asarray(self.model.constants[name], np.float32)
+
+    def padded(self, t):
+        return t.tiles * self.lanes
+
+    # driver -----------------------------------------------------------------------------
+
+    def run(self):
+        for node in self.model.nodes:
+            if id(node) in self.done:
+                continue
+            try:
+                getattr(self, f"op_{node.op_type}")(node)
+            except CompileError as error:
+                raise _error(node, str(error)) from None
+        out = self.env[self.model.output]
+        if not isinstance(out, _Mat):
+            raise OnnxError(f"output {self.model.output!r} of shape "
+                            f"{self.shape(self.model.output)} is not a matrix; end the graph "
+                            f"with a Flatten, GlobalAveragePool or Gemm")
+        return out
+
+    def fused_epilogue(self, node, out_name):
+        """Bias Add and activation after a matrix node: (bias or None, act, names)."""
+        bias, act, last = None, None, out_name
+        add = self.only_user(last, ("Add",))
+        if add is not None:
+            other = _other(add, last)
+            c = self.model.constants.get(other)
+            if c is not None:
+                bias, last = np.asarray(c, np.float32), add.output[0]
+                self.done.add(id(add))
+        nxt = self.only_user(last, tuple(_ACTS))
+        pre = last
+        if nxt is not None:
+            act, last = _ACTS[nxt.op_type], nxt.output[0]
+            self.done.add(id(nxt))
+        return bias, act, pre, last
+
+    def _act_scales(self, act, pre, last):
+        if act in (None, "relu"):
+            return self.scale(last), None
+        return self.scale(pre), self.scale(last)
+
+    # matrix operators -------------------------------------------------------------------------
+
+    def op_Gemm(self, node):
+        a = attributes(node)
+        if a.get("transA", 0):
+            raise _error(node, "transA=1 is not supported")
+        x = self.get(node, 0, _Mat)
+        w = self.const(node, 1, "B")
+        w = w.T if a.get("transB", 0) else w
+        w = w * np.float32(a.get("alpha", 1.0))
+        c = self.const(node, 2, "C")
+        bias = np.zeros(w.shape[1], np.float32) if c is None else np.broadcast_to(
+            c * np.float32(a.get("beta", 1.0)), (w.shape[1],)).astype(np.float32)
+        self._linear(node, x, w, bias)
+
+    def op_MatMul(self, node):
+        a_name, b_name = node.input
+        consts = self.model.constants
+        if b_name in consts and a_name not in consts:
+            x = self.get(node, 0, _Mat)
+            w = self.const(node, 1, "B")
+            if w.ndim != 2:
+                raise _error(node, f"a constant B of shape {w.shape} (expected 2-D)")
+            return self._linear(node, x, w, None)
+        x, y = self.env.get(a_name), self.env.get(b_name)
+        if isinstance(x, _Heads) and isinstance(y, _Heads):
+            return self._heads_matmul(node, x, y)
+        if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2:
+            if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
+                raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
+                                   f"{self.lanes}")
+            out = node.output[0]
+            t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out))
+            self.env[out] = _Mat(t, self.shape(out), y.cols)
+            return None
+        raise _error(node, f"MatMul of shapes {self.shape(a_name) if a_name in self.values else '?'}"
+                           f" and {self.shape(b_name) if b_name in self.values else '?'}: "
+                           f"supported are activation @ constant, 2-D activation @ activation "
+                           f"and per-head attention products")
+
+    def _linear(self, node, x, w, bias):
+        if w.shape[0] != x.cols:
+            raise _error(node, f"weights of {w.shape[0]} rows against {x.cols} input columns")
+        extra, act, pre, last = self.fused_epilogue(node, node.output[0])
+        if extra is not None:
+            if extra.size != w.shape[1]:
+                raise _error(node, f"bias of shape {extra.shape} for {w.shape[1]} outputs")
+            bias = (bias if bias is not None else 0) + extra.reshape(-1)
+        bias = np.zeros(w.shape[1], np.float32) if bias is None else bias
+        w_pad = np.zeros((self.padded(x.t), w.shape[1]), np.float32)
+        w_pad[:w.shape[0]] = w
+        out_scale, act_scale = self._act_scales(act, pre, last)
+        t = self.g.linear(node.name or last, x.t, w_pad, bias, out_scale, act=act,
+                          act_scale=act_scale)
+        shape = self.shape(last)
+        self.env[last] = _Mat(t, shape, w.shape[1])
+
+    def op_Conv(self, node):
+        a = attributes(node)
+        x = self.get(node, 0, _Img)
+        w = self.const(node, 1, "W")
+        b = self.const(node, 2, "B")
+        k = w.shape[2]
+        strides = tuple(a.get("strides", (1, 1)))
+        pads = tuple(a.get("pads", (0,) * 4))
+        if (a.get("group", 1) != 1 or set(a.get("dilations", (1, 1))) != {1}
+                or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")):
+            raise _error(node, "group, dilations and auto_pad are not supported")
+        if w.shape[2:] not in ((1, 1), (3, 3)) or pads != (k // 2,) * 4 or strides not in \
+                ((1, 1), (2, 2)):
+            raise _error(node, f"kernel {list(w.shape[2:])}, strides {list(strides)}, pads "
+                               f"{list(pads)}: supported are 3x3 with pads 1 and 1x1 with pads "
+                               f"0, strides 1 or 2")
+        cin = x.shape[1]
+        if w.shape[1] != cin:
+            raise _error(node, f"weights for {w.shape[1]} input channels; the input has {cin}")
+        w_k = np.zeros((k, k, self.padded(x.t), w.shape[0]), np.float32)
+        w_k[:, :, :cin] = w.transpose(2, 3, 1, 0)
+        bias = np.zeros(w.shape[0], np.float32) if b is None else b
+        extra, act, pre, last = self.fused_epilogue(node, node.output[0])
+        if extra is not None:
+            bias = bias + np.broadcast_to(extra.reshape(-1), bias.shape)
+        if act not in (None, "relu"):
+            raise _error(node, f"Conv followed by {act}: only Relu fuses into a convolution")
+        name = node.name or last
+        t = self.g.conv(name, x.t, w_k, bias, self.scale(last), act=act)
+        if strides == (2, 2):
+            t = self.g.pool(f"{name} stride 2", t, window=1)
+        self.env[last] = _Img(t, self.shape(last))
+
+    def _heads_matmul(self, node, x, y):
+        if x.order != "HS" or y.order != "HS" or len(x.parts) != len(y.parts):
+            raise _error(node, "per-head MatMul needs (…, heads, rows, cols) operands with "
+                               "equal heads")
+        out = node.output[0]
+        scale = self.scale(out)
+        name = node.name or out
+        # Written straight into the merged tensor when a Transpose + Reshape merge the heads.
+        merge = self.only_user(out, ("Transpose",))
+        merge = merge and self.only_user(merge.output[0], ("Reshape",))
+        target = None
+        if merge is not None:
+            rows, tiles = x.parts[0].rows, y.parts[0].tiles
+            target = self.g.buffer(name, rows, tiles * len(x.parts), scale)
+        parts = []
+        for h, (a, b) in enumerate(zip(x.parts, y.parts)):
+            if self.padded(a) != b.rows:
+                raise _error(node, f"head {h}: {self.padded(a)} columns against {b.rows} rows")
+            view = target.view(h * b.tiles, b.tiles) if target is not None else None
+            parts.append(self.g.matmul(f"{name}.{h}", a, b, scale, out=view))
+        self.env[out] = _Heads(parts, self.shape(out), "HS")
+
+    # vector operators ---------------------------------------------------------------------------
+
+    def op_Add(self, node):
+        consts = [n for n in node.input if n in self.model.constants]
+        if consts:
+            raise _error(node, f"adding the constant {consts[0]!r} is supported only as the "
+                               f"bias of the MatMul, Gemm or Conv right before it")
+        a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
+        if type(a) is not type(b) or a.t.ref.shape != b.t.ref.shape:
+            raise _error(node, f"operands of shapes {self.shape(node.input[0])} and "
+                               f"{self.shape(node.input[1])}: broadcasting is not supported")
+        relu = self.only_user(node.output[0], ("Relu",))
+        last = relu.output[0] if relu is not None else node.output[0]
+        if relu is not None:
+            self.done.add(id(relu))
+        name = node.name or last
+        ta = self.fit(a.t, last, f"{name} a")
+        tb = self.fit(b.t, last, f"{name} b")
+        t = self.g.add(name, ta, tb, relu=relu is not None)
+        self.env[last] = replace(a, t=t, shape=self.shape(last))
+
+    def op_Mul(self, node):
+        self._scalar_or_elementwise(node, divide=False)
+
+    def op_Div(self, node):
+        self._scalar_or_elementwise(node, divide=True)
+
+    def _scalar_or_elementwise(self, node, divide):
+        out = node.output[0]
+        consts = [i for i, n in enumerate(node.input) if n in self.model.constants]
+        if consts:
+            c = np.ravel(self.model.constants[node.input[consts[0]]])
+            if len(consts) == 1 and c.size == 1 and float(c[0]) > 0 and (consts[0] == 1 or not divide):
+                x = self.env[node.input[1 - consts[0]]]
+                retag = lambda t: self.fit(replace(t, scale=t.scale * (1 / float(c[0]) if divide
+                                                                      else float(c[0]))),
+                                           out, node.name or out)
+                if isinstance(x, _Heads):
+                    self.env[out] = _Heads([retag(t) for t in x.parts], self.shape(out), x.order)
+                else:
+                    self.env[out] = replace(x, t=retag(x.t), shape=self.shape(out))
+                return
+            raise _error(node, "a constant operand is supported only as a positive scalar "
+                               "(a change of scale)")
+        if divide:
+            raise _error(node, "division of two activations is not supported")
+        a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
+        if type(a) is not type(b) or a.t.ref.shape != b.t.ref.shape:
+            raise _error(node, "broadcasting is not supported")
+        t = self.g.mul(node.name or out, a.t, b.t, self.scale(out))
+        self.env[out] = replace(a, t=t, shape=self.shape(out))
+
+    def _table(self, node):
+        out = node.output[0]
+        x = self.get(node, 0, (_Mat, _Img))
+        t = self.g.activation(node.name or out, x.t, _ACTS[node.op_type], self.scale(out))
+        self.env[out] = replace(x, t=t)
+
+    op_Relu = op_Sigmoid = op_Tanh = _table
+
+    def op_Gelu(self, node):
+        approximate = attributes(node).get("approximate", "none")
+        if approximate not in ("none", b"none", "tanh", b"tanh"):
+            raise _error(node, f"approximate={approximate!r}")
+        out = node.output[0]
+        x = self.get(node, 0, (_Mat, _Img))
+        function = "gelu" if approximate in ("tanh", b"tanh") else "gelu_erf"
+        t = self.g.activation(node.name or out, x.t, function, self.scale(out))
+        self.env[out] = replace(x, t=t)
+
+    def op_Softmax(self, node):
+        axis = attributes(node).get("axis", -1)
+        out = node.output[0]
+        x = self.env[node.input[0]]
+        rank = len(self.shape(node.input[0]))
+        if axis not in (-1, rank - 1):
+            raise _error(node, f"axis {axis}: softmax is over the last axis")
+        parts = x.parts if isinstance(x, _Heads) and x.order == "HS" else (
+            [x.t] if isinstance(x, _Mat) else None)
+        if parts is None:
+            raise _error(node, "softmax needs a matrix or per-head matrices")
+        name = node.name or out
+        results = []
+        for h, t in enumerate(parts):
+            cols = x.cols if isinstance(x, _Mat) else self.shape(out)[-1]
+            if cols != self.padded(t):
+                raise _error(node, f"softmax over {cols} columns: it must be a multiple of "
+                                   f"{self.lanes} (padding would take part)")
+            results.append(self.fit(self.g.softmax(f"{name}.{h}" if len(parts) > 1 else name, t),
+                                    out, name))
+        self.env[out] = (_Heads(results, self.shape(out), "HS") if isinstance(x, _Heads)
+                         else replace(x, t=results[0]))
+
+    def op_LayerNormalization(self, node):
+        a = attributes(node)
+        out = node.output[0]
+        x = self.get(node, 0, _Mat)
+        if a.get("axis", -1) not in (-1, len(x.shape) - 1):
+            raise _error(node, f"axis {a.get('axis')}: layer normalization is over the last axis")
+        if a.get("epsilon", 1e-5) > 1e-3:
+            raise _error(node, f"epsilon {a.get('epsilon'):g}: the integer layer norm has no "
+                               f"epsilon; supported up to 1e-3")
+        if x.cols != self.padded(x.t):
+            raise _error(node, f"{x.cols} columns: a multiple of {self.lanes} is needed "
+                               f"(padding would take part)")
+        gamma = self.const(node, 1, "scale")
+        beta = self.const(node, 2, "B")
+        gamma = np.ones(x.cols, np.float32) if gamma is None else np.broadcast_to(gamma, (x.cols,))
+        beta = np.zeros(x.cols, np.float32) if beta is None else np.broadcast_to(beta, (x.cols,))
+        t = self.g.layernorm(node.name or out, x.t, gamma, beta, self.scale(out))
+        self.env[out] = replace(x, t=t)
+
+    def _pool(self, node, kind):
+        a = attributes(node)
+        x = self.get(node, 0, _Img)
+        if (tuple(a.get("kernel_shape", ())) != (2, 2) or tuple(a.get("strides", (1, 1))) != (2, 2)
+                or set(a.get("pads", (0,))) != {0} or a.get("ceil_mode", 0)
+                or set(a.get("dilations", (1,))) != {1}):
+            raise _error(node, "supported is a 2x2 window with strides 2 and no padding")
+        out = node.output[0]
+        t = self.g.pool(node.name or out, x.t, kind)
+        self.env[out] = _Img(self.fit(t, out, node.name or out), self.shape(out))
+
+    def op_MaxPool(self, node):
+        if len(node.output) > 1 and node.output[1]:
+            raise _error(node, "the Indices output is not supported")
+        self._pool(node, "max")
+
+    def op_AveragePool(self, node):
+        self._pool(node, "avg")
+
+    def op_GlobalAveragePool(self, node):
+        out = node.output[0]
+        x = self.get(node, 0, _Img)
+        t = self.g.global_avgpool(node.name or out, x.t, self.scale(out))
+        self.env[out] = _Mat(t, self.shape(out), x.shape[1])
+
+    def op_Gather(self, node):
+        table = self.const(node, 0, "data")
+        if attributes(node).get("axis", 0) != 0 or table.ndim != 2:
+            raise _error(node, "supported is an embedding lookup: axis 0 of a 2-D table")
+        ids = self.get(node, 1, _Ids, "indices")
+        out = node.output[0]
+        t = self.g.embedding(node.name or out, self._pad_cols(table), ids.values.reshape(-1),
+                             scale=self.scale(out))
+        self.env[out] = _Mat(t, self.shape(out), table.shape[1])
+
+    def op_Concat(self, node):
+        out = node.output[0]
+        shape = self.shape(out)
+        axis = attributes(node)["axis"] % len(shape)
+        parts = [self.get(node, i, _Mat) for i in range(len(node.input))]
+        if any(_cols_axis(p.shape, p.cols, p.t.rows) != axis for p in parts):
+            raise _error(node, f"axis {axis} of {shape}: concatenation is along the columns "
+                               f"of matrices")
+        if any(p.cols != self.padded(p.t) for p in parts[:-1]):
+            raise _error(node, f"parts of {[p.cols for p in parts]} columns: all but the last "
+                               f"must be multiples of {self.lanes}")
+        ts = [self.fit(p.t, out, f"{node.name or out}.{i}") for i, p in enumerate(parts)]
+        t = self.g.concat(node.name or out, ts)
+        self.env[out] = _Mat(t, shape, sum(p.cols for p in parts))
+
+    # layout -------------------------------------------------------------------------------------
+
+    def _relabel(self, node):
+        """Reshape, Flatten, Squeeze, Unsqueeze, Identity: a new shape for the same data."""
+        out = node.output[0]
+        shape = self.shape(out)
+        x = self.env[node.input[0]]
+        if isinstance(x, _Mat):
+            if _cols_axis(shape, x.cols, x.t.rows) is not None:
+                self.env[out] = replace(x, shape=shape)
+                return
+            heads = shape[-2:]
+            if (len(shape) >= 3 and all(d == 1 for d in shape[:-3]) and shape[-3] == x.t.rows
+                    and heads[0] * heads[1] == x.cols and heads[1] % self.lanes == 0
+                    and x.cols == self.padded(x.t)):
+                tiles = heads[1] // self.lanes
+                self.env[out] = _Heads([x.t.view(h * tiles, tiles) for h in range(heads[0])],
+                                       shape, "SH")
+                return
+        elif isinstance(x, _Heads) and x.order == "SH" and len(shape) >= 2 \
+                and shape[-1] == len(x.parts) * self.padded(x.parts[0]):
+            self.env[out] = _Mat(self._merge(node, x.parts), shape, shape[-1])
+            return
+        elif isinstance(x, _Img) and x.shape[2:] == (1, 1) and len(shape) == 2:
+            raise _error(node, "a 1x1 image; use GlobalAveragePool before Flatten")
+        raise _error(node, f"{self.shape(node.input[0])} -> {shape} is not layout-only here "
+                           f"(supported: matrix views, splitting columns into heads of "
+                           f"multiples of {self.lanes}, merging them back)")
+
+    op_Reshape = op_Flatten = op_Squeeze = op_Unsqueeze = op_Identity = _relabel
+
+    def _merge(self, node, parts):
+        first = parts[0]
+        if all(p.region.start == first.region.start + i * first.rows * first.tiles
+               and p.rows == first.rows and p.scale == first.scale for i, p in enumerate(parts)):
+            total = first.tiles * len(parts)
+            return Tensor(replace(first.region, size=first.rows * total), first.rows, total,
+                          first.scale, np.concatenate([p.ref for p in parts], axis=1))
+        return self.g.concat(node.name or node.output[0], parts)
+
+    def op_Transpose(self, node):
+        out = node.output[0]
+        x = self.env[node.input[0]]
+        rank = len(self.shape(node.input[0]))
+        perm = list(attributes(node).get("perm", range(rank)[::-1]))
+        lead = rank - 3
+        name = node.name or out
+        if isinstance(x, _Mat) and rank >= 2 and perm[:-2] == list(range(rank - 2)) \
+                and perm[-2:] == [rank - 1, rank - 2] and int(np.prod(self.shape(node.input[0])[:-2])) == 1:
+            if x.cols != self.padded(x.t):
+                raise _error(node, f"transposing {x.cols} columns needs a multiple of "
+                                   f"{self.lanes}")
+            t = self.g.transpose(name, x.t)
+            self.env[out] = _Mat(t, self.shape(out), self.shape(out)[-1])
+            return
+        if isinstance(x, _Heads) and lead >= 0 and perm[:lead] == list(range(lead)):
+            tail = [p - lead for p in perm[lead:]]
+            swap = [1, 0, 2]
+            if tail == swap:
+                order = "SH" if x.order == "HS" else "HS"
+                self.env[out] = _Heads(x.parts, self.shape(out), order)
+                return
+            if (x.order == "SH" and tail == [1, 2, 0]) or (x.order == "HS" and tail == [0, 2, 1]):
+                parts = [self.g.transpose(f"{name}.{h}", t) for h, t in enumerate(x.parts)]
+                self.env[out] = _Heads(parts, self.shape(out), "HS")
+                return
+        raise _error(node, f"perm {perm} of shape {self.shape(node.input[0])}: supported are "
+                           f"swapping the last two axes of a matrix and the head moves of "
+                           f"attention")
+
+
+def lower(g, model, scales, inputs, values):
+    """Lower ``model`` onto Graph ``g`` for ``inputs`` (the float run's ``values`` give every
+    shape); returns the output: ``.t`` its Tensor (rows x padded columns), ``.cols`` the
+    model's columns."""
+    return _Lowering(g, model, scales, values, inputs).run()
+

@@ -1,0 +1,180 @@
+"""The four built-in models, after the paper's MLPerf workloads, as ONNX graphs built in code
+(weights from a seed, no downloads) with size parameters.
+
+They go through the same importer as a user's ONNX file (onnx_import.py), and
+`neu10 export NAME -o NAME.onnx` writes them out:
+
+| model | what it is | sizes (defaults) | metric |
+|---|---|---|---|
+| ncf | NCF recommender: GMF + MLP towers over user/item embeddings, sigmoid | batch 16, users 64, items 64, dim 8 | relative L2 error |
+| resnet | CNN: 3x3 conv stem, a residual block, 2x2 max pool, conv, global average pool, classifier | batch 8, image 8, channels 8, classes 10 | top-1 agreement |
+| bert | transformer encoder: multi-head self-attention, residual + layer norm, GELU FFN | tokens 16, width 32, heads 4, layers 1, ff 64 | relative L2 error |
+| dlrm | DLRM: bottom MLP on dense features, embedding tables, concatenation, top MLP, sigmoid | batch 16, tables 3, vocab 32, dim 16, dense 16 | relative L2 error |
+
+bert is written the way exporters emit attention: Reshape + Transpose into heads, MatMul,
+Div by sqrt(d), Softmax, MatMul, Transpose + Reshape back.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["MODELS", "SIZES", "build"]
+
+
+class _Onnx:
+    """A small graph builder: named nodes, initializers, inputs."""
+
+    def __init__(self, name):
+        self.name, self.nodes, self.inits, self.inputs, self.count = name, [], [], [], 0
+
+    def const(self, name, value):
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def input(self, name, shape, elem=TensorProto.FLOAT):
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        return name
+
+    def op(self, op, inputs, name=None, **attrs):
+        self.count += 1
+        name = name or f"{op.lower()}{self.count}"
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def gemm(self, name, x, w, b, act=None):
+        y = self.op("Gemm", [x, self.const(f"{name}.weight", w), self.const(f"{name}.bias", b)],
+                    name=name)
+        return self.op(act, [y], name=f"{name}.{act.lower()}") if act else y
+
+    def model(self, output, opset=20):
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, [], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="neu10")
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        model.graph.output.extend(v for v in inferred.graph.value_info if v.name == output)
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def _layer(rng, fan_in, fan_out):
+    w = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, fan_out)).astype(np.float32)
+    return w, rng.normal(0, 0.1, fan_out).astype(np.float32)
+
+
+def ncf(rng, batch=16, users=64, items=64, dim=8):
+    m = _Onnx("ncf")
+    u = m.input("users", [batch], TensorProto.INT64)
+    i = m.input("items", [batch], TensorProto.INT64)
+    tables = {name: m.const(name, rng.normal(0, 0.5, (rows, dim)).astype(np.float32))
+              for name, rows in (("user_gmf", users), ("item_gmf", items),
+                                 ("user_mlp", users), ("item_mlp", items))}
+    gather = lambda table, ids: m.op("Gather", [tables[table], ids], name=f"{table}.lookup")
+    gmf = m.op("Mul", [gather("user_gmf", u), gather("item_gmf", i)], name="gmf")
+    h = m.op("Concat", [gather("user_mlp", u), gather("item_mlp", i)], name="mlp_in", axis=1)
+    h = m.gemm("fc1", h, *_layer(rng, 2 * dim, 4 * dim), act="Relu")
+    h = m.gemm("fc2", h, *_layer(rng, 4 * dim, 2 * dim), act="Relu")
+    z = m.op("Concat", [gmf, h], name="interaction", axis=1)
+    return m.model(m.gemm("out", z, *_layer(rng, 3 * dim, 1), act="Sigmoid"))
+
+
+def _conv(m, name, x, rng, cin, cout, act=True):
+    w = rng.normal(0, np.sqrt(2 / (9 * cin)), (cout, cin, 3, 3)).astype(np.float32)
+    y = m.op("Conv", [x, m.const(f"{name}.weight", w),
+                      m.const(f"{name}.bias", rng.normal(0, 0.1, cout).astype(np.float32))],
+             name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return m.op("Relu", [y], name=f"{name}.relu") if act else y
+
+
+def resnet(rng, batch=8, image=8, channels=8, classes=10):
+    m = _Onnx("resnet")
+    x = m.input("image", [batch, channels, image, image])
+    stem = _conv(m, "stem", x, rng, channels, channels)
+    h = _conv(m, "block1", stem, rng, channels, channels)
+    h = _conv(m, "block2", h, rng, channels, channels, act=False)
+    h = m.op("Relu", [m.op("Add", [stem, h], name="residual")], name="residual.relu")
+    h = m.op("MaxPool", [h], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    h = _conv(m, "conv3", h, rng, channels, 2 * channels)
+    h = m.op("Flatten", [m.op("GlobalAveragePool", [h], name="gap")], name="flatten", axis=1)
+    return m.model(m.gemm("fc", h, *_layer(rng, 2 * channels, classes)))
+
+
+def bert(rng, tokens=16, width=32, heads=4, layers=1, ff=None):
+    ff = ff or 2 * width
+    if width % heads:
+        raise ValueError(f"bert: width {width} is not a multiple of heads {heads}")
+    dk = width // heads
+    m = _Onnx("bert")
+    x = m.input("x", [1, tokens, width])
+
+    def linear(name, h, fan_in, fan_out):
+        w, b = _layer(rng, fan_in, fan_out)
+        y = m.op("MatMul", [h, m.const(f"{name}.weight", w)], name=name)
+        return m.op("Add", [y, m.const(f"{name}.bias", b)], name=f"{name}.bias_add")
+
+    def norm(name, h):
+        return m.op("LayerNormalization",
+                    [h, m.const(f"{name}.scale", rng.uniform(0.5, 1.5, width).astype(np.float32)),
+                     m.const(f"{name}.bias", rng.normal(0, 0.1, width).astype(np.float32))],
+                    name=name, axis=-1, epsilon=1e-5)
+
+    split = m.const("heads_shape", np.array([1, tokens, heads, dk], np.int64))
+    merged = m.const("merged_shape", np.array([1, tokens, width], np.int64))
+    root = m.const("sqrt_dk", np.array(np.sqrt(dk), np.float32))
+    for layer in range(layers):
+        p = f"layer{layer}."
+        q, k, v = (m.op("Reshape", [linear(p + n, x, width, width), split], name=p + n + ".heads")
+                   for n in ("q", "k", "v"))
+        q = m.op("Transpose", [q], name=p + "q.t", perm=[0, 2, 1, 3])
+        k = m.op("Transpose", [k], name=p + "k.t", perm=[0, 2, 3, 1])
+        v = m.op("Transpose", [v], name=p + "v.t", perm=[0, 2, 1, 3])
+        scores = m.op("Div", [m.op("MatMul", [q, k], name=p + "scores"), root],
+                      name=p + "scores.scaled")
+        probs = m.op("Softmax", [scores], name=p + "softmax", axis=-1)
+        context = m.op("MatMul", [probs, v], name=p + "context")
+        context = m.op("Transpose", [context], name=p + "context.t", perm=[0, 2, 1, 3])
+        context = m.op("Reshape", [context, merged], name=p + "context.merged")
+        h = m.op("Add", [x, linear(p + "proj", context, width, width)], name=p + "res1")
+        h = norm(p + "ln1", h)
+        f = m.op("Gelu", [linear(p + "ff1", h, width, ff)], name=p + "gelu", approximate="tanh")
+        x = norm(p + "ln2", m.op("Add", [h, linear(p + "ff2", f, ff, width)], name=p + "res2"))
+    return m.model(x)
+
+
+def dlrm(rng, batch=16, tables=3, vocab=32, dim=16, dense=16):
+    m = _Onnx("dlrm")
+    weights = [m.const(f"table{t}", rng.normal(0, 0.5, (vocab, dim)).astype(np.float32))
+               for t in range(tables)]
+    h = m.input("dense", [batch, dense])
+    h = m.gemm("bot1", h, *_layer(rng, dense, 2 * dim), act="Relu")
+    h = m.gemm("bot2", h, *_layer(rng, 2 * dim, dim), act="Relu")
+    parts = [h]
+    for t, table in enumerate(weights):
+        ids = m.input(f"ids{t}", [batch], TensorProto.INT64)
+        parts.append(m.op("Gather", [table, ids], name=f"table{t}.lookup"))
+    z = m.op("Concat", parts, name="interaction", axis=1)
+    z = m.gemm("top1", z, *_layer(rng, dim * (tables + 1), 32), act="Relu")
+    z = m.gemm("top2", z, *_layer(rng, 32, 16), act="Relu")
+    return m.model(m.gemm("out", z, *_layer(rng, 16, 1), act="Sigmoid"))
+
+
+#: name -> (builder, accuracy metric)
+MODELS = {"ncf": (ncf, "relerr"), "resnet": (resnet, "top1"), "bert": (bert, "relerr"),
+          "dlrm": (dlrm, "relerr")}
+
+#: name -> {size parameter: default}
+SIZES = {name: {k: v for k, v in zip(fn.__code__.co_varnames[1:fn.__code__.co_argcount],
+                                     fn.__defaults__)}
+         for name, (fn, _) in MODELS.items()}
+
+
+def build(name, seed=0, **sizes):
+    """The ONNX model ``name`` with weights from ``seed``; ValueError names a bad size."""
+    fn, _ = MODELS[name]
+    for key, value in sizes.items():
+        if key not in SIZES[name]:
+            raise ValueError(f"{name}: unknown size {key!r}; expected one of "
+                             f"{', '.join(SIZES[name])}")
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: size {key}={value!r} must be a positive integer")
+    return fn(np.random.default_rng(seed), **sizes)
