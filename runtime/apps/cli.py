@@ -250,14 +250,17 @@ def _input_shapes(items):
 
 def _model_args(args):
     """compile_model's keyword arguments from --input-shape and --calibrate."""
-    from runtime.compiler.models import is_file
     if (args.input_shape or args.calibrate) and not str(args.model).endswith(".onnx"):
-        raise UsageError("--input-shape and --calibrate apply to .onnx models")
-    if is_file(args.model) and str(args.model).endswith(".onnx") and not args.calibrate:
-        print("neu10: warning: no --calibrate inputs: activation scales are calibrated on a "
-              "seeded random batch (floats ~ N(0, 1), indices uniform); accuracy on real data "
-              "needs real calibration inputs", file=sys.stderr)
+        raise UsageError(f"--input-shape and --calibrate apply to .onnx models, not "
+                         f"{args.model!r}")
     return {"input_shapes": _input_shapes(args.input_shape), "calibration": args.calibrate}
+
+
+def _warn_random_calibration(args):
+    if str(args.model).endswith(".onnx") and not args.calibrate:
+        print("neu10: warning: no --calibrate inputs: activation scales were calibrated on "
+              "seeded random batches (floats ~ N(0, 1), indices uniform); accuracy on real "
+              "data needs real calibration inputs", file=sys.stderr)
 
 
 def cmd_run(args):
@@ -289,6 +292,7 @@ def cmd_run(args):
                        progress=None if args.json else progress, **compile_args)
     except (AllocationError, CompileError, DriverError, ExecutionError, OnnxError) as error:
         raise UsageError(str(error)) from None
+    _warn_random_calibration(args)
     print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0 if report.exact else 1
 
@@ -316,6 +320,7 @@ def cmd_import(args):
         save_quantized(model, output)
     except OSError as error:
         raise UsageError(f"{output}: cannot write: {error.strerror}") from None
+    _warn_random_calibration(args)
     metric, value = accuracy(compiled, outputs[compiled.name])
     ops = {}
     for kind, _ in compiled.graph.ops:
@@ -325,7 +330,7 @@ def cmd_import(args):
     print(f"  program   {len(compiled.program.words)} words, µTOps {compiled.program.per_engine} "
           f"on {args.config}")
     print(f"  golden    {metric.replace('_', ' ')} vs float32 {value:.4f} (calibrated on "
-          f"{args.calibrate or 'a seeded random batch'})")
+          f"{args.calibrate or 'seeded random batches'})")
     return 0
 
 

@@ -88,13 +88,17 @@ class OnnxModel:
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSETS[-1])])
 
 
+def _node(node):
+    return f"node {node.name or node.output[0]!r} ({node.op_type})"
+
+
 def _error(node, message):
-    return OnnxError(f"node {node.name or node.output[0]!r} ({node.op_type}): {message}")
+    return OnnxError(f"{_node(node)}: {message}")
 
 
 def _unsupported(node, what=None):
-    detail = f"{what} is not supported" if what else "is not supported"
-    return _error(node, f"{detail}; supported operators: {', '.join(SUPPORTED_OPS)}")
+    detail = f": {what} is not supported" if what else " is not supported"
+    return OnnxError(f"{_node(node)}{detail}; supported operators: {', '.join(SUPPORTED_OPS)}")
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -401,6 +405,7 @@ class _Scales:
 def _group_scales(model, scales):
     users = _consumers(model.nodes)
     groups = _Scales(scales)
+    retags = []
     for node in model.nodes:
         op, ins = node.op_type, [n for n in node.input if n and n not in model.constants]
         out = node.output[0]
@@ -417,7 +422,14 @@ def _group_scales(model, scales):
             c = model.constants[_other(node, ins[0])]
             if np.size(c) == 1 and float(np.ravel(c)[0]) > 0:
                 c = float(np.ravel(c)[0])
-                groups.join(ins[0], out, c if op == "Mul" else 1 / c)
+                retags.append((ins[0], out, c if op == "Mul" else 1 / c))
+    # A scalar Mul/Div only retags the scale when its result shares it with nothing else;
+    # otherwise tying the input's scale to that group could coarsen it a lot, and the
+    # result is rescaled instead.
+    for a, b, ratio in retags:
+        root = groups.find(b)[0]
+        if sum(groups.find(v)[0] == root for v in scales) == 1:
+            groups.join(a, b, ratio)
     return groups.resolve()
 
 

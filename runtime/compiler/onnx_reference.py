@@ -43,7 +43,7 @@ def _pads(pads, spatial):
 def _conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1,
           kernel_shape=None, auto_pad="NOTSET"):
     if group != 1 or tuple(dilations) != (1, 1) or auto_pad not in ("NOTSET", b"NOTSET"):
-        raise NotImplementedError("Conv with group, dilation or auto_pad")
+        raise NotImplementedError("group, dilations and auto_pad are not supported")
     (pt, pb), (pl, pr) = _pads(pads, 2)
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     kh, kw = w.shape[2:]
@@ -63,7 +63,7 @@ def _conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1,
 def _pool(x, reduce, *, kernel_shape, strides=None, pads=None, ceil_mode=0,
           count_include_pad=0, dilations=None, storage_order=0, auto_pad="NOTSET"):
     if ceil_mode or auto_pad not in ("NOTSET", b"NOTSET") or (dilations and set(dilations) != {1}):
-        raise NotImplementedError("pooling with ceil_mode, auto_pad or dilations")
+        raise NotImplementedError("ceil_mode, auto_pad and dilations are not supported")
     kh, kw = kernel_shape
     sh, sw = strides or (1, 1)
     (pt, pb), (pl, pr) = _pads(pads, 2)
