@@ -24,7 +24,8 @@ DEFAULT = NPUConfig()
 #: Relative L2 error of the int8 result against float, per test model (measured values are
 #: in the closing note of issue 15; these leave about 2x room).
 TOLERANCE = {"Softmax": 0.06, "MatMul-activations": 0.05, "Mul": 0.06, "AveragePool": 0.06,
-             "Conv-stride2": 0.05, "Conv": 0.05, "mlp": 0.05, "cnn": 0.05, "encoder": 0.12}
+             "LayerNormalization": 0.08,
+             "Conv-stride2": 0.05, "Conv": 0.05, "mlp": 0.06, "cnn": 0.05, "encoder": 0.12}
 WHOLE = {"mlp": om.mlp, "cnn": om.cnn, "encoder": om.encoder}
 
 
