@@ -182,6 +182,37 @@ def _huge_table():
     return n.model(n.op("Gather", [n.const(np.zeros((600_000, 64))), ids]))
 
 
+def _softmax_after_unsqueeze():
+    n = om.Net()
+    x = n.input("x", [4, 16])
+    return n.model(n.op("Softmax", [n.op("Unsqueeze", [x, n.const([2], np.int64)])], axis=-1))
+
+
+def _sigmoid_image():
+    n = om.Net()
+    x = n.input("x", [1, 8, 4, 4])
+    return n.model(n.op("Flatten", [n.op("GlobalAveragePool", [n.op("Sigmoid", [x])])]))
+
+
+def _row_bias():
+    n = om.Net()
+    x = n.input("x", [16, 16])
+    return n.model(n.op("Add", [n.op("MatMul", [x, n.weight(16, 16)]), n.const(np.ones((16, 1)))]))
+
+
+def _broadcast_add():
+    n = om.Net()
+    a, b = n.input("a", [2, 1, 16]), n.input("b", [1, 2, 16])
+    return n.model(n.op("Add", [a, b]))
+
+
+def _reversed_gelu():
+    n = om.Net()
+    x = n.input("x", [8, 8])
+    e = n.op("Erf", [n.op("Div", [n.const(np.sqrt(2)), x])])
+    return n.model(n.op("Mul", [n.op("Mul", [x, n.op("Add", [e, n.const(1.0)])]), n.const(0.5)]))
+
+
 def _opset(version):
     proto = om.mlp()
     proto.opset_import[0].version = version
@@ -198,6 +229,11 @@ def _opset(version):
     (_maxpool3, "(MaxPool): supported is a 2x2 window with strides 2 and no padding"),
     (_wide_mlp, "scratchpad rows"),
     (_huge_table, "HBM words"),
+    (_softmax_after_unsqueeze, "which is not the matrix's columns"),
+    (_sigmoid_image, "Sigmoid of an image would turn its zero border"),
+    (_row_bias, "a constant of shape (16, 1) added to (16, 16): supported is a bias along axis 1"),
+    (_broadcast_add, "supported are equal shapes (no broadcasting)"),
+    (_reversed_gelu, "(Erf) is not supported"),
 ])
 def test_bad_models_are_one_line_errors(make, message, tmp_path, capsys):
     made = make()
@@ -229,6 +265,15 @@ def _zeros_for(made, tmp_path):
 def test_too_long_for_the_instruction_memory(capsys):
     code, _, err = run(capsys, "run", "bert[layers=8]")
     assert code == 2 and "the instruction memory" in err and err.count("\n") == 1
+
+
+def test_quantized_file_errors(tmp_path, capsys):
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "bad.neu10", "w") as archive:
+        archive.writestr("model.onnx", b"garbage")
+        archive.writestr("quantization.json", "{}")
+    code, _, err = run(capsys, "run", tmp_path / "bad.neu10")
+    assert code == 2 and "not a model written by `neu10 import`" in err and err.count("\n") == 1
 
 
 def test_calibration_file_errors(tmp_path, capsys):

@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import google.protobuf.message
 import numpy as np
 import onnx
 
@@ -161,6 +162,9 @@ def _calibration_batches(model, path):
         batches = batches or [{} for _ in range(len(a))]
         if len(a) != len(batches):
             raise ModelError(f"--calibrate {path}: inputs hold different numbers of batches")
+        if a.dtype.kind not in "biuf":
+            raise ModelError(f"--calibrate {path}: input {name!r} holds {a.dtype} values; "
+                             f"expected numbers")
         for batch, value in zip(batches, a):
             batch[name] = value.astype(dtype)
     return batches
@@ -180,10 +184,12 @@ def _load_quantized(path, shapes):
         with zipfile.ZipFile(path) as archive:
             proto = onnx.load_from_string(archive.read("model.onnx"))
             meta = json.loads(archive.read("quantization.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise ModelError(f"{path}: not a model written by `neu10 import` ({error})") from None
+        metric, scales = meta["metric"], meta["scales"]
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile,
+            google.protobuf.message.DecodeError) as error:
+        raise ModelError(f"{path}: not a model written by `neu10 import` ({error!r})") from None
     model = load(proto, input_shapes=shapes, name=Path(path).stem)
-    model.metric, model.scales = meta["metric"], meta["scales"]
+    model.metric, model.scales = metric, scales
     model.extra["calibration"] = meta.get("calibration")
     return model
 
@@ -197,7 +203,10 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     model = load_model(ref, seed, tuple((k, tuple(v)) for k, v in (input_shapes or {}).items()),
                        calibration)
     inputs = random_inputs(model, np.random.default_rng(seed + 2 + batch))
-    reference, values = model.reference(inputs)
+    try:
+        reference, values = model.reference(inputs)
+    except (ValueError, IndexError, TypeError) as error:
+        raise ModelError(f"the float reference fails on a random batch: {error}") from None
     start = time.perf_counter()
     graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words)
     out = lower(graph, model, model.scales, inputs, values)

@@ -71,6 +71,7 @@ class OnnxModel:
     metric: str = "relerr"
     scales: dict | None = None       # calibrated scale per value, once calibrated
     extra: dict = field(default_factory=dict)
+    opset: int = OPSETS[-1]
 
     def reference(self, inputs):
         """The float output and every value, for ``inputs``."""
@@ -85,7 +86,7 @@ class OnnxModel:
              for n, (s, d) in self.inputs.items()],
             [helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)],
             [numpy_helper.from_array(v, n) for n, v in self.constants.items()])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSETS[-1])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
 
 
 def _node(node):
@@ -169,8 +170,10 @@ def load(source, *, input_shapes=None, name=None):
             raise _unsupported(node, f"domain {node.domain!r}")
     nodes = _fold(graph, constants, inputs)
     folded = helper.make_graph(nodes, graph.name, graph.input, graph.output)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                 OPSETS[-1])
     model = OnnxModel(name, folded, _rewrite(nodes, constants), constants, inputs,
-                      graph.output[0].name)
+                      graph.output[0].name, opset=opset)
     for node in model.nodes:
         if node.op_type not in SUPPORTED_OPS:
             raise _unsupported(node)
@@ -190,7 +193,8 @@ def _fold(graph, constants, inputs):
             raise _unsupported(node)
         args = [values[n] if n else None for n in node.input]
         try:
-            outs = evaluate(node, args)
+            with np.errstate(all="ignore"):      # zeros stand for the inputs here
+                outs = evaluate(node, args)
         except NotImplementedError as error:
             raise _error(node, str(error)) from None
         except Exception as error:
@@ -264,6 +268,8 @@ def _match_gelu(erf, producer, only, constants):
     c = _other(pre, x) if x else None
     if c is None or not _const(constants, c, np.sqrt(2) if pre.op_type == "Div" else 1 / np.sqrt(2)):
         return None
+    if (pre.op_type == "Div" and pre.input[0] != x) or only(pre.output[0], "Erf") is not erf:
+        return None
     plus = only(erf.output[0], "Add")
     if plus is None or not _const(constants, _other(plus, erf.output[0]), 1.0):
         return None
@@ -279,7 +285,8 @@ def _match_gelu(erf, producer, only, constants):
     else:
         half = producer.get(partner)
         if (half is None or half.op_type != "Mul" or x not in half.input
-                or not _const(constants, _other(half, x), 0.5)):
+                or not _const(constants, _other(half, x), 0.5)
+                or only(half.output[0], "Mul") is not m1):
             return None
         parts, y = [half, pre, erf, plus, m1], m1.output[0]
     return parts, helper.make_node("Gelu", [x], [y], name=parts[-1].name or y)
@@ -308,7 +315,8 @@ def _match_layernorm(mean, users, only, constants):
         axes = attributes(reduce).get("axes")
         if axes is None and len(reduce.input) > 1:
             axes = constants.get(reduce.input[1])
-        if axes is None or [int(a) for a in np.ravel(axes)] != [-1]:
+        if axes is None or [int(a) for a in np.ravel(axes)] != [-1] \
+                or attributes(reduce).get("keepdims", 1) != 1:
             return None
     if eps is None or np.size(eps) != 1:
         return None
@@ -356,7 +364,11 @@ def calibrate(model, batches):
     """Scales per value: the largest magnitude over ``batches`` (lists of input dicts) / 127."""
     peaks = {}
     for inputs in batches:
-        _, values = model.reference(inputs)
+        try:
+            _, values = model.reference(inputs)
+        except (ValueError, IndexError, TypeError) as error:
+            raise OnnxError(f"the float reference fails on the calibration inputs: "
+                            f"{error}") from None
         for key, value in values.items():
             if key in model.constants or not np.issubdtype(np.asarray(value).dtype, np.floating):
                 continue
@@ -567,22 +579,40 @@ class _Lowering:
                             f"with a Flatten, GlobalAveragePool or Gemm")
         return out
 
-    def fused_epilogue(self, node, out_name):
-        """Bias Add and activation after a matrix node: (bias or None, act, names)."""
+    def fused_epilogue(self, node, out_name, axis=-1):
+        """Bias Add and activation after a matrix node: (bias or None, act, names). A bias
+        is a constant that is 1 everywhere but on ``axis`` (the output columns or channels)."""
         bias, act, last = None, None, out_name
         add = self.only_user(last, ("Add",))
         if add is not None:
             other = _other(add, last)
             c = self.model.constants.get(other)
+            rank = len(self.shape(last))
             if c is not None:
-                bias, last = np.asarray(c, np.float32), add.output[0]
+                c = np.asarray(c, np.float32)
+                padded = (1,) * (rank - c.ndim) + c.shape
+                if c.ndim > rank or any(d != 1 for i, d in enumerate(padded) if i != axis % rank):
+                    raise _error(add, f"a constant of shape {c.shape} added to "
+                                      f"{self.shape(last)}: supported is a bias along axis "
+                                      f"{axis % rank}")
+                bias, last = c.reshape(-1), add.output[0]
                 self.done.add(id(add))
         nxt = self.only_user(last, tuple(_ACTS))
         pre = last
         if nxt is not None:
-            act, last = _ACTS[nxt.op_type], nxt.output[0]
+            act, last = self._function(nxt), nxt.output[0]
             self.done.add(id(nxt))
         return bias, act, pre, last
+
+    @staticmethod
+    def _function(node):
+        """The table of an activation node (Gelu's ``approximate`` checked)."""
+        if node.op_type != "Gelu":
+            return _ACTS[node.op_type]
+        approximate = attributes(node).get("approximate", "none")
+        if approximate not in ("none", b"none", "tanh", b"tanh"):
+            raise _error(node, f"approximate={approximate!r}: supported are none and tanh")
+        return "gelu" if approximate in ("tanh", b"tanh") else "gelu_erf"
 
     def _act_scales(self, act, pre, last):
         if act in (None, "relu"):
@@ -600,8 +630,12 @@ class _Lowering:
         w = w.T if a.get("transB", 0) else w
         w = w * np.float32(a.get("alpha", 1.0))
         c = self.const(node, 2, "C")
+        if c is not None and (c.ndim > 2 or any(d != 1 for d in ((1,) * (2 - c.ndim)
+                                                                   + c.shape)[:1])):
+            raise _error(node, f"C of shape {c.shape}: supported is a bias over the columns "
+                               f"((N,), (1, N) or a scalar)")
         bias = np.zeros(w.shape[1], np.float32) if c is None else np.broadcast_to(
-            c * np.float32(a.get("beta", 1.0)), (w.shape[1],)).astype(np.float32)
+            c.reshape(-1) * np.float32(a.get("beta", 1.0)), (w.shape[1],)).astype(np.float32)
         self._linear(node, x, w, bias)
 
     def op_MatMul(self, node):
@@ -668,7 +702,7 @@ class _Lowering:
         w_k = np.zeros((k, k, self.padded(x.t), w.shape[0]), np.float32)
         w_k[:, :, :cin] = w.transpose(2, 3, 1, 0)
         bias = np.zeros(w.shape[0], np.float32) if b is None else b
-        extra, act, pre, last = self.fused_epilogue(node, node.output[0])
+        extra, act, pre, last = self.fused_epilogue(node, node.output[0], axis=1)
         if extra is not None:
             bias = bias + np.broadcast_to(extra.reshape(-1), bias.shape)
         if act not in (None, "relu"):
@@ -709,9 +743,7 @@ class _Lowering:
             raise _error(node, f"adding the constant {consts[0]!r} is supported only as the "
                                f"bias of the MatMul, Gemm or Conv right before it")
         a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
-        if type(a) is not type(b) or a.t.ref.shape != b.t.ref.shape:
-            raise _error(node, f"operands of shapes {self.shape(node.input[0])} and "
-                               f"{self.shape(node.input[1])}: broadcasting is not supported")
+        self._same_shapes(node, a, b)
         relu = self.only_user(node.output[0], ("Relu",))
         last = relu.output[0] if relu is not None else node.output[0]
         if relu is not None:
@@ -721,6 +753,12 @@ class _Lowering:
         tb = self.fit(b.t, last, f"{name} b")
         t = self.g.add(name, ta, tb, relu=relu is not None)
         self.env[last] = replace(a, t=t, shape=self.shape(last))
+
+    def _same_shapes(self, node, a, b):
+        shapes = [self.shape(n) for n in node.input] + [self.shape(node.output[0])]
+        if type(a) is not type(b) or len(set(shapes)) != 1 or a.t.ref.shape != b.t.ref.shape:
+            raise _error(node, f"operands of shapes {shapes[0]} and {shapes[1]}: supported are "
+                               f"equal shapes (no broadcasting)")
 
     def op_Mul(self, node):
         self._scalar_or_elementwise(node, divide=False)
@@ -748,28 +786,22 @@ class _Lowering:
         if divide:
             raise _error(node, "division of two activations is not supported")
         a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
-        if type(a) is not type(b) or a.t.ref.shape != b.t.ref.shape:
-            raise _error(node, "broadcasting is not supported")
+        self._same_shapes(node, a, b)
         t = self.g.mul(node.name or out, a.t, b.t, self.scale(out))
         self.env[out] = replace(a, t=t, shape=self.shape(out))
 
     def _table(self, node):
         out = node.output[0]
         x = self.get(node, 0, (_Mat, _Img))
-        t = self.g.activation(node.name or out, x.t, _ACTS[node.op_type], self.scale(out))
-        self.env[out] = replace(x, t=t)
-
-    op_Relu = op_Sigmoid = op_Tanh = _table
-
-    def op_Gelu(self, node):
-        approximate = attributes(node).get("approximate", "none")
-        if approximate not in ("none", b"none", "tanh", b"tanh"):
-            raise _error(node, f"approximate={approximate!r}")
-        out = node.output[0]
-        x = self.get(node, 0, (_Mat, _Img))
-        function = "gelu" if approximate in ("tanh", b"tanh") else "gelu_erf"
+        function = self._function(node)
+        if isinstance(x, _Img) and function == "sigmoid":
+            raise _error(node, "Sigmoid of an image would turn its zero border (the padding "
+                               "of the next convolution or pool) into 0.5; supported on "
+                               "matrices")
         t = self.g.activation(node.name or out, x.t, function, self.scale(out))
         self.env[out] = replace(x, t=t)
+
+    op_Relu = op_Sigmoid = op_Tanh = op_Gelu = _table
 
     def op_Softmax(self, node):
         axis = attributes(node).get("axis", -1)
@@ -778,6 +810,9 @@ class _Lowering:
         rank = len(self.shape(node.input[0]))
         if axis not in (-1, rank - 1):
             raise _error(node, f"axis {axis}: softmax is over the last axis")
+        if isinstance(x, _Mat) and _cols_axis(x.shape, x.cols, x.t.rows) != rank - 1:
+            raise _error(node, f"softmax over the last axis of {x.shape}, which is not the "
+                               f"matrix's columns")
         parts = x.parts if isinstance(x, _Heads) and x.order == "HS" else (
             [x.t] if isinstance(x, _Mat) else None)
         if parts is None:
@@ -798,7 +833,8 @@ class _Lowering:
         a = attributes(node)
         out = node.output[0]
         x = self.get(node, 0, _Mat)
-        if a.get("axis", -1) not in (-1, len(x.shape) - 1):
+        if a.get("axis", -1) not in (-1, len(x.shape) - 1) or \
+                _cols_axis(x.shape, x.cols, x.t.rows) != len(x.shape) - 1:
             raise _error(node, f"axis {a.get('axis')}: layer normalization is over the last axis")
         if a.get("epsilon", 1e-5) > 1e-3:
             raise _error(node, f"epsilon {a.get('epsilon'):g}: the integer layer norm has no "
@@ -808,8 +844,13 @@ class _Lowering:
                                f"(padding would take part)")
         gamma = self.const(node, 1, "scale")
         beta = self.const(node, 2, "B")
-        gamma = np.ones(x.cols, np.float32) if gamma is None else np.broadcast_to(gamma, (x.cols,))
-        beta = np.zeros(x.cols, np.float32) if beta is None else np.broadcast_to(beta, (x.cols,))
+        for c, what in ((gamma, "scale"), (beta, "B")):
+            if c is not None and c.size not in (1, x.cols):
+                raise _error(node, f"{what} of shape {c.shape}: expected ({x.cols},)")
+        gamma = np.ones(x.cols, np.float32) if gamma is None else np.broadcast_to(
+            gamma.reshape(-1), (x.cols,))
+        beta = np.zeros(x.cols, np.float32) if beta is None else np.broadcast_to(
+            beta.reshape(-1), (x.cols,))
         t = self.g.layernorm(node.name or out, x.t, gamma, beta, self.scale(out))
         self.env[out] = replace(x, t=t)
 
