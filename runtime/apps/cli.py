@@ -299,10 +299,9 @@ def cmd_run(args):
 
 def cmd_import(args):
     from runtime.compiler.builder import CompileError
-    from runtime.compiler.models import compile_model, load_model, save_quantized
+    from runtime.compiler.models import accuracy, compile_model, save_quantized
     from runtime.compiler.onnx_import import OnnxError
     from .inference import execute
-    from runtime.compiler.models import accuracy
     if not str(args.model).endswith(".onnx"):
         raise UsageError(f"{args.model}: expected an .onnx file")
     config = _config(args.config)
@@ -310,12 +309,10 @@ def cmd_import(args):
     output = args.output or str(Path(args.model).with_suffix(".neu10"))
     try:
         compiled = compile_model(args.model, config, **compile_args)
-        model = load_model(args.model, 0, tuple((k, tuple(v)) for k, v in
-                                                compile_args["input_shapes"].items()),
-                           args.calibrate)
         outputs, _ = execute(compiled.graph, compiled.program)
     except (CompileError, OnnxError) as error:
         raise UsageError(str(error)) from None
+    model = compiled.source
     try:
         save_quantized(model, output)
     except OSError as error:

@@ -25,7 +25,7 @@ import onnx
 from . import zoo
 from .builder import Program
 from .graph import Graph
-from .onnx_import import OnnxError, calibrate, load, lower, random_inputs
+from .onnx_import import OnnxError, OnnxModel, calibrate, load, lower, random_inputs
 
 __all__ = ["MODELS", "CompiledModel", "ModelError", "compile_model", "accuracy", "load_model",
            "save_quantized", "model_name"]
@@ -49,6 +49,7 @@ class CompiledModel:
     metric: str                   # "top1" or "relerr"
     columns: int                  # meaningful output columns (the rest is padding)
     compile_seconds: float
+    source: OnnxModel             # the calibrated model it was compiled from
 
     @property
     def expected(self):
@@ -92,10 +93,11 @@ def parse_builtin(ref):
         if not eq or not value.strip().isdigit():
             raise ModelError(f"{ref!r}: size {item!r} should be KEY=INTEGER; {match['name']} "
                              f"takes {', '.join(f'{k}={v}' for k, v in zoo.SIZES[match['name']].items())}")
-        if key.strip() not in zoo.SIZES[match["name"]]:
-            raise ModelError(f"{ref!r}: unknown size {key.strip()!r}; {match['name']} takes "
-                             f"{', '.join(zoo.SIZES[match['name']])}")
         sizes[key.strip()] = int(value)
+    try:
+        zoo.check_sizes(match["name"], sizes)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
     return match["name"], sizes
 
 
@@ -215,4 +217,5 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     program = graph.build()
     seconds = time.perf_counter() - start
     float_ref = reference.reshape(out.t.rows, out.cols)
-    return CompiledModel(name, graph, program, float_ref, model.metric, out.cols, seconds)
+    return CompiledModel(name, graph, program, float_ref, model.metric, out.cols, seconds,
+                         model)

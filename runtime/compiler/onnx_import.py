@@ -172,8 +172,8 @@ def load(source, *, input_shapes=None, name=None):
     folded = helper.make_graph(nodes, graph.name, graph.input, graph.output)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                  OPSETS[-1])
-    model = OnnxModel(name, folded, _rewrite(nodes, constants), constants, inputs,
-                      graph.output[0].name, opset=opset)
+    model = OnnxModel(name, folded, _rewrite(nodes, constants, graph.output[0].name),
+                      constants, inputs, graph.output[0].name, opset=opset)
     for node in model.nodes:
         if node.op_type not in SUPPORTED_OPS:
             raise _unsupported(node)
@@ -216,6 +216,15 @@ def _consumers(nodes):
     return users
 
 
+def _only_user(users, name, ops, output):
+    """The one node that reads value ``name``, if it is one of ``ops`` and ``name`` is not
+    the graph's ``output`` (which must stay computed); else None."""
+    found = users.get(name, [])
+    if len(found) == 1 and found[0].op_type in ops and name != output:
+        return found[0]
+    return None
+
+
 def _const(constants, name, value, tolerance=1e-4):
     """Is ``name`` a constant equal (everywhere) to ``value``?"""
     c = constants.get(name)
@@ -229,14 +238,13 @@ def _other(node, name):
     return b if a == name else a
 
 
-def _rewrite(nodes, constants):
+def _rewrite(nodes, constants, output):
     """The decomposed LayerNormalization and Erf-Gelu patterns replaced by one node each."""
     users = _consumers(nodes)
     producer = {out: node for node in nodes for out in node.output}
 
     def only(name, op):
-        found = users.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op else None
+        return _only_user(users, name, (op,), output)
 
     drop, add = set(), {}
     for node in nodes:
@@ -422,9 +430,8 @@ def _group_scales(model, scales):
         op, ins = node.op_type, [n for n in node.input if n and n not in model.constants]
         out = node.output[0]
         if op == "Add" and len(ins) == 2:
-            follow = users.get(out, [])
-            target = (follow[0].output[0] if len(follow) == 1 and follow[0].op_type == "Relu"
-                      and out != model.output else out)
+            relu = _only_user(users, out, ("Relu",), model.output)
+            target = relu.output[0] if relu is not None else out
             groups.join(ins[0], ins[1])
             groups.join(ins[0], target)
         elif op == "Concat" or op in _LAYOUT:
@@ -496,10 +503,7 @@ class _Lowering:
     # helpers ----------------------------------------------------------------------------
 
     def only_user(self, name, ops):
-        found = self.users.get(name, [])
-        if len(found) == 1 and found[0].op_type in ops and name != self.model.output:
-            return found[0]
-        return None
+        return _only_user(self.users, name, ops, self.model.output)
 
     def scale(self, name):
         if name not in self.want:

@@ -6,15 +6,12 @@ against onnxruntime in sim_tests/test_onnx.py. :func:`run` returns every value t
 computes, by name: the importer calibrates its int8 scales on them.
 """
 
-import math
-
 import numpy as np
 from onnx import helper, numpy_helper
 
-__all__ = ["OPS", "run", "attributes", "erf"]
+from .quant import ACTIVATIONS, erf
 
-#: Vectorized error function (numpy has none).
-erf = np.frompyfunc(math.erf, 1, 1)
+__all__ = ["OPS", "run", "attributes"]
 
 
 def attributes(node):
@@ -97,9 +94,7 @@ def _layernorm(x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash_type=1):
 
 
 def _gelu(x, *, approximate="none"):
-    if approximate in ("tanh", b"tanh"):
-        return _f32(0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))))
-    return _f32(0.5 * x * (1 + erf(x / math.sqrt(2)).astype(np.float64)))
+    return _f32(ACTIVATIONS["gelu" if approximate in ("tanh", b"tanh") else "gelu_erf"](x))
 
 
 def _reshape(x, shape, *, allowzero=0):
@@ -145,8 +140,8 @@ OPS = {
     "MatMul": lambda a, b: _f32(np.matmul(a, b)),
     "Conv": _conv,
     "Relu": lambda x: np.maximum(x, 0).astype(x.dtype),
-    "Sigmoid": lambda x: _f32(1 / (1 + np.exp(-x))),
-    "Tanh": lambda x: _f32(np.tanh(x)),
+    "Sigmoid": lambda x: _f32(ACTIVATIONS["sigmoid"](x)),
+    "Tanh": lambda x: _f32(ACTIVATIONS["tanh"](x)),
     "Gelu": _gelu,
     "Erf": lambda x: erf(x).astype(x.dtype),
     "Add": lambda a, b: np.add(a, b),

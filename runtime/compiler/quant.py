@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS"]
+__all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS", "erf"]
 
 
 def scale_of(values):
@@ -49,13 +49,17 @@ def rq(x, mult, shift, zp=0):
     return np.clip(product + zp, -128, 127)
 
 
+#: The error function, elementwise (numpy has none).
+erf = np.vectorize(math.erf, otypes=[float])
+
+
 def _gelu(x):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 ACTIVATIONS = {
     "gelu": _gelu,                                   # the tanh approximation
-    "gelu_erf": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+    "gelu_erf": lambda x: 0.5 * x * (1 + erf(x / math.sqrt(2))),
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),

@@ -15,11 +15,13 @@ bert is written the way exporters emit attention: Reshape + Transpose into heads
 Div by sqrt(d), Softmax, MatMul, Transpose + Reshape back.
 """
 
+import inspect
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["MODELS", "SIZES", "build"]
+__all__ = ["MODELS", "SIZES", "build", "check_sizes"]
 
 
 class _Onnx:
@@ -163,18 +165,21 @@ MODELS = {"ncf": (ncf, "relerr"), "resnet": (resnet, "top1"), "bert": (bert, "re
           "dlrm": (dlrm, "relerr")}
 
 #: name -> {size parameter: default}
-SIZES = {name: {k: v for k, v in zip(fn.__code__.co_varnames[1:fn.__code__.co_argcount],
-                                     fn.__defaults__)}
+SIZES = {name: {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
          for name, (fn, _) in MODELS.items()}
+
+
+def check_sizes(name, sizes):
+    """ValueError naming a size ``name`` does not take, or one that is not positive."""
+    for key, value in sizes.items():
+        if key not in SIZES[name]:
+            raise ValueError(f"{name}: unknown size {key!r}; {name} takes "
+                             f"{', '.join(SIZES[name])}")
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: size {key}={value!r} must be a positive integer")
 
 
 def build(name, seed=0, **sizes):
     """The ONNX model ``name`` with weights from ``seed``; ValueError names a bad size."""
-    fn, _ = MODELS[name]
-    for key, value in sizes.items():
-        if key not in SIZES[name]:
-            raise ValueError(f"{name}: unknown size {key!r}; expected one of "
-                             f"{', '.join(SIZES[name])}")
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: size {key}={value!r} must be a positive integer")
-    return fn(np.random.default_rng(seed), **sizes)
+    check_sizes(name, sizes)
+    return MODELS[name][0](np.random.default_rng(seed), **sizes)
