@@ -112,6 +112,41 @@ background traffic: a bank port serves it only when no other request wants the p
 unless it has waited 16 cycles (then it competes as usual), so harvesting takes bandwidth
 the owners leave and never starves the borrower.
 
+### Sharing policies
+
+The POLICY register chooses, for the whole NPU, which engines a context's ready µTOp may
+be issued to. Every cycle each running context issues at most one µTOp (its oldest ready
+one of an engine type with an engine it may take), contexts taking turns in rotating
+order. DMA engines are shared by every policy.
+
+- **static**: a context issues ME and VE µTOps only to the engines it owns (ME_MASK,
+  VE_MASK), and none at all of a type it owns no engine of.
+- **harvest**: as static, plus the borrowing of engines others own under the rule of the
+  section above.
+- **temporal**: one context at a time, the *active* one, may issue (to any engine). Every
+  running context that waits (neither active nor the one being switched to) earns
+  `PRIORITY + 1` tokens per cycle, saturating at 65535; a context's tokens restart at 0
+  when it starts. A switch is decided at the end of a cycle in which another context
+  waits and either the active context is not running or it has been active for
+  TIME_SLICE cycles (cycles counted from 0 in its first active cycle; the count reaching
+  TIME_SLICE ends the turn). So, while others wait, a running context may issue in
+  exactly **TIME_SLICE + 1 consecutive cycles** per turn. Then nothing issues while its
+  µTOps still on engines finish (the drain); the cycle in which none is left is the switch
+  cycle, and the waiting context with the most tokens (the lowest-numbered on a tie) is
+  active from the next cycle, its tokens spent. With no µTOp in flight at the end of a
+  turn, one cycle passes between the last cycle of one turn and the first of the next.
+- **v10**: every engine is shared; ME µTOps are gang-issued by operator (the µTOps up to
+  and including one with `eoo`). The holder of the gang is the only context issuing ME
+  µTOps, and only those of its operator, until that operator's `eoo` µTOp has retired and
+  its ME µTOps have drained. When no gang is held and every ME is idle, the contexts whose
+  oldest unfinished ME operator has a ready µTOp bid, and the one with the least
+  *priority-weighted ME time* `me_used >> PRIORITY` wins (the lowest-numbered on a tie),
+  where `me_used` counts the ME engine-cycles the context's µTOps have used since its
+  START. So
+  a context of priority `p` is served as if its ME time counted `2^-p`: two contexts that
+  always have ME work receive ME time in the ratio `2^(p1 - p2)`, up to one operator.
+  VE and DMA µTOps issue freely beside the gang.
+
 ### Faults
 
 A fault stops the faulting context only: it fetches and issues no further µTOps, its

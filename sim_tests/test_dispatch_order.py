@@ -1,13 +1,16 @@
-"""Dispatcher guarantees on the whole pNPU (pysim, tiny): who runs next under the temporal
-policy (ageing tokens), and which fault a context reports when several of its µTOps fault."""
+"""Dispatcher guarantees (pysim, tiny): who runs next and for how long under the temporal
+policy (ageing tokens, the time slice), how v10 shares the MEs by priority, and which fault a
+context reports when several of its µTOps fault."""
 
 import pytest
+from amaranth.sim import Simulator
 
 from isa.config import NPUConfig
 from isa.regmap import Status
 from isa.asm import assemble
 from isa.encoding import Fault
 from isa.golden import ContextSpec, GoldenNPU, Segment
+from hw.dispatcher.temporal_policy import TemporalPolicy
 from runtime.apps import mix
 from runtime.host.device import Device
 from runtime.host.driver import Driver
@@ -87,6 +90,94 @@ def test_temporal_ageing_decides_who_runs_next(priorities, expected):
     # Turns are whole slices (a switch waits for the slice, then drains the engines).
     starts = [cycle for _, cycle in turns[:len(expected)]]
     assert all(b - a > time_slice for a, b in zip(starts, starts[1:])), turns
+
+
+def temporal_turns(time_slice, drain, cycles=120):
+    """Drive the temporal policy block with two running contexts of priority 0 that always
+    have work: the active context keeps its engines busy while it may issue and for
+    ``drain`` cycles after. Returns, per cycle, which context may issue (0: none)."""
+    dut = TemporalPolicy(TINY)
+    allowed = []
+
+    async def testbench(ctx):
+        ctx.set(dut.enabled, 1)
+        ctx.set(dut.time_slice, time_slice)
+        ctx.set(dut.running, 0b11)
+        in_flight = [0, 0]          # cycles each context's µTOps still run on engines
+        for _ in range(cycles):
+            ok = ctx.get(dut.ok)
+            for c in range(2):
+                if ok >> c & 1:
+                    in_flight[c] = drain
+            ctx.set(dut.on_engines, sum(1 << c for c in range(2) if in_flight[c]))
+            allowed.append(ok)
+            await ctx.tick()
+            for c in range(2):
+                if not ok >> c & 1 and in_flight[c]:
+                    in_flight[c] -= 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return allowed
+
+
+def runs(values):
+    """[(value, length)] of the maximal runs of equal values."""
+    out = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return [tuple(r) for r in out]
+
+
+@pytest.mark.parametrize("time_slice", [1, 5, 16])
+@pytest.mark.parametrize("drain", [0, 3])
+def test_temporal_turns_last_exactly_the_time_slice(time_slice, drain):
+    """isa/SPEC.md, sharing policies: while another context waits, the active one may issue
+    in exactly TIME_SLICE + 1 consecutive cycles; the switch cycle follows the drain, and
+    the next context issues from the cycle after it."""
+    turns = runs(temporal_turns(time_slice, drain))
+    issuing = [(ok, n) for ok, n in turns if ok][:-1]          # the last one is cut off
+    gaps = [n for ok, n in turns[1:-1] if not ok]               # after the start-up cycles
+    assert len(issuing) >= 3 and [ok for ok, _ in issuing[:4]] == [1, 2, 1, 2][:len(issuing[:4])]
+    lengths = [n for _, n in issuing]
+    assert lengths == [time_slice + 1] * len(lengths), (
+        f"TIME_SLICE={time_slice}: turns of {lengths} cycles, the spec gives "
+        f"TIME_SLICE + 1 = {time_slice + 1} (a turn ends in the cycle its count reaches "
+        f"TIME_SLICE: is the slice compared with > instead of >=?)")
+    assert gaps == [drain + 1] * len(gaps), (
+        f"{drain} cycles of drain: {gaps} cycles between turns, the spec gives drain + 1 = "
+        f"{drain + 1}")
+
+
+# --- v10 policy: priority-weighted ME time -----------------------------------------------------
+
+@pytest.mark.parametrize("priorities, ratio", [((0, 1), 2.0), ((2, 0), 0.25)],
+                         ids=["priority-1-gets-twice", "priority-2-gets-four-times"])
+def test_v10_shares_the_mes_by_priority(priorities, ratio):
+    """isa/SPEC.md, sharing policies: the gang goes to the least ``me_used >> PRIORITY``, so
+    two contexts that always have ME work receive ME time in the ratio 2^(p1 - p0) (up to
+    one operator). Both run the same program of one-µTOp operators on the whole NPU; their
+    shares are counted while both still run."""
+    device = Device(TINY, "pysim", "v10", trace=True)
+    vnpus = mix.place_tenants(device, [(TINY.n_me, TINY.n_ve)] * 2, priorities)
+    words = assemble(mix.me_heavy_program(TINY, n_ops=12, per_op=1, rows=16))
+    result = device.driver({vnpu.name: words for vnpu in vnpus}).run(max_cycles=20_000)
+    assert not result.timed_out
+    assert [r.status for r in result.contexts] == [Status.DONE] * 2
+    both_running = min(r.cycles for r in result.contexts)
+    me_time = [sum(1 for event in result.trace
+                   if event["cycle"] < both_running and event["ctx_on_me"] >> c & 1)
+               for c in range(2)]
+    assert min(me_time) > 0
+    measured = me_time[1] / me_time[0]
+    assert abs(measured - ratio) <= 0.15 * ratio, (
+        f"priorities {priorities}: ME cycles {me_time} while both ran, ratio {measured:.2f}; "
+        f"the spec gives 2^(p1 - p0) = {ratio} (is PRIORITY ignored in the gang's fairness key?)")
 
 
 # --- precise faults ------------------------------------------------------------------------------

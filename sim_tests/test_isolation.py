@@ -117,6 +117,44 @@ def test_a_watchdog_kill_stops_the_engine_before_faulted():
     assert me0["BUSY"] == me0["BUSY_CTX0"] < killed.cycles      # stopped counting at the kill
 
 
+def test_status_is_never_faulted_while_an_engine_works_for_the_context():
+    """isa/SPEC.md, faults: STATUS reads FAULTED only once every engine working for the
+    context has stopped. Polled every cycle around a watchdog kill of an ME mid-µTOp (a
+    watchdog shorter than the ME's pipeline): the engine runs, is held in reset for its
+    flush, and only then may the context read FAULTED. An engine held in reset works for
+    the context it was running when the reset began."""
+    config = TINY.replace(watchdog_cycles=8)
+    driver = Driver(config, trace=True)
+    driver.set_policy("static")
+    driver.load_context(0, assemble(".me eop\n ldw 0, 4\n mm 16, 4, 1\n"), *SEGMENTS[0],
+                        me_mask=1, ve_mask=1)
+    driver.load_context(1, assemble(".ve eop\n loop 100, 1, 1, 1\n vaddi 8, 8, 1, 1\n"),
+                        *SEGMENTS[1], me_mask=2, ve_mask=2)
+    result = driver.run(max_cycles=10_000)
+    assert (result.contexts[0].status, result.contexts[0].fault) == \
+        (Status.FAULTED, Fault.WATCHDOG)
+    working_for = [0] * len(result.engines)       # per engine: 0 or c + 1, reset included
+    held = []
+    faulted_at = None
+    for event in result.trace:
+        for e, activity in enumerate(event["activity"]):
+            if event["abort"] >> e & 1:
+                held.append(event["cycle"])
+            else:
+                working_for[e] = activity
+        workers = [e for e, c in enumerate(working_for) if c == 1]
+        if event["status"][0] == Status.FAULTED:
+            faulted_at = event["cycle"] if faulted_at is None else faulted_at
+            assert not workers, (
+                f"cycle {event['cycle']}: context 0 reads FAULTED while engine(s) {workers} "
+                f"still {'are held in reset' if event['abort'] else 'run'} for it")
+        else:
+            assert event["status"][0] == Status.RUNNING, event
+    assert held and faulted_at is not None and faulted_at > max(held), (held, faulted_at)
+    # ... and promptly after the flush (the release is seen through one register).
+    assert faulted_at - max(held) <= 2, (held, faulted_at)
+
+
 OWNER = (".dma\n dload 0, 0, 8\n dload 8, 0, 8\n dload 16, 0, 8\n dload 24, 0, 8\n"
          + "".join(f".me restartable deps(-{1 + i})\n ldw 0, 4\n mm {40 + 40 * i}, 8, 32\n"
                    for i in range(3))

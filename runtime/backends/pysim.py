@@ -6,6 +6,7 @@ from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from hw.npu import NPU, activity_bits
+from isa.regmap import Status
 from . import script as ops
 from .words import to_signed32, unpack_words
 
@@ -297,22 +298,32 @@ class _Session:
         """Run cycle by cycle, recording the dispatcher's decisions (slow: opt-in)."""
         dispatcher = self.harness.npu.dispatcher
         n_ctx = self.config.n_ctx
+        n_engines = len(dispatcher.engines)
         samples = ([dispatcher.issue_valid[c] for c in range(n_ctx)]
                    + [dispatcher.issue_engine[c] for c in range(n_ctx)]
                    + [dispatcher.candidate[c] for c in range(n_ctx)]
+                   + [dispatcher.control.ctx_state[c].status for c in range(n_ctx)]
+                   + [dispatcher.engine_activity[e] for e in range(n_engines)]
+                   + [dispatcher.engine_abort[e] for e in range(n_engines)]
                    + [dispatcher.ctx_on_me, dispatcher.ctx_on_any, dispatcher.retiring,
                       self.harness.npu.busy])
         self.trace_events = []
         for cycle in range(max_cycles):
             _, _, *values = await ctx.tick().sample(*samples)
-            valid, engine = values[:n_ctx], values[n_ctx:2 * n_ctx]
-            candidate = values[2 * n_ctx:3 * n_ctx]
-            on_me, on_any, retiring, busy = values[3 * n_ctx:]
+            fields = [values[i * n_ctx:(i + 1) * n_ctx] for i in range(4)]
+            valid, engine, candidate, status = fields
+            rest = values[4 * n_ctx:]
+            activity, abort = rest[:n_engines], rest[n_engines:2 * n_engines]
+            on_me, on_any, retiring, busy = rest[2 * n_engines:]
             self.trace_events.append({
                 "cycle": cycle,
                 "issues": [(c, engine[c]) for c in range(n_ctx) if valid[c]],
                 "candidates": list(candidate), "ctx_on_me": on_me, "ctx_on_any": on_any,
-                "retiring": retiring})
+                "retiring": retiring,
+                # What the host reads in STATUS this cycle; per engine, 0 idle or c + 1
+                # while it runs a µTOp of context c; the engines held in reset (bit e).
+                "status": [Status(s) for s in status], "activity": list(activity),
+                "abort": sum(a << e for e, a in enumerate(abort))})
             if not busy:
                 return cycle + 1
         return max_cycles
@@ -336,7 +347,8 @@ class PysimBackend:
         self.progress = progress
         #: With ``trace``: per cycle of the last run, the dispatcher's issues (context,
         #: engine), each context's ready engine types (bit t), which contexts occupy MEs
-        #: and engines, and which retire a µTOp (bit masks).
+        #: and engines, and which retire a µTOp (bit masks); each context's STATUS, what
+        #: each engine runs (0 idle, c + 1 context c) and which are held in reset (bits).
         self.trace_events = []
 
     def execute(self, script):
