@@ -1,4 +1,4 @@
-"""Host interface: the register file of regmap.py behind a CSR bus, plus the instruction-memory window."""
+"""Host interface: the register file of regmap.py behind a CSR bus."""
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.hdl import ResetInserter
@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dispatcher import COUNTERS, ControlSignature
 from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, ENGINE, ENGINE_BASE, ENGINE_STRIDE,
-                     GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Status)
+                     GLOBAL, ID_VALUE, Access, HostError, Status)
 
 __all__ = ["HostInterface", "CSRSignature"]
 
@@ -30,11 +30,12 @@ class HostInterface(wiring.Component):
     multiplexer cost nothing otherwise).
 
     The host is trusted with the settings but not believed: a write whose value does not
-    fit its register, a write to no writable register, an instruction-memory word past
-    ``imem_words``, and any START, configuration or program write of a running context
-    are refused (nothing changes) and recorded in HOST_ERROR. START of a context whose
-    segments run past the end of their memory, or whose PROG_LEN exceeds the instruction
-    memory, does not run it: the context faults CONFIG (``config_fault``).
+    fit its register, a write to no writable register, and any START or configuration
+    write of a running context are refused (nothing changes) and recorded in HOST_ERROR.
+    START of a context whose segments or program run past the end of their memory, or
+    whose PROG_BASE is not at the start of an HBM line, does not run it: the context
+    faults CONFIG (``config_fault``). Programs are in HBM: the host writes them there
+    through its HBM port, and the dispatcher fetches them.
 
     Requests (isa/SPEC.md, "Requests"): each context has a queue of DOORBELL writes (the
     HBM offset of the request and the cycle it arrived); a free, unfaulted context starts
@@ -73,6 +74,7 @@ class HostInterface(wiring.Component):
         for registers, settings, offset in zip(context_registers, control.ctx_config,
                                                request_offset):
             m.d.comb += [settings.prog_len.eq(registers["PROG_LEN"]),
+                         settings.prog_base.eq(registers["PROG_BASE"]),
                          settings.segment.spad_base.eq(registers["SPAD_BASE"]),
                          settings.segment.spad_size.eq(registers["SPAD_SIZE"]),
                          settings.segment.hbm_base.eq(registers["HBM_BASE"] + offset),
@@ -131,7 +133,9 @@ class HostInterface(wiring.Component):
 
         def valid_settings(c, offset=0):
             registers = context_registers[c]
-            return ((registers["PROG_LEN"] <= cfg.imem_words)
+            line_bits = (cfg.hbm_words_per_cycle - 1).bit_length()
+            return ((registers["PROG_BASE"][:line_bits] == 0)
+                    & (registers["PROG_BASE"] + 2 * registers["PROG_LEN"] <= cfg.hbm_words)
                     & (registers["SPAD_BASE"] + registers["SPAD_SIZE"] <= cfg.spad_rows)
                     & (registers["HBM_BASE"] + offset + registers["HBM_SIZE"] <= cfg.hbm_words))
 
@@ -145,17 +149,13 @@ class HostInterface(wiring.Component):
         was_running = Signal(cfg.n_ctx)
         started = Signal(cfg.n_ctx)          # START written for these contexts this cycle
         taking = Signal(cfg.n_ctx)           # ... or a request taken: a start next cycle
-        # Settings and programs are locked from the cycle a run is decided.
+        # Settings are locked from the cycle a run is decided.
         locked = running | taking
         for c, (queue, done) in enumerate(zip(queues, finished)):
             # START of a context drops the requests it had queued (say, when it faulted).
             m.submodules[f"requests{c}"] = ResetInserter(started[c])(queue)
             m.submodules[f"finished{c}"] = done
 
-        imem_offset = csr.addr[:IMEM_STRIDE.bit_length() - 1]
-        imem_ctx = (csr.addr - IMEM_BASE) >> (IMEM_STRIDE.bit_length() - 1)
-        in_imem = (csr.addr >= IMEM_BASE) & (csr.addr < IMEM_BASE + cfg.n_ctx * IMEM_STRIDE)
-        imem_ok = Signal()
         m.d.sync += [control.start.eq(0), control.config_fault.eq(0)]
         with m.If(csr.we):
             with m.Switch(csr.addr):
@@ -197,14 +197,7 @@ class HostInterface(wiring.Component):
                 with m.Case(address(("global", "HOST_ERROR"))):
                     m.d.sync += [host_error.eq(0), host_error_addr.eq(0)]
                 with m.Default():
-                    with m.If(~in_imem):
-                        m.d.comb += refuse.eq(HostError.UNMAPPED)
-                    with m.Elif(imem_offset >= cfg.imem_words):
-                        m.d.comb += refuse.eq(HostError.IMEM_RANGE)
-                    with m.Elif(locked.bit_select(imem_ctx[:max(1, (cfg.n_ctx - 1).bit_length())], 1)):
-                        m.d.comb += refuse.eq(HostError.CONTEXT_RUNNING)
-                    with m.Else():
-                        m.d.comb += imem_ok.eq(1)
+                    m.d.comb += refuse.eq(HostError.UNMAPPED)
         # A free context (idle or done, not faulted, not being started or refused) whose
         # queue holds a request starts it, unless the host starts it this very cycle or a
         # request's end is being recorded. When a request's run ends, its arrival and end
@@ -252,12 +245,6 @@ class HostInterface(wiring.Component):
 
         with m.If((refuse != 0) & (host_error == 0)):
             m.d.sync += [host_error.eq(refuse), host_error_addr.eq(csr.addr)]
-        m.d.comb += [
-            control.imem_we.eq(imem_ok),
-            control.imem_ctx.eq(imem_ctx),
-            control.imem_addr.eq(imem_offset),
-            control.imem_data.eq(csr.wdata),
-        ]
 
         # Reads.
         with m.If(csr.re):

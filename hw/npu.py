@@ -49,7 +49,8 @@ class NPU(wiring.Component):
         write_ports = [(engine, "wr") for engine in self.engines]
         self._read_ports, self._write_ports = read_ports, write_ports
         self.spad = Scratchpad(config, n_read=len(read_ports) + 1, n_write=len(write_ports) + 1)
-        self.hbm_model = HBM(config, n_ports=config.n_dma + 1)
+        # HBM ports: the DMA engines, the host, each context's instruction prefetcher.
+        self.hbm_model = HBM(config, n_ports=config.n_dma + 1 + config.n_ctx)
         super().__init__({
             "csr": In(CSRSignature()),
             "spad_rd": In(SpadReadSignature(config)),
@@ -97,6 +98,8 @@ class NPU(wiring.Component):
         wiring.connect(m, wiring.flipped(self.spad_rd), spad.rd[len(self._read_ports)])
         wiring.connect(m, wiring.flipped(self.spad_wr), spad.wr[len(self._write_ports)])
         wiring.connect(m, wiring.flipped(self.hbm), hbm.port[self.config.n_dma])
+        for c in range(self.config.n_ctx):
+            wiring.connect(m, dispatcher.hbm[c], hbm.port[self.config.n_dma + 1 + c])
 
         wiring.connect(m, wiring.flipped(self.csr), host.csr)
         wiring.connect(m, host.control, dispatcher.control)

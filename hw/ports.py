@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Fault
 
-__all__ = ["row_layout", "spad_addr_shape", "ctx_shape", "body_length_shape", "imem_addr_shape",
+__all__ = ["row_layout", "spad_addr_shape", "ctx_shape", "body_length_shape", "prog_addr_shape", "hbm_addr_shape",
            "SpadReadSignature", "SpadWriteSignature", "SpadWriteLayout", "SegmentLayout",
            "CommandLayout", "DoneLayout", "engine_members", "refused"]
 
@@ -62,9 +62,14 @@ def body_length_shape(config):
     return range(config.max_body + 1)
 
 
-def imem_addr_shape(config):
-    """A word address in a context's instruction memory, or the program length (0..imem_words)."""
-    return range(config.imem_words + 1)
+def prog_addr_shape(config):
+    """A word address in a context's program, or a program length (0..max_prog_words)."""
+    return range(config.max_prog_words + 1)
+
+
+def hbm_addr_shape(config):
+    """A physical HBM word address (0..hbm_words - 1)."""
+    return range(config.hbm_words)
 
 
 class SegmentLayout(data.StructLayout):

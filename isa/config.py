@@ -62,7 +62,10 @@ class NPUConfig:
     dep_window: int = 8
     #: Largest µTOp body (instructions after the header) an engine accepts.
     max_body: int = 64
-    #: Instruction memory per context, in 64-bit words.
+    #: Instruction prefetch buffer per context, in 64-bit words (a power of two): the
+    #: dispatcher fetches a context's program from HBM into it, ahead of decode; programs
+    #: may be longer (the buffer is a ring). It holds at least one µTOp of ``max_body``
+    #: words and one HBM line more.
     imem_words: int = 4096
     #: Requests each context's doorbell queue holds (see the DOORBELL register).
     queue_depth: int = 4
@@ -108,6 +111,16 @@ class NPUConfig:
             raise ConfigError(
                 f"hbm_bytes_per_cycle must be 4 times a power of two (whole 32-bit words "
                 f"per HBM line), not {self.hbm_bytes_per_cycle!r}")
+        if self.hbm_words_per_cycle < 2:
+            raise ConfigError(
+                f"hbm_bytes_per_cycle must be at least 8 (an HBM line holds whole 64-bit "
+                f"program words), not {self.hbm_bytes_per_cycle!r}")
+        if not _is_pow2(self.imem_words) or \
+                self.imem_words < self.max_body + 1 + self.prog_words_per_line:
+            raise ConfigError(
+                f"imem_words must be a power of two holding a µTOp of max_body + 1 = "
+                f"{self.max_body + 1} words and one HBM line of {self.prog_words_per_line} "
+                f"more, not {self.imem_words!r}")
         if self.hbm_words % self.hbm_words_per_cycle:
             raise ConfigError(
                 f"hbm_words ({self.hbm_words}) must be a multiple of the words per HBM line "
@@ -116,6 +129,16 @@ class NPUConfig:
     @property
     def hbm_words_per_cycle(self):
         return self.hbm_bytes_per_cycle // 4
+
+    @property
+    def prog_words_per_line(self):
+        """64-bit program words in one HBM line (what one instruction fetch brings)."""
+        return self.hbm_words_per_cycle // 2
+
+    @property
+    def max_prog_words(self):
+        """The longest program: one that fills the whole HBM."""
+        return self.hbm_words // 2
 
     @property
     def lut_rows(self):
@@ -191,7 +214,7 @@ PRESETS = {
     "default": NPUConfig(),
     # Smallest useful machine: fast unit tests and hand-written conformance cases.
     "tiny": NPUConfig(array_rows=4, array_cols=4, n_me=2, n_ve=2, n_dma=1, n_ctx=4,
-                      ve_lanes=4, spad_rows=1024, spad_banks=4, hbm_words=4096,
+                      ve_lanes=4, spad_rows=1024, spad_banks=4, hbm_words=8192,
                       hbm_latency=4, hbm_bytes_per_cycle=16, dep_window=8, max_body=64,
                       imem_words=256, watchdog_cycles=1024),
     # The models at 8 lanes on a machine small enough for a quick Verilator build.

@@ -70,7 +70,9 @@ FAULT_DOCS = {
                     "another context is using never does either. Raised by the hardware "
                     "only; the golden model does not model time.",
     Fault.CONFIG: "START found the context's settings invalid: a scratchpad or HBM segment "
-                  "runs past the end of its memory, or PROG_LEN exceeds `imem_words`. The "
+                  "runs past the end of its memory, the program (PROG_BASE, 2 x PROG_LEN "
+                  "HBM words) runs past the end of HBM, or PROG_BASE is not a multiple of "
+                  "the HBM line's words. The "
                   "context does not run; FAULT_PC is 0. Raised by the hardware only (the "
                   "driver and the golden model refuse such settings before a run).",
 }

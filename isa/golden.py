@@ -138,9 +138,9 @@ class GoldenNPU:
                     raise ValueError(
                         f"context {index}: {name} segment base={segment.base} size={segment.size} "
                         f"does not fit in {total} {unit}")
-            if len(ctx.program) > cfg.imem_words:
-                raise ValueError(f"context {index}: program of {len(ctx.program)} words exceeds "
-                                 f"imem_words={cfg.imem_words}")
+            if len(ctx.program) > cfg.max_prog_words:
+                raise ValueError(f"context {index}: program of {len(ctx.program)} words does "
+                                 f"not fit in HBM (at most {cfg.max_prog_words})")
         for space in ("spad", "hbm"):
             for i, first in enumerate(contexts):
                 for j in range(i):

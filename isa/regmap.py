@@ -3,19 +3,18 @@
 Registers are 64-bit; addresses count registers (not bytes). Global registers live at
 0x0000, per-context registers at ``CONTEXT_BASE + ctx * CONTEXT_STRIDE``, per-engine
 counters at ``ENGINE_BASE + engine * ENGINE_STRIDE`` (engines numbered MEs, then VEs, then
-DMAs), and context ``c``'s instruction memory at ``IMEM_BASE + c * IMEM_STRIDE``.
+DMAs). Programs are not written through registers: they live in HBM (PROG_BASE, PROG_LEN).
 """
 
 import enum
 from dataclasses import dataclass
 
 __all__ = ["Register", "Access", "GLOBAL", "CONTEXT", "ENGINE", "CONTEXT_BASE", "CONTEXT_STRIDE",
-           "ENGINE_BASE", "ENGINE_STRIDE", "IMEM_BASE", "IMEM_STRIDE", "Policy", "Status",
+           "ENGINE_BASE", "ENGINE_STRIDE", "Policy", "Status",
            "HostError", "register_address", "ID_VALUE"]
 
 CONTEXT_BASE, CONTEXT_STRIDE = 0x100, 0x40
 ENGINE_BASE, ENGINE_STRIDE = 0x1000, 0x40
-IMEM_BASE, IMEM_STRIDE = 0x10000, 0x10000
 ID_VALUE = 0x4E45_5531   # "NEU1"
 
 
@@ -50,8 +49,8 @@ class HostError(enum.IntEnum):
     NONE = 0
     VALUE_RANGE = 1       # the value does not fit the register (or is 0 for TIME_SLICE)
     UNMAPPED = 2          # no writable register at that address (read-only or unmapped)
-    IMEM_RANGE = 3        # instruction-memory word at or past imem_words
-    CONTEXT_RUNNING = 4   # START, configuration or program write of a running context
+    # 3 is not used (it was an instruction-memory address: programs now live in HBM)
+    CONTEXT_RUNNING = 4   # START or configuration write of a running context
     BAD_CONTEXT = 5       # START of a context whose settings are invalid (it faults CONFIG)
     QUEUE_FULL = 6        # DOORBELL of a context whose request queue is full
     CONTEXT_FAULTED = 7   # DOORBELL of a faulted context (it takes no requests until START)
@@ -92,7 +91,7 @@ GLOBAL = (
 )
 
 CONTEXT = (
-    Register("PROG_LEN", 0x00, Access.RW, "program length in words", bits=17),
+    Register("PROG_LEN", 0x00, Access.RW, "program length in 64-bit words", bits=32),
     Register("SPAD_BASE", 0x01, Access.RW, "scratchpad segment base (row)", bits=17),
     Register("SPAD_SIZE", 0x02, Access.RW, "scratchpad segment size (rows)", bits=17),
     Register("HBM_BASE", 0x03, Access.RW, "HBM segment base (word)", bits=32),
@@ -127,6 +126,12 @@ CONTEXT = (
                                              "was written, bits 30..0 CYCLE when it ended "
                                              "(both mod 2^31); 0 when none"),
     Register("COMPLETED", 0x17, Access.RO, "requests finished since reset"),
+    Register("PROG_BASE", 0x18, Access.RW, "HBM word (physical) where the program starts: "
+                                           "word i is HBM words PROG_BASE + 2i (low half) "
+                                           "and + 2i + 1; a multiple of the HBM line's "
+                                           "words", bits=32),
+    Register("FETCHED", 0x19, Access.RO, "HBM lines of the program fetched since START (its "
+                                         "instruction traffic: each is one HBM line)"),
 )
 
 ENGINE = (

@@ -32,8 +32,8 @@ program runs on any number of engines and idle engines can be harvested by other
   memory: what a context finds in its segments is what the host (or an earlier run)
   left there.
 - **Contexts.** Up to `n_ctx` contexts run at once, one per vNPU. Each has a program
-  (in its instruction memory of `imem_words` words), a scratchpad segment (base, size in
-  rows) and an HBM segment (base, size in words). Every address in a program is
+  (in HBM, see *Program format*), a scratchpad segment (base, size in rows) and an HBM
+  segment (base, size in words). Every address in a program is
   **segment-relative**: relative row `r` means physical row `base + r`, valid when
   `0 <= r < size`; anything else faults (SPAD_OOB, HBM_OOB). Addresses are computed
   exactly (no wrap-around) before the check.
@@ -47,6 +47,31 @@ A program is a sequence of 64-bit words, stored little-endian in binaries. A µT
 type the header names. The next µTOp's header follows the body. Execution of a context
 starts at word 0 and ends after the µTOp with the `eop` flag; a header or body word at or
 past the program's end faults (FETCH_OOB).
+
+**Where programs live.** A context's program is PROG_LEN words in HBM from the physical
+word PROG_BASE (a multiple of `hbm_bytes_per_cycle / 4`, the words of one HBM line):
+program word `i` is `HBM[PROG_BASE + 2i]` (bits 31:0) and `HBM[PROG_BASE + 2i + 1]` (bits
+63:32). The host writes it there like any data; programs of any length up to HBM's size
+run. The program is not part of the context's HBM segment: its µTOps cannot address it,
+and a program must not overlap any context's segment (the runtime's mapper keeps
+programs and segments apart; if a program changes while its context runs, what the
+context executes is undefined). The golden model executes the words the program holds
+when its context starts.
+
+**Instruction fetch.** The dispatcher fetches each running context's program from HBM,
+one line (`hbm_bytes_per_cycle / 8` program words) per request, in order, into the
+context's *instruction buffer*: a ring of `imem_words` words (so a program may be longer
+than the buffer). Fetch requests share HBM with the DMA engines and the host: each is one
+of the lines HBM accepts per cycle, answered `hbm_latency` cycles later. Fetch runs ahead
+of decode as far as the buffer allows: it keeps every word from the header of the
+context's oldest µTOp still in its dependency window on, so a µTOp's body stays buffered
+until it retires (a preempted µTOp is streamed again from the buffer). A µTOp is taken
+into the window once its header and whole body have arrived; a µTOp whose body straddles
+the ring's end is read across it. Fetch requests no line that starts at or past
+PROG_LEN, and none once the context has decoded its `eop` µTOp, recorded a fault or
+stopped (lines already requested still arrive); a START or a request begins again at word
+0, fetching the program anew. While a context waits for its program's lines it is
+running: its CYCLES count them.
 
 Fetch checks a µTOp in this order: a header at or past the program's end faults
 FETCH_OOB; then a bad header faults BAD_HEADER (even if its body would also run past the
@@ -270,8 +295,8 @@ def _host_interface():
              f"Per-context registers are at `0x{regmap.CONTEXT_BASE:x} + ctx * "
              f"0x{regmap.CONTEXT_STRIDE:x}`, per-engine counters at `0x{regmap.ENGINE_BASE:x} + "
              f"engine * 0x{regmap.ENGINE_STRIDE:x}` (engines numbered MEs, VEs, then DMA "
-             f"engines), and context `c`'s instruction memory at `0x{regmap.IMEM_BASE:x} + c * "
-             f"0x{regmap.IMEM_STRIDE:x} + word`.\n",
+             f"engines). Programs are written to HBM (PROG_BASE, PROG_LEN), not through "
+             f"registers.\n",
              "Sharing policies (POLICY): " + "; ".join(
                  f"{p.value} {p.name.lower()}" for p in regmap.Policy) + ".\n"]
     for title, table in (("Global", regmap.GLOBAL), ("Per context", regmap.CONTEXT),
@@ -288,12 +313,14 @@ def _host_interface():
                  "fit its register (bits above the register's width, given in the *bits* "
                  "column above, e.g. a mask bit for an engine the NPU does not have, or "
                  "TIME_SLICE = 0), a write to a read-only or "
-                 "unmapped address, an instruction-memory word at or past `imem_words`, and "
-                 "any START, configuration or program write of a running context change "
+                 "unmapped address, and "
+                 "any START or configuration write of a running context change "
                  "nothing. HOST_ERROR records the first refused write (its code and address) "
                  "until the host writes HOST_ERROR. START checks the settings of each context "
                  "it starts: a scratchpad or HBM segment that runs past the end of its memory, "
-                 "or PROG_LEN greater than `imem_words`, makes that context fault CONFIG "
+                 "a program that runs past the end of HBM (PROG_BASE + 2 x PROG_LEN > "
+                 "`hbm_words`), or a PROG_BASE that is not a multiple of the HBM line's "
+                 "words, makes that context fault CONFIG "
                  "(FAULT_PC 0) instead of running.\n")
     lines.append("### Requests\n")
     lines.append(
@@ -328,9 +355,8 @@ _HOST_ERROR_DOCS = {
     regmap.HostError.VALUE_RANGE: "a value that does not fit the register (or TIME_SLICE = 0), "
                                   "or START bits for contexts the NPU does not have",
     regmap.HostError.UNMAPPED: "a write to a read-only or unmapped address",
-    regmap.HostError.IMEM_RANGE: "an instruction-memory word at or past `imem_words`",
-    regmap.HostError.CONTEXT_RUNNING: "START, a configuration register or an instruction-memory "
-                                      "word of a running context",
+    regmap.HostError.CONTEXT_RUNNING: "START or a configuration register of a running "
+                                      "context",
     regmap.HostError.BAD_CONTEXT: "START of a context with invalid settings (it faults CONFIG; "
                                   "the other contexts of the same START start)",
     regmap.HostError.QUEUE_FULL: "DOORBELL of a context with `queue_depth` requests waiting",

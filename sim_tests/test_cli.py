@@ -186,7 +186,7 @@ def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
     assert lines[1] == ("tiny     2 MEs of 4x4, 2 VEs of 4 lanes, 1 DMA engine, 4 contexts, "
-                        "1024 scratchpad rows, 4096 HBM words")
+                        "1024 scratchpad rows, 8192 HBM words")
 
 
 def test_broken_pipe_exits_quietly():

@@ -96,8 +96,8 @@ def test_bad_operands(a, b, message):
 def test_too_large_for_the_vnpu():
     with pytest.raises(CompileError, match="needs at least .* scratchpad rows .* of the vNPU.s 16 are free"):
         compile_matmul(TINY, 100, 16, 16, spad_rows=16)
-    with pytest.raises(MatmulError, match="needs 6870 HBM words; the NPU has 4096"):
-        matmul(*operands(70, 40, 37, 1), config=TINY)
+    with pytest.raises(MatmulError, match="needs 13860 HBM words; the NPU has 8192"):
+        matmul(*operands(120, 60, 37, 1), config=TINY)
     with pytest.raises(CompileError, match="matmul dimension k must be a positive integer"):
         compile_matmul(TINY, 4, 0, 4)
 

@@ -96,11 +96,12 @@ def test_isolation_whole_memory_matches_golden():
     config = TINY
     rng = np.random.default_rng(3)
     spad_init = rng.integers(-100, 100, (config.spad_rows, config.ve_lanes))
-    hbm_init = rng.integers(-100, 100, config.hbm_words)
+    data_words = 4 * 1024                  # the SEGMENTS; the driver puts programs above
+    hbm_init = rng.integers(-100, 100, data_words)
     driver = Driver(config)
     driver.set_policy("harvest")
     golden = GoldenNPU(config)
-    golden.spad[:], golden.hbm[:] = spad_init, hbm_init
+    golden.spad[:], golden.hbm[:data_words] = spad_init, hbm_init
     driver.write_spad(0, spad_init)
     driver.write_hbm(0, hbm_init)
     specs = []
@@ -110,18 +111,18 @@ def test_isolation_whole_memory_matches_golden():
         specs.append(ContextSpec(words, *SEGMENTS[c]))
     expected = golden.run(specs)
     result = driver.run(max_cycles=20_000, read_spad=[(0, config.spad_rows)],
-                        read_hbm=[(0, config.hbm_words)])
+                        read_hbm=[(0, data_words)])
     assert [r.fault for r in result.contexts] == [Fault.SPAD_OOB, Fault.NONE, Fault.HBM_OOB]
     assert [r.fault for r in expected] == [Fault.SPAD_OOB, Fault.NONE, Fault.HBM_OOB]
     assert [r.fault_pc for r in result.contexts[::2]] == [r.fault_pc for r in expected[::2]] == [0, 2]
-    spad, hbm = result.spad[(0, config.spad_rows)], result.hbm[(0, config.hbm_words)]
+    spad, hbm = result.spad[(0, config.spad_rows)], result.hbm[(0, data_words)]
     keep_rows = np.ones(config.spad_rows, bool)
-    keep_words = np.ones(config.hbm_words, bool)
+    keep_words = np.ones(data_words, bool)
     for c in (0, 2):                                # faulting contexts' own segments: unspecified
         keep_rows[SEGMENTS[c][0].base:SEGMENTS[c][0].base + SEGMENTS[c][0].size] = False
         keep_words[SEGMENTS[c][1].base:SEGMENTS[c][1].base + SEGMENTS[c][1].size] = False
     assert np.array_equal(spad[keep_rows], golden.spad[keep_rows])
-    assert np.array_equal(hbm[keep_words], golden.hbm[keep_words])
+    assert np.array_equal(hbm[keep_words], golden.hbm[:data_words][keep_words])
 
 
 def test_watchdog_turns_a_stuck_context_into_a_fault():

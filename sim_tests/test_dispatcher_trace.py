@@ -1,7 +1,8 @@
 """The dispatcher, cycle by cycle, pinned: a refactor that changes any output in any cycle fails.
 
 A seeded random stimulus (programs with random headers, dependencies, bodies, a few bad
-headers and short PROG_LENs; engines that take body words at random, retire after random
+headers and short PROG_LENs, some longer than the instruction buffer, in an HBM model that
+the dispatcher fetches them from; engines that take body words at random, retire after random
 delays, sometimes fault or hang; STARTs and refused STARTs at random times; random
 ownership, priorities and time slices; each policy) drives the dispatcher alone. Every
 output (engine commands and body words, context states and counters, engine occupancy,
@@ -21,11 +22,13 @@ import random
 from pathlib import Path
 
 import pytest
+from amaranth import Elaboratable, Module
 from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
 from isa.config import NPUConfig
 from hw.dispatcher import Dispatcher, engine_types
+from hw.hbm import HBM
 from isa.encoding import UTop, encode_header
 
 DIGESTS = Path(__file__).with_name("dispatcher_trace_digests.json")
@@ -56,19 +59,40 @@ def _outputs(dut):
     return sorted(found, key=lambda item: item[0])
 
 
+class _WithHBM(Elaboratable):
+    """The dispatcher and an HBM model for its instruction fetch alone."""
+
+    def __init__(self, config):
+        self.dispatcher = Dispatcher(config)
+        self.hbm = HBM(config, n_ports=config.n_ctx)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dispatcher, m.submodules.hbm = self.dispatcher, self.hbm
+        for c, port in enumerate(self.dispatcher.hbm):
+            wiring.connect(m, port, self.hbm.port[c])
+        return m
+
+
+#: Where context c's program lives in HBM (a region of PROG_ROOM words each).
+PROG_AREA, PROG_ROOM = 4096, 1024
+
+
 def trace_digest(seed, cycles=CYCLES):
     rng = random.Random(seed)
     config = NPUConfig.preset("tiny").replace(watchdog_cycles=48)
     types = engine_types(config)
-    dut = Dispatcher(config)
+    top = _WithHBM(config)
+    dut = top.dispatcher
     control = dut.control
     outputs = _outputs(dut)
+    per_line = config.hbm_words_per_cycle
     E, C, W = len(types), config.n_ctx, config.dep_window
     kinds = sorted(set(types))
 
     def program():
         words = []
-        n = rng.randint(1, 24)
+        n = rng.randint(1, 24) if rng.random() < 0.85 else rng.randint(60, 110)
         for i in range(n):
             utop = UTop(engine=rng.choice(kinds),
                         body=[rng.getrandbits(64) for _ in range(rng.randint(0, 4))],
@@ -84,7 +108,8 @@ def trace_digest(seed, cycles=CYCLES):
                 words.append(encode_header(utop))
             words.extend(utop.body)
         length = len(words) if rng.random() < 0.95 else max(1, len(words) - rng.randint(1, 3))
-        return words[:config.imem_words], min(length, config.imem_words)
+        limit = PROG_ROOM // 2            # some are longer than the instruction buffer
+        return words[:limit], min(length, limit)
 
     digest = hashlib.sha256()
 
@@ -101,7 +126,7 @@ def trace_digest(seed, cycles=CYCLES):
             ctx.set(settings.ve_mask, rng.getrandbits(config.n_ve))
             ctx.set(settings.priority, rng.randrange(16))
         engines = [dict(state="idle", left=0, wait=0, hang=False, ctx=0) for _ in range(E)]
-        writes = []          # instruction-memory writes, then the START
+        writes = []          # HBM lines of a program, then the START
         status = [0] * C
         for _ in range(cycles):
             start = refused = 0
@@ -109,22 +134,25 @@ def trace_digest(seed, cycles=CYCLES):
                 for c in range(C):
                     if status[c] != 1 and rng.random() < 0.2:
                         words, length = program()
-                        writes = [(c, a, w) for a, w in enumerate(words)] + [(c, None, length)]
+                        halves = [h for w in words for h in (w & 0xFFFFFFFF, w >> 32)]
+                        halves += [0] * (-len(halves) % per_line)
+                        lines = [sum(v << 32 * j for j, v in enumerate(halves[i:i + per_line]))
+                                 for i in range(0, len(halves), per_line)]
+                        base = (PROG_AREA + c * PROG_ROOM) // per_line
+                        writes = [(c, base + i, line) for i, line in enumerate(lines)] \
+                            + [(c, None, length)]
                         break
-            ctx.set(control.imem_we, 0)
             if writes:
                 c, addr, word = writes.pop(0)
                 if addr is None:
+                    ctx.set(control.ctx_config[c].prog_base, PROG_AREA + c * PROG_ROOM)
                     ctx.set(control.ctx_config[c].prog_len, word)
                     if rng.random() < 0.03:
                         refused = 1 << c
                     else:
                         start = 1 << c
-                else:
-                    ctx.set(control.imem_we, 1)
-                    ctx.set(control.imem_ctx, c)
-                    ctx.set(control.imem_addr, addr)
-                    ctx.set(control.imem_data, word)
+                else:                 # (back door: a line per cycle)
+                    ctx.set(top.hbm.lines.data[addr], word)
             ctx.set(control.start, start)
             ctx.set(control.config_fault, refused)
             for e, engine in enumerate(engines):
@@ -161,7 +189,7 @@ def trace_digest(seed, cycles=CYCLES):
                     engine.update(state="finishing", wait=rng.randint(0, 5),
                                   hang=rng.random() < 0.003)
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()

@@ -42,7 +42,7 @@ def test_time_slice_must_fit_the_register(cycles):
 @pytest.mark.parametrize("read_spad, read_hbm, message", [
     ([(TINY.spad_rows - 1, 2)], [], r"cannot read 2 scratchpad rows from 1023: the memory has 1024"),
     ([(-1, 1)], [], r"cannot read 1 scratchpad rows from -1"),
-    ([], [(TINY.hbm_words, 1)], r"cannot read 1 HBM words from 4096: the memory has 4096"),
+    ([], [(TINY.hbm_words, 1)], r"cannot read 1 HBM words from 8192: the memory has 8192"),
     ([(0, 0)], [], r"cannot read 0 scratchpad rows from 0"),
 ])
 def test_reads_past_the_end_of_memory_are_refused(read_spad, read_hbm, message):

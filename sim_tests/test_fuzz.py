@@ -60,6 +60,14 @@ def test_segments_are_disjoint_with_gaps_and_every_context_owns_an_me_and_a_ve()
             assert segments[-1].base + segments[-1].size < total <= \
                 (TINY.spad_rows if space == "spad" else TINY.hbm_words)      # and after
         assert all(me and ve for me, ve in case.masks)
+        # Programs: above every segment, each from a line's start, apart, inside HBM, and
+        # in the initial image where the dispatcher fetches them.
+        programs = sorted(zip(case.prog_bases, (c.program for c in case.contexts)))
+        assert programs[0][0] >= case.arena[1]
+        for (base, words), (after, _) in zip(programs, programs[1:] + [(TINY.hbm_words, [])]):
+            assert base % TINY.hbm_words_per_cycle == 0 and base + 2 * len(words) <= after
+            halves = case.hbm_init[base:base + 2 * len(words)].astype(np.int64) & 0xFFFFFFFF
+            assert [int(lo) | int(hi) << 32 for lo, hi in zip(halves[::2], halves[1::2])] == words
 
 
 def _utops(words, config):
@@ -67,7 +75,7 @@ def _utops(words, config):
     pc = 0
     while pc < len(words):
         try:
-            utop, length = decode_header(words[pc], config.replace(max_body=255))
+            utop, length = decode_header(words[pc], config.replace(max_body=255, imem_words=512))
         except ValueError:
             return
         body = []
@@ -85,9 +93,9 @@ def test_hostile_programs_cover_what_they_promise():
     seen = set()
     for _ in range(400):
         words = fuzz.hostile_program(rng, TINY, rng.choice([1, 40, 160]), rng.choice([4, 400]))
-        assert 1 <= len(words) <= TINY.imem_words
-        if len(words) == TINY.imem_words:
-            seen.add("imem_words long")
+        assert 1 <= len(words) <= fuzz.max_hostile_words(TINY)
+        if len(words) > TINY.imem_words:
+            seen.add("longer than the instruction buffer")
         streamed = loops = 0
         for utop, body in _utops(words, TINY):
             if utop.restartable:
@@ -115,7 +123,7 @@ def test_hostile_programs_cover_what_they_promise():
         # Loops are shortened to the budget (each keeps at least one iteration).
         assert streamed <= fuzz.LOOP_BUDGET + loops * TINY.max_body * 256
     assert seen >= {"restartable", "max_body", "too long", "bad word in a body", "long loop",
-                    "extreme field", "imem_words long"}, seen
+                    "extreme field", "longer than the instruction buffer"}, seen
 
 
 def test_the_reference_notes_undefined_results():

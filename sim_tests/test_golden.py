@@ -22,7 +22,7 @@ def run_one(config, source, spad=None, hbm=None):
     if hbm is not None:
         npu.hbm[:len(hbm)] = hbm
     # The config's dependency window, but any body length: the model must fault long ones.
-    program = assemble(source, config.replace(max_body=255))
+    program = assemble(source, config.replace(max_body=255, imem_words=512))
     [result] = npu.run([ContextSpec(program, Segment(0, config.spad_rows),
                                     Segment(0, config.hbm_words))])
     return npu, result
@@ -179,8 +179,8 @@ def test_faulting_context_writes_nothing_outside_its_segment(tiny):
 @pytest.mark.parametrize("contexts, message", [
     ([ContextSpec([], Segment(0, 1), Segment(0, 1))] * 5, "5 contexts given; this NPU has 4"),
     ([ContextSpec([], Segment(1000, 100), Segment(0, 1))], "context 0: scratchpad segment base=1000 size=100 does not fit in 1024 rows"),
-    ([ContextSpec([], Segment(0, 1), Segment(4000, 100))], "context 0: HBM segment base=4000 size=100 does not fit in 4096 words"),
-    ([ContextSpec([0] * 300, Segment(0, 1), Segment(0, 1))], "context 0: program of 300 words exceeds imem_words=256"),
+    ([ContextSpec([], Segment(0, 1), Segment(8100, 100))], "context 0: HBM segment base=8100 size=100 does not fit in 8192 words"),
+    ([ContextSpec([0] * 4097, Segment(0, 1), Segment(0, 1))], r"context 0: program of 4097 words does not fit in HBM \(at most 4096\)"),
 ])
 def test_bad_context_settings(tiny, contexts, message):
     with pytest.raises(ValueError, match=message):

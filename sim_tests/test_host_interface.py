@@ -6,8 +6,8 @@ import random
 import pytest
 
 from isa.config import NPUConfig
-from isa.regmap import (CONTEXT, GLOBAL, ID_VALUE, IMEM_BASE, IMEM_STRIDE, Access, HostError,
-                       Policy, Status, register_address)
+from isa.regmap import (CONTEXT, GLOBAL, ID_VALUE, Access, HostError, Policy, Status,
+                        register_address)
 from isa.asm import assemble
 from isa.encoding import Fault
 from runtime.backends import script as ops
@@ -23,7 +23,7 @@ def backend(request):
     refuses, records and answers the same on both (the golden model has no time, so a
     context is never seen running)."""
     return make_backend(request.param, TINY)
-WIDTHS = {"POLICY": 2, "TIME_SLICE": 32, "PROG_LEN": 17, "SPAD_BASE": 17, "SPAD_SIZE": 17,
+WIDTHS = {"POLICY": 2, "TIME_SLICE": 32, "PROG_BASE": 32, "PROG_LEN": 32, "SPAD_BASE": 17, "SPAD_SIZE": 17,
           "HBM_BASE": 32, "HBM_SIZE": 33, "ME_MASK": TINY.n_me, "VE_MASK": TINY.n_ve,
           "PRIORITY": 4}
 
@@ -80,10 +80,26 @@ def error(code, address):
     return code | address << 32
 
 
+#: Where configure() puts programs: context c's at PROG_AREA + c * 256 (outside segments).
+PROG_AREA = TINY.hbm_words // 2
+
+
+def program_writes(base, program):
+    """HBM writes that put ``program`` (64-bit words) at HBM word ``base`` (a line's first),
+    low halves first, as isa/SPEC.md lays programs out."""
+    per_line = TINY.hbm_words_per_cycle
+    halves = [half for word in program for half in (word & 0xFFFFFFFF, word >> 32)]
+    halves += [0] * (-len(halves) % per_line)
+    return [ops.HbmWrite((base + i) // per_line, tuple(halves[i:i + per_line]),
+                         (1 << per_line) - 1) for i in range(0, len(halves), per_line)]
+
+
 def configure(ctx, program, spad=(0, 64), hbm=(0, 256)):
-    """Host writes that load a program and valid segments into ``ctx``."""
-    script = [ops.CsrWrite(IMEM_BASE + ctx * IMEM_STRIDE + i, word) for i, word in enumerate(program)]
-    for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad[0]), ("SPAD_SIZE", spad[1]),
+    """Host writes that load a program (into HBM) and valid segments into ``ctx``."""
+    base = PROG_AREA + ctx * 256
+    script = program_writes(base, program)
+    for name, value in (("PROG_BASE", base), ("PROG_LEN", len(program)),
+                        ("SPAD_BASE", spad[0]), ("SPAD_SIZE", spad[1]),
                         ("HBM_BASE", hbm[0]), ("HBM_SIZE", hbm[1]), ("ME_MASK", 1), ("VE_MASK", 1)):
         script.append(ops.CsrWrite(register_address(name, ctx=ctx), value))
     return script
@@ -122,21 +138,25 @@ def test_first_error_sticks_until_cleared(backend):
     assert backend.execute(script) == [error(HostError.UNMAPPED, 0x0FFF)]
 
 
-def test_imem_write_past_the_instruction_memory_does_not_alias_word_0(backend):
-    program = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
-    beyond = IMEM_BASE + TINY.imem_words          # would alias onto word 0 of context 0
-    script = configure(0, program) + [
-        ops.CsrWrite(beyond, 0xFFFF_FFFF_FFFF_FFFF),
-        ops.CsrRead(HOST_ERROR),
+def test_the_program_is_fetched_from_hbm_at_prog_base(backend):
+    """Two programs in HBM; PROG_BASE chooses which one runs: the one writing 2 to row 0."""
+    first = assemble(".ve eop\n vaddi 0, 0, 1, 1\n")
+    second = assemble(".ve eop\n vaddi 0, 0, 2, 1\n")
+    other = PROG_AREA + 1024
+    script = configure(0, first) + program_writes(other, second) + [
+        ops.CsrWrite(register_address("PROG_BASE", ctx=0), other),
         ops.CsrWrite(register_address("START"), 1), ops.Run(2000),
-        ops.CsrRead(register_address("STATUS", ctx=0)), ops.CsrRead(register_address("FAULT", ctx=0))]
-    host_error, (_, busy), status, fault = backend.execute(script)
-    assert host_error == error(HostError.IMEM_RANGE, beyond)
+        ops.CsrRead(register_address("STATUS", ctx=0)), ops.CsrRead(register_address("FAULT", ctx=0)),
+        ops.SpadRead(0), ops.CsrRead(HOST_ERROR)]
+    (_, busy), status, fault, row, host_error = backend.execute(script)
     assert not busy and (status, fault) == (Status.DONE, Fault.NONE)
+    assert list(row) == [2] * TINY.ve_lanes and host_error == 0
 
 
 @pytest.mark.parametrize("name, value", [
-    ("PROG_LEN", TINY.imem_words + 1),                 # fetch would wrap around the memory
+    ("PROG_LEN", (TINY.hbm_words - PROG_AREA - 3 * 256) // 2 + 1),  # runs past HBM's end
+    ("PROG_BASE", TINY.hbm_words),                      # a line past HBM's end
+    ("PROG_BASE", PROG_AREA + 2),                       # not at the start of an HBM line
     ("SPAD_BASE", TINY.spad_rows - 32),                # base + size (64) runs past the end
     ("SPAD_SIZE", TINY.spad_rows + 1),
     ("HBM_BASE", TINY.hbm_words - 1),
@@ -158,15 +178,15 @@ def test_start_with_invalid_settings_faults_config(backend, name, value):
 
 def test_start_and_reconfiguration_of_a_running_context_are_refused():
     """The second START would restart the program and mix the old run's in-flight µTOps
-    into the new run's counts; rewriting a running context's segment or program would
-    move it under its feet."""
+    into the new run's counts; rewriting a running context's segment or program base
+    would move it under its feet."""
     script = configure(0, LONG) + [
         ops.CsrWrite(register_address("START"), 1), ops.Run(40),
         ops.CsrWrite(register_address("START"), 1), ops.CsrRead(HOST_ERROR),
         ops.CsrWrite(HOST_ERROR, 0),
         ops.CsrWrite(register_address("SPAD_BASE", ctx=0), 100), ops.CsrRead(HOST_ERROR),
         ops.CsrWrite(HOST_ERROR, 0),
-        ops.CsrWrite(IMEM_BASE + 1, 0), ops.CsrRead(HOST_ERROR),
+        ops.CsrWrite(register_address("PROG_BASE", ctx=0), 0), ops.CsrRead(HOST_ERROR),
         ops.Run(5000),
         ops.CsrRead(register_address("STATUS", ctx=0)), ops.CsrRead(register_address("ISSUED", ctx=0)),
         ops.CsrRead(register_address("RETIRED", ctx=0)), ops.CsrRead(register_address("SPAD_BASE", ctx=0))]
@@ -176,7 +196,7 @@ def test_start_and_reconfiguration_of_a_running_context_are_refused():
     start = register_address("START")
     assert restart == error(HostError.CONTEXT_RUNNING, start)
     assert segment == error(HostError.CONTEXT_RUNNING, register_address("SPAD_BASE", ctx=0))
-    assert imem == error(HostError.CONTEXT_RUNNING, IMEM_BASE + 1)
+    assert imem == error(HostError.CONTEXT_RUNNING, register_address("PROG_BASE", ctx=0))
     assert not busy and status == Status.DONE and issued == retired == 1 and base == 0
 
 

@@ -106,7 +106,8 @@ def test_small_blocks_of_the_tiny_config():
 def test_arrays_beyond_direct_synthesis_are_extrapolated(monkeypatch, points, target,
                                                          area_error):
     """The quadratic through three array sizes predicts a larger one (flip-flops within 2%)."""
-    wide = synth._scaled_config(TINY, target)
+    # (An HBM line twice tiny's, so that one lane still has a line of a program word.)
+    wide = synth._scaled_config(TINY.replace(hbm_bytes_per_cycle=32), target)
     direct = synth.block_figures(wide, "systolic_array", "array")
     assert direct["method"] == "synthesized"
     monkeypatch.setattr(synth, "DIRECT_UP_TO", points[-1])

@@ -1,10 +1,10 @@
-"""Hands each issued µTOp's body, word by word, from its context's instruction memory to its engine."""
+"""Hands each issued µTOp's body, word by word, from its context's instruction buffer to its engine."""
 
 from amaranth import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..ports import body_length_shape, imem_addr_shape
+from ..ports import body_length_shape, prog_addr_shape
 from .signatures import engine_types
 
 __all__ = ["BodyStreamer", "BodyJobLayout"]
@@ -16,7 +16,7 @@ class BodyJobLayout(data.StructLayout):
     def __init__(self, config):
         super().__init__({
             "valid": 1, "engine": range(len(engine_types(config))),
-            "addr": imem_addr_shape(config), "length": body_length_shape(config),
+            "addr": prog_addr_shape(config), "length": body_length_shape(config),
         })
 
 
@@ -32,7 +32,7 @@ class BodyStreamer(wiring.Component):
             "job": In(BodyJobLayout(config)).array(C),
             "cancel": In(1).array(C),
             "preempted": In(E).array(C),     # bit e: the context's µTOp on engine e is preempted
-            "read_addr": Out(range(config.imem_words)).array(C),   # registered read:
+            "read_addr": Out(prog_addr_shape(config)).array(C),   # registered read:
             "read_data": In(64).array(C),                          # the word at addr
             "active": Out(1).array(C),
             "instr": Out(stream.Signature(unsigned(64))).array(E),
@@ -46,7 +46,7 @@ class BodyStreamer(wiring.Component):
         for c in range(C):
             active = self.active[c]
             engine = Signal(range(E), name=f"c{c}_engine")
-            addr = Signal(imem_addr_shape(cfg), name=f"c{c}_addr")
+            addr = Signal(prog_addr_shape(cfg), name=f"c{c}_addr")
             left = Signal(body_length_shape(cfg), name=f"c{c}_left")
             streams.append((active, engine, addr, left))
 
@@ -61,9 +61,9 @@ class BodyStreamer(wiring.Component):
 
         for c, (active, engine, addr, left) in enumerate(streams):
             job = self.job[c]
-            # The instruction memory's read port is registered: it is given the address
+            # The instruction buffer's read port is registered: it is given the address
             # the stream moves to at this clock edge, and returns the word at ``addr``.
-            addr_next = Signal(imem_addr_shape(cfg), name=f"c{c}_addr_next")
+            addr_next = Signal(prog_addr_shape(cfg), name=f"c{c}_addr_next")
             m.d.comb += [addr_next.eq(addr), self.read_addr[c].eq(addr_next)]
             m.d.sync += addr.eq(addr_next)
             with m.If(job.valid):

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import HEADER, Engine, Fault
 from ..arbitration import one_hot_index, one_hot_select, round_robin
-from ..ports import body_length_shape, imem_addr_shape
+from ..ports import body_length_shape, prog_addr_shape
 from isa.regmap import Status
 from .signatures import (COUNTERS, OP_ID_BITS, CandidateLayout, ContextConfigLayout,
                          ContextStateLayout, engine_types, seq_shape)
@@ -17,8 +17,11 @@ __all__ = ["ContextWindow"]
 class ContextWindow(wiring.Component):
     """The fetch unit and the ``dep_window`` window slots of one context.
 
-    The program counter walks the instruction memory header by header (a bad header or a
-    µTOp past the program's end faults FETCH_OOB / BAD_HEADER); each µTOp takes the next
+    The program counter walks the program header by header, reading the instruction
+    buffer the prefetcher fills: a µTOp is taken once its header and whole body are in the
+    buffer (``visible``); a bad header or a µTOp past the program's end faults BAD_HEADER /
+    FETCH_OOB. The buffer keeps everything from ``keep`` on (the oldest µTOp in the window,
+    else the program counter) for the body streamer. Each µTOp takes the next
     window slot, with a *wait mask* of the live slots it depends on, cleared as they
     retire. Slots are freed in order. A slot is *ready* when its wait mask is empty; the
     oldest ready slot of each engine type is that type's candidate (none while the body
@@ -33,16 +36,20 @@ class ContextWindow(wiring.Component):
     def __init__(self, config):
         self.config = config
         W, E = config.dep_window, len(engine_types(config))
-        pc = imem_addr_shape(config)
+        pc = prog_addr_shape(config)
         super().__init__({
             "settings": In(ContextConfigLayout(config)),
             "start": In(1),
             "config_fault": In(1),
-            # The instruction memory is read with a registered port: ``fetch_addr`` is the
+            # The instruction buffer is read with a registered port: ``fetch_addr`` is the
             # word the program counter moves to at this clock edge, ``fetch_word`` the word
-            # at the program counter.
-            "fetch_addr": Out(range(config.imem_words)),
+            # at the program counter (valid when the program counter is below ``visible``).
+            "fetch_addr": Out(pc),
             "fetch_word": In(64),
+            "visible": In(pc),
+            "fetch_request": In(1),    # the prefetcher sends HBM a line request this cycle
+            "keep": Out(pc),
+            "fetching": Out(1),        # the context may fetch more of its program
             # Retirements: bit s, the µTOp in slot s finished on an engine this cycle; the
             # oldest fault among them.
             "finishing": In(W),
@@ -88,7 +95,7 @@ class ContextWindow(wiring.Component):
         W = cfg.dep_window
         types = engine_types(cfg)
         groups = {t: [e for e, et in enumerate(types) if et == t] for t in Engine}
-        pc_shape = imem_addr_shape(cfg)
+        pc_shape = prog_addr_shape(cfg)
         settings = self.settings
 
         status = Signal(Status)
@@ -145,15 +152,17 @@ class ContextWindow(wiring.Component):
         can_fetch = running & ~fetch_done & ~fault_valid & (count < W)
         allocate = Signal()
         fetch_fault = Signal(Fault)
+        m.d.comb += self.fetching.eq(running & ~fetch_done & ~fault_valid)
         with m.If(can_fetch):
             with m.If(pc >= settings.prog_len):
                 m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)
-            with m.Elif(bad_header):
-                m.d.comb += fetch_fault.eq(Fault.BAD_HEADER)
-            with m.Elif(pc + 1 + hdr_length > settings.prog_len):
-                m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)
-            with m.Else():
-                m.d.comb += allocate.eq(1)
+            with m.Elif(pc < self.visible):           # the header has arrived
+                with m.If(bad_header):
+                    m.d.comb += fetch_fault.eq(Fault.BAD_HEADER)
+                with m.Elif(pc + 1 + hdr_length > settings.prog_len):
+                    m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)
+                with m.Elif(pc + 1 + hdr_length <= self.visible):     # ... and its body
+                    m.d.comb += allocate.eq(1)
         # Translate the dependency bits (distances) into a mask of live slots.
         live = valid & ~retired & ~retiring
         wait_new_terms = 0
@@ -301,9 +310,11 @@ class ContextWindow(wiring.Component):
         # Watchdog kill: fault with WATCHDOG at once, stop fetch, issue and streaming; every
         # engine running one of this context's µTOps is held in reset, and the context reads
         # FAULTED only once they are all released (nothing of it is written after).
+        oldest_pc = Signal(pc_shape)
+        m.d.comb += [oldest_pc.eq(Mux(count != 0, Array(hdr_pc)[head], pc)),
+                     self.keep.eq(oldest_pc)]
         hung_pc = Signal(pc_shape)
-        m.d.comb += hung_pc.eq(Mux(self.hung, self.hung_pc,
-                                   Mux(count != 0, Array(hdr_pc)[head], pc)))
+        m.d.comb += hung_pc.eq(Mux(self.hung, self.hung_pc, oldest_pc))
         m.d.comb += self.kill.eq(running & ~killed & (self.hung | self.stall_expired))
         with m.If(self.kill):
             m.d.sync += [killed.eq(1), fault_valid.eq(1), fault_seq.eq(0), eligible.eq(0),
@@ -336,6 +347,7 @@ class ContextWindow(wiring.Component):
                 counters["own_cycles"].eq(counters["own_cycles"] + own),
                 counters["harvest_cycles"].eq(counters["harvest_cycles"] + harvest),
                 counters["dma_cycles"].eq(counters["dma_cycles"] + dma),
+                counters["fetched"].eq(counters["fetched"] + self.fetch_request),
                 counters["dep_wait"].eq(counters["dep_wait"] + (unissued & ~ready.any())),
                 counters["engine_wait"].eq(counters["engine_wait"]
                                            + (ready.any() & ~self.issue)),

@@ -6,12 +6,14 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine
 from isa.regmap import Policy
+from ..hbm import HBMPortSignature
 from ..sram import SRAM
 from .body_streamer import BodyStreamer
 from .context import ContextWindow
 from .engine_table import EngineTable
 from .harvest_policy import HarvestPolicy
 from .issue_arbiter import IssueArbiter
+from .prefetcher import Prefetcher, ring_rows
 from .signatures import (ControlSignature, EngineLinkSignature, engine_group, engine_types,
                          owned_engines)
 from .static_policy import StaticPolicy
@@ -27,6 +29,8 @@ class Dispatcher(wiring.Component):
 
     The parts, one file each:
 
+    - ``Prefetcher`` (one per context): streams the context's program from HBM into its
+      instruction buffer (a ring of ``imem_words`` words), ahead of decode;
     - ``ContextWindow`` (one per context): fetch, the ``dep_window`` window slots with their
       wait masks, the oldest ready µTOp of each engine type (its *candidates*), precise
       faults, status and counters;
@@ -63,15 +67,17 @@ class Dispatcher(wiring.Component):
         self.flush_cycles = [config.hbm_latency + 4 if t == Engine.DMA else 2
                              for t in self.types]
         n_engines = len(self.types)
-        #: Instruction memories (one per context), written by the host interface. Both
-        #: reads (header fetch, body streaming) are registered, as an SRAM macro's are: the
-        #: fetch unit and the body streamer address them with their next position. So a
-        #: context's memory must not change from its START cycle on: the host interface
-        #: refuses program writes to a running, starting or request-taking context.
-        self.imems = [SRAM(width=64, depth=config.imem_words, read_ports=("sync", "sync"))
+        #: Instruction buffers (one per context), rows of one HBM line of program words,
+        #: written by the context's prefetcher. Both reads (header fetch, body streaming)
+        #: are registered, as an SRAM macro's are: the fetch unit and the body streamer
+        #: address them with their next position.
+        self.imems = [SRAM(width=64 * config.prog_words_per_line, depth=ring_rows(config),
+                           read_ports=("sync", "sync"))
                       for _ in range(config.n_ctx)]
         super().__init__({
             "control": In(ControlSignature(config, n_engines)),
+            # Instruction fetch: one HBM port per context (programs live in HBM).
+            "hbm": Out(HBMPortSignature(config)).array(config.n_ctx),
             "engines": Out(EngineLinkSignature(config)).array(n_engines),
             # Engine e did something this cycle (see the watchdog); while engine_abort[e] is
             # high the engine is held in reset.
@@ -110,16 +116,25 @@ class Dispatcher(wiring.Component):
         restart = Signal(C)
         m.d.comb += restart.eq(control.start | control.config_fault)
 
-        for c, (x, imem) in enumerate(zip(ctxs, self.imems)):
+        prefetchers = [Prefetcher(cfg) for _ in range(C)]
+        for c, (x, imem, prefetcher) in enumerate(zip(ctxs, self.imems, prefetchers)):
             m.submodules[f"ctx{c}"] = x
             m.submodules[f"imem{c}"] = imem
+            m.submodules[f"prefetch{c}"] = prefetcher
+            wiring.connect(m, prefetcher.hbm, wiring.flipped(self.hbm[c]))
             write, (fetch, body) = imem.write, imem.read
             choice = arbiter.choice[c]
             m.d.comb += [
-                write.addr.eq(control.imem_addr), write.data.eq(control.imem_data),
-                write.en.eq(control.imem_we & (control.imem_ctx == c)),
-                fetch.addr.eq(x.fetch_addr), x.fetch_word.eq(fetch.data),
-                body.addr.eq(streamer.read_addr[c]), streamer.read_data[c].eq(body.data),
+                prefetcher.prog_base.eq(control.ctx_config[c].prog_base),
+                prefetcher.prog_len.eq(control.ctx_config[c].prog_len),
+                prefetcher.start.eq(restart[c]), prefetcher.enable.eq(x.fetching),
+                prefetcher.keep.eq(x.keep), x.visible.eq(prefetcher.visible),
+                x.fetch_request.eq(prefetcher.hbm.req.valid & prefetcher.hbm.req.ready),
+                write.addr.eq(prefetcher.write.addr), write.data.eq(prefetcher.write.data),
+                write.en.eq(prefetcher.write.en),
+                x.fetch_word.eq(_buffer_read(m, cfg, fetch, x.fetch_addr, f"c{c}_fetch")),
+                streamer.read_data[c].eq(
+                    _buffer_read(m, cfg, body, streamer.read_addr[c], f"c{c}_body")),
                 # The context.
                 x.settings.eq(control.ctx_config[c]),
                 x.start.eq(control.start[c]), x.config_fault.eq(control.config_fault[c]),
@@ -201,7 +216,8 @@ class Dispatcher(wiring.Component):
             watchdog.any_running.eq(running.any()),
             watchdog.activity.eq(table.busy.any() | control.start.any()
                                  | control.config_fault.any()
-                                 | Cat(x.activity for x in ctxs).any()),
+                                 | Cat(x.activity for x in ctxs).any()
+                                 | Cat(p.write.en for p in prefetchers).any()),
         ]
 
         # Engines: commands, body words, retirements.
@@ -237,3 +253,16 @@ class Dispatcher(wiring.Component):
                          self.retiring[c].eq(x.retiring_any)]
         m.d.comb += [self.ctx_on_me.eq(ctx_on_me), self.ctx_on_any.eq(ctx_on_any)]
         return m
+
+
+def _buffer_read(m, config, port, addr, name):
+    """The program word at ``addr`` through an instruction buffer's registered read port:
+    the row holding it (``addr`` modulo the ring), then the word within the row."""
+    K = config.prog_words_per_line
+    word_bits = (K - 1).bit_length()
+    m.d.comb += port.addr.eq(addr[word_bits:])          # rows wrap: the ring's depth
+    if K == 1:
+        return port.data
+    select = Signal(word_bits, name=f"{name}_word")
+    m.d.sync += select.eq(addr[:word_bits])
+    return port.data.word_select(select, 64)

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Fault
 from ..arbitration import first_in_order, one_hot_select, or_tree, pairwise_order
-from ..ports import ctx_shape, imem_addr_shape
+from ..ports import ctx_shape, prog_addr_shape
 from .signatures import engine_types, seq_shape
 
 __all__ = ["EngineTable", "IssueLayout"]
@@ -20,7 +20,7 @@ class IssueLayout(data.StructLayout):
         E = len(engine_types(config))
         super().__init__({
             "valid": 1, "engines": E, "slot": range(config.dep_window),
-            "seq": seq_shape, "pc": imem_addr_shape(config), "borrowed": E,
+            "seq": seq_shape, "pc": prog_addr_shape(config), "borrowed": E,
         })
 
 
@@ -38,7 +38,7 @@ class EngineTable(wiring.Component):
         self.config = config
         self.flush_cycles = flush_cycles
         C, W, E = config.n_ctx, config.dep_window, len(engine_types(config))
-        pc = imem_addr_shape(config)
+        pc = prog_addr_shape(config)
         super().__init__({
             "issue": In(IssueLayout(config)).array(C),
             "done": In(E),                 # engine e reports a retirement ...
@@ -74,7 +74,7 @@ class EngineTable(wiring.Component):
         cfg = self.config
         C, W = cfg.n_ctx, cfg.dep_window
         E = len(engine_types(cfg))
-        pc_shape = imem_addr_shape(cfg)
+        pc_shape = prog_addr_shape(cfg)
         busy, running, abort, borrowed = self.busy, self.running, self.abort, self.borrowed
         eng_ctx = self.engine_ctx
         eng_slot = [Signal(range(W), name=f"eng{e}_slot") for e in range(E)]

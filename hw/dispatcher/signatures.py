@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from isa.encoding import Engine, Fault
-from ..ports import CommandLayout, DoneLayout, SegmentLayout, imem_addr_shape
+from ..ports import CommandLayout, DoneLayout, SegmentLayout, hbm_addr_shape, prog_addr_shape
 from isa.regmap import Policy, Status
 
 __all__ = ["COUNTERS", "engine_types", "EngineLinkSignature", "ContextConfigLayout",
@@ -14,7 +14,7 @@ __all__ = ["COUNTERS", "engine_types", "EngineLinkSignature", "ContextConfigLayo
 
 #: Per-context counters, in the order of the register map.
 COUNTERS = ("cycles", "issued", "retired", "own_cycles", "harvest_cycles", "dep_wait",
-            "engine_wait", "dma_cycles", "preempted")
+            "engine_wait", "dma_cycles", "preempted", "fetched")
 
 #: µTOp sequence numbers (program order within a context run).
 seq_shape = unsigned(32)
@@ -43,7 +43,7 @@ class ContextConfigLayout(data.StructLayout):
 
     def __init__(self, config):
         super().__init__({
-            "prog_len": imem_addr_shape(config),
+            "prog_base": hbm_addr_shape(config), "prog_len": prog_addr_shape(config),
             "segment": SegmentLayout(config),
             "me_mask": unsigned(config.n_me), "ve_mask": unsigned(config.n_ve),
             "priority": unsigned(4),
@@ -53,7 +53,7 @@ class ContextConfigLayout(data.StructLayout):
 class ContextStateLayout(data.StructLayout):
     def __init__(self, config):
         super().__init__({
-            "status": Status, "fault": Fault, "fault_pc": imem_addr_shape(config),
+            "status": Status, "fault": Fault, "fault_pc": prog_addr_shape(config),
             **{name: unsigned(32) for name in COUNTERS},
         })
 
@@ -70,8 +70,8 @@ class CandidateLayout(data.StructLayout):
 
 
 class ControlSignature(wiring.Signature):
-    """The host interface's link to the dispatcher, seen from the host: settings, starts and
-    programs out; context states and engine occupancy counters in."""
+    """The host interface's link to the dispatcher, seen from the host: settings and starts
+    out; context states and engine occupancy counters in."""
 
     def __init__(self, config, n_engines):
         super().__init__({
@@ -81,10 +81,6 @@ class ControlSignature(wiring.Signature):
             "time_slice": Out(32, init=4096),
             "start": Out(config.n_ctx),
             "config_fault": Out(config.n_ctx),
-            "imem_we": Out(1),
-            "imem_ctx": Out(range(config.n_ctx)),
-            "imem_addr": Out(range(config.imem_words)),
-            "imem_data": Out(64),
             "engine_busy": In(32).array(n_engines),
             "engine_busy_by_ctx": In(32).array(n_engines, config.n_ctx),
         })

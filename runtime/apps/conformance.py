@@ -275,8 +275,11 @@ def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=No
     try:
         device = Device(case.config, backend, policy, **({"vcd": vcd} if vcd else {}))
         vnpus = place(case, device)
+        # Programs go where no block of the case is.
+        blocks = [Segment(b.address, len(b.data)) for b in case.init + case.expect
+                  if b.space == "hbm"]
         driver = device.driver({vnpu.name: spec.program
-                                for vnpu, spec in zip(vnpus, case.contexts)})
+                                for vnpu, spec in zip(vnpus, case.contexts)}, reserve=blocks)
     except DriverError as error:
         raise BackendUnavailable(str(error)) from None
     for block in case.init:

@@ -365,7 +365,10 @@ def hostile_program(rng, config, spad_size, hbm_size):
     values, bodies of ``max_body``, bad words in the middle of the stream, random
     dependencies, and the ``restartable`` flag (true or false). About half the streams are
     valid work (chained, so without races), some with one fault somewhere in the middle.
-    Loops are shortened to :data:`LOOP_BUDGET` in total, and the program to ``imem_words``."""
+    Some programs are longer than the instruction buffer (``imem_words``): streams of many
+    µTOps, or random words past the buffer's size, so µTOps straddle the ring's end. Loops
+    are shortened to :data:`LOOP_BUDGET` in total, and the program to
+    :func:`max_hostile_words`."""
     roll = rng.random()
     if roll < 0.1:
         words = [rng.getrandbits(64) for _ in range(rng.randint(1, 30))]
@@ -373,7 +376,7 @@ def hostile_program(rng, config, spad_size, hbm_size):
         words = random_program(rng, config, rng.randint(1, 30))
     else:
         valid = rng.random() < 0.5
-        n_utops = rng.randint(1, 8)
+        n_utops = rng.randint(1, 8) if rng.random() < 0.93 else rng.randint(40, 90)
         bad_at = rng.randrange(n_utops) if valid and rng.random() < 0.4 else None
         items = []
         long_loops = 0
@@ -420,9 +423,15 @@ def hostile_program(rng, config, spad_size, hbm_size):
         elif utops and ending < 0.95:
             rng.choice(utops).eop = True          # ends early: the rest is never fetched
         words = encode_program(items)             # else no eop at all: FETCH_OOB at the end
-        if rng.random() < 0.05:
-            words += [rng.getrandbits(64) for _ in range(config.imem_words - len(words))]
-    return _shorten_loops(words[:config.imem_words], config)
+        if rng.random() < 0.05:                   # garbage past the buffer's end
+            end = rng.randint(config.imem_words, max_hostile_words(config))
+            words += [rng.getrandbits(64) for _ in range(end - len(words))]
+    return _shorten_loops(words[:max_hostile_words(config)], config)
+
+
+def max_hostile_words(config):
+    """The longest hostile program: the instruction buffer and a quarter more."""
+    return config.imem_words + config.imem_words // 4
 
 
 def _cost(instr, config):
@@ -538,6 +547,7 @@ class FuzzCase:
     spad_init: np.ndarray          # the whole scratchpad (rows x lanes)
     hbm_init: np.ndarray           # the whole HBM
     arena: tuple                   # (rows, words) from 0 that hold every segment and gap
+    prog_bases: list               # HBM word of each context's program (above the arena)
 
     @property
     def attackers(self):
@@ -589,20 +599,32 @@ def make_case(config, seed, policy):
     spad_gaps = lambda: rng.choice([1, rng.randint(2, 8), rng.randint(8, _SPAD_GAP)])
     hbm_gaps = lambda: rng.choice([1, 2, 3, rng.randint(4, 16),
                                    rng.randint(16, _HBM_GAP * lanes)])
+    # HBM: the segments from 0, the programs in the top quarter (each from a line's start).
+    line = config.hbm_words_per_cycle
+    prog_area = config.hbm_words - config.hbm_words // 4
     spad_sizes = _sizes(rng, n_attackers, victim_rows, config.spad_rows, _SPAD_GAP * (n + 1),
                         16, 64, 160)
-    hbm_sizes = _sizes(rng, n_attackers, victim_words, config.hbm_words,
+    hbm_sizes = _sizes(rng, n_attackers, victim_words, prog_area,
                        _HBM_GAP * lanes * (n + 1), 4 * lanes, 32 * lanes, 128 * lanes)
     spad_sizes.insert(victim, victim_rows)
     hbm_sizes.insert(victim, victim_words)
     spad_bases, spad_end = _layout(rng, spad_sizes, spad_gaps, config.spad_rows,
                                    "scratchpad rows")
-    hbm_bases, hbm_end = _layout(rng, hbm_sizes, hbm_gaps, config.hbm_words, "HBM words")
-    contexts = []
+    hbm_bases, hbm_end = _layout(rng, hbm_sizes, hbm_gaps, prog_area, "HBM words")
+    contexts, prog_bases = [], []
+    prog_next = prog_area
     for c in range(n):
         spad, hbm = Segment(spad_bases[c], spad_sizes[c]), Segment(hbm_bases[c], hbm_sizes[c])
         words = victim_words_program if c == victim else hostile_program(rng, config,
                                                                          spad.size, hbm.size)
+        room = (config.hbm_words - prog_next) // 2 - (n - 1 - c) * len(victim_words_program)
+        if c != victim:
+            words = words[:max(1, room)]
+        if prog_next + 2 * len(words) > config.hbm_words:
+            raise FuzzError(f"the configuration is too small for fuzzing: the programs need "
+                            f"more than the top quarter of HBM ({config.hbm_words // 4} words)")
+        prog_bases.append(prog_next)
+        prog_next += -(-2 * len(words) // line) * line
         contexts.append(ContextSpec(words, spad, hbm))
     masks = [(1 << c % config.n_me, 1 << c % config.n_ve) for c in range(n)]
     priorities = [rng.randint(0, 15) for _ in range(n)]
@@ -617,8 +639,12 @@ def make_case(config, seed, policy):
             spad, hbm = contexts[c].spad, contexts[c].hbm
             spad_init[spad.base:spad.base + spad.size] = data.integers(-8, 9, (spad.size, lanes))
             hbm_init[hbm.base:hbm.base + hbm.size] = data.integers(-8, 9, hbm.size)
+    for base, spec in zip(prog_bases, contexts):      # the programs, where they are fetched
+        halves = [h for word in spec.program for h in (word & 0xFFFFFFFF, word >> 32)]
+        hbm_init[base:base + len(halves)] = np.asarray(halves, np.int64).astype(np.uint32) \
+            .view(np.int32)
     return FuzzCase(seed, policy, contexts, victim, masks, priorities, time_slice,
-                    spad_init, hbm_init, (spad_end, hbm_end))
+                    spad_init, hbm_init, (spad_end, hbm_end), prog_bases)
 
 
 def _overlap(first, second, count):
@@ -730,7 +756,8 @@ def _observe_rtl(config, backend, case, full, max_cycles):
     driver.set_time_slice(case.time_slice)
     for c, spec in enumerate(case.contexts):
         me_mask, ve_mask = case.masks[c]
-        driver.load_context(c, spec.program, spec.spad, spec.hbm, me_mask=me_mask,
+        driver.load_context(c, spec.program, spec.spad, spec.hbm, prog_base=case.prog_bases[c],
+                            me_mask=me_mask,
                             ve_mask=ve_mask, priority=case.priorities[c])
     rows, words = (config.spad_rows, config.hbm_words) if full else case.arena
     driver.write_spad(0, case.spad_init[:rows])

@@ -116,9 +116,11 @@ def _as_tensor(graph, x, words):
 
 
 def _tenant(model_graph, program, n_me, n_ve, whole=False):
+    """A tenant for run_tenants: segments of what the program uses (the whole scratchpad of
+    the vNPU it was compiled for, with ``whole``); its program goes beside them in HBM."""
     builder = model_graph.builder
-    spad_rows, hbm_words = ((builder.spad_rows, builder.hbm_words) if whole else
-                            (max(1, builder.spad_peak), max(1, builder.hbm_top)))
+    spad_rows = builder.spad_rows if whole else max(1, builder.spad_peak)
+    hbm_words = max(1, builder.hbm_top)
     return (program.words, n_me, n_ve, spad_rows, hbm_words, _host_image(model_graph),
             [(region.start, region.size) for _, region, _ in _outputs(model_graph)])
 

@@ -44,10 +44,16 @@ def matmul(a, b, *, config, backend="golden", requant=None, n_me=None, policy="h
                               spad_rows=spad_rows)
     except CompileError as error:
         raise MatmulError(str(error)) from None
+    # The operands' segment, and the program beside it (aligned to an HBM line).
+    line = config.hbm_words_per_cycle
+    program_words = -(-2 * len(plan.program.words) // line) * line
+    if words + program_words > config.hbm_words:
+        raise MatmulError(f"matmul {m}x{k}x{n} needs {words} HBM words and {program_words} "
+                          f"for its program; the NPU has {config.hbm_words}")
     try:
         [c], run = run_program(
             config, plan.program.words, spad_rows=spad_rows or config.spad_rows,
-            hbm_words=config.hbm_words, backend=backend, n_me=n_me, policy=policy,
+            hbm_words=words, backend=backend, n_me=n_me, policy=policy,
             placements=[(plan.a_addr, a.reshape(-1)), (plan.b_addr, b.reshape(-1))],
             reads=[(plan.c_addr, m * n)], max_cycles=10_000_000)
     except ExecutionError as error:

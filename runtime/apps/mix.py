@@ -23,10 +23,12 @@ def halves(config):
 
 def place_tenants(device, engines, priorities=None):
     """One vNPU per (n_me, n_ve) of ``engines`` on ``device``, in order: the lowest engines
-    free (shared when none are), and equal disjoint segments of 1/n_ctx of each memory."""
+    free (shared when none are), and equal disjoint segments of 1/n_ctx of the scratchpad
+    and 1/(2 n_ctx) of HBM (the other half holds the programs)."""
     cfg = device.config
     priorities = priorities or [0] * len(engines)
-    return [device.create(n_me, n_ve, cfg.spad_rows // cfg.n_ctx, cfg.hbm_words // cfg.n_ctx,
+    return [device.create(n_me, n_ve, cfg.spad_rows // cfg.n_ctx,
+                          cfg.hbm_words // (2 * cfg.n_ctx),
                           priority=priority, oversubscribe=True)
             for (n_me, n_ve), priority in zip(engines, priorities)]
 

@@ -152,7 +152,7 @@ def _scaled_config(config, p):
     if any(side % config.ve_lanes for side in sides):
         return None
     rows, cols, line = (side // config.ve_lanes for side in sides)
-    if min(rows, cols) < 1 or line < 4:
+    if min(rows, cols) < 1 or line < 8:            # an HBM line holds a program word
         return None
     return config.replace(ve_lanes=p, array_rows=rows, array_cols=cols,
                           hbm_bytes_per_cycle=line)

@@ -15,19 +15,18 @@ import numpy as np
 
 from isa.encoding import Fault
 from isa.golden import ContextOutcome, ContextSpec, GoldenNPU, Segment
-from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, GLOBAL, ID_VALUE, IMEM_BASE,
-                        IMEM_STRIDE, Access, HostError, Status)
+from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, GLOBAL, ID_VALUE, Access,
+                        HostError, Status)
 from . import script as ops
 
 __all__ = ["GoldenBackend"]
 
-_SETTINGS = ("PROG_LEN", "SPAD_BASE", "SPAD_SIZE", "HBM_BASE", "HBM_SIZE", "ME_MASK", "VE_MASK",
+_SETTINGS = ("PROG_BASE", "PROG_LEN", "SPAD_BASE", "SPAD_SIZE", "HBM_BASE", "HBM_SIZE", "ME_MASK", "VE_MASK",
              "PRIORITY")
 
 
 class _Context:
-    def __init__(self, imem_words):
-        self.imem = [0] * imem_words
+    def __init__(self):
         self.settings = dict.fromkeys(_SETTINGS, 0)
         self.status, self.fault, self.fault_pc = Status.IDLE, Fault.NONE, 0
         self.retired = self.completed = 0
@@ -52,7 +51,7 @@ class GoldenBackend:
     def execute(self, script):
         cfg = self.config
         self.npu = GoldenNPU(cfg, check_races=self.check_races)
-        self.contexts = [_Context(cfg.imem_words) for _ in range(cfg.n_ctx)]
+        self.contexts = [_Context() for _ in range(cfg.n_ctx)]
         self.registers = {"POLICY": 0, "TIME_SLICE": 4096, "HOST_ERROR": 0}   # reset values
         self.context_details = {}
         results = []
@@ -98,13 +97,6 @@ class GoldenBackend:
 
     def _write(self, address, value):
         cfg = self.config
-        if IMEM_BASE <= address < IMEM_BASE + cfg.n_ctx * IMEM_STRIDE:
-            c, word = divmod(address - IMEM_BASE, IMEM_STRIDE)
-            if word >= cfg.imem_words:
-                self._refuse(HostError.IMEM_RANGE, address)
-            else:
-                self.contexts[c].imem[word] = value & (2**64 - 1)
-            return
         c, register = self._where(address)
         if register is None or register.access not in (Access.RW, Access.WO):
             self._refuse(HostError.UNMAPPED, address)
@@ -149,7 +141,9 @@ class GoldenBackend:
 
     def _valid(self, context, offset):
         cfg, s = self.config, context.settings
-        return (s["PROG_LEN"] <= cfg.imem_words and s["SPAD_BASE"] + s["SPAD_SIZE"] <= cfg.spad_rows
+        return (s["PROG_BASE"] % cfg.hbm_words_per_cycle == 0
+                and s["PROG_BASE"] + 2 * s["PROG_LEN"] <= cfg.hbm_words
+                and s["SPAD_BASE"] + s["SPAD_SIZE"] <= cfg.spad_rows
                 and s["HBM_BASE"] + offset + s["HBM_SIZE"] <= cfg.hbm_words)
 
     def _start(self, c, offset):
@@ -160,12 +154,17 @@ class GoldenBackend:
             context.status, context.fault, context.fault_pc = Status.FAULTED, Fault.CONFIG, 0
             context.retired = 0
             self.context_details[c] = ContextOutcome(
-                Fault.CONFIG, 0, f"settings invalid: PROG_LEN {s['PROG_LEN']}, scratchpad "
-                f"{s['SPAD_BASE']}+{s['SPAD_SIZE']}, HBM {s['HBM_BASE']}+{offset}+{s['HBM_SIZE']} "
-                f"(memories: {self.config.spad_rows} rows, {self.config.hbm_words} words, "
-                f"{self.config.imem_words} program words)")
+                Fault.CONFIG, 0, f"settings invalid: program at HBM {s['PROG_BASE']} of "
+                f"{s['PROG_LEN']} words, scratchpad {s['SPAD_BASE']}+{s['SPAD_SIZE']}, HBM "
+                f"{s['HBM_BASE']}+{offset}+{s['HBM_SIZE']} (memories: "
+                f"{self.config.spad_rows} rows, {self.config.hbm_words} words; programs start "
+                f"at a multiple of {self.config.hbm_words_per_cycle} words)")
             return
-        spec = ContextSpec(context.imem[:s["PROG_LEN"]], Segment(s["SPAD_BASE"], s["SPAD_SIZE"]),
+        # The program as the hardware fetches it: 64-bit words from HBM, low half first.
+        halves = self.npu.hbm[s["PROG_BASE"]:s["PROG_BASE"] + 2 * s["PROG_LEN"]]
+        halves = halves.astype(np.int64) & 0xFFFFFFFF
+        program = [int(lo) | int(hi) << 32 for lo, hi in zip(halves[0::2], halves[1::2])]
+        spec = ContextSpec(program, Segment(s["SPAD_BASE"], s["SPAD_SIZE"]),
                            Segment(s["HBM_BASE"] + offset, s["HBM_SIZE"]))
         [outcome] = self.npu.run([spec])
         context.fault, context.fault_pc = outcome.fault, outcome.fault_pc or 0

@@ -181,9 +181,9 @@ class ProgramBuilder:
                       eoo=u.eoo or i == last, eop=i == last, restartable=u.restartable)
                  for i, u in enumerate(self.utops)]
         words = encode_program(utops)
-        if len(words) > self.config.imem_words:
-            raise CompileError(f"the program compiles to {len(words)} words; the instruction "
-                               f"memory holds {self.config.imem_words}")
+        if len(words) > self.config.max_prog_words:
+            raise CompileError(f"the program compiles to {len(words)} words; HBM holds at "
+                               f"most {self.config.max_prog_words}")
         per_engine = {engine.name.lower(): sum(u.engine == engine for u in self.utops)
                       for engine in Engine}
         return Program(utops, words, [u.name for u in self.utops], per_engine)

@@ -135,11 +135,14 @@ class Device:
             raise MappingError(f"{vnpu.name} is not mapped on this device")
         self.vnpus.remove(vnpu)
 
-    def driver(self, programs, *, windows=None):
+    def driver(self, programs, *, windows=None, reserve=()):
         """A driver with the policy (and time slice) set and each vNPU's program (``programs``
-        by vNPU name: 64-bit words) and registers loaded. ``windows`` (by vNPU name) narrows
+        by vNPU name: 64-bit words, placed in HBM outside every vNPU's segment) and
+        registers loaded. ``windows`` (by vNPU name) narrows
         the HBM a context sees to that many words from its segment's base: its requests'
-        doorbell offsets then move the window within the vNPU's segment."""
+        doorbell offsets then move the window within the vNPU's segment. ``reserve``: more
+        HBM Segments to keep programs out of (say, data the host places outside every
+        segment)."""
         unknown = set(programs) - {v.name for v in self.vnpus}
         if unknown:
             raise MappingError(f"programs for vNPUs this device does not hold: "
@@ -149,6 +152,8 @@ class Device:
             driver.set_policy(self.policy)
         if self.time_slice is not None:
             driver.set_time_slice(self.time_slice)
+        for segment in [vnpu.hbm for vnpu in self.vnpus] + list(reserve):
+            driver.reserve_hbm(segment)  # programs go beside the segments, never in them
         for vnpu in self.vnpus:
             if vnpu.name not in programs:
                 continue

@@ -14,8 +14,8 @@ import numpy as np
 from isa.config import NPUConfig
 from isa.encoding import Fault
 from isa.golden import Segment
-from isa.regmap import (CONTEXT, ENGINE, IMEM_BASE, IMEM_STRIDE, Access, HostError, Policy,
-                        Status, register_address)
+from isa.regmap import (CONTEXT, ENGINE, Access, HostError, Policy, Status,
+                        register_address)
 from runtime.backends import script as ops
 
 __all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError", "BACKENDS",
@@ -125,6 +125,21 @@ class RequestResult:
         return None if self.end is None else self.end - self.arrival
 
 
+def _place_program(config, size, taken):
+    """The highest line-aligned base of ``size`` HBM words overlapping none of ``taken``
+    (Segments), or None."""
+    line = config.hbm_words_per_cycle
+    end = config.hbm_words
+    while True:
+        base = (end - size) // line * line
+        if base < 0:
+            return None
+        clashes = [t for t in taken if Segment(base, size).overlaps(t)]
+        if not clashes:
+            return base
+        end = min(t.base for t in clashes)
+
+
 def check_placement(config, who, spad, hbm, me_mask, ve_mask, priority, others,
                     error=DriverError):
     """Raise ``error`` naming ``who`` for settings this NPU cannot hold: a segment that runs
@@ -180,6 +195,8 @@ class Driver:
         self.script = []
         self.loaded = []
         self.segments = {}            # ctx -> (spad, hbm) of every loaded context
+        self.programs = {}            # ctx -> the HBM words its program occupies (Segment)
+        self.reserved = []            # HBM Segments no program may be placed in
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -205,27 +222,69 @@ class Driver:
                               f"not {cycles!r}")
         self._csr("TIME_SLICE", cycles)
 
+    def reserve_hbm(self, segment: Segment):
+        """Keep programs placed by `load_context` out of ``segment`` (say, a vNPU's whole HBM
+        segment when its requests see windows of it)."""
+        self.reserved.append(segment)
+
     def load_context(self, ctx, program, spad: Segment, hbm: Segment, *, me_mask=None,
-                     ve_mask=None, priority=0):
-        """Program and configure context ``ctx`` (masks default to every engine)."""
+                     ve_mask=None, priority=0, prog_base=None):
+        """Program and configure context ``ctx`` (masks default to every engine).
+
+        The program (64-bit words) is written to HBM, two words each, low half first, from
+        ``prog_base``: by default the highest place at a line boundary outside every loaded
+        context's segments and programs and every reserved range. A data segment must not
+        overlap any program: the dispatcher fetches programs while contexts run."""
         cfg = self.config
         self._check_context(ctx)
-        if len(program) > cfg.imem_words:
-            raise DriverError(f"context {ctx}: program of {len(program)} words exceeds "
-                              f"imem_words={cfg.imem_words}")
+        words = []
+        for i, word in enumerate(program):
+            if not _is_int(word) or not 0 <= word < 1 << 64:
+                raise DriverError(f"context {ctx}: program word {i} is {word!r}, not a 64-bit "
+                                  f"unsigned integer")
+            words.append(int(word))
         me_mask = (1 << cfg.n_me) - 1 if me_mask is None else me_mask
         ve_mask = (1 << cfg.n_ve) - 1 if ve_mask is None else ve_mask
         check_placement(cfg, f"context {ctx}", spad, hbm, me_mask, ve_mask, priority,
                         {f"context {other}": segments for other, segments in
                          self.segments.items() if other != ctx})
-        for address, word in enumerate(program):
-            self.script.append(ops.CsrWrite(IMEM_BASE + ctx * IMEM_STRIDE + address, int(word)))
-        for name, value in (("PROG_LEN", len(program)), ("SPAD_BASE", spad.base),
+        programs = {other: segment for other, segment in self.programs.items() if other != ctx}
+        for other, segment in programs.items():
+            if hbm.overlaps(segment):
+                raise DriverError(f"context {ctx}: HBM segment base={hbm.base} size={hbm.size} "
+                                  f"overlaps context {other}'s program (HBM words "
+                                  f"{segment.base}..{segment.base + segment.size - 1})")
+        taken = [hbm] + [h for other, (_, h) in self.segments.items() if other != ctx] \
+            + list(programs.values()) + self.reserved
+        size = 2 * len(words)
+        if prog_base is None:
+            prog_base = _place_program(cfg, size, taken)
+            if prog_base is None:
+                raise DriverError(f"context {ctx}: no room in HBM for its program of "
+                                  f"{len(words)} words ({size} HBM words): segments and "
+                                  f"programs leave no free range that large")
+        else:
+            line = cfg.hbm_words_per_cycle
+            if not _is_int(prog_base) or prog_base < 0 or prog_base % line \
+                    or prog_base + size > cfg.hbm_words:
+                raise DriverError(f"context {ctx}: program base {prog_base!r} must be a "
+                                  f"multiple of {line} (an HBM line) with its {size} words "
+                                  f"inside HBM's {cfg.hbm_words}")
+            clash = next((t for t in taken if Segment(prog_base, size).overlaps(t)), None)
+            if clash is not None:
+                raise DriverError(f"context {ctx}: program at HBM {prog_base}..{prog_base + size - 1} "
+                                  f"overlaps HBM words {clash.base}..{clash.base + clash.size - 1} "
+                                  f"(a data segment, another program or a reserved range)")
+        halves = [half for word in words for half in (word & 0xFFFFFFFF, word >> 32)]
+        self.write_hbm(prog_base, halves)
+        for name, value in (("PROG_BASE", prog_base), ("PROG_LEN", len(words)),
+                            ("SPAD_BASE", spad.base),
                             ("SPAD_SIZE", spad.size), ("HBM_BASE", hbm.base),
                             ("HBM_SIZE", hbm.size), ("ME_MASK", me_mask), ("VE_MASK", ve_mask),
                             ("PRIORITY", priority)):
             self._csr(name, value, ctx=ctx)
         self.segments[ctx] = (spad, hbm)
+        self.programs[ctx] = Segment(prog_base, size)
         if ctx not in self.loaded:
             self.loaded.append(ctx)
 
