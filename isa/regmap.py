@@ -43,7 +43,7 @@ class Status(enum.IntEnum):
 class HostError(enum.IntEnum):
     """Why the host interface refused a write (the code in HOST_ERROR bits 0..7).
 
-    A refused write changes nothing: the register, the instruction memory and the
+    A refused write changes nothing: the register, the settings and the
     contexts keep their values and states.
     """
     NONE = 0
