@@ -65,7 +65,8 @@ than the buffer). Fetch requests share HBM with the DMA engines and the host: ea
 of the lines HBM accepts per cycle, answered `hbm_latency` cycles later. Fetch runs ahead
 of decode as far as the buffer allows: it keeps every word from the header of the
 context's oldest µTOp still in its dependency window on, so a µTOp's body stays buffered
-until it retires (a preempted µTOp is streamed again from the buffer). A µTOp is taken
+until it and every older µTOp have retired (a preempted µTOp is streamed again from the
+buffer). The rest of the last line, past PROG_LEN, is read but never executed. A µTOp is taken
 into the window once its header and whole body have arrived; a µTOp whose body straddles
 the ring's end is read across it. Fetch requests no line that starts at or past
 PROG_LEN, and none once the context has decoded its `eop` µTOp, recorded a fault or
@@ -102,8 +103,9 @@ next header would be).
 - Within a µTOp body, instructions take effect in order. Within one instruction that
   streams rows, a destination row range that overlaps a source row range (other than
   exactly, row for row, for the elementwise VE instructions) gives undefined results.
-- Contexts share nothing but engines when their segments are disjoint (the runtime's
-  mapper guarantees it); overlapping segments give timing-dependent results.
+- Contexts share nothing but engines and memory bandwidth (scratchpad banks, HBM, which
+  instruction fetch uses too) when their segments are disjoint and no program overlaps a
+  segment (the runtime's mapper guarantees both); otherwise results are timing-dependent.
 
 ### Engine state
 

@@ -194,3 +194,17 @@ def test_the_prefetcher_drops_lines_of_the_run_before_a_start():
 def test_the_prefetcher_converts():
     convert(Prefetcher(TINY))
     convert(Prefetcher(NPUConfig.preset("tpu")))
+
+
+def test_a_request_window_over_a_program_is_refused():
+    """A doorbell offset that would move a context's HBM window onto a program (its own
+    or another's) is refused before the stream runs, naming both."""
+    driver = Driver(TINY, "golden")
+    driver.load_context(0, long_program(1, 4), Segment(0, 16), Segment(0, 4))
+    driver.load_context(1, long_program(2, 4), Segment(16, 16), Segment(64, 4))
+    program = driver.programs[1]
+    with pytest.raises(DriverError, match=r"request 1: with offset .* context 0's HBM window "
+                                          r".* covers context 1's program"):
+        driver.serve([(0, 0), (10, 0)], offsets=[0, program.base])
+    with pytest.raises(DriverError, match="context 0's program is there"):
+        driver.reserve_hbm(driver.programs[0])

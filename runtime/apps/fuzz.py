@@ -601,7 +601,7 @@ def make_case(config, seed, policy):
                                    rng.randint(16, _HBM_GAP * lanes)])
     # HBM: the segments from 0, the programs in the top quarter (each from a line's start).
     line = config.hbm_words_per_cycle
-    prog_area = config.hbm_words - config.hbm_words // 4
+    prog_area = -(-(config.hbm_words - config.hbm_words // 4) // line) * line
     spad_sizes = _sizes(rng, n_attackers, victim_rows, config.spad_rows, _SPAD_GAP * (n + 1),
                         16, 64, 160)
     hbm_sizes = _sizes(rng, n_attackers, victim_words, prog_area,

@@ -225,6 +225,10 @@ class Driver:
     def reserve_hbm(self, segment: Segment):
         """Keep programs placed by `load_context` out of ``segment`` (say, a vNPU's whole HBM
         segment when its requests see windows of it)."""
+        for owner, program in self.programs.items():
+            if segment.overlaps(program):
+                raise DriverError(f"cannot reserve HBM words {segment.base}..{segment.base + segment.size - 1}"
+                                  f": context {owner}'s program is there")
         self.reserved.append(segment)
 
     def load_context(self, ctx, program, spad: Segment, hbm: Segment, *, me_mask=None,
@@ -261,14 +265,15 @@ class Driver:
             prog_base = _place_program(cfg, size, taken)
             if prog_base is None:
                 raise DriverError(f"context {ctx}: no room in HBM for its program of "
-                                  f"{len(words)} words ({size} HBM words): segments and "
-                                  f"programs leave no free range that large")
+                                  f"{len(words)} words ({size} HBM words, from a multiple of "
+                                  f"{cfg.hbm_words_per_cycle}): segments, other programs and "
+                                  f"reserved ranges leave no free range that large")
         else:
             line = cfg.hbm_words_per_cycle
             if not _is_int(prog_base) or prog_base < 0 or prog_base % line \
                     or prog_base + size > cfg.hbm_words:
                 raise DriverError(f"context {ctx}: program base {prog_base!r} must be a "
-                                  f"multiple of {line} (an HBM line) with its {size} words "
+                                  f"multiple of {line} (an HBM line) with its {size} HBM words "
                                   f"inside HBM's {cfg.hbm_words}")
             clash = next((t for t in taken if Segment(prog_base, size).overlaps(t)), None)
             if clash is not None:
@@ -410,6 +415,14 @@ class Driver:
             if not _is_int(offset) or not 0 <= offset < 1 << 32:
                 raise DriverError(f"request {index}: HBM offset {offset!r} is not a 32-bit "
                                   f"unsigned value")
+            segment = self.segments[c][1]
+            window = Segment(segment.base + offset, segment.size)
+            for owner, program in self.programs.items():
+                if window.overlaps(program):
+                    raise DriverError(
+                        f"request {index}: with offset {offset} context {c}'s HBM window "
+                        f"(base={window.base} size={window.size}) covers context {owner}'s "
+                        f"program (HBM words {program.base}..{program.base + program.size - 1})")
             if output is not None:
                 self._check_reads(max_cycles, (), [output])
             if before is not None:
