@@ -13,7 +13,7 @@ __all__ = [
     "Engine", "Fault", "Field", "InstrDef", "HeaderDef", "HEADER", "INSTRUCTIONS",
     "BY_MNEMONIC", "BY_OPCODE", "Instr", "instr", "UTop", "EncodeError", "DecodeError",
     "encode_header", "decode_header", "encode_instr", "decode_instr", "encode_program",
-    "decode_program", "WORD_BITS", "WORD_BYTES",
+    "decode_program", "program_hbm_words", "program_from_hbm_words", "WORD_BITS", "WORD_BYTES",
 ]
 
 WORD_BITS = 64
@@ -539,6 +539,19 @@ def encode_program(items):
         words.append(encode_header(item))
         words.extend(instr.encode() for instr in item.body)
     return words
+
+
+def program_hbm_words(words):
+    """A program's 64-bit words as HBM holds them (isa/SPEC.md, "Where programs live"): two
+    unsigned 32-bit words each, the low half first."""
+    return [half for word in words for half in (int(word) & 0xFFFFFFFF, int(word) >> 32)]
+
+
+def program_from_hbm_words(halves):
+    """The 64-bit program words of HBM words laid out by :func:`program_hbm_words` (each
+    taken modulo 2^32, so signed int32 values read back from a memory work too)."""
+    halves = [int(h) & 0xFFFFFFFF for h in halves]
+    return [lo | hi << 32 for lo, hi in zip(halves[0::2], halves[1::2])]
 
 
 def decode_program(words):

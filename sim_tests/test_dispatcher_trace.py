@@ -29,7 +29,7 @@ from amaranth.sim import Simulator
 from isa.config import NPUConfig
 from hw.dispatcher import Dispatcher, engine_types
 from hw.hbm import HBM
-from isa.encoding import UTop, encode_header
+from isa.encoding import UTop, encode_header, program_hbm_words
 
 DIGESTS = Path(__file__).with_name("dispatcher_trace_digests.json")
 CYCLES = 1500
@@ -134,7 +134,7 @@ def trace_digest(seed, cycles=CYCLES):
                 for c in range(C):
                     if status[c] != 1 and rng.random() < 0.2:
                         words, length = program()
-                        halves = [h for w in words for h in (w & 0xFFFFFFFF, w >> 32)]
+                        halves = program_hbm_words(words)
                         halves += [0] * (-len(halves) % per_line)
                         lines = [sum(v << 32 * j for j, v in enumerate(halves[i:i + per_line]))
                                  for i in range(0, len(halves), per_line)]

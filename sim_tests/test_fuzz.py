@@ -9,7 +9,7 @@ import pytest
 
 from isa.config import NPUConfig
 from isa.asm import assemble
-from isa.encoding import decode_header, decode_instr
+from isa.encoding import decode_header, decode_instr, program_from_hbm_words
 from isa.golden import ContextSpec, GoldenNPU, Segment
 from runtime.apps import fuzz
 from runtime.apps.cli import main
@@ -66,8 +66,7 @@ def test_segments_are_disjoint_with_gaps_and_every_context_owns_an_me_and_a_ve()
         assert programs[0][0] >= case.arena[1]
         for (base, words), (after, _) in zip(programs, programs[1:] + [(TINY.hbm_words, [])]):
             assert base % TINY.hbm_words_per_cycle == 0 and base + 2 * len(words) <= after
-            halves = case.hbm_init[base:base + 2 * len(words)].astype(np.int64) & 0xFFFFFFFF
-            assert [int(lo) | int(hi) << 32 for lo, hi in zip(halves[::2], halves[1::2])] == words
+            assert program_from_hbm_words(case.hbm_init[base:base + 2 * len(words)]) == words
 
 
 def _utops(words, config):

@@ -9,7 +9,7 @@ from isa.config import NPUConfig
 from isa.regmap import (CONTEXT, GLOBAL, ID_VALUE, Access, HostError, Policy, Status,
                         register_address)
 from isa.asm import assemble
-from isa.encoding import Fault
+from isa.encoding import Fault, program_hbm_words
 from runtime.backends import script as ops
 from runtime.backends.pysim import PysimBackend
 from runtime.host.driver import make_backend
@@ -88,7 +88,7 @@ def program_writes(base, program):
     """HBM writes that put ``program`` (64-bit words) at HBM word ``base`` (a line's first),
     low halves first, as isa/SPEC.md lays programs out."""
     per_line = TINY.hbm_words_per_cycle
-    halves = [half for word in program for half in (word & 0xFFFFFFFF, word >> 32)]
+    halves = program_hbm_words(program)
     halves += [0] * (-len(halves) % per_line)
     return [ops.HbmWrite((base + i) // per_line, tuple(halves[i:i + per_line]),
                          (1 << per_line) - 1) for i in range(0, len(halves), per_line)]

@@ -149,10 +149,10 @@ class ContextWindow(wiring.Component):
                       | ((deps >> W) != 0) | (hdr_length > cfg.max_body))
         tail = Signal(range(W))
         m.d.comb += tail.eq(Mux(head + count >= W, head + count - W, head + count))
-        can_fetch = running & ~fetch_done & ~fault_valid & (count < W)
+        m.d.comb += self.fetching.eq(running & ~fetch_done & ~fault_valid)
+        can_fetch = self.fetching & (count < W)
         allocate = Signal()
         fetch_fault = Signal(Fault)
-        m.d.comb += self.fetching.eq(running & ~fetch_done & ~fault_valid)
         with m.If(can_fetch):
             with m.If(pc >= settings.prog_len):
                 m.d.comb += fetch_fault.eq(Fault.FETCH_OOB)

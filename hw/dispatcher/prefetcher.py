@@ -1,6 +1,6 @@
 """One context's instruction prefetcher: its program, line by line from HBM into a ring buffer."""
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -48,7 +48,6 @@ class Prefetcher(wiring.Component):
 
     def __init__(self, config):
         self.config = config
-        latency = config.hbm_latency
         super().__init__({
             "prog_base": In(hbm_addr_shape(config)),
             "prog_len": In(prog_addr_shape(config)),
@@ -59,7 +58,6 @@ class Prefetcher(wiring.Component):
             "write": Out(BufferWriteSignature(config)),
             "visible": Out(prog_addr_shape(config)),
         })
-        self._outstanding_shape = range(latency + 3)
 
     def elaborate(self, platform):
         m = Module()
@@ -69,8 +67,9 @@ class Prefetcher(wiring.Component):
         word_bits = (K - 1).bit_length()
         requested = Signal(prog_addr_shape(cfg))      # next word to request (a line's first)
         filled = Signal(prog_addr_shape(cfg))         # next word to arrive
-        outstanding = Signal(self._outstanding_shape)  # lines requested, not yet arrived
-        stale = Signal(self._outstanding_shape)        # ... of them, from before a START
+        # At most hbm_latency lines are in flight (one accepted per cycle).
+        outstanding = Signal(range(cfg.hbm_latency + 3))  # lines requested, not yet arrived
+        stale = Signal.like(outstanding)                  # ... of them, from before a START
         req, resp_valid = self.hbm.req, self.hbm.resp_valid
 
         m.d.comb += [

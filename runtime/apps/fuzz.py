@@ -43,7 +43,7 @@ from isa.regmap import Status, register_address
 from isa.asm import assemble_program
 from isa.encoding import (BY_MNEMONIC, INSTRUCTIONS, DecodeError, Engine, Fault, Instr, UTop,
                           decode_header, decode_instr, encode_header, encode_instr,
-                          encode_program)
+                          encode_program, program_hbm_words)
 from isa.golden import ContextSpec, GoldenNPU, Segment, loop_operands
 from runtime.backends import script as ops
 from runtime.host.driver import BACKENDS, POLICIES, Driver, DriverError, make_backend
@@ -640,7 +640,7 @@ def make_case(config, seed, policy):
             spad_init[spad.base:spad.base + spad.size] = data.integers(-8, 9, (spad.size, lanes))
             hbm_init[hbm.base:hbm.base + hbm.size] = data.integers(-8, 9, hbm.size)
     for base, spec in zip(prog_bases, contexts):      # the programs, where they are fetched
-        halves = [h for word in spec.program for h in (word & 0xFFFFFFFF, word >> 32)]
+        halves = program_hbm_words(spec.program)
         hbm_init[base:base + len(halves)] = np.asarray(halves, np.int64).astype(np.uint32) \
             .view(np.int32)
     return FuzzCase(seed, policy, contexts, victim, masks, priorities, time_slice,

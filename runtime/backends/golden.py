@@ -13,7 +13,7 @@ the detail the RTL has no register for: each context's fault explained in words,
 
 import numpy as np
 
-from isa.encoding import Fault
+from isa.encoding import Fault, program_from_hbm_words
 from isa.golden import ContextOutcome, ContextSpec, GoldenNPU, Segment
 from isa.regmap import (CONTEXT, CONTEXT_BASE, CONTEXT_STRIDE, GLOBAL, ID_VALUE, Access,
                         HostError, Status)
@@ -161,9 +161,8 @@ class GoldenBackend:
                 f"at a multiple of {self.config.hbm_words_per_cycle} words)")
             return
         # The program as the hardware fetches it: 64-bit words from HBM, low half first.
-        halves = self.npu.hbm[s["PROG_BASE"]:s["PROG_BASE"] + 2 * s["PROG_LEN"]]
-        halves = halves.astype(np.int64) & 0xFFFFFFFF
-        program = [int(lo) | int(hi) << 32 for lo, hi in zip(halves[0::2], halves[1::2])]
+        program = program_from_hbm_words(
+            self.npu.hbm[s["PROG_BASE"]:s["PROG_BASE"] + 2 * s["PROG_LEN"]])
         spec = ContextSpec(program, Segment(s["SPAD_BASE"], s["SPAD_SIZE"]),
                            Segment(s["HBM_BASE"] + offset, s["HBM_SIZE"]))
         [outcome] = self.npu.run([spec])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa.config import NPUConfig
-from isa.encoding import Fault
+from isa.encoding import Fault, program_hbm_words
 from isa.golden import Segment
 from isa.regmap import (CONTEXT, ENGINE, Access, HostError, Policy, Status,
                         register_address)
@@ -280,8 +280,7 @@ class Driver:
                 raise DriverError(f"context {ctx}: program at HBM {prog_base}..{prog_base + size - 1} "
                                   f"overlaps HBM words {clash.base}..{clash.base + clash.size - 1} "
                                   f"(a data segment, another program or a reserved range)")
-        halves = [half for word in words for half in (word & 0xFFFFFFFF, word >> 32)]
-        self.write_hbm(prog_base, halves)
+        self.write_hbm(prog_base, program_hbm_words(words))
         for name, value in (("PROG_BASE", prog_base), ("PROG_LEN", len(words)),
                             ("SPAD_BASE", spad.base),
                             ("SPAD_SIZE", spad.size), ("HBM_BASE", hbm.base),
