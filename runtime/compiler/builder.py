@@ -20,7 +20,8 @@ import numpy as np
 from isa.asm import format_items
 from isa.encoding import Engine, Instr, UTop, encode_program
 
-__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "row_spans"]
+__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "row_spans",
+           "split_body"]
 
 
 class CompileError(ValueError):
@@ -30,6 +31,48 @@ class CompileError(ValueError):
 def row_spans(count, most=256):
     """(offset, size) pieces of a row range: one instruction moves at most ``most`` rows."""
     return [(first, min(most, count - first)) for first in range(0, count, most)]
+
+
+def _state_key(i):
+    """The engine state an instruction sets (it lasts until the µTOp ends), or None:
+    weights (ldw), requantization (vsetq), lookup table (vldlut), a vector register (vld),
+    vector length (vsetvl), copy shape (dcfg), gather base (dbase)."""
+    mnemonic = i.op.mnemonic if i.op is not None else None
+    if mnemonic == "vld":
+        return ("vld", i.args["vd"])
+    if mnemonic in ("ldw", "vsetq", "vldlut", "vsetvl", "dcfg", "dbase"):
+        return mnemonic
+    return None
+
+
+def split_body(body, room, what):
+    """A µTOp body of any length as bodies of at most ``room`` instructions that run one
+    after the other to the same effect: each piece starts by setting again the engine
+    state the earlier pieces left set (state does not survive a µTOp, isa/SPEC.md); a
+    `loop` stays in one piece with its body. Memory carries everything else."""
+    atoms, i = [], 0
+    while i < len(body):
+        looping = body[i].op is not None and body[i].op.mnemonic == "loop"
+        size = 1 + (body[i].args["len"] if looping else 0)
+        atoms.append(body[i:i + size])
+        i += size
+    pieces, piece, state = [], [], {}
+    for atom in atoms:
+        if len(piece) + len(atom) > room and len(piece) > len(state):
+            pieces.append(piece)
+            piece = list(state.values())
+        if len(piece) + len(atom) > room:
+            raise CompileError(f"{what}: {len(atom)} instructions that cannot be split, after "
+                               f"{len(state)} that set engine state, exceed max_body {room}")
+        piece += atom
+        for instruction in atom:
+            key = _state_key(instruction)
+            if key is not None:
+                state.pop(key, None)
+                state[key] = instruction
+    if piece:
+        pieces.append(piece)
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -166,6 +209,15 @@ class ProgramBuilder:
                 new.deps.add(j)
         self.utops.append(new)
         return new
+
+    def split_utop(self, engine, body, *, reads=(), writes=(), name=""):
+        """µTOps for a body of any length (:func:`split_body`), each declaring ``reads``
+        and ``writes``; pieces of one body therefore run in order. The caller declares as
+        read whatever a later piece reads after an earlier one wrote it."""
+        pieces = split_body(list(body), self.config.max_body, name)
+        for k, piece in enumerate(pieces):
+            self.utop(engine, piece, reads=reads, writes=writes,
+                      name=name if len(pieces) == 1 else f"{name}#{k}")
 
     def end_operator(self):
         """Mark the last µTOp as the end of an ML operator (the v10 policy gangs on it)."""

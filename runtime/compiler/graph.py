@@ -122,6 +122,7 @@ class Graph:
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
         self._constants = {}          # bytes of a constant block -> spad Region
+        self._activations = set()     # spad Regions of tensors made by operators
         self.ops = []                 # (kind, name) in order, for reports
 
     # --- helpers -------------------------------------------------------------------------
@@ -134,7 +135,24 @@ class Graph:
 
     def _new(self, rows, tiles, scale, ref, what, image=None):
         region = self.builder.alloc(rows * tiles, what)
+        self._activations.add(region)
         return Tensor(region, rows, tiles, scale, np.asarray(ref, np.int64), image)
+
+    def release(self, t):
+        """Free the scratchpad of tensor ``t`` now (no later operator reads it)."""
+        self._activations.remove(t.region)
+        self.builder.free(t.region)
+
+    def keep_only(self, live):
+        """Free the scratchpad of every tensor no tensor in ``live`` lies in (views and
+        rescaled copies share their tensor's rows). The caller (the ONNX lowering) calls
+        it after each node with the tensors later nodes still read; a freed region is
+        reused by later operators, ordered after its last readers by the dependency rule."""
+        held = [t.region for t in live]
+        for region in [r for r in self._activations
+                       if not any(r.overlaps(h) for h in held)]:
+            self._activations.remove(region)
+            self.builder.free(region)
 
     def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False):
         body = [instr("dcfg", width, hstride, 1)]
@@ -152,28 +170,37 @@ class Graph:
         if key not in self._constants:
             hbm = self.builder.hbm(values.size, what, values)
             spad = self.builder.alloc(len(values), what)
-            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                     len(values)),
                               reads=[hbm], writes=[spad], name=f"load {what}")
             self._constants[key] = spad
         return self._constants[key]
 
     def _ve(self, units, reads, writes, name, preamble=()):
-        """VE µTOps from ``units`` (instruction groups never split across µTOps); every
-        µTOp starts with ``preamble`` (engine state does not survive a µTOp)."""
+        """VE µTOps from ``units`` (instruction groups kept in one µTOp where they fit);
+        every µTOp starts with ``preamble`` (engine state does not survive a µTOp). A unit
+        longer than a µTOp is split (builder.split_body); its pieces declare ``writes`` as
+        read too, since a later piece reads what an earlier one wrote (so none of them is
+        restartable)."""
         room = self.config.max_body - len(preamble)
         body = []
-        for unit in units:
-            if len(unit) > room:
-                raise CompileError(f"{name}: {len(unit) + len(preamble)} dependent vector "
-                                   f"instructions exceed max_body {self.config.max_body}")
-            if len(body) + len(unit) > room:
+
+        def flush():
+            if body:
                 self.builder.utop(Engine.VE, list(preamble) + body, reads=reads, writes=writes,
                                   name=name)
-                body = []
+                body.clear()
+
+        for unit in units:
+            if len(unit) > room:
+                flush()
+                self.builder.split_utop(Engine.VE, list(preamble) + unit, reads=list(reads) + list(writes),
+                                   writes=writes, name=name)
+                continue
+            if len(body) + len(unit) > room:
+                flush()
             body += unit
-        if body:
-            self.builder.utop(Engine.VE, list(preamble) + body, reads=reads, writes=writes, name=name)
+        flush()
 
     def _row_blocks(self, lo, hi, tiles):
         """Row blocks: enough for every ME of the pNPU even with few column tiles, and at
@@ -207,7 +234,7 @@ class Graph:
         self.inputs[name] = (hbm, rows_q)
         out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
         for t in range(tiles):
-            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, cols, out.tile(t),
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols, out.tile(t),
                                                     hbm.start + t * self.lanes, rows),
                               reads=[hbm], writes=[out.tile_region(t)], name=f"load {name}.{t}")
         self._op("input", name)
@@ -225,7 +252,7 @@ class Graph:
         hbm = self.builder.hbm(padded.size, f"indices {name}")
         self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
         spad = self.builder.alloc(rows, f"indices {name}")
-        self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
+        self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                 rows),
                           reads=[hbm], writes=[spad], name=f"load {name}")
         return spad, values
@@ -239,7 +266,7 @@ class Graph:
         cols = x.tiles * self.lanes
         hbm = self.builder.hbm(x.rows * cols, f"output {name}")
         for t in range(x.tiles):
-            self.builder.utop(Engine.DMA, self._dma_rows(self.lanes, cols, x.tile(t),
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols, x.tile(t),
                                                     hbm.start + t * self.lanes, x.rows,
                                                     store=True),
                               reads=[x.tile_region(t)], writes=[hbm], name=f"store {name}.{t}")
@@ -352,7 +379,7 @@ class Graph:
             buf = bufs[slot]
             body = self._dma_rows(lanes, n_tiles * lanes, buf.start, w_hbm.start + ct * lanes, k)
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
-            self.builder.utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
+            self.builder.split_utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
                               name=f"{name} load w{ct}")
             return buf.start, buf, buf.start + k
 
@@ -504,27 +531,27 @@ class Graph:
         out = self._new(rows, tiles, 1 / 127, rq(e * r, 127, recip_bits), name)
         exp_lut = self.constant(exp_table, "exp table")
         recip_lut = self.constant(recip_table, "reciprocal table")
-        work = self.builder.alloc(rows * (tiles + 2), f"{name} scratch")
+        # e and e * r live in the output's rows until the last vrq makes them int8.
+        work = self.builder.alloc(rows * 2, f"{name} scratch")
         peak_row, sum_row = work.start, work.start + rows
-        e_row = lambda t: work.start + (2 + t) * rows
         units = []
         for f, n in row_spans(rows):
+            o = lambda t: out.tile(t) + f
             unit = [instr("vldlut", exp_lut.start), instr("vsetq", 127, recip_bits, 0)]
             unit += _reduce_rows("vmax", "vlmax", peak_row + f,
                                  [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
-                unit += [instr("vsub", e_row(t) + f, x.tile(t) + f, peak_row + f, n),
-                         instr("vlut", e_row(t) + f, e_row(t) + f, n)]
-            unit += _reduce_rows("vadd", "vlsum", sum_row + f,
-                                 [e_row(t) + f for t in range(tiles)], n)
+                unit += [instr("vsub", o(t), x.tile(t) + f, peak_row + f, n),
+                         instr("vlut", o(t), o(t), n)]
+            unit += _reduce_rows("vadd", "vlsum", sum_row + f, [o(t) for t in range(tiles)], n)
             unit.append(instr("vldlut", recip_lut.start))
             unit += _bucket_lookup(sum_row + f, k, n)
             for t in range(tiles):
-                unit += [instr("vmul", e_row(t) + f, e_row(t) + f, sum_row + f, n),
-                         instr("vrq", out.tile(t) + f, e_row(t) + f, n)]
+                unit += [instr("vmul", o(t), o(t), sum_row + f, n),
+                         instr("vrq", o(t), o(t), n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, exp_lut, recip_lut, work], writes=[work, out.region],
-                 name=name)
+        self._ve(units, reads=[x.region, exp_lut, recip_lut, work, out.region],
+                 writes=[work, out.region], name=name)
         self.builder.free(work)
         self._op("softmax", name)
         return out
@@ -561,35 +588,38 @@ class Graph:
         out = self._new(rows, tiles, out_scale, ref, name)
         lut = self.constant(rsqrt_table, "rsqrt table")
         params = self.constant(np.concatenate([g_q, b_q]), f"{name} gamma beta")
-        work = self.builder.alloc(rows * (tiles + 2), f"{name} scratch")
-        s_row, v_row = work.start, work.start + rows
-        d_row = lambda t: work.start + (2 + t) * rows
+        # d lives in the output's rows until the last steps make them int8.
+        work = self.builder.alloc(rows * 3, f"{name} scratch")
+        s_row, v_row, sq_row = work.start, work.start + rows, work.start + 2 * rows
         units = []
         for f, n in row_spans(rows):
+            o = lambda t: out.tile(t) + f
             unit = [instr("vldlut", lut.start)]
             unit += _reduce_rows("vadd", "vlsum", s_row + f, [x.tile(t) + f for t in range(tiles)],
                                  n)
             for t in range(tiles):
-                unit += [instr("vmuli", d_row(t) + f, x.tile(t) + f, cols, n),
-                         instr("vsub", d_row(t) + f, d_row(t) + f, s_row + f, n),
-                         instr("vsrai", out.tile(t) + f, d_row(t) + f, a, n),
-                         instr("vmul", out.tile(t) + f, out.tile(t) + f, out.tile(t) + f, n)]
-            unit += _reduce_rows("vadd", "vlsum", v_row + f,
-                                 [out.tile(t) + f for t in range(tiles)], n)
+                square = v_row + f if t == 0 else sq_row + f
+                unit += [instr("vmuli", o(t), x.tile(t) + f, cols, n),
+                         instr("vsub", o(t), o(t), s_row + f, n),
+                         instr("vsrai", square, o(t), a, n),
+                         instr("vmul", square, square, square, n)]
+                if t:
+                    unit.append(instr("vadd", v_row + f, v_row + f, square, n))
+            unit.append(instr("vlsum", v_row + f, v_row + f, n))
             unit += _bucket_lookup(v_row + f, k, n)
             for t in range(tiles):
-                o = out.tile(t) + f
                 unit += [instr("vsetq", z_mult[0], z_mult[1], 0),
-                         instr("vmul", d_row(t) + f, d_row(t) + f, v_row + f, n),
-                         instr("vrq", o, d_row(t) + f, n),
+                         instr("vmul", o(t), o(t), v_row + f, n),
+                         instr("vrq", o(t), o(t), n),
                          instr("vld", 1, params.start + t),
                          instr("vld", 2, params.start + tiles + t),
-                         instr("vmulr", o, o, 1, n),
+                         instr("vmulr", o(t), o(t), 1, n),
                          instr("vsetq", y_mult[0], y_mult[1], 0),
-                         instr("vrq", o, o, n),
-                         instr("vaddr.s8", o, o, 2, n)]
+                         instr("vrq", o(t), o(t), n),
+                         instr("vaddr.s8", o(t), o(t), 2, n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, lut, params, work], writes=[work, out.region], name=name)
+        self._ve(units, reads=[x.region, lut, params, work, out.region], writes=[work, out.region],
+                 name=name)
         self.builder.free(work)
         self._op("layernorm", name)
         return out
@@ -674,6 +704,7 @@ class Graph:
                                       instr("dgather", out.tile(t), idx_region.start, len(ids))],
                               reads=[hbm, idx_region], writes=[out.tile_region(t)],
                               name=f"{name} gather{t}")
+        self.builder.free(idx_region)
         self._op("embedding", name)
         return out
 

@@ -480,6 +480,13 @@ class _Ids:
     name: str
 
 
+def _tensors(value):
+    """The Tensors a lowered value holds."""
+    if isinstance(value, (_Mat, _Img)):
+        return [value.t]
+    return value.parts if isinstance(value, _Heads) else []
+
+
 def _cols_axis(shape, cols, rows):
     """The axis of a matrix view of ``shape`` with ``cols`` columns and ``rows`` rows."""
     for axis in range(len(shape) - 1, -1, -1):
@@ -569,13 +576,17 @@ class _Lowering:
     # driver -----------------------------------------------------------------------------
 
     def run(self):
-        for node in self.model.nodes:
-            if id(node) in self.done:
-                continue
-            try:
-                getattr(self, f"op_{node.op_type}")(node)
-            except CompileError as error:
-                raise _error(node, str(error)) from None
+        last_use = {name: i for i, node in enumerate(self.model.nodes) for name in node.input}
+        last_use[self.model.output] = len(self.model.nodes)
+        for i, node in enumerate(self.model.nodes):
+            if id(node) not in self.done:
+                try:
+                    getattr(self, f"op_{node.op_type}")(node)
+                except CompileError as error:
+                    raise _error(node, str(error)) from None
+            # Activations no later node reads give their scratchpad back.
+            self.g.keep_only([t for name, value in self.env.items()
+                              if last_use.get(name, -1) > i for t in _tensors(value)])
         out = self.env[self.model.output]
         if not isinstance(out, _Mat):
             raise OnnxError(f"output {self.model.output!r} of shape "
@@ -718,25 +729,78 @@ class _Lowering:
         self.env[last] = _Img(t, self.shape(last))
 
     def _heads_matmul(self, node, x, y):
+        self._check_heads(node, x, y)
+        chain = self._attention_chain(node)
+        if chain is not None:
+            return self._attention(node, x, y, *chain)
+        out = node.output[0]
+        target = self._merge_target(out, x.parts[0].rows, y.parts[0].tiles * len(x.parts))
+        parts = [self.g.matmul(f"{node.name or out}.{h}", a, b, self.scale(out),
+                               out=self._head_view(target, h, b))
+                 for h, (a, b) in enumerate(zip(x.parts, y.parts))]
+        self.env[out] = _Heads(parts, self.shape(out), "HS")
+
+    def _check_heads(self, node, x, y):
         if x.order != "HS" or y.order != "HS" or len(x.parts) != len(y.parts):
             raise _error(node, "per-head MatMul needs (…, heads, rows, cols) operands with "
                                "equal heads")
-        out = node.output[0]
-        scale = self.scale(out)
-        name = node.name or out
-        # Written straight into the merged tensor when a Transpose + Reshape merge the heads.
-        merge = self.only_user(out, ("Transpose",))
-        merge = merge and self.only_user(merge.output[0], ("Reshape",))
-        target = None
-        if merge is not None:
-            rows, tiles = x.parts[0].rows, y.parts[0].tiles
-            target = self.g.buffer(name, rows, tiles * len(x.parts), scale)
-        parts = []
         for h, (a, b) in enumerate(zip(x.parts, y.parts)):
             if self.padded(a) != b.rows:
                 raise _error(node, f"head {h}: {self.padded(a)} columns against {b.rows} rows")
-            view = target.view(h * b.tiles, b.tiles) if target is not None else None
-            parts.append(self.g.matmul(f"{name}.{h}", a, b, scale, out=view))
+
+    def _merge_target(self, out, rows, tiles):
+        """The merged tensor per-head results are written into when a Transpose + Reshape
+        merge the heads of ``out`` (no copy), else None."""
+        merge = self.only_user(out, ("Transpose",))
+        merge = merge and self.only_user(merge.output[0], ("Reshape",))
+        return self.g.buffer(out, rows, tiles, self.scale(out)) if merge is not None else None
+
+    @staticmethod
+    def _head_view(target, h, b):
+        return target.view(h * b.tiles, b.tiles) if target is not None else None
+
+    def _attention_chain(self, node):
+        """Scores -> (scalar Mul/Div)* -> Softmax -> MatMul with per-head values computed
+        already: (retag nodes, softmax node, context node), or None."""
+        retags, last = [], node.output[0]
+        while True:
+            nxt = self.only_user(last, ("Mul", "Div"))
+            if nxt is None or self._scalar_factor(nxt) is None:
+                break
+            retags.append(nxt)
+            last = nxt.output[0]
+        softmax = self.only_user(last, ("Softmax",))
+        context = softmax and self.only_user(softmax.output[0], ("MatMul",))
+        if context is None or context.input[0] != softmax.output[0] \
+                or not isinstance(self.env.get(context.input[1]), _Heads):
+            return None
+        return retags, softmax, context
+
+    def _attention(self, node, q, k, retags, softmax, context):
+        """Attention one head at a time: scores, softmax and context of head h, then its
+        scores and probabilities give their scratchpad back (one head's are live at once,
+        not every head's)."""
+        v = self.env[context.input[1]]
+        if v.order != "HS" or len(v.parts) != len(q.parts):
+            raise _error(context, "per-head MatMul needs (…, heads, rows, cols) operands with "
+                                  "equal heads")
+        out = context.output[0]
+        target = self._merge_target(out, q.parts[0].rows, v.parts[0].tiles * len(q.parts))
+        parts = []
+        for h, (a, b, c) in enumerate(zip(q.parts, k.parts, v.parts)):
+            s = self.g.matmul(f"{node.name or node.output[0]}.{h}", a, b,
+                              self.scale(node.output[0]))
+            scaled = s
+            for retag in retags:
+                scaled = self._retag(retag, scaled)
+            p = self._softmax_part(softmax, scaled, h, len(q.parts))
+            self.g.release(s)
+            if self.padded(p) != c.rows:
+                raise _error(context, f"head {h}: {self.padded(p)} columns against {c.rows} rows")
+            parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
+                                       out=self._head_view(target, h, c)))
+            self.g.release(p)
+        self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
     # vector operators ---------------------------------------------------------------------------
@@ -770,23 +834,37 @@ class _Lowering:
     def op_Div(self, node):
         self._scalar_or_elementwise(node, divide=True)
 
+    def _scalar_factor(self, node):
+        """The factor a Mul or Div by a positive scalar constant multiplies the scale by,
+        or None."""
+        consts = [i for i, n in enumerate(node.input) if n in self.model.constants]
+        if len(consts) != 1:
+            return None
+        c = np.ravel(self.model.constants[node.input[consts[0]]])
+        divide = node.op_type == "Div"
+        if c.size != 1 or float(c[0]) <= 0 or (divide and consts[0] != 1):
+            return None
+        return 1 / float(c[0]) if divide else float(c[0])
+
+    def _retag(self, node, t):
+        """``t`` through a scalar Mul/Div: the same integers at another scale."""
+        out = node.output[0]
+        return self.fit(replace(t, scale=t.scale * self._scalar_factor(node)), out,
+                        node.name or out)
+
     def _scalar_or_elementwise(self, node, divide):
         out = node.output[0]
-        consts = [i for i, n in enumerate(node.input) if n in self.model.constants]
-        if consts:
-            c = np.ravel(self.model.constants[node.input[consts[0]]])
-            if len(consts) == 1 and c.size == 1 and float(c[0]) > 0 and (consts[0] == 1 or not divide):
-                x = self.env[node.input[1 - consts[0]]]
-                retag = lambda t: self.fit(replace(t, scale=t.scale * (1 / float(c[0]) if divide
-                                                                      else float(c[0]))),
-                                           out, node.name or out)
-                if isinstance(x, _Heads):
-                    self.env[out] = _Heads([retag(t) for t in x.parts], self.shape(out), x.order)
-                else:
-                    self.env[out] = replace(x, t=retag(x.t), shape=self.shape(out))
-                return
-            raise _error(node, "a constant operand is supported only as a positive scalar "
-                               "(a change of scale)")
+        if any(n in self.model.constants for n in node.input):
+            if self._scalar_factor(node) is None:
+                raise _error(node, "a constant operand is supported only as a positive scalar "
+                                   "(a change of scale)")
+            x = self.env[next(n for n in node.input if n not in self.model.constants)]
+            if isinstance(x, _Heads):
+                self.env[out] = _Heads([self._retag(node, t) for t in x.parts], self.shape(out),
+                                       x.order)
+            else:
+                self.env[out] = replace(x, t=self._retag(node, x.t), shape=self.shape(out))
+            return
         if divide:
             raise _error(node, "division of two activations is not supported")
         a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
@@ -808,30 +886,33 @@ class _Lowering:
     op_Relu = op_Sigmoid = op_Tanh = op_Gelu = _table
 
     def op_Softmax(self, node):
-        axis = attributes(node).get("axis", -1)
         out = node.output[0]
         x = self.env[node.input[0]]
-        rank = len(self.shape(node.input[0]))
-        if axis not in (-1, rank - 1):
-            raise _error(node, f"axis {axis}: softmax is over the last axis")
-        if isinstance(x, _Mat) and _cols_axis(x.shape, x.cols, x.t.rows) != rank - 1:
+        if isinstance(x, _Mat) and _cols_axis(x.shape, x.cols, x.t.rows) != \
+                len(self.shape(node.input[0])) - 1:
             raise _error(node, f"softmax over the last axis of {x.shape}, which is not the "
                                f"matrix's columns")
         parts = x.parts if isinstance(x, _Heads) and x.order == "HS" else (
             [x.t] if isinstance(x, _Mat) else None)
         if parts is None:
             raise _error(node, "softmax needs a matrix or per-head matrices")
-        name = node.name or out
-        results = []
-        for h, t in enumerate(parts):
-            cols = x.cols if isinstance(x, _Mat) else self.shape(out)[-1]
-            if cols != self.padded(t):
-                raise _error(node, f"softmax over {cols} columns: it must be a multiple of "
-                                   f"{self.lanes} (padding would take part)")
-            results.append(self.fit(self.g.softmax(f"{name}.{h}" if len(parts) > 1 else name, t),
-                                    out, name))
+        results = [self._softmax_part(node, t, h, len(parts)) for h, t in enumerate(parts)]
         self.env[out] = (_Heads(results, self.shape(out), "HS") if isinstance(x, _Heads)
                          else replace(x, t=results[0]))
+
+    def _softmax_part(self, node, t, h, heads):
+        """Softmax of one matrix (head ``h`` of ``heads``) over its columns."""
+        axis = attributes(node).get("axis", -1)
+        out = node.output[0]
+        rank = len(self.shape(node.input[0]))
+        if axis not in (-1, rank - 1):
+            raise _error(node, f"axis {axis}: softmax is over the last axis")
+        cols = self.shape(out)[-1]
+        if cols != self.padded(t):
+            raise _error(node, f"softmax over {cols} columns: it must be a multiple of "
+                               f"{self.lanes} (padding would take part)")
+        name = node.name or out
+        return self.fit(self.g.softmax(f"{name}.{h}" if heads > 1 else name, t), out, name)
 
     def op_LayerNormalization(self, node):
         a = attributes(node)
