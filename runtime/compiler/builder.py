@@ -47,29 +47,37 @@ def _state_key(i):
 
 def split_body(body, room, what):
     """A µTOp body of any length as bodies of at most ``room`` instructions that run one
-    after the other to the same effect: each piece starts by setting again the engine
-    state the earlier pieces left set (state does not survive a µTOp, isa/SPEC.md); a
-    `loop` stays in one piece with its body. Memory carries everything else."""
+    after the other to the same effect. State instructions are held back until the next
+    instruction that works, so each piece starts by setting the engine state the earlier
+    pieces left set (state does not survive a µTOp, isa/SPEC.md), each once, with its
+    latest value; a `loop` stays in one piece with its body. Memory carries everything
+    else. A body that fits is returned as it is."""
+    if len(body) <= room:
+        return [list(body)]
     atoms, i = [], 0
     while i < len(body):
         looping = body[i].op is not None and body[i].op.mnemonic == "loop"
         size = 1 + (body[i].args["len"] if looping else 0)
         atoms.append(body[i:i + size])
         i += size
-    pieces, piece, state = [], [], {}
+    pieces, piece, state, pending = [], [], {}, []
     for atom in atoms:
-        if len(piece) + len(atom) > room and len(piece) > len(state):
+        key = _state_key(atom[0]) if len(atom) == 1 else None
+        if key is not None:
+            state.pop(key, None)
+            state[key] = atom[0]
+            pending = [p for p in pending if _state_key(p) != key] + atom
+            continue
+        if len(piece) + len(pending) + len(atom) > room and piece:
             pieces.append(piece)
-            piece = list(state.values())
-        if len(piece) + len(atom) > room:
-            raise CompileError(f"{what}: {len(atom)} instructions that cannot be split, after "
-                               f"{len(state)} that set engine state, exceed max_body {room}")
-        piece += atom
-        for instruction in atom:
-            key = _state_key(instruction)
-            if key is not None:
-                state.pop(key, None)
-                state[key] = instruction
+            piece, pending = [], list(state.values())
+        if len(piece) + len(pending) + len(atom) > room:
+            raise CompileError(f"{what}: {len(pending) + len(atom)} instructions must share one "
+                               f"µTOp ({len(pending)} setting engine state, then "
+                               f"{'a loop' if len(atom) > 1 else 'one that uses it'}); "
+                               f"max_body is {room}")
+        piece += pending + atom
+        pending = []
     if piece:
         pieces.append(piece)
     return pieces

@@ -121,7 +121,8 @@ class Graph:
         self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
-        self._constants = {}          # bytes of a constant block -> spad Region
+        self._constants = {}          # bytes of a constant block -> spad Region (loaded)
+        self._constants_hbm = {}      # bytes of a constant block -> HBM Region (placed)
         self._activations = set()     # spad Regions of tensors made by operators
         self.ops = []                 # (kind, name) in order, for reports
 
@@ -145,14 +146,18 @@ class Graph:
 
     def keep_only(self, live):
         """Free the scratchpad of every tensor no tensor in ``live`` lies in (views and
-        rescaled copies share their tensor's rows). The caller (the ONNX lowering) calls
-        it after each node with the tensors later nodes still read; a freed region is
-        reused by later operators, ordered after its last readers by the dependency rule."""
+        rescaled copies share their tensor's rows), and of every constant (a later
+        operator loads again what it needs). The caller (the ONNX lowering) calls it after
+        each node with the tensors later nodes still read; a freed region is reused by
+        later operators, ordered after its last readers by the dependency rule."""
         held = [t.region for t in live]
         for region in [r for r in self._activations
                        if not any(r.overlaps(h) for h in held)]:
             self._activations.remove(region)
             self.builder.free(region)
+        for region in self._constants.values():
+            self.builder.free(region)
+        self._constants.clear()
 
     def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False):
         body = [instr("dcfg", width, hstride, 1)]
@@ -164,15 +169,18 @@ class Graph:
         return body
 
     def constant(self, values, what):
-        """Rows of constants (lanes wide) loaded once from HBM; identical blocks are shared."""
+        """Rows of constants (lanes wide) loaded from HBM; identical blocks are shared until
+        :meth:`keep_only` frees them."""
         values = np.asarray(values, np.int64).reshape(-1, self.lanes)
         key = values.tobytes()
+        if key not in self._constants_hbm:
+            self._constants_hbm[key] = self.builder.hbm(values.size, what, values)
         if key not in self._constants:
-            hbm = self.builder.hbm(values.size, what, values)
+            hbm = self._constants_hbm[key]
             spad = self.builder.alloc(len(values), what)
-            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
-                                                    len(values)),
-                              reads=[hbm], writes=[spad], name=f"load {what}")
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start,
+                                                               hbm.start, len(values)),
+                                    reads=[hbm], writes=[spad], name=f"load {what}")
             self._constants[key] = spad
         return self._constants[key]
 
