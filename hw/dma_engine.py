@@ -18,7 +18,9 @@ __all__ = ["DMAEngine"]
 class DMAEngine(wiring.Component):
     """One DMA engine.
 
-    Instructions start in order. A store or gather starts only when everything before it
+    A row of a copy spans ``len`` HBM words, or ceil(len / 4) with `dcfg`'s i8 (int8
+    elements packed four per word: the assembler sign-extends each byte into its lane, the
+    emitter packs the low byte of each lane). Instructions start in order. A store or gather starts only when everything before it
     is done; a load (and a shape change) may start while only the tail of earlier loads
     is in flight, since HBM reads never conflict and the assembler writes rows in order:
     so consecutive loads stream back to back, and no copy overtakes an earlier one. Within an instruction rows are pipelined: the *row
@@ -54,6 +56,8 @@ class DMAEngine(wiring.Component):
         hbm_base, hbm_size = segment.hbm_base, segment.hbm_size
         fault, ir, ir_valid = front.fault, front.ir, front.ir_valid
         length = Signal(range(lanes + 1))
+        packed = Signal()           # dcfg i8: int8 elements, four per HBM word
+        span = Signal(range(lanes + 1))     # HBM words per row
         hstride = Signal(24)
         sstride = Signal(16)
         gbase = Signal(32)
@@ -62,7 +66,9 @@ class DMAEngine(wiring.Component):
 
         m.d.comb += front.idle.eq(~exec_busy)
         with m.If(front.start):
-            m.d.sync += [length.eq(lanes), hstride.eq(lanes), sstride.eq(1), gbase.eq(0)]
+            m.d.sync += [length.eq(lanes), packed.eq(0), hstride.eq(lanes), sstride.eq(1),
+                         gbase.eq(0)]
+        m.d.comb += span.eq(Mux(packed, (length + 3) >> 2, length))
 
         # --- decode and checks ----------------------------------------------------------
         is_load, is_store = is_instr(ir, "dload"), is_instr(ir, "dstore")
@@ -73,7 +79,7 @@ class DMAEngine(wiring.Component):
                          Mux(is_store, field(ir, "dstore", "src"), field(ir, "dgather", "dst")))
         hbm_first = Mux(is_load, field(ir, "dload", "hbm"), field(ir, "dstore", "hbm"))
         spad_last = spad_first + (rows - 1) * sstride
-        hbm_end = hbm_first + (rows - 1) * hstride + length
+        hbm_end = hbm_first + (rows - 1) * hstride + span
         index_first = field(ir, "dgather", "idx")
         index_last = index_first + ((rows - 1) >> (lanes - 1).bit_length())
         new_len = field(ir, "dcfg", "len")
@@ -87,7 +93,8 @@ class DMAEngine(wiring.Component):
                 with m.If((new_len == 0) | (new_len > lanes)):
                     m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
                 with m.Elif(~exec_busy | load_tail_only):
-                    m.d.sync += [length.eq(new_len), hstride.eq(field(ir, "dcfg", "hstride")),
+                    m.d.sync += [length.eq(new_len), packed.eq(field(ir, "dcfg", "i8")),
+                                 hstride.eq(field(ir, "dcfg", "hstride")),
                                  sstride.eq(field(ir, "dcfg", "sstride"))]
                     m.d.comb += front.consume.eq(1)
             with m.Elif(is_instr(ir, "dbase")):
@@ -130,7 +137,7 @@ class DMAEngine(wiring.Component):
         m.d.comb += [row_hbm.eq(Mux(job_gather, hbm_base + gathered, hbm_addr)),
                      row_ready.eq(job_active & (rows_left != 0) & (~job_gather | index_cached))]
         gather_bad = job_gather & index_cached & (rows_left != 0) & (
-            (gathered < 0) | (gathered + length > hbm_size))
+            (gathered < 0) | (gathered + span > hbm_size))
 
         # Gather: fetch the row of indices (one spad read per ve_lanes rows).
         index_request = job_active & job_gather & ~index_cached & ~index_pending & (rows_left != 0)
@@ -141,12 +148,13 @@ class DMAEngine(wiring.Component):
 
         offset = row_hbm[:line_bits] if line_bits else 0
         first_line = row_hbm >> line_bits
-        n_lines = (offset + length + words - 1) >> line_bits
+        n_lines = (offset + span + words - 1) >> line_bits
         line_k = Signal(range(lanes + 2))
         outstanding = Signal(range(self.credits + 1))
 
         desc_layout = data.StructLayout({"row": addr_shape, "offset": range(words),
-                                         "lines": range(lanes + 2), "length": range(lanes + 1)})
+                                         "lines": range(lanes + 2), "length": range(lanes + 1),
+                                         "packed": 1})
         m.submodules.desc_fifo = desc_fifo = fifo.SyncFIFOBuffered(
             width=desc_layout.size, depth=self.credits)
         m.submodules.resp_fifo = resp_fifo = fifo.SyncFIFOBuffered(
@@ -192,6 +200,7 @@ class DMAEngine(wiring.Component):
         desc_in = Signal(desc_layout)
         m.d.comb += [desc_in.row.eq(spad_row), desc_in.offset.eq(offset),
                      desc_in.lines.eq(n_lines), desc_in.length.eq(length),
+                     desc_in.packed.eq(packed),
                      desc_fifo.w_data.eq(desc_in.as_value())]
 
         # Stores: read the row, then emit its lines.
@@ -210,16 +219,25 @@ class DMAEngine(wiring.Component):
         store_head = data.View(store_layout, store_fifo.r_data)
         emit_k = Signal(range(lanes + 2))
         store_offset = store_head.hbm[:line_bits] if line_bits else 0
-        store_lines = (store_offset + length + words - 1) >> line_bits
+        store_lines = (store_offset + span + words - 1) >> line_bits
+        # i8: the row's lanes as bytes, four per word (lanes at or past len give 0).
+        n_packed = (lanes + 3) // 4
+        packed_row = Signal(data.ArrayLayout(unsigned(32), n_packed))
+        for lane in range(lanes):
+            m.d.comb += packed_row[lane // 4][8 * (lane % 4):8 * (lane % 4) + 8].eq(
+                Mux(lane < length, store_head.data[lane][:8], 0))
         emitting = store_fifo.r_rdy
         store_line = Signal(data.ArrayLayout(unsigned(32), words))
         store_mask = Signal(words)
         for j in range(words):
             position = Signal(signed(16), name=f"store_pos{j}")
             m.d.comb += position.eq(emit_k * words + j - store_offset)
-            with m.If((position >= 0) & (position < length)):
-                m.d.comb += [store_line[j].eq(store_head.data[position[:max(1, (lanes - 1).bit_length())]]
-                                              if lanes > 1 else store_head.data[0]),
+            with m.If((position >= 0) & (position < span)):
+                lane_word = (store_head.data[position[:max(1, (lanes - 1).bit_length())]]
+                             if lanes > 1 else store_head.data[0])
+                byte_word = (packed_row[position[:max(1, (n_packed - 1).bit_length())]]
+                             if n_packed > 1 else packed_row[0])
+                m.d.comb += [store_line[j].eq(Mux(packed, byte_word, lane_word)),
                              store_mask[j].eq(1)]
         store_accepted = emitting & hbm_req.ready & ~job_load
         with m.If(store_accepted):
@@ -255,10 +273,14 @@ class DMAEngine(wiring.Component):
         m.d.comb += resp_fifo.r_en.eq(consume)
         placed = Signal(row_layout(cfg))
         for lane in range(lanes):
+            # The word holding the lane's element: word lane, or lane / 4 with i8.
             position = Signal(signed(16), name=f"load_pos{lane}")
-            m.d.comb += position.eq(lane + desc.offset - asm_k * words)
+            m.d.comb += position.eq(Mux(desc.packed, lane // 4, lane) + desc.offset
+                                    - asm_k * words)
             with m.If((position >= 0) & (position < words)):
-                m.d.comb += placed[lane].eq(line[position[:max(1, line_bits)]] if words > 1 else line[0])
+                word = line[position[:max(1, line_bits)]] if words > 1 else line[0]
+                byte = word[8 * (lane % 4):8 * (lane % 4) + 8].as_signed()
+                m.d.comb += placed[lane].eq(Mux(desc.packed, byte, word))
             with m.Else():
                 m.d.comb += placed[lane].eq(assembled[lane])
         with m.If(consume):
@@ -282,6 +304,6 @@ class DMAEngine(wiring.Component):
                                       & ~store_fifo.r_rdy)
 
         # Work = words moved: a row's words, when the row is done.
-        return engine_shell(self, m, active=front.active, work=Mux(row_done, length, 0),
+        return engine_shell(self, m, active=front.active, work=Mux(row_done, span, 0),
                             requests=[self.rd.req, self.wr.req, hbm_req],
                             responses=[self.rd.resp_valid, self.hbm.resp_valid])

@@ -7,13 +7,16 @@ by ``length`` body words, each an instruction of the one engine type the header 
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .config import MAX_DEP_WINDOW, VREGS
 
 __all__ = [
     "Engine", "Fault", "Field", "InstrDef", "HeaderDef", "HEADER", "INSTRUCTIONS",
     "BY_MNEMONIC", "BY_OPCODE", "Instr", "instr", "UTop", "EncodeError", "DecodeError",
     "encode_header", "decode_header", "encode_instr", "decode_instr", "encode_program",
-    "decode_program", "program_hbm_words", "program_from_hbm_words", "WORD_BITS", "WORD_BYTES",
+    "decode_program", "program_hbm_words", "program_from_hbm_words", "pack_int8", "unpack_int8",
+    "WORD_BITS", "WORD_BYTES",
 ]
 
 WORD_BITS = 64
@@ -366,25 +369,33 @@ def _build_instructions():
 
     # DMA engine ----------------------------------------------------------------------------
     add("dcfg", Engine.DMA, 0x80,
-        [Field("len", 8, 16, "words per row, 1..`ve_lanes`"),
+        [Field("len", 8, 15, "elements per row, 1..`ve_lanes`"),
+         Field("i8", 23, 1, "HBM holds int8 elements packed four per word", flag=True),
          Field("hstride", 24, 24, "HBM words between two rows"),
          Field("sstride", 48, 16, "scratchpad rows between two rows")],
         "set the copy shape",
-        "Sets len, hstride and sstride for the following copies. At the start of every "
-        "µTOp: len = `ve_lanes`, hstride = `ve_lanes`, sstride = 1.",
+        "Sets len, i8, hstride and sstride for the following copies. At the start of every "
+        "µTOp: len = `ve_lanes`, i8 = 0, hstride = `ve_lanes`, sstride = 1. A row of a copy "
+        "spans w = len HBM words, or w = ceil(len / 4) with i8. With i8, element l of a row "
+        "that starts at HBM word h is byte l % 4 (little-endian: bits 8 * (l % 4) up) of "
+        "word h + l / 4: E(h, l) = that byte as a two's complement int8; without i8, "
+        "E(h, l) = HBM[h + l].",
         [Fault.ILLEGAL_OPERAND])
     add("dload", Engine.DMA, 0x81,
         [_row("dst", 8, "dst"), Field("hbm", 24, 32, "HBM word address (source)"),
          _count("rows", 56, 8, "rows to copy, 1..256")],
         "copy HBM to the scratchpad (strided)",
-        "For i < rows, in order: row(dst + i * sstride)[l] = HBM[hbm + i * hstride + l] for "
+        "For i < rows, in order: row(dst + i * sstride)[l] = E(hbm + i * hstride, l) for "
         "l < len, and 0 for len <= l < `ve_lanes`.",
         [Fault.SPAD_OOB, Fault.HBM_OOB])
     add("dstore", Engine.DMA, 0x82,
         [Field("hbm", 24, 32, "HBM word address (destination)"), _row("src", 8, "src"),
          _count("rows", 56, 8, "rows to copy, 1..256")],
         "copy the scratchpad to HBM (strided)",
-        "For i < rows, in order: HBM[hbm + i * hstride + l] = row(src + i * sstride)[l] for l < len.",
+        "For i < rows, in order, with h = hbm + i * hstride and x = row(src + i * sstride): "
+        "without i8, HBM[h + l] = x[l] for l < len; with i8, for j < ceil(len / 4), "
+        "HBM[h + j] = the four bytes int8(x[4j + b]) for b < 4 (little-endian), a byte of "
+        "a lane at or past len being 0.",
         [Fault.SPAD_OOB, Fault.HBM_OOB])
     add("dbase", Engine.DMA, 0x83,
         [Field("hbm", 8, 32, "HBM word address of the gather table")],
@@ -395,7 +406,7 @@ def _build_instructions():
          _count("rows", 56, 8, "rows to gather, 1..256")],
         "gather table rows by index (embedding lookup)",
         "For i < rows, in order: x = row(idx + i / ve_lanes)[i % ve_lanes] (a signed index); "
-        "row(dst + i * sstride)[l] = HBM[gbase + x * hstride + l] for l < len, and 0 for "
+        "row(dst + i * sstride)[l] = E(gbase + x * hstride, l) for l < len, and 0 for "
         "len <= l < `ve_lanes`.",
         [Fault.SPAD_OOB, Fault.HBM_OOB])
     return tuple(defs)
@@ -579,3 +590,19 @@ def decode_program(words):
         items.append(utop)
         pc += 1 + length
     return items
+
+
+def pack_int8(values):
+    """int8(values) packed four per 32-bit HBM word, little-endian, the last word padded
+    with zero bytes: the layout of `dcfg ... i8` copies. Words as int32 values."""
+    x = np.asarray(values, np.int64).reshape(-1) & 0xFF
+    x = np.concatenate([x, np.zeros(-len(x) % 4, np.int64)]).reshape(-1, 4)
+    words = (x << np.array([0, 8, 16, 24])).sum(axis=1)
+    return words - ((words >> 31) << 32)
+
+
+def unpack_int8(words):
+    """The int8 values of packed HBM words (four per word, little-endian), sign-extended."""
+    w = np.asarray(words, np.int64).reshape(-1, 1) & 0xFFFFFFFF
+    x = (w >> np.array([0, 8, 16, 24])) & 0xFF
+    return (x - ((x & 0x80) << 1)).reshape(-1)

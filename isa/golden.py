@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import LUT_ENTRIES, VREGS, NPUConfig
-from .encoding import DecodeError, Engine, Fault, decode_header, decode_instr
+from .encoding import (DecodeError, Engine, Fault, decode_header, decode_instr, pack_int8,
+                       unpack_int8)
 
 __all__ = ["Segment", "ContextSpec", "ContextOutcome", "GoldenNPU", "ProgramFault", "Race",
            "RestartHazard", "find_races", "loop_operands", "requantize", "wrap32"]
@@ -373,7 +374,15 @@ class GoldenNPU:
 
     def _run_dma(self, instrs, ctx):
         cfg = self.config
-        length, hstride, sstride, gbase = cfg.ve_lanes, cfg.ve_lanes, 1, 0
+        length, packed, hstride, sstride, gbase = cfg.ve_lanes, False, cfg.ve_lanes, 1, 0
+
+        def read_row(first):
+            """The len elements of the row at HBM word ``first`` (E in the spec)."""
+            if not packed:
+                return self.hbm[self._words(ctx, first, length)]
+            words = self.hbm[self._words(ctx, first, -(-length // 4))].astype(np.int64)
+            return unpack_int8(words)[:length]
+
         for instr in instrs:
             instr = self._check(instr)
             a = instr.args
@@ -382,30 +391,33 @@ class GoldenNPU:
                 if not 1 <= a["len"] <= cfg.ve_lanes:
                     raise ProgramFault(Fault.ILLEGAL_OPERAND, f"dcfg: len = {a['len']} is outside "
                                        f"1..{cfg.ve_lanes} (ve_lanes)")
-                length, hstride, sstride = a["len"], a["hstride"], a["sstride"]
+                length, packed = a["len"], bool(a["i8"])
+                hstride, sstride = a["hstride"], a["sstride"]
             elif name == "dbase":
                 gbase = a["hbm"]
             elif name == "dload":
                 rows = self._rows(ctx, a["dst"], a["rows"], sstride, write=True)
-                words = [self._words(ctx, a["hbm"] + i * hstride, length) for i in range(a["rows"])]
-                for row, span in zip(rows, words):
-                    self.spad[row, :length] = self.hbm[span]
+                values = [read_row(a["hbm"] + i * hstride) for i in range(a["rows"])]
+                for row, value in zip(rows, values):
+                    self.spad[row, :length] = value
                     self.spad[row, length:] = 0
             elif name == "dstore":
                 rows = self._rows(ctx, a["src"], a["rows"], sstride)
-                words = [self._words(ctx, a["hbm"] + i * hstride, length, write=True)
+                span = -(-length // 4) if packed else length
+                words = [self._words(ctx, a["hbm"] + i * hstride, span, write=True)
                          for i in range(a["rows"])]
-                for row, span in zip(rows, words):
-                    self.hbm[span] = self.spad[row, :length]
+                for row, target in zip(rows, words):
+                    x = self.spad[row, :length]
+                    self.hbm[target] = pack_int8(x) if packed else x
             else:  # dgather
                 lanes = cfg.ve_lanes
                 n = a["rows"]
                 index_rows = self._rows(ctx, a["idx"], (n + lanes - 1) // lanes)
                 indices = self.spad[index_rows].reshape(-1)[:n].astype(np.int64)
                 rows = self._rows(ctx, a["dst"], n, sstride, write=True)
-                words = [self._words(ctx, gbase + int(x) * hstride, length) for x in indices]
-                for row, span in zip(rows, words):
-                    self.spad[row, :length] = self.hbm[span]
+                values = [read_row(gbase + int(x) * hstride) for x in indices]
+                for row, value in zip(rows, values):
+                    self.spad[row, :length] = value
                     self.spad[row, length:] = 0
 
 

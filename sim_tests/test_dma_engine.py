@@ -21,16 +21,20 @@ def run_dma(source, init, hbm, config=TINY, **kwargs):
     return run_engine(config, DMAEngine, ["rd"], ["wr"], source, init, hbm=hbm, **kwargs)
 
 
-def random_dma_program(rng, lanes, hbm_words):
-    """Loads into rows 64..127 from HBM 0..511, stores from rows 0..63 to HBM 512.., gathers."""
+def random_dma_program(rng, lanes, hbm_words, packed=0.0):
+    """Loads into rows 64..127 from HBM 0..511, stores from rows 0..63 to HBM 512.., gathers;
+    a share ``packed`` of the shapes with int8 elements packed four per word (i8)."""
     lines = [".dma eop"]
     for _ in range(8):
         length = rng.randint(1, lanes)
+        i8 = rng.random() < packed
+        words = -(-length // 4) if i8 else length
         kind = rng.choice(["load", "store", "gather"])
         rows = rng.randint(1, 6)
-        hstride = rng.choice([length, lanes, rng.randint(0, 3 * lanes)])
+        hstride = rng.choice([words, lanes, rng.randint(0, 3 * lanes)])
         sstride = rng.choice([1, 1, 2])
-        lines.append(f"    dcfg {length}, {hstride}, {sstride}")
+        lines.append(f"    dcfg {length}, {hstride}, {sstride}{', i8' if i8 else ''}")
+        length = words
         if kind == "load":
             top = 512 - (rows - 1) * hstride - length
             lines.append(f"    dload {rng.randrange(64, 128 - (rows - 1) * sstride)}, {rng.randrange(0, top)}, {rows}")
@@ -46,13 +50,15 @@ def random_dma_program(rng, lanes, hbm_words):
 @pytest.mark.parametrize("bytes_per_cycle, lanes, seed", [
     (16, 4, 0), (16, 4, 1), (8, 4, 2), (64, 4, 3), (32, 8, 4), (16, 8, 5),
 ])
-def test_random_copies_match_golden(bytes_per_cycle, lanes, seed):
+@pytest.mark.parametrize("packed", [0.0, 0.7])
+def test_random_copies_match_golden(bytes_per_cycle, lanes, seed, packed):
+    """Plain and int8-packed (i8) copies at every alignment of rows to HBM lines."""
     config = TINY.replace(hbm_bytes_per_cycle=bytes_per_cycle, ve_lanes=lanes, hbm_latency=3 + seed)
-    rng = random.Random(seed)
+    rng = random.Random(seed + int(10 * packed))
     init = np.random.default_rng(seed).integers(-1000, 1000, (256, lanes))
     init[0:2] = np.random.default_rng(seed).integers(0, 8, (2, lanes))    # gather indices
     hbm = np.random.default_rng(seed + 1).integers(-2**31, 2**31, config.hbm_words)
-    source = random_dma_program(rng, lanes, config.hbm_words)
+    source = random_dma_program(rng, lanes, config.hbm_words, packed)
     out = run_dma(source, init, hbm, config=config)
     assert out["golden_result"].fault == Fault.NONE, out["golden_result"].fault_detail
     assert out["faults"] == [Fault.NONE]
@@ -71,6 +77,11 @@ def test_random_copies_match_golden(bytes_per_cycle, lanes, seed):
     (" dbase 120\n dgather 4, 0, 2\n", Fault.HBM_OOB),
     (" dcfg 0, 4, 1\n", Fault.ILLEGAL_OPERAND),
     (" dcfg 5, 4, 1\n", Fault.ILLEGAL_OPERAND),
+    (" dcfg 5, 4, 1, i8\n", Fault.ILLEGAL_OPERAND),
+    (" dcfg 4, 1, 1, i8\n dload 0, 127, 1\n", Fault.NONE),     # one word: in the segment
+    (" dcfg 4, 1, 1, i8\n dload 0, 126, 3\n", Fault.HBM_OOB),  # words 126..128
+    (" dcfg 4, 64, 1, i8\n dstore 0, 0, 3\n", Fault.HBM_OOB),
+    (" dcfg 4, 1, 1, i8\n dgather 0, 0, 3\n", Fault.HBM_OOB),       # index -1
     (" .word 0\n", Fault.ILLEGAL_OPCODE),
     (" .word 0x0000000000000041\n", Fault.ILLEGAL_OPCODE),      # a VE opcode
     (" .word 0x0000000000000085\n", Fault.ILLEGAL_OPCODE),      # past the last DMA opcode
@@ -85,6 +96,8 @@ def test_faults_in_segments_match_golden(body, fault):
                      segment=Segment(32, 32), hbm_segment=Segment(256, 128))
     assert out["golden_result"].fault == fault
     assert out["faults"] == [fault]
+    if fault == Fault.NONE:
+        assert np.array_equal(out["spad"], out["golden"].spad)
     outside = np.r_[0:32, 64:256]
     assert np.array_equal(out["spad"][outside], init[outside])
     hbm_outside = np.r_[0:256, 384:1024]

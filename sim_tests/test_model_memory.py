@@ -78,3 +78,12 @@ def test_long_rows_and_more_heads_than_the_scratchpad_holds_at_once():
     assert model.graph.builder.spad_peak < DEFAULT.spad_rows // 2
     outputs, _ = execute(model.graph, model.program)
     assert np.array_equal(outputs[ref], model.expected)
+
+
+@pytest.mark.parametrize("ref", ["resnet[batch=1,image=32]", "ncf[batch=1024]"])
+def test_reductions_and_gathers_longer_than_one_instruction(ref):
+    """GlobalAveragePool over 18 x 18 = 324 padded pixels (one `vrsum` sums at most 256
+    rows) and 1024 embedding lookups per table (one `dgather` moves at most 256 rows)."""
+    model = compile_model(ref, DEFAULT)
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)

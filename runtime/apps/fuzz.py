@@ -124,7 +124,7 @@ def _operand(rng, f, config, spad_size, hbm_size, extreme):
     elif f.name == "hbm":                                 # HBM word addresses
         pool = [rng.randint(0, 2 * lanes), rng.randrange(max(hbm_size, 1)),
                 hbm_size - lanes, hbm_size - rng.randint(1, lanes), hbm_size]
-    elif f.name in ("k", "vl") or (f.name == "len" and f.width == 16):   # ldw, vsetvl, dcfg
+    elif f.name in ("k", "vl") or (f.name == "len" and f.width == 15):   # ldw, vsetvl, dcfg
         limit = config.array_rows if f.name == "k" else lanes
         pool = [rng.randint(1, limit), rng.randint(1, limit), limit, 0, limit + 1]
     elif f.bias == 1:                                     # counts: rows, iterations, windows
@@ -283,9 +283,11 @@ def _repair(rng, instr, config, spad_size, hbm_size, state):
         a["len"] = rng.randint(1, lanes)
         a["hstride"] = rng.choice([a["len"], lanes, lanes, 0, 1])
         a["sstride"] = rng.choice([1, 1, 1, 0, 2])
-        state.update(len=a["len"], hstride=a["hstride"], sstride=a["sstride"])
+        a["i8"] = int(rng.random() < 0.3)
+        span = -(-a["len"] // 4) if a["i8"] else a["len"]
+        state.update(len=a["len"], span=span, hstride=a["hstride"], sstride=a["sstride"])
     elif name in ("dload", "dstore", "dgather"):
-        length = state.get("len", lanes)
+        length = state.get("span", lanes)        # HBM words per row
         hstride, sstride = state.get("hstride", lanes), state.get("sstride", 1)
         fits_spad = (spad_size - 1) // sstride + 1 if sstride else 256
         fits_hbm = (hbm_size - length) // hstride + 1 if hstride else 256

@@ -16,14 +16,16 @@ convolution read the zero ring as padding.
 
 Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
 ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
-the current one); activations stay in the scratchpad.
+the current one); activations stay in the scratchpad. int8 data (weights, inputs,
+embedding tables) is packed four values per HBM word (`dcfg ... i8`) when a tile's row
+is whole words (lanes a multiple of 4); biases and tables stay one int32 per word.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from isa.encoding import Engine, instr
+from isa.encoding import Engine, instr, pack_int8
 
 from .builder import CompileError, ProgramBuilder, Region, row_spans
 from .quant import activation_table, multiplier, quantize, rq
@@ -118,6 +120,7 @@ class Graph:
                 f"{config.array_cols} arrays and {config.ve_lanes} lanes")
         self.config = config
         self.lanes = config.ve_lanes
+        self.per_word = 4 if self.lanes % 4 == 0 else 1     # int8 values per HBM word
         self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
@@ -159,8 +162,15 @@ class Graph:
             self.builder.free(region)
         self._constants.clear()
 
-    def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False):
-        body = [instr("dcfg", width, hstride, 1)]
+    def _int8_words(self, values):
+        """An int8 matrix as the HBM words that hold it (rows x cols / per_word)."""
+        values = np.asarray(values, np.int64)
+        if self.per_word == 1:
+            return values
+        return pack_int8(values).reshape(len(values), -1)
+
+    def _dma_rows(self, width, hstride, spad_row, hbm_addr, rows, store=False, packed=False):
+        body = [instr("dcfg", width, hstride, 1, i8=int(packed))]
         for first, count in row_spans(rows):
             if store:
                 body.append(instr("dstore", hbm_addr + first * hstride, spad_row + first, count))
@@ -238,12 +248,14 @@ class Graph:
         rows_q = image.to_rows(q) if image else q
         rows, cols = rows_q.shape
         tiles = self._tiles(cols, f"input {name}")
-        hbm = self.builder.hbm(rows * cols, f"input {name}")
-        self.inputs[name] = (hbm, rows_q)
+        pw = self.per_word
+        hbm = self.builder.hbm(rows * cols // pw, f"input {name}")
+        self.inputs[name] = (hbm, self._int8_words(rows_q))
         out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
         for t in range(tiles):
-            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols, out.tile(t),
-                                                    hbm.start + t * self.lanes, rows),
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols // pw, out.tile(t),
+                                                    hbm.start + t * self.lanes // pw, rows,
+                                                    packed=pw > 1),
                               reads=[hbm], writes=[out.tile_region(t)], name=f"load {name}.{t}")
         self._op("input", name)
         return out
@@ -378,14 +390,16 @@ class Graph:
         w_pad[:, :n] = w_q
         b_pad = np.zeros(n_tiles * lanes, np.int64)
         b_pad[:n] = bias_q
-        w_hbm = self.builder.hbm(w_pad.size, f"{name} weights", w_pad)
+        pw = self.per_word
+        w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
         ring = min(n_tiles, 3)
         bufs = [self.builder.alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
 
         def panel(ct, slot):
             buf = bufs[slot]
-            body = self._dma_rows(lanes, n_tiles * lanes, buf.start, w_hbm.start + ct * lanes, k)
+            body = self._dma_rows(lanes, n_tiles * lanes // pw, buf.start,
+                                  w_hbm.start + ct * lanes // pw, k, packed=pw > 1)
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
             self.builder.split_utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
                               name=f"{name} load w{ct}")
@@ -675,20 +689,29 @@ class Graph:
         return out
 
     def global_avgpool(self, name, x, out_scale):
-        """Mean over all pixels of each image: (batch, channels)."""
+        """Mean over all pixels of each image: (batch, channels). Each image's rows (the
+        zero ring included) are summed in pieces of at most 256 rows (one `vrsum`), then
+        the pieces' sums."""
         image = x.image
         per_image = (image.h + 2) * (image.w + 2)
-        if per_image > 256:
-            raise CompileError(f"{name}: images of {per_image} padded pixels; one row "
-                               f"reduction covers at most 256")
+        pieces = row_spans(per_image)
         mult, shift = multiplier(x.scale / (image.h * image.w) / out_scale)
         sums = image.from_rows(x.ref).sum(axis=(1, 2))
         out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
-        work = self.builder.alloc(image.batch, f"{name} sums")
+        work = self.builder.alloc(image.batch * (len(pieces) + 1), f"{name} sums")
+        total = lambda i: work.start + i
+        partial = lambda i, p: work.start + image.batch + i * len(pieces) + p
         for t in range(x.tiles):
-            units = [[instr("vrsum", work.start + i, x.tile(t) + i * per_image, 1, per_image)]
-                     for i in range(image.batch)]
-            units.append([instr("vrq", out.tile(t), work.start, image.batch)])
+            units = []
+            for i in range(image.batch):
+                rows = x.tile(t) + i * per_image
+                if len(pieces) == 1:
+                    units.append([instr("vrsum", total(i), rows, 1, per_image)])
+                    continue
+                units.append([instr("vrsum", partial(i, p), rows + first, 1, n)
+                              for p, (first, n) in enumerate(pieces)])
+                units.append([instr("vrsum", total(i), partial(i, 0), 1, len(pieces))])
+            units.append([instr("vrq", out.tile(t), total(0), image.batch)])
             self._ve(units, reads=[x.tile_region(t), work], writes=[work, out.tile_region(t)],
                      name=f"{name}.{t}", preamble=[instr("vsetq", mult, shift, 0)])
         self.builder.free(work)
@@ -703,15 +726,18 @@ class Graph:
         scale = scale or float(np.max(np.abs(table))) / 127 or 1.0
         table_q = quantize(table, scale)
         idx_region, ids = self.indices(f"{name} ids", ids, vocab)
-        if len(ids) > 256:
-            raise CompileError(f"{name}: {len(ids)} lookups; one gather moves at most 256 rows")
-        hbm = self.builder.hbm(table_q.size, f"{name} table", table_q)
+        pw = self.per_word
+        hbm = self.builder.hbm(table_q.size // pw, f"{name} table", self._int8_words(table_q))
         out = self._new(len(ids), tiles, scale, table_q[ids], name)
+        # One dgather moves at most 256 rows; each piece starts at a whole row of indices.
+        pieces = row_spans(len(ids), 256 // lanes * lanes)
         for t in range(tiles):
-            self.builder.utop(Engine.DMA, [instr("dbase", hbm.start + t * lanes), instr("dcfg", lanes, dim, 1),
-                                      instr("dgather", out.tile(t), idx_region.start, len(ids))],
-                              reads=[hbm, idx_region], writes=[out.tile_region(t)],
-                              name=f"{name} gather{t}")
+            body = [instr("dbase", hbm.start + t * lanes // pw),
+                    instr("dcfg", lanes, dim // pw, 1, i8=int(pw > 1))]
+            body += [instr("dgather", out.tile(t) + first, idx_region.start + first // lanes, n)
+                     for first, n in pieces]
+            self.builder.split_utop(Engine.DMA, body, reads=[hbm, idx_region],
+                                    writes=[out.tile_region(t)], name=f"{name} gather{t}")
         self.builder.free(idx_region)
         self._op("embedding", name)
         return out
