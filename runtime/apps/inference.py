@@ -110,11 +110,6 @@ def _outputs(graph):
     return [(name, region, x) for name, (region, x) in graph.outputs.items()]
 
 
-def _as_tensor(graph, x, words):
-    """Output words read back from HBM as the rows x padded columns of tensor ``x``."""
-    return words.astype(np.int64).reshape(x.rows, x.tiles * graph.lanes)
-
-
 def _tenant(model_graph, program, n_me, n_ve, whole=False):
     """A tenant for run_tenants: segments of what the program uses (the whole scratchpad of
     the vNPU it was compiled for, with ``whole``); its program goes beside them in HBM."""
@@ -133,8 +128,8 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
     [values], run = run_tenants(graph.config, [_tenant(graph, program, n_me, n_ve, whole=True)],
                                 backend=backend, policy=policy, max_cycles=max_cycles,
                                 progress=progress, names=["the program"])
-    return {name: _as_tensor(graph, x, words)
-            for (name, _, x), words in zip(_outputs(graph), values)}, run
+    return {name: graph.read_output(name, words)
+            for (name, _, _), words in zip(_outputs(graph), values)}, run
 
 
 def run_models(config, tenants, *, backend="verilator", policy="harvest",
@@ -150,6 +145,5 @@ def run_models(config, tenants, *, backend="verilator", policy="harvest",
     outputs = []
     for (model, _, _), words in zip(tenants, values):
         index = list(model.graph.outputs).index(model.name)
-        _, _, x = _outputs(model.graph)[index]
-        outputs.append(_as_tensor(model.graph, x, words[index]))
+        outputs.append(model.graph.read_output(model.name, words[index]))
     return outputs, run

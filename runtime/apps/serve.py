@@ -118,7 +118,7 @@ def _compile(config, specs, seed):
                           + [(r.start, v.reshape(-1)) for r, v in g.inputs.values()])
         builder = graph.builder
         tenants.append(_Tenant(f"{models[0].name}{index}", spec, words, images,
-                               [m.expected.reshape(-1).astype(np.int64) for m in models],
+                               [m.graph.output_words(m.expected) for m in models],
                                (region.start, region.size), max(1, builder.spad_peak),
                                max(1, builder.hbm_top), spec.n_me, spec.n_ve))
     return tenants

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isa.encoding import Engine, instr, pack_int8
+from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
 from .builder import CompileError, ProgramBuilder, Region, row_spans
 from .quant import activation_table, multiplier, quantize, rq
@@ -282,16 +282,27 @@ class Graph:
         return self._new(rows, tiles, scale, np.zeros((rows, tiles * self.lanes)), name)
 
     def output(self, name, x):
-        """Store a tensor to HBM (row-major, rows x cols) for the host to read."""
-        cols = x.tiles * self.lanes
-        hbm = self.builder.hbm(x.rows * cols, f"output {name}")
+        """Store an int8 tensor to HBM (row-major, rows x cols, packed as the inputs are)
+        for the host to read (:meth:`read_output`)."""
+        cols, pw = x.tiles * self.lanes, self.per_word
+        hbm = self.builder.hbm(x.rows * cols // pw, f"output {name}")
         for t in range(x.tiles):
-            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols, x.tile(t),
-                                                    hbm.start + t * self.lanes, x.rows,
-                                                    store=True),
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols // pw, x.tile(t),
+                                                    hbm.start + t * self.lanes // pw, x.rows,
+                                                    store=True, packed=pw > 1),
                               reads=[x.tile_region(t)], writes=[hbm], name=f"store {name}.{t}")
         self.outputs[name] = (hbm, x)
         self._op("output", name)
+
+    def output_words(self, values):
+        """The HBM words of an output that holds ``values`` (rows x cols int8)."""
+        return self._int8_words(values).reshape(-1)
+
+    def read_output(self, name, words):
+        """Output ``name``'s HBM words as its rows x padded columns."""
+        _, x = self.outputs[name]
+        values = unpack_int8(words) if self.per_word > 1 else np.asarray(words, np.int64)
+        return values.reshape(x.rows, x.tiles * self.lanes)
 
     def build(self):
         return self.builder.build()
