@@ -179,17 +179,21 @@ class Graph:
         return body
 
     def constant(self, values, what):
-        """Rows of constants (lanes wide) loaded from HBM; identical blocks are shared until
-        :meth:`keep_only` frees them."""
+        """Rows of constants (lanes wide) loaded from HBM (packed when they are int8 values:
+        masks, the identity); identical blocks are shared until :meth:`keep_only` frees
+        them."""
         values = np.asarray(values, np.int64).reshape(-1, self.lanes)
         key = values.tobytes()
+        pw = self.per_word if values.min() >= -128 and values.max() <= 127 else 1
         if key not in self._constants_hbm:
-            self._constants_hbm[key] = self.builder.hbm(values.size, what, values)
+            words = self._int8_words(values) if pw > 1 else values
+            self._constants_hbm[key] = self.builder.hbm(words.size, what, words)
         if key not in self._constants:
             hbm = self._constants_hbm[key]
             spad = self.builder.alloc(len(values), what)
-            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start,
-                                                               hbm.start, len(values)),
+            self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
+                                                               spad.start, hbm.start,
+                                                               len(values), packed=pw > 1),
                                     reads=[hbm], writes=[spad], name=f"load {what}")
             self._constants[key] = spad
         return self._constants[key]
