@@ -152,7 +152,8 @@ class ProgramBuilder:
         self.spad_rows = config.spad_rows if spad_rows is None else spad_rows
         self.hbm_words = config.hbm_words if hbm_words is None else hbm_words
         self.utops = []
-        self._spad_used = []            # allocated (start, size), sorted
+        self._spad_used = []            # allocated or resting (start, size), sorted
+        self._resting = []              # (µTOp count when reusable, (start, size)) freed
         self.spad_peak = 0
         self.hbm_top = 0
         self.hbm_image = {}             # HBM word address -> int array placed there by the host
@@ -160,15 +161,18 @@ class ProgramBuilder:
     # --- memory --------------------------------------------------------------------------
 
     def alloc(self, rows, what):
-        """First-fit scratchpad region of ``rows`` rows."""
+        """First-fit scratchpad region of ``rows`` rows. Freed regions rest until
+        ``dep_window`` more µTOps are planned (then the window rule orders the new user
+        after the old ones anyway, so reuse adds no dependency that stalls); they are
+        taken earlier only when nothing else fits."""
         if rows < 1:
             raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
-        base = 0
-        for start, size in self._spad_used:
-            if base + rows <= start:
-                break
-            base = max(base, start + size)
-        if base + rows > self.spad_rows:
+        self._release(lambda ready: ready <= len(self.utops))
+        base = self._first_fit(rows)
+        if base is None and self._resting:
+            self._release(lambda ready: True)
+            base = self._first_fit(rows)
+        if base is None:
             raise CompileError(f"{what} needs {rows} scratchpad rows; "
                                f"{self.spad_rows - self.free_rows} of the vNPU's "
                                f"{self.spad_rows} are live (and not necessarily in one piece)")
@@ -176,13 +180,31 @@ class ProgramBuilder:
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
 
+    def _first_fit(self, rows):
+        base = 0
+        for start, size in self._spad_used:
+            if base + rows <= start:
+                break
+            base = max(base, start + size)
+        return base if base + rows <= self.spad_rows else None
+
+    def _release(self, due):
+        for ready, piece in [r for r in self._resting if due(r[0])]:
+            self._resting.remove((ready, piece))
+            self._spad_used.remove(piece)
+
     @property
     def free_rows(self):
         """Scratchpad rows not allocated (not necessarily in one piece)."""
-        return self.spad_rows - sum(size for _, size in self._spad_used)
+        return self.spad_rows - sum(size for _, size in self._spad_used) + sum(
+            size for _, (_, size) in self._resting)
 
     def free(self, region):
-        self._spad_used.remove((region.start, region.size))
+        """Give ``region`` back (it rests first: see :meth:`alloc`)."""
+        piece = (region.start, region.size)
+        if piece not in self._spad_used or any(p == piece for _, p in self._resting):
+            raise ValueError(f"scratchpad rows {region.start}..{region.stop - 1} are not allocated")
+        self._resting.append((len(self.utops) + self.config.dep_window, piece))
 
     def hbm(self, words, what, data=None):
         """Bump-allocate ``words`` HBM words; ``data`` (if given) is written there by the host."""
