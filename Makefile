@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-## Default test run: correctness tests (long runs are marked `slow` and opt-in).
+## Default test run: correctness tests (long runs are marked `slow` and opt-in), one
+## worker per core.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 ## Everything, including slow sweeps and fuzzing.
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m '' -n auto --dist worksteal
 
 ## The main job: a two-tenant demo.
 demo: $(STAMP)

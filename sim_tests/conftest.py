@@ -8,3 +8,4 @@ from isa.config import NPUConfig
 @pytest.fixture
 def tiny():
     return NPUConfig.preset("tiny")
+

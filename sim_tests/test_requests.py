@@ -131,8 +131,8 @@ def test_a_full_queue_refuses_the_doorbell(backend):
     script = list(d.script)
     for _ in range(n):
         script += [ops.CsrWrite(doorbell, 0), ops.CsrRead(error), ops.CsrWrite(error, 0),
-                   ops.Run(10_000)]
-    script += [ops.CsrRead(pending), ops.CsrRead(completion), ops.Run(10_000),
+                   ops.Run(1_000)]
+    script += [ops.CsrRead(pending), ops.CsrRead(completion), ops.Run(1_000),
                ops.CsrRead(pending)]
     results = d.backend.execute(script)
     codes = [results[2 * i] & 0xFF for i in range(n)]

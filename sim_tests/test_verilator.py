@@ -73,7 +73,8 @@ def test_second_build_is_cached():
     assert time.perf_counter() - start < 10
 
 
-@pytest.mark.parametrize("backend", ["pysim", "verilator"])
+# The Verilator variant builds a tracing model of its own (about 2.5 CPU-minutes): opt-in.
+@pytest.mark.parametrize("backend", ["pysim", pytest.param("verilator", marks=pytest.mark.slow)])
 def test_vcd_on_both_backends(tmp_path, capsys, backend):
     vcd = tmp_path / f"{backend}.vcd"
     code = main(["conformance", "--backend", backend, "--vcd", str(vcd),
