@@ -48,15 +48,16 @@ def random_dma_program(rng, lanes, hbm_words, packed=0.0):
 
 
 @pytest.mark.parametrize("bytes_per_cycle, lanes, seed", [
-    (16, 4, 0), (16, 4, 1), (8, 4, 2), (64, 4, 3), (32, 8, 4), (16, 8, 5),
+    (16, 4, 0), (16, 4, 1), (8, 4, 2), (64, 4, 3), (32, 8, 4), (16, 8, 5), (16, 2, 6),
 ])
 @pytest.mark.parametrize("packed", [0.0, 0.7])
 def test_random_copies_match_golden(bytes_per_cycle, lanes, seed, packed):
     """Plain and int8-packed (i8) copies at every alignment of rows to HBM lines."""
-    config = TINY.replace(hbm_bytes_per_cycle=bytes_per_cycle, ve_lanes=lanes, hbm_latency=3 + seed)
+    config = TINY.replace(hbm_bytes_per_cycle=bytes_per_cycle, ve_lanes=lanes, hbm_latency=3 + seed,
+                          array_rows=min(4, lanes), array_cols=min(4, lanes))
     rng = random.Random(seed + int(10 * packed))
     init = np.random.default_rng(seed).integers(-1000, 1000, (256, lanes))
-    init[0:2] = np.random.default_rng(seed).integers(0, 8, (2, lanes))    # gather indices
+    init[0:6] = np.random.default_rng(seed).integers(0, 8, (6, lanes))    # gather indices
     hbm = np.random.default_rng(seed + 1).integers(-2**31, 2**31, config.hbm_words)
     source = random_dma_program(rng, lanes, config.hbm_words, packed)
     out = run_dma(source, init, hbm, config=config)

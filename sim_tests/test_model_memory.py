@@ -107,3 +107,23 @@ def test_freed_rows_rest_for_the_dependency_window_unless_nothing_else_fits():
     assert b.alloc(10, "d").start == 40       # matured: first fit again
     with pytest.raises(ValueError, match="not allocated"):
         b.free(second)
+
+
+def test_split_body_refuses_what_a_replay_would_change():
+    work = [instr("vaddi", 0, 0, 1, 1)] * 6
+    with pytest.raises(CompileError, match="vsetvl cannot be split"):
+        split_body([instr("vsetvl", 2), instr("vld", 1, 5)] + work, 4, "t")
+    looped = [instr("loop", 2, 2, 1, 1), instr("vld", 1, 5), instr("vaddi", 0, 0, 1, 1)]
+    with pytest.raises(CompileError, match="loop that sets engine state"):
+        split_body(looped + work, 4, "t")
+
+
+def test_a_scratchpad_barely_large_enough_reuses_rows_early_and_stays_bit_exact():
+    """560 rows: less than the resting allocator's peak with room to spare (840), so freed
+    rows are taken before they rest dep_window µTOps; the golden model's race check holds
+    the dependencies the builder derives for that early reuse."""
+    roomy = compile_model("bert", DEFAULT).graph.builder.spad_peak
+    model = compile_model("bert", DEFAULT, spad_rows=560)
+    assert model.graph.builder.spad_peak <= 560 < roomy
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs["bert"], model.expected)

@@ -51,13 +51,23 @@ def split_body(body, room, what):
     instruction that works, so each piece starts by setting the engine state the earlier
     pieces left set (state does not survive a µTOp, isa/SPEC.md), each once, with its
     latest value; a `loop` stays in one piece with its body. Memory carries everything
-    else. A body that fits is returned as it is."""
+    else, so the body must not write the rows its state instructions read (the compiler's
+    tables, weights and parameters never are). A body that fits is returned as it is; one
+    that must be split may not use `vsetvl` (a replayed `vld` would see another vl) or set
+    state inside a loop."""
     if len(body) <= room:
         return [list(body)]
+    for i in body:
+        if i.op is not None and i.op.mnemonic == "vsetvl":
+            raise CompileError(f"{what}: a body with vsetvl cannot be split across µTOps "
+                               f"(max_body {room})")
     atoms, i = [], 0
     while i < len(body):
         looping = body[i].op is not None and body[i].op.mnemonic == "loop"
         size = 1 + (body[i].args["len"] if looping else 0)
+        if looping and any(_state_key(j) for j in body[i + 1:i + size]):
+            raise CompileError(f"{what}: a loop that sets engine state cannot be split "
+                               f"across µTOps (max_body {room})")
         atoms.append(body[i:i + size])
         i += size
     pieces, piece, state, pending = [], [], {}, []

@@ -16,9 +16,11 @@ convolution read the zero ring as padding.
 
 Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
 ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
-the current one); activations stay in the scratchpad. int8 data (weights, inputs,
-embedding tables) is packed four values per HBM word (`dcfg ... i8`) when a tile's row
-is whole words (lanes a multiple of 4); biases and tables stay one int32 per word.
+the current one); activations stay in the scratchpad. int8 data in HBM (weights, inputs,
+embedding tables, outputs, and constant blocks whose values fit int8: masks, the
+identity, activation tables, layer-norm parameters) is packed four values per word
+(`dcfg ... i8`) when a tile's row is whole words (lanes a multiple of 4); biases and the
+exp, reciprocal and rsqrt tables stay one int32 per word.
 """
 
 from dataclasses import dataclass
@@ -162,9 +164,12 @@ class Graph:
             self.builder.free(region)
         self._constants.clear()
 
-    def _int8_words(self, values):
+    def _int8_words(self, values, what="values"):
         """An int8 matrix as the HBM words that hold it (rows x cols / per_word)."""
         values = np.asarray(values, np.int64)
+        if values.size and (values.min() < -128 or values.max() > 127):
+            raise CompileError(f"{what}: int8 data must lie in -128..127, got "
+                               f"{values.min()}..{values.max()}")
         if self.per_word == 1:
             return values
         return pack_int8(values).reshape(len(values), -1)
@@ -254,7 +259,7 @@ class Graph:
         tiles = self._tiles(cols, f"input {name}")
         pw = self.per_word
         hbm = self.builder.hbm(rows * cols // pw, f"input {name}")
-        self.inputs[name] = (hbm, self._int8_words(rows_q))
+        self.inputs[name] = (hbm, self._int8_words(rows_q, f"input {name}"))
         out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
         for t in range(tiles):
             self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, cols // pw, out.tile(t),
@@ -288,6 +293,7 @@ class Graph:
     def output(self, name, x):
         """Store an int8 tensor to HBM (row-major, rows x cols, packed as the inputs are)
         for the host to read (:meth:`read_output`)."""
+        self._int8_words(x.ref, f"output {name}")           # checks that it is int8
         cols, pw = x.tiles * self.lanes, self.per_word
         hbm = self.builder.hbm(x.rows * cols // pw, f"output {name}")
         for t in range(x.tiles):
@@ -710,6 +716,9 @@ class Graph:
         image = x.image
         per_image = (image.h + 2) * (image.w + 2)
         pieces = row_spans(per_image)
+        if len(pieces) > 256:
+            raise CompileError(f"{name}: images of {per_image} padded pixels; the pooling "
+                               f"sums at most 256 x 256 rows per image")
         mult, shift = multiplier(x.scale / (image.h * image.w) / out_scale)
         sums = image.from_rows(x.ref).sum(axis=(1, 2))
         out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
