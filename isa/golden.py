@@ -375,13 +375,12 @@ class GoldenNPU:
     def _run_dma(self, instrs, ctx):
         cfg = self.config
         length, packed, hstride, sstride, gbase = cfg.ve_lanes, False, cfg.ve_lanes, 1, 0
+        span = length                   # HBM words per row
 
         def read_row(first):
             """The len elements of the row at HBM word ``first`` (E in the spec)."""
-            if not packed:
-                return self.hbm[self._words(ctx, first, length)]
-            words = self.hbm[self._words(ctx, first, -(-length // 4))].astype(np.int64)
-            return unpack_int8(words)[:length]
+            words = self.hbm[self._words(ctx, first, span)]
+            return unpack_int8(words)[:length] if packed else words
 
         for instr in instrs:
             instr = self._check(instr)
@@ -392,6 +391,7 @@ class GoldenNPU:
                     raise ProgramFault(Fault.ILLEGAL_OPERAND, f"dcfg: len = {a['len']} is outside "
                                        f"1..{cfg.ve_lanes} (ve_lanes)")
                 length, packed = a["len"], bool(a["i8"])
+                span = -(-length // 4) if packed else length
                 hstride, sstride = a["hstride"], a["sstride"]
             elif name == "dbase":
                 gbase = a["hbm"]
@@ -403,7 +403,6 @@ class GoldenNPU:
                     self.spad[row, length:] = 0
             elif name == "dstore":
                 rows = self._rows(ctx, a["src"], a["rows"], sstride)
-                span = -(-length // 4) if packed else length
                 words = [self._words(ctx, a["hbm"] + i * hstride, span, write=True)
                          for i in range(a["rows"])]
                 for row, target in zip(rows, words):

@@ -221,8 +221,9 @@ class Graph:
         for unit in units:
             if len(unit) > room:
                 flush()
-                self.builder.split_utop(Engine.VE, list(preamble) + unit, reads=list(reads) + list(writes),
-                                   writes=writes, name=name)
+                self.builder.split_utop(Engine.VE, list(preamble) + unit,
+                                        reads=list(reads) + list(writes), writes=writes,
+                                        name=name)
                 continue
             if len(body) + len(unit) > room:
                 flush()

@@ -745,8 +745,11 @@ class _Lowering:
             raise _error(node, "per-head MatMul needs (…, heads, rows, cols) operands with "
                                "equal heads")
         for h, (a, b) in enumerate(zip(x.parts, y.parts)):
-            if self.padded(a) != b.rows:
-                raise _error(node, f"head {h}: {self.padded(a)} columns against {b.rows} rows")
+            self._check_head(node, h, a, b)
+
+    def _check_head(self, node, h, a, b):
+        if self.padded(a) != b.rows:
+            raise _error(node, f"head {h}: {self.padded(a)} columns against {b.rows} rows")
 
     def _merge_target(self, out, rows, tiles):
         """The merged tensor per-head results are written into when a Transpose + Reshape
@@ -795,8 +798,7 @@ class _Lowering:
                 scaled = self._retag(retag, scaled)
             p = self._softmax_part(softmax, scaled, h, len(q.parts))
             self.g.release(s)
-            if self.padded(p) != c.rows:
-                raise _error(context, f"head {h}: {self.padded(p)} columns against {c.rows} rows")
+            self._check_head(context, h, p, c)
             parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
                                        out=self._head_view(target, h, c)))
             self.g.release(p)
