@@ -1,13 +1,11 @@
-"""HBM model: one line of ``hbm_bytes_per_cycle`` per cycle, after ``hbm_latency`` cycles, shared by DMA engines."""
+"""HBM controller: one line of ``hbm_bytes_per_cycle`` per cycle, after ``hbm_latency`` cycles, shared by the DMA engines, the host and the instruction prefetchers; the storage lives outside the RTL."""
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arbitration import round_robin
-from .sram import SRAM
-
-__all__ = ["HBM", "HBMPortSignature", "HBMRequestLayout"]
+__all__ = ["HBM", "HBMPortSignature", "HBMRequestLayout", "HBMStorageSignature"]
 
 
 def _line_words(config):
@@ -39,39 +37,53 @@ class HBMPortSignature(wiring.Signature):
         })
 
 
+class HBMStorageSignature(wiring.Signature):
+    """The HBM's storage, seen from the controller: a synchronous memory of
+    ``hbm_words // hbm_words_per_cycle`` lines that lives outside the RTL (the simulation
+    harness holds it, sparsely, so HBM can be gigabytes without the design growing).
+
+    At a clock edge where ``read`` is high, the storage puts line ``line`` on ``rdata``,
+    where it stays until the next read. At a clock edge where ``write`` (one bit per word)
+    is not zero, the enabled words of line ``line`` take ``wdata``. Reads and writes never
+    happen at the same edge. Line i holds words i*W .. i*W+W-1.
+    """
+
+    def __init__(self, config):
+        words = _line_words(config)
+        super().__init__({
+            "line": Out(HBMRequestLayout(config)["line"].shape),
+            "read": Out(1),
+            "write": Out(words),
+            "wdata": Out(data.ArrayLayout(unsigned(32), words)),
+            "rdata": In(data.ArrayLayout(unsigned(32), words)),
+        })
+
+
 class HBM(wiring.Component):
-    """``hbm_words`` words as lines of ``hbm_words_per_cycle`` words.
+    """The controller of ``hbm_words`` words as lines of ``hbm_words_per_cycle`` words.
 
     Each cycle one request from one port is accepted (rotating priority): that is the
     bandwidth, ``hbm_bytes_per_cycle``. A write takes effect when accepted; a read samples
-    the memory when accepted and its line arrives ``hbm_latency`` cycles later, so a read
-    accepted after a write sees it.
+    the storage when accepted and its line arrives ``hbm_latency`` cycles later, so a read
+    accepted after a write sees it. The lines themselves are behind ``storage``.
     """
 
     def __init__(self, config, *, n_ports):
         if n_ports < 1:
             raise ValueError(f"an HBM needs at least one port, not {n_ports!r}")
         self.config, self.n_ports = config, n_ports
-        words = _line_words(config)
-        #: Line i holds words i*W .. i*W+W-1.
-        self.lines = SRAM(width=32 * words, depth=config.hbm_words // words, granularity=32)
         super().__init__({
             "port": In(HBMPortSignature(config)).array(n_ports),
+            "storage": Out(HBMStorageSignature(config)),
             "reads": Out(32),
             "writes": Out(32),
         })
-
-    def word(self, address):
-        """(memory cell, bit offset) of word ``address``, for back-door access."""
-        words = _line_words(self.config)
-        return self.lines.data[address // words], 32 * (address % words)
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
         words = _line_words(cfg)
-        m.submodules.lines = self.lines
-        read_port, write_port = self.lines.read[0], self.lines.write
+        storage = self.storage
 
         pointer = Signal(range(self.n_ports))
         m.d.sync += pointer.eq(Mux(pointer == self.n_ports - 1, 0, pointer + 1))
@@ -85,21 +97,21 @@ class HBM(wiring.Component):
         accepted = grant.any()
         is_read = accepted & ~chosen.write
         m.d.comb += [
-            read_port.addr.eq(chosen.line),
-            write_port.addr.eq(chosen.line),
-            write_port.data.eq(chosen.data.as_value()),
-            write_port.en.eq(Mux(accepted & chosen.write, chosen.mask, 0)),
+            storage.line.eq(chosen.line),
+            storage.read.eq(is_read),
+            storage.wdata.eq(chosen.data),
+            storage.write.eq(Mux(accepted & chosen.write, chosen.mask, 0)),
         ]
         m.d.sync += [self.reads.eq(self.reads + is_read),
                      self.writes.eq(self.writes + (accepted & chosen.write))]
 
-        # The memory's read port adds one cycle; the rest of the latency is a delay line:
+        # The storage's read adds one cycle; the rest of the latency is a delay line:
         # the valid bit and the port number in registers, the lines in a ring of
         # hbm_latency - 1 rows. A line written into row ``slot`` is read out of it
         # hbm_latency - 1 cycles later, in the cycle before the row is written again.
         valid, owner = Signal(), Signal(range(self.n_ports))
         m.d.sync += [valid.eq(is_read), owner.eq(chosen_port)]
-        line = read_port.data
+        line = storage.rdata.as_value()
         delay = cfg.hbm_latency - 1
         for stage in range(delay):
             valid_next = Signal(name=f"delay{stage}_valid")

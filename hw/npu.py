@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .dispatcher import Dispatcher, engine_types
 from .dma_engine import DMAEngine
-from .hbm import HBM, HBMPortSignature
+from .hbm import HBM, HBMPortSignature, HBMStorageSignature
 from .host_interface import CSRSignature, HostInterface
 from .matrix_engine import MatrixEngine
 from .ports import SpadReadSignature, SpadWriteSignature
@@ -29,6 +29,7 @@ class NPU(wiring.Component):
       faults, counters);
     - ``spad_rd``/``spad_wr``: a scratchpad client (rows), arbitrated like the engines;
     - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;
+    - ``hbm_storage``: HBM's lines, a synchronous memory outside the pNPU (hw/hbm.py);
     - ``busy``: some context is running, starting, or has a request queued; ``cycle``: cycles
       since reset (the CYCLE register); ``activity``: which context each engine runs now
       (timelines).
@@ -56,6 +57,8 @@ class NPU(wiring.Component):
             "spad_rd": In(SpadReadSignature(config)),
             "spad_wr": In(SpadWriteSignature(config)),
             "hbm": In(HBMPortSignature(config)),
+            # HBM's lines: a memory outside the pNPU (the harness holds it).
+            "hbm_storage": Out(HBMStorageSignature(config)),
             "busy": Out(1),
             "cycle": Out(64),
             # A trace port (timelines, runtime.backends): per engine e, bits
@@ -98,6 +101,7 @@ class NPU(wiring.Component):
         wiring.connect(m, wiring.flipped(self.spad_rd), spad.rd[len(self._read_ports)])
         wiring.connect(m, wiring.flipped(self.spad_wr), spad.wr[len(self._write_ports)])
         wiring.connect(m, wiring.flipped(self.hbm), hbm.port[self.config.n_dma])
+        wiring.connect(m, hbm.storage, wiring.flipped(self.hbm_storage))
         for c in range(self.config.n_ctx):
             wiring.connect(m, dispatcher.hbm[c], hbm.port[self.config.n_dma + 1 + c])
 

@@ -1,4 +1,4 @@
-"""The pNPU's large memories (scratchpad banks, HBM lines, instruction buffers): one write port, read ports, zero at reset."""
+"""The pNPU's large memories (scratchpad banks, instruction buffers): one write port, read ports, zero at reset."""
 
 from amaranth import ClockSignal, Instance, Module, unsigned
 from amaranth.lib import memory, wiring

@@ -52,8 +52,10 @@ class NPUConfig:
     #: Scratchpad banks; row r lives in bank r % spad_banks. Eight, so four MEs
     #: accumulating (three row accesses per cycle each) and the DMA rarely meet in a bank.
     spad_banks: int = 8
-    #: HBM size in 32-bit words (all contexts together).
-    hbm_words: int = 1 << 18
+    #: HBM size in 32-bit words (all contexts together): 1 GiB. The RTL holds the HBM
+    #: controller only; the lines live in the simulation harness, which holds just the
+    #: lines a run writes, so the size costs neither Verilog nor simulation memory.
+    hbm_words: int = 1 << 28
     #: Cycles from an HBM request to its first word.
     hbm_latency: int = 20
     #: HBM bandwidth in bytes per cycle (a multiple of 4: whole words).
@@ -222,7 +224,7 @@ PRESETS = {
                        hbm_latency=8, imem_words=2048, watchdog_cycles=1 << 16),
     # TPU-like core: 128x128 systolic arrays, for Verilog generation.
     "tpu": NPUConfig(array_rows=128, array_cols=128, n_me=4, n_ve=2, n_dma=4, n_ctx=4,
-                     ve_lanes=128, spad_rows=1 << 14, spad_banks=16, hbm_words=1 << 24,
+                     ve_lanes=128, spad_rows=1 << 14, spad_banks=16, hbm_words=1 << 31,
                      hbm_latency=100, hbm_bytes_per_cycle=512, dep_window=16, max_body=128,
                      imem_words=4096),
 }

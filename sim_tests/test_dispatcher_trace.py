@@ -30,6 +30,7 @@ from isa.config import NPUConfig
 from hw.dispatcher import Dispatcher, engine_types
 from hw.hbm import HBM
 from isa.encoding import UTop, encode_header, program_hbm_words
+from runtime.backends.hbm_storage import HBMStorage
 
 DIGESTS = Path(__file__).with_name("dispatcher_trace_digests.json")
 CYCLES = 1500
@@ -65,6 +66,7 @@ class _WithHBM(Elaboratable):
     def __init__(self, config):
         self.dispatcher = Dispatcher(config)
         self.hbm = HBM(config, n_ports=config.n_ctx)
+        self.hbm_storage = HBMStorage(config)
 
     def elaborate(self, platform):
         m = Module()
@@ -152,7 +154,7 @@ def trace_digest(seed, cycles=CYCLES):
                     else:
                         start = 1 << c
                 else:                 # (back door: a line per cycle)
-                    ctx.set(top.hbm.lines.data[addr], word)
+                    top.hbm_storage.lines[addr] = word
             ctx.set(control.start, start)
             ctx.set(control.config_fault, refused)
             for e, engine in enumerate(engines):
@@ -192,6 +194,10 @@ def trace_digest(seed, cycles=CYCLES):
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
+
+    async def storage(ctx):
+        await top.hbm_storage.serve(ctx, top.hbm.storage)
+    sim.add_process(storage)
     sim.run()
     return digest.hexdigest()
 

@@ -228,7 +228,6 @@ def _opset(version):
     (lambda: _conv_with(pads=[0, 0, 0, 0]), "supported are 3x3 with pads 1 and 1x1 with pads 0"),
     (_maxpool3, "(MaxPool): supported is a 2x2 window with strides 2 and no padding"),
     (_wide_mlp, "scratchpad rows"),
-    (_huge_table, "HBM words"),
     (_softmax_after_unsqueeze, "which is not the matrix's columns"),
     (_sigmoid_image, "Sigmoid of an image would turn its zero border"),
     (_row_bias, "a constant of shape (16, 1) added to (16, 16): supported is a bias along axis 1"),
@@ -245,6 +244,18 @@ def test_bad_models_are_one_line_errors(make, message, tmp_path, capsys):
     code, _, err = run(capsys, "run", path, "--calibrate", _zeros_for(made, tmp_path))
     assert code == 2 and err.startswith("neu10: error: ") and err.count("\n") == 1, err
     assert message in err, err
+
+
+def test_a_table_larger_than_hbm_is_a_one_line_error(tmp_path, capsys):
+    """600000 x 64 int8 (9.6 M packed words) against the small config's 65536 HBM words (the
+    default's gigabyte holds it)."""
+    made = _huge_table()
+    path = tmp_path / "huge.onnx"
+    onnx.save(made, path)
+    code, _, err = run(capsys, "run", path, "--config", "small",
+                       "--calibrate", _zeros_for(made, tmp_path))
+    assert code == 2 and err.startswith("neu10: error: ") and err.count("\n") == 1, err
+    assert "HBM words" in err, err
 
 
 def _zeros_for(made, tmp_path):

@@ -13,6 +13,7 @@ from hw.matrix_engine import MatrixEngine
 from hw.vector_engine import VectorEngine
 from isa.asm import assemble
 from isa.config import NPUConfig
+from isa.golden import Segment
 from isa.regmap import Policy, register_address
 from runtime.backends import script as ops
 from runtime.backends.single_engine import run_engine
@@ -35,7 +36,7 @@ def _timed(config, engine, reads, writes, source, spad, **kwargs):
     out = run_engine(config, engine, reads, writes, source, spad, **kwargs)
     seconds = out["sim_seconds"]
     exact = np.array_equal(out["spad"], out["golden"].spad) and (
-        "hbm" not in out or np.array_equal(out["hbm"], out["golden"].hbm))
+        "hbm" not in out or np.array_equal(out["hbm"], out["golden_hbm"]))
     if not exact:
         raise AssertionError(f"{engine.__name__}: RTL result differs from the golden model")
     return out["counters"], seconds
@@ -76,7 +77,7 @@ def bench_dma(config):
                             for i in range(INSTRUCTIONS)]
     hbm = np.random.default_rng(3).integers(-2**31, 2**31, INSTRUCTIONS * rows * lanes)
     counters, seconds = _timed(config, DMAEngine, ["rd"], ["wr"], "\n".join(lines) + "\n",
-                               np.zeros((1, lanes)), hbm=hbm)
+                               np.zeros((1, lanes)), hbm=hbm, hbm_segment=Segment(0, len(hbm)))
     achieved = 4 * counters["work"] / counters["busy_cycles"]
     return {"dma_bandwidth_fraction": achieved / config.hbm_bytes_per_cycle,
             "dma_bytes_per_cycle": achieved,

@@ -29,6 +29,8 @@ unspecified.
 On ``pysim`` (slow host reads) the runs write and read back the *arena* only: the memory
 from address 0 to the end of the last segment and its gap, where every segment lies;
 ``golden`` and ``verilator`` write random contents to the whole memory and read it all.
+"The whole memory" is the scratchpad and HBM's first ``FUZZ_HBM_WORDS`` words (all of it on
+tiny and small): every segment and program lies there; past it HBM stays zero, unchecked.
 """
 
 import math
@@ -558,6 +560,12 @@ class FuzzCase:
 
 #: Largest gap before, between and after segments: rows, and HBM words per lane.
 _SPAD_GAP, _HBM_GAP = 48, 40
+#: The HBM words a campaign uses and checks, at most: a gigabyte HBM is not filled.
+FUZZ_HBM_WORDS = 1 << 18
+
+
+def _hbm_words(config):
+    return min(config.hbm_words, FUZZ_HBM_WORDS)
 
 
 def _layout(rng, sizes, gaps, total, what):
@@ -603,7 +611,8 @@ def make_case(config, seed, policy):
                                    rng.randint(16, _HBM_GAP * lanes)])
     # HBM: the segments from 0, the programs in the top quarter (each from a line's start).
     line = config.hbm_words_per_cycle
-    prog_area = -(-(config.hbm_words - config.hbm_words // 4) // line) * line
+    hbm_words = _hbm_words(config)
+    prog_area = -(-(hbm_words - hbm_words // 4) // line) * line
     spad_sizes = _sizes(rng, n_attackers, victim_rows, config.spad_rows, _SPAD_GAP * (n + 1),
                         16, 64, 160)
     hbm_sizes = _sizes(rng, n_attackers, victim_words, prog_area,
@@ -619,12 +628,12 @@ def make_case(config, seed, policy):
         spad, hbm = Segment(spad_bases[c], spad_sizes[c]), Segment(hbm_bases[c], hbm_sizes[c])
         words = victim_words_program if c == victim else hostile_program(rng, config,
                                                                          spad.size, hbm.size)
-        room = (config.hbm_words - prog_next) // 2 - (n - 1 - c) * len(victim_words_program)
+        room = (hbm_words - prog_next) // 2 - (n - 1 - c) * len(victim_words_program)
         if c != victim:
             words = words[:max(1, room)]
-        if prog_next + 2 * len(words) > config.hbm_words:
+        if prog_next + 2 * len(words) > hbm_words:
             raise FuzzError(f"the configuration is too small for fuzzing: the programs need "
-                            f"more than the top quarter of HBM ({config.hbm_words // 4} words)")
+                            f"more than the top quarter of HBM ({hbm_words // 4} words)")
         prog_bases.append(prog_next)
         prog_next += -(-2 * len(words) // line) * line
         contexts.append(ContextSpec(words, spad, hbm))
@@ -635,7 +644,7 @@ def make_case(config, seed, policy):
     # (gather indices and the like that land inside the segment).
     data = np.random.default_rng(seed)
     spad_init = data.integers(-2**31, 2**31, (config.spad_rows, lanes), dtype=np.int64)
-    hbm_init = data.integers(-2**31, 2**31, config.hbm_words, dtype=np.int64)
+    hbm_init = data.integers(-2**31, 2**31, hbm_words, dtype=np.int64)
     for c in range(n):
         if c != victim and rng.random() < 0.5:
             spad, hbm = contexts[c].spad, contexts[c].hbm
@@ -720,10 +729,11 @@ class _Expected:
 
 def _expected(config, case):
     reference = _Reference(config)
-    reference.spad[:], reference.hbm[:] = case.spad_init, case.hbm_init
+    words = len(case.hbm_init)
+    reference.spad[:], reference.hbm[:words] = case.spad_init, case.hbm_init
     results = reference.run(case.contexts)
     alone = GoldenNPU(config)
-    alone.spad[:], alone.hbm[:] = case.spad_init, case.hbm_init
+    alone.spad[:], alone.hbm[:words] = case.spad_init, case.hbm_init
     [victim] = alone.run([case.contexts[case.victim]])
     if victim.fault:
         raise AssertionError(f"seed {case.seed}: the victim's program faults on golden: "
@@ -731,7 +741,8 @@ def _expected(config, case):
     # A false restartable flag matters only where µTOps restart: on borrowed engines.
     undefined = [bool(r.races or r.undefined or (r.restart_hazards and case.policy == "harvest"))
                  for r in results]
-    return _Expected(results, reference.spad, reference.hbm, alone.spad, alone.hbm, undefined)
+    return _Expected(results, reference.spad, reference.hbm[:words], alone.spad,
+                     alone.hbm[:words], undefined)
 
 
 @dataclass
@@ -761,7 +772,7 @@ def _observe_rtl(config, backend, case, full, max_cycles):
         driver.load_context(c, spec.program, spec.spad, spec.hbm, prog_base=case.prog_bases[c],
                             me_mask=me_mask,
                             ve_mask=ve_mask, priority=case.priorities[c])
-    rows, words = (config.spad_rows, config.hbm_words) if full else case.arena
+    rows, words = (config.spad_rows, len(case.hbm_init)) if full else case.arena
     driver.write_spad(0, case.spad_init[:rows])
     driver.write_hbm(0, case.hbm_init[:words])
     run = driver.run(max_cycles=max_cycles, read_spad=[(0, rows)], read_hbm=[(0, words)])
@@ -1163,7 +1174,7 @@ def run_campaign(config, backend="golden", programs=100, seed=0, policies="all",
     for what, need, total in (("scratchpad rows", victim_rows + _SPAD_GAP * (n + 1),
                                config.spad_rows),
                               ("HBM words", victim_words + _HBM_GAP * config.ve_lanes * (n + 1),
-                               config.hbm_words)):
+                               _hbm_words(config))):
         if need > total:
             raise FuzzError(f"the configuration is too small for fuzzing: the victim and the "
                             f"gaps need {need} {what}, it has {total}")

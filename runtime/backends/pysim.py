@@ -8,6 +8,7 @@ from amaranth.sim import Simulator
 from hw.npu import NPU, activity_bits
 from isa.regmap import Status
 from . import script as ops
+from .hbm_storage import HBMStorage
 from .words import to_signed32, unpack_words
 
 __all__ = ["PysimBackend"]
@@ -39,6 +40,8 @@ class _Session:
         self.sim = Simulator(self.harness)
         self.sim.add_clock(1e-6)
         self.sim.add_testbench(self._server)
+        self.hbm = HBMStorage(config)
+        self.sim.add_process(self._hbm)
         #: While a Serve with a timeline runs: (cycle, engine, activity) changes.
         self.timeline = None
         if timeline:                 # a process waking every cycle: only where asked for
@@ -67,8 +70,11 @@ class _Session:
 
     def _memories(self):
         npu = self.harness.npu
-        for memory in list(npu.spad.banks) + [npu.hbm_model.lines] + list(npu.dispatcher.imems):
+        for memory in list(npu.spad.banks) + list(npu.dispatcher.imems):
             yield memory
+
+    async def _hbm(self, ctx):
+        await self.hbm.serve(ctx, self.harness.npu.hbm_storage)
 
     async def _server(self, ctx):
         while True:
@@ -82,6 +88,7 @@ class _Session:
             for memory in self._memories():
                 for index in range(memory.depth):
                     ctx.set(memory.data[index], 0)
+            self.hbm.clear()
             try:
                 self.results = await self._run_script(ctx, script)
             except Exception as error:    # reported to the caller of execute()

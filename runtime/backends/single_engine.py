@@ -17,6 +17,7 @@ from hw.scratchpad import Scratchpad
 from isa.asm import assemble_program
 from isa.encoding import Fault, decode_header
 from isa.golden import ContextSpec, GoldenNPU, Segment
+from .hbm_storage import HBMStorage
 from .words import pack_words, unpack_words
 
 
@@ -47,6 +48,8 @@ class EngineTop(Elaboratable):
         self.spad = Scratchpad(config, n_read=len(read_ports) + n_noise,
                                n_write=len(write_ports) + n_noise)
         self.hbm = HBM(config, n_ports=1) if hasattr(engine, "hbm") else None
+        #: HBM's lines (served by a simulation process, see HBMStorage).
+        self.hbm_storage = HBMStorage(config) if self.hbm is not None else None
 
     def elaborate(self, platform):
         m = Module()
@@ -75,6 +78,8 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     what the test checks); ``before``/``after`` are async hooks (ctx, top) run around the
     program, e.g. to load or read an HBM model. Returns a dict with the RTL scratchpad,
     the golden model, per-µTOp RTL faults, the golden result and the engine's counters.
+    With an HBM, ``hbm`` holds the RTL's HBM words from 0 to the end of the HBM segment or of
+    the last line the RTL wrote, whichever is later, and ``golden_hbm`` the golden model's.
     """
     program = assemble_program(source, config=config).words
     segment = segment or Segment(0, config.spad_rows)
@@ -108,10 +113,7 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
         for address, row in enumerate(spad_init):
             ctx.set(top.spad.row(address), pack_words(row))
         if hbm is not None:
-            padded = np.zeros(-(-len(hbm) // words) * words, dtype=np.int64)
-            padded[:len(hbm)] = hbm
-            for line in range(len(padded) // words):
-                ctx.set(top.hbm.lines.data[line], pack_words(padded[line * words:(line + 1) * words]))
+            top.hbm_storage.write(0, hbm)
         if before:
             await before(ctx, top)
         out["sim_start"] = time.perf_counter()
@@ -147,8 +149,10 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
         out["spad"] = np.array([unpack_words(ctx.get(top.spad.row(r)), lanes)
                                 for r in range(config.spad_rows)])
         if top.hbm is not None:
-            out["hbm"] = np.array([unpack_words(ctx.get(top.hbm.lines.data[line]), words)
-                                   for line in range(config.hbm_words // words)]).reshape(-1)
+            written = max(top.hbm_storage.lines, default=-1) + 1
+            extent = max(hbm_segment.base + hbm_segment.size, written * words)
+            out["hbm"] = top.hbm_storage.read(0, extent)
+            out["golden_hbm"] = golden.hbm[:extent]
         if after:
             await after(ctx, top)
         finished.append(True)
@@ -168,6 +172,10 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(dispatcher)
+    if top.hbm is not None:
+        async def storage(ctx):
+            await top.hbm_storage.serve(ctx, top.hbm.storage)
+        sim.add_process(storage)
     if n_noise:
         sim.add_testbench(noise)
     sim.run()

@@ -18,6 +18,8 @@
 //                -> mark waited busy, then per request: arrival error entry words...,
 //                   then with timeline: n_events, n_events x (cycle engine activity)
 //                (runtime/backends/script.py, Serve: the same algorithm as pysim's)
+// HBM's lines live here (Storage), behind the pNPU's hbm_storage port: a synchronous
+// memory the harness serves at every clock edge, holding only the pages a run writes.
 // harness_config.h (generated per configuration) gives LANES, LINE_WORDS and the bit
 // offsets of the request payloads. Port names are Amaranth's (csr__addr, ...), with each
 // "__" escaped by Verilator as "___05F". The pNPU sees the host inputs as they were at the
@@ -31,6 +33,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "Vneu10_sim_top.h"
@@ -77,6 +80,42 @@ uint64_t get(const VlWide<N> &port, int offset, int width) {
     }
     return value;
 }
+
+// One 32-bit word of a port that holds whole words (a line).
+template <typename T>
+uint32_t word_of(const T &port, int w) { return static_cast<uint32_t>(get(port, 32 * w, 32)); }
+
+template <std::size_t N>
+uint32_t word_of(const VlWide<N> &port, int w) { return port[w]; }
+
+template <typename T>
+void set_word(T &port, int w, uint32_t value) { put(port, 32 * w, 32, value); }
+
+template <std::size_t N>
+void set_word(VlWide<N> &port, int w, uint32_t value) { port[w] = value; }
+
+// HBM's lines, all zero until written: pages of PAGE_LINES lines, allocated when first
+// written, so a config's HBM can be gigabytes while the harness holds what a run touches.
+class Storage {
+  public:
+    static constexpr uint64_t PAGE_LINES = 1024;
+
+    // The words of line ``line``, or nullptr for a line never written (zeros).
+    const uint32_t *find(uint64_t line) const {
+        auto page = pages_.find(line / PAGE_LINES);
+        if (page == pages_.end()) return nullptr;
+        return page->second.get() + (line % PAGE_LINES) * LINE_WORDS;
+    }
+
+    uint32_t *line(uint64_t line) {
+        auto &page = pages_[line / PAGE_LINES];
+        if (!page) page = std::make_unique<uint32_t[]>(PAGE_LINES * LINE_WORDS);  // zeroed
+        return page.get() + (line % PAGE_LINES) * LINE_WORDS;
+    }
+
+  private:
+    std::unordered_map<uint64_t, std::unique_ptr<uint32_t[]>> pages_;
+};
 
 class Harness {
   public:
@@ -127,12 +166,33 @@ class Harness {
         dirty_ = false;
     }
 
-    // One clock edge; inputs set before it are seen at that edge.
+    // One clock edge; inputs set before it are seen at that edge. HBM's storage takes the
+    // controller's request as it was before the edge, as a synchronous memory does.
     void tick() {
         settle();
         if (tracing_) sample();
+        uint64_t line = get(top_->hbm_storage___05Fline, 0, HBM_LINE_BITS);
+        bool read = top_->hbm_storage___05Fread;
+        bool write = false;
+        uint32_t wdata[LINE_WORDS];
+        bool enabled[LINE_WORDS];
+        for (int w = 0; w < LINE_WORDS; w++) {
+            enabled[w] = get(top_->hbm_storage___05Fwrite, w, 1);
+            write |= enabled[w];
+        }
+        if (write)
+            for (int w = 0; w < LINE_WORDS; w++) wdata[w] = word_of(top_->hbm_storage___05Fwdata, w);
         top_->clk = 1;
         top_->eval();
+        if (write) {
+            uint32_t *words = storage_.line(line);
+            for (int w = 0; w < LINE_WORDS; w++)
+                if (enabled[w]) words[w] = wdata[w];
+        } else if (read) {
+            const uint32_t *words = storage_.find(line);
+            for (int w = 0; w < LINE_WORDS; w++)
+                set_word(top_->hbm_storage___05Frdata, w, words ? words[w] : 0);
+        }
         dump();
         top_->clk = 0;
         top_->eval();
@@ -455,6 +515,7 @@ class Harness {
 
     std::unique_ptr<VerilatedContext> context_;
     std::unique_ptr<Vneu10_sim_top> top_;
+    Storage storage_;
     bool dirty_ = true;    // a host input changed since the last host_strobe
     bool tracing_ = false;  // recording a timeline (sample() before each edge)
     uint64_t timeline_mark_ = 0;
