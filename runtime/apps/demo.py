@@ -145,7 +145,7 @@ def run_demo(cfg, seed=2024, backend="pysim", policies=("harvest", "static", "te
         for vnpu, (_, _, slot, image, _, _) in zip(vnpus, tenants):
             for r in range(requests):
                 for address, values in image(r % 2):
-                    driver.write_hbm(vnpu.hbm.base + r * slot + address, values)
+                    driver.load_hbm(vnpu.hbm.base + r * slot + address, values)
         count, offsets, outputs, slots = [0, 0], [], [], []
         for _, t in arrivals:
             r = count[t]

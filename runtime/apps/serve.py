@@ -164,7 +164,7 @@ def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slic
         for slot in range(slots):
             base = vnpu.hbm.base + slot * tenant.slot_words
             for address, values in tenant.images[slot % INPUTS]:
-                driver.write_hbm(base + address, values)
+                driver.load_hbm(base + address, values)
     count = [0] * len(tenants)
     offsets, outputs, slot_of = [], [], []
     for _, t in arrivals:

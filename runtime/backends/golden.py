@@ -70,6 +70,9 @@ class GoldenBackend:
                     for j, value in enumerate(values):
                         if mask >> j & 1:
                             self.npu.hbm[line * per_line + j] = np.int64(value).astype(np.uint32).view(np.int32)
+                case ops.HbmLoad(address, words):
+                    self.npu.hbm[address:address + len(words)] = \
+                        np.asarray(words, np.int64).astype(np.uint32).view(np.int32)
                 case ops.HbmRead(line):
                     results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
                 case ops.Run():

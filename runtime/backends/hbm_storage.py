@@ -8,7 +8,6 @@ in C++ (verilator_harness.cpp, ``Storage``).
 
 import numpy as np
 
-from .words import pack_words, unpack_words
 
 __all__ = ["HBMStorage"]
 
@@ -38,30 +37,38 @@ class HBMStorage:
             raise ValueError(f"HBM words {address}..{address + count - 1} are outside HBM's "
                              f"{self.config.hbm_words} words")
 
+    def _line_array(self, line):
+        return np.frombuffer(self.lines.get(line, 0).to_bytes(4 * self.line_words, "little"),
+                             dtype="<u4")
+
     def write(self, address, values):
         """Back door: HBM words ``address``.. take ``values`` (signed or unsigned 32-bit)."""
         values = np.asarray(values, dtype=np.int64).reshape(-1)
         self._check(address, len(values))
+        if not len(values):
+            return
         w = self.line_words
         first, last = address // w, -(-(address + len(values)) // w)
-        padded = np.zeros((last - first) * w, dtype=np.int64)
+        padded = np.zeros((last - first) * w, dtype="<u4")
+        padded[:w] = self._line_array(first)             # the partial lines at both ends
+        padded[-w:] = self._line_array(last - 1)
         start = address - first * w
-        for line in range(first, last):
-            padded[(line - first) * w:(line - first + 1) * w] = unpack_words(
-                self.lines.get(line, 0), w)
-        padded[start:start + len(values)] = values
-        for line in range(first, last):
-            self.lines[line] = pack_words(padded[(line - first) * w:(line - first + 1) * w])
+        padded[start:start + len(values)] = values.astype(np.uint32)
+        data = padded.tobytes()
+        size = 4 * w
+        for i, line in enumerate(range(first, last)):
+            self.lines[line] = int.from_bytes(data[i * size:(i + 1) * size], "little")
 
     def read(self, address, count):
         """Back door: ``count`` HBM words from ``address`` (int64, signed 32-bit values)."""
         self._check(address, count)
+        if not count:
+            return np.zeros(0, dtype=np.int64)
         w = self.line_words
         first, last = address // w, -(-(address + count) // w)
-        words = np.concatenate([unpack_words(self.lines.get(line, 0), w)
-                                for line in range(first, last)]) if count else np.zeros(0)
+        words = np.concatenate([self._line_array(line) for line in range(first, last)])
         start = address - first * w
-        return np.asarray(words[start:start + count], dtype=np.int64)
+        return words[start:start + count].view(np.int32).astype(np.int64)
 
     async def serve(self, ctx, port):
         """An ``add_process`` process: the storage behind ``port`` (an ``HBMStorageSignature``

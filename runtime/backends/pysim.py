@@ -130,6 +130,8 @@ class _Session:
                     ctx.set(request.valid, 1)
                     await ctx.tick().until(request.ready)
                     ctx.set(request.valid, 0)
+                case ops.HbmLoad(address, words):
+                    self.hbm.write(address, words)
                 case ops.SpadRead(row):
                     request = npu.spad_rd.req
                     ctx.set(request.payload, row)

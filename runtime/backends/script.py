@@ -8,8 +8,8 @@ result each, in order (see each class).
 
 from dataclasses import dataclass
 
-__all__ = ["CsrWrite", "CsrRead", "SpadWrite", "SpadRead", "HbmWrite", "HbmRead", "Run", "Step",
-           "Serve", "ServeContext", "Request"]
+__all__ = ["CsrWrite", "CsrRead", "SpadWrite", "SpadRead", "HbmWrite", "HbmRead", "HbmLoad", "Run",
+           "Step", "Serve", "ServeContext", "Request"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,17 @@ class HbmWrite:
     line: int
     values: tuple
     mask: int
+
+
+@dataclass(frozen=True, eq=False)
+class HbmLoad:
+    """HBM words ``address``.. take ``words`` (a numpy array of 32-bit values, signed or
+    unsigned) through the back door, in no cycles and through no port: the host copying a
+    model's image and programs into device memory before a run (a copy over PCIe, outside
+    the pNPU's clock). Writes while contexts run go through ``HbmWrite``, which competes for
+    HBM like the DMA engines."""
+    address: int
+    words: object
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import amaranth
+import numpy as np
 
 from hw.hbm import HBMRequestLayout
 from hw.npu import activity_bits
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).resolve().parent / "verilator_harness.cpp"
 #: The harness's opcode of each host operation (verilator_harness.cpp reads them).
 _OPCODES = {ops.CsrWrite: 1, ops.CsrRead: 2, ops.SpadWrite: 3, ops.SpadRead: 4, ops.HbmWrite: 5,
-            ops.HbmRead: 6, ops.Run: 7, ops.Step: 8, ops.Serve: 12}
+            ops.HbmRead: 6, ops.Run: 7, ops.Step: 8, ops.Serve: 12, ops.HbmLoad: 13}
 _NONE = 2**64 - 1               # the harness's "no value" (a request that never arrived)
 
 
@@ -215,12 +216,18 @@ def _build(config, trace, log, tool, env, key, target, binary):
 
 
 def _encode(script, poll):
-    words = []
+    chunks, words = [], []
     for op in script:
         if type(op) not in _OPCODES:
             raise ValueError(f"the verilator backend cannot execute {op!r}")
         words.append(_OPCODES[type(op)])
         match op:
+            case ops.HbmLoad(address, values):      # two 32-bit words per uint64, low first
+                values = np.asarray(values, np.int64).astype("<u4")
+                words += [address, len(values)]
+                chunks.append(struct.pack(f"<{len(words)}Q", *words))
+                words = []
+                chunks.append(np.concatenate([values, np.zeros(len(values) % 2, "<u4")]).tobytes())
             case ops.CsrWrite(address, value):
                 words += [address, value & (2**64 - 1)]
             case ops.CsrRead(address):
@@ -245,7 +252,8 @@ def _encode(script, poll):
                 for r in requests:
                     words += [r.context, r.offset, r.cycle, _NONE if r.after is None else r.after,
                               *r.lines]
-    return struct.pack(f"<{len(words)}Q", *words)
+    chunks.append(struct.pack(f"<{len(words)}Q", *words))
+    return b"".join(chunks)
 
 
 def _decode(script, words, config):

@@ -12,6 +12,8 @@
 //             3 spad_write row w0..w(LANES-1) | 4 spad_read row -> LANES words
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
 //             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
+//             13 hbm_load address count, then ceil(count / 2) words of two HBM words each
+//                (low first): the back door into Storage, in no cycles
 //             12 serve host_error n_contexts n_requests max_cycles poll timeline
 //                  n_contexts x (doorbell completion capacity)
 //                  n_requests x (context offset cycle after first_line n_lines)
@@ -268,6 +270,16 @@ class Harness {
         }
         case 12:
             return serve(ops, i, out);
+        case 13: {  // hbm_load
+            uint64_t address = ops.at(i + 1), count = ops.at(i + 2);
+            for (uint64_t k = 0; k < count; k++) {
+                uint64_t pair = ops.at(i + 3 + k / 2);
+                uint64_t word = address + k;
+                storage_.line(word / LINE_WORDS)[word % LINE_WORDS] =
+                    static_cast<uint32_t>(pair >> (32 * (k % 2)));
+            }
+            return i + 3 + (count + 1) / 2;
+        }
         default:
             std::fprintf(stderr, "neu10_sim: unknown host operation %llu\n",
                          static_cast<unsigned long long>(kind));
@@ -282,6 +294,7 @@ class Harness {
         case 3: return 2 + LANES;
         case 5: return 3 + LINE_WORDS;
         case 7: return 3;
+        case 13: return 3;  // and the words its count gives
         default: return 0;
         }
     }
@@ -557,6 +570,7 @@ int main(int argc, char **argv) {
             for (size_t k = 1; k < length; k++) {
                 if (std::fread(&word, sizeof word, 1, stdin) != 1) return 2;
                 op.push_back(word);
+                if (op[0] == 13 && k == 2) length += (word + 1) / 2;  // hbm_load's words
             }
             out.clear();
             harness.execute(op, 0, out);

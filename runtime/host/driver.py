@@ -280,7 +280,7 @@ class Driver:
                 raise DriverError(f"context {ctx}: program at HBM {prog_base}..{prog_base + size - 1} "
                                   f"overlaps HBM words {clash.base}..{clash.base + clash.size - 1} "
                                   f"(a data segment, another program or a reserved range)")
-        self.write_hbm(prog_base, program_hbm_words(words))
+        self.load_hbm(prog_base, program_hbm_words(words))
         for name, value in (("PROG_BASE", prog_base), ("PROG_LEN", len(words)),
                             ("SPAD_BASE", spad.base),
                             ("SPAD_SIZE", spad.size), ("HBM_BASE", hbm.base),
@@ -306,13 +306,25 @@ class Driver:
             padded[:len(values)] = values
             self.script.append(ops.SpadWrite(row + i, tuple(int(v) for v in padded)))
 
-    def write_hbm(self, address, words):
-        """Write HBM words starting at ``address`` (partial lines are masked)."""
-        cfg = self.config
+    def _hbm_words(self, address, words):
         words = _words(words, "HBM values").reshape(-1)
-        if not _is_int(address) or address < 0 or address + len(words) > cfg.hbm_words:
+        last = self.config.hbm_words - 1
+        if not _is_int(address) or address < 0 or address + len(words) > last + 1:
             raise DriverError(f"HBM words {address}..{address + len(words) - 1} are outside 0.."
-                              f"{cfg.hbm_words - 1}")
+                              f"{last}")
+        return words
+
+    def load_hbm(self, address, words):
+        """Copy HBM words starting at ``address`` through the back door (``HbmLoad``): in no
+        cycles, as a host copies a model's image into device memory before a run."""
+        words = self._hbm_words(address, words)
+        self.script.append(ops.HbmLoad(address, np.asarray(words, dtype=np.int64)))
+
+    def write_hbm(self, address, words):
+        """Write HBM words starting at ``address`` through the host's HBM port, a line per
+        accepted request (partial lines are masked), competing with the DMA engines."""
+        cfg = self.config
+        words = self._hbm_words(address, words)
         per_line = cfg.hbm_words_per_cycle
         position = address
         while position < address + len(words):

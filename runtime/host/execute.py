@@ -70,7 +70,7 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
     reads = []
     for vnpu, (_, _, _, _, _, placements, wanted) in zip(vnpus, tenants):
         for address, values in placements:
-            driver.write_hbm(vnpu.hbm.base + address, values)
+            driver.load_hbm(vnpu.hbm.base + address, values)
         reads.append([(vnpu.hbm.base + address, count) for address, count in wanted])
     run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles)
     _check(run, names)
