@@ -191,12 +191,13 @@ class ProgramBuilder:
         return Region("spad", base, rows)
 
     def _first_fit(self, rows):
-        base = 0
-        for start, size in self._spad_used:
-            if base + rows <= start:
-                break
+        best, base = None, 0
+        for start, size in self._spad_used + [(self.spad_rows, 0)]:
+            gap = start - base
+            if gap >= rows and (best is None or gap < best[0]):
+                best = (gap, base)
             base = max(base, start + size)
-        return base if base + rows <= self.spad_rows else None
+        return None if best is None else best[1]
 
     def _release(self, due):
         for ready, piece in [r for r in self._resting if due(r[0])]:

@@ -16,7 +16,10 @@ convolution read the zero ring as padding.
 
 Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
 ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
-the current one); activations stay in the scratchpad. int8 data in HBM (weights, inputs,
+the current one); activations stay in the scratchpad while they fit. When an allocation
+finds no room, the activation used least recently by the operators (and not by the one
+being lowered) is *spilled*: stored to an HBM region of its own and its rows freed; the
+next operator that reads it loads it back, wherever there is room then (``resident``). int8 data in HBM (weights, inputs,
 embedding tables, outputs, and constant blocks whose values fit int8: masks, the
 identity, activation tables, layer-norm parameters) is packed four values per word
 (`dcfg ... i8`) when a tile's row is whole words (lanes a multiple of 4); biases and the
@@ -75,6 +78,8 @@ class Tensor:
     scale: float
     ref: np.ndarray               # rows x (tiles * lanes) int64
     image: Image | None = None
+    #: The allocation whose rows it lies in (views and rescaled copies share it); -1 none.
+    home: int = -1
 
     def tile(self, t):
         return self.region.start + t * self.rows
@@ -86,7 +91,8 @@ class Tensor:
         """Tiles first..first+count-1 as a tensor (no copy)."""
         lanes = self.ref.shape[1] // self.tiles
         return Tensor(Region("spad", self.tile(first), count * self.rows), self.rows, count,
-                      self.scale, self.ref[:, first * lanes:(first + count) * lanes], self.image)
+                      self.scale, self.ref[:, first * lanes:(first + count) * lanes], self.image,
+                      self.home)
 
 
 def _reduce_rows(op, lane_op, dst, sources, n):
@@ -128,7 +134,15 @@ class Graph:
         self.outputs = {}             # name -> (HBM Region, Tensor)
         self._constants = {}          # bytes of a constant block -> spad Region (loaded)
         self._constants_hbm = {}      # bytes of a constant block -> HBM Region (placed)
-        self._activations = set()     # spad Regions of tensors made by operators
+        self._activations = {}        # home -> spad Region of a tensor made by an operator
+        self._int8 = {}               # home -> whether its values are int8 (packed spills)
+        self._spilled = {}            # home -> (its old Region, the HBM Region holding it)
+        self._pinned = set()          # homes the operator being lowered reads or makes
+        self._last_use = {}           # home -> operator count when it was last pinned
+        self._operators = 0
+        self._homes = 0
+        #: Activations spilled to HBM and loaded back, and the DMA bytes each moved.
+        self.spills = self.reloads = self.spill_bytes = self.reload_bytes = 0
         self.ops = []                 # (kind, name) in order, for reports
 
     # --- helpers -------------------------------------------------------------------------
@@ -140,26 +154,85 @@ class Graph:
         return cols // self.lanes
 
     def _new(self, rows, tiles, scale, ref, what, image=None):
-        region = self.builder.alloc(rows * tiles, what)
-        self._activations.add(region)
-        return Tensor(region, rows, tiles, scale, np.asarray(ref, np.int64), image)
+        ref = np.asarray(ref, np.int64)
+        region = self._alloc(rows * tiles, what)
+        home = self._homes
+        self._homes += 1
+        self._activations[home] = region
+        self._int8[home] = bool(ref.size == 0 or (ref.min() >= -128 and ref.max() <= 127))
+        self._pin(home)
+        return Tensor(region, rows, tiles, scale, ref, image, home)
+
+    def _alloc(self, rows, what):
+        """A scratchpad region of ``rows`` rows; while none is free, the activation used
+        least recently (not by the operator being lowered) is spilled to HBM."""
+        while True:
+            try:
+                return self.builder.alloc(rows, what)
+            except CompileError:
+                idle = [h for h in self._activations if h not in self._pinned]
+                if not idle:
+                    raise
+                self._spill(min(idle, key=lambda h: (self._last_use[h], h)))
+
+    def _spill(self, home):
+        region = self._activations.pop(home)
+        pw = self.per_word if self._int8[home] else 1
+        hbm = self.builder.hbm(region.size * self.lanes // pw, f"spill of activation {home}")
+        self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
+                                                           region.start, hbm.start, region.size,
+                                                           store=True, packed=pw > 1),
+                                reads=[region], writes=[hbm], name=f"spill {home}")
+        self.builder.free(region)
+        self._spilled[home] = (region, hbm)
+        self.spills += 1
+        self.spill_bytes += 4 * hbm.size
+
+    def resident(self, t):
+        """``t`` in the scratchpad for the operator being lowered: pinned there until
+        :meth:`end_operator`, loaded back first (a new tensor) if it was spilled."""
+        if t.home not in self._spilled:
+            if t.home in self._activations:
+                self._pin(t.home)
+            return t
+        old, hbm = self._spilled[t.home]
+        pw = self.per_word if self._int8[t.home] else 1
+        offset = (t.region.start - old.start) * self.lanes // pw
+        loaded = self._new(t.rows, t.tiles, t.scale, t.ref, "reload of a spilled activation",
+                           t.image)
+        self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
+                                                           loaded.region.start,
+                                                           hbm.start + offset, t.region.size,
+                                                           packed=pw > 1),
+                                reads=[hbm], writes=[loaded.region], name=f"reload {t.home}")
+        self.reloads += 1
+        self.reload_bytes += 4 * t.region.size * self.lanes // pw
+        return loaded
+
+    def _pin(self, home):
+        self._pinned.add(home)
+        self._last_use[home] = self._operators
+
+    def end_operator(self):
+        """The operator being lowered is done: what it pinned may be spilled again."""
+        self._pinned.clear()
+        self._operators += 1
 
     def release(self, t):
         """Free the scratchpad of tensor ``t`` now (no later operator reads it)."""
-        self._activations.remove(t.region)
-        self.builder.free(t.region)
+        region = self._activations.pop(t.home)
+        self.builder.free(region)
 
     def keep_only(self, live):
         """Free the scratchpad of every tensor no tensor in ``live`` lies in (views and
         rescaled copies share their tensor's rows), and of every constant (a later
         operator loads again what it needs). The caller (the ONNX lowering) calls it after
         each node with the tensors later nodes still read; a freed region is reused by
-        later operators, ordered after its last readers by the dependency rule."""
-        held = [t.region for t in live]
-        for region in [r for r in self._activations
-                       if not any(r.overlaps(h) for h in held)]:
-            self._activations.remove(region)
-            self.builder.free(region)
+        later operators, ordered after its last readers by the dependency rule. Spilled
+        tensors hold no rows (their HBM copy stays)."""
+        held = {t.home for t in live}
+        for home in [h for h in self._activations if h not in held]:
+            self.builder.free(self._activations.pop(home))
         for region in self._constants.values():
             self.builder.free(region)
         self._constants.clear()
@@ -195,7 +268,7 @@ class Graph:
             self._constants_hbm[key] = self.builder.hbm(words.size, what, words)
         if key not in self._constants:
             hbm = self._constants_hbm[key]
-            spad = self.builder.alloc(len(values), what)
+            spad = self._alloc(len(values), what)
             self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
                                                                spad.start, hbm.start,
                                                                len(values), packed=pw > 1),
@@ -281,7 +354,7 @@ class Graph:
         padded[:values.size] = values
         hbm = self.builder.hbm(padded.size, f"indices {name}")
         self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
-        spad = self.builder.alloc(rows, f"indices {name}")
+        spad = self._alloc(rows, f"indices {name}")
         self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                 rows),
                           reads=[hbm], writes=[spad], name=f"load {name}")
@@ -350,7 +423,7 @@ class Graph:
         mask_rows = (self.constant(np.repeat(mask, lanes), f"mask {image}")
                      if mask is not None else None)
         ring = min(n_tiles, 3)
-        acc = [self.builder.alloc(rows, f"{name} accumulator") for _ in range(ring)]
+        acc = [self._alloc(rows, f"{name} accumulator") for _ in range(ring)]
         blocks = self._row_blocks(lo, hi, n_tiles)
         for ct in range(n_tiles):
             slot = ct % ring
@@ -416,7 +489,7 @@ class Graph:
         w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
         ring = min(n_tiles, 3)
-        bufs = [self.builder.alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
+        bufs = [self._alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
 
         def panel(ct, slot):
             buf = bufs[slot]
@@ -576,7 +649,7 @@ class Graph:
         exp_lut = self.constant(exp_table, "exp table")
         recip_lut = self.constant(recip_table, "reciprocal table")
         # e and e * r live in the output's rows until the last vrq makes them int8.
-        work = self.builder.alloc(rows * 2, f"{name} scratch")
+        work = self._alloc(rows * 2, f"{name} scratch")
         peak_row, sum_row = work.start, work.start + rows
         units = []
         for f, n in row_spans(rows):
@@ -633,7 +706,7 @@ class Graph:
         lut = self.constant(rsqrt_table, "rsqrt table")
         params = self.constant(np.concatenate([g_q, b_q]), f"{name} gamma beta")
         # d lives in the output's rows until the last steps make them int8.
-        work = self.builder.alloc(rows * 3, f"{name} scratch")
+        work = self._alloc(rows * 3, f"{name} scratch")
         s_row, v_row, sq_row = work.start, work.start + rows, work.start + 2 * rows
         units = []
         for f, n in row_spans(rows):
@@ -723,7 +796,7 @@ class Graph:
         mult, shift = multiplier(x.scale / (image.h * image.w) / out_scale)
         sums = image.from_rows(x.ref).sum(axis=(1, 2))
         out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
-        work = self.builder.alloc(image.batch * (len(pieces) + 1), f"{name} sums")
+        work = self._alloc(image.batch * (len(pieces) + 1), f"{name} sums")
         total = lambda i: work.start + i
         partial = lambda i, p: work.start + image.batch + i * len(pieces) + p
         for t in range(x.tiles):
@@ -796,7 +869,7 @@ class Graph:
         row_tiles = self._tiles(x.rows, f"{name} rows")
         eye = self.constant(np.eye(lanes, dtype=np.int64), "identity")
         out = self._new(x.tiles * lanes, row_tiles, x.scale, x.ref.T.copy(), name)
-        work = self.builder.alloc(lanes, f"{name} scratch")
+        work = self._alloc(lanes, f"{name} scratch")
         for j in range(row_tiles):
             for ti in range(x.tiles):
                 units = [[instr("vld", 0, eye.start + r),

@@ -496,13 +496,41 @@ def _cols_axis(shape, cols, rows):
     return None
 
 
+class _Env(dict):
+    """The lowered value of each ONNX value name. Reading one (``[]``, ``get``) makes its
+    tensors resident for the node being lowered (Graph.resident: pinned, and loaded back
+    from HBM if they were spilled)."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        resident = self.graph.resident
+        if isinstance(value, (_Mat, _Img)):
+            t = resident(value.t)
+            if t is not value.t:
+                value = replace(value, t=t)
+                super().__setitem__(name, value)
+        elif isinstance(value, _Heads):
+            parts = [resident(t) for t in value.parts]
+            if any(a is not b for a, b in zip(parts, value.parts)):
+                value = replace(value, parts=parts)
+                super().__setitem__(name, value)
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
 class _Lowering:
     def __init__(self, g, model, scales, values, inputs):
         self.g, self.model, self.values = g, model, values
         self.lanes = g.lanes
         self.want = _group_scales(model, scales)
         self.users = _consumers(model.nodes)
-        self.env = {}
+        self.env = _Env(g)
         self.done = set()
         for name, (shape, dtype) in model.inputs.items():
             self.env[name] = self._input(name, inputs[name], shape, dtype)
@@ -585,6 +613,7 @@ class _Lowering:
                 except CompileError as error:
                     raise _error(node, str(error)) from None
             # Activations no later node reads give their scratchpad back.
+            self.g.end_operator()
             self.g.keep_only([t for name, value in self.env.items()
                               if last_use.get(name, -1) > i for t in _tensors(value)])
         out = self.env[self.model.output]
@@ -1025,10 +1054,12 @@ class _Lowering:
     def _merge(self, node, parts):
         first = parts[0]
         if all(p.region.start == first.region.start + i * first.rows * first.tiles
-               and p.rows == first.rows and p.scale == first.scale for i, p in enumerate(parts)):
+               and p.rows == first.rows and p.scale == first.scale and p.home == first.home
+               for i, p in enumerate(parts)):
             total = first.tiles * len(parts)
             return Tensor(replace(first.region, size=first.rows * total), first.rows, total,
-                          first.scale, np.concatenate([p.ref for p in parts], axis=1))
+                          first.scale, np.concatenate([p.ref for p in parts], axis=1),
+                          home=first.home)
         return self.g.concat(node.name or node.output[0], parts)
 
     def op_Transpose(self, node):
