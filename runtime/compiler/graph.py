@@ -33,7 +33,7 @@ import numpy as np
 from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
 from .builder import CompileError, ProgramBuilder, Region, row_spans
-from .quant import activation_table, multiplier, quantize, rq
+from .quant import activation_table, int_matmul, multiplier, quantize, rq
 
 __all__ = ["Graph", "Tensor", "Image"]
 
@@ -512,7 +512,7 @@ class Graph:
         w_q = quantize(w, w_scale)
         bias_q = quantize(bias, x.scale * w_scale, bits=32)
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
-        acc_ref = x.ref @ w_pad + b_pad
+        acc_ref = int_matmul(x.ref, w_pad) + b_pad
         out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
                          requant=multiplier(x.scale * w_scale / out_scale), act=act,
                          out_scale=(out_scale, act_scale), reads=self._rows_of(x, 0))
@@ -541,8 +541,8 @@ class Graph:
         acc_ref = np.zeros((image.rows, n_tiles * lanes), np.int64)
         for kt in range(k * k * x.tiles):
             cols = slice((kt % x.tiles) * lanes, (kt % x.tiles + 1) * lanes)
-            acc_ref[lo:hi] += (x.ref[lo + offset(kt):hi + offset(kt), cols]
-                               @ w_pad[kt * lanes:(kt + 1) * lanes])
+            acc_ref[lo:hi] += int_matmul(x.ref[lo + offset(kt):hi + offset(kt), cols],
+                                         w_pad[kt * lanes:(kt + 1) * lanes])
         acc_ref[lo:hi] += b_pad
         out = self._gemm(name, sources, k * k * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
                          panel, requant=multiplier(x.scale * w_scale / out_scale), act=act,
@@ -562,8 +562,8 @@ class Graph:
         def panel(ct, slot):
             return y.tile(ct), y.tile_region(ct), None
 
-        result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, x.ref @ y.ref, y.tiles,
-                            panel, requant=multiplier(x.scale * y.scale / out_scale), act=None,
+        result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, int_matmul(x.ref, y.ref),
+                            y.tiles, panel, requant=multiplier(x.scale * y.scale / out_scale), act=None,
                             out_scale=(out_scale, None), reads=self._rows_of(x, 0), out=out)
         self._op("matmul", name)
         return result

@@ -10,7 +10,21 @@ import math
 
 import numpy as np
 
-__all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS", "erf"]
+__all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS", "erf",
+           "int_matmul"]
+
+
+def int_matmul(a, b):
+    """``a @ b`` of integer matrices, exactly, as int64. When every partial sum fits the 53
+    bits of a double (int8 operands: K up to 2^38), BLAS does it in float64 and the
+    result is exact; otherwise numpy's (unaccelerated) int64 matmul."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if not a.size or not b.size:
+        return a @ b
+    bound = int(np.abs(a).max()) * int(np.abs(b).max()) * a.shape[-1]
+    if bound < 1 << 53:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a @ b
 
 
 def scale_of(values):
