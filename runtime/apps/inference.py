@@ -31,6 +31,11 @@ class InferenceReport:
     program_words: int
     utops: dict
     estimated_busy: dict              # compiler's profile, engine-cycles per type
+    spad_peak: int = 0                # scratchpad rows the program uses
+    hbm_words: int = 0                # HBM words: weights, inputs, outputs, spills
+    spills: int = 0                   # activations stored to HBM for want of room ...
+    spill_bytes: int = 0
+    reload_bytes: int = 0             # ... and loaded back
     cycles: int | None = None         # RTL backends only
     utilization: dict = field(default_factory=dict)
     measured_busy: dict = field(default_factory=dict)
@@ -42,7 +47,12 @@ class InferenceReport:
         lines = [f"model {self.model} on {self.backend}: vNPU of {self.n_me} ME + {self.n_ve} VE"
                  f" ({self.policy})",
                  f"  program     {self.program_words} words, µTOps {self.utops}, compiled in "
-                 f"{self.compile_seconds * 1000:.1f} ms",
+                 + (f"{self.compile_seconds:.1f} s" if self.compile_seconds >= 1
+                    else f"{self.compile_seconds * 1000:.1f} ms"),
+                 f"  memory      scratchpad {self.spad_peak} rows, HBM {self.hbm_words} words; "
+                 + (f"{self.spills} activations spilled to HBM ({self.spill_bytes} B stored, "
+                    f"{self.reload_bytes} B loaded back)" if self.spills
+                    else "no activation spilled"),
                  f"  estimate    busy engine-cycles {self.estimated_busy}"]
         if self.cycles is not None:
             util = ", ".join(f"{k} {v:.1%}" for k, v in self.utilization.items())
@@ -88,7 +98,9 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
     report = InferenceReport(
         model.name, backend, n_me, n_ve, policy, bool(np.array_equal(out, model.expected)), metric,
         value, model.compile_seconds, len(model.program.words), model.program.per_engine,
-        {"me": profile.me, "ve": profile.ve, "dma": profile.dma})
+        {"me": profile.me, "ve": profile.ve, "dma": profile.dma},
+        model.graph.builder.spad_peak, model.graph.builder.hbm_top, model.graph.spills,
+        model.graph.spill_bytes, model.graph.reload_bytes)
     if run.timed:
         busy = measured(run, config)
         report.cycles = run.makespan

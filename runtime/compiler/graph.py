@@ -209,6 +209,22 @@ class Graph:
         self.reload_bytes += 4 * t.region.size * self.lanes // pw
         return loaded
 
+    def stream(self, tensors, need):
+        """Before an operator that reads ``tensors`` a part at a time and needs ``need``
+        more rows besides them: when they and ``need`` do not fit in the free rows and the
+        rows of activations it could spill, spill ``tensors`` now (each part is then loaded
+        back alone by :meth:`resident`, and given back by :meth:`release`). Returns
+        whether it did."""
+        homes = {t.home for t in tensors} & set(self._activations)
+        held = sum(self._activations[h].size for h in homes)
+        idle = sum(r.size for h, r in self._activations.items()
+                   if h not in self._pinned and h not in homes)
+        if held + need <= self.builder.free_rows + idle:
+            return False
+        for home in sorted(homes):
+            self._spill(home)
+        return True
+
     def _pin(self, home):
         self._pinned.add(home)
         self._last_use[home] = self._operators

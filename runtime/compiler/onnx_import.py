@@ -817,9 +817,17 @@ class _Lowering:
             raise _error(context, "per-head MatMul needs (…, heads, rows, cols) operands with "
                                   "equal heads")
         out = context.output[0]
+        # When q, k and v do not fit beside the context and one head's scores and
+        # probabilities (twice: the next head's may be allocated before this one's rest),
+        # they go to HBM and each head's parts come back for that head alone.
+        a, b = q.parts[0], k.parts[0]
+        streamed = self.g.stream(q.parts + k.parts + v.parts,
+                                 4 * a.rows * b.tiles + a.rows * v.parts[0].tiles * len(q.parts))
         target = self._merge_target(out, q.parts[0].rows, v.parts[0].tiles * len(q.parts))
         parts = []
         for h, (a, b, c) in enumerate(zip(q.parts, k.parts, v.parts)):
+            if streamed:
+                a, b, c = (self.g.resident(t) for t in (a, b, c))
             s = self.g.matmul(f"{node.name or node.output[0]}.{h}", a, b,
                               self.scale(node.output[0]))
             scaled = s
@@ -831,6 +839,9 @@ class _Lowering:
             parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
                                        out=self._head_view(target, h, c)))
             self.g.release(p)
+            if streamed:
+                for t in (a, b, c):
+                    self.g.release(t)
         self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
