@@ -164,24 +164,29 @@ class ProgramBuilder:
         self.utops = []
         self._spad_used = []            # allocated or resting (start, size), sorted
         self._resting = []              # (µTOp count when reusable, (start, size)) freed
+        #: Place transient regions (an operator's scratch, accumulators, weight panels,
+        #: constants) at the top of the scratchpad, away from the activations: less
+        #: fragmentation, but the peak becomes the whole scratchpad.
+        self.transients_on_top = False
         self.spad_peak = 0
         self.hbm_top = 0
         self.hbm_image = {}             # HBM word address -> int array placed there by the host
 
     # --- memory --------------------------------------------------------------------------
 
-    def alloc(self, rows, what):
+    def alloc(self, rows, what, transient=False):
         """First-fit scratchpad region of ``rows`` rows. Freed regions rest until
         ``dep_window`` more µTOps are planned (then the window rule orders the new user
         after the old ones anyway, so reuse adds no dependency that stalls); they are
         taken earlier only when nothing else fits."""
         if rows < 1:
             raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
+        fit = self._top_fit if transient and self.transients_on_top else self._best_fit
         self._release(lambda ready: ready <= len(self.utops))
-        base = self._first_fit(rows)
+        base = fit(rows)
         if base is None and self._resting:
             self._release(lambda ready: True)
-            base = self._first_fit(rows)
+            base = fit(rows)
         if base is None:
             raise CompileError(f"{what} needs {rows} scratchpad rows; "
                                f"{self.spad_rows - self.free_rows} of the vNPU's "
@@ -190,14 +195,22 @@ class ProgramBuilder:
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
 
-    def _first_fit(self, rows):
-        best, base = None, 0
+    def _gaps(self):
+        base = 0
         for start, size in self._spad_used + [(self.spad_rows, 0)]:
-            gap = start - base
-            if gap >= rows and (best is None or gap < best[0]):
-                best = (gap, base)
+            if start > base:
+                yield base, start - base
             base = max(base, start + size)
-        return None if best is None else best[1]
+
+    def _best_fit(self, rows):
+        """The start of the smallest free gap of at least ``rows`` rows, or None."""
+        fits = [(size, start) for start, size in self._gaps() if size >= rows]
+        return min(fits)[1] if fits else None
+
+    def _top_fit(self, rows):
+        """The last ``rows`` rows of the highest free gap that holds them, or None."""
+        fits = [start + size - rows for start, size in self._gaps() if size >= rows]
+        return max(fits) if fits else None
 
     def _release(self, due):
         for ready, piece in [r for r in self._resting if due(r[0])]:

@@ -120,7 +120,7 @@ def _bucket_lookup_ref(table, values, k):
 class Graph:
     """Builds one program for a model on a vNPU of ``spad_rows`` rows and ``hbm_words`` words."""
 
-    def __init__(self, config, *, spad_rows=None, hbm_words=None):
+    def __init__(self, config, *, spad_rows=None, hbm_words=None, transients_on_top=False):
         if not config.array_rows == config.array_cols == config.ve_lanes:
             raise CompileError(
                 f"the model compiler needs square arrays as wide as a scratchpad row "
@@ -130,6 +130,7 @@ class Graph:
         self.lanes = config.ve_lanes
         self.per_word = 4 if self.lanes % 4 == 0 else 1     # int8 values per HBM word
         self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
+        self.builder.transients_on_top = transients_on_top
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
         self._constants = {}          # bytes of a constant block -> spad Region (loaded)
@@ -155,7 +156,7 @@ class Graph:
 
     def _new(self, rows, tiles, scale, ref, what, image=None):
         ref = np.asarray(ref, np.int64)
-        region = self._alloc(rows * tiles, what)
+        region = self._alloc(rows * tiles, what, transient=False)
         home = self._homes
         self._homes += 1
         self._activations[home] = region
@@ -163,12 +164,13 @@ class Graph:
         self._pin(home)
         return Tensor(region, rows, tiles, scale, ref, image, home)
 
-    def _alloc(self, rows, what):
-        """A scratchpad region of ``rows`` rows; while none is free, the activation used
-        least recently (not by the operator being lowered) is spilled to HBM."""
+    def _alloc(self, rows, what, transient=True):
+        """A scratchpad region of ``rows`` rows (``transient``: the operator's own, given
+        back when it ends); while none is free, the activation used least recently (not by
+        the operator being lowered) is spilled to HBM."""
         while True:
             try:
-                return self.builder.alloc(rows, what)
+                return self.builder.alloc(rows, what, transient)
             except CompileError:
                 idle = [h for h in self._activations if h not in self._pinned]
                 if not idle:
@@ -370,7 +372,7 @@ class Graph:
         padded[:values.size] = values
         hbm = self.builder.hbm(padded.size, f"indices {name}")
         self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
-        spad = self._alloc(rows, f"indices {name}")
+        spad = self._alloc(rows, f"indices {name}", transient=False)
         self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                 rows),
                           reads=[hbm], writes=[spad], name=f"load {name}")

@@ -523,6 +523,11 @@ class _Env(dict):
     def get(self, name, default=None):
         return self[name] if name in self else default
 
+    def peek(self, name, default=None):
+        """The value as it is: its tensors may be spilled (the caller makes each part
+        resident when it uses it)."""
+        return super().get(name, default)
+
 
 class _Lowering:
     def __init__(self, g, model, scales, values, inputs):
@@ -691,9 +696,10 @@ class _Lowering:
             if w.ndim != 2:
                 raise _error(node, f"a constant B of shape {w.shape} (expected 2-D)")
             return self._linear(node, x, w, None)
-        x, y = self.env.get(a_name), self.env.get(b_name)
-        if isinstance(x, _Heads) and isinstance(y, _Heads):
+        x, y = self.env.peek(a_name), self.env.peek(b_name)
+        if isinstance(x, _Heads) and isinstance(y, _Heads):      # a head at a time
             return self._heads_matmul(node, x, y)
+        x, y = self.env.get(a_name), self.env.get(b_name)
         if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2:
             if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
                 raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
@@ -764,10 +770,25 @@ class _Lowering:
             return self._attention(node, x, y, *chain)
         out = node.output[0]
         target = self._merge_target(out, x.parts[0].rows, y.parts[0].tiles * len(x.parts))
-        parts = [self.g.matmul(f"{node.name or out}.{h}", a, b, self.scale(out),
-                               out=self._head_view(target, h, b))
-                 for h, (a, b) in enumerate(zip(x.parts, y.parts))]
+        parts = []
+        for h, (a, b) in enumerate(zip(x.parts, y.parts)):
+            a, b = self._head_parts(a, b)
+            parts.append(self.g.matmul(f"{node.name or out}.{h}", a, b, self.scale(out),
+                                       out=self._head_view(target, h, b)))
+            self._give_back(x.parts[h], y.parts[h], a, b)
         self.env[out] = _Heads(parts, self.shape(out), "HS")
+
+    def _head_parts(self, *parts):
+        """One head's parts resident (loaded back alone where they were spilled)."""
+        return [self.g.resident(t) for t in parts]
+
+    def _give_back(self, *parts):
+        """After a head: the parts :meth:`_head_parts` loaded back give their rows back
+        (``parts``: the originals, then what _head_parts returned)."""
+        n = len(parts) // 2
+        for old, new in zip(parts[:n], parts[n:]):
+            if new is not old:
+                self.g.release(new)
 
     def _check_heads(self, node, x, y):
         if x.order != "HS" or y.order != "HS" or len(x.parts) != len(y.parts):
@@ -804,7 +825,7 @@ class _Lowering:
         softmax = self.only_user(last, ("Softmax",))
         context = softmax and self.only_user(softmax.output[0], ("MatMul",))
         if context is None or context.input[0] != softmax.output[0] \
-                or not isinstance(self.env.get(context.input[1]), _Heads):
+                or not isinstance(self.env.peek(context.input[1]), _Heads):
             return None
         return retags, softmax, context
 
@@ -812,7 +833,7 @@ class _Lowering:
         """Attention one head at a time: scores, softmax and context of head h, then its
         scores and probabilities give their scratchpad back (one head's are live at once,
         not every head's)."""
-        v = self.env[context.input[1]]
+        v = self.env.peek(context.input[1])
         if v.order != "HS" or len(v.parts) != len(q.parts):
             raise _error(context, "per-head MatMul needs (…, heads, rows, cols) operands with "
                                   "equal heads")
@@ -821,13 +842,12 @@ class _Lowering:
         # probabilities (twice: the next head's may be allocated before this one's rest),
         # they go to HBM and each head's parts come back for that head alone.
         a, b = q.parts[0], k.parts[0]
-        streamed = self.g.stream(q.parts + k.parts + v.parts,
-                                 4 * a.rows * b.tiles + a.rows * v.parts[0].tiles * len(q.parts))
+        self.g.stream(q.parts + k.parts + v.parts,
+                      4 * a.rows * b.tiles + a.rows * v.parts[0].tiles * len(q.parts))
         target = self._merge_target(out, q.parts[0].rows, v.parts[0].tiles * len(q.parts))
         parts = []
-        for h, (a, b, c) in enumerate(zip(q.parts, k.parts, v.parts)):
-            if streamed:
-                a, b, c = (self.g.resident(t) for t in (a, b, c))
+        for h, originals in enumerate(zip(q.parts, k.parts, v.parts)):
+            a, b, c = self._head_parts(*originals)
             s = self.g.matmul(f"{node.name or node.output[0]}.{h}", a, b,
                               self.scale(node.output[0]))
             scaled = s
@@ -839,9 +859,7 @@ class _Lowering:
             parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
                                        out=self._head_view(target, h, c)))
             self.g.release(p)
-            if streamed:
-                for t in (a, b, c):
-                    self.g.release(t)
+            self._give_back(*originals, a, b, c)
         self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
