@@ -104,7 +104,7 @@ def _loaded_then_written(backend, load_first):
     driver.load_context(0, assemble(".dma eop\n    dstore 0, 0, 1\n", config=TINY),
                         Segment(0, 4), Segment(0, 1024))
     if load_first:
-        driver.load_hbm(1003, np.arange(-500, 3000))
+        driver.load_hbm(1003, np.arange(-500, 3001))       # an odd count: a half-filled pair
     driver.write_hbm(1010, [7, 8, 9])
     return driver.run(max_cycles=10_000, read_hbm=[(1000, 40)])
 
@@ -133,3 +133,16 @@ def test_pysim_and_verilator_agree_on_loads_and_port_writes():
 def test_bad_back_door_loads_name_the_value(address, words, message):
     with pytest.raises(DriverError, match=message):
         Driver(TINY, "golden").load_hbm(address, words)
+
+
+def test_back_door_loads_in_the_harness_interactive_mode():
+    """The Verilator harness's interactive mode (a host in the loop) reads a load's words
+    from its count, an odd one included, as the free-running mode does."""
+    from runtime.backends import script as ops
+    from runtime.backends.verilator import VerilatorBackend
+    backend = VerilatorBackend(TINY)
+    script = [ops.HbmLoad(5, np.arange(1, 8)), ops.HbmRead(1), ops.HbmRead(2),
+              ops.HbmLoad(30, np.array([-7])), ops.HbmRead(7)]
+    expected = [[0, 1, 2, 3], [4, 5, 6, 7], [0, 0, -7, 0]]
+    assert backend.execute(script) == expected
+    assert backend.stepped(script, 64) == expected

@@ -83,7 +83,8 @@ def run_engine(config, make_engine, read_ports, write_ports, source, spad_init, 
     """
     program = assemble_program(source, config=config).words
     segment = segment or Segment(0, config.spad_rows)
-    hbm_segment = hbm_segment or Segment(0, config.hbm_words)
+    # The whole HBM, or its first 2^20 words on a config whose HBM is gigabytes.
+    hbm_segment = hbm_segment or Segment(0, min(config.hbm_words, 1 << 20))
     golden = GoldenNPU(config)
     golden.spad[:len(spad_init)] = spad_init
     if hbm is not None:

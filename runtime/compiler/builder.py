@@ -175,7 +175,8 @@ class ProgramBuilder:
     # --- memory --------------------------------------------------------------------------
 
     def alloc(self, rows, what, transient=False):
-        """First-fit scratchpad region of ``rows`` rows. Freed regions rest until
+        """A best-fit scratchpad region of ``rows`` rows (``transient``, with
+        ``transients_on_top``: the highest that fits). Freed regions rest until
         ``dep_window`` more µTOps are planned (then the window rule orders the new user
         after the old ones anyway, so reuse adds no dependency that stalls); they are
         taken earlier only when nothing else fits."""

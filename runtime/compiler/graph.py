@@ -168,6 +168,8 @@ class Graph:
         """A scratchpad region of ``rows`` rows (``transient``: the operator's own, given
         back when it ends); while none is free, the activation used least recently (not by
         the operator being lowered) is spilled to HBM."""
+        if rows < 1:
+            return self.builder.alloc(rows, what, transient)      # the builder's error
         while True:
             try:
                 return self.builder.alloc(rows, what, transient)
@@ -202,6 +204,7 @@ class Graph:
         offset = (t.region.start - old.start) * self.lanes // pw
         loaded = self._new(t.rows, t.tiles, t.scale, t.ref, "reload of a spilled activation",
                            t.image)
+        self._int8[loaded.home] = self._int8[t.home]            # the copy's packing
         self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
                                                            loaded.region.start,
                                                            hbm.start + offset, t.region.size,
