@@ -82,7 +82,7 @@ def top_golden():
     return _top_of_hbm("golden")
 
 
-@pytest.mark.parametrize("backend", ["pysim", "verilator"])
+@pytest.mark.parametrize("backend", [pytest.param("pysim", marks=pytest.mark.slow), "verilator"])
 def test_a_tenant_at_the_top_of_a_gigabyte_hbm(backend, top_golden):
     """Loads, packed int8, a gather and stores at HBM words past 2^27, bit-exact with golden;
     the program itself is fetched from just below the segment."""

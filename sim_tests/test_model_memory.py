@@ -211,3 +211,12 @@ def test_a_bert_base_sized_stack_compiles_on_tpu():
                           NPUConfig.preset("tpu"))
     assert len(model.program.words) < 100_000
     assert model.graph.builder.hbm_top > 12 * 1_700_000
+
+
+def test_a_scratchpad_too_small_says_what_is_free_and_what_lifts_the_limit():
+    """One head's 8192 rows of scores at 256 tokens: the error gives the rows free and the
+    largest free piece, and names the setting that lifts the limit."""
+    with pytest.raises(ValueError, match=r"layer0.softmax.0 needs 8192 scratchpad rows in one "
+                                         r"piece; of the vNPU's 16384 rows \d+ are free, the "
+                                         r"largest free piece \d+ rows \(a larger `spad_rows`"):
+        compile_model("bert[tokens=256]", DEFAULT)

@@ -189,9 +189,11 @@ class ProgramBuilder:
             self._release(lambda ready: True)
             base = fit(rows)
         if base is None:
-            raise CompileError(f"{what} needs {rows} scratchpad rows; "
-                               f"{self.spad_rows - self.free_rows} of the vNPU's "
-                               f"{self.spad_rows} are live (and not necessarily in one piece)")
+            largest = max((size for _, size in self._gaps()), default=0)
+            raise CompileError(f"{what} needs {rows} scratchpad rows in one piece; of the "
+                               f"vNPU's {self.spad_rows} rows {self.free_rows} are free, the "
+                               f"largest free piece {largest} rows (a larger `spad_rows`, of the "
+                               f"config or the vNPU, lifts the limit)")
         self._spad_used = sorted(self._spad_used + [(base, rows)])
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
@@ -290,7 +292,8 @@ class ProgramBuilder:
         words = encode_program(utops)
         if len(words) > self.config.max_prog_words:
             raise CompileError(f"the program compiles to {len(words)} words; HBM holds at "
-                               f"most {self.config.max_prog_words}")
+                               f"most {self.config.max_prog_words} (half its `hbm_words`, "
+                               f"{self.config.hbm_words}: a config with more lifts the limit)")
         per_engine = {engine.name.lower(): sum(u.engine == engine for u in self.utops)
                       for engine in Engine}
         return Program(utops, words, [u.name for u in self.utops], per_engine)
