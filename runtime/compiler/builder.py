@@ -164,32 +164,26 @@ class ProgramBuilder:
         self.utops = []
         self._spad_used = []            # allocated or resting (start, size), sorted
         self._resting = []              # (µTOp count when reusable, (start, size)) freed
-        #: Place transient regions (an operator's scratch, accumulators, weight panels,
-        #: constants) at the top of the scratchpad, away from the activations: less
-        #: fragmentation, but the peak becomes the whole scratchpad.
-        self.transients_on_top = False
         self.spad_peak = 0
         self.hbm_top = 0
         self.hbm_image = {}             # HBM word address -> int array placed there by the host
 
     # --- memory --------------------------------------------------------------------------
 
-    def alloc(self, rows, what, transient=False):
-        """A best-fit scratchpad region of ``rows`` rows (``transient``, with
-        ``transients_on_top``: the highest that fits). Freed regions rest until
+    def alloc(self, rows, what):
+        """A best-fit scratchpad region of ``rows`` rows. Freed regions rest until
         ``dep_window`` more µTOps are planned (then the window rule orders the new user
         after the old ones anyway, so reuse adds no dependency that stalls); they are
         taken earlier only when nothing else fits."""
         if rows < 1:
             raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
-        fit = self._top_fit if transient and self.transients_on_top else self._best_fit
         self._release(lambda ready: ready <= len(self.utops))
-        base = fit(rows)
+        base = self._best_fit(rows)
         if base is None and self._resting:
             self._release(lambda ready: True)
-            base = fit(rows)
+            base = self._best_fit(rows)
         if base is None:
-            largest = max((size for _, size in self._gaps()), default=0)
+            largest = self.largest_free_piece()
             raise CompileError(f"{what} needs {rows} scratchpad rows in one piece; of the "
                                f"vNPU's {self.spad_rows} rows {self.free_rows} are free, the "
                                f"largest free piece {largest} rows (a larger `spad_rows`, of the "
@@ -198,22 +192,25 @@ class ProgramBuilder:
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
 
-    def _gaps(self):
+    def _gaps(self, used=None):
+        """(start, size) of each free piece between the ``used`` pieces (default: all
+        allocated or resting)."""
         base = 0
-        for start, size in self._spad_used + [(self.spad_rows, 0)]:
+        for start, size in (self._spad_used if used is None else used) + [(self.spad_rows, 0)]:
             if start > base:
                 yield base, start - base
             base = max(base, start + size)
+
+    def largest_free_piece(self):
+        """The most rows one allocation could get now (resting regions counted free)."""
+        resting = {piece for _, piece in self._resting}
+        return max((size for _, size in self._gaps([p for p in self._spad_used
+                                                    if p not in resting])), default=0)
 
     def _best_fit(self, rows):
         """The start of the smallest free gap of at least ``rows`` rows, or None."""
         fits = [(size, start) for start, size in self._gaps() if size >= rows]
         return min(fits)[1] if fits else None
-
-    def _top_fit(self, rows):
-        """The last ``rows`` rows of the highest free gap that holds them, or None."""
-        fits = [start + size - rows for start, size in self._gaps() if size >= rows]
-        return max(fits) if fits else None
 
     def _release(self, due):
         for ready, piece in [r for r in self._resting if due(r[0])]:

@@ -117,10 +117,14 @@ def _bucket_lookup_ref(table, values, k):
     return table[np.clip((values >> k) - 128, -128, 127) + 128]
 
 
+class _NoRoomForOutput(CompileError):
+    """An operator's output found no room, before the operator emitted anything."""
+
+
 class Graph:
     """Builds one program for a model on a vNPU of ``spad_rows`` rows and ``hbm_words`` words."""
 
-    def __init__(self, config, *, spad_rows=None, hbm_words=None, transients_on_top=False):
+    def __init__(self, config, *, spad_rows=None, hbm_words=None):
         if not config.array_rows == config.array_cols == config.ve_lanes:
             raise CompileError(
                 f"the model compiler needs square arrays as wide as a scratchpad row "
@@ -130,7 +134,6 @@ class Graph:
         self.lanes = config.ve_lanes
         self.per_word = 4 if self.lanes % 4 == 0 else 1     # int8 values per HBM word
         self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
-        self.builder.transients_on_top = transients_on_top
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
         self._constants = {}          # bytes of a constant block -> spad Region (loaded)
@@ -156,7 +159,7 @@ class Graph:
 
     def _new(self, rows, tiles, scale, ref, what, image=None):
         ref = np.asarray(ref, np.int64)
-        region = self._alloc(rows * tiles, what, transient=False)
+        region = self._alloc(rows * tiles, what)
         home = self._homes
         self._homes += 1
         self._activations[home] = region
@@ -164,15 +167,14 @@ class Graph:
         self._pin(home)
         return Tensor(region, rows, tiles, scale, ref, image, home)
 
-    def _alloc(self, rows, what, transient=True):
-        """A scratchpad region of ``rows`` rows (``transient``: the operator's own, given
-        back when it ends); while none is free, the activation used least recently (not by
-        the operator being lowered) is spilled to HBM."""
+    def _alloc(self, rows, what):
+        """A scratchpad region of ``rows`` rows; while none is free, the activation used
+        least recently (not by the operator being lowered) is spilled to HBM."""
         if rows < 1:
-            return self.builder.alloc(rows, what, transient)      # the builder's error
+            return self.builder.alloc(rows, what)      # the builder's error
         while True:
             try:
-                return self.builder.alloc(rows, what, transient)
+                return self.builder.alloc(rows, what)
             except CompileError:
                 idle = [h for h in self._activations if h not in self._pinned]
                 if not idle:
@@ -375,7 +377,7 @@ class Graph:
         padded[:values.size] = values
         hbm = self.builder.hbm(padded.size, f"indices {name}")
         self.inputs[name] = (hbm, padded.reshape(rows, self.lanes))
-        spad = self._alloc(rows, f"indices {name}", transient=False)
+        spad = self._alloc(rows, f"indices {name}")
         self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes, spad.start, hbm.start,
                                                 rows),
                           reads=[hbm], writes=[spad], name=f"load {name}")
@@ -437,7 +439,10 @@ class Graph:
             ref = ref * mask[:, None]
         final_scale = out_scale[1] if table is not None else out_scale[0]
         if out is None:
-            out = self._new(rows, n_tiles, final_scale, ref, name, image)
+            try:
+                out = self._new(rows, n_tiles, final_scale, ref, name, image)
+            except CompileError as error:
+                raise _NoRoomForOutput(str(error)) from None
         else:
             out.ref[:] = ref
         lut = self.constant(table, f"{act} table") if table is not None else None
@@ -534,13 +539,97 @@ class Graph:
         bias_q = quantize(bias, x.scale * w_scale, bits=32)
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
         acc_ref = int_matmul(x.ref, w_pad) + b_pad
-        out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
-                         requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                         out_scale=(out_scale, act_scale), reads=self._rows_of(x, 0))
+        gemm = dict(requant=multiplier(x.scale * w_scale / out_scale), act=act,
+                    out_scale=(out_scale, act_scale))
+        ring = min(n_tiles, 3)
+        spilled = x.home in self._spilled
+        # Whole when its output, accumulators and (spilled) input fit in what is free or
+        # could be spilled; otherwise by row bands, the output straight to HBM.
+        out = None
+        if x.rows * (n_tiles + ring + (k_tiles if spilled else 0)) <= self._room(x):
+            try:
+                x = self.resident(x)
+                out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles,
+                                 panel, reads=self._rows_of(x, 0), **gemm)
+            except _NoRoomForOutput:       # no piece that large: nothing emitted but spills
+                pass
+        if out is None:
+            out = self._banded_gemm(name, x, k_tiles, acc_ref, n_tiles, panel, gemm)
         for region in bufs:
             self.builder.free(region)
         self._op("linear", name)
         return out
+
+    def _room(self, x):
+        """Rows free, or held by activations that could be spilled (not ``x``'s)."""
+        return self.builder.free_rows + sum(r.size for h, r in self._activations.items()
+                                            if h not in self._pinned and h != x.home)
+
+    def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
+        """A row-local gemm by bands of rows: each band of the input (read in place, or
+        loaded from HBM where ``x`` is spilled) gives a band of the output, stored to the
+        output's HBM region; the output is born spilled (``resident`` loads it whole, a
+        later linear by bands)."""
+        lanes, rows, pw = self.lanes, x.rows, self.per_word
+        spilled = x.home in self._spilled
+        if not spilled:
+            x = self.resident(x)
+        per_row = n_tiles + min(n_tiles, 3) + (k_tiles if spilled else 0)
+        widest = max(n_tiles, k_tiles if spilled else 1)       # rows of a band in one piece
+        band = min(rows, (self._room(x) * 3 // 4) // per_row,
+                   self.builder.largest_free_piece() // widest)
+        if band < 1:
+            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
+                               f"(a larger `spad_rows` lifts the limit)")
+        home = self._homes
+        self._homes += 1
+        hbm = self.builder.hbm(rows * n_tiles * lanes // pw, f"{name} output")
+        fake = Region("spad", 0, rows * n_tiles)
+        refs = []
+        for r0 in range(0, rows, band):
+            b = min(band, rows - r0)
+            if spilled:
+                xb = self._load_band(x, r0, b)
+                sources, reads = xb.tile, self._rows_of(xb, 0)
+            else:
+                whole = self._rows_of(x, 0)
+                sources = (lambda kt, r0=r0: x.tile(kt) + r0)
+                reads = (lambda first, count, r0=r0, whole=whole: whole(first + r0, count))
+            yb = self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
+                            acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, **gemm)
+            for t in range(n_tiles):
+                self.builder.split_utop(
+                    Engine.DMA, self._dma_rows(lanes, lanes // pw, yb.tile(t),
+                                               hbm.start + (t * rows + r0) * lanes // pw, b,
+                                               store=True, packed=pw > 1),
+                    reads=[yb.tile_region(t)], writes=[hbm], name=f"{name} store rows {r0}.{t}")
+            refs.append(yb.ref)
+            self.release(yb)
+            if spilled:
+                self.release(xb)
+        ref = np.concatenate(refs)
+        self._int8_words(ref, f"{name} output")            # int8, as packed in HBM
+        self._int8[home] = True
+        self._spilled[home] = (fake, hbm)
+        return Tensor(fake, rows, n_tiles, yb.scale, ref, None, home)
+
+    def _load_band(self, t, r0, count):
+        """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""
+        old, hbm = self._spilled[t.home]
+        pw = self.per_word if self._int8[t.home] else 1
+        lanes = self.lanes
+        band = self._new(count, t.tiles, t.scale, t.ref[r0:r0 + count], f"rows {r0} of a "
+                         f"spilled activation")
+        for k in range(t.tiles):
+            row = t.region.start - old.start + k * t.rows + r0
+            self.builder.split_utop(Engine.DMA, self._dma_rows(lanes, lanes // pw, band.tile(k),
+                                                               hbm.start + row * lanes // pw,
+                                                               count, packed=pw > 1),
+                                    reads=[hbm], writes=[band.tile_region(k)],
+                                    name=f"load rows {r0}.{k}")
+        self.reloads += 1
+        self.reload_bytes += 4 * count * t.tiles * lanes // pw
+        return band
 
     def conv(self, name, x, w, bias, out_scale, act=None):
         """Same-padded k x k convolution (k = 1 or 3), stride 1: w is (k, k, cin, cout)."""

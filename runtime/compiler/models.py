@@ -210,19 +210,8 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     except (ValueError, IndexError, TypeError) as error:
         raise ModelError(f"the float reference fails on a random batch: {error}") from None
     start = time.perf_counter()
-    # Where the scratchpad fragments (an operator's scratch between activations), the
-    # model is lowered again with every operator's own regions at the top.
-    try:
-        graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words)
-        out = lower(graph, model, model.scales, inputs, values)
-    except ValueError as error:
-        if "scratchpad rows" not in str(error):
-            raise
-        graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words, transients_on_top=True)
-        try:
-            out = lower(graph, model, model.scales, inputs, values)
-        except ValueError:
-            raise error from None
+    graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words)
+    out = lower(graph, model, model.scales, inputs, values)
     name = model_name(ref)
     graph.output(name, out.t)
     program = graph.build()

@@ -585,11 +585,13 @@ class _Lowering:
         pad[axis] = (0, width - n)
         return np.pad(a, pad)
 
-    def get(self, node, i, kinds, what="input"):
+    def get(self, node, i, kinds, what="input", peek=False):
+        """The activation input ``i`` of ``node`` (resident, unless ``peek``: then the
+        operator makes it resident itself, or reads it from HBM by row bands)."""
         name = node.input[i]
         if name in self.model.constants:
             raise _error(node, f"{what} {name!r} is a constant; expected an activation")
-        value = self.env[name]
+        value = self.env.peek(name) if peek else self.env[name]
         if not isinstance(value, kinds):
             raise _error(node, f"{what} {name!r} of shape {self.shape(name)} has a layout "
                                f"this operator does not take")
@@ -674,7 +676,7 @@ class _Lowering:
         a = attributes(node)
         if a.get("transA", 0):
             raise _error(node, "transA=1 is not supported")
-        x = self.get(node, 0, _Mat)
+        x = self.get(node, 0, _Mat, peek=True)
         w = self.const(node, 1, "B")
         w = w.T if a.get("transB", 0) else w
         w = w * np.float32(a.get("alpha", 1.0))
@@ -691,7 +693,7 @@ class _Lowering:
         a_name, b_name = node.input
         consts = self.model.constants
         if b_name in consts and a_name not in consts:
-            x = self.get(node, 0, _Mat)
+            x = self.get(node, 0, _Mat, peek=True)
             w = self.const(node, 1, "B")
             if w.ndim != 2:
                 raise _error(node, f"a constant B of shape {w.shape} (expected 2-D)")
