@@ -611,6 +611,8 @@ class Graph:
         self._int8_words(ref, f"{name} output")            # int8, as packed in HBM
         self._int8[home] = True
         self._spilled[home] = (fake, hbm)
+        self.spills += 1                                   # an activation stored to HBM
+        self.spill_bytes += 4 * hbm.size
         return Tensor(fake, rows, n_tiles, yb.scale, ref, None, home)
 
     def _load_band(self, t, r0, count):
