@@ -562,10 +562,34 @@ class Graph:
         self._op("linear", name)
         return out
 
-    def _room(self, x):
-        """Rows free, or held by activations that could be spilled (not ``x``'s)."""
+    def _room(self, *tensors):
+        """Rows free, or held by activations that could be spilled (not ``tensors``')."""
+        homes = {t.home for t in tensors}
         return self.builder.free_rows + sum(r.size for h, r in self._activations.items()
-                                            if h not in self._pinned and h != x.home)
+                                            if h not in self._pinned and h not in homes)
+
+    def rowwise(self, name, op, tensors, out_tiles):
+        """``op(*tensors)`` for an operator whose output row r depends on row r of its
+        inputs alone, producing ``out_tiles`` tiles: whole when its inputs, output and
+        scratch fit; otherwise by bands of rows through HBM (the inputs go to HBM, each
+        band is loaded and gives a band of the output, stored to HBM; the output is born
+        spilled)."""
+        rows = tensors[0].rows
+        spilled = {t.home: t for t in tensors if t.home in self._spilled}
+        need = rows * (3 * out_tiles + sum(t.tiles for t in spilled.values()))
+        if any(t.image is not None or t.rows != rows for t in tensors) \
+                or need <= self._room(*tensors):
+            return op(*[self.resident(t) for t in tensors])
+        for home in {t.home for t in tensors} - set(spilled):
+            self._spill(home)
+        per_row = 3 * out_tiles + sum(t.tiles for t in tensors)   # inputs, output, scratch
+        band = min(rows, (self._room() * 3 // 4) // per_row,
+                   self.builder.largest_free_piece() // per_row)
+        if band < 1:
+            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
+                               f"(a larger `spad_rows` lifts the limit)")
+        return self._by_bands(name, rows, out_tiles, band,
+                              lambda r0, b: op(*[self._load_band(t, r0, b) for t in tensors]))
 
     def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
         """A row-local gemm by bands of rows: each band of the input (read in place, or
@@ -577,45 +601,62 @@ class Graph:
         if not spilled:
             x = self.resident(x)
         per_row = n_tiles + min(n_tiles, 3) + (k_tiles if spilled else 0)
-        widest = max(n_tiles, k_tiles if spilled else 1)       # rows of a band in one piece
+        # A band's pieces (its input, output and accumulators) fit in the largest free
+        # piece together, whatever the order they are taken in.
         band = min(rows, (self._room(x) * 3 // 4) // per_row,
-                   self.builder.largest_free_piece() // widest)
+                   self.builder.largest_free_piece() // per_row)
         if band < 1:
             raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
                                f"(a larger `spad_rows` lifts the limit)")
-        home = self._homes
-        self._homes += 1
-        hbm = self.builder.hbm(rows * n_tiles * lanes // pw, f"{name} output")
-        fake = Region("spad", 0, rows * n_tiles)
-        refs = []
-        for r0 in range(0, rows, band):
-            b = min(band, rows - r0)
+
+        act, (out_scale, act_scale) = gemm["act"], gemm["out_scale"]
+        scale = act_scale if act not in (None, "relu") else out_scale
+
+        def gemm_band(r0, b):
+            # The band's output first: the larger piece, taken before the input's.
+            yb = self._new(b, n_tiles, scale, np.zeros((b, n_tiles * lanes)), f"{name} rows {r0}")
             if spilled:
                 xb = self._load_band(x, r0, b)
                 sources, reads = xb.tile, self._rows_of(xb, 0)
             else:
                 whole = self._rows_of(x, 0)
-                sources = (lambda kt, r0=r0: x.tile(kt) + r0)
-                reads = (lambda first, count, r0=r0, whole=whole: whole(first + r0, count))
-            yb = self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
-                            acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, **gemm)
-            for t in range(n_tiles):
+                sources = (lambda kt: x.tile(kt) + r0)
+                reads = (lambda first, count: whole(first + r0, count))
+            return self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
+                              acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, out=yb, **gemm)
+        return self._by_bands(name, rows, n_tiles, band, gemm_band)
+
+    def _by_bands(self, name, rows, out_tiles, band, compute):
+        """The output of ``rows`` rows and ``out_tiles`` tiles, born spilled: for each band
+        of rows r0.., ``compute(r0, count)`` gives that band's output, which is stored to the
+        output's HBM region; then every activation the band made gives its rows back."""
+        lanes, pw = self.lanes, self.per_word
+        home = self._homes
+        self._homes += 1
+        hbm = self.builder.hbm(rows * out_tiles * lanes // pw, f"{name} output")
+        fake = Region("spad", 0, rows * out_tiles)
+        refs = []
+        for r0 in range(0, rows, band):
+            b = min(band, rows - r0)
+            first = self._homes
+            yb = compute(r0, b)
+            for t in range(out_tiles):
                 self.builder.split_utop(
                     Engine.DMA, self._dma_rows(lanes, lanes // pw, yb.tile(t),
                                                hbm.start + (t * rows + r0) * lanes // pw, b,
                                                store=True, packed=pw > 1),
                     reads=[yb.tile_region(t)], writes=[hbm], name=f"{name} store rows {r0}.{t}")
             refs.append(yb.ref)
-            self.release(yb)
-            if spilled:
-                self.release(xb)
+            for made in range(first, self._homes):
+                if made in self._activations:
+                    self.builder.free(self._activations.pop(made))
         ref = np.concatenate(refs)
         self._int8_words(ref, f"{name} output")            # int8, as packed in HBM
         self._int8[home] = True
         self._spilled[home] = (fake, hbm)
         self.spills += 1                                   # an activation stored to HBM
         self.spill_bytes += 4 * hbm.size
-        return Tensor(fake, rows, n_tiles, yb.scale, ref, None, home)
+        return Tensor(fake, rows, out_tiles, yb.scale, ref, None, home)
 
     def _load_band(self, t, r0, count):
         """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""

@@ -872,16 +872,18 @@ class _Lowering:
         if consts:
             raise _error(node, f"adding the constant {consts[0]!r} is supported only as the "
                                f"bias of the MatMul, Gemm or Conv right before it")
-        a, b = (self.get(node, i, (_Mat, _Img)) for i in range(2))
+        a, b = (self.get(node, i, (_Mat, _Img), peek=True) for i in range(2))
         self._same_shapes(node, a, b)
         relu = self.only_user(node.output[0], ("Relu",))
         last = relu.output[0] if relu is not None else node.output[0]
         if relu is not None:
             self.done.add(id(relu))
         name = node.name or last
-        ta = self.fit(a.t, last, f"{name} a")
-        tb = self.fit(b.t, last, f"{name} b")
-        t = self.g.add(name, ta, tb, relu=relu is not None)
+
+        def add(ta, tb):
+            return self.g.add(name, self.fit(ta, last, f"{name} a"),
+                              self.fit(tb, last, f"{name} b"), relu=relu is not None)
+        t = self.g.rowwise(name, add, [a.t, b.t], a.t.tiles)
         self.env[last] = replace(a, t=t, shape=self.shape(last))
 
     def _same_shapes(self, node, a, b):
@@ -979,7 +981,7 @@ class _Lowering:
     def op_LayerNormalization(self, node):
         a = attributes(node)
         out = node.output[0]
-        x = self.get(node, 0, _Mat)
+        x = self.get(node, 0, _Mat, peek=True)
         if a.get("axis", -1) not in (-1, len(x.shape) - 1) or \
                 _cols_axis(x.shape, x.cols, x.t.rows) != len(x.shape) - 1:
             raise _error(node, f"axis {a.get('axis')}: layer normalization is over the last axis")
@@ -998,7 +1000,9 @@ class _Lowering:
             gamma.reshape(-1), (x.cols,))
         beta = np.zeros(x.cols, np.float32) if beta is None else np.broadcast_to(
             beta.reshape(-1), (x.cols,))
-        t = self.g.layernorm(node.name or out, x.t, gamma, beta, self.scale(out))
+        name = node.name or out
+        t = self.g.rowwise(name, lambda t: self.g.layernorm(name, t, gamma, beta,
+                                                           self.scale(out)), [x.t], x.t.tiles)
         self.env[out] = replace(x, t=t)
 
     def _pool(self, node, kind):
