@@ -188,6 +188,18 @@ def test_a_linear_too_large_for_the_scratchpad_runs_by_row_bands_through_hbm():
     assert np.array_equal(outputs[ref], model.expected)
 
 
+def test_residual_adds_and_layer_norms_run_by_row_bands_too():
+    """bert 128 tokens x 384, 6 heads, ff 768: the residual stream (6144 rows) and its
+    sum do not fit beside each other, so the residual Adds and layer norms run by bands of
+    rows through HBM, as the linear layers do; bit-exact (golden, race check on)."""
+    ref = "bert[tokens=128,width=384,heads=6,ff=768]"
+    model = compile_model(ref, DEFAULT)
+    banded = {n.split(" store rows")[0] for n in model.program.names if " store rows " in n}
+    assert {"layer0.res1", "layer0.ln1", "layer0.res2", "layer0.ln2"} <= banded
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)
+
+
 @pytest.mark.slow
 def test_row_bands_run_on_verilator():
     ref = "bert[tokens=128,width=256,heads=4,ff=1024]"
