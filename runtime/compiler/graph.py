@@ -20,8 +20,10 @@ the current one); activations stay in the scratchpad while they fit. When an all
 finds no room, the activation used least recently by the operators (and not by the one
 being lowered) is *spilled*: stored to an HBM region of its own and its rows freed; the
 next operator that reads it loads it back, wherever there is room then (``resident``).
-A linear layer whose output does not fit runs by bands of rows, the output stored to HBM
-band by band and read back by bands by the next linear layer (``_banded_gemm``). int8 data in HBM (weights, inputs,
+A linear layer whose output does not fit, or a row-local operator (a residual Add, a
+layer norm: ``rowwise``) whose inputs and output do not, runs by bands of rows: the output
+is stored to HBM band by band and read back by bands by the next such operator
+(``_banded_gemm``, ``_by_bands``, ``_load_band``). int8 data in HBM (weights, inputs,
 embedding tables, outputs, and constant blocks whose values fit int8: masks, the
 identity, activation tables, layer-norm parameters) is packed four values per word
 (`dcfg ... i8`) when a tile's row is whole words (lanes a multiple of 4); biases and the
