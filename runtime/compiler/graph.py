@@ -121,6 +121,12 @@ def _bucket_lookup_ref(table, values, k):
     return table[np.clip((values >> k) - 128, -128, 127) + 128]
 
 
+def _gemm_scale(act, out_scale):
+    """The scale of a gemm's output: (scale of the requantized sums, scale after a table
+    activation) -> the one it ends with (relu keeps the first)."""
+    return out_scale[1] if act and act != "relu" else out_scale[0]
+
+
 class _NoRoomForOutput(CompileError):
     """An operator's output found no room, before the operator emitted anything."""
 
@@ -185,9 +191,13 @@ class Graph:
                     raise
                 self._spill(min(idle, key=lambda h: (self._last_use[h], h)))
 
+    def _packing(self, home):
+        """int8 values per HBM word in the HBM copy of ``home``."""
+        return self.per_word if self._int8[home] else 1
+
     def _spill(self, home):
         region = self._activations.pop(home)
-        pw = self.per_word if self._int8[home] else 1
+        pw = self._packing(home)
         hbm = self.builder.hbm(region.size * self.lanes // pw, f"spill of activation {home}")
         self.builder.split_utop(Engine.DMA, self._dma_rows(self.lanes, self.lanes // pw,
                                                            region.start, hbm.start, region.size,
@@ -206,7 +216,7 @@ class Graph:
                 self._pin(t.home)
             return t
         old, hbm = self._spilled[t.home]
-        pw = self.per_word if self._int8[t.home] else 1
+        pw = self._packing(t.home)
         offset = (t.region.start - old.start) * self.lanes // pw
         loaded = self._new(t.rows, t.tiles, t.scale, t.ref, "reload of a spilled activation",
                            t.image)
@@ -228,9 +238,7 @@ class Graph:
         whether it did."""
         homes = {t.home for t in tensors} & set(self._activations)
         held = sum(self._activations[h].size for h in homes)
-        idle = sum(r.size for h, r in self._activations.items()
-                   if h not in self._pinned and h not in homes)
-        if held + need <= self.builder.free_rows + idle:
+        if held + need <= self._room(*tensors):
             return False
         for home in sorted(homes):
             self._spill(home)
@@ -247,8 +255,10 @@ class Graph:
 
     def release(self, t):
         """Free the scratchpad of tensor ``t`` now (no later operator reads it)."""
-        region = self._activations.pop(t.home)
-        self.builder.free(region)
+        self._free_home(t.home)
+
+    def _free_home(self, home):
+        self.builder.free(self._activations.pop(home))
 
     def keep_only(self, live):
         """Free the scratchpad of every tensor no tensor in ``live`` lies in (views and
@@ -259,7 +269,7 @@ class Graph:
         tensors hold no rows (their HBM copy stays)."""
         held = {t.home for t in live}
         for home in [h for h in self._activations if h not in held]:
-            self.builder.free(self._activations.pop(home))
+            self._free_home(home)
         for region in self._constants.values():
             self.builder.free(region)
         self._constants.clear()
@@ -441,7 +451,7 @@ class Graph:
             ref = table[ref + 128]
         if mask is not None:
             ref = ref * mask[:, None]
-        final_scale = out_scale[1] if table is not None else out_scale[0]
+        final_scale = _gemm_scale(act, out_scale)
         if out is None:
             try:
                 out = self._new(rows, n_tiles, final_scale, ref, name, image)
@@ -585,12 +595,7 @@ class Graph:
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)
         per_row = 3 * out_tiles + sum(t.tiles for t in tensors)   # inputs, output, scratch
-        band = min(rows, (self._room() * 3 // 4) // per_row,
-                   self.builder.largest_free_piece() // per_row)
-        if band < 1:
-            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
-                               f"(a larger `spad_rows` lifts the limit)")
-        return self._by_bands(name, rows, out_tiles, band,
+        return self._by_bands(name, rows, out_tiles, self._band_rows(name, rows, per_row),
                               lambda r0, b: op(*[self._load_band(t, r0, b) for t in tensors]))
 
     def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
@@ -598,21 +603,13 @@ class Graph:
         loaded from HBM where ``x`` is spilled) gives a band of the output, stored to the
         output's HBM region; the output is born spilled (``resident`` loads it whole, a
         later linear by bands)."""
-        lanes, rows, pw = self.lanes, x.rows, self.per_word
+        lanes, rows = self.lanes, x.rows
         spilled = x.home in self._spilled
         if not spilled:
             x = self.resident(x)
         per_row = n_tiles + min(n_tiles, 3) + (k_tiles if spilled else 0)
-        # A band's pieces (its input, output and accumulators) fit in the largest free
-        # piece together, whatever the order they are taken in.
-        band = min(rows, (self._room(x) * 3 // 4) // per_row,
-                   self.builder.largest_free_piece() // per_row)
-        if band < 1:
-            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
-                               f"(a larger `spad_rows` lifts the limit)")
-
-        act, (out_scale, act_scale) = gemm["act"], gemm["out_scale"]
-        scale = act_scale if act not in (None, "relu") else out_scale
+        band = self._band_rows(name, rows, per_row)
+        scale = _gemm_scale(gemm["act"], gemm["out_scale"])
 
         def gemm_band(r0, b):
             # The band's output first: the larger piece, taken before the input's.
@@ -627,6 +624,17 @@ class Graph:
             return self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
                               acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, out=yb, **gemm)
         return self._by_bands(name, rows, n_tiles, band, gemm_band)
+
+    def _band_rows(self, name, rows, per_row):
+        """Rows per band of an operator that takes ``per_row`` scratchpad rows per row: a
+        band's pieces fit in three quarters of the room and, together, in the largest free
+        piece (whatever the order they are taken in)."""
+        band = min(rows, (self._room() * 3 // 4) // per_row,
+                   self.builder.largest_free_piece() // per_row)
+        if band < 1:
+            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
+                               f"(a larger `spad_rows` lifts the limit)")
+        return band
 
     def _by_bands(self, name, rows, out_tiles, band, compute):
         """The output of ``rows`` rows and ``out_tiles`` tiles, born spilled: for each band
@@ -651,7 +659,7 @@ class Graph:
             refs.append(yb.ref)
             for made in range(first, self._homes):
                 if made in self._activations:
-                    self.builder.free(self._activations.pop(made))
+                    self._free_home(made)
         ref = np.concatenate(refs)
         self._int8_words(ref, f"{name} output")            # int8, as packed in HBM
         self._int8[home] = True
@@ -663,7 +671,7 @@ class Graph:
     def _load_band(self, t, r0, count):
         """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""
         old, hbm = self._spilled[t.home]
-        pw = self.per_word if self._int8[t.home] else 1
+        pw = self._packing(t.home)
         lanes = self.lanes
         band = self._new(count, t.tiles, t.scale, t.ref[r0:r0 + count], f"rows {r0} of a "
                          f"spilled activation")

@@ -777,18 +777,17 @@ class _Lowering:
             a, b = self._head_parts(a, b)
             parts.append(self.g.matmul(f"{node.name or out}.{h}", a, b, self.scale(out),
                                        out=self._head_view(target, h, b)))
-            self._give_back(x.parts[h], y.parts[h], a, b)
+            self._give_back((x.parts[h], y.parts[h]), (a, b))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
     def _head_parts(self, *parts):
         """One head's parts resident (loaded back alone where they were spilled)."""
         return [self.g.resident(t) for t in parts]
 
-    def _give_back(self, *parts):
-        """After a head: the parts :meth:`_head_parts` loaded back give their rows back
-        (``parts``: the originals, then what _head_parts returned)."""
-        n = len(parts) // 2
-        for old, new in zip(parts[:n], parts[n:]):
+    def _give_back(self, originals, parts):
+        """After a head: the ``parts`` :meth:`_head_parts` loaded back for ``originals``
+        give their rows back."""
+        for old, new in zip(originals, parts):
             if new is not old:
                 self.g.release(new)
 
@@ -861,7 +860,7 @@ class _Lowering:
             parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
                                        out=self._head_view(target, h, c)))
             self.g.release(p)
-            self._give_back(*originals, a, b, c)
+            self._give_back(originals, (a, b, c))
         self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
