@@ -25,7 +25,8 @@ class MatrixEngine(wiring.Component):
     - the *sequencer* decodes one instruction at a time, checks it (opcode, operands,
       segment bounds: a faulting instruction has no effect) and dispatches it;
     - the *weight loader* runs ``ldw``: it clears the idle weight buffer and fills it row
-      by row from the scratchpad while the other buffer keeps streaming;
+      by row from the scratchpad (column by column with ``t``) while the other buffer keeps
+      streaming;
     - the *streamer* runs ``mm``: one input row read per cycle on ``rd_in`` into the
       array, limited by credits so the output FIFO can never overflow (the array never
       stalls);
@@ -89,6 +90,7 @@ class MatrixEngine(wiring.Component):
         # --- decode and dispatch ----------------------------------------------------------
         is_ldw, is_mm = is_instr(ir, "ldw"), is_instr(ir, "mm")
         ldw_src, ldw_k = field(ir, "ldw", "src"), field(ir, "ldw", "k")
+        ldw_t = field(ir, "ldw", "t")
         mm_src, mm_dst = field(ir, "mm", "src"), field(ir, "mm", "dst")
         mm_m, mm_acc = field(ir, "mm", "m"), field(ir, "mm", "acc")
         next_buffer = ~current_buffer
@@ -99,7 +101,7 @@ class MatrixEngine(wiring.Component):
             with m.If(~is_legal_for(ir, Engine.ME)):
                 m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPCODE)
             with m.Elif(is_ldw):
-                with m.If((ldw_k == 0) | (ldw_k > rows)):
+                with m.If((ldw_k == 0) | (ldw_k > Mux(ldw_t, cols, rows))):
                     m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
                 with m.Elif(ldw_src + ldw_k > spad_size):
                     m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
@@ -120,8 +122,9 @@ class MatrixEngine(wiring.Component):
 
         # --- weight loader ----------------------------------------------------------------
         load_addr = Signal(addr_shape)
-        load_issue_left = Signal(range(rows + 1))
-        load_row = Signal(range(rows))
+        load_issue_left = Signal(range(max(rows, cols) + 1))
+        load_row = Signal(range(max(rows, cols)))     # a weight row, or a column with t
+        load_transposed = Signal()
         aux_for_load = Signal()       # the rd_aux response this cycle is a weight row
         writer_wants_aux = Signal()
 
@@ -129,7 +132,8 @@ class MatrixEngine(wiring.Component):
             m.d.comb += front.consume.eq(1)
             m.d.sync += [load_busy.eq(1), load_buffer.eq(next_buffer),
                          load_addr.eq(spad_base + ldw_src), load_issue_left.eq(ldw_k),
-                         load_row.eq(0), current_buffer.eq(next_buffer), weights_loaded.eq(1)]
+                         load_row.eq(0), load_transposed.eq(ldw_t),
+                         current_buffer.eq(next_buffer), weights_loaded.eq(1)]
             m.d.comb += [array.w_clear.eq(1), array.w_buf.eq(next_buffer)]
         # Weight rows go first on rd_aux: the next tile's weights are then in before the
         # current mm ends (the writer's reads of old rows for acc wait a cycle per row).
@@ -140,11 +144,12 @@ class MatrixEngine(wiring.Component):
         m.d.sync += aux_for_load.eq(load_request & self.rd_aux.req.ready)
         with m.If(aux_for_load & self.rd_aux.resp_valid):
             m.d.comb += [array.w_write.eq(1), array.w_buf.eq(load_buffer),
-                         array.w_row.eq(load_row)]
-            m.d.comb += [array.w_data[c].eq(self.rd_aux.resp[c][:8]) for c in range(cols)]
+                         array.w_column.eq(load_transposed), array.w_index.eq(load_row)]
+            m.d.comb += [array.w_data[i].eq(self.rd_aux.resp[i][:8])
+                         for i in range(max(rows, cols))]
             m.d.sync += load_row.eq(load_row + 1)
         # The loader is done when its last response arrived.
-        load_responses_left = Signal(range(rows + 1))
+        load_responses_left = Signal(range(max(rows, cols) + 1))
         with m.If(dispatch_ldw):
             m.d.sync += load_responses_left.eq(ldw_k)
         with m.Elif(aux_for_load & self.rd_aux.resp_valid):

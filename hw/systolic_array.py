@@ -1,6 +1,6 @@
 """Weight-stationary systolic array: int8 x int8 -> int32, double-buffered weights, skewed in, deskewed out."""
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,7 +10,8 @@ __all__ = ["SystolicArray"]
 class SystolicArray(wiring.Component):
     """A ``rows`` x ``cols`` grid of multiply-accumulate cells.
 
-    Cell (r, c) holds two weights, W0[r][c] and W1[r][c]. An input row x (``rows`` int8)
+    Cell (r, c) holds two weights, W0[r][c] and W1[r][c], loaded a row at a time (``ldw``)
+    or a column at a time (``ldw`` with ``t``: a transposed load). An input row x (``rows`` int8)
     enters with a buffer select bit; x[r] is delayed r cycles (skew), then passes right
     along row r one cell per cycle, carrying its select bit, while partial sums pass down
     the columns. Column c's sum leaves the bottom row at cycle r+c and is delayed
@@ -30,11 +31,12 @@ class SystolicArray(wiring.Component):
         super().__init__({
             "x": In(data.ArrayLayout(signed(8), rows)),
             "x_sel": In(1),
-            "w_write": In(1),          # write weight row w_row of buffer w_buf
+            "w_write": In(1),          # write weight row (or column) w_index of buffer w_buf
             "w_clear": In(1),          # zero every weight of buffer w_buf (same cycle as no write)
             "w_buf": In(1),
-            "w_row": In(range(rows)),
-            "w_data": In(data.ArrayLayout(signed(8), cols)),
+            "w_column": In(1),         # write column w_index from w_data[:rows], not a row
+            "w_index": In(range(max(rows, cols))),
+            "w_data": In(data.ArrayLayout(signed(8), max(rows, cols))),
             "y": Out(data.ArrayLayout(signed(32), cols)),
         })
 
@@ -42,16 +44,22 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self.rows, self.cols
 
-        # Weights: one wide register per buffer and row.
+        # Weights: one wide register per buffer and row, written a row at a time or, for a
+        # transposed load, one cell of every row (the column w_index) at a time.
         weights = [[Signal(data.ArrayLayout(signed(8), cols), name=f"w{b}_row{r}")
                     for r in range(rows)] for b in range(2)]
+        column = [Signal(name=f"w_column{c}") for c in range(cols)]
+        m.d.comb += [column[c].eq(self.w_column & (self.w_index == c)) for c in range(cols)]
         for b in range(2):
             for r in range(rows):
                 with m.If(self.w_buf == b):
                     with m.If(self.w_clear):
                         m.d.sync += weights[b][r].eq(0)
-                    with m.Elif(self.w_write & (self.w_row == r)):
-                        m.d.sync += weights[b][r].eq(self.w_data)
+                    with m.Elif(self.w_write & ~self.w_column & (self.w_index == r)):
+                        m.d.sync += weights[b][r].eq(self.w_data.as_value()[:8 * cols])
+                    with m.Elif(self.w_write & self.w_column):
+                        m.d.sync += weights[b][r].eq(Cat(
+                            Mux(column[c], self.w_data[r], weights[b][r][c]) for c in range(cols)))
 
         # Skew: x[r] and its select bit wait r cycles before entering row r.
         row_inputs = []

@@ -248,10 +248,14 @@ def _build_instructions():
     # Matrix engine ------------------------------------------------------------------------
     add("ldw", Engine.ME, 0x01,
         [_row("src", 24, "src"),
-         Field("k", 40, 16, "weight rows to load, 1..`array_rows`")],
+         Field("k", 40, 16, "rows to load: weight rows, 1..`array_rows`; with `t`, weight "
+               "columns, 1..`array_cols`"),
+         Field("t", 56, 1, "transposed: row src + c becomes weight column c", flag=True)],
         "load a weight tile",
         "For r < `array_rows`, c < `array_cols`: W[r][c] = int8(row(src + r)[c]) if r < k, "
-        "else 0. int8(x) takes the low 8 bits of x as a two's complement byte. W becomes "
+        "else 0; with `t`, W[r][c] = int8(row(src + c)[r]) if c < k, else 0 (so "
+        "`mm` computes x @ B^T from the rows of B as they are, as attention's Q K^T "
+        "needs). int8(x) takes the low 8 bits of x as a two's complement byte. W becomes "
         "the weight tile of the following `mm` instructions of this µTOp (the hardware "
         "double-buffers it: the load overlaps the previous `mm`; an `ldw` that reads rows "
         "written by an earlier `mm` of the same µTOp gives undefined weights).",

@@ -261,12 +261,17 @@ class GoldenNPU:
             instr = self._check(instr)
             a = instr.args
             if instr.op.mnemonic == "ldw":
-                if not 1 <= a["k"] <= cfg.array_rows:
+                limit, dim = ((cfg.array_cols, "array_cols") if a["t"]
+                              else (cfg.array_rows, "array_rows"))
+                if not 1 <= a["k"] <= limit:
                     raise ProgramFault(Fault.ILLEGAL_OPERAND, f"ldw: k = {a['k']} is outside "
-                                       f"1..{cfg.array_rows} (array_rows)")
+                                       f"1..{limit} ({dim})")
                 rows = self._rows(ctx, a["src"], a["k"])
                 weights = np.zeros((cfg.array_rows, cfg.array_cols), dtype=np.int64)
-                weights[:a["k"]] = self.spad[rows, :cfg.array_cols].astype(np.int8)
+                if a["t"]:
+                    weights[:, :a["k"]] = self.spad[rows, :cfg.array_rows].astype(np.int8).T
+                else:
+                    weights[:a["k"]] = self.spad[rows, :cfg.array_cols].astype(np.int8)
             else:  # mm
                 if weights is None:
                     raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")

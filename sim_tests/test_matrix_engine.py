@@ -54,6 +54,44 @@ def test_random_gemm_tiles_equal_numpy(rows, cols, lanes):
     assert np.array_equal(out["spad"], out["golden"].spad)
 
 
+@pytest.mark.parametrize("rows, cols, lanes", [(4, 4, 4), (8, 4, 8), (3, 5, 8)])
+def test_transposed_and_plain_weight_loads_equal_numpy(rows, cols, lanes):
+    """ldw with t takes row src + c as weight column c (c < k, the rest zero); tiles loaded
+    plain and transposed alternate in one µTOp, with k short of the array too."""
+    config = NPUConfig(array_rows=rows, array_cols=cols, ve_lanes=lanes, spad_rows=256,
+                       spad_banks=4)
+    rng = np.random.default_rng(rows * 7 + cols)
+    m, init = 11, rng.integers(-2**31, 2**31, (256, lanes))
+    init[:160] = rng.integers(-300, 300, (160, lanes))      # int8 takes the low 8 bits
+    loads = [("", rows, 0), (", t", cols, 16), (", t", cols - 1, 32), ("", rows - 1, 48),
+             (", t", 1, 64)]
+    lines, want = [".me eop"], init[200:200 + m, :cols].copy()
+    inputs = init[100:100 + m, :rows].astype(np.int8).astype(np.int64)
+    for flag, k, src in loads:
+        lines += [f"    ldw {src}, {k}{flag}", "    mm 200, 100, 11, acc"]
+        w = np.zeros((rows, cols), np.int64)
+        block = init[src:src + k].astype(np.int8).astype(np.int64)
+        if flag:
+            w[:, :k] = block[:, :rows].T
+        else:
+            w[:k] = block[:, :cols]
+        want = want + inputs @ w
+    out = run_me(config, "\n".join(lines) + "\n", init)
+    assert out["faults"] == [Fault.NONE]
+    assert np.array_equal(out["spad"][200:200 + m, :cols], (want + 2**31) % 2**32 - 2**31)
+    assert np.array_equal(out["spad"], out["golden"].spad)
+
+
+def test_transposed_load_bounds_k_by_the_columns():
+    """On an 8 x 4 array, ldw k = 5 is legal, ldw k = 5 with t is not (4 columns)."""
+    config = NPUConfig(array_rows=8, array_cols=4, ve_lanes=8, spad_rows=64, spad_banks=4)
+    init = np.ones((64, 8), np.int64)
+    assert run_me(config, ".me eop\n ldw 0, 5\n", init)["faults"] == [Fault.NONE]
+    out = run_me(config, ".me eop\n ldw 0, 5, t\n", init)
+    assert out["faults"] == [Fault.ILLEGAL_OPERAND]
+    assert out["golden_result"].fault == Fault.ILLEGAL_OPERAND
+
+
 def test_accumulator_wraps_and_overwrite(tiny):
     init = np.zeros((64, 4), dtype=np.int64)
     init[0:4] = -128                      # weights
@@ -95,6 +133,9 @@ def test_in_body_dependencies_and_several_utops(tiny):
     (" ldw 0, 0\n", Fault.ILLEGAL_OPERAND),
     (" ldw 0, 5\n", Fault.ILLEGAL_OPERAND),
     (" ldw 30, 4\n", Fault.SPAD_OOB),
+    (" ldw 0, 5, t\n", Fault.ILLEGAL_OPERAND),
+    (" ldw 0, 0, t\n", Fault.ILLEGAL_OPERAND),
+    (" ldw 29, 4, t\n", Fault.SPAD_OOB),
     (" mm 0, 4, 1\n", Fault.UNLOADED_STATE),
     (" ldw 0, 4\n mm 30, 0, 3\n", Fault.SPAD_OOB),
     (" ldw 0, 4\n mm 4, 31, 2\n", Fault.SPAD_OOB),

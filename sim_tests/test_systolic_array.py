@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""Systolic array: back-to-back rows across a weight-buffer switch equal numpy's int32 products."""
+"""Systolic array: back-to-back rows across a weight-buffer switch equal numpy's int32 products,
+with one buffer loaded by rows and the other by columns."""
 
 import numpy as np
 import pytest
@@ -19,14 +20,22 @@ def test_back_to_back_rows_across_weight_switch(rows, cols):
     select = [0] * 12 + [1] * 12       # switch buffers with no gap between rows
     outputs = []
 
+    width = max(rows, cols)
+
     async def bench(ctx):
-        for b in range(2):
-            for r in range(rows):
-                ctx.set(dut.w_write, 1)
-                ctx.set(dut.w_buf, b)
-                ctx.set(dut.w_row, r)
-                ctx.set(dut.w_data, [int(v) for v in weights[b, r]])
-                await ctx.tick()
+        # Buffer 0 is written a row at a time, buffer 1 a column at a time (transposed).
+        ctx.set(dut.w_write, 1)
+        for r in range(rows):
+            ctx.set(dut.w_buf, 0)
+            ctx.set(dut.w_index, r)
+            ctx.set(dut.w_data, [int(v) for v in weights[0, r]] + [0] * (width - cols))
+            await ctx.tick()
+        ctx.set(dut.w_column, 1)
+        for c in range(cols):
+            ctx.set(dut.w_buf, 1)
+            ctx.set(dut.w_index, c)
+            ctx.set(dut.w_data, [int(v) for v in weights[1, :, c]] + [0] * (width - rows))
+            await ctx.tick()
         ctx.set(dut.w_write, 0)
         for cycle in range(len(inputs) + dut.latency):
             if cycle < len(inputs):

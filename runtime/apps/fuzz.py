@@ -236,7 +236,8 @@ def _repair(rng, instr, config, spad_size, hbm_size, state):
     rows_of = lambda first, count, step=1: {first + i * step for i in range(count)}
     before = []
     if name == "ldw":
-        a["k"] = max(1, min(rng.randint(1, config.array_rows), spad_size))
+        limit = config.array_cols if a["t"] else config.array_rows
+        a["k"] = max(1, min(rng.randint(1, limit), spad_size))
         a["src"] = _apart(rng, spad_size, a["k"], state.setdefault("mm_rows", set()))
         state["weights"] = True
     elif name == "mm":
