@@ -141,6 +141,9 @@ def single_op(op):
                              transB=1, alpha=0.5, beta=2.0),
         "MatMul": lambda: n.op("MatMul", [x, n.weight(16, 24)]),
         "MatMul-activations": lambda: n.op("MatMul", [x, n.op("Transpose", [two()], perm=[1, 0])]),
+        # B^T of 13 rows: loaded as weight columns (ldw t), the last tile 5 columns wide.
+        "MatMul-transposed-13": lambda: n.op("MatMul", [x, n.op("Transpose", [n.op(
+            "MatMul", [n.input("z", [13, 16]), n.weight(16, 16)])], perm=[1, 0])]),
         "Relu": lambda: n.op("Relu", [x]),
         "Sigmoid": lambda: n.op("Sigmoid", [x]),
         "Tanh": lambda: n.op("Tanh", [x]),
@@ -163,7 +166,7 @@ def single_op(op):
     return n.model(body[op](), opset=20 if op == "Gelu" else 17)
 
 
-SINGLE_OPS = ("Gemm", "MatMul", "MatMul-activations", "Conv", "Conv-stride2", "Conv-1x1",
+SINGLE_OPS = ("Gemm", "MatMul", "MatMul-activations", "MatMul-transposed-13", "Conv", "Conv-stride2", "Conv-1x1",
               "Conv-1x1-stride2", "Relu", "Sigmoid", "Tanh", "Gelu", "Gelu-erf-pattern", "Add",
               "Mul", "Div-scalar", "Softmax", "LayerNormalization", "MaxPool", "AveragePool",
               "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat", "Gather")

@@ -65,10 +65,10 @@ def test_models_on_the_shortest_utops_stay_bit_exact(name):
 
 def test_scratchpad_peak_does_not_grow_with_depth():
     """Freed regions rest for dep_window µTOps before reuse, so the first layers still
-    take fresh rows (best fit settles within a few layers); from then on every layer
-    reuses what the earlier ones gave back."""
+    take fresh rows (best fit settles within a few tens of layers: 24 on bert's shape);
+    from then on every layer reuses what the earlier ones gave back."""
     peaks = [compile_model(f"bert[tokens=32,layers={n}]", DEFAULT).graph.builder.spad_peak
-             for n in (1, 8, 16)]
+             for n in (1, 24, 48)]
     assert peaks[1] == peaks[2] < 1.2 * peaks[0]
 
 

@@ -435,8 +435,8 @@ class Graph:
         """Output column tiles of sum over K tiles of (rows shifted by sources(kt)) @ W.
 
         ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
-        buffer ``slot`` if it lives in HBM) and returns (spad row of its first K tile, its
-        Region, spad row of the bias or None).
+        buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
+        loads its K tile kt, the Region it reads, spad row of the bias or None).
         Rows lo..hi-1 are computed; with ``mask`` the others are zero and rows where the
         mask is 0 are zeroed too (the ring of a padded image).
         """
@@ -467,15 +467,14 @@ class Graph:
         blocks = self._row_blocks(lo, hi, n_tiles)
         for ct in range(n_tiles):
             slot = ct % ring
-            w_row, w_region, bias_row = panel(ct, slot)
+            ldw, w_region, bias_row = panel(ct, slot)
             dst = out.tile(ct)
             for first, count in blocks:
                 target = Region("spad", acc[slot].start + first, count)
                 for chunk in range(0, k_tiles, cfg.max_body // 2):
                     body = []
                     for kt in range(chunk, min(k_tiles, chunk + cfg.max_body // 2)):
-                        body += [instr("ldw", w_row + kt * lanes, lanes),
-                                 instr("mm", target.start, sources(kt) + first, count, acc=bool(kt))]
+                        body += [ldw(kt), instr("mm", target.start, sources(kt) + first, count, acc=bool(kt))]
                     self.builder.utop(Engine.ME, body, reads=reads(first, count) + [w_region]
                                       + ([target] if chunk else []), writes=[target],
                                       name=f"{name} mm{ct}.{first}")
@@ -538,7 +537,7 @@ class Graph:
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
             self.builder.split_utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
                               name=f"{name} load w{ct}")
-            return buf.start, buf, buf.start + k
+            return lambda kt: instr("ldw", buf.start + kt * lanes, lanes), buf, buf.start + k
 
         return n_tiles, w_pad, b_pad, panel, bufs
 
@@ -719,16 +718,33 @@ class Graph:
         self._op(f"conv{k}x{k}", name)
         return out
 
-    def matmul(self, name, x, y, out_scale, out=None):
-        """x @ y of two activations (y's rows are the K dimension), int8 out."""
-        if y.rows != x.tiles * self.lanes:
-            raise CompileError(f"{name}: {x.tiles * self.lanes} columns against {y.rows} rows")
+    def matmul(self, name, x, y, out_scale, out=None, transposed=False):
+        """x @ y of two activations (y's rows are the K dimension), int8 out; with
+        ``transposed``, x @ y^T (y's columns are K): y's rows load as weight columns
+        (``ldw`` with ``t``), so attention's keys need no transpose."""
+        lanes = self.lanes
+        if transposed:
+            if y.tiles != x.tiles:
+                raise CompileError(f"{name}: {x.tiles * lanes} columns against the "
+                                   f"{y.tiles * lanes} columns of a transposed operand")
+            n_tiles = -(-y.rows // lanes)
+            acc_ref = np.zeros((x.rows, n_tiles * lanes), np.int64)
+            acc_ref[:, :y.rows] = int_matmul(x.ref, y.ref.T)
 
-        def panel(ct, slot):
-            return y.tile(ct), y.tile_region(ct), None
+            def panel(ct, slot):
+                k = min(lanes, y.rows - ct * lanes)
+                return (lambda kt: instr("ldw", y.tile(kt) + ct * lanes, k, t=1)), y.region, None
+        else:
+            if y.rows != x.tiles * lanes:
+                raise CompileError(f"{name}: {x.tiles * lanes} columns against {y.rows} rows")
+            n_tiles, acc_ref = y.tiles, int_matmul(x.ref, y.ref)
 
-        result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, int_matmul(x.ref, y.ref),
-                            y.tiles, panel, requant=multiplier(x.scale * y.scale / out_scale), act=None,
+            def panel(ct, slot):
+                return (lambda kt: instr("ldw", y.tile(ct) + kt * lanes, lanes),
+                        y.tile_region(ct), None)
+
+        result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
+                            requant=multiplier(x.scale * y.scale / out_scale), act=None,
                             out_scale=(out_scale, None), reads=self._rows_of(x, 0), out=out)
         self._op("matmul", name)
         return result

@@ -459,6 +459,9 @@ class _Mat:
     t: Tensor
     shape: tuple        # logical ONNX shape; rows = prod(shape[:axis]), cols = shape[axis]
     cols: int
+    #: t holds the transpose of the value (a Transpose whose only user is a MatMul that
+    #: reads it as B, which loads t's rows as weight columns: ldw with t).
+    transposed: bool = False
 
 
 @dataclass
@@ -472,6 +475,7 @@ class _Heads:
     parts: list         # Tensors, one per head
     shape: tuple        # logical shape
     order: str          # "HS": (..., H, rows, cols); "SH": (..., rows, H, cols)
+    transposed: bool = False    # each part holds its head transposed (see _Mat)
 
 
 @dataclass
@@ -702,6 +706,14 @@ class _Lowering:
         if isinstance(x, _Heads) and isinstance(y, _Heads):      # a head at a time
             return self._heads_matmul(node, x, y)
         x, y = self.env.get(a_name), self.env.get(b_name)
+        if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2 \
+                and y.transposed:
+            if y.shape[0] != x.cols:
+                raise _error(node, f"{x.shape} @ {y.shape}: K differs")
+            out = node.output[0]
+            t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out), transposed=True)
+            self.env[out] = _Mat(t, self.shape(out), y.cols)
+            return None
         if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2:
             if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
                 raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
@@ -771,12 +783,14 @@ class _Lowering:
         if chain is not None:
             return self._attention(node, x, y, *chain)
         out = node.output[0]
-        target = self._merge_target(out, x.parts[0].rows, y.parts[0].tiles * len(x.parts))
+        width = self._product_tiles(y)
+        target = self._merge_target(out, x.parts[0].rows, width * len(x.parts))
         parts = []
         for h, (a, b) in enumerate(zip(x.parts, y.parts)):
             a, b = self._head_parts(a, b)
             parts.append(self.g.matmul(f"{node.name or out}.{h}", a, b, self.scale(out),
-                                       out=self._head_view(target, h, b)))
+                                       out=self._head_view(target, h, width),
+                                       transposed=y.transposed))
             self._give_back((x.parts[h], y.parts[h]), (a, b))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
 
@@ -796,11 +810,20 @@ class _Lowering:
             raise _error(node, "per-head MatMul needs (…, heads, rows, cols) operands with "
                                "equal heads")
         for h, (a, b) in enumerate(zip(x.parts, y.parts)):
-            self._check_head(node, h, a, b)
+            self._check_head(node, h, a, b, y.transposed)
 
-    def _check_head(self, node, h, a, b):
-        if self.padded(a) != b.rows:
+    def _check_head(self, node, h, a, b, transposed=False):
+        if transposed:      # b holds the head's B^T: K is its columns
+            if a.tiles != b.tiles or b.rows % self.lanes:
+                raise _error(node, f"head {h}: {self.padded(a)} columns against "
+                                   f"{self.padded(b)} rows of {b.rows} columns (a multiple "
+                                   f"of {self.lanes})")
+        elif self.padded(a) != b.rows:
             raise _error(node, f"head {h}: {self.padded(a)} columns against {b.rows} rows")
+
+    def _product_tiles(self, y):
+        """Column tiles of a per-head product with B = ``y``."""
+        return -(-y.parts[0].rows // self.lanes) if y.transposed else y.parts[0].tiles
 
     def _merge_target(self, out, rows, tiles):
         """The merged tensor per-head results are written into when a Transpose + Reshape
@@ -810,8 +833,8 @@ class _Lowering:
         return self.g.buffer(out, rows, tiles, self.scale(out)) if merge is not None else None
 
     @staticmethod
-    def _head_view(target, h, b):
-        return target.view(h * b.tiles, b.tiles) if target is not None else None
+    def _head_view(target, h, tiles):
+        return target.view(h * tiles, tiles) if target is not None else None
 
     def _attention_chain(self, node):
         """Scores -> (scalar Mul/Div)* -> Softmax -> MatMul with per-head values computed
@@ -842,23 +865,25 @@ class _Lowering:
         # When q, k and v do not fit beside the context and one head's scores and
         # probabilities (twice: the next head's may be allocated before this one's rest),
         # they go to HBM and each head's parts come back for that head alone.
-        a, b = q.parts[0], k.parts[0]
+        a = q.parts[0]
         self.g.stream(q.parts + k.parts + v.parts,
-                      4 * a.rows * b.tiles + a.rows * v.parts[0].tiles * len(q.parts))
-        target = self._merge_target(out, q.parts[0].rows, v.parts[0].tiles * len(q.parts))
+                      4 * a.rows * self._product_tiles(k)
+                      + a.rows * self._product_tiles(v) * len(q.parts))
+        target = self._merge_target(out, q.parts[0].rows, self._product_tiles(v) * len(q.parts))
         parts = []
         for h, originals in enumerate(zip(q.parts, k.parts, v.parts)):
             a, b, c = self._head_parts(*originals)
             s = self.g.matmul(f"{node.name or node.output[0]}.{h}", a, b,
-                              self.scale(node.output[0]))
+                              self.scale(node.output[0]), transposed=k.transposed)
             scaled = s
             for retag in retags:
                 scaled = self._retag(retag, scaled)
             p = self._softmax_part(softmax, scaled, h, len(q.parts))
             self.g.release(s)
-            self._check_head(context, h, p, c)
+            self._check_head(context, h, p, c, v.transposed)
             parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
-                                       out=self._head_view(target, h, c)))
+                                       out=self._head_view(target, h, self._product_tiles(v)),
+                                       transposed=v.transposed))
             self.g.release(p)
             self._give_back(originals, (a, b, c))
         self.done.update(id(n) for n in (*retags, softmax, context))
@@ -1103,8 +1128,15 @@ class _Lowering:
         perm = list(attributes(node).get("perm", range(rank)[::-1]))
         lead = rank - 3
         name = node.name or out
+        # Read only as a MatMul's B: kept as it is, the MatMul loads its rows as weight
+        # columns (no transpose is computed).
+        user = self.only_user(out, ("MatMul",))
+        lazy = user is not None and list(user.input).index(out) == 1
         if isinstance(x, _Mat) and rank >= 2 and perm[:-2] == list(range(rank - 2)) \
                 and perm[-2:] == [rank - 1, rank - 2] and int(np.prod(self.shape(node.input[0])[:-2])) == 1:
+            if lazy:
+                self.env[out] = _Mat(x.t, self.shape(out), self.shape(out)[-1], transposed=True)
+                return
             if x.cols != self.padded(x.t):
                 raise _error(node, f"transposing {x.cols} columns needs a multiple of "
                                    f"{self.lanes}")
@@ -1119,6 +1151,9 @@ class _Lowering:
                 self.env[out] = _Heads(x.parts, self.shape(out), order)
                 return
             if (x.order == "SH" and tail == [1, 2, 0]) or (x.order == "HS" and tail == [0, 2, 1]):
+                if lazy:
+                    self.env[out] = _Heads(x.parts, self.shape(out), "HS", transposed=True)
+                    return
                 parts = [self.g.transpose(f"{name}.{h}", t) for h, t in enumerate(x.parts)]
                 self.env[out] = _Heads(parts, self.shape(out), "HS")
                 return
