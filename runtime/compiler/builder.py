@@ -177,20 +177,35 @@ class ProgramBuilder:
         taken earlier only when nothing else fits."""
         if rows < 1:
             raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
-        self._release(lambda ready: ready <= len(self.utops))
-        base = self._best_fit(rows)
-        if base is None and self._resting:
-            self._release(lambda ready: True)
-            base = self._best_fit(rows)
+        base = self._place(rows, self._spad_used, self._resting)
         if base is None:
             largest = self.largest_free_piece()
             raise CompileError(f"{what} needs {rows} scratchpad rows in one piece; of the "
                                f"vNPU's {self.spad_rows} rows {self.free_rows} are free, the "
                                f"largest free piece {largest} rows (a larger `spad_rows`, of the "
                                f"config or the vNPU, lifts the limit)")
-        self._spad_used = sorted(self._spad_used + [(base, rows)])
         self.spad_peak = max(self.spad_peak, base + rows)
         return Region("spad", base, rows)
+
+    def fits_all(self, sizes):
+        """Would allocations of ``sizes`` rows, in this order, all succeed now (by
+        :meth:`alloc`'s rules, with no µTOp planned in between)?"""
+        used, resting = list(self._spad_used), list(self._resting)
+        return all(self._place(rows, used, resting) is not None for rows in sizes)
+
+    def _place(self, rows, used, resting):
+        """:meth:`alloc`'s rule on the pieces ``used`` and ``resting`` (both updated): the
+        start of the best fit, resting pieces released when due or when nothing else fits;
+        None if nothing fits."""
+        self._release(used, resting, lambda ready: ready <= len(self.utops))
+        base = self._best_fit(rows, used)
+        if base is None and resting:
+            self._release(used, resting, lambda ready: True)
+            base = self._best_fit(rows, used)
+        if base is not None:
+            used.append((base, rows))
+            used.sort()
+        return base
 
     def _gaps(self, used=None):
         """(start, size) of each free piece between the ``used`` pieces (default: all
@@ -207,15 +222,17 @@ class ProgramBuilder:
         return max((size for _, size in self._gaps([p for p in self._spad_used
                                                     if p not in resting])), default=0)
 
-    def _best_fit(self, rows):
-        """The start of the smallest free gap of at least ``rows`` rows, or None."""
-        fits = [(size, start) for start, size in self._gaps() if size >= rows]
+    def _best_fit(self, rows, used):
+        """The start of the smallest free gap between ``used`` of at least ``rows`` rows,
+        or None."""
+        fits = [(size, start) for start, size in self._gaps(used) if size >= rows]
         return min(fits)[1] if fits else None
 
-    def _release(self, due):
-        for ready, piece in [r for r in self._resting if due(r[0])]:
-            self._resting.remove((ready, piece))
-            self._spad_used.remove(piece)
+    @staticmethod
+    def _release(used, resting, due):
+        for ready, piece in [r for r in resting if due(r[0])]:
+            resting.remove((ready, piece))
+            used.remove(piece)
 
     @property
     def free_rows(self):

@@ -573,6 +573,11 @@ class Graph:
         self._op("linear", name)
         return out
 
+    def fits(self, rows, *tensors):
+        """Do ``rows`` more rows fit in the free rows and those of the activations that
+        could be spilled (not ``tensors``')?"""
+        return rows <= self._room(*tensors)
+
     def _room(self, *tensors):
         """Rows free, or held by activations that could be spilled (not ``tensors``')."""
         homes = {t.home for t in tensors}
@@ -593,8 +598,8 @@ class Graph:
             return op(*[self.resident(t) for t in tensors])
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)
-        per_row = 3 * out_tiles + sum(t.tiles for t in tensors)   # inputs, output, scratch
-        return self._by_bands(name, rows, out_tiles, self._band_rows(name, rows, per_row),
+        pieces = [t.tiles for t in tensors] + [out_tiles, 2 * out_tiles]   # inputs, output, scratch
+        return self._by_bands(name, rows, out_tiles, self._band_rows(name, rows, pieces),
                               lambda r0, b: op(*[self._load_band(t, r0, b) for t in tensors]))
 
     def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
@@ -606,8 +611,9 @@ class Graph:
         spilled = x.home in self._spilled
         if not spilled:
             x = self.resident(x)
-        per_row = n_tiles + min(n_tiles, 3) + (k_tiles if spilled else 0)
-        band = self._band_rows(name, rows, per_row)
+        # Per row of a band: its output, its input (if loaded), the accumulator ring.
+        pieces = [n_tiles] + ([k_tiles] if spilled else []) + [1] * min(n_tiles, 3)
+        band = self._band_rows(name, rows, pieces)
         scale = _gemm_scale(gemm["act"], gemm["out_scale"])
 
         def gemm_band(r0, b):
@@ -624,48 +630,71 @@ class Graph:
                               acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, out=yb, **gemm)
         return self._by_bands(name, rows, n_tiles, band, gemm_band)
 
-    def _band_rows(self, name, rows, per_row):
-        """Rows per band of an operator that takes ``per_row`` scratchpad rows per row: a
-        band's pieces fit in three quarters of the room and, together, in the largest free
-        piece (whatever the order they are taken in)."""
+    def _band_rows(self, name, rows, pieces):
+        """Rows per band of an operator that allocates, per band of b rows, pieces of
+        b * ``pieces[i]`` rows in this order: the pieces fit in three quarters of the room
+        and, as the allocator would place them now, in the free scratchpad."""
+        per_row = sum(pieces)
         band = min(rows, (self._room() * 3 // 4) // per_row,
                    self.builder.largest_free_piece() // per_row)
         if band < 1:
             raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
                                f"(a larger `spad_rows` lifts the limit)")
-        return band
+        # Largest band whose pieces the allocator places (fragmentation may split them).
+        lo, hi = 1, band
+        if not self.builder.fits_all([p * lo for p in pieces]):
+            return band                         # spilling makes the room (as _alloc does)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.builder.fits_all([p * mid for p in pieces]) else (lo, mid - 1)
+        return lo
 
     def _by_bands(self, name, rows, out_tiles, band, compute):
         """The output of ``rows`` rows and ``out_tiles`` tiles, born spilled: for each band
         of rows r0.., ``compute(r0, count)`` gives that band's output, which is stored to the
         output's HBM region; then every activation the band made gives its rows back."""
-        lanes, pw = self.lanes, self.per_word
-        home = self._homes
-        self._homes += 1
-        hbm = self.builder.hbm(rows * out_tiles * lanes // pw, f"{name} output")
-        fake = Region("spad", 0, rows * out_tiles)
-        refs = []
+        out = self.born_spilled(name, rows, out_tiles)
         for r0 in range(0, rows, band):
-            b = min(band, rows - r0)
             first = self._homes
-            yb = compute(r0, b)
-            for t in range(out_tiles):
-                self.builder.split_utop(
-                    Engine.DMA, self._dma_rows(lanes, lanes // pw, yb.tile(t),
-                                               hbm.start + (t * rows + r0) * lanes // pw, b,
-                                               store=True, packed=pw > 1),
-                    reads=[yb.tile_region(t)], writes=[hbm], name=f"{name} store rows {r0}.{t}")
-            refs.append(yb.ref)
+            yb = compute(r0, min(band, rows - r0))
+            self.store_rows(out, yb, r0, 0, f"{name} store rows {r0}")
             for made in range(first, self._homes):
                 if made in self._activations:
                     self._free_home(made)
-        ref = np.concatenate(refs)
-        self._int8_words(ref, f"{name} output")            # int8, as packed in HBM
+        return out
+
+    def born_spilled(self, name, rows, tiles):
+        """An int8 tensor that lives in HBM only (as a spilled one): its parts are written
+        with :meth:`store_rows`; ``resident`` loads it back whole, ``_load_band`` by rows.
+        Its scale is the first part's."""
+        home = self._homes
+        self._homes += 1
+        hbm = self.builder.hbm(rows * tiles * self.lanes // self.per_word, f"{name} output")
+        fake = Region("spad", 0, rows * tiles)
         self._int8[home] = True
         self._spilled[home] = (fake, hbm)
         self.spills += 1                                   # an activation stored to HBM
         self.spill_bytes += 4 * hbm.size
-        return Tensor(fake, rows, out_tiles, yb.scale, ref, None, home)
+        return Tensor(fake, rows, tiles, None, np.zeros((rows, tiles * self.lanes), np.int64),
+                      None, home)
+
+    def store_rows(self, target, part, r0, t0, name):
+        """Store tensor ``part`` (int8) as rows r0.. of tiles t0.. of ``target``, a tensor
+        :meth:`born_spilled`."""
+        lanes, pw = self.lanes, self.per_word
+        hbm = self._spilled[target.home][1]
+        self._int8_words(part.ref, name)                   # int8, as packed in HBM
+        for t in range(part.tiles):
+            self.builder.split_utop(
+                Engine.DMA, self._dma_rows(lanes, lanes // pw, part.tile(t),
+                                           hbm.start + ((t0 + t) * target.rows + r0) * lanes // pw,
+                                           part.rows, store=True, packed=pw > 1),
+                reads=[part.tile_region(t)], writes=[hbm], name=f"{name}.{t}")
+        target.ref[r0:r0 + part.rows, t0 * lanes:(t0 + part.tiles) * lanes] = part.ref
+        if target.scale is None:
+            target.scale = part.scale
+        elif target.scale != part.scale:
+            raise CompileError(f"{name}: scale {part.scale} against the tensor's {target.scale}")
 
     def _load_band(self, t, r0, count):
         """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""

@@ -825,12 +825,16 @@ class _Lowering:
         """Column tiles of a per-head product with B = ``y``."""
         return -(-y.parts[0].rows // self.lanes) if y.transposed else y.parts[0].tiles
 
-    def _merge_target(self, out, rows, tiles):
+    def _merge_target(self, out, rows, tiles, in_hbm=False):
         """The merged tensor per-head results are written into when a Transpose + Reshape
-        merge the heads of ``out`` (no copy), else None."""
+        merge the heads of ``out`` (no copy; ``in_hbm``: a tensor born in HBM), else None."""
         merge = self.only_user(out, ("Transpose",))
         merge = merge and self.only_user(merge.output[0], ("Reshape",))
-        return self.g.buffer(out, rows, tiles, self.scale(out)) if merge is not None else None
+        if merge is None:
+            return None
+        if in_hbm:
+            return self.g.born_spilled(out, rows, tiles)
+        return self.g.buffer(out, rows, tiles, self.scale(out))
 
     @staticmethod
     def _head_view(target, h, tiles):
@@ -865,11 +869,15 @@ class _Lowering:
         # When q, k and v do not fit beside the context and one head's scores and
         # probabilities (twice: the next head's may be allocated before this one's rest),
         # they go to HBM and each head's parts come back for that head alone.
-        a = q.parts[0]
-        self.g.stream(q.parts + k.parts + v.parts,
-                      4 * a.rows * self._product_tiles(k)
-                      + a.rows * self._product_tiles(v) * len(q.parts))
-        target = self._merge_target(out, q.parts[0].rows, self._product_tiles(v) * len(q.parts))
+        # When the context does not fit either, and is merged (written in place), it is
+        # born in HBM: each head's context is stored there and gives its rows back.
+        rows, width, heads = q.parts[0].rows, self._product_tiles(v), len(q.parts)
+        per_head = 4 * rows * self._product_tiles(k)
+        streamed = self.g.stream(q.parts + k.parts + v.parts, per_head + rows * width * heads)
+        one_head = sum(p.rows * p.tiles for p in (q.parts[0], k.parts[0], v.parts[0]))
+        in_hbm = streamed and not self.g.fits(per_head + rows * width * (heads + 1) + one_head)
+        target = self._merge_target(out, rows, width * heads, in_hbm)
+        in_hbm = in_hbm and target is not None
         parts = []
         for h, originals in enumerate(zip(q.parts, k.parts, v.parts)):
             a, b, c = self._head_parts(*originals)
@@ -881,10 +889,15 @@ class _Lowering:
             p = self._softmax_part(softmax, scaled, h, len(q.parts))
             self.g.release(s)
             self._check_head(context, h, p, c, v.transposed)
-            parts.append(self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
-                                       out=self._head_view(target, h, self._product_tiles(v)),
-                                       transposed=v.transposed))
+            part = self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
+                                 out=None if in_hbm else self._head_view(target, h, width),
+                                 transposed=v.transposed)
             self.g.release(p)
+            if in_hbm:
+                self.g.store_rows(target, part, 0, h * width, f"{context.name or out}.{h} store")
+                self.g.release(part)
+                part = self._head_view(target, h, width)
+            parts.append(part)
             self._give_back(originals, (a, b, c))
         self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
@@ -1082,10 +1095,11 @@ class _Lowering:
     # layout -------------------------------------------------------------------------------------
 
     def _relabel(self, node):
-        """Reshape, Flatten, Squeeze, Unsqueeze, Identity: a new shape for the same data."""
+        """Reshape, Flatten, Squeeze, Unsqueeze, Identity: a new shape for the same data
+        (where it lies: a spilled value stays in HBM until an operator reads it)."""
         out = node.output[0]
         shape = self.shape(out)
-        x = self.env[node.input[0]]
+        x = self.env.peek(node.input[0])
         if isinstance(x, _Mat):
             if _cols_axis(shape, x.cols, x.t.rows) is not None:
                 self.env[out] = replace(x, shape=shape)
@@ -1119,11 +1133,11 @@ class _Lowering:
             return Tensor(replace(first.region, size=first.rows * total), first.rows, total,
                           first.scale, np.concatenate([p.ref for p in parts], axis=1),
                           home=first.home)
-        return self.g.concat(node.name or node.output[0], parts)
+        return self.g.concat(node.name or node.output[0], [self.g.resident(p) for p in parts])
 
     def op_Transpose(self, node):
         out = node.output[0]
-        x = self.env[node.input[0]]
+        x = self.env.peek(node.input[0])
         rank = len(self.shape(node.input[0]))
         perm = list(attributes(node).get("perm", range(rank)[::-1]))
         lead = rank - 3
@@ -1140,7 +1154,7 @@ class _Lowering:
             if x.cols != self.padded(x.t):
                 raise _error(node, f"transposing {x.cols} columns needs a multiple of "
                                    f"{self.lanes}")
-            t = self.g.transpose(name, x.t)
+            t = self.g.transpose(name, self.g.resident(x.t))
             self.env[out] = _Mat(t, self.shape(out), self.shape(out)[-1])
             return
         if isinstance(x, _Heads) and lead >= 0 and perm[:lead] == list(range(lead)):
@@ -1154,7 +1168,8 @@ class _Lowering:
                 if lazy:
                     self.env[out] = _Heads(x.parts, self.shape(out), "HS", transposed=True)
                     return
-                parts = [self.g.transpose(f"{name}.{h}", t) for h, t in enumerate(x.parts)]
+                parts = [self.g.transpose(f"{name}.{h}", self.g.resident(t))
+                         for h, t in enumerate(x.parts)]
                 self.env[out] = _Heads(parts, self.shape(out), "HS")
                 return
         raise _error(node, f"perm {perm} of shape {self.shape(node.input[0])}: supported are "
