@@ -174,6 +174,24 @@ def test_attention_streams_heads_through_hbm_when_q_k_v_do_not_fit():
     assert np.array_equal(outputs[ref], model.expected)
 
 
+def test_a_merged_context_that_does_not_fit_is_born_in_hbm():
+    """On 2048 rows, bert 64 tokens x 64, 2 heads: the merged context does not fit beside
+    one head's work, so each head's context is stored to HBM as it is made, the heads'
+    Transpose + Reshape leave it there and the output projection reads it by bands;
+    bit-exact (golden, race check on)."""
+    ref = "bert[tokens=64,width=64,heads=2,ff=128]"
+    config = DEFAULT.replace(spad_rows=2048)
+    model = compile_model(ref, config)
+    names = model.program.names
+    stores = [i for i, n in enumerate(names)
+              if n.startswith("layer0.context.") and " store." in n]
+    assert len(stores) >= 2
+    assert any(n.startswith(("reload", "load rows")) for n in names[stores[-1]:])
+    assert model.graph.builder.spad_peak <= config.spad_rows
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)
+
+
 def test_a_linear_too_large_for_the_scratchpad_runs_by_row_bands_through_hbm():
     """bert 128 tokens x 256, ff 1024: ff1's output alone (16384 rows) is the whole
     scratchpad, so ff1 runs by bands of rows, each band's output stored to HBM, and ff2
