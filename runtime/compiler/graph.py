@@ -23,7 +23,7 @@ next operator that reads it loads it back, wherever there is room then (``reside
 A linear layer whose output does not fit, or a row-local operator (a residual Add, a
 layer norm: ``rowwise``) whose inputs and output do not, runs by bands of rows: the output
 is stored to HBM band by band and read back by bands by the next such operator
-(``_banded_gemm``, ``_by_bands``, ``_load_band``). int8 data in HBM (weights, inputs,
+(``_banded_gemm``, ``_by_bands``, ``load_band``). int8 data in HBM (weights, inputs,
 embedding tables, outputs, and constant blocks whose values fit int8: masks, the
 identity, activation tables, layer-norm parameters) is packed four values per word
 (`dcfg ... i8`) when a tile's row is whole words (lanes a multiple of 4); biases and the
@@ -599,8 +599,8 @@ class Graph:
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)
         pieces = [t.tiles for t in tensors] + [out_tiles, 2 * out_tiles]   # inputs, output, scratch
-        return self._by_bands(name, rows, out_tiles, self._band_rows(name, rows, pieces),
-                              lambda r0, b: op(*[self._load_band(t, r0, b) for t in tensors]))
+        return self._by_bands(name, rows, out_tiles, self.band_rows(name, rows, pieces),
+                              lambda r0, b: op(*[self.load_band(t, r0, b) for t in tensors]))
 
     def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
         """A row-local gemm by bands of rows: each band of the input (read in place, or
@@ -613,14 +613,14 @@ class Graph:
             x = self.resident(x)
         # Per row of a band: its output, its input (if loaded), the accumulator ring.
         pieces = [n_tiles] + ([k_tiles] if spilled else []) + [1] * min(n_tiles, 3)
-        band = self._band_rows(name, rows, pieces)
+        band = self.band_rows(name, rows, pieces)
         scale = _gemm_scale(gemm["act"], gemm["out_scale"])
 
         def gemm_band(r0, b):
             # The band's output first: the larger piece, taken before the input's.
             yb = self._new(b, n_tiles, scale, np.zeros((b, n_tiles * lanes)), f"{name} rows {r0}")
             if spilled:
-                xb = self._load_band(x, r0, b)
+                xb = self.load_band(x, r0, b)
                 sources, reads = xb.tile, self._rows_of(xb, 0)
             else:
                 whole = self._rows_of(x, 0)
@@ -630,7 +630,7 @@ class Graph:
                               acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, out=yb, **gemm)
         return self._by_bands(name, rows, n_tiles, band, gemm_band)
 
-    def _band_rows(self, name, rows, pieces):
+    def band_rows(self, name, rows, pieces):
         """Rows per band of an operator that allocates, per band of b rows, pieces of
         b * ``pieces[i]`` rows in this order: the pieces fit in three quarters of the room
         and, as the allocator would place them now, in the free scratchpad."""
@@ -665,7 +665,7 @@ class Graph:
 
     def born_spilled(self, name, rows, tiles):
         """An int8 tensor that lives in HBM only (as a spilled one): its parts are written
-        with :meth:`store_rows`; ``resident`` loads it back whole, ``_load_band`` by rows.
+        with :meth:`store_rows`; ``resident`` loads it back whole, ``load_band`` by rows.
         Its scale is the first part's."""
         home = self._homes
         self._homes += 1
@@ -696,7 +696,7 @@ class Graph:
         elif target.scale != part.scale:
             raise CompileError(f"{name}: scale {part.scale} against the tensor's {target.scale}")
 
-    def _load_band(self, t, r0, count):
+    def load_band(self, t, r0, count):
         """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""
         old, hbm = self._spilled[t.home]
         pw = self._packing(t.home)

@@ -870,37 +870,66 @@ class _Lowering:
         # probabilities (twice: the next head's may be allocated before this one's rest),
         # they go to HBM and each head's parts come back for that head alone.
         # When the context does not fit either, and is merged (written in place), it is
-        # born in HBM: each head's context is stored there and gives its rows back.
+        # born in HBM: each head's context is stored there and gives its rows back. When
+        # one head's scores do not fit either, each head runs by bands of query rows
+        # (softmax is row-local), each band's context stored to HBM.
         rows, width, heads = q.parts[0].rows, self._product_tiles(v), len(q.parts)
         per_head = 4 * rows * self._product_tiles(k)
         streamed = self.g.stream(q.parts + k.parts + v.parts, per_head + rows * width * heads)
         one_head = sum(p.rows * p.tiles for p in (q.parts[0], k.parts[0], v.parts[0]))
+        banded = streamed and not self.g.fits(per_head + rows * width + one_head)
         in_hbm = streamed and not self.g.fits(per_head + rows * width * (heads + 1) + one_head)
-        target = self._merge_target(out, rows, width * heads, in_hbm)
-        in_hbm = in_hbm and target is not None
+        target = self._merge_target(out, rows, width * heads, in_hbm or banded)
+        banded = banded and target is not None
+        in_hbm = (in_hbm or banded) and target is not None
+        label = context.name or out
         parts = []
         for h, originals in enumerate(zip(q.parts, k.parts, v.parts)):
+            if banded:
+                b, c = self._head_parts(*originals[1:])
+                tiles = self._product_tiles(k)
+                band = self.g.band_rows(f"{label}.{h}", rows, [originals[0].tiles, tiles, 3,
+                                                               tiles, 2, width, 3])
+                for r0 in range(0, rows, band):
+                    a = self.g.load_band(originals[0], r0, min(band, rows - r0))
+                    part = self._head_attention(node, h, a, b, c, k, v, retags, softmax,
+                                                context, f" rows {r0}")
+                    self.g.release(a)
+                    self.g.store_rows(target, part, r0, h * width, f"{label}.{h} store rows {r0}")
+                    self.g.release(part)
+                self._give_back(originals[1:], (b, c))
+                parts.append(self._head_view(target, h, width))
+                continue
             a, b, c = self._head_parts(*originals)
-            s = self.g.matmul(f"{node.name or node.output[0]}.{h}", a, b,
-                              self.scale(node.output[0]), transposed=k.transposed)
-            scaled = s
-            for retag in retags:
-                scaled = self._retag(retag, scaled)
-            p = self._softmax_part(softmax, scaled, h, len(q.parts))
-            self.g.release(s)
-            self._check_head(context, h, p, c, v.transposed)
-            part = self.g.matmul(f"{context.name or out}.{h}", p, c, self.scale(out),
-                                 out=None if in_hbm else self._head_view(target, h, width),
-                                 transposed=v.transposed)
-            self.g.release(p)
+            part = self._head_attention(node, h, a, b, c, k, v, retags, softmax, context, "",
+                                        out=None if in_hbm else self._head_view(target, h, width))
             if in_hbm:
-                self.g.store_rows(target, part, 0, h * width, f"{context.name or out}.{h} store")
+                self.g.store_rows(target, part, 0, h * width, f"{label}.{h} store")
                 self.g.release(part)
                 part = self._head_view(target, h, width)
             parts.append(part)
             self._give_back(originals, (a, b, c))
         self.done.update(id(n) for n in (*retags, softmax, context))
         self.env[out] = _Heads(parts, self.shape(out), "HS")
+
+    def _head_attention(self, node, h, a, b, c, k, v, retags, softmax, context, suffix,
+                        out=None):
+        """Head h's context for queries ``a``, keys ``b`` and values ``c`` (the parts of
+        ``k`` and ``v``): its scores and probabilities give their rows back."""
+        heads = len(k.parts)
+        s = self.g.matmul(f"{node.name or node.output[0]}.{h}{suffix}", a, b,
+                          self.scale(node.output[0]), transposed=k.transposed)
+        scaled = s
+        for retag in retags:
+            scaled = self._retag(retag, scaled)
+        p = self._softmax_part(softmax, scaled, h, heads)
+        self.g.release(s)
+        self._check_head(context, h, p, c, v.transposed)
+        name = context.name or context.output[0]
+        part = self.g.matmul(f"{name}.{h}{suffix}", p, c, self.scale(context.output[0]),
+                             out=out, transposed=v.transposed)
+        self.g.release(p)
+        return part
 
     # vector operators ---------------------------------------------------------------------------
 
