@@ -1,10 +1,10 @@
 """Matrix engine: executes ME µTOps (ldw, mm) on a systolic array, reading and writing the scratchpad."""
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import Out
 
-from isa.encoding import Engine, Fault
+from isa.encoding import BY_MNEMONIC, Engine, Fault
 from .decode import field, is_instr, is_legal_for
 from .engine_shell import engine_shell
 from .ports import (engine_members, SpadReadSignature,
@@ -23,7 +23,9 @@ class MatrixEngine(wiring.Component):
     its fault. Inside:
 
     - the *sequencer* decodes one instruction at a time, checks it (opcode, operands,
-      segment bounds: a faulting instruction has no effect) and dispatches it;
+      segment bounds: a faulting instruction has no effect) and dispatches it; an
+      ``mmloop`` keeps its ``ldw`` and ``mm`` as they arrive and replays them (with their
+      source rows moved by the strides, the ``mm`` accumulating) through the front end;
     - the *weight loader* runs ``ldw``: it clears the idle weight buffer and fills it row
       by row from the scratchpad (column by column with ``t``) while the other buffer keeps
       streaming;
@@ -74,6 +76,7 @@ class MatrixEngine(wiring.Component):
         outstanding = Signal(range(self.out_depth + 1))
         in_flight = [Signal(range(self.out_depth + 1), name=f"in_flight{b}") for b in range(2)]
         rows_shape = range(cfg.spad_rows + 1)      # segment-relative rows, and row counts
+        rel = signed(40)          # segment-relative rows with loop offsets: never wraps
         write_lo = Signal(rows_shape)   # segment-relative rows an in-flight mm may still write
         write_hi = Signal(rows_shape)
         writes_pending = Signal()
@@ -82,17 +85,41 @@ class MatrixEngine(wiring.Component):
         def overlaps_pending_writes(lo, hi):
             return writes_pending & (lo < write_hi) & (write_lo < hi)
 
+        # --- mmloop: the pair is kept as it arrives (iteration 0), then replayed -------------
+        loop_active = Signal()
+        loop_capture = Signal()
+        loop_pos = Signal()           # 0: the ldw is next, 1: the mm
+        loop_left = Signal(range(BY_MNEMONIC["mmloop"].field("count").max + 1))
+        loop_later = Signal()         # iteration >= 1: the mm accumulates
+        w_offset, x_offset = Signal(rel), Signal(rel)
+        w_stride, x_stride = Signal(signed(16)), Signal(signed(16))
+        loop_words = [Signal(64, name=f"loop_word{i}") for i in range(2)]
+        m.d.comb += [front.hold.eq(loop_active),
+                     front.local_valid.eq(loop_active & ~loop_capture),
+                     front.local_word.eq(Mux(loop_pos, loop_words[1], loop_words[0]))]
+        with m.If(front.fetched & loop_capture):
+            with m.If(loop_pos):
+                m.d.sync += loop_words[1].eq(self.instr.payload)
+            with m.Else():
+                m.d.sync += loop_words[0].eq(self.instr.payload)
+
         # --- the µTOp: retires when every unit is idle --------------------------------------
         m.d.comb += front.idle.eq(~load_busy & ~stream_busy & (outstanding == 0))
         with m.If(front.start):
-            m.d.sync += weights_loaded.eq(0)
+            m.d.sync += [weights_loaded.eq(0), loop_active.eq(0), loop_capture.eq(0)]
 
         # --- decode and dispatch ----------------------------------------------------------
         is_ldw, is_mm = is_instr(ir, "ldw"), is_instr(ir, "mm")
-        ldw_src, ldw_k = field(ir, "ldw", "src"), field(ir, "ldw", "k")
+        is_loop = is_instr(ir, "mmloop")
+        ldw_src, ldw_k = Signal(rel), field(ir, "ldw", "k")
         ldw_t = field(ir, "ldw", "t")
-        mm_src, mm_dst = field(ir, "mm", "src"), field(ir, "mm", "dst")
-        mm_m, mm_acc = field(ir, "mm", "m"), field(ir, "mm", "acc")
+        mm_src, mm_dst = Signal(rel), field(ir, "mm", "dst")
+        mm_m = field(ir, "mm", "m")
+        mm_acc = field(ir, "mm", "acc") | (loop_active & loop_later)
+        m.d.comb += [ldw_src.eq(field(ir, "ldw", "src") + Mux(loop_active, w_offset, 0)),
+                     mm_src.eq(field(ir, "mm", "src") + Mux(loop_active, x_offset, 0))]
+        # In a loop, only its ldw then its mm may come.
+        out_of_place = loop_active & Mux(loop_pos, ~is_mm, ~is_ldw)
         next_buffer = ~current_buffer
 
         dispatch_ldw = Signal()
@@ -100,11 +127,24 @@ class MatrixEngine(wiring.Component):
         with m.If(ir_valid & (fault == 0)):
             with m.If(~is_legal_for(ir, Engine.ME)):
                 m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPCODE)
+                m.d.sync += loop_active.eq(0)
+            with m.Elif(out_of_place | (is_loop & (front.words_left < 2))):
+                m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
+                m.d.sync += loop_active.eq(0)
+            with m.Elif(is_loop):
+                m.d.comb += front.consume.eq(1)
+                m.d.sync += [loop_active.eq(1), loop_capture.eq(1), loop_pos.eq(0),
+                             loop_left.eq(field(ir, "mmloop", "count")), loop_later.eq(0),
+                             w_offset.eq(0), x_offset.eq(0),
+                             w_stride.eq(field(ir, "mmloop", "w_stride")),
+                             x_stride.eq(field(ir, "mmloop", "x_stride"))]
             with m.Elif(is_ldw):
                 with m.If((ldw_k == 0) | (ldw_k > Mux(ldw_t, cols, rows))):
                     m.d.comb += front.raise_fault.eq(Fault.ILLEGAL_OPERAND)
-                with m.Elif(ldw_src + ldw_k > spad_size):
+                    m.d.sync += loop_active.eq(0)
+                with m.Elif((ldw_src < 0) | (ldw_src + ldw_k > spad_size)):
                     m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
+                    m.d.sync += loop_active.eq(0)
                 # The idle buffer must be free of rows in flight, and the rows it reads must
                 # not be waiting for writes of an earlier mm.
                 with m.Elif(~load_busy & ~(stream_busy & (stream_buffer == next_buffer))
@@ -114,11 +154,25 @@ class MatrixEngine(wiring.Component):
             with m.Else():  # mm
                 with m.If(~weights_loaded):
                     m.d.comb += front.raise_fault.eq(Fault.UNLOADED_STATE)
-                with m.Elif((mm_src + mm_m > spad_size) | (mm_dst + mm_m > spad_size)):
+                    m.d.sync += loop_active.eq(0)
+                with m.Elif((mm_src < 0) | (mm_src + mm_m > spad_size)
+                            | (mm_dst + mm_m > spad_size)):
                     m.d.comb += front.raise_fault.eq(Fault.SPAD_OOB)
+                    m.d.sync += loop_active.eq(0)
                 with m.Elif(~stream_busy & ~(load_busy & (load_buffer == current_buffer))
                             & ~overlaps_pending_writes(mm_src, mm_src + mm_m)):
                     m.d.comb += dispatch_mm.eq(1)
+
+        # The loop moves on with each instruction of its pair that dispatches.
+        with m.If(loop_active & dispatch_ldw):
+            m.d.sync += loop_pos.eq(1)
+        with m.If(loop_active & dispatch_mm):
+            m.d.sync += [loop_pos.eq(0), loop_capture.eq(0)]
+            with m.If(loop_left == 1):
+                m.d.sync += loop_active.eq(0)
+            with m.Else():
+                m.d.sync += [loop_left.eq(loop_left - 1), loop_later.eq(1),
+                             w_offset.eq(w_offset + w_stride), x_offset.eq(x_offset + x_stride)]
 
         # --- weight loader ----------------------------------------------------------------
         load_addr = Signal(addr_shape)

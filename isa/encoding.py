@@ -272,6 +272,22 @@ def _build_instructions():
         "Undefined if rows dst..dst+m-1 overlap rows src..src+m-1.",
         [Fault.UNLOADED_STATE, Fault.SPAD_OOB])
 
+    add("mmloop", Engine.ME, 0x03,
+        [_count("count", 8, 16, "iterations, 1..65536"),
+         Field("w_stride", 24, 16, "added to the `ldw` source row per iteration", signed=True),
+         Field("x_stride", 40, 16, "added to the `mm` source row per iteration", signed=True)],
+        "repeat the next ldw and mm (a K loop)",
+        "The next two instructions must be an `ldw` and an `mm`; they run count times. In "
+        "iteration t (from 0), the `ldw` reads from src + t * w_stride and the `mm` from "
+        "src + t * x_stride, and the `mm` accumulates (as with `acc`) when t >= 1: "
+        "dst = sum over t of x_t @ W_t (plus dst's old value with `acc`), the tile loop of "
+        "a weight-stationary GEMM over K in three words. Execution then continues after "
+        "the `mm`. The pair must lie inside the µTOp body (else ILLEGAL_OPERAND at the "
+        "`mmloop`); a word of the pair that is not the `ldw` or the `mm` it must be faults "
+        "ILLEGAL_OPERAND. Each iteration's instructions fault as written with their offset "
+        "rows; the iterations before a fault have taken effect.",
+        [Fault.ILLEGAL_OPERAND])
+
     # Vector engine: ALU --------------------------------------------------------------------
     opcode = 0x10
     for name, summary, expr in _ALU_OPS:

@@ -6,7 +6,7 @@ contexts run one after another (their segments are disjoint, so order cannot mat
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -255,35 +255,62 @@ class GoldenNPU:
     # --- matrix engine --------------------------------------------------------------------
 
     def _run_me(self, instrs, ctx):
-        cfg = self.config
-        weights = None
-        for instr in instrs:
-            instr = self._check(instr)
+        state = {"weights": None}
+        position = 0
+        while position < len(instrs):
+            instr = self._check(instrs[position])
+            if instr.op.mnemonic != "mmloop":
+                self._me_instr(instr, ctx, state)
+                position += 1
+                continue
             a = instr.args
-            if instr.op.mnemonic == "ldw":
-                limit, dim = ((cfg.array_cols, "array_cols") if a["t"]
-                              else (cfg.array_rows, "array_rows"))
-                if not 1 <= a["k"] <= limit:
-                    raise ProgramFault(Fault.ILLEGAL_OPERAND, f"ldw: k = {a['k']} is outside "
-                                       f"1..{limit} ({dim})")
-                rows = self._rows(ctx, a["src"], a["k"])
-                weights = np.zeros((cfg.array_rows, cfg.array_cols), dtype=np.int64)
-                if a["t"]:
-                    weights[:, :a["k"]] = self.spad[rows, :cfg.array_rows].astype(np.int8).T
-                else:
-                    weights[:a["k"]] = self.spad[rows, :cfg.array_cols].astype(np.int8)
-            else:  # mm
-                if weights is None:
-                    raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")
-                src = self._rows(ctx, a["src"], a["m"])
-                dst = self._rows(ctx, a["dst"], a["m"], write=True)
-                if a["acc"] or cfg.array_cols < cfg.ve_lanes:    # read-modify-write
-                    self._track("spad", [int(r) for r in dst], False)
-                inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
-                product = inputs @ weights
-                if a["acc"]:
-                    product = product + self.spad[dst, :cfg.array_cols]
-                self.spad[dst, :cfg.array_cols] = wrap32(product)
+            if position + 3 > len(instrs):
+                raise ProgramFault(Fault.ILLEGAL_OPERAND, "mmloop: its ldw and mm do not fit in "
+                                   "the µTOp body")
+            pair = instrs[position + 1:position + 3]
+            for t in range(a["count"]):
+                for inner, mnemonic, stride in zip(pair, ("ldw", "mm"),
+                                                   (a["w_stride"], a["x_stride"])):
+                    inner = self._check(inner) if t == 0 else inner
+                    if inner.op.mnemonic != mnemonic:
+                        raise ProgramFault(Fault.ILLEGAL_OPERAND, f"mmloop: {inner.op.mnemonic} "
+                                           f"where its {mnemonic} must be")
+                    args = dict(inner.args, src=inner.args["src"] + t * stride)
+                    if mnemonic == "mm" and t:
+                        args["acc"] = 1
+                    iteration = replace(inner, args=args)
+                    self._me_instr(self._check(iteration) if t else iteration, ctx, state)
+            position += 3
+
+    def _me_instr(self, instr, ctx, state):
+        cfg = self.config
+        a = instr.args
+        if instr.op.mnemonic == "ldw":
+            limit, dim = ((cfg.array_cols, "array_cols") if a["t"]
+                          else (cfg.array_rows, "array_rows"))
+            if not 1 <= a["k"] <= limit:
+                raise ProgramFault(Fault.ILLEGAL_OPERAND, f"ldw: k = {a['k']} is outside "
+                                   f"1..{limit} ({dim})")
+            rows = self._rows(ctx, a["src"], a["k"])
+            weights = np.zeros((cfg.array_rows, cfg.array_cols), dtype=np.int64)
+            if a["t"]:
+                weights[:, :a["k"]] = self.spad[rows, :cfg.array_rows].astype(np.int8).T
+            else:
+                weights[:a["k"]] = self.spad[rows, :cfg.array_cols].astype(np.int8)
+            state["weights"] = weights
+        else:  # mm
+            weights = state["weights"]
+            if weights is None:
+                raise ProgramFault(Fault.UNLOADED_STATE, "mm before any ldw in this µTOp")
+            src = self._rows(ctx, a["src"], a["m"])
+            dst = self._rows(ctx, a["dst"], a["m"], write=True)
+            if a["acc"] or cfg.array_cols < cfg.ve_lanes:    # read-modify-write
+                self._track("spad", [int(r) for r in dst], False)
+            inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
+            product = inputs @ weights
+            if a["acc"]:
+                product = product + self.spad[dst, :cfg.array_cols]
+            self.spad[dst, :cfg.array_cols] = wrap32(product)
 
     # --- vector engine --------------------------------------------------------------------
 

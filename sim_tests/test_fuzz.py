@@ -112,8 +112,10 @@ def test_hostile_programs_cover_what_they_promise():
                 if any(instr.args[f.name] in (f.min, f.max) for f in instr.op.fields
                        if f.max > 255):
                     seen.add("extreme field")
-                if instr.op.mnemonic == "loop":
-                    inner = body[i + 1:i + 1 + instr.args["len"]]
+                if instr.op.mnemonic in ("loop", "mmloop"):
+                    if instr.op.mnemonic == "mmloop":
+                        seen.add("mmloop")
+                    inner = body[i + 1:i + 1 + instr.args.get("len", 2)]
                     loops += 1
                     streamed += instr.args["count"] * max(
                         1, sum(fuzz._cost(x, TINY) if x else 1 for x in inner))
@@ -121,7 +123,7 @@ def test_hostile_programs_cover_what_they_promise():
                         seen.add("long loop")
         # Loops are shortened to the budget (each keeps at least one iteration).
         assert streamed <= fuzz.LOOP_BUDGET + loops * TINY.max_body * 256
-    assert seen >= {"restartable", "max_body", "too long", "bad word in a body", "long loop",
+    assert seen >= {"restartable", "max_body", "too long", "bad word in a body", "long loop", "mmloop",
                     "extreme field", "longer than the instruction buffer"}, seen
 
 

@@ -92,6 +92,58 @@ def test_transposed_load_bounds_k_by_the_columns():
     assert out["golden_result"].fault == Fault.ILLEGAL_OPERAND
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_mmloop_replays_its_pair_with_strides(seed):
+    """mmloop count, w_stride, x_stride + ldw + mm: the K loop of a GEMM, against numpy
+    and golden; with plain pairs around it, a transposed load in the loop, and negative
+    strides."""
+    rng = np.random.default_rng(seed)
+    config = NPUConfig(array_rows=4, array_cols=4, ve_lanes=4, spad_rows=256, spad_banks=4)
+    init = rng.integers(-128, 128, (256, 4))
+    count = int(rng.integers(1, 6))
+    w_stride = int(rng.choice([4, 8, -4]))
+    x_stride = int(rng.choice([16, 20, -16]))
+    w0 = 100 if w_stride > 0 else 100 + 4 * 8
+    x0 = 0 if x_stride > 0 else 5 * 20
+    flag = ", t" if seed % 2 else ""
+    acc = ", acc" if seed == 3 else ""
+    source = (f".me eop\n ldw 0, 4\n mm 200, 60, 3\n mmloop {count}, {w_stride}, {x_stride}\n"
+              f" ldw {w0}, 4{flag}\n mm 220, {x0}, 9{acc}\n ldw 4, 4\n mm 240, 60, 2\n")
+    out = run_me(config, source, init)
+    assert out["faults"] == [Fault.NONE]
+    want = init[220:229].copy() if acc else np.zeros((9, 4), np.int64)
+    for t in range(count):
+        w = init[w0 + t * w_stride:w0 + t * w_stride + 4]
+        want = want + init[x0 + t * x_stride:x0 + t * x_stride + 9] @ (w.T if flag else w)
+    assert np.array_equal(out["spad"][220:229], (want + 2**31) % 2**32 - 2**31)
+    assert np.array_equal(out["spad"][200:203], init[60:63] @ init[0:4])
+    assert np.array_equal(out["spad"][240:242], init[60:62] @ init[4:8])
+    assert np.array_equal(out["spad"], out["golden"].spad)
+
+
+@pytest.mark.parametrize("body, fault", [
+    (" mmloop 2, 4, 4\n ldw 0, 4\n", Fault.ILLEGAL_OPERAND),           # the pair is cut
+    (" mmloop 2, 4, 4\n mm 8, 0, 1\n ldw 0, 4\n", Fault.ILLEGAL_OPERAND),
+    (" mmloop 2, 4, 4\n ldw 0, 4\n ldw 4, 4\n", Fault.ILLEGAL_OPERAND),
+    (" mmloop 2, 4, 4\n mmloop 2, 4, 4\n ldw 0, 4\n mm 8, 0, 1\n", Fault.ILLEGAL_OPERAND),
+    (" mmloop 9, 4, 0\n ldw 0, 4\n mm 20, 12, 1\n", Fault.SPAD_OOB),   # walks out at t = 8
+    (" mmloop 3, -4, 0\n ldw 4, 4\n mm 20, 12, 1\n", Fault.SPAD_OOB),  # row -4 at t = 2
+    (" mmloop 5, 0, 8\n ldw 0, 4\n mm 4, 6, 1\n", Fault.SPAD_OOB),     # source 38 at t = 4
+    (" mmloop 2, 0, 0\n ldw 0, 4\n .word 0\n", Fault.ILLEGAL_OPCODE),
+])
+def test_mmloop_faults_match_golden(tiny, body, fault):
+    """Malformed loops and iterations that walk out of the segment (base 32, 32 rows):
+    the iterations before the fault took effect, as on golden; nothing outside."""
+    rng = np.random.default_rng(5)
+    init = rng.integers(-100, 100, (128, 4))
+    out = run_me(tiny, ".me eop\n" + body, init, segment=Segment(32, 32))
+    assert out["golden_result"].fault == fault
+    assert out["faults"] == [fault]
+    assert np.array_equal(out["spad"], out["golden"].spad)
+    outside = np.r_[0:32, 64:128]
+    assert np.array_equal(out["spad"][outside], init[outside])
+
+
 def test_accumulator_wraps_and_overwrite(tiny):
     init = np.zeros((64, 4), dtype=np.int64)
     init[0:4] = -128                      # weights

@@ -190,6 +190,10 @@ def _loop_utop(rng, config, spad_size, hbm_size, valid=False):
 def _me_utop(rng, config, spad_size, hbm_size):
     body = []
     for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.3:                    # a K loop: mmloop, its ldw and its mm
+            body += [_instr(rng, BY_MNEMONIC[name], config, spad_size, hbm_size)
+                     for name in ("mmloop", "ldw", "mm")]
+            continue
         if rng.random() < 0.8:
             body.append(_instr(rng, BY_MNEMONIC["ldw"], config, spad_size, hbm_size))
         for _ in range(rng.randint(0, 2)):
@@ -207,7 +211,7 @@ def _dma_utop(rng, config, spad_size, hbm_size):
 
 def _mixed_utop(rng, config, spad_size, hbm_size, extreme=False, loops=True):
     engine = rng.choice(list(Engine))
-    defs = [d for d in _BY_ENGINE[engine] if loops or d.mnemonic != "loop"]
+    defs = [d for d in _BY_ENGINE[engine] if loops or d.mnemonic not in ("loop", "mmloop")]
     body = [_instr(rng, rng.choice(defs), config, spad_size, hbm_size, extreme)
             for _ in range(rng.randint(0, 5))]
     return UTop(engine, body)
@@ -325,8 +329,31 @@ def _repaired(rng, utop, config, spad_size, hbm_size):
             body.append(instr)
         else:
             body += _repair(rng, instr, config, spad_size, hbm_size, state)
-    utop.body = body[:config.max_body]
+    body = body[:config.max_body]
+    for i, instr in enumerate(body):
+        if instr.op is not None and instr.op.mnemonic == "mmloop":
+            pair = [p.op.mnemonic if p.op else None for p in body[i + 1:i + 3]]
+            if pair == ["ldw", "mm"]:
+                _fit_loop(rng, instr, *body[i + 1:i + 3], spad_size)
+            else:                                 # its pair was cut: no loop
+                body = body[:i]
+                break
+    utop.body = body
     return utop
+
+
+def _fit_loop(rng, loop, ldw, mm, spad_size):
+    """Strides that keep every iteration of ``loop`` (over ``ldw`` and ``mm``, valid at
+    iteration 0) inside the segment."""
+    count = loop.args["count"] = rng.randint(1, 4)
+    for name, instr, span in (("w_stride", ldw, ldw.args["k"]), ("x_stride", mm, mm.args["m"])):
+        first = instr.args["src"]
+        if count == 1:
+            stride = rng.randint(-4, 4)
+        else:
+            stride = rng.randint(-(first // (count - 1)),
+                                 max(0, spad_size - span - first) // (count - 1))
+        loop.args[name] = _encodable(loop.op.field(name), stride)
 
 
 def _long_body_utop(rng, config, spad_size, hbm_size):
@@ -463,29 +490,29 @@ def _walk(words, config):
 
 
 def _shorten_loops(words, config, budget=LOOP_BUDGET):
-    """Lower the iteration counts of vector loops (in place) so that the program's loops
-    stream at most ``budget`` rows in total, and one loop at most LOOP_MAX."""
+    """Lower the iteration counts of vector loops and ``mmloop``s (in place) so that the
+    program's loops stream at most ``budget`` rows in total, and one loop at most LOOP_MAX."""
     words = list(words)
     for pc, utop, length in _walk(list(words), config):
-        body = words[pc + 1:pc + 1 + length]
-        if utop.engine == Engine.VE:
-            decoded = []
-            for word in body:
-                try:
-                    decoded.append(decode_instr(word, Engine.VE))
-                except DecodeError:
-                    decoded.append(None)
-            for i, instr in enumerate(decoded):
-                if instr is None or instr.op.mnemonic != "loop":
-                    continue
-                inner = decoded[i + 1:i + 1 + instr.args["len"]]
-                per_iteration = sum(_cost(x, config) if x else 1 for x in inner) or 1
-                count = max(1, min(instr.args["count"], LOOP_MAX // per_iteration,
-                                   budget // per_iteration))
-                budget = max(0, budget - count * per_iteration)
-                if count != instr.args["count"]:
-                    instr.args["count"] = count
-                    words[pc + 1 + i] = encode_instr(instr.op, instr.args)
+        if utop.engine not in (Engine.VE, Engine.ME):
+            continue
+        decoded = []
+        for word in words[pc + 1:pc + 1 + length]:
+            try:
+                decoded.append(decode_instr(word, utop.engine))
+            except DecodeError:
+                decoded.append(None)
+        for i, instr in enumerate(decoded):
+            if instr is None or instr.op.mnemonic not in ("loop", "mmloop"):
+                continue
+            inner = decoded[i + 1:i + 1 + (instr.args["len"] if instr.op.mnemonic == "loop" else 2)]
+            per_iteration = sum(_cost(x, config) if x else 1 for x in inner) or 1
+            count = max(1, min(instr.args["count"], LOOP_MAX // per_iteration,
+                               budget // per_iteration))
+            budget = max(0, budget - count * per_iteration)
+            if count != instr.args["count"]:
+                instr.args["count"] = count
+                words[pc + 1 + i] = encode_instr(instr.op, instr.args)
     return words
 
 
