@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from isa.config import NPUConfig
-from isa.encoding import instr
+from isa.encoding import Engine, instr
 from runtime.apps.inference import execute
 from runtime.compiler.builder import CompileError, split_body
 from runtime.compiler.graph import Graph
@@ -47,6 +47,32 @@ def test_split_body_keeps_a_loop_with_its_body_and_replays_dma_shape():
     with pytest.raises(CompileError, match=r"loop: 3 instructions must share one µTOp "
                                            r"\(0 setting engine state, then a loop\); max_body is 2"):
         split_body(ve, 2, "loop")
+
+
+def test_split_body_keeps_an_mmloop_with_its_pair_and_replays_its_last_weights():
+    """A piece that starts after an mmloop opens with the weights of its last iteration;
+    the pieces run on golden to the same rows as the whole body."""
+    from isa.golden import ContextSpec, GoldenNPU, Segment
+    from isa.encoding import UTop, encode_program
+    config = NPUConfig(array_rows=4, array_cols=4, ve_lanes=4, spad_rows=128)
+    body = [instr("ldw", 0, 4), instr("mm", 100, 40, 2), instr("mmloop", 3, 4, 2),
+            instr("ldw", 8, 4), instr("mm", 104, 40, 2), instr("mm", 108, 50, 3)]
+    pieces = split_body(body, 3, "me")
+    assert [[i.op.mnemonic for i in p] for p in pieces] == [
+        ["ldw", "mm"], ["mmloop", "ldw", "mm"], ["ldw", "mm"]]
+    assert pieces[2][0].args["src"] == 8 + 2 * 4          # iteration 2's weights
+    rng = np.random.default_rng(3)
+    init = rng.integers(-128, 128, (128, 4))
+    results = []
+    for bodies in ([body], pieces):
+        golden = GoldenNPU(config)
+        golden.spad[:] = init
+        words = encode_program([UTop(Engine.ME, b, eop=i == len(bodies) - 1)
+                                for i, b in enumerate(bodies)])
+        [outcome] = golden.run([ContextSpec(words, Segment(0, 128), Segment(0, 1024))])
+        assert outcome.fault == 0
+        results.append(golden.spad[100:111].copy())
+    assert np.array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("name", MODELS)

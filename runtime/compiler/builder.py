@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa.asm import format_items
-from isa.encoding import Engine, Instr, UTop, encode_program
+from isa.encoding import BY_MNEMONIC, Engine, Instr, UTop, encode_program, instr
 
-__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "row_spans",
+__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "k_runs", "row_spans",
            "split_body"]
 
 
@@ -31,6 +31,30 @@ class CompileError(ValueError):
 def row_spans(count, most=256):
     """(offset, size) pieces of a row range: one instruction moves at most ``most`` rows."""
     return [(first, min(most, count - first)) for first in range(0, count, most)]
+
+
+def k_runs(ldw, mm, first, stop):
+    """The ME body of K tiles first..stop-1 of a GEMM whose tile kt is ``ldw(kt)`` then
+    ``mm(kt)``, as runs: each a list of instructions, an ``mmloop`` and its pair where the
+    two sources move by fixed strides (and the mm accumulates after the run's first tile),
+    else the pair alone."""
+    stride_field = BY_MNEMONIC["mmloop"].field("w_stride")
+    runs, kt = [], first
+    while kt < stop:
+        w, x = ldw(kt), mm(kt)
+        n = 1
+        if kt + 1 < stop:
+            w_stride = ldw(kt + 1).args["src"] - w.args["src"]
+            x_stride = mm(kt + 1).args["src"] - x.args["src"]
+            if all(stride_field.min <= s <= stride_field.max for s in (w_stride, x_stride)):
+                while kt + n < stop \
+                        and ldw(kt + n).args == dict(w.args, src=w.args["src"] + n * w_stride) \
+                        and mm(kt + n).args == dict(x.args, src=x.args["src"] + n * x_stride,
+                                                    acc=1):
+                    n += 1
+        runs.append(([instr("mmloop", n, w_stride, x_stride)] if n > 1 else []) + [w, x])
+        kt += n
+    return runs
 
 
 def _state_key(i):
@@ -50,7 +74,8 @@ def split_body(body, room, what):
     after the other to the same effect. State instructions are held back until the next
     instruction that works, so each piece starts by setting the engine state the earlier
     pieces left set (state does not survive a µTOp, isa/SPEC.md), each once, with its
-    latest value; a `loop` stays in one piece with its body. Memory carries everything
+    latest value; a `loop` stays in one piece with its body, an `mmloop` with its pair (the
+    weights it leaves are its last iteration's). Memory carries everything
     else, so the body must not write the rows its state instructions read (the compiler's
     tables, weights and parameters never are). A body that fits is returned as it is; one
     that must be split may not use `vsetvl` (a replayed `vld` would see another vl) or set
@@ -63,8 +88,9 @@ def split_body(body, room, what):
                                f"(max_body {room})")
     atoms, i = [], 0
     while i < len(body):
-        looping = body[i].op is not None and body[i].op.mnemonic == "loop"
-        size = 1 + (body[i].args["len"] if looping else 0)
+        mnemonic = body[i].op.mnemonic if body[i].op is not None else None
+        looping = mnemonic == "loop"
+        size = 1 + body[i].args["len"] if looping else 3 if mnemonic == "mmloop" else 1
         if looping and any(_state_key(j) for j in body[i + 1:i + size]):
             raise CompileError(f"{what}: a loop that sets engine state cannot be split "
                                f"across µTOps (max_body {room})")
@@ -78,9 +104,12 @@ def split_body(body, room, what):
             state[key] = atom[0]
             pending = [p for p in pending if _state_key(p) != key] + atom
             continue
+        mmloop = atom[0].op is not None and atom[0].op.mnemonic == "mmloop"
         if len(piece) + len(pending) + len(atom) > room and piece:
             pieces.append(piece)
             piece, pending = [], list(state.values())
+        if mmloop:                      # it loads its own weights
+            pending = [p for p in pending if _state_key(p) != "ldw"]
         if len(piece) + len(pending) + len(atom) > room:
             raise CompileError(f"{what}: {len(pending) + len(atom)} instructions must share one "
                                f"µTOp ({len(pending)} setting engine state, then "
@@ -88,6 +117,11 @@ def split_body(body, room, what):
                                f"max_body is {room}")
         piece += pending + atom
         pending = []
+        if mmloop:                      # the weights it leaves are its last iteration's
+            a, ldw = atom[0].args, atom[1]
+            state.pop("ldw", None)
+            state["ldw"] = Instr(ldw.op, dict(ldw.args, src=ldw.args["src"]
+                                               + (a["count"] - 1) * a["w_stride"]))
     if piece:
         pieces.append(piece)
     return pieces

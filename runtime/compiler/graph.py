@@ -36,7 +36,7 @@ import numpy as np
 
 from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
-from .builder import CompileError, ProgramBuilder, Region, row_spans
+from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans
 from .quant import activation_table, int_matmul, multiplier, quantize, rq
 
 __all__ = ["Graph", "Tensor", "Image"]
@@ -471,13 +471,21 @@ class Graph:
             dst = out.tile(ct)
             for first, count in blocks:
                 target = Region("spad", acc[slot].start + first, count)
-                for chunk in range(0, k_tiles, cfg.max_body // 2):
-                    body = []
-                    for kt in range(chunk, min(k_tiles, chunk + cfg.max_body // 2)):
-                        body += [ldw(kt), instr("mm", target.start, sources(kt) + first, count, acc=bool(kt))]
-                    self.builder.utop(Engine.ME, body, reads=reads(first, count) + [w_region]
-                                      + ([target] if chunk else []), writes=[target],
-                                      name=f"{name} mm{ct}.{first}")
+                mm = lambda kt: instr("mm", target.start, sources(kt) + first, count,
+                                      acc=bool(kt))
+                # Runs of K tiles (an mmloop each), as many as max_body holds per µTOp.
+                pieces, words = [[]], 0
+                for run in k_runs(ldw, mm, 0, k_tiles):
+                    if words + len(run) > cfg.max_body and pieces[-1]:
+                        pieces.append([])
+                        words = 0
+                    pieces[-1].append(run)
+                    words += len(run)
+                for piece in pieces:
+                    self.builder.utop(Engine.ME, [i for run in piece for i in run],
+                                      reads=reads(first, count) + [w_region]
+                                      + ([target] if piece[0][-1].args["acc"] else []),
+                                      writes=[target], name=f"{name} mm{ct}.{first}")
                 preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
                 preamble.append(instr("vsetq", mult, shift, 0))
                 if lut is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from isa.encoding import Engine, instr
 
-from .builder import CompileError, Program, ProgramBuilder, Region, row_spans
+from .builder import CompileError, Program, ProgramBuilder, Region, k_runs, row_spans
 
 __all__ = ["CompileError", "MatmulPlan", "compile_matmul", "matmul_utops"]
 
@@ -149,12 +149,10 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         a_buf = a_bufs[p % len(a_bufs)]
         b_base, b_rows = b_loaded[ct]
         out = Region("spad", c_bufs[j % ring_c].start, count)
-        body = []
-        for kt in chunk:
-            rows = min(kt_size, k - kt * kt_size)
-            body += [instr("ldw", b_base + kt * kt_size, rows),
-                     instr("mm", out.start, a_buf.start + kt * a_rows + first, count,
-                           acc=bool(kt))]
+        ldw = lambda kt: instr("ldw", b_base + kt * kt_size, min(kt_size, k - kt * kt_size))
+        mm = lambda kt: instr("mm", out.start, a_buf.start + kt * a_rows + first, count,
+                              acc=bool(kt))
+        body = [i for run in k_runs(ldw, mm, chunk[0], chunk[-1] + 1) for i in run]
         a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count) for kt in chunk]
         builder.utop(Engine.ME, body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),
                      writes=[out], name=f"mm{p}.{ct}.{first}.{chunk[0]}")

@@ -79,7 +79,13 @@ def estimate(words, config):
         cycles = 0
         if header.engine == Engine.ME:
             cycles = config.array_rows + config.array_cols + ME_UTOP_CYCLES
-            cycles += sum(i.args["m"] + config.array_rows for i in body if i.op.mnemonic == "mm")
+            repeat = 1                   # an mmloop's count, for the mm of its pair
+            for i in body:
+                if i.op.mnemonic == "mmloop":
+                    repeat = i.args["count"]
+                elif i.op.mnemonic == "mm":
+                    cycles += repeat * (i.args["m"] + config.array_rows)
+                    repeat = 1
         elif header.engine == Engine.VE:
             cycles = VE_UTOP_CYCLES
             index = 0
