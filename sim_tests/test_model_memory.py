@@ -222,25 +222,23 @@ def test_attention_runs_by_bands_of_queries_when_a_head_s_scores_do_not_fit():
     """bert 256 tokens: one head's scores are 8192 rows and its probabilities as many, so
     each head runs by bands of query rows (scores, softmax, context), each band's context
     stored to HBM; bit-exact (golden, race check on)."""
-    ref = "bert[tokens=256]"
-    model = compile_model(ref, DEFAULT)
-    names = model.program.names
-    assert any(n.startswith("layer0.scores.0 rows ") for n in names)
-    assert any(n.startswith("layer0.context.1 store rows ") for n in names)
-    assert model.graph.builder.spad_peak <= DEFAULT.spad_rows
-    outputs, _ = execute(model.graph, model.program)
-    assert np.array_equal(outputs[ref], model.expected)
+    _bit_exact_with("bert[tokens=256]", "layer0.scores.0 rows ", "layer0.context.1 store rows ")
 
 
 def test_a_linear_too_large_for_the_scratchpad_runs_by_row_bands_through_hbm():
     """bert 128 tokens x 256, ff 1024: ff1's output alone (16384 rows) is the whole
     scratchpad, so ff1 runs by bands of rows, each band's output stored to HBM, and ff2
     reads its input from HBM by the same bands; bit-exact (golden, race check on)."""
-    ref = "bert[tokens=128,width=256,heads=4,ff=1024]"
+    _bit_exact_with("bert[tokens=128,width=256,heads=4,ff=1024]", "layer0.ff1 store rows ",
+                    "load rows ")
+
+
+def _bit_exact_with(ref, *prefixes):
+    """``ref`` on default has a µTOp named after each of ``prefixes``, stays within the
+    scratchpad and is bit-exact on golden (race check on)."""
     model = compile_model(ref, DEFAULT)
-    names = model.program.names
-    assert any(n.startswith("layer0.ff1 store rows ") for n in names)
-    assert any(n.startswith("load rows ") for n in names)
+    for prefix in prefixes:
+        assert any(n.startswith(prefix) for n in model.program.names), prefix
     assert model.graph.builder.spad_peak <= DEFAULT.spad_rows
     outputs, _ = execute(model.graph, model.program)
     assert np.array_equal(outputs[ref], model.expected)
