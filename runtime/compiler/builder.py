@@ -13,6 +13,7 @@ rows (regions are freed and reused; the dependency rule makes reuse safe) and a 
 allocator of HBM words, with the host data (weights, inputs) that belongs in HBM.
 """
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from isa.asm import format_items
 from isa.encoding import BY_MNEMONIC, Engine, Instr, UTop, encode_program, instr
 
-__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "k_runs", "row_spans",
+__all__ = ["CompileError", "Program", "ProgramBuilder", "Region", "PlannedUTop", "k_runs", "row_spans", "run_body",
            "split_body"]
 
 
@@ -33,28 +34,32 @@ def row_spans(count, most=256):
     return [(first, min(most, count - first)) for first in range(0, count, most)]
 
 
-def k_runs(ldw, mm, first, stop):
-    """The ME body of K tiles first..stop-1 of a GEMM whose tile kt is ``ldw(kt)`` then
-    ``mm(kt)``, as runs: each a list of instructions, an ``mmloop`` and its pair where the
-    two sources move by fixed strides (and the mm accumulates after the run's first tile),
-    else the pair alone."""
+def k_runs(w_src, x_src, first, stop, key=lambda kt: None):
+    """K tiles first..stop-1 of a GEMM as runs (first tile, count, ldw source stride, mm
+    source stride) in which the ``ldw`` source ``w_src(kt)`` and the ``mm`` source
+    ``x_src(kt)`` move by fixed strides and ``key(kt)`` (the ldw's other fields) stays the
+    same: an ``mmloop`` each (:func:`run_body`)."""
     stride_field = BY_MNEMONIC["mmloop"].field("w_stride")
     runs, kt = [], first
     while kt < stop:
-        w, x = ldw(kt), mm(kt)
-        n = 1
+        n, w_stride, x_stride = 1, 0, 0
         if kt + 1 < stop:
-            w_stride = ldw(kt + 1).args["src"] - w.args["src"]
-            x_stride = mm(kt + 1).args["src"] - x.args["src"]
+            w_stride, x_stride = w_src(kt + 1) - w_src(kt), x_src(kt + 1) - x_src(kt)
             if all(stride_field.min <= s <= stride_field.max for s in (w_stride, x_stride)):
-                while kt + n < stop \
-                        and ldw(kt + n).args == dict(w.args, src=w.args["src"] + n * w_stride) \
-                        and mm(kt + n).args == dict(x.args, src=x.args["src"] + n * x_stride,
-                                                    acc=1):
+                w0, x0, k0 = w_src(kt), x_src(kt), key(kt)
+                while (kt + n < stop and w_src(kt + n) == w0 + n * w_stride
+                       and x_src(kt + n) == x0 + n * x_stride and key(kt + n) == k0):
                     n += 1
-        runs.append(([instr("mmloop", n, w_stride, x_stride)] if n > 1 else []) + [w, x])
+        runs.append((kt, n, w_stride, x_stride))
         kt += n
     return runs
+
+
+def run_body(run, ldw, mm):
+    """The instructions of a :func:`k_runs` run: ``ldw(kt)`` and ``mm(kt)`` of its first
+    tile, after an ``mmloop`` when it has more than one (the mm then accumulates)."""
+    kt, n, w_stride, x_stride = run
+    return ([instr("mmloop", n, w_stride, x_stride)] if n > 1 else []) + [ldw(kt), mm(kt)]
 
 
 def _state_key(i):
@@ -143,6 +148,32 @@ class Region:
                 and other.start < self.stop)
 
 
+class _RegionIndex:
+    """Regions of a µTOp indexed per address space (starts sorted, the running maximum of
+    their stops), so that whether any overlaps a region takes a binary search."""
+
+    def __init__(self, regions):
+        spaces = {}
+        for r in regions:
+            spaces.setdefault(r.space, []).append((r.start, r.stop))
+        self._spaces = {}
+        for space, pairs in spaces.items():
+            pairs.sort()
+            stops, top = [], None
+            for _, stop in pairs:
+                top = stop if top is None else max(top, stop)
+                stops.append(top)
+            self._spaces[space] = ([start for start, _ in pairs], stops)
+
+    def hits(self, region):
+        """Does any indexed region overlap ``region`` (as Region.overlaps)?"""
+        if region.space not in self._spaces:
+            return False
+        starts, stops = self._spaces[region.space]
+        i = bisect.bisect_left(starts, region.stop)      # those starting before its stop
+        return i > 0 and stops[i - 1] > region.start
+
+
 @dataclass
 class PlannedUTop:
     """A µTOp as the compiler plans it: engine type and body (isa.encoding.Instr), the
@@ -196,6 +227,7 @@ class ProgramBuilder:
         self.spad_rows = config.spad_rows if spad_rows is None else spad_rows
         self.hbm_words = config.hbm_words if hbm_words is None else hbm_words
         self.utops = []
+        self._touched = []     # per µTOp: a _RegionIndex of what it reads and writes
         self._spad_used = []            # allocated or resting (start, size), sorted
         self._resting = []              # (µTOp count when reusable, (start, size)) freed
         self.spad_peak = 0
@@ -307,12 +339,14 @@ class ProgramBuilder:
         new = PlannedUTop(Engine(engine), list(body), name or f"u{len(self.utops)}", list(reads), list(writes),
                    eoo)
         index = len(self.utops)
+        reads = _RegionIndex(new.reads)
         for j in range(max(0, index - self.config.dep_window), index):
             old = self.utops[j]
-            if (any(w.overlaps(r) for w in old.writes for r in new.reads)
-                    or any(w.overlaps(x) for w in new.writes for x in old.reads + old.writes)):
+            if (any(reads.hits(w) for w in old.writes)
+                    or any(self._touched[j].hits(w) for w in new.writes)):
                 new.deps.add(j)
         self.utops.append(new)
+        self._touched.append(_RegionIndex(new.reads + new.writes))
         return new
 
     def split_utop(self, engine, body, *, reads=(), writes=(), name=""):

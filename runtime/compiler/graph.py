@@ -36,7 +36,7 @@ import numpy as np
 
 from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
-from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans
+from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans, run_body
 from .quant import activation_table, int_matmul, multiplier, quantize, rq
 
 __all__ = ["Graph", "Tensor", "Image"]
@@ -436,7 +436,8 @@ class Graph:
 
         ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
         buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
-        loads its K tile kt, the Region it reads, spad row of the bias or None).
+        loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
+        row of the bias or None).
         Rows lo..hi-1 are computed; with ``mask`` the others are zero and rows where the
         mask is 0 are zeroed too (the ring of a padded image).
         """
@@ -467,24 +468,25 @@ class Graph:
         blocks = self._row_blocks(lo, hi, n_tiles)
         for ct in range(n_tiles):
             slot = ct % ring
-            ldw, w_region, bias_row = panel(ct, slot)
+            ldw, w_src, w_region, bias_row = panel(ct, slot)
             dst = out.tile(ct)
+            # Runs of K tiles (an mmloop each), as many as max_body holds per µTOp.
+            pieces, words = [[]], 0
+            for run in k_runs(w_src, sources, 0, k_tiles):
+                size = 3 if run[1] > 1 else 2
+                if words + size > cfg.max_body and pieces[-1]:
+                    pieces.append([])
+                    words = 0
+                pieces[-1].append(run)
+                words += size
             for first, count in blocks:
                 target = Region("spad", acc[slot].start + first, count)
                 mm = lambda kt: instr("mm", target.start, sources(kt) + first, count,
                                       acc=bool(kt))
-                # Runs of K tiles (an mmloop each), as many as max_body holds per µTOp.
-                pieces, words = [[]], 0
-                for run in k_runs(ldw, mm, 0, k_tiles):
-                    if words + len(run) > cfg.max_body and pieces[-1]:
-                        pieces.append([])
-                        words = 0
-                    pieces[-1].append(run)
-                    words += len(run)
                 for piece in pieces:
-                    self.builder.utop(Engine.ME, [i for run in piece for i in run],
+                    self.builder.utop(Engine.ME, [i for run in piece for i in run_body(run, ldw, mm)],
                                       reads=reads(first, count) + [w_region]
-                                      + ([target] if piece[0][-1].args["acc"] else []),
+                                      + ([target] if piece[0][0] else []),
                                       writes=[target], name=f"{name} mm{ct}.{first}")
                 preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
                 preamble.append(instr("vsetq", mult, shift, 0))
@@ -545,7 +547,8 @@ class Graph:
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
             self.builder.split_utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
                               name=f"{name} load w{ct}")
-            return lambda kt: instr("ldw", buf.start + kt * lanes, lanes), buf, buf.start + k
+            w_src = lambda kt: buf.start + kt * lanes
+            return lambda kt: instr("ldw", w_src(kt), lanes), w_src, buf, buf.start + k
 
         return n_tiles, w_pad, b_pad, panel, bufs
 
@@ -770,15 +773,17 @@ class Graph:
 
             def panel(ct, slot):
                 k = min(lanes, y.rows - ct * lanes)
-                return (lambda kt: instr("ldw", y.tile(kt) + ct * lanes, k, t=1)), y.region, None
+                w_src = lambda kt: y.tile(kt) + ct * lanes
+                return lambda kt: instr("ldw", w_src(kt), k, t=1), w_src, y.region, None
         else:
             if y.rows != x.tiles * lanes:
                 raise CompileError(f"{name}: {x.tiles * lanes} columns against {y.rows} rows")
             n_tiles, acc_ref = y.tiles, int_matmul(x.ref, y.ref)
 
             def panel(ct, slot):
-                return (lambda kt: instr("ldw", y.tile(ct) + kt * lanes, lanes),
-                        y.tile_region(ct), None)
+                w_src = lambda kt: y.tile(ct) + kt * lanes
+                return (lambda kt: instr("ldw", w_src(kt), lanes), w_src, y.tile_region(ct),
+                        None)
 
         result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
                             requant=multiplier(x.scale * y.scale / out_scale), act=None,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from isa.encoding import Engine, instr
 
-from .builder import CompileError, Program, ProgramBuilder, Region, k_runs, row_spans
+from .builder import CompileError, Program, ProgramBuilder, Region, k_runs, row_spans, run_body
 
 __all__ = ["CompileError", "MatmulPlan", "compile_matmul", "matmul_utops"]
 
@@ -149,10 +149,13 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         a_buf = a_bufs[p % len(a_bufs)]
         b_base, b_rows = b_loaded[ct]
         out = Region("spad", c_bufs[j % ring_c].start, count)
-        ldw = lambda kt: instr("ldw", b_base + kt * kt_size, min(kt_size, k - kt * kt_size))
+        rows = lambda kt: min(kt_size, k - kt * kt_size)
+        ldw = lambda kt: instr("ldw", b_base + kt * kt_size, rows(kt))
         mm = lambda kt: instr("mm", out.start, a_buf.start + kt * a_rows + first, count,
                               acc=bool(kt))
-        body = [i for run in k_runs(ldw, mm, chunk[0], chunk[-1] + 1) for i in run]
+        runs = k_runs(lambda kt: b_base + kt * kt_size, lambda kt: a_buf.start + kt * a_rows,
+                      chunk[0], chunk[-1] + 1, key=rows)
+        body = [i for run in runs for i in run_body(run, ldw, mm)]
         a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count) for kt in chunk]
         builder.utop(Engine.ME, body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),
                      writes=[out], name=f"mm{p}.{ct}.{first}.{chunk[0]}")
