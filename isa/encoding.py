@@ -52,7 +52,7 @@ FAULT_DOCS = {
     Fault.ILLEGAL_OPCODE: "A body word's opcode is not defined, belongs to another engine "
                           "type than the header's, or has a reserved bit set.",
     Fault.ILLEGAL_OPERAND: "A field holds a value outside the range the configuration allows "
-                           "(see each instruction), or a `loop` is malformed.",
+                           "(see each instruction), or a `loop` or `mmloop` is malformed.",
     Fault.UNLOADED_STATE: "`mm` before any `ldw` in the same µTOp, or `vlut` before any "
                           "`vldlut` in the same µTOp. Engine state does not survive from one "
                           "µTOp to the next: a µTOp may run on any engine of its type.",

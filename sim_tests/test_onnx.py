@@ -216,6 +216,15 @@ def _reversed_gelu():
     return n.model(n.op("Mul", [n.op("Mul", [x, n.op("Add", [e, n.const(1.0)])]), n.const(0.5)]))
 
 
+def _transposed_b_of_13_columns():
+    """x @ B^T with K = 13 after a Sigmoid: B's padding columns are sigmoid(0), not 0, and
+    would take part in the product (the lowering refuses it)."""
+    n = om.Net()
+    x, z = n.input("x", [16, 13]), n.input("z", [16, 13])
+    b = n.op("Sigmoid", [n.op("MatMul", [z, n.weight(13, 13)])])
+    return n.model(n.op("MatMul", [x, n.op("Transpose", [b], perm=[1, 0])]))
+
+
 def _opset(version):
     proto = om.mlp()
     proto.opset_import[0].version = version
@@ -236,6 +245,7 @@ def _opset(version):
     (_row_bias, "a constant of shape (16, 1) added to (16, 16): supported is a bias along axis 1"),
     (_broadcast_add, "supported are equal shapes (no broadcasting)"),
     (_reversed_gelu, "(Erf) is not supported"),
+    (_transposed_b_of_13_columns, "(Transpose): transposing 13 columns needs a multiple of 8"),
 ])
 def test_bad_models_are_one_line_errors(make, message, tmp_path, capsys):
     made = make()

@@ -334,7 +334,9 @@ def _repaired(rng, utop, config, spad_size, hbm_size):
         if instr.op is not None and instr.op.mnemonic == "mmloop":
             pair = [p.op.mnemonic if p.op else None for p in body[i + 1:i + 3]]
             if pair == ["ldw", "mm"]:
-                _fit_loop(rng, instr, *body[i + 1:i + 3], spad_size)
+                written = {r for x in body[:i] if x.op is not None and x.op.mnemonic == "mm"
+                           for r in range(x.args["dst"], x.args["dst"] + x.args["m"])}
+                _fit_loop(rng, instr, *body[i + 1:i + 3], spad_size, written)
             else:                                 # its pair was cut: no loop
                 body = body[:i]
                 break
@@ -342,18 +344,30 @@ def _repaired(rng, utop, config, spad_size, hbm_size):
     return utop
 
 
-def _fit_loop(rng, loop, ldw, mm, spad_size):
+def _fit_loop(rng, loop, ldw, mm, spad_size, written):
     """Strides that keep every iteration of ``loop`` (over ``ldw`` and ``mm``, valid at
-    iteration 0) inside the segment."""
+    iteration 0) inside the segment and, where a few tries find them, its result defined:
+    no iteration's mm source meets its destination, no later ldw reads rows an mm wrote
+    (``written``: the rows the µTOp's mm instructions write)."""
     count = loop.args["count"] = rng.randint(1, 4)
-    for name, instr, span in (("w_stride", ldw, ldw.args["k"]), ("x_stride", mm, mm.args["m"])):
+    rows = lambda first, n: set(range(first, first + n))
+    dst = rows(mm.args["dst"], mm.args["m"])
+    written = written | dst
+
+    def pick(instr, span):
         first = instr.args["src"]
         if count == 1:
-            stride = rng.randint(-4, 4)
-        else:
-            stride = rng.randint(-(first // (count - 1)),
-                                 max(0, spad_size - span - first) // (count - 1))
-        loop.args[name] = _encodable(loop.op.field(name), stride)
+            return rng.randint(-4, 4)
+        return rng.randint(-(first // (count - 1)), max(0, spad_size - span - first) // (count - 1))
+
+    for _ in range(8):
+        w_stride, x_stride = pick(ldw, ldw.args["k"]), pick(mm, mm.args["m"])
+        if all(not rows(mm.args["src"] + t * x_stride, mm.args["m"]) & dst
+               and (t == 0 or not rows(ldw.args["src"] + t * w_stride, ldw.args["k"]) & written)
+               for t in range(count)):
+            break
+    loop.args["w_stride"] = _encodable(loop.op.field("w_stride"), w_stride)
+    loop.args["x_stride"] = _encodable(loop.op.field("x_stride"), x_stride)
 
 
 def _long_body_utop(rng, config, spad_size, hbm_size):

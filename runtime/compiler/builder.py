@@ -40,6 +40,7 @@ def k_runs(w_src, x_src, first, stop, key=lambda kt: None):
     ``x_src(kt)`` move by fixed strides and ``key(kt)`` (the ldw's other fields) stays the
     same: an ``mmloop`` each (:func:`run_body`)."""
     stride_field = BY_MNEMONIC["mmloop"].field("w_stride")
+    most = BY_MNEMONIC["mmloop"].field("count").max
     runs, kt = [], first
     while kt < stop:
         n, w_stride, x_stride = 1, 0, 0
@@ -47,9 +48,11 @@ def k_runs(w_src, x_src, first, stop, key=lambda kt: None):
             w_stride, x_stride = w_src(kt + 1) - w_src(kt), x_src(kt + 1) - x_src(kt)
             if all(stride_field.min <= s <= stride_field.max for s in (w_stride, x_stride)):
                 w0, x0, k0 = w_src(kt), x_src(kt), key(kt)
-                while (kt + n < stop and w_src(kt + n) == w0 + n * w_stride
+                while (kt + n < stop and n < most and w_src(kt + n) == w0 + n * w_stride
                        and x_src(kt + n) == x0 + n * x_stride and key(kt + n) == k0):
                     n += 1
+        if n == 1:
+            w_stride = x_stride = 0
         runs.append((kt, n, w_stride, x_stride))
         kt += n
     return runs

@@ -708,8 +708,9 @@ class _Lowering:
         x, y = self.env.get(a_name), self.env.get(b_name)
         if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2 \
                 and y.transposed:
-            if y.shape[0] != x.cols:
-                raise _error(node, f"{x.shape} @ {y.shape}: K differs")
+            if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
+                raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
+                                   f"{self.lanes}")
             out = node.output[0]
             t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out), transposed=True)
             self.env[out] = _Mat(t, self.shape(out), y.cols)
@@ -1177,12 +1178,14 @@ class _Lowering:
         lazy = user is not None and list(user.input).index(out) == 1
         if isinstance(x, _Mat) and rank >= 2 and perm[:-2] == list(range(rank - 2)) \
                 and perm[-2:] == [rank - 1, rank - 2] and int(np.prod(self.shape(node.input[0])[:-2])) == 1:
-            if lazy:
-                self.env[out] = _Mat(x.t, self.shape(out), self.shape(out)[-1], transposed=True)
-                return
+            # (K, the columns, whole tiles: padding columns need not be zero, e.g. after a
+            # lookup table, and would take part in the product.)
             if x.cols != self.padded(x.t):
                 raise _error(node, f"transposing {x.cols} columns needs a multiple of "
                                    f"{self.lanes}")
+            if lazy:
+                self.env[out] = _Mat(x.t, self.shape(out), self.shape(out)[-1], transposed=True)
+                return
             t = self.g.transpose(name, self.g.resident(x.t))
             self.env[out] = _Mat(t, self.shape(out), self.shape(out)[-1])
             return
