@@ -452,6 +452,13 @@ class Instr:
             return self.raw
         return encode_instr(self.op, self.args)
 
+    @property
+    def repeats(self):
+        """How many of the instructions after this one it repeats: a `loop`'s len, an
+        `mmloop`'s pair (its ldw and mm); 0 for any other."""
+        mnemonic = self.op.mnemonic if self.op is not None else None
+        return self.args["len"] if mnemonic == "loop" else 2 if mnemonic == "mmloop" else 0
+
 
 def instr(mnemonic, *operands, **flags):
     """One body instruction from its mnemonic and operands, as the assembler reads them:

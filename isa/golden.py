@@ -271,15 +271,16 @@ class GoldenNPU:
             for t in range(a["count"]):
                 for inner, mnemonic, stride in zip(pair, ("ldw", "mm"),
                                                    (a["w_stride"], a["x_stride"])):
-                    inner = self._check(inner) if t == 0 else inner
+                    if t:      # later iterations: sources moved, the mm accumulating
+                        args = dict(inner.args, src=inner.args["src"] + t * stride)
+                        if mnemonic == "mm":
+                            args["acc"] = 1
+                        inner = replace(inner, args=args)
+                    inner = self._check(inner)
                     if inner.op.mnemonic != mnemonic:
                         raise ProgramFault(Fault.ILLEGAL_OPERAND, f"mmloop: {inner.op.mnemonic} "
                                            f"where its {mnemonic} must be")
-                    args = dict(inner.args, src=inner.args["src"] + t * stride)
-                    if mnemonic == "mm" and t:
-                        args["acc"] = 1
-                    iteration = replace(inner, args=args)
-                    self._me_instr(self._check(iteration) if t else iteration, ctx, state)
+                    self._me_instr(inner, ctx, state)
             position += 3
 
     def _me_instr(self, instr, ctx, state):

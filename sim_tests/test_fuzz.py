@@ -112,10 +112,10 @@ def test_hostile_programs_cover_what_they_promise():
                 if any(instr.args[f.name] in (f.min, f.max) for f in instr.op.fields
                        if f.max > 255):
                     seen.add("extreme field")
-                if instr.op.mnemonic in ("loop", "mmloop"):
+                if instr.repeats:
                     if instr.op.mnemonic == "mmloop":
                         seen.add("mmloop")
-                    inner = body[i + 1:i + 1 + instr.args.get("len", 2)]
+                    inner = body[i + 1:i + 1 + instr.repeats]
                     loops += 1
                     streamed += instr.args["count"] * max(
                         1, sum(fuzz._cost(x, TINY) if x else 1 for x in inner))

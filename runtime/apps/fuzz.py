@@ -517,9 +517,9 @@ def _shorten_loops(words, config, budget=LOOP_BUDGET):
             except DecodeError:
                 decoded.append(None)
         for i, instr in enumerate(decoded):
-            if instr is None or instr.op.mnemonic not in ("loop", "mmloop"):
+            if instr is None or not instr.repeats:
                 continue
-            inner = decoded[i + 1:i + 1 + (instr.args["len"] if instr.op.mnemonic == "loop" else 2)]
+            inner = decoded[i + 1:i + 1 + instr.repeats]
             per_iteration = sum(_cost(x, config) if x else 1 for x in inner) or 1
             count = max(1, min(instr.args["count"], LOOP_MAX // per_iteration,
                                budget // per_iteration))

@@ -96,9 +96,8 @@ def split_body(body, room, what):
                                f"(max_body {room})")
     atoms, i = [], 0
     while i < len(body):
-        mnemonic = body[i].op.mnemonic if body[i].op is not None else None
-        looping = mnemonic == "loop"
-        size = 1 + body[i].args["len"] if looping else 3 if mnemonic == "mmloop" else 1
+        size = 1 + body[i].repeats
+        looping = body[i].op is not None and body[i].op.mnemonic == "loop"
         if looping and any(_state_key(j) for j in body[i + 1:i + size]):
             raise CompileError(f"{what}: a loop that sets engine state cannot be split "
                                f"across µTOps (max_body {room})")

@@ -150,11 +150,11 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
         b_base, b_rows = b_loaded[ct]
         out = Region("spad", c_bufs[j % ring_c].start, count)
         rows = lambda kt: min(kt_size, k - kt * kt_size)
-        ldw = lambda kt: instr("ldw", b_base + kt * kt_size, rows(kt))
-        mm = lambda kt: instr("mm", out.start, a_buf.start + kt * a_rows + first, count,
-                              acc=bool(kt))
-        runs = k_runs(lambda kt: b_base + kt * kt_size, lambda kt: a_buf.start + kt * a_rows,
-                      chunk[0], chunk[-1] + 1, key=rows)
+        w_src = lambda kt: b_base + kt * kt_size
+        x_src = lambda kt: a_buf.start + kt * a_rows
+        ldw = lambda kt: instr("ldw", w_src(kt), rows(kt))
+        mm = lambda kt: instr("mm", out.start, x_src(kt) + first, count, acc=bool(kt))
+        runs = k_runs(w_src, x_src, chunk[0], chunk[-1] + 1, key=rows)
         body = [i for run in runs for i in run_body(run, ldw, mm)]
         a_slices = [Region("spad", a_buf.start + kt * a_rows + first, count) for kt in chunk]
         builder.utop(Engine.ME, body, reads=a_slices + [b_rows] + ([out] if chunk[0] else []),

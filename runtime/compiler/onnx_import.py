@@ -706,21 +706,13 @@ class _Lowering:
         if isinstance(x, _Heads) and isinstance(y, _Heads):      # a head at a time
             return self._heads_matmul(node, x, y)
         x, y = self.env.get(a_name), self.env.get(b_name)
-        if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2 \
-                and y.transposed:
-            if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
-                raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
-                                   f"{self.lanes}")
-            out = node.output[0]
-            t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out), transposed=True)
-            self.env[out] = _Mat(t, self.shape(out), y.cols)
-            return None
         if isinstance(x, _Mat) and isinstance(y, _Mat) and len(x.shape) == len(y.shape) == 2:
             if x.cols != self.padded(x.t) or y.shape[0] != x.cols:
                 raise _error(node, f"{x.shape} @ {y.shape}: K must be a multiple of "
                                    f"{self.lanes}")
             out = node.output[0]
-            t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out))
+            t = self.g.matmul(node.name or out, x.t, y.t, self.scale(out),
+                              transposed=y.transposed)
             self.env[out] = _Mat(t, self.shape(out), y.cols)
             return None
         raise _error(node, f"MatMul of shapes {self.shape(a_name) if a_name in self.values else '?'}"
@@ -875,22 +867,22 @@ class _Lowering:
         # one head's scores do not fit either, each head runs by bands of query rows
         # (softmax is row-local), each band's context stored to HBM.
         rows, width, heads = q.parts[0].rows, self._product_tiles(v), len(q.parts)
-        per_head = 4 * rows * self._product_tiles(k)
+        scores = self._product_tiles(k)
+        per_head = 4 * rows * scores
         streamed = self.g.stream(q.parts + k.parts + v.parts, per_head + rows * width * heads)
         one_head = sum(p.rows * p.tiles for p in (q.parts[0], k.parts[0], v.parts[0]))
-        banded = streamed and not self.g.fits(per_head + rows * width + one_head)
         in_hbm = streamed and not self.g.fits(per_head + rows * width * (heads + 1) + one_head)
-        target = self._merge_target(out, rows, width * heads, in_hbm or banded)
-        banded = banded and target is not None
-        in_hbm = (in_hbm or banded) and target is not None
+        banded = in_hbm and not self.g.fits(per_head + rows * width + one_head)
+        target = self._merge_target(out, rows, width * heads, in_hbm)
+        if target is None:              # not merged: each head's context is a tensor
+            in_hbm = banded = False
         label = context.name or out
         parts = []
         for h, originals in enumerate(zip(q.parts, k.parts, v.parts)):
             if banded:
                 b, c = self._head_parts(*originals[1:])
-                tiles = self._product_tiles(k)
-                band = self.g.band_rows(f"{label}.{h}", rows, [originals[0].tiles, tiles, 3,
-                                                               tiles, 2, width, 3])
+                band = self.g.band_rows(f"{label}.{h}", rows, [originals[0].tiles, scores, 3,
+                                                               scores, 2, width, 3])
                 for r0 in range(0, rows, band):
                     a = self.g.load_band(originals[0], r0, min(band, rows - r0))
                     part = self._head_attention(node, h, a, b, c, k, v, retags, softmax,

@@ -91,10 +91,10 @@ def estimate(words, config):
             index = 0
             while index < len(body):
                 instr = body[index]
-                if instr.op.mnemonic == "loop":
-                    span = body[index + 1:index + 1 + instr.args["len"]]
+                if instr.repeats:                # a loop
+                    span = body[index + 1:index + 1 + instr.repeats]
                     cycles += instr.args["count"] * sum(_ve_cycles(i, config) for i in span)
-                    index += 1 + instr.args["len"]
+                    index += 1 + instr.repeats
                     continue
                 cycles += _ve_cycles(instr, config)
                 index += 1
