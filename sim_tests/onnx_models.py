@@ -120,6 +120,11 @@ def encoder(seed=0, tokens=16, width=32, heads=2, opset=17):
 def single_op(op):
     """A model around one operator (what it is tested with comes before or after it)."""
     n = Net(7)
+    if op in IMAGE_OPS:
+        x = n.input("image", IMAGE_OPS[op][0])
+        h = n.op(IMAGE_OPS[op][1], [x] + ([n.weight(*IMAGE_OPS[op][2])] if IMAGE_OPS[op][2]
+                                          else []), **IMAGE_OPS[op][3])
+        return n.model(n.op("Flatten", [n.op("GlobalAveragePool", [h])], axis=1))
     if op in ("Conv", "Conv-stride2", "Conv-1x1", "Conv-1x1-stride2", "MaxPool", "AveragePool",
               "GlobalAveragePool"):
         x = n.input("image", [2, 8, 6, 6] if "stride2" not in op else [2, 8, 8, 8])
@@ -166,7 +171,29 @@ def single_op(op):
     return n.model(body[op](), opset=20 if op == "Gelu" else 17)
 
 
-SINGLE_OPS = ("Gemm", "MatMul", "MatMul-activations", "MatMul-transposed-13", "Conv", "Conv-stride2", "Conv-1x1",
+#: Image operators at sizes and settings of common vision nets: (input shape, op, weight
+#: shape or None, attributes). Inputs are signed, so padding must never win a MaxPool.
+IMAGE_OPS = {
+    "Conv-7x7-stride2-pad3": ([1, 3, 15, 15], "Conv", (8, 3, 7, 7),
+                              dict(kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3])),
+    "Conv-3x3-dilation2": ([2, 8, 9, 9], "Conv", (8, 8, 3, 3),
+                           dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2])),
+    "Conv-5x3-valid-stride3x1": ([1, 8, 11, 7], "Conv", (16, 8, 5, 3),
+                                 dict(kernel_shape=[5, 3], strides=[3, 1])),
+    "Conv-3x3-asymmetric-pads": ([1, 8, 6, 7], "Conv", (8, 8, 3, 3),
+                                 dict(kernel_shape=[3, 3], pads=[0, 2, 1, 0])),
+    "MaxPool-3x3-stride2-pad1": ([2, 8, 9, 9], "MaxPool", None,
+                                 dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "MaxPool-2x3-stride1": ([1, 8, 5, 6], "MaxPool", None, dict(kernel_shape=[2, 3])),
+    "AveragePool-3x3-stride2-pad1": ([2, 8, 9, 9], "AveragePool", None,
+                                     dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "AveragePool-count-pads": ([1, 8, 7, 7], "AveragePool", None,
+                               dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                    count_include_pad=1)),
+    "GlobalAveragePool-20x20": ([2, 8, 20, 20], "Relu", None, {}),
+}
+
+SINGLE_OPS = tuple(IMAGE_OPS) + ("Gemm", "MatMul", "MatMul-activations", "MatMul-transposed-13", "Conv", "Conv-stride2", "Conv-1x1",
               "Conv-1x1-stride2", "Relu", "Sigmoid", "Tanh", "Gelu", "Gelu-erf-pattern", "Add",
               "Mul", "Div-scalar", "Softmax", "LayerNormalization", "MaxPool", "AveragePool",
               "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Concat", "Gather")

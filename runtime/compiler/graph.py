@@ -44,33 +44,83 @@ __all__ = ["Graph", "Tensor", "Image"]
 
 @dataclass(frozen=True)
 class Image:
-    """Padded image layout of a tensor: ``batch`` images of h x w pixels, 1-pixel zero ring."""
+    """Padded image layout: ``batch`` images of h x w pixels, each in a grid with a zero
+    ring ``ring`` pixels wide; the grids are stacked, one row per grid pixel."""
     batch: int
     h: int
     w: int
+    ring: int = 1
 
     @property
     def pitch(self):
-        return self.w + 2
+        return self.w + 2 * self.ring
+
+    @property
+    def lines(self):
+        """Grid lines per image."""
+        return self.h + 2 * self.ring
 
     @property
     def rows(self):
-        return self.batch * (self.h + 2) * (self.w + 2)
+        return self.batch * self.lines * self.pitch
 
-    def interior(self):
-        """Boolean mask over the rows: True for real pixels, False for the zero ring."""
-        grid = np.zeros((self.batch, self.h + 2, self.w + 2), bool)
-        grid[:, 1:-1, 1:-1] = True
-        return grid.reshape(-1)
+    def row(self, i, y, x):
+        """The row of pixel (y, x) of image i (y and x may reach into the ring)."""
+        return (i * self.lines + y + self.ring) * self.pitch + x + self.ring
+
+    def interior(self, first=0, count=None):
+        """Boolean mask over rows first..first+count-1: True for pixels, False for the ring."""
+        count = self.rows - first if count is None else count
+        rows = np.arange(first, first + count)
+        line, col = (rows // self.pitch) % self.lines, rows % self.pitch
+        r = self.ring
+        return (line >= r) & (line < r + self.h) & (col >= r) & (col < r + self.w)
+
+    def ring_spans(self, first, count):
+        """(offset from ``first``, rows) runs of ring rows among rows first..first+count-1."""
+        return _runs(~self.interior(first, count))
 
     def to_rows(self, x):
         """(batch, h, w, c) -> (rows, c) with zero padding."""
-        padded = np.zeros((self.batch, self.h + 2, self.w + 2, x.shape[-1]), np.int64)
-        padded[:, 1:-1, 1:-1] = x
+        r = self.ring
+        padded = np.zeros((self.batch, self.lines, self.pitch, x.shape[-1]), np.int64)
+        padded[:, r:r + self.h, r:r + self.w] = x
         return padded.reshape(self.rows, -1)
 
     def from_rows(self, rows):
-        return rows.reshape(self.batch, self.h + 2, self.w + 2, -1)[:, 1:-1, 1:-1]
+        r = self.ring
+        return rows.reshape(self.batch, self.lines, self.pitch, -1)[:, r:r + self.h, r:r + self.w]
+
+
+def _runs(mask):
+    """(start, length) of each run of True in a boolean vector."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _zero_units(base, spans, source=None, most=256):
+    """VE units writing 0 to rows base+start.. of each (start, rows) span, as 0 times rows
+    of ``source`` (fixed rows, at least ``most`` of them, that a µTOp which must stay
+    restartable reads but does not write) or by default of the same rows, in pieces of at
+    most ``most`` rows; a regular run of pieces (same size, same distance) is one ``loop``."""
+    pieces = [(start + f, n) for start, count in spans for f, n in row_spans(count, most)]
+    units, i = [], 0
+    while i < len(pieces):
+        start, n = pieces[i]
+        src = start if source is None else 0
+        base_src = base if source is None else source
+        j = i + 1
+        if j < len(pieces) and pieces[j][1] == n and pieces[j][0] - start <= 32767:
+            stride = pieces[j][0] - start
+            while (j < len(pieces) and j - i < 65536 and pieces[j][1] == n
+                   and pieces[j][0] - pieces[j - 1][0] == stride):
+                j += 1
+            units.append([instr("loop", j - i, 1, stride, stride if source is None else 0),
+                          instr("vmuli", base + start, base_src + src, 0, n)])
+        else:
+            units.append([instr("vmuli", base + start, base_src + src, 0, n)])
+        i = j
+    return units
 
 
 @dataclass
@@ -344,6 +394,8 @@ class Graph:
         """Row blocks: enough for every ME of the pNPU even with few column tiles, and at
         most 128 rows, so the epilogue of one block overlaps the MEs on the next and the
         next layer starts on the first rows while this one finishes the last."""
+        if hi <= lo:
+            return []
         parts = max(1, -(-self.config.n_me // tiles), -(-(hi - lo) // 128))
         size = -(-(hi - lo) // parts)
         return [(lo + first, count) for first, count in row_spans(hi - lo, size)]
@@ -370,6 +422,18 @@ class Graph:
         tiles = self._tiles(cols, f"input {name}")
         pw = self.per_word
         hbm = self.builder.hbm(rows * cols // pw, f"input {name}")
+        if rows * tiles > self._room():
+            # Larger than the scratchpad: it stays in HBM, tile after tile (as a spilled
+            # activation), and its readers load it by bands.
+            by_tiles = rows_q.reshape(rows, tiles, self.lanes).transpose(1, 0, 2)
+            self.inputs[name] = (hbm, self._int8_words(by_tiles.reshape(rows * tiles, -1),
+                                                       f"input {name}"))
+            home = self._homes
+            self._homes += 1
+            self._int8[home] = True
+            self._spilled[home] = (Region("spad", 0, rows * tiles), hbm)
+            self._op("input", name)
+            return Tensor(Region("spad", 0, rows * tiles), rows, tiles, scale, rows_q, image, home)
         self.inputs[name] = (hbm, self._int8_words(rows_q, f"input {name}"))
         out = self._new(rows, tiles, scale, rows_q, f"input {name}", image)
         for t in range(tiles):
@@ -431,15 +495,15 @@ class Graph:
     # --- matrix operators ------------------------------------------------------------------
 
     def _gemm(self, name, sources, k_tiles, lo, hi, rows, acc_ref, n_tiles, panel, *,
-              requant, act, out_scale, reads, mask=None, image=None, out=None):
+              requant, act, out_scale, reads, grid=None, out=None):
         """Output column tiles of sum over K tiles of (rows shifted by sources(kt)) @ W.
 
         ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
         buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
         loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
         row of the bias or None).
-        Rows lo..hi-1 are computed; with ``mask`` the others are zero and rows where the
-        mask is 0 are zeroed too (the ring of a padded image).
+        Rows lo..hi-1 are computed, the others are zero; with ``grid`` (an Image and the
+        grid row of output row 0), rows in the image's ring are zeroed too.
         """
         cfg, lanes = self.config, self.lanes
         mult, shift = requant
@@ -450,10 +514,11 @@ class Graph:
         elif act:
             table = activation_table(act, out_scale[0], out_scale[1])
             ref = table[ref + 128]
-        if mask is not None:
-            ref = ref * mask[:, None]
+        if grid is not None:
+            ref[~grid[0].interior(grid[1], rows)] = 0
         final_scale = _gemm_scale(act, out_scale)
         if out is None:
+            image = grid[0] if grid is not None and grid[0].rows == rows else None
             try:
                 out = self._new(rows, n_tiles, final_scale, ref, name, image)
             except CompileError as error:
@@ -461,8 +526,6 @@ class Graph:
         else:
             out.ref[:] = ref
         lut = self.constant(table, f"{act} table") if table is not None else None
-        mask_rows = (self.constant(np.repeat(mask, lanes), f"mask {image}")
-                     if mask is not None else None)
         ring = min(n_tiles, 3)
         acc = [self._alloc(rows, f"{name} accumulator") for _ in range(ring)]
         blocks = self._row_blocks(lo, hi, n_tiles)
@@ -505,10 +568,11 @@ class Graph:
                         unit.append(instr("vmaxi", d, d, 0, n))
                     elif lut is not None:
                         unit.append(instr("vlut", d, d, n))
-                    if mask_rows is not None:
-                        unit.append(instr("vmul", d, d, mask_rows.start + first + r, n))
                     units.append(unit)
-                extra = [r for r in (w_region if bias_row is not None else None, lut, mask_rows)
+                if grid is not None:
+                    units += _zero_units(dst + first, grid[0].ring_spans(grid[1] + first, count),
+                                         target.start, count)
+                extra = [r for r in (w_region if bias_row is not None else None, lut)
                          if r is not None]
                 self._ve(units, reads=[target] + extra,
                          writes=[Region("spad", dst + first, count)],
@@ -584,6 +648,18 @@ class Graph:
         self._op("linear", name)
         return out
 
+    def _make_room(self, sizes, *tensors):
+        """Spill activations (least recently used first, not ``tensors``' or pinned ones)
+        until allocations of ``sizes`` rows, in this order, would all succeed; whether
+        they would."""
+        keep = {t.home for t in tensors}
+        while not self.builder.fits_all([n for n in sizes if n]):
+            idle = [h for h in self._activations if h not in self._pinned and h not in keep]
+            if not idle:
+                return False
+            self._spill(min(idle, key=lambda h: (self._last_use[h], h)))
+        return True
+
     def fits(self, rows, *tensors):
         """Do ``rows`` more rows fit in the free rows and those of the activations that
         could be spilled (not ``tensors``')?"""
@@ -601,17 +677,20 @@ class Graph:
         scratch fit; otherwise by bands of rows through HBM (the inputs go to HBM, each
         band is loaded and gives a band of the output, stored to HBM; the output is born
         spilled)."""
-        rows = tensors[0].rows
+        rows, image = tensors[0].rows, tensors[0].image
+        if any(t.image != image for t in tensors):
+            raise CompileError(f"{name}: images of layouts {[t.image for t in tensors]}; an "
+                               f"elementwise operator needs one layout")
         spilled = {t.home: t for t in tensors if t.home in self._spilled}
         need = rows * (3 * out_tiles + sum(t.tiles for t in spilled.values()))
-        if any(t.image is not None or t.rows != rows for t in tensors) \
-                or need <= self._room(*tensors):
+        if any(t.rows != rows for t in tensors) or need <= self._room(*tensors):
             return op(*[self.resident(t) for t in tensors])
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)
         pieces = [t.tiles for t in tensors] + [out_tiles, 2 * out_tiles]   # inputs, output, scratch
         return self._by_bands(name, rows, out_tiles, self.band_rows(name, rows, pieces),
-                              lambda r0, b: op(*[self.load_band(t, r0, b) for t in tensors]))
+                              lambda r0, b: op(*[self.load_band(t, r0, b) for t in tensors]),
+                              image)
 
     def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
         """A row-local gemm by bands of rows: each band of the input (read in place, or
@@ -643,28 +722,37 @@ class Graph:
 
     def band_rows(self, name, rows, pieces):
         """Rows per band of an operator that allocates, per band of b rows, pieces of
-        b * ``pieces[i]`` rows in this order: the pieces fit in three quarters of the room
-        and, as the allocator would place them now, in the free scratchpad."""
-        per_row = sum(pieces)
-        band = min(rows, (self._room() * 3 // 4) // per_row,
-                   self.builder.largest_free_piece() // per_row)
-        if band < 1:
-            raise CompileError(f"{name}: not even one row of {per_row} scratchpad rows fits "
-                               f"(a larger `spad_rows` lifts the limit)")
-        # Largest band whose pieces the allocator places (fragmentation may split them).
-        lo, hi = 1, band
-        if not self.builder.fits_all([p * lo for p in pieces]):
-            return band                         # spilling makes the room (as _alloc does)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if self.builder.fits_all([p * mid for p in pieces]) else (lo, mid - 1)
-        return lo
+        b * ``pieces[i]`` rows in this order (see :meth:`largest_band`)."""
+        return self.largest_band(name, rows, lambda b: [p * b for p in pieces])
 
-    def _by_bands(self, name, rows, out_tiles, band, compute):
-        """The output of ``rows`` rows and ``out_tiles`` tiles, born spilled: for each band
-        of rows r0.., ``compute(r0, count)`` gives that band's output, which is stored to the
-        output's HBM region; then every activation the band made gives its rows back."""
-        out = self.born_spilled(name, rows, out_tiles)
+    def largest_band(self, name, limit, sizes):
+        """The largest band b <= ``limit`` (rows, or lines of an image) of an operator that
+        allocates, per band of b, regions of ``sizes(b)`` rows in this order: they fit in
+        three quarters of the room and, as the allocator would place them now, in the free
+        scratchpad."""
+        cap = min(self._room() * 3 // 4, self.builder.largest_free_piece())
+
+        def largest(ok, lo, hi):
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+            return lo
+
+        if sum(sizes(1)) > cap:
+            raise CompileError(f"{name}: not even one row (or line) of {sum(sizes(1))} "
+                               f"scratchpad rows fits (a larger `spad_rows` lifts the limit)")
+        band = largest(lambda b: sum(sizes(b)) <= cap, 1, limit)
+        if not self.builder.fits_all(sizes(1)):
+            return band                         # spilling makes the room (as _alloc does)
+        # Largest band whose pieces the allocator places (fragmentation may split them).
+        return largest(lambda b: self.builder.fits_all(sizes(b)), 1, band)
+
+    def _by_bands(self, name, rows, out_tiles, band, compute, image=None):
+        """The output of ``rows`` rows and ``out_tiles`` tiles (laid out as ``image``), born
+        spilled: for each band of rows r0.., ``compute(r0, count)`` gives that band's
+        output, which is stored to the output's HBM region; then every activation the band
+        made gives its rows back."""
+        out = self.born_spilled(name, rows, out_tiles, image)
         for r0 in range(0, rows, band):
             first = self._homes
             yb = compute(r0, min(band, rows - r0))
@@ -674,7 +762,7 @@ class Graph:
                     self._free_home(made)
         return out
 
-    def born_spilled(self, name, rows, tiles):
+    def born_spilled(self, name, rows, tiles, image=None):
         """An int8 tensor that lives in HBM only (as a spilled one): its parts are written
         with :meth:`store_rows`; ``resident`` loads it back whole, ``load_band`` by rows.
         Its scale is the first part's."""
@@ -687,7 +775,7 @@ class Graph:
         self.spills += 1                                   # an activation stored to HBM
         self.spill_bytes += 4 * hbm.size
         return Tensor(fake, rows, tiles, None, np.zeros((rows, tiles * self.lanes), np.int64),
-                      None, home)
+                      image, home)
 
     def store_rows(self, target, part, r0, t0, name):
         """Store tensor ``part`` (int8) as rows r0.. of tiles t0.. of ``target``, a tensor
@@ -707,55 +795,249 @@ class Graph:
         elif target.scale != part.scale:
             raise CompileError(f"{name}: scale {part.scale} against the tensor's {target.scale}")
 
-    def load_band(self, t, r0, count):
-        """Rows r0..r0+count-1 of every tile of spilled tensor ``t``: a new tensor."""
+    def load_band(self, t, r0, count, t0=0, tiles=None):
+        """Rows r0..r0+count-1 of tiles t0..t0+tiles-1 (all by default) of spilled tensor
+        ``t``: a new tensor."""
         old, hbm = self._spilled[t.home]
         pw = self._packing(t.home)
         lanes = self.lanes
-        band = self._new(count, t.tiles, t.scale, t.ref[r0:r0 + count], f"rows {r0} of a "
-                         f"spilled activation")
-        for k in range(t.tiles):
-            row = t.region.start - old.start + k * t.rows + r0
+        tiles = t.tiles - t0 if tiles is None else tiles
+        band = self._new(count, tiles, t.scale,
+                         t.ref[r0:r0 + count, t0 * lanes:(t0 + tiles) * lanes],
+                         f"rows {r0} of a spilled activation")
+        for k in range(tiles):
+            row = t.region.start - old.start + (t0 + k) * t.rows + r0
             self.builder.split_utop(Engine.DMA, self._dma_rows(lanes, lanes // pw, band.tile(k),
                                                                hbm.start + row * lanes // pw,
                                                                count, packed=pw > 1),
                                     reads=[hbm], writes=[band.tile_region(k)],
                                     name=f"load rows {r0}.{k}")
         self.reloads += 1
-        self.reload_bytes += 4 * count * t.tiles * lanes // pw
+        self.reload_bytes += 4 * count * tiles * lanes // pw
         return band
 
-    def conv(self, name, x, w, bias, out_scale, act=None):
-        """Same-padded k x k convolution (k = 1 or 3), stride 1: w is (k, k, cin, cout)."""
+    def conv(self, name, x, w, bias, out_scale, act=None, stride=(1, 1), pads=None,
+             dilation=(1, 1)):
+        """Convolution of an image: w is (kh, kw, cin, cout) (float, quantized here);
+        ``stride`` and ``dilation`` are (y, x), ``pads`` (top, left, bottom, right), by
+        default the same-size padding of an odd kernel.
+
+        Tap (i, j) reads input pixel (sy*y + dy*i - top, sx*x + dx*j - left) for output
+        pixel (y, x). Split by its remainder (the *phase*) and quotient modulo the stride,
+        that is pixel (y + qy, x + qx) of the phase image P[a, b][v, u] = input[sy*v + a,
+        sx*u + b]: every tap is a shifted view of one phase image laid out on the output's
+        grid, and the convolution is one gemm over taps x channel tiles with no wasted MAC
+        (the VE gathers the phase images, zero outside the input). A stride-1 convolution
+        that keeps the size and whose taps stay within the input's ring reads the input
+        itself. Runs whole when it fits, else by bands of output lines (:meth:`_image_op`)."""
         image, lanes = x.image, self.lanes
-        k = w.shape[0]
-        if image is None or k not in (1, 3) or w.shape[:3] != (k, k, x.tiles * lanes):
+        if image is None or w.ndim != 4 or w.shape[2] != x.tiles * lanes:
             raise CompileError(f"{name}: needs an image input with {x.tiles * lanes} channels "
-                               f"and (k, k, cin, cout) weights with k = 1 or 3, got {w.shape}")
+                               f"and (kh, kw, cin, cout) weights, got {w.shape}")
+        kh, kw = w.shape[:2]
+        (sy, sx), (dy, dx) = stride, dilation
+        if pads is None:
+            pads = (dy * (kh - 1) // 2, dx * (kw - 1) // 2, dy * (kh - 1) - dy * (kh - 1) // 2,
+                    dx * (kw - 1) - dx * (kw - 1) // 2)
+        pt, pl, pb, pr = pads
+        if min(sy, sx, dy, dx) < 1 or min(pads) < 0:
+            raise CompileError(f"{name}: strides {stride} and dilations {dilation} must be "
+                               f">= 1 and pads {pads} >= 0")
+        ho = (image.h + pt + pb - dy * (kh - 1) - 1) // sy + 1
+        wo = (image.w + pl + pr - dx * (kw - 1) - 1) // sx + 1
+        if ho < 1 or wo < 1:
+            raise CompileError(f"{name}: a {kh}x{kw} kernel (dilation {dilation}, pads {pads}) "
+                               f"does not fit a {image.h}x{image.w} image")
+        taps = [((dy * i - pt) % sy, (dx * j - pl) % sx, (dy * i - pt) // sy,
+                 (dx * j - pl) // sx) for i in range(kh) for j in range(kw)]
+        halo = max(max(abs(t[2]), abs(t[3])) for t in taps)
+        direct = (sy, sx) == (1, 1) and (ho, wo) == (image.h, image.w) and halo <= image.ring
+        grid = image if direct else Image(image.batch, ho, wo, max(1, halo))
+        phases = sorted({t[:2] for t in taps})
         w_scale = float(np.max(np.abs(w))) / 127 or 1.0
-        w_q = quantize(w, w_scale).reshape(k * k * x.tiles * lanes, -1)   # rows: (tap, cin)
+        w_q = quantize(w, w_scale).reshape(kh * kw * x.tiles * lanes, -1)   # rows: (tap, cin)
         bias_q = quantize(bias, x.scale * w_scale, bits=32)
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
-        pitch = image.pitch
-        taps = [(dy, dx) for dy in range(-(k // 2), k // 2 + 1)
-                for dx in range(-(k // 2), k // 2 + 1)]
-        offset = lambda kt: taps[kt // x.tiles][0] * pitch + taps[kt // x.tiles][1]
-        sources = lambda kt: x.tile(kt % x.tiles) + offset(kt)
-        lo, hi = pitch + 1, image.rows - pitch - 1
-        acc_ref = np.zeros((image.rows, n_tiles * lanes), np.int64)
-        for kt in range(k * k * x.tiles):
-            cols = slice((kt % x.tiles) * lanes, (kt % x.tiles + 1) * lanes)
-            acc_ref[lo:hi] += int_matmul(x.ref[lo + offset(kt):hi + offset(kt), cols],
-                                         w_pad[kt * lanes:(kt + 1) * lanes])
-        acc_ref[lo:hi] += b_pad
-        out = self._gemm(name, sources, k * k * x.tiles, lo, hi, image.rows, acc_ref, n_tiles,
-                         panel, requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                         out_scale=(out_scale, None),
-                         reads=self._rows_of(x, (pitch + 1) * (k // 2)),
-                         mask=image.interior().astype(np.int64), image=image)
+        # The reference: every tap's window of the zero-padded pixels, on the output grid.
+        pixels = np.pad(image.from_rows(x.ref), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        acc = np.zeros((image.batch * ho * wo, n_tiles * lanes), np.int64)
+        for tap in range(kh * kw):
+            i, j = divmod(tap, kw)
+            window = pixels[:, dy * i:dy * i + sy * (ho - 1) + 1:sy,
+                            dx * j:dx * j + sx * (wo - 1) + 1:sx]
+            acc += int_matmul(window.reshape(acc.shape[0], -1),
+                              w_pad[tap * x.tiles * lanes:(tap + 1) * x.tiles * lanes])
+        acc_ref = grid.to_rows((acc + b_pad).reshape(image.batch, ho, wo, -1))
+        gemm = dict(requant=multiplier(x.scale * w_scale / out_scale), act=act,
+                    out_scale=(out_scale, None))
+        pitch, k_tiles = grid.pitch, kh * kw * x.tiles
+        ring = min(n_tiles, 3)
+        n_src = 0 if direct else len(phases) * x.tiles
+
+        def band(src, row0, g0, g1, out):
+            """Output lines g0..g1-1 (over the batch) from ``src``, the input's rows from
+            row0 (the whole input, or a band loaded from HBM)."""
+            inside = np.flatnonzero(grid.interior(g0 * pitch, (g1 - g0) * pitch))
+            if not inside.size:
+                return self._zero(name, out)
+            lo, hi = int(inside[0]), int(inside[-1]) + 1
+            first, stop = max(0, g0 - halo), min(grid.batch * grid.lines, g1 + halo)
+            if direct:
+                base = lambda kt: src.tile(kt % x.tiles) + g0 * pitch - row0
+            else:
+                ph = self._phases(f"{name} phases", src, row0, image, grid, phases, (sy, sx),
+                                  first, stop)
+                base = lambda kt: (ph.tile(phases.index(taps[kt // x.tiles][:2]) * x.tiles
+                                           + kt % x.tiles) + (g0 - first) * pitch)
+            offset = lambda kt: taps[kt // x.tiles][2] * pitch + taps[kt // x.tiles][3]
+            # Per source tile, the rows a block of output rows reads: its taps' extremes.
+            extent = {}
+            for kt in range(k_tiles):
+                start = base(kt) + offset(kt)
+                key = start - offset(kt)
+                a, b = extent.get(key, (start, start))
+                extent[key] = (min(a, start), max(b, start))
+            reads = lambda first, count: [Region("spad", a + first, b - a + count)
+                                          for a, b in extent.values()]
+            rows = (g1 - g0) * pitch
+            return self._gemm(name, lambda kt: base(kt) + offset(kt), k_tiles, lo, hi, rows,
+                              acc_ref[g0 * pitch:g1 * pitch], n_tiles, panel, reads=reads,
+                              grid=(grid, g0 * pitch), out=out, **gemm)
+
+        def sizes(lines):
+            """Regions a band of ``lines`` output lines allocates: output, input band,
+            phase images, accumulators."""
+            src_lines = lines + 2 * halo if direct else sy * (lines + 2 * halo) + kh * dy
+            return ([lines * pitch * n_tiles, src_lines * image.pitch * x.tiles]
+                    + [(lines + 2 * halo) * pitch * n_src] * (n_src > 0)
+                    + [lines * pitch] * ring)
+
+        def source_rows(g0, g1):
+            """The input rows lines g0..g1-1 of the output read."""
+            first, stop = max(0, g0 - halo), min(grid.batch * grid.lines, g1 + halo)
+            if direct:
+                return first * pitch, stop * pitch
+            lines = []
+            for g in range(first, stop):
+                i, v = divmod(g, grid.lines)
+                lines += [i * image.lines + image.ring + sy * (v - grid.ring) + a
+                          for a in {a for a, _ in phases}
+                          if 0 <= sy * (v - grid.ring) + a < image.h]
+            if not lines:
+                return 0, 0
+            return min(lines) * image.pitch, (max(lines) + 1) * image.pitch
+
+        out = self._image_op(name, x, grid, n_tiles, _gemm_scale(act, (out_scale, None)),
+                             sizes, source_rows, band)
         for region in bufs:
             self.builder.free(region)
-        self._op(f"conv{k}x{k}", name)
+        self._op(f"conv{kh}x{kw}", name)
+        return out
+
+    def _image_op(self, name, x, grid, n_tiles, scale, sizes, source_rows, band):
+        """An image operator with output laid out as ``grid`` (``n_tiles`` tiles at
+        ``scale``), computed by ``band(src, row0, g0, g1, out)``: output lines g0..g1-1 over
+        the batch, from ``src`` holding the input's rows from row0 on. Whole when the input,
+        output and ``sizes(all lines)`` fit; otherwise by bands of lines, each reading
+        ``source_rows(g0, g1)`` (loaded from HBM, where the input goes first unless it fits
+        beside a band of at least 4 lines), its output stored to HBM (born spilled)."""
+        total = grid.batch * grid.lines
+        spilled = x.home in self._spilled
+        whole = [x.rows * x.tiles] * spilled + [sizes(total)[0]] + sizes(total)[2:]
+        if sum(whole) <= self._room(x) and self._make_room(whole, x):
+            x = self.resident(x)
+            out = self._new(grid.rows, n_tiles, scale, np.zeros((grid.rows, n_tiles * self.lanes)),
+                            name, grid)
+            return band(x, 0, 0, total, out)
+        if not spilled:
+            held = self.resident(x)
+            lines = self.largest_band(name, total, lambda b: [sizes(b)[0]] + sizes(b)[2:])
+            if lines >= min(total, 4):
+                return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch,
+                                      lambda r0, count: band(held, 0, r0 // grid.pitch,
+                                                             (r0 + count) // grid.pitch,
+                                                             self._band_out(name, count,
+                                                                            n_tiles, scale)),
+                                      grid)
+            self._spill(x.home)
+        lines = self.largest_band(name, total, sizes)
+
+        def from_hbm(r0, count):
+            g0, g1 = r0 // grid.pitch, (r0 + count) // grid.pitch
+            out = self._band_out(name, count, n_tiles, scale)
+            a, b = source_rows(g0, g1)
+            src = self.load_band(x, a, b - a) if b > a else None
+            return band(src, a, g0, g1, out)
+        return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch, from_hbm, grid)
+
+    def _zero(self, name, t):
+        """VE µTOps writing 0 to every row of tensor ``t``."""
+        for k in range(t.tiles):
+            self._ve(_zero_units(t.tile(k), [(0, t.rows)]), reads=[t.tile_region(k)],
+                     writes=[t.tile_region(k)],
+                     name=f"{name} zero{k}")
+        t.ref[:] = 0
+        return t
+
+    def _band_out(self, name, rows, tiles, scale):
+        return self._new(rows, tiles, scale, np.zeros((rows, tiles * self.lanes)),
+                         f"{name} band")
+
+    def _phases(self, name, src, row0, image, grid, phases, stride, first, stop):
+        """Phase images of ``src`` (an image's rows from row0 on): for each (a, b) of
+        ``phases`` and channel tile, grid lines first..stop-1 (over the batch) of P[a, b][v,
+        u] = input[sy*v + a, sx*u + b], zero where that is outside the input. The VE
+        zeroes what is outside, then copies the rest: with sx = 1 one loop over lines per
+        image, otherwise a loop over the pixels of each line."""
+        sy, sx = stride
+        tiles, pitch, r = src.tiles, grid.pitch, grid.ring
+        lines = stop - first
+        count = len(phases) * tiles
+        ref = np.zeros((lines * pitch, count * self.lanes), np.int64)
+        out = self._new(lines * pitch, count, src.scale, ref, name)
+        for p, (a, b) in enumerate(phases):
+            # Grid line g holds input line sy*(v) + a, v = its line in the image - ring.
+            valid = []                          # (g, image, input line)
+            for g in range(first, stop):
+                i, v = divmod(g, grid.lines)
+                y = sy * (v - r) + a
+                if 0 <= y < image.h:
+                    valid.append((g, i, y))
+            ncols = min((image.w - 1 - b) // sx + 1, pitch - r) if b < image.w else 0
+            inside = np.zeros((lines, pitch), bool)
+            for g, _, _ in valid:
+                inside[g - first, r:r + ncols] = True
+            for g, i, y in valid:
+                ref[(g - first) * pitch + r:(g - first) * pitch + r + ncols,
+                    p * tiles * self.lanes:(p + 1) * tiles * self.lanes] = \
+                    src.ref[image.row(i, y, b) - row0 + sx * np.arange(ncols)]
+            for t in range(tiles):
+                dst = out.tile(p * tiles + t)
+                units = _zero_units(dst, _runs(~inside.reshape(-1)), src.tile(t),
+                                    min(256, src.rows))
+                src_row = lambda i, y: src.tile(t) + image.row(i, y, b) - row0
+                if sx == 1 and ncols <= 256:
+                    # One loop per image over its consecutive valid lines.
+                    groups = {}
+                    for g, i, y in valid:
+                        groups.setdefault(i, []).append((g, y))
+                    for i, rows in groups.items():
+                        g, y = rows[0]
+                        units.append([instr("loop", len(rows), 1, pitch, sy * image.pitch),
+                                      instr("vaddi", dst + (g - first) * pitch + r,
+                                            src_row(i, y), 0, ncols)])
+                else:
+                    for g, i, y in valid:
+                        d = dst + (g - first) * pitch + r
+                        if sx == 1:
+                            units += [[instr("vaddi", d + f, src_row(i, y) + f, 0, n)]
+                                      for f, n in row_spans(ncols)]
+                        else:
+                            units.append([instr("loop", ncols, 1, 1, sx),
+                                          instr("vaddi", d, src_row(i, y), 0, 1)])
+                self._ve(units, reads=[src.tile_region(t)], writes=[out.tile_region(p * tiles + t)],
+                         name=f"{name}.{p}.{t}")
+        out.ref[:] = ref
         return out
 
     def matmul(self, name, x, y, out_scale, out=None, transposed=False):
@@ -964,77 +1246,179 @@ class Graph:
         self._op("layernorm", name)
         return out
 
-    def pool(self, name, x, kind="max", window=2):
-        """Pooling with stride 2 of an image (h and w even): a ``window`` x ``window`` window
-        (2, or 1 to keep every other pixel), ``max`` or ``avg``.
+    def pool(self, name, x, kind="max", kernel=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0),
+             count_pads=False):
+        """Max or average pooling of an image: any window (up to 16 x 16), stride and
+        padding (``pads`` top, left, bottom, right). Windows are clipped to the image, so
+        padding never takes part in a maximum, and an average divides by the pixels in its
+        window (with ``count_pads``, by the whole window: ONNX's count_include_pad).
 
-        avg sums the window (vpoolsum) and divides by its size with the `vrq` rounding."""
+        Per output line, the VE runs a loop over its pixels of `vpoolmax`/`vpoolsum` (the
+        window's lines apart by the input's pitch), a new loop where the clipped window
+        changes (at the image's edges); an average is requantized by `vrq` with the
+        multiplier of its window's size. Output ring 1; by bands of lines when large."""
         image = x.image
+        (kh, kw), (sy, sx), (pt, pl, pb, pr) = kernel, stride, pads
         if kind not in ("max", "avg"):
             raise CompileError(f"{name}: pooling is 'max' or 'avg', not {kind!r}")
-        if window not in (1, 2):
-            raise CompileError(f"{name}: pooling windows are 1x1 or 2x2, not {window}x{window}")
-        if image is None or image.h % 2 or image.w % 2:
-            raise CompileError(f"{name}: pooling with stride 2 needs an image with even h and w")
-        small = Image(image.batch, image.h // 2, image.w // 2)
+        if image is None:
+            raise CompileError(f"{name}: pooling needs an image input")
+        if not (1 <= kh <= 16 and 1 <= kw <= 16) or min(sy, sx) < 1 \
+                or not (0 <= pt < kh and 0 <= pb < kh and 0 <= pl < kw and 0 <= pr < kw):
+            raise CompileError(f"{name}: pooling windows are 1..16 pixels a side with strides "
+                               f">= 1 and pads below the window, got kernel {kernel}, strides "
+                               f"{stride}, pads {pads}")
+        ho, wo = (image.h + pt + pb - kh) // sy + 1, (image.w + pl + pr - kw) // sx + 1
+        if ho < 1 or wo < 1:
+            raise CompileError(f"{name}: a {kh}x{kw} window does not fit a {image.h}x{image.w} "
+                               f"image with pads {pads}")
+        grid = Image(image.batch, ho, wo)
+        clip = lambda n, size, s, p, k: [(max(0, s * u - p), min(size, s * u - p + k))
+                                         for u in range(n)]
+        lines, cols = clip(ho, image.h, sy, pt, kh), clip(wo, image.w, sx, pl, kw)
+        # The reference, window by window offset (the clipped windows as numpy slices).
         pixels = image.from_rows(x.ref)
-        b, h, w, c = pixels.shape
-        windows = pixels.reshape(b, h // 2, 2, w // 2, 2, c)[:, :, :window, :, :window]
-        average = kind == "avg" and window > 1
-        mult, shift = multiplier(1 / window ** 2)
-        pooled = (rq(windows.sum(axis=(2, 4)), mult, shift) if average
-                  else windows.max(axis=(2, 4)))
-        out = self._new(small.rows, x.tiles, x.scale, small.to_rows(pooled), name, small)
-        in_rows, out_rows = (image.h + 2) * image.pitch, (small.h + 2) * small.pitch
-        for t in range(x.tiles):
-            for i in range(image.batch):
-                base, src_base = out.tile(t) + i * out_rows, x.tile(t) + i * in_rows
-                units = [[instr("vmuli", base + f, base + f, 0, n)]
-                         for f, n in row_spans(out_rows)]
-                for y in range(small.h):
-                    dst = base + (y + 1) * small.pitch + 1
-                    src = src_base + (2 * y + 1) * image.pitch + 1
-                    units.append([instr("loop", small.w, 1, 1, 2),
-                                  instr(f"vpool{'sum' if average else 'max'}", dst, src,
-                                        image.pitch, window, window)])
-                if average:
-                    units += [[instr("vrq", base + f, base + f, n)] for f, n in row_spans(out_rows)]
-                self._ve(units, reads=[Region("spad", src_base, in_rows),
-                                       Region("spad", base, out_rows)],
-                         writes=[Region("spad", base, out_rows)], name=f"{name}.{t}.{i}",
-                         preamble=[instr("vsetq", mult, shift, 0)] if average else [])
+        average = kind == "avg"
+        fill = 0 if average else np.iinfo(np.int64).min
+        padded = np.pad(pixels, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=fill)
+        views = [padded[:, i:i + sy * (ho - 1) + 1:sy, j:j + sx * (wo - 1) + 1:sx]
+                 for i in range(kh) for j in range(kw)]
+        counts = np.outer([b - a for a, b in lines], [b - a for a, b in cols])
+        if count_pads:
+            counts[:] = kh * kw
+        if average:
+            sums = np.sum(views, axis=0)
+            pooled = np.zeros_like(sums)
+            for c in np.unique(counts):
+                at = counts == c
+                pooled[:, at] = rq(sums[:, at], *multiplier(1 / c))
+        else:
+            pooled = np.max(views, axis=0)
+        ref = grid.to_rows(pooled)
+        op = f"vpool{'sum' if average else 'max'}"
+        # Runs of output pixels of one line with the same clipped window, one pixel apart.
+        runs = []
+        for u, (a, b) in enumerate(cols):
+            if runs and [b - a, a - sx * u] == runs[-1][3:]:
+                runs[-1][1] += 1
+            else:
+                runs.append([u, 1, a, b - a, a - sx * u])
+
+        def band(src, row0, g0, g1, out):
+            for t in range(x.tiles):
+                dst = out.tile(t) - g0 * grid.pitch
+                units = _zero_units(out.tile(t), grid.ring_spans(g0 * grid.pitch,
+                                                                 (g1 - g0) * grid.pitch),
+                                    src.tile(t), min(256, src.rows))
+                for g in range(g0, g1):
+                    i, v = divmod(g, grid.lines)
+                    v -= grid.ring
+                    if not 0 <= v < ho:
+                        continue
+                    y0, y1 = lines[v]
+                    for u, n, x0, nx, _ in runs:
+                        d = dst + grid.row(i, v, u)
+                        unit = [instr("loop", n, 1, 1, sx)] if n > 1 else []
+                        unit.append(instr(op, d, src.tile(t) + image.row(i, y0, x0) - row0,
+                                          image.pitch, y1 - y0, nx))
+                        if average:
+                            mult, shift = multiplier(1 / counts[v, u])
+                            unit.append(instr("vsetq", mult, shift, 0))
+                            unit += [instr("vrq", d + f, d + f, c) for f, c in row_spans(n)]
+                        units.append(unit)
+                self._ve(units, reads=[src.tile_region(t)], writes=[out.tile_region(t)],
+                         name=f"{name}.{t}.{g0}")
+            out.ref[:] = ref[g0 * grid.pitch:g1 * grid.pitch]
+            return out
+
+        def sizes(n):
+            return [n * grid.pitch * x.tiles, (sy * n + kh) * image.pitch * x.tiles]
+
+        def source_rows(g0, g1):
+            used = []
+            for g in range(g0, g1):
+                i, v = divmod(g, grid.lines)
+                if 0 <= v - grid.ring < ho:
+                    y0, y1 = lines[v - grid.ring]
+                    used += [i * image.lines + image.ring + y0, i * image.lines + image.ring + y1]
+            if not used:
+                return 0, 0
+            return min(used) * image.pitch, max(used) * image.pitch
+
+        out = self._image_op(name, x, grid, x.tiles, x.scale, sizes, source_rows, band)
         self._op("pool", name)
         return out
 
     def global_avgpool(self, name, x, out_scale):
-        """Mean over all pixels of each image: (batch, channels). Each image's rows (the
-        zero ring included) are summed in pieces of at most 256 rows (one `vrsum`), then
-        the pieces' sums."""
+        """Mean over all pixels of each image: (batch, channels). Each image's grid rows
+        (the zero ring included) are summed by `vrsum` in pieces of at most 256 rows, the
+        pieces' sums in turn, until one row per image is left; a spilled input is loaded
+        some tiles, or one tile and a band of rows, at a time."""
         image = x.image
-        per_image = (image.h + 2) * (image.w + 2)
-        pieces = row_spans(per_image)
-        if len(pieces) > 256:
-            raise CompileError(f"{name}: images of {per_image} padded pixels; the pooling "
-                               f"sums at most 256 x 256 rows per image")
+        per_image = image.lines * image.pitch
         mult, shift = multiplier(x.scale / (image.h * image.w) / out_scale)
         sums = image.from_rows(x.ref).sum(axis=(1, 2))
         out = self._new(image.batch, x.tiles, out_scale, rq(sums, mult, shift), name)
-        work = self._alloc(image.batch * (len(pieces) + 1), f"{name} sums")
-        total = lambda i: work.start + i
-        partial = lambda i, p: work.start + image.batch + i * len(pieces) + p
-        for t in range(x.tiles):
-            units = []
-            for i in range(image.batch):
-                rows = x.tile(t) + i * per_image
-                if len(pieces) == 1:
-                    units.append([instr("vrsum", total(i), rows, 1, per_image)])
-                    continue
-                units.append([instr("vrsum", partial(i, p), rows + first, 1, n)
-                              for p, (first, n) in enumerate(pieces)])
-                units.append([instr("vrsum", total(i), partial(i, 0), 1, len(pieces))])
-            units.append([instr("vrq", out.tile(t), total(0), image.batch)])
-            self._ve(units, reads=[x.tile_region(t), work], writes=[work, out.tile_region(t)],
-                     name=f"{name}.{t}", preamble=[instr("vsetq", mult, shift, 0)])
+        levels = [per_image]
+        while levels[-1] > 1:
+            levels.append(-(-levels[-1] // 256))
+        # Level k >= 1 of image i: rows at[k] + i * levels[k] of the work region; the
+        # last level (one row per image) comes first, so the totals are consecutive.
+        at, top = {len(levels) - 1: 0}, image.batch
+        for k in range(1, len(levels) - 1):
+            at[k], top = top, top + image.batch * levels[k]
+        work = self._alloc(top, f"{name} sums")
+        row = lambda k, i: work.start + at[k] + i * levels[k]
+
+        def reduce(k, i, src, first, count):
+            """Level k + 1 rows of image i from rows first.. of its level k at ``src``."""
+            return [instr("vrsum", row(k + 1, i) + (first + f) // 256, src + f, 1, n)
+                    for f, n in row_spans(count)]
+
+        def upper(i):
+            return [reduce(k, i, row(k, i), 0, levels[k]) for k in range(1, len(levels) - 1)]
+
+        def finish(t):
+            self._ve([[instr("vrq", out.tile(t), row(len(levels) - 1, 0), image.batch)]],
+                     reads=[work], writes=[out.tile_region(t)], name=f"{name}.{t} rq",
+                     preamble=[instr("vsetq", mult, shift, 0)])
+
+        def whole(src, t0, tiles):
+            for t in range(tiles):
+                units = []
+                for i in range(image.batch):
+                    units.append(reduce(0, i, src.tile(t) + i * per_image, 0, per_image))
+                    units += upper(i)
+                self._ve(units, reads=[src.tile_region(t), work], writes=[work],
+                         name=f"{name}.{t0 + t}")
+                finish(t0 + t)
+
+        if x.home not in self._spilled:
+            whole(self.resident(x), 0, x.tiles)
+        else:
+            try:
+                group = self.largest_band(name, x.tiles, lambda k: [k * x.rows])
+            except CompileError:
+                group = 0
+            if group:
+                for t0 in range(0, x.tiles, group):
+                    part = self.load_band(x, 0, x.rows, t0, min(group, x.tiles - t0))
+                    whole(part, t0, part.tiles)
+                    self._free_home(part.home)
+            else:
+                chunk = self.largest_band(name, per_image, lambda r: [r])
+                chunk = max(256, chunk // 256 * 256)
+                for t in range(x.tiles):
+                    for i in range(image.batch):
+                        for c0 in range(0, per_image, chunk):
+                            n = min(chunk, per_image - c0)
+                            part = self.load_band(x, i * per_image + c0, n, t, 1)
+                            self._ve([reduce(0, i, part.tile(0), c0, n)],
+                                     reads=[part.tile_region(0), work], writes=[work],
+                                     name=f"{name}.{t}.{i}.{c0}")
+                            self._free_home(part.home)
+                        self._ve(upper(i), reads=[work], writes=[work], name=f"{name}.{t}.{i}")
+                    finish(t)
         self.builder.free(work)
         self._op("pool", name)
         return out

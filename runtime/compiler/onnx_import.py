@@ -739,24 +739,22 @@ class _Lowering:
 
     def op_Conv(self, node):
         a = attributes(node)
-        x = self.get(node, 0, _Img)
+        x = self.get(node, 0, _Img, peek=True)
         w = self.const(node, 1, "W")
         b = self.const(node, 2, "B")
-        k = w.shape[2]
+        if a.get("group", 1) != 1 or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            raise _error(node, "group and auto_pad are not supported (pads are)")
+        if w.ndim != 4:
+            raise _error(node, f"weights of shape {list(w.shape)}: supported are 2-D "
+                               f"convolutions")
         strides = tuple(a.get("strides", (1, 1)))
+        dilations = tuple(a.get("dilations", (1, 1)))
         pads = tuple(a.get("pads", (0,) * 4))
-        if (a.get("group", 1) != 1 or set(a.get("dilations", (1, 1))) != {1}
-                or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")):
-            raise _error(node, "group, dilations and auto_pad are not supported")
-        if w.shape[2:] not in ((1, 1), (3, 3)) or pads != (k // 2,) * 4 or strides not in \
-                ((1, 1), (2, 2)):
-            raise _error(node, f"kernel {list(w.shape[2:])}, strides {list(strides)}, pads "
-                               f"{list(pads)}: supported are 3x3 with pads 1 and 1x1 with pads "
-                               f"0, strides 1 or 2")
         cin = x.shape[1]
         if w.shape[1] != cin:
             raise _error(node, f"weights for {w.shape[1]} input channels; the input has {cin}")
-        w_k = np.zeros((k, k, self.padded(x.t), w.shape[0]), np.float32)
+        kh, kw = w.shape[2:]
+        w_k = np.zeros((kh, kw, self.padded(x.t), w.shape[0]), np.float32)
         w_k[:, :, :cin] = w.transpose(2, 3, 1, 0)
         bias = np.zeros(w.shape[0], np.float32) if b is None else b
         extra, act, pre, last = self.fused_epilogue(node, node.output[0], axis=1)
@@ -764,10 +762,8 @@ class _Lowering:
             bias = bias + np.broadcast_to(extra.reshape(-1), bias.shape)
         if act not in (None, "relu"):
             raise _error(node, f"Conv followed by {act}: only Relu fuses into a convolution")
-        name = node.name or last
-        t = self.g.conv(name, x.t, w_k, bias, self.scale(last), act=act)
-        if strides == (2, 2):
-            t = self.g.pool(f"{name} stride 2", t, window=1)
+        t = self.g.conv(node.name or last, x.t, w_k, bias, self.scale(last), act=act,
+                        stride=strides, pads=pads, dilation=dilations)
         self.env[last] = _Img(t, self.shape(last))
 
     def _heads_matmul(self, node, x, y):
@@ -1066,13 +1062,14 @@ class _Lowering:
 
     def _pool(self, node, kind):
         a = attributes(node)
-        x = self.get(node, 0, _Img)
-        if (tuple(a.get("kernel_shape", ())) != (2, 2) or tuple(a.get("strides", (1, 1))) != (2, 2)
-                or set(a.get("pads", (0,))) != {0} or a.get("ceil_mode", 0)
-                or set(a.get("dilations", (1,))) != {1}):
-            raise _error(node, "supported is a 2x2 window with strides 2 and no padding")
+        x = self.get(node, 0, _Img, peek=True)
+        if a.get("ceil_mode", 0) or set(a.get("dilations", (1,))) != {1} \
+                or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            raise _error(node, "ceil_mode, auto_pad and dilations are not supported (pads are)")
+        kernel = tuple(a["kernel_shape"])
         out = node.output[0]
-        t = self.g.pool(node.name or out, x.t, kind)
+        t = self.g.pool(node.name or out, x.t, kind, kernel, tuple(a.get("strides", (1, 1))),
+                        tuple(a.get("pads", (0,) * 4)), bool(a.get("count_include_pad", 0)))
         self.env[out] = _Img(self.fit(t, out, node.name or out), self.shape(out))
 
     def op_MaxPool(self, node):
@@ -1085,7 +1082,7 @@ class _Lowering:
 
     def op_GlobalAveragePool(self, node):
         out = node.output[0]
-        x = self.get(node, 0, _Img)
+        x = self.get(node, 0, _Img, peek=True)
         t = self.g.global_avgpool(node.name or out, x.t, self.scale(out))
         self.env[out] = _Mat(t, self.shape(out), x.shape[1])
 

@@ -39,19 +39,21 @@ def _pads(pads, spatial):
 
 def _conv(x, w, b=None, *, strides=(1, 1), pads=None, dilations=(1, 1), group=1,
           kernel_shape=None, auto_pad="NOTSET"):
-    if group != 1 or tuple(dilations) != (1, 1) or auto_pad not in ("NOTSET", b"NOTSET"):
-        raise NotImplementedError("group, dilations and auto_pad are not supported")
+    if group != 1 or auto_pad not in ("NOTSET", b"NOTSET"):
+        raise NotImplementedError("group and auto_pad are not supported")
     (pt, pb), (pl, pr) = _pads(pads, 2)
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     kh, kw = w.shape[2:]
     sh, sw = strides
-    oh = (xp.shape[2] - kh) // sh + 1
-    ow = (xp.shape[3] - kw) // sw + 1
+    dh, dw = dilations
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     out = np.zeros((x.shape[0], w.shape[0], oh, ow), np.float32)
     for dy in range(kh):
         for dx in range(kw):
-            patch = xp[:, :, dy:dy + sh * (oh - 1) + 1:sh, dx:dx + sw * (ow - 1) + 1:sw]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, dy, dx])
+            y0, x0 = dh * dy, dw * dx
+            patch = xp[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, dy, dx], optimize=True)
     if b is not None:
         out += b[None, :, None, None]
     return out
