@@ -14,6 +14,7 @@ from runtime.apps.inference import execute
 from runtime.compiler.graph import Graph, Image
 from runtime.compiler.models import MODELS, accuracy, compile_model
 from runtime.compiler.builder import CompileError
+from runtime.compiler.quant import multiplier, quantize, rq
 
 DEFAULT = NPUConfig()
 SMALL = NPUConfig.preset("small")
@@ -181,3 +182,137 @@ def test_cli_run_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
+
+
+def _loop_conv(pixels, w_q, stride, pads, dilation):
+    """Integer convolution by plain loops over output pixels and taps (an independent
+    reference for Graph.conv): pixels (b, h, w, cin), w_q (kh, kw, cin, cout)."""
+    b, h, w, _ = pixels.shape
+    kh, kw, _, cout = w_q.shape
+    (sy, sx), (pt, pl, pb, pr), (dy, dx) = stride, pads, dilation
+    ho, wo = (h + pt + pb - dy * (kh - 1) - 1) // sy + 1, (w + pl + pr - dx * (kw - 1) - 1) // sx + 1
+    out = np.zeros((b, ho, wo, cout), np.int64)
+    for y in range(ho):
+        for x in range(wo):
+            for i in range(kh):
+                for j in range(kw):
+                    Y, X = sy * y + dy * i - pt, sx * x + dx * j - pl
+                    if 0 <= Y < h and 0 <= X < w:
+                        out[:, y, x] += pixels[:, Y, X] @ w_q[i, j]
+    return out
+
+
+def _loop_pool(pixels, kind, kernel, stride, pads, count_pads):
+    b, h, w, c = pixels.shape
+    (kh, kw), (sy, sx), (pt, pl, pb, pr) = kernel, stride, pads
+    ho, wo = (h + pt + pb - kh) // sy + 1, (w + pl + pr - kw) // sx + 1
+    out = np.zeros((b, ho, wo, c), np.int64)
+    for y in range(ho):
+        for x in range(wo):
+            ys = range(max(0, sy * y - pt), min(h, sy * y - pt + kh))
+            xs = range(max(0, sx * x - pl), min(w, sx * x - pl + kw))
+            window = pixels[:, ys][:, :, xs]
+            if kind == "max":
+                out[:, y, x] = window.max(axis=(1, 2))
+            else:
+                count = kh * kw if count_pads else len(ys) * len(xs)
+                out[:, y, x] = rq(window.sum(axis=(1, 2)), *multiplier(1 / count))
+    return out
+
+
+#: (image batch, h, w), kernel, stride, pads (top, left, bottom, right), dilation.
+CONVS = [((2, 9, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+         ((1, 15, 13), (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)),
+         ((2, 10, 10), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+         ((2, 8, 8), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+         ((1, 9, 11), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),
+         ((1, 11, 7), (5, 3), (3, 1), (0, 0, 0, 0), (1, 1)),
+         ((1, 6, 7), (3, 3), (1, 1), (0, 2, 1, 0), (1, 1))]
+
+
+def _whole_and_by_bands(make, bands):
+    """Graph ``make(spad_rows)`` builds, compiled with the scratchpad its whole run needs
+    or (``bands``) the largest part of it (3/4, 3/5, 1/2) with which it runs by bands of
+    lines through HBM; and its program."""
+    g = make(None)
+    program = g.build()
+    if not bands:
+        return g, program
+    peak = g.builder.spad_peak
+    for fraction in (0.75, 0.6, 0.5):
+        g = make(int(peak * fraction))
+        program = g.build()
+        if any(" store rows " in n for n in program.names):      # a band went to HBM
+            return g, program
+    raise AssertionError("no scratchpad size made it run by bands")
+
+
+@pytest.mark.parametrize("bands", [False, True], ids=["whole", "bands"])
+@pytest.mark.parametrize("shape, kernel, stride, pads, dilation", CONVS,
+                         ids=[f"{k[0]}x{k[1]}-s{s[0]}{s[1]}-p{''.join(map(str, p))}-d{d[0]}"
+                              for _, k, s, p, d in CONVS])
+def test_convolutions_equal_a_loop_reference_whole_and_by_bands(shape, kernel, stride, pads,
+                                                                dilation, bands):
+    """Graph.conv of any kernel, stride, padding and dilation, on golden (race check on),
+    equals an integer convolution written as plain loops; with a small scratchpad it runs
+    by bands of lines through HBM and still does."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(-127, 128, (*shape, 16))
+    w = rng.normal(0, 0.1, (*kernel, 16, 24))
+    bias = rng.normal(0, 0.5, 24)
+
+    def make(spad_rows):
+        g = Graph(DEFAULT, spad_rows=spad_rows)
+        x = g.input("x", pixels, 0.05, image=Image(*shape))
+        g.end_operator()
+        g.y = g.conv("conv", x, w, bias, 0.2, act="relu", stride=stride, pads=pads,
+                     dilation=dilation)
+        g.end_operator()
+        g.output("y", g.y)
+        return g
+
+    g, program = _whole_and_by_bands(make, bands)
+    outputs, _ = execute(g, program)
+    w_scale = np.abs(w).max() / 127
+    acc = _loop_conv(pixels, quantize(w, w_scale), stride, pads, dilation) \
+        + quantize(bias, 0.05 * w_scale, bits=32)
+    expected = np.maximum(rq(acc, *multiplier(0.05 * w_scale / 0.2)), 0)
+    assert np.array_equal(g.y.image.from_rows(outputs["y"]), expected)
+    assert np.array_equal(outputs["y"], g.y.ref)
+
+
+POOLS = [("max", (3, 3), (2, 2), (1, 1, 1, 1), False), ("max", (2, 3), (1, 1), (0, 0, 0, 0), False),
+         ("avg", (3, 3), (2, 2), (1, 1, 1, 1), False), ("avg", (3, 3), (2, 2), (1, 1, 1, 1), True),
+         ("avg", (2, 2), (2, 2), (0, 0, 0, 0), False)]
+
+
+@pytest.mark.parametrize("bands", [False, True], ids=["whole", "bands"])
+@pytest.mark.parametrize("kind, kernel, stride, pads, count_pads", POOLS,
+                         ids=[f"{p[0]}{p[1][0]}x{p[1][1]}-s{p[2][0]}-p{p[3][0]}{'-count' * p[4]}"
+                              for p in POOLS])
+def test_pooling_equals_a_loop_reference_whole_and_by_bands(kind, kernel, stride, pads,
+                                                            count_pads, bands):
+    """Max pooling never lets padding win (signed inputs); averages divide by the window's
+    pixels (or the whole window with count_pads); golden equals a plain-loop reference,
+    and so does the global average pool of the same (spilled, when by bands) input."""
+    rng = np.random.default_rng(6)
+    pixels = rng.integers(-127, 128, (2, 11, 10, 16))
+
+    def make(spad_rows):
+        g = Graph(DEFAULT, spad_rows=spad_rows)
+        x = g.input("x", pixels, 0.05, image=Image(2, 11, 10))
+        g.end_operator()
+        g.y = g.pool("pool", x, kind, kernel, stride, pads, count_pads)
+        g.end_operator()
+        gap = g.global_avgpool("gap", x, 0.01)
+        g.end_operator()
+        g.output("y", g.y)
+        g.output("gap", gap)
+        return g
+
+    g, program = _whole_and_by_bands(make, bands)
+    outputs, _ = execute(g, program)
+    expected = _loop_pool(pixels, kind, kernel, stride, pads, count_pads)
+    assert np.array_equal(g.y.image.from_rows(outputs["y"]), expected)
+    assert np.array_equal(outputs["gap"], rq(pixels.sum(axis=(1, 2)),
+                                             *multiplier(0.05 / 110 / 0.01)))

@@ -469,6 +469,7 @@ class Graph:
         """Store an int8 tensor to HBM (row-major, rows x cols, packed as the inputs are)
         for the host to read (:meth:`read_output`)."""
         self._int8_words(x.ref, f"output {name}")           # checks that it is int8
+        x = self.resident(x)
         cols, pw = x.tiles * self.lanes, self.per_word
         hbm = self.builder.hbm(x.rows * cols // pw, f"output {name}")
         for t in range(x.tiles):
@@ -601,11 +602,13 @@ class Graph:
         pw = self.per_word
         w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
-        ring = min(n_tiles, 3)
+        # Up to 3 panels in flight (the next ones load while the MEs use one), fewer when
+        # a panel is large against the scratchpad.
+        ring = min(n_tiles, 3, max(1, self._room() // (6 * (k + 1))))
         bufs = [self._alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
 
         def panel(ct, slot):
-            buf = bufs[slot]
+            buf = bufs[slot % ring]
             body = self._dma_rows(lanes, n_tiles * lanes // pw, buf.start,
                                   w_hbm.start + ct * lanes // pw, k, packed=pw > 1)
             body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
@@ -907,7 +910,7 @@ class Graph:
         def sizes(lines):
             """Regions a band of ``lines`` output lines allocates: output, input band,
             phase images, accumulators."""
-            src_lines = lines + 2 * halo if direct else sy * (lines + 2 * halo) + kh * dy
+            src_lines = (1 if direct else sy) * (lines + 2 * halo)
             return ([lines * pitch * n_tiles, src_lines * image.pitch * x.tiles]
                     + [(lines + 2 * halo) * pitch * n_src] * (n_src > 0)
                     + [lines * pitch] * ring)
@@ -951,7 +954,10 @@ class Graph:
             return band(x, 0, 0, total, out)
         if not spilled:
             held = self.resident(x)
-            lines = self.largest_band(name, total, lambda b: [sizes(b)[0]] + sizes(b)[2:])
+            try:
+                lines = self.largest_band(name, total, lambda b: [sizes(b)[0]] + sizes(b)[2:])
+            except CompileError:
+                lines = 0
             if lines >= min(total, 4):
                 return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch,
                                       lambda r0, count: band(held, 0, r0 // grid.pitch,
@@ -1305,6 +1311,8 @@ class Graph:
                 runs.append([u, 1, a, b - a, a - sx * u])
 
         def band(src, row0, g0, g1, out):
+            if src is None:                     # lines of the ring alone
+                return self._zero(name, out)
             for t in range(x.tiles):
                 dst = out.tile(t) - g0 * grid.pitch
                 units = _zero_units(out.tile(t), grid.ring_spans(g0 * grid.pitch,
