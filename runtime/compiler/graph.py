@@ -750,19 +750,30 @@ class Graph:
         # Largest band whose pieces the allocator places (fragmentation may split them).
         return largest(lambda b: self.builder.fits_all(sizes(b)), 1, band)
 
-    def _by_bands(self, name, rows, out_tiles, band, compute, image=None):
+    def _by_bands(self, name, rows, out_tiles, band, compute, image=None, sizes=None, unit=1):
         """The output of ``rows`` rows and ``out_tiles`` tiles (laid out as ``image``), born
         spilled: for each band of rows r0.., ``compute(r0, count)`` gives that band's
         output, which is stored to the output's HBM region; then every activation the band
-        made gives its rows back."""
+        made gives its rows back. With ``sizes`` (a band's allocations, by its rows), a
+        band shrinks (by multiples of ``unit`` rows) to what the allocator can place then:
+        the pieces earlier bands gave back rest a while where they were."""
         out = self.born_spilled(name, rows, out_tiles, image)
-        for r0 in range(0, rows, band):
+        r0 = 0
+        while r0 < rows:
+            count = min(band, rows - r0)
+            if sizes is not None and not self.builder.fits_all(sizes(count)):
+                lo, hi = 1, count // unit
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if self.builder.fits_all(sizes(mid * unit)) else (lo, mid - 1)
+                count = lo * unit
             first = self._homes
-            yb = compute(r0, min(band, rows - r0))
+            yb = compute(r0, count)
             self.store_rows(out, yb, r0, 0, f"{name} store rows {r0}")
             for made in range(first, self._homes):
                 if made in self._activations:
                     self._free_home(made)
+            r0 += count
         return out
 
     def born_spilled(self, name, rows, tiles, image=None):
@@ -854,6 +865,8 @@ class Graph:
         taps = [((dy * i - pt) % sy, (dx * j - pl) % sx, (dy * i - pt) // sy,
                  (dx * j - pl) // sx) for i in range(kh) for j in range(kw)]
         halo = max(max(abs(t[2]), abs(t[3])) for t in taps)
+        # Output line g reads lines g - above .. g + below of its source grid.
+        above, below = max(0, -min(t[2] for t in taps)), max(0, max(t[2] for t in taps))
         direct = (sy, sx) == (1, 1) and (ho, wo) == (image.h, image.w) and halo <= image.ring
         grid = image if direct else Image(image.batch, ho, wo, max(1, halo))
         phases = sorted({t[:2] for t in taps})
@@ -884,11 +897,11 @@ class Graph:
             if not inside.size:
                 return self._zero(name, out)
             lo, hi = int(inside[0]), int(inside[-1]) + 1
-            first, stop = max(0, g0 - halo), min(grid.batch * grid.lines, g1 + halo)
+            first, stop = max(0, g0 - above), min(grid.batch * grid.lines, g1 + below)
             if direct:
                 base = lambda kt: src.tile(kt % x.tiles) + g0 * pitch - row0
             else:
-                ph = self._phases(f"{name} phases", src, row0, image, grid, phases, (sy, sx),
+                ph = self._phases(f"{name} phases", x, src, row0, grid, phases, (sy, sx),
                                   first, stop)
                 base = lambda kt: (ph.tile(phases.index(taps[kt // x.tiles][:2]) * x.tiles
                                            + kt % x.tiles) + (g0 - first) * pitch)
@@ -910,16 +923,19 @@ class Graph:
         def sizes(lines):
             """Regions a band of ``lines`` output lines allocates: output, input band,
             phase images, accumulators."""
-            src_lines = (1 if direct else sy) * (lines + 2 * halo)
-            return ([lines * pitch * n_tiles, src_lines * image.pitch * x.tiles]
-                    + [(lines + 2 * halo) * pitch * n_src] * (n_src > 0)
+            src_lines = (1 if direct else sy) * (lines + above + below)
+            gathered = not direct and x.home in self._spilled      # phases straight from HBM
+            return ([lines * pitch * n_tiles, 0 if gathered else src_lines * image.pitch * x.tiles]
+                    + [(lines + above + below) * pitch * n_src] * (n_src > 0)
                     + [lines * pitch] * ring)
 
         def source_rows(g0, g1):
             """The input rows lines g0..g1-1 of the output read."""
-            first, stop = max(0, g0 - halo), min(grid.batch * grid.lines, g1 + halo)
+            first, stop = max(0, g0 - above), min(grid.batch * grid.lines, g1 + below)
             if direct:
                 return first * pitch, stop * pitch
+            if x.home in self._spilled:
+                return 0, 0                     # the DMA gathers the phases from HBM
             lines = []
             for g in range(first, stop):
                 i, v = divmod(g, grid.lines)
@@ -964,7 +980,8 @@ class Graph:
                                                              (r0 + count) // grid.pitch,
                                                              self._band_out(name, count,
                                                                             n_tiles, scale)),
-                                      grid)
+                                      grid, lambda n: [sizes(n // grid.pitch)[0]]
+                                      + sizes(n // grid.pitch)[2:], grid.pitch)
             self._spill(x.home)
         lines = self.largest_band(name, total, sizes)
 
@@ -974,7 +991,8 @@ class Graph:
             a, b = source_rows(g0, g1)
             src = self.load_band(x, a, b - a) if b > a else None
             return band(src, a, g0, g1, out)
-        return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch, from_hbm, grid)
+        return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch, from_hbm, grid,
+                              lambda n: sizes(n // grid.pitch), grid.pitch)
 
     def _zero(self, name, t):
         """VE µTOps writing 0 to every row of tensor ``t``."""
@@ -989,21 +1007,23 @@ class Graph:
         return self._new(rows, tiles, scale, np.zeros((rows, tiles * self.lanes)),
                          f"{name} band")
 
-    def _phases(self, name, src, row0, image, grid, phases, stride, first, stop):
-        """Phase images of ``src`` (an image's rows from row0 on): for each (a, b) of
-        ``phases`` and channel tile, grid lines first..stop-1 (over the batch) of P[a, b][v,
-        u] = input[sy*v + a, sx*u + b], zero where that is outside the input. The VE
-        zeroes what is outside, then copies the rest: with sx = 1 one loop over lines per
-        image, otherwise a loop over the pixels of each line."""
+    def _phases(self, name, x, src, row0, grid, phases, stride, first, stop):
+        """Phase images of image ``x``: for each (a, b) of ``phases`` and channel tile,
+        grid lines first..stop-1 (over the batch) of P[a, b][v, u] = x[sy*v + a, sx*u + b],
+        zero where that is outside the input. From ``src`` (x's rows from row0 on, in the
+        scratchpad) the VE zeroes what is outside and copies the rest (with sx = 1 one loop
+        over lines per image, otherwise a loop over the pixels of each line); when x lives
+        in HBM (``src`` None), the DMA gathers each line's pixels with an HBM stride of sx
+        pixels."""
         sy, sx = stride
-        tiles, pitch, r = src.tiles, grid.pitch, grid.ring
+        image, lanes = x.image, self.lanes
+        tiles, pitch, r = x.tiles, grid.pitch, grid.ring
         lines = stop - first
         count = len(phases) * tiles
-        ref = np.zeros((lines * pitch, count * self.lanes), np.int64)
-        out = self._new(lines * pitch, count, src.scale, ref, name)
+        ref = np.zeros((lines * pitch, count * lanes), np.int64)
+        out = self._new(lines * pitch, count, x.scale, ref, name)
         for p, (a, b) in enumerate(phases):
-            # Grid line g holds input line sy*(v) + a, v = its line in the image - ring.
-            valid = []                          # (g, image, input line)
+            valid = []                          # (grid line, image, input line)
             for g in range(first, stop):
                 i, v = divmod(g, grid.lines)
                 y = sy * (v - r) + a
@@ -1011,16 +1031,23 @@ class Graph:
                     valid.append((g, i, y))
             ncols = min((image.w - 1 - b) // sx + 1, pitch - r) if b < image.w else 0
             inside = np.zeros((lines, pitch), bool)
-            for g, _, _ in valid:
-                inside[g - first, r:r + ncols] = True
             for g, i, y in valid:
+                inside[g - first, r:r + ncols] = True
                 ref[(g - first) * pitch + r:(g - first) * pitch + r + ncols,
-                    p * tiles * self.lanes:(p + 1) * tiles * self.lanes] = \
-                    src.ref[image.row(i, y, b) - row0 + sx * np.arange(ncols)]
+                    p * tiles * lanes:(p + 1) * tiles * lanes] = \
+                    x.ref[image.row(i, y, b) + sx * np.arange(ncols)]
+            outside = _runs(~inside.reshape(-1))
             for t in range(tiles):
                 dst = out.tile(p * tiles + t)
-                units = _zero_units(dst, _runs(~inside.reshape(-1)), src.tile(t),
-                                    min(256, src.rows))
+                region = out.tile_region(p * tiles + t)
+                if src is None:
+                    self._ve(_zero_units(dst, outside), reads=[region], writes=[region],
+                             name=f"{name} zero.{p}.{t}")
+                    self._gather(f"{name}.{p}.{t}", x, t, region,
+                                 [(dst + (g - first) * pitch + r + f, image.row(i, y, b) + sx * f, n)
+                                  for g, i, y in valid for f, n in row_spans(ncols)], sx)
+                    continue
+                units = _zero_units(dst, outside, src.tile(t), min(256, src.rows))
                 src_row = lambda i, y: src.tile(t) + image.row(i, y, b) - row0
                 if sx == 1 and ncols <= 256:
                     # One loop per image over its consecutive valid lines.
@@ -1041,10 +1068,23 @@ class Graph:
                         else:
                             units.append([instr("loop", ncols, 1, 1, sx),
                                           instr("vaddi", d, src_row(i, y), 0, 1)])
-                self._ve(units, reads=[src.tile_region(t)], writes=[out.tile_region(p * tiles + t)],
+                self._ve(units, reads=[src.tile_region(t)], writes=[region],
                          name=f"{name}.{p}.{t}")
         out.ref[:] = ref
         return out
+
+    def _gather(self, name, x, t, region, pieces, stride):
+        """DMA loads of rows of tile ``t`` of spilled tensor ``x`` into ``region``: each
+        (spad row, x row, n) piece takes n rows, ``stride`` rows of x apart."""
+        old, hbm = self._spilled[x.home]
+        pw, lanes = self._packing(x.home), self.lanes
+        step = lanes // pw
+        base = hbm.start + (x.region.start - old.start + t * x.rows) * step
+        body = [instr("dcfg", lanes, stride * step, 1, i8=int(pw > 1))]
+        body += [instr("dload", row, base + xrow * step, n) for row, xrow, n in pieces]
+        self.builder.split_utop(Engine.DMA, body, reads=[hbm], writes=[region], name=name)
+        self.reloads += 1
+        self.reload_bytes += 4 * step * sum(n for _, _, n in pieces)
 
     def matmul(self, name, x, y, out_scale, out=None, transposed=False):
         """x @ y of two activations (y's rows are the K dimension), int8 out; with

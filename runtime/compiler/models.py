@@ -33,7 +33,7 @@ __all__ = ["MODELS", "CompiledModel", "ModelError", "compile_model", "accuracy",
 #: The built-in models' names.
 MODELS = tuple(zoo.MODELS)
 
-_REF = re.compile(r"^(?P<name>[a-z]+)(\[(?P<sizes>[^\]]*)\])?$")
+_REF = re.compile(r"^(?P<name>[a-z][a-z0-9-]*)(\[(?P<sizes>[^\]]*)\])?$")
 
 
 class ModelError(OnnxError):
@@ -83,8 +83,8 @@ def model_name(ref):
 def parse_builtin(ref):
     """'bert[tokens=64,layers=2]' -> ('bert', {'tokens': 64, 'layers': 2})."""
     match = _REF.match(str(ref))
-    if not match or match["name"] not in zoo.MODELS:
-        raise ModelError(f"unknown model {ref!r}; expected one of {', '.join(MODELS)} (with "
+    if not match or match["name"] not in zoo.BUILTIN:
+        raise ModelError(f"unknown model {ref!r}; expected one of {', '.join(zoo.BUILTIN)} (with "
                          f"optional sizes, e.g. bert[tokens=64,width=64]), or a .onnx or "
                          f".neu10 file")
     sizes = {}
@@ -120,7 +120,7 @@ def load_model(ref, seed=0, input_shapes=None, calibration=None):
         except ValueError as error:
             raise ModelError(str(error)) from None
         model = load(proto, name=str(ref))
-        model.metric = zoo.MODELS[name][1]
+        model.metric = zoo.BUILTIN[name][1]
         batches = _random_batches(model, seed)
         model.extra["calibration"] = "builtin"
     model.scales = calibrate(model, batches)

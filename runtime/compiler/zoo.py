@@ -1,4 +1,5 @@
-"""The four built-in models, after the paper's MLPerf workloads, as ONNX graphs built in code
+"""The built-in models: four after the paper's MLPerf workloads at sizes the RTL runs in
+seconds, and full-size ones, as ONNX graphs built in code
 (weights from a seed, no downloads) with size parameters.
 
 They go through the same importer as a user's ONNX file (onnx_import.py), and
@@ -10,6 +11,7 @@ They go through the same importer as a user's ONNX file (onnx_import.py), and
 | resnet | CNN: 3x3 conv stem, a residual block, 2x2 max pool, conv, global average pool, classifier | batch 8, image 8, channels 8, classes 10 | top-1 agreement |
 | bert | transformer encoder: multi-head self-attention, residual + layer norm, GELU FFN | tokens 16, width 32, heads 4, layers 1, ff 64 | relative L2 error |
 | dlrm | DLRM: bottom MLP on dense features, embedding tables, concatenation, top MLP, sigmoid | batch 16, tables 3, vocab 32, dim 16, dense 16 | relative L2 error |
+| resnet50 | ResNet-50 v1.5 (full size): 7x7 stride-2 stem, 3x3 stride-2 max pool, 16 bottleneck blocks, global average pool, classifier | batch 1, image 224, width 64, blocks 3463, classes 1000 | top-1 agreement |
 
 bert is written the way exporters emit attention: Reshape + Transpose into heads, MatMul,
 Div by sqrt(d), Softmax, MatMul, Transpose + Reshape back.
@@ -21,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["MODELS", "SIZES", "build", "check_sizes"]
+__all__ = ["MODELS", "FULL_SIZE", "BUILTIN", "SIZES", "build", "check_sizes"]
 
 
 class _Onnx:
@@ -160,13 +162,60 @@ def dlrm(rng, batch=16, tables=3, vocab=32, dim=16, dense=16):
     return m.model(m.gemm("out", z, *_layer(rng, 16, 1), act="Sigmoid"))
 
 
-#: name -> (builder, accuracy metric)
+def resnet50(rng, batch=1, image=224, width=64, blocks=3463, classes=1000):
+    """ResNet-50 v1.5 as torchvision defines it and exporters emit it in eval mode (batch
+    norm folded into each convolution's weights and bias): a 7x7 stride-2 stem, 3x3
+    stride-2 max pool, four stages of bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion;
+    the stride on the 3x3 and on a 1x1 projection of the shortcut), global average pool,
+    classifier. ``width`` is the stem's channels (stages: 1, 2, 4, 8 times it), ``blocks``
+    the blocks per stage as digits (3463: ResNet-50; 2222 is a ResNet-26)."""
+    depths = [int(d) for d in str(blocks)]
+    if len(depths) != 4 or 0 in depths:
+        raise ValueError(f"resnet50: blocks {blocks} should be 4 nonzero digits (blocks per "
+                         f"stage, 3463 for ResNet-50)")
+    m = _Onnx("resnet50")
+
+    def conv(name, x, cin, cout, k, stride=1, act=True):
+        w = rng.normal(0, np.sqrt(2 / (k * k * cin)), (cout, cin, k, k)).astype(np.float32)
+        y = m.op("Conv", [x, m.const(f"{name}.weight", w),
+                          m.const(f"{name}.bias", rng.normal(0, 0.1, cout).astype(np.float32))],
+                 name=name, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
+        return m.op("Relu", [y], name=f"{name}.relu") if act else y
+
+    h = conv("conv1", m.input("image", [batch, 3, image, image]), 3, width, 7, stride=2)
+    h = m.op("MaxPool", [h], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
+             pads=[1, 1, 1, 1])
+    cin = width
+    for stage, depth in enumerate(depths):
+        mid = width * 2 ** stage
+        for block in range(depth):
+            name, stride = f"layer{stage + 1}.{block}", 2 if block == 0 and stage else 1
+            y = conv(f"{name}.conv1", h, cin, mid, 1)
+            y = conv(f"{name}.conv2", y, mid, mid, 3, stride)
+            y = conv(f"{name}.conv3", y, mid, 4 * mid, 1, act=False)
+            shortcut = h if block else conv(f"{name}.downsample", h, cin, 4 * mid, 1, stride,
+                                            act=False)
+            h = m.op("Relu", [m.op("Add", [y, shortcut], name=f"{name}.add")],
+                     name=f"{name}.relu")
+            cin = 4 * mid
+    h = m.op("Flatten", [m.op("GlobalAveragePool", [h], name="avgpool")], name="flatten", axis=1)
+    return m.model(m.gemm("fc", h, *_layer(rng, cin, classes)))
+
+
+#: name -> (builder, accuracy metric): the four models of the serving experiments, at
+#: sizes the RTL runs in seconds.
 MODELS = {"ncf": (ncf, "relerr"), "resnet": (resnet, "top1"), "bert": (bert, "relerr"),
           "dlrm": (dlrm, "relerr")}
 
+#: Full-size models (published architectures at their real sizes, random weights).
+FULL_SIZE = {"resnet50": (resnet50, "top1")}
+
+#: Every built-in model.
+BUILTIN = {**MODELS, **FULL_SIZE}
+
 #: name -> {size parameter: default}
 SIZES = {name: {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
-         for name, (fn, _) in MODELS.items()}
+         for name, (fn, _) in BUILTIN.items()}
 
 
 def check_sizes(name, sizes):
@@ -182,4 +231,4 @@ def check_sizes(name, sizes):
 def build(name, seed=0, **sizes):
     """The ONNX model ``name`` with weights from ``seed``; ValueError names a bad size."""
     check_sizes(name, sizes)
-    return MODELS[name][0](np.random.default_rng(seed), **sizes)
+    return BUILTIN[name][0](np.random.default_rng(seed), **sizes)
