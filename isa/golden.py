@@ -15,7 +15,7 @@ from .encoding import (DecodeError, Engine, Fault, decode_header, decode_instr, 
                        unpack_int8)
 
 __all__ = ["Segment", "ContextSpec", "ContextOutcome", "GoldenNPU", "ProgramFault", "Race",
-           "RestartHazard", "find_races", "loop_operands", "requantize", "wrap32"]
+           "RestartHazard", "loop_operands", "requantize", "wrap32"]
 
 _INT32 = np.int32
 _ALU = re.compile(r"^v(add|sub|mul|min|max|shl|sra|srl)(r|i)?(\.s8)?$")
@@ -119,7 +119,7 @@ class GoldenNPU:
         self.config = config
         self.spad = np.zeros((config.spad_rows, config.ve_lanes), dtype=_INT32)
         self.hbm = np.zeros(config.hbm_words, dtype=_INT32)
-        #: With check_races, each ContextOutcome lists its races (see find_races) and the
+        #: With check_races, each ContextOutcome lists its races (see _RaceCheck) and the
         #: µTOps flagged restartable that are not (see RestartHazard).
         self.check_races = check_races
         self._accesses = None
@@ -160,7 +160,7 @@ class GoldenNPU:
     def _run_context(self, ctx):
         cfg = self.config
         result = ContextOutcome()
-        history = []          # per executed µTOp: (pc, deps, accesses), for the race check
+        races = _RaceCheck(cfg.dep_window) if self.check_races else None
         pc = 0
         while True:
             header_pc = pc
@@ -193,12 +193,12 @@ class GoldenNPU:
                     fault.fault, header_pc, fault.detail
                 return result
             if self._accesses is not None:
-                history.append((header_pc, utop.deps, self._accesses))
+                races.add(header_pc, utop.deps, self._accesses)
                 self._accesses = None
             result.utops_retired += 1
             if utop.eop:
                 if self.check_races:
-                    result.races = find_races(history, cfg.dep_window)
+                    result.races = races.races
                 return result
 
     # --- one µTOp -------------------------------------------------------------------------
@@ -241,16 +241,22 @@ class GoldenNPU:
             raise ProgramFault(Fault.SPAD_OOB, f"scratchpad row {int(rel[bad][0])} is outside "
                                f"the segment of {ctx.spad.size} rows")
         rows = ctx.spad.base + rel
-        self._track("spad", [int(r) for r in np.atleast_1d(rows)], write)
+        self._track("spad", np.atleast_1d(rows).tolist(), write)
         return rows
 
-    def _words(self, ctx, first, count, write=False):
-        """Physical HBM words first..first+count-1; HBM_OOB if any is outside."""
-        if first < 0 or first + count > ctx.hbm.size:
+    def _words(self, ctx, firsts, count, write=False):
+        """Physical HBM words of ``count`` words from each segment-relative start in
+        ``firsts`` (rows x count); HBM_OOB, naming the first row with a word outside the
+        segment, if any is."""
+        firsts = np.asarray(firsts, np.int64).reshape(-1)
+        bad = (firsts < 0) | (firsts + count > ctx.hbm.size)
+        if bad.any():
+            first = int(firsts[bad][0])
             raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
                                f"outside the segment of {ctx.hbm.size} words")
-        self._track("hbm", range(ctx.hbm.base + first, ctx.hbm.base + first + count), write)
-        return slice(ctx.hbm.base + first, ctx.hbm.base + first + count)
+        words = ctx.hbm.base + firsts[:, None] + np.arange(count)
+        self._track("hbm", words.ravel().tolist(), write)
+        return words
 
     # --- matrix engine --------------------------------------------------------------------
 
@@ -268,24 +274,71 @@ class GoldenNPU:
                 raise ProgramFault(Fault.ILLEGAL_OPERAND, "mmloop: its ldw and mm do not fit in "
                                    "the µTOp body")
             pair = instrs[position + 1:position + 3]
+            if self._mmloop_at_once(a, pair, ctx, state):
+                position += 3
+                continue
             for t in range(a["count"]):
                 for inner, mnemonic, stride in zip(pair, ("ldw", "mm"),
                                                    (a["w_stride"], a["x_stride"])):
-                    if t:      # later iterations: sources moved, the mm accumulating
-                        args = dict(inner.args, src=inner.args["src"] + t * stride)
-                        if mnemonic == "mm":
-                            args["acc"] = 1
-                        inner = replace(inner, args=args)
                     inner = self._check(inner)
                     if inner.op.mnemonic != mnemonic:
                         raise ProgramFault(Fault.ILLEGAL_OPERAND, f"mmloop: {inner.op.mnemonic} "
                                            f"where its {mnemonic} must be")
-                    self._me_instr(inner, ctx, state)
+                    args = inner.args
+                    if t:      # later iterations: sources moved, the mm accumulating
+                        args = dict(args, src=args["src"] + t * stride)
+                        if mnemonic == "mm":
+                            args["acc"] = 1
+                    self._me_instr(inner, ctx, state, args)
             position += 3
 
-    def _me_instr(self, instr, ctx, state):
+    def _mmloop_at_once(self, loop, pair, ctx, state):
+        """An mmloop whose iterations all decode, stay in the segment and read no row its
+        mm writes, run as one sum of products (the same result and accesses as iteration
+        by iteration: the first iteration's ldw and mm, then the others' accesses as one
+        step, since they write only the rows the first mm wrote). False, with nothing
+        done, otherwise (the iterations then run one by one)."""
         cfg = self.config
-        a = instr.args
+        if any(isinstance(i, DecodeError) for i in pair) \
+                or [i.op.mnemonic for i in pair] != ["ldw", "mm"]:
+            return False
+        ldw, mm = pair[0].args, pair[1].args
+        count, size = loop["count"], ctx.spad.size
+        k, m = ldw["k"], mm["m"]
+        if not 1 <= k <= (cfg.array_cols if ldw["t"] else cfg.array_rows):
+            return False
+        w_first = ldw["src"] + loop["w_stride"] * np.arange(count)
+        x_first = mm["src"] + loop["x_stride"] * np.arange(count)
+        dst = mm["dst"]
+        if (min(w_first.min(), x_first.min(), dst) < 0
+                or max(w_first.max() + k, x_first.max() + m, dst + m) > size
+                or ((x_first < dst + m) & (x_first + m > dst)).any()    # undefined: as
+                or ((w_first < dst + m) & (w_first + k > dst)).any()):  # they run
+            return False
+        for instr in pair:               # the first iteration, as it runs
+            self._me_instr(self._check(instr), ctx, state)
+        if count == 1:
+            return True
+        self._check(pair[0])             # the other iterations' accesses, as one step
+        w_rows = self._segment_rows(ctx, (w_first[1:, None] + np.arange(k)).ravel())
+        x_rows = self._segment_rows(ctx, (x_first[1:, None] + np.arange(m)).ravel())
+        dst = self._rows(ctx, dst, m, write=True)
+        self._track("spad", dst.tolist(), False)
+        w = self.spad[w_rows].reshape(count - 1, k, -1).astype(np.int8).astype(np.int64)
+        weights = np.zeros((count - 1, cfg.array_rows, cfg.array_cols), np.int64)
+        if ldw["t"]:
+            weights[:, :, :k] = w[:, :, :cfg.array_rows].transpose(0, 2, 1)
+        else:
+            weights[:, :k] = w[:, :, :cfg.array_cols]
+        x = self.spad[x_rows, :cfg.array_rows].reshape(count - 1, m, -1)
+        product = np.einsum("tmr,trc->mc", x.astype(np.int8).astype(np.int64), weights)
+        self.spad[dst, :cfg.array_cols] = wrap32(product + self.spad[dst, :cfg.array_cols])
+        state["weights"] = weights[-1]
+        return True
+
+    def _me_instr(self, instr, ctx, state, args=None):
+        cfg = self.config
+        a = instr.args if args is None else args
         if instr.op.mnemonic == "ldw":
             limit, dim = ((cfg.array_cols, "array_cols") if a["t"]
                           else (cfg.array_rows, "array_rows"))
@@ -306,7 +359,7 @@ class GoldenNPU:
             src = self._rows(ctx, a["src"], a["m"])
             dst = self._rows(ctx, a["dst"], a["m"], write=True)
             if a["acc"] or cfg.array_cols < cfg.ve_lanes:    # read-modify-write
-                self._track("spad", [int(r) for r in dst], False)
+                self._track("spad", dst.tolist(), False)
             inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
             product = inputs @ weights
             if a["acc"]:
@@ -348,7 +401,7 @@ class GoldenNPU:
 
         def write(rows, values):
             if vl < cfg.ve_lanes:      # lanes >= vl keep their value: a read-modify-write
-                self._track("spad", [int(r) for r in np.atleast_1d(rows)], False)
+                self._track("spad", np.atleast_1d(rows).tolist(), False)
             spad[rows, :vl] = values[..., :vl] if values.ndim == 2 else values[:vl]
 
         alu = _ALU.match(name)
@@ -410,10 +463,12 @@ class GoldenNPU:
         length, packed, hstride, sstride, gbase = cfg.ve_lanes, False, cfg.ve_lanes, 1, 0
         span = length                   # HBM words per row
 
-        def read_row(first):
-            """The len elements of the row at HBM word ``first`` (E in the spec)."""
-            words = self.hbm[self._words(ctx, first, span)]
-            return unpack_int8(words)[:length] if packed else words
+        def read_rows(firsts):
+            """The len elements of the rows at HBM words ``firsts`` (E in the spec)."""
+            words = self.hbm[self._words(ctx, firsts, span)]
+            if not packed:
+                return words
+            return unpack_int8(words).reshape(len(words), -1)[:, :length]
 
         for instr in instrs:
             instr = self._check(instr)
@@ -430,27 +485,32 @@ class GoldenNPU:
                 gbase = a["hbm"]
             elif name == "dload":
                 rows = self._rows(ctx, a["dst"], a["rows"], sstride, write=True)
-                values = [read_row(a["hbm"] + i * hstride) for i in range(a["rows"])]
-                for row, value in zip(rows, values):
-                    self.spad[row, :length] = value
-                    self.spad[row, length:] = 0
+                values = read_rows(a["hbm"] + hstride * np.arange(a["rows"]))
+                self.spad[rows, :length] = values
+                self.spad[rows, length:] = 0
             elif name == "dstore":
                 rows = self._rows(ctx, a["src"], a["rows"], sstride)
-                words = [self._words(ctx, a["hbm"] + i * hstride, span, write=True)
-                         for i in range(a["rows"])]
-                for row, target in zip(rows, words):
-                    x = self.spad[row, :length]
-                    self.hbm[target] = pack_int8(x) if packed else x
+                words = self._words(ctx, a["hbm"] + hstride * np.arange(a["rows"]), span,
+                                    write=True)
+                x = self.spad[rows, :length]
+                if packed:              # each row padded to whole words on its own
+                    padded = np.zeros((len(rows), 4 * span), np.int64)
+                    padded[:, :length] = x
+                    x = pack_int8(padded).reshape(len(rows), span)
+                if hstride >= span or len(rows) == 1:        # rows do not overlap
+                    self.hbm[words] = x
+                else:
+                    for row in range(len(rows)):      # in order: a later row overwrites
+                        self.hbm[words[row]] = x[row]
             else:  # dgather
                 lanes = cfg.ve_lanes
                 n = a["rows"]
                 index_rows = self._rows(ctx, a["idx"], (n + lanes - 1) // lanes)
                 indices = self.spad[index_rows].reshape(-1)[:n].astype(np.int64)
                 rows = self._rows(ctx, a["dst"], n, sstride, write=True)
-                values = [read_row(gbase + int(x) * hstride) for x in indices]
-                for row, value in zip(rows, values):
-                    self.spad[row, :length] = value
-                    self.spad[row, length:] = 0
+                values = read_rows(gbase + indices * hstride)
+                self.spad[rows, :length] = values
+                self.spad[rows, length:] = 0
 
 
 class _RestartCheck:
@@ -459,23 +519,33 @@ class _RestartCheck:
     unsafe to run again after a partial run (see the header's ``restartable`` flag)."""
 
     def __init__(self):
-        self.first_read = set()      # (space, location) read before any write of it
-        self.touched = set()
-        self.written = set()
-        self.reads, self.writes = set(), set()    # of the current instruction
+        spaces = ("spad", "hbm")
+        self.first_read = {s: set() for s in spaces}   # read before any write of it
+        self.touched = {s: set() for s in spaces}
+        self.written = {s: set() for s in spaces}
+        self.reads = {s: set() for s in spaces}        # of the current instruction
+        self.writes = {s: set() for s in spaces}
 
     def access(self, space, locations, write):
-        (self.writes if write else self.reads).update((space, x) for x in locations)
+        (self.writes if write else self.reads)[space].update(locations)
 
     def next_instruction(self):
-        self.first_read |= self.reads - self.touched
-        self.touched |= self.reads | self.writes
-        self.written |= self.writes
-        self.reads, self.writes = set(), set()
+        for space, reads in self.reads.items():
+            writes = self.writes[space]
+            if not reads and not writes:
+                continue
+            touched = self.touched[space]
+            self.first_read[space] |= reads - touched
+            touched |= reads
+            touched |= writes
+            self.written[space] |= writes
+            reads.clear()
+            writes.clear()
 
     def hazards(self):
         self.next_instruction()
-        return sorted(self.first_read & self.written)
+        return sorted((space, x) for space in self.first_read
+                      for x in self.first_read[space] & self.written[space])
 
 
 def loop_operands(instr, dst_offset, src_offset):
@@ -490,33 +560,43 @@ def loop_operands(instr, dst_offset, src_offset):
     return args
 
 
-def find_races(history, window):
-    """Races among executed µTOps: [(pc, deps, accesses)] in program order.
+class _RaceCheck:
+    """Races among executed µTOps, found as they retire (program order).
 
     µTOp j is ordered after i when a chain of dependencies leads from j back to i, where
     the window rule counts as a dependency of j on j - window. Only pairs closer than the
-    window can race; a race is a location one writes and the other reads or writes.
+    window can race; a race is a location one writes and the other reads or writes. Only
+    the last ``window`` µTOps are kept, so the check's memory does not grow with the
+    program.
     """
-    before = []           # per µTOp: the µTOps within the last 2*window known done before it
-    races = []
-    for j, (pc_j, deps, acc_j) in enumerate(history):
+
+    def __init__(self, window):
+        self.window = window
+        self.recent = {}      # index -> (pc, accesses, the µTOps within 2*window known before it)
+        self.count = 0
+        self.races = []
+
+    def add(self, pc_j, deps, acc_j):
+        j, window = self.count, self.window
         known = set()
         for distance in list(deps) + [window]:
             d = j - distance
             if d >= 0:
                 known.add(d)
-                known |= before[d]
-        before.append({i for i in known if i > j - 2 * window})
+                known |= self.recent[d][2]
+        before = {i for i in known if i > j - 2 * window}
         for i in range(max(0, j - window + 1), j):
-            if i in before[j]:
+            if i in before:
                 continue
-            pc_i, _, acc_i = history[i]
+            pc_i, acc_i, _ = self.recent[i]
             for space in ("spad", "hbm"):
                 w_i, w_j = acc_i[space, True], acc_j[space, True]
                 clash = (w_i & (acc_j[space, False] | w_j)) | (acc_i[space, False] & w_j)
                 if clash:
-                    races.append(Race(pc_i, pc_j, space, min(clash)))
-    return races
+                    self.races.append(Race(pc_i, pc_j, space, min(clash)))
+        self.recent[j] = (pc_j, acc_j, before)
+        self.recent.pop(j - window, None)
+        self.count += 1
 
 
 def _alu(op, x, y):

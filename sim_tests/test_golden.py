@@ -185,3 +185,33 @@ def test_faulting_context_writes_nothing_outside_its_segment(tiny):
 def test_bad_context_settings(tiny, contexts, message):
     with pytest.raises(ValueError, match=message):
         GoldenNPU(tiny).run(contexts)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_mmloop_at_once_equals_it_iteration_by_iteration(seed, monkeypatch):
+    """Golden runs an mmloop that stays in its segment as one sum of products: the rows,
+    the restart check and the race check agree with running each iteration (strides of
+    both signs, t loads, acc; with sources overlapping the destination, undefined by the
+    spec, it runs them one by one)."""
+    rng = np.random.default_rng(seed)
+    config = NPUConfig(array_rows=4, array_cols=4, ve_lanes=4, spad_rows=256)
+    spad = rng.integers(-2**31, 2**31, (256, 4))
+    count, w_stride, x_stride = int(rng.integers(1, 6)), int(rng.integers(-6, 7)), \
+        int(rng.integers(-6, 7))
+    t = ", t" if seed % 2 else ""
+    acc = ", acc" if seed % 3 == 0 else ""
+    dst = 100 + int(rng.integers(-3, 4)) if seed == 5 else 200    # seed 5: mm reads dst rows
+    restartable = " restartable" if seed % 2 == 0 else ""
+    source = (f".me eop{restartable}\n mmloop {count}, {w_stride}, {x_stride}\n"
+              f" ldw 50, {int(rng.integers(1, 5))}{t}\n mm {dst}, 100, 7{acc}\n")
+    runs = []
+    for at_once in (True, False):
+        if not at_once:
+            monkeypatch.setattr(GoldenNPU, "_mmloop_at_once", lambda *a: False)
+        npu = GoldenNPU(config, check_races=True)
+        npu.spad[:] = spad
+        program = assemble(source, config)
+        [outcome] = npu.run([ContextSpec(program, Segment(0, 256), Segment(0, 1024))])
+        runs.append((npu.spad.copy(), outcome.fault, outcome.restart_hazards, outcome.races))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1:] == runs[1][1:]

@@ -316,3 +316,27 @@ def test_pooling_equals_a_loop_reference_whole_and_by_bands(kind, kernel, stride
     assert np.array_equal(g.y.image.from_rows(outputs["y"]), expected)
     assert np.array_equal(outputs["gap"], rq(pixels.sum(axis=(1, 2)),
                                              *multiplier(0.05 / 110 / 0.01)))
+
+
+#: ResNet-50's operators at a size the RTL runs in seconds: the 7x7 stride-2 stem, the 3x3
+#: stride-2 max pool with padding, a bottleneck block per stage (stride-2 3x3 and 1x1
+#: projections), global average pool.
+RESNET50_REDUCED = "resnet50[image=32,width=8,blocks=1111,classes=10]"
+
+
+@pytest.mark.parametrize("backend", ["golden", "verilator"])
+def test_a_reduced_resnet50_is_bit_exact(backend):
+    model = compile_model(RESNET50_REDUCED, DEFAULT)
+    outputs, _ = execute(model.graph, model.program, backend=backend)
+    assert np.array_equal(outputs[RESNET50_REDUCED], model.expected)
+    assert accuracy(model, outputs[RESNET50_REDUCED])[1] == 1.0
+
+
+@pytest.mark.slow
+def test_resnet50_at_224_compiles_on_default_with_activations_through_hbm():
+    """The full ResNet-50 (224x224, 25.6 M weights) on the default config's 16384-row
+    scratchpad: every large activation lives in HBM and runs by bands of lines."""
+    model = compile_model("resnet50", DEFAULT)
+    assert len(model.program.words) < 1_100_000
+    assert model.graph.builder.spad_peak <= DEFAULT.spad_rows
+    assert model.graph.spills > 20

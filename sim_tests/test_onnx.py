@@ -314,7 +314,7 @@ def test_calibration_file_errors(tmp_path, capsys):
     ("bert[depth=2]", "unknown size 'depth'; bert takes tokens, width, heads, layers, ff"),
     ("bert[tokens=x]", "size 'tokens=x' should be KEY=INTEGER"),
     ("bert[width=30]", "width 30 is not a multiple of heads 4"),
-    ("resnet[image=1]", "(MaxPool): pool: a 2x2 window does not fit a 1x1 image"),
+    ("resnet50[blocks=12]", "blocks 12 should be 4 nonzero digits"),
     ("vgg", "unknown model 'vgg'"),
 ])
 def test_size_errors(ref, message, capsys):
