@@ -590,8 +590,9 @@ class Graph:
             self.builder.free(region)
         return out
 
-    def _weights(self, name, w_q, bias_q):
-        """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row."""
+    def _weights(self, name, w_q, bias_q, ring=3):
+        """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row
+        into a ring of ``ring`` buffers (the next panels load while the MEs use one)."""
         lanes = self.lanes
         k, n = w_q.shape
         n_tiles = -(-n // lanes)
@@ -602,9 +603,7 @@ class Graph:
         pw = self.per_word
         w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
-        # Up to 3 panels in flight (the next ones load while the MEs use one), fewer when
-        # a panel is large against the scratchpad.
-        ring = min(n_tiles, 3, max(1, self._room() // (6 * (k + 1))))
+        ring = min(n_tiles, ring)
         bufs = [self._alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
 
         def panel(ct, slot):
@@ -873,7 +872,10 @@ class Graph:
         w_scale = float(np.max(np.abs(w))) / 127 or 1.0
         w_q = quantize(w, w_scale).reshape(kh * kw * x.tiles * lanes, -1)   # rows: (tap, cin)
         bias_q = quantize(bias, x.scale * w_scale, bits=32)
-        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
+        # Fewer panels in flight when they would take more than a sixth of the room: the
+        # rest is for the bands of lines.
+        n_tiles, w_pad, b_pad, panel, bufs = self._weights(
+            name, w_q, bias_q, ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))))
         # The reference: every tap's window of the zero-padded pixels, on the output grid.
         pixels = np.pad(image.from_rows(x.ref), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         acc = np.zeros((image.batch * ho * wo, n_tiles * lanes), np.int64)
