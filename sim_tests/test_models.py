@@ -340,3 +340,16 @@ def test_resnet50_at_224_compiles_on_default_with_activations_through_hbm():
     assert len(model.program.words) < 1_100_000
     assert model.graph.builder.spad_peak <= DEFAULT.spad_rows
     assert model.graph.spills > 20
+
+
+@pytest.mark.parametrize("ref", ["dlrm-mlperf[batch=16,vocab=64]",
+                                 "ncf-mlperf[batch=16,users=100,items=80]",
+                                 "bert-base[tokens=16,layers=1]",
+                                 "bert-large[tokens=8,layers=1]"])
+def test_full_size_shapes_at_reduced_batch_or_depth_are_bit_exact(ref):
+    """The MLPerf-shaped DLRM and NCF (every layer at full width) and BERT-base/large
+    layers, on golden (race check on)."""
+    model = compile_model(ref, DEFAULT)
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)
+    assert accuracy(model, outputs[ref])[1] < 0.2

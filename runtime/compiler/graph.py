@@ -636,7 +636,9 @@ class Graph:
         # Whole when its output, accumulators and (spilled) input fit in what is free or
         # could be spilled; otherwise by row bands, the output straight to HBM.
         out = None
-        if x.rows * (n_tiles + ring + (k_tiles if spilled else 0)) <= self._room(x):
+        if x.rows * (n_tiles + ring + (k_tiles if spilled else 0)) <= self._room(x) and \
+                self._make_room([x.rows * k_tiles] * spilled + [x.rows * n_tiles]
+                                + [x.rows] * ring, x):
             try:
                 x = self.resident(x)
                 out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles,
@@ -685,7 +687,9 @@ class Graph:
                                f"elementwise operator needs one layout")
         spilled = {t.home: t for t in tensors if t.home in self._spilled}
         need = rows * (3 * out_tiles + sum(t.tiles for t in spilled.values()))
-        if any(t.rows != rows for t in tensors) or need <= self._room(*tensors):
+        if any(t.rows != rows for t in tensors) or (
+                need <= self._room(*tensors) and self._make_room(
+                    [rows * t.tiles for t in spilled.values()] + [rows * out_tiles], *tensors)):
             return op(*[self.resident(t) for t in tensors])
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)

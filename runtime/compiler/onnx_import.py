@@ -1100,15 +1100,18 @@ class _Lowering:
         out = node.output[0]
         shape = self.shape(out)
         axis = attributes(node)["axis"] % len(shape)
-        parts = [self.get(node, i, _Mat) for i in range(len(node.input))]
+        parts = [self.get(node, i, _Mat, peek=True) for i in range(len(node.input))]
         if any(_cols_axis(p.shape, p.cols, p.t.rows) != axis for p in parts):
             raise _error(node, f"axis {axis} of {shape}: concatenation is along the columns "
                                f"of matrices")
         if any(p.cols != self.padded(p.t) for p in parts[:-1]):
             raise _error(node, f"parts of {[p.cols for p in parts]} columns: all but the last "
                                f"must be multiples of {self.lanes}")
-        ts = [self.fit(p.t, out, f"{node.name or out}.{i}") for i, p in enumerate(parts)]
-        t = self.g.concat(node.name or out, ts)
+        name = node.name or out
+
+        def concat(*ts):
+            return self.g.concat(name, [self.fit(t, out, f"{name}.{i}") for i, t in enumerate(ts)])
+        t = self.g.rowwise(name, concat, [p.t for p in parts], sum(p.t.tiles for p in parts))
         self.env[out] = _Mat(t, shape, sum(p.cols for p in parts))
 
     # layout -------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ They go through the same importer as a user's ONNX file (onnx_import.py), and
 | bert | transformer encoder: multi-head self-attention, residual + layer norm, GELU FFN | tokens 16, width 32, heads 4, layers 1, ff 64 | relative L2 error |
 | dlrm | DLRM: bottom MLP on dense features, embedding tables, concatenation, top MLP, sigmoid | batch 16, tables 3, vocab 32, dim 16, dense 16 | relative L2 error |
 | resnet50 | ResNet-50 v1.5 (full size): 7x7 stride-2 stem, 3x3 stride-2 max pool, 16 bottleneck blocks, global average pool, classifier | batch 1, image 224, width 64, blocks 3463, classes 1000 | top-1 agreement |
+| bert-base, bert-large | BERT-base (768 wide, 12 heads, ff 3072) and BERT-large (1024, 16, 4096) | tokens 128, layers 12 / 24 | relative L2 error |
+| dlrm-mlperf | DLRM at MLPerf's MLP shape: 13 dense, 26 tables of 128, bottom 512-256-128, top 1024-1024-512-256-1 (tables of 10000 rows; concatenation interaction) | batch 256, vocab 10000 | relative L2 error |
+| ncf-mlperf | NCF at MLPerf's shape: GMF of 64, MLP 256-256-128-64, MovieLens-20M's users and items | batch 256, users 138493, items 26744 | relative L2 error |
 
 bert is written the way exporters emit attention: Reshape + Transpose into heads, MatMul,
 Div by sqrt(d), Softmax, MatMul, Transpose + Reshape back.
@@ -67,19 +70,29 @@ def _layer(rng, fan_in, fan_out):
 
 
 def ncf(rng, batch=16, users=64, items=64, dim=8):
-    m = _Onnx("ncf")
+    return _ncf("ncf", rng, batch, users, items, dim, dim, [4 * dim, 2 * dim])
+
+
+def ncf_mlperf(rng, batch=256, users=138493, items=26744):
+    """NCF at MLPerf's shape (MovieLens-20M's users and items): GMF of 64 factors, an MLP
+    of 256-256-128-64 over two 128-wide embeddings."""
+    return _ncf("ncf-mlperf", rng, batch, users, items, 64, 128, [256, 128, 64])
+
+
+def _ncf(name, rng, batch, users, items, gmf, mlp, widths):
+    m = _Onnx(name)
     u = m.input("users", [batch], TensorProto.INT64)
     i = m.input("items", [batch], TensorProto.INT64)
     tables = {name: m.const(name, rng.normal(0, 0.5, (rows, dim)).astype(np.float32))
-              for name, rows in (("user_gmf", users), ("item_gmf", items),
-                                 ("user_mlp", users), ("item_mlp", items))}
+              for name, rows, dim in (("user_gmf", users, gmf), ("item_gmf", items, gmf),
+                                      ("user_mlp", users, mlp), ("item_mlp", items, mlp))}
     gather = lambda table, ids: m.op("Gather", [tables[table], ids], name=f"{table}.lookup")
-    gmf = m.op("Mul", [gather("user_gmf", u), gather("item_gmf", i)], name="gmf")
+    gmf_out = m.op("Mul", [gather("user_gmf", u), gather("item_gmf", i)], name="gmf")
     h = m.op("Concat", [gather("user_mlp", u), gather("item_mlp", i)], name="mlp_in", axis=1)
-    h = m.gemm("fc1", h, *_layer(rng, 2 * dim, 4 * dim), act="Relu")
-    h = m.gemm("fc2", h, *_layer(rng, 4 * dim, 2 * dim), act="Relu")
-    z = m.op("Concat", [gmf, h], name="interaction", axis=1)
-    return m.model(m.gemm("out", z, *_layer(rng, 3 * dim, 1), act="Sigmoid"))
+    for n, (fan_in, fan_out) in enumerate(zip([2 * mlp] + widths, widths)):
+        h = m.gemm(f"fc{n + 1}", h, *_layer(rng, fan_in, fan_out), act="Relu")
+    z = m.op("Concat", [gmf_out, h], name="interaction", axis=1)
+    return m.model(m.gemm("out", z, *_layer(rng, gmf + widths[-1], 1), act="Sigmoid"))
 
 
 def _conv(m, name, x, rng, cin, cout, act=True):
@@ -146,20 +159,45 @@ def bert(rng, tokens=16, width=32, heads=4, layers=1, ff=None):
 
 
 def dlrm(rng, batch=16, tables=3, vocab=32, dim=16, dense=16):
-    m = _Onnx("dlrm")
+    return _dlrm("dlrm", rng, batch, tables, vocab, dim, dense, [2 * dim, dim], [32, 16])
+
+
+def dlrm_mlperf(rng, batch=256, vocab=10000):
+    """DLRM at MLPerf's shape: 13 dense features, 26 embedding tables of 128, bottom MLP
+    512-256-128, top MLP 1024-1024-512-256-1. Two departures, said here: each table has
+    ``vocab`` rows (Criteo's largest have 40 M; 10000 keeps the tables at 33 MB of HBM and
+    the float weights this builder draws small), and the interaction is the
+    concatenation of the bottom MLP's output and the embeddings (as in our toy dlrm),
+    not MLPerf's pairwise dot products."""
+    return _dlrm("dlrm-mlperf", rng, batch, 26, vocab, 128, 13, [512, 256, 128],
+                 [1024, 1024, 512, 256])
+
+
+def _dlrm(name, rng, batch, tables, vocab, dim, dense, bottom, top):
+    m = _Onnx(name)
     weights = [m.const(f"table{t}", rng.normal(0, 0.5, (vocab, dim)).astype(np.float32))
                for t in range(tables)]
     h = m.input("dense", [batch, dense])
-    h = m.gemm("bot1", h, *_layer(rng, dense, 2 * dim), act="Relu")
-    h = m.gemm("bot2", h, *_layer(rng, 2 * dim, dim), act="Relu")
+    for n, (fan_in, fan_out) in enumerate(zip([dense] + bottom, bottom)):
+        h = m.gemm(f"bot{n + 1}", h, *_layer(rng, fan_in, fan_out), act="Relu")
     parts = [h]
     for t, table in enumerate(weights):
         ids = m.input(f"ids{t}", [batch], TensorProto.INT64)
         parts.append(m.op("Gather", [table, ids], name=f"table{t}.lookup"))
     z = m.op("Concat", parts, name="interaction", axis=1)
-    z = m.gemm("top1", z, *_layer(rng, dim * (tables + 1), 32), act="Relu")
-    z = m.gemm("top2", z, *_layer(rng, 32, 16), act="Relu")
-    return m.model(m.gemm("out", z, *_layer(rng, 16, 1), act="Sigmoid"))
+    for n, (fan_in, fan_out) in enumerate(zip([dim * (tables + 1)] + top, top)):
+        z = m.gemm(f"top{n + 1}", z, *_layer(rng, fan_in, fan_out), act="Relu")
+    return m.model(m.gemm("out", z, *_layer(rng, top[-1], 1), act="Sigmoid"))
+
+
+def bert_base(rng, tokens=128, layers=12):
+    """BERT-base: 768 wide, 12 heads of 64, feed-forward 3072, 12 layers."""
+    return bert(rng, tokens=tokens, width=768, heads=12, layers=layers, ff=3072)
+
+
+def bert_large(rng, tokens=128, layers=24):
+    """BERT-large: 1024 wide, 16 heads of 64, feed-forward 4096, 24 layers."""
+    return bert(rng, tokens=tokens, width=1024, heads=16, layers=layers, ff=4096)
 
 
 def resnet50(rng, batch=1, image=224, width=64, blocks=3463, classes=1000):
@@ -208,7 +246,9 @@ MODELS = {"ncf": (ncf, "relerr"), "resnet": (resnet, "top1"), "bert": (bert, "re
           "dlrm": (dlrm, "relerr")}
 
 #: Full-size models (published architectures at their real sizes, random weights).
-FULL_SIZE = {"resnet50": (resnet50, "top1")}
+FULL_SIZE = {"resnet50": (resnet50, "top1"), "bert-base": (bert_base, "relerr"),
+             "bert-large": (bert_large, "relerr"), "dlrm-mlperf": (dlrm_mlperf, "relerr"),
+             "ncf-mlperf": (ncf_mlperf, "relerr")}
 
 #: Every built-in model.
 BUILTIN = {**MODELS, **FULL_SIZE}
