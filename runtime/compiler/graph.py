@@ -10,9 +10,10 @@ Activation layout: a tensor of ``rows`` x ``cols`` int8 values lives in the scra
 ``cols / ve_lanes`` *tiles*, tile t holding columns t*L..t*L+L-1 of every row in ``rows``
 consecutive rows. A tile is what one systolic pass consumes (a K slice) and produces (an
 output column tile), so operators chain without relayout. Images (batch, h, w, c) use the
-same layout with one row per pixel of a zero-padded (h+2) x (w+2) grid: a 3x3 convolution
-is then 9 shifted views of its input (im2col by addressing, no copy), and pooling and
-convolution read the zero ring as padding.
+same layout with one row per pixel of a grid with a zero ring around each image (``Image``:
+ring 1 unless a convolution's taps reach further): a convolution's taps are shifted views
+of its input (im2col by addressing, no copy), a strided one's of the phase images the VE
+or the DMA gathers first (``conv``), and pooling clips its windows at the ring.
 
 Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
 ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
@@ -21,9 +22,11 @@ finds no room, the activation used least recently by the operators (and not by t
 being lowered) is *spilled*: stored to an HBM region of its own and its rows freed; the
 next operator that reads it loads it back, wherever there is room then (``resident``).
 A linear layer whose output does not fit, or a row-local operator (a residual Add, a
-layer norm: ``rowwise``) whose inputs and output do not, runs by bands of rows: the output
-is stored to HBM band by band and read back by bands by the next such operator
-(``_banded_gemm``, ``_by_bands``, ``load_band``). int8 data in HBM (weights, inputs,
+layer norm, a Concat: ``rowwise``) whose inputs and output do not, runs by bands of rows:
+the output is stored to HBM band by band and read back by bands by the next such operator
+(``_banded_gemm``, ``_by_bands``, ``load_band``); convolution and pooling run by bands of
+image lines, each loading the input lines its windows reach (``_image_op``). An input
+larger than the scratchpad stays in HBM where the host wrote it. int8 data in HBM (weights, inputs,
 embedding tables, outputs, and constant blocks whose values fit int8: masks, the
 identity, activation tables, layer-norm parameters) is packed four values per word
 (`dcfg ... i8`) when a tile's row is whole words (lanes a multiple of 4); biases and the
