@@ -298,13 +298,14 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
         results.update(bench(config))
     if backends:
         from runtime.compiler.builder import CompileError
+        from runtime.compiler.onnx_import import OnnxError
         from .matmul import MatmulError
         from .serve import ServeError
         try:
             results.update(bench_runtime(config))
             results.update(bench_colocation(config))
             results.update(bench_serving(config))
-        except (CompileError, MatmulError, ServeError) as error:
+        except (CompileError, OnnxError, MatmulError, ServeError) as error:
             results["runtime_skipped"] = f"this configuration cannot hold the workload: {error}"
     return results
 

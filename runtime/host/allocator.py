@@ -22,6 +22,7 @@ VE-heavy one the reverse, for the same budget.
 from dataclasses import dataclass
 
 from isa.encoding import Engine, decode_header, decode_instr
+from isa.golden import loop_operands
 
 __all__ = ["AllocationError", "Allocation", "Profile", "allocate", "estimate", "measured"]
 
@@ -50,20 +51,88 @@ class Allocation:
 #: counters of runs of the four models (sim_tests/test_models.py holds estimate and
 #: measurement within 10%): an ME µTOp starts and retires in about 8 cycles, and each `mm`
 #: waits for its weight tile (array_rows rows, loaded by the `ldw` before it, which a
-#: short mm cannot hide); a VE instruction passes a pipeline of about 4 cycles before the
-#: next may start, and a VE µTOp takes about 2 cycles to start and retire.
-ME_UTOP_CYCLES, VE_INSTRUCTION_CYCLES, VE_UTOP_CYCLES = 8, 4, 2
+#: short mm cannot hide). A VE issues one row per cycle, back to back while instructions
+#: are independent; a row is written VE_WRITE_CYCLES after it issues, and an instruction
+#: that reads a row inside the span the pending writes cover waits until the pipeline
+#: is empty (hw/vector_engine.py keeps one such span), as do vsetq and vsetvl. A VE µTOp
+#: takes VE_UTOP_CYCLES beyond its last write to start and retire, a `loop` a cycle.
+ME_UTOP_CYCLES, VE_WRITE_CYCLES, VE_UTOP_CYCLES = 8, 5, 4
+
+#: Loop iterations a VE estimate follows one by one before it extends the last one's
+#: timing to the rest (the pipeline reaches its steady pattern within a few iterations).
+_LOOP_ITERATIONS_FOLLOWED = 4
 
 
-def _ve_cycles(instr, config):
-    args, name = instr.args, instr.op.mnemonic
+def _ve_rows(name, args, config):
+    """(rows issued, rows read as (lo, hi) spans, rows written (lo, hi) or None)."""
     if name.startswith("vpool"):
-        rows = args["kh"] * args["kw"]
-    elif name == "vldlut":
-        rows = config.lut_rows
-    else:
-        rows = args.get("n", 1)
-    return rows + VE_INSTRUCTION_CYCLES
+        reads = [(args["src"], args["src"] + (args["kh"] - 1) * args["pitch"] + args["kw"] - 1)]
+        return args["kh"] * args["kw"], reads, (args["dst"], args["dst"])
+    if name == "vldlut":
+        return config.lut_rows, [(args["src"], args["src"] + config.lut_rows - 1)], None
+    if name == "vld":
+        return 1, [(args["src"], args["src"])], None
+    if name == "vst":
+        return 1, [], (args["dst"], args["dst"])
+    n = args["n"]
+    if name in ("vrsum", "vrmax", "vrmin"):
+        return n, [(args["src"], args["src"] + (n - 1) * args["stride"])], (args["dst"],) * 2
+    if "src" in args:                       # vrq, vlut, vlsum, vlmax, vlmin
+        return n, [(args["src"], args["src"] + n - 1)], (args["dst"], args["dst"] + n - 1)
+    reads = [(args["a"], args["a"] + n - 1)]                  # the ALU operations
+    if "b" in args:
+        reads.append((args["b"], args["b"] + n - 1))
+    return n, reads, (args["dst"], args["dst"] + n - 1)
+
+
+class _VectorTiming:
+    """When a VE's instructions issue and its writes land (cycles from the µTOp's start)."""
+
+    def __init__(self):
+        self.issue_free = 0        # the issue stage takes the next instruction's rows from here
+        self.empty = 0             # every write issued so far has landed
+        self.span = None           # (lo, hi): the rows the pending writes cover
+
+    def run(self, instr, config, dst_offset=0, src_offset=0):
+        name = instr.op.mnemonic
+        if name in ("vsetq", "vsetvl"):
+            self.issue_free = self.empty = max(self.issue_free, self.empty)
+            self.span = None
+            return
+        args = loop_operands(instr, dst_offset, src_offset)
+        rows, reads, writes = _ve_rows(name, args, config)
+        start = self.issue_free
+        if self.span is not None and start >= self.empty:
+            self.span = None
+        if self.span is not None and any(lo <= self.span[1] and self.span[0] <= hi
+                                         for lo, hi in reads):
+            start, self.span = self.empty, None
+        self.issue_free = start + rows
+        self.empty = max(self.empty, start + rows + VE_WRITE_CYCLES)
+        if writes is not None:
+            self.span = writes if self.span is None else \
+                (min(self.span[0], writes[0]), max(self.span[1], writes[1]))
+
+    def run_loop(self, loop, body, config):
+        count, d_stride, s_stride = loop.args["count"], loop.args["dst_stride"], loop.args["src_stride"]
+        self.issue_free += 1
+        followed = min(count, _LOOP_ITERATIONS_FOLLOWED)
+        before = self.issue_free
+        for t in range(followed):
+            before = self.issue_free
+            for instr in body:
+                self.run(instr, config, t * d_stride, t * s_stride)
+        rest = count - followed
+        if rest:
+            step = self.issue_free - before
+            self.issue_free += rest * step
+            self.empty += rest * step
+            if self.span is not None:
+                reach = rest * d_stride
+                self.span = (self.span[0] + min(0, reach), self.span[1] + max(0, reach))
+
+    def cycles(self):
+        return max(self.issue_free, self.empty) + VE_UTOP_CYCLES
 
 
 def estimate(words, config):
@@ -87,17 +156,16 @@ def estimate(words, config):
                     cycles += repeat * (i.args["m"] + config.array_rows)
                     repeat = 1
         elif header.engine == Engine.VE:
-            cycles = VE_UTOP_CYCLES
-            index = 0
+            timing, index = _VectorTiming(), 0
             while index < len(body):
                 instr = body[index]
                 if instr.repeats:                # a loop
-                    span = body[index + 1:index + 1 + instr.repeats]
-                    cycles += instr.args["count"] * sum(_ve_cycles(i, config) for i in span)
+                    timing.run_loop(instr, body[index + 1:index + 1 + instr.repeats], config)
                     index += 1 + instr.repeats
-                    continue
-                cycles += _ve_cycles(instr, config)
-                index += 1
+                else:
+                    timing.run(instr, config)
+                    index += 1
+            cycles = timing.cycles()
         else:
             cycles = sum(i.args["rows"] + config.hbm_latency for i in body if "rows" in i.args)
         busy[header.engine] += cycles
