@@ -187,8 +187,8 @@ class VectorEngine(wiring.Component):
             with m.If(alu_form == _BForm.ROW):
                 b_alu = field(ir, "vadd", "b") + src_offset
                 m.d.comb += [b_lo.eq(b_alu), b_hi.eq(b_alu + n_alu - 1)]
-        for mnemonic, op in [("vrq", _Op.RQ), ("vlut", _Op.LUT), ("vlsum", _Op.LSUM),
-                             ("vlmax", _Op.LMAX), ("vlmin", _Op.LMIN)]:
+        for mnemonic, op in [("vrq", _Op.RQ), ("vrqr", _Op.RQ), ("vlut", _Op.LUT),
+                             ("vlsum", _Op.LSUM), ("vlmax", _Op.LMAX), ("vlmin", _Op.LMIN)]:
             with m.If(is_instr(ir, mnemonic)):
                 src, dst, n = src_row(mnemonic), dst_row(mnemonic), field(ir, mnemonic, "n")
                 m.d.comb += [kind_issue.eq(1), desc.op.eq(op), desc.has_a.eq(1), desc.writes.eq(1),
@@ -197,6 +197,8 @@ class VectorEngine(wiring.Component):
                              out_lo.eq(dst), out_hi.eq(dst + n - 1)]
                 if op == _Op.LUT:
                     m.d.comb += unloaded.eq(~lut_loaded)
+                if mnemonic == "vrqr":      # each lane's multiplier from a vector register
+                    m.d.comb += [desc.bform.eq(_BForm.VREG), desc.vreg.eq(field(ir, "vrqr", "vb"))]
         for mnemonic, op in [("vrsum", _Op.RSUM), ("vrmax", _Op.RMAX), ("vrmin", _Op.RMIN)]:
             with m.If(is_instr(ir, mnemonic)):
                 src, dst, n = src_row(mnemonic), dst_row(mnemonic), field(ir, mnemonic, "n")
@@ -436,7 +438,7 @@ class VectorEngine(wiring.Component):
                 with m.Case(_Op.RQ):
                     product = Signal(signed(64), name=f"product{lane}")
                     rounded = Signal(signed(64), name=f"rounded{lane}")
-                    m.d.comb += [product.eq(a * mult),
+                    m.d.comb += [product.eq(a * Mux(head.bform == _BForm.VREG, vreg_b[lane], mult)),
                                  rounded.eq(Mux(shift == 0, product,
                                                 ((product >> (shift - 1)[:6]) + 1) >> 1) + zp)]
                     m.d.comb += value.eq(Mux(rounded < int8_min, int8_min,

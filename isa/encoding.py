@@ -321,6 +321,14 @@ def _build_instructions():
         "(65 bits; arithmetic shift: ties round towards +infinity), "
         "row(dst + i)[l] = clamp(r + zp, -128, 127).",
         [Fault.SPAD_OOB])
+    add("vrqr", Engine.VE, 0x50,
+        [_row("dst", 8, "dst"), _row("src", 24, "src"),
+         Field("vb", 40, 3, f"vector register holding each lane's multiplier (0..{VREGS - 1})"),
+         _N],
+        "requantize int32 to int8, a multiplier per lane",
+        "As `vrq`, with lane l's multiplier V[vb][l] in place of mult (a scale per output "
+        "channel: per-channel quantized weights); shift and zp are those of `vsetq`.",
+        [Fault.SPAD_OOB])
     add("vldlut", Engine.VE, 0x42, [_row("src", 24, "src")],
         "load the lookup table",
         "LUT[j] = row(src + j / ve_lanes)[j % ve_lanes] for j < 256 (256 / `ve_lanes` rows). "

@@ -27,8 +27,9 @@ def wrap32(values):
 
 
 def requantize(x, mult, shift, zp):
-    """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8."""
-    product = np.asarray(x, dtype=np.int64) * np.int64(mult)  # |product| <= 2^62: exact
+    """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8
+    (``mult`` one multiplier, or one per lane as `vrqr` takes them)."""
+    product = np.asarray(x, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # exact: <= 2^62
     if shift:
         # (p + 2^(s-1)) >> s without overflow: halve p >> (s-1), rounding the half up.
         product = ((product >> np.int64(shift - 1)) + 1) >> np.int64(1)
@@ -421,9 +422,10 @@ class GoldenNPU:
             write(self._rows(ctx, a["dst"], n, write=True), result)
         elif name == "vsetq":
             state.mult, state.shift, state.zp = a["mult"], a["shift"], a["zp"]
-        elif name == "vrq":
+        elif name in ("vrq", "vrqr"):
             x = spad[self._rows(ctx, a["src"], a["n"])]
-            write(self._rows(ctx, a["dst"], a["n"], write=True), requantize(x, state.mult, state.shift, state.zp))
+            mult = state.mult if name == "vrq" else state.vregs[a["vb"]]
+            write(self._rows(ctx, a["dst"], a["n"], write=True), requantize(x, mult, state.shift, state.zp))
         elif name == "vldlut":
             rows = self._rows(ctx, a["src"], cfg.lut_rows)
             state.lut = spad[rows].reshape(-1)[:LUT_ENTRIES].copy()

@@ -39,7 +39,8 @@ def random_instruction(rng, src_region, dst_region, lanes):
         sat = rng.choice(["", ".s8"])
         return f"v{op}{sat} {rows(n, dst_region)}, {rows(n)}, {operand}, {n}"
     if kind == "vrq":
-        return f"vrq {rows(n, dst_region)}, {rows(n)}, {n}"
+        return rng.choice([f"vrq {rows(n, dst_region)}, {rows(n)}, {n}",
+                           f"vrqr {rows(n, dst_region)}, {rows(n)}, {rng.randrange(8)}, {n}"])
     if kind == "vlut":
         return f"vlut {rows(n, dst_region)}, {rows(n)}, {n}"
     if kind == "lane":
@@ -102,6 +103,7 @@ def test_every_instruction_once_with_8_lanes():
                   for i, (op, form, sat) in enumerate((op, form, sat) for op in ALU for form in ["", "r", "i"]
                                                       for sat in ["", ".s8"])) + """
         vrq 200, 40, 3
+        vrqr 224, 40, 5, 3
         vlut 204, 40, 3
         vlsum 208, 40, 2
         vlmax 210, 40, 2
@@ -147,6 +149,30 @@ def test_requantize_rounds_exact_halves_up(mult, shift, zp):
         f"vsetq {mult}, {shift}, {zp}: (x, x*mult/2^shift, expected, RTL) {wrong[:6]}: vrq "
         f"must round exact halves up, towards +infinity (is it truncating?)")
     assert [int(v) for v in out["golden"].spad[100:108].reshape(-1)] == expected
+
+
+def test_requantize_with_a_multiplier_per_lane():
+    """`vrqr` (isa/SPEC.md): lane l's multiplier comes from V[vb][l], shift and zp from
+    vsetq; lanes at or past vl keep their value. Expected values are exact fractions."""
+    from fractions import Fraction
+    from math import floor
+    rng = np.random.default_rng(7)
+    mults = [1 << 30, -(1 << 29) + 3, 12345, -1]
+    shift, zp, vl = 20, 3, 3
+    init = np.zeros((256, 4), dtype=np.int64)
+    init[0] = mults
+    init[8:16] = rng.integers(-(1 << 24), 1 << 24, (8, 4))
+    init[100:108] = 55
+    out = run_ve(f".ve eop\n vld 6, 0\n vsetq 99, {shift}, {zp}\n vsetvl {vl}\n"
+                 f" vrqr 100, 8, 6, 8\n", init)
+    assert out["faults"] == [Fault.NONE]
+    expected = np.full((8, 4), 55)
+    for i in range(8):
+        for lane in range(vl):
+            x = int(init[8 + i, lane]) * mults[lane]
+            expected[i, lane] = max(-128, min(127, floor(Fraction(x, 1 << shift) + Fraction(1, 2)) + zp))
+    assert np.array_equal(out["spad"][100:108], expected)
+    assert np.array_equal(out["golden"].spad[100:108], expected)
 
 
 @pytest.mark.parametrize("body, fault", [

@@ -253,7 +253,8 @@ def _model_args(args):
     if (args.input_shape or args.calibrate) and not str(args.model).endswith(".onnx"):
         raise UsageError(f"--input-shape and --calibrate apply to .onnx models, not "
                          f"{args.model!r}")
-    return {"input_shapes": _input_shapes(args.input_shape), "calibration": args.calibrate}
+    return {"input_shapes": _input_shapes(args.input_shape), "calibration": args.calibrate,
+            "per_channel": getattr(args, "per_channel", False)}
 
 
 def _warn_random_calibration(args):
@@ -539,6 +540,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--listing", metavar="FILE", help="also write the compiled program as "
                    "assembly, each µTOp named after the operator it belongs to")
+    p.add_argument("--per-channel", action="store_true", help="quantize weights with a "
+                   "scale per output channel (requantized per lane by `vrqr`), not per tensor")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("import", help="an ONNX model quantized (int8, post-training), "

@@ -78,11 +78,11 @@ def parse_vnpu(text, config):
 
 def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.0,
           price_ve=1.0, policy="harvest", seed=0, progress=None, input_shapes=None,
-          calibration=None):
+          calibration=None, per_channel=False):
     """Run one inference of model reference ``name`` (see models.py); ``vnpu=(n_me, n_ve)``
     or a ``budget`` for the allocator (default: the whole NPU)."""
     model = compile_model(name, config, seed=seed, input_shapes=input_shapes,
-                          calibration=calibration)
+                          calibration=calibration, per_channel=per_channel)
     profile = estimate(model.program.words, config)
     if vnpu is not None:
         n_me, n_ve = vnpu

@@ -40,7 +40,7 @@ import numpy as np
 from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
 from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans, run_body
-from .quant import activation_table, int_matmul, multiplier, quantize, rq
+from .quant import activation_table, int_matmul, lane_multipliers, multiplier, quantize, rq
 
 __all__ = ["Graph", "Tensor", "Image"]
 
@@ -187,7 +187,7 @@ class _NoRoomForOutput(CompileError):
 class Graph:
     """Builds one program for a model on a vNPU of ``spad_rows`` rows and ``hbm_words`` words."""
 
-    def __init__(self, config, *, spad_rows=None, hbm_words=None):
+    def __init__(self, config, *, spad_rows=None, hbm_words=None, per_channel=False):
         if not config.array_rows == config.array_cols == config.ve_lanes:
             raise CompileError(
                 f"the model compiler needs square arrays as wide as a scratchpad row "
@@ -196,6 +196,9 @@ class Graph:
         self.config = config
         self.lanes = config.ve_lanes
         self.per_word = 4 if self.lanes % 4 == 0 else 1     # int8 values per HBM word
+        #: Weights quantized with a scale per output channel (requantized by `vrqr`), not
+        #: one per tensor.
+        self.per_channel = per_channel
         self.builder = ProgramBuilder(config, spad_rows=spad_rows, hbm_words=hbm_words)
         self.inputs = {}              # name -> (HBM Region, rows x cols int array)
         self.outputs = {}             # name -> (HBM Region, Tensor)
@@ -505,12 +508,16 @@ class Graph:
         ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
         buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
         loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
-        row of the bias or None).
-        Rows lo..hi-1 are computed, the others are zero; with ``grid`` (an Image and the
+        row of the bias or None, spad row of the per-column multipliers or None).
+        ``requant`` is (mult, shift), mult one multiplier or one per output column
+        (`vrqr`, its row in the panel). Rows lo..hi-1 are computed, the others are zero; with ``grid`` (an Image and the
         grid row of output row 0), rows in the image's ring are zeroed too.
         """
         cfg, lanes = self.config, self.lanes
         mult, shift = requant
+        per_lane = np.ndim(mult) > 0
+        if per_lane:
+            mult = np.pad(mult, (0, n_tiles * lanes - len(mult)))
         ref = rq(acc_ref, mult, shift)
         table = None
         if act == "relu":
@@ -535,7 +542,7 @@ class Graph:
         blocks = self._row_blocks(lo, hi, n_tiles)
         for ct in range(n_tiles):
             slot = ct % ring
-            ldw, w_src, w_region, bias_row = panel(ct, slot)
+            ldw, w_src, w_region, bias_row, mult_row = panel(ct, slot)
             dst = out.tile(ct)
             # Runs of K tiles (an mmloop each), as many as max_body holds per µTOp.
             pieces, words = [[]], 0
@@ -556,7 +563,11 @@ class Graph:
                                       + ([target] if piece[0][0] else []),
                                       writes=[target], name=f"{name} mm{ct}.{first}")
                 preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
-                preamble.append(instr("vsetq", mult, shift, 0))
+                if per_lane:
+                    preamble.append(instr("vld", 1, mult_row))
+                preamble.append(instr("vsetq", 0 if per_lane else mult, shift, 0))
+                requantize = ((lambda d, a, n: instr("vrqr", d, a, 1, n)) if per_lane
+                              else (lambda d, a, n: instr("vrq", d, a, n)))
                 if lut is not None:
                     preamble.append(instr("vldlut", lut.start))
                 units = []
@@ -565,9 +576,9 @@ class Graph:
                     # The accumulator is only read (the bias is added on the way out), so
                     # the epilogue is restartable.
                     if bias_row is not None:
-                        unit = [instr("vaddr", d, a, 0, n), instr("vrq", d, d, n)]
+                        unit = [instr("vaddr", d, a, 0, n), requantize(d, d, n)]
                     else:
-                        unit = [instr("vrq", d, a, n)]
+                        unit = [requantize(d, a, n)]
                     if act == "relu":
                         unit.append(instr("vmaxi", d, d, 0, n))
                     elif lut is not None:
@@ -576,7 +587,7 @@ class Graph:
                 if grid is not None:
                     units += _zero_units(dst + first, grid[0].ring_spans(grid[1] + first, count),
                                          target.start, count)
-                extra = [r for r in (w_region if bias_row is not None else None, lut)
+                extra = [r for r in (w_region if bias_row is not None or per_lane else None, lut)
                          if r is not None]
                 self._ve(units, reads=[target] + extra,
                          writes=[Region("spad", dst + first, count)],
@@ -593,9 +604,10 @@ class Graph:
             self.builder.free(region)
         return out
 
-    def _weights(self, name, w_q, bias_q, ring=3):
+    def _weights(self, name, w_q, bias_q, ring=3, mults=None):
         """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row
-        into a ring of ``ring`` buffers (the next panels load while the MEs use one)."""
+        (+ a row of per-column multipliers, ``mults``) into a ring of ``ring`` buffers (the
+        next panels load while the MEs use one)."""
         lanes = self.lanes
         k, n = w_q.shape
         n_tiles = -(-n // lanes)
@@ -606,34 +618,54 @@ class Graph:
         pw = self.per_word
         w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
+        reads = [w_hbm, b_hbm]
+        if mults is not None:
+            m_pad = np.zeros(n_tiles * lanes, np.int64)
+            m_pad[:n] = mults
+            reads.append(self.builder.hbm(m_pad.size, f"{name} multipliers", m_pad))
         ring = min(n_tiles, ring)
-        bufs = [self._alloc(k + 1, f"{name} weight panel") for _ in range(ring)]
+        bufs = [self._alloc(k + len(reads) - 1, f"{name} weight panel") for _ in range(ring)]
 
         def panel(ct, slot):
             buf = bufs[slot % ring]
             body = self._dma_rows(lanes, n_tiles * lanes // pw, buf.start,
                                   w_hbm.start + ct * lanes // pw, k, packed=pw > 1)
-            body += self._dma_rows(lanes, lanes, buf.start + k, b_hbm.start + ct * lanes, 1)
-            self.builder.split_utop(Engine.DMA, body, reads=[w_hbm, b_hbm], writes=[buf],
+            for row, block in enumerate(reads[1:]):        # the bias, the multipliers
+                body += self._dma_rows(lanes, lanes, buf.start + k + row,
+                                       block.start + ct * lanes, 1)
+            self.builder.split_utop(Engine.DMA, body, reads=reads, writes=[buf],
                               name=f"{name} load w{ct}")
             w_src = lambda kt: buf.start + kt * lanes
-            return lambda kt: instr("ldw", w_src(kt), lanes), w_src, buf, buf.start + k
+            return (lambda kt: instr("ldw", w_src(kt), lanes), w_src, buf, buf.start + k,
+                    None if mults is None else buf.start + k + 1)
 
         return n_tiles, w_pad, b_pad, panel, bufs
 
+    def _quantized(self, w, bias, x_scale, out_scale):
+        """Float weights (output channels on the last axis) and bias as int8 and int32, and
+        the requantization of their sums: with one scale per tensor, or per output channel
+        (``per_channel``: the panel carries the multipliers, `vrqr` applies them)."""
+        if self.per_channel:
+            w_scale = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0) / 127
+            w_scale[w_scale == 0] = 1.0
+            requant = lane_multipliers(x_scale * w_scale / out_scale)
+        else:
+            w_scale = float(np.max(np.abs(w))) / 127 or 1.0
+            requant = multiplier(x_scale * w_scale / out_scale)
+        return quantize(w, w_scale), quantize(bias, x_scale * w_scale, bits=32), requant
+
     def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None):
-        """y = act(x @ w + bias): float weights quantized here (per tensor), int8 out."""
+        """y = act(x @ w + bias): float weights quantized here (per tensor or per output
+        channel), int8 out."""
         k_tiles = x.tiles
         if w.shape[0] != k_tiles * self.lanes:
             raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
                                f"{k_tiles * self.lanes} columns")
-        w_scale = float(np.max(np.abs(w))) / 127 or 1.0
-        w_q = quantize(w, w_scale)
-        bias_q = quantize(bias, x.scale * w_scale, bits=32)
-        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q)
+        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale)
+        n_tiles, w_pad, b_pad, panel, bufs = self._weights(
+            name, w_q, bias_q, mults=requant[0] if np.ndim(requant[0]) else None)
         acc_ref = int_matmul(x.ref, w_pad) + b_pad
-        gemm = dict(requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                    out_scale=(out_scale, act_scale))
+        gemm = dict(requant=requant, act=act, out_scale=(out_scale, act_scale))
         ring = min(n_tiles, 3)
         spilled = x.home in self._spilled
         # Whole when its output, accumulators and (spilled) input fit in what is free or
@@ -876,13 +908,13 @@ class Graph:
         direct = (sy, sx) == (1, 1) and (ho, wo) == (image.h, image.w) and halo <= image.ring
         grid = image if direct else Image(image.batch, ho, wo, max(1, halo))
         phases = sorted({t[:2] for t in taps})
-        w_scale = float(np.max(np.abs(w))) / 127 or 1.0
-        w_q = quantize(w, w_scale).reshape(kh * kw * x.tiles * lanes, -1)   # rows: (tap, cin)
-        bias_q = quantize(bias, x.scale * w_scale, bits=32)
+        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale)
+        w_q = w_q.reshape(kh * kw * x.tiles * lanes, -1)                     # rows: (tap, cin)
         # Fewer panels in flight when they would take more than a sixth of the room: the
         # rest is for the bands of lines.
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(
-            name, w_q, bias_q, ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))))
+            name, w_q, bias_q, ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))),
+            mults=requant[0] if np.ndim(requant[0]) else None)
         # The reference: every tap's window of the zero-padded pixels, on the output grid.
         pixels = np.pad(image.from_rows(x.ref), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         acc = np.zeros((image.batch * ho * wo, n_tiles * lanes), np.int64)
@@ -893,8 +925,7 @@ class Graph:
             acc += int_matmul(window.reshape(acc.shape[0], -1),
                               w_pad[tap * x.tiles * lanes:(tap + 1) * x.tiles * lanes])
         acc_ref = grid.to_rows((acc + b_pad).reshape(image.batch, ho, wo, -1))
-        gemm = dict(requant=multiplier(x.scale * w_scale / out_scale), act=act,
-                    out_scale=(out_scale, None))
+        gemm = dict(requant=requant, act=act, out_scale=(out_scale, None))
         pitch, k_tiles = grid.pitch, kh * kw * x.tiles
         ring = min(n_tiles, 3)
         n_src = 0 if direct else len(phases) * x.tiles
@@ -1111,7 +1142,7 @@ class Graph:
             def panel(ct, slot):
                 k = min(lanes, y.rows - ct * lanes)
                 w_src = lambda kt: y.tile(kt) + ct * lanes
-                return lambda kt: instr("ldw", w_src(kt), k, t=1), w_src, y.region, None
+                return lambda kt: instr("ldw", w_src(kt), k, t=1), w_src, y.region, None, None
         else:
             if y.rows != x.tiles * lanes:
                 raise CompileError(f"{name}: {x.tiles * lanes} columns against {y.rows} rows")
@@ -1120,7 +1151,7 @@ class Graph:
             def panel(ct, slot):
                 w_src = lambda kt: y.tile(ct) + kt * lanes
                 return (lambda kt: instr("ldw", w_src(kt), lanes), w_src, y.tile_region(ct),
-                        None)
+                        None, None)
 
         result = self._gemm(name, x.tile, x.tiles, 0, x.rows, x.rows, acc_ref, n_tiles, panel,
                             requant=multiplier(x.scale * y.scale / out_scale), act=None,

@@ -197,10 +197,11 @@ def _load_quantized(path, shapes):
 
 
 def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=None,
-                  input_shapes=None, calibration=None):
+                  input_shapes=None, calibration=None, per_channel=False):
     """Weights from ``seed`` (built-ins), scales calibrated on batch ``seed+1`` (or the
     ``calibration`` file), compiled for input batch ``seed+2+batch`` (the program does not
     depend on the input: ``batch`` changes only the HBM image and the expected output).
+    ``per_channel``: weights quantized with a scale per output channel, not per tensor.
     Raises ModelError (an OnnxError) or CompileError, both ValueErrors naming the problem."""
     model = load_model(ref, seed, tuple((k, tuple(v)) for k, v in (input_shapes or {}).items()),
                        calibration)
@@ -210,7 +211,7 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     except (ValueError, IndexError, TypeError) as error:
         raise ModelError(f"the float reference fails on a random batch: {error}") from None
     start = time.perf_counter()
-    graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words)
+    graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words, per_channel=per_channel)
     out = lower(graph, model, model.scales, inputs, values)
     name = model_name(ref)
     graph.output(name, out.t)

@@ -55,8 +55,19 @@ def multiplier(real):
     return mult, shift
 
 
+def lane_multipliers(reals):
+    """(mults, shift): one multiplier per output channel and the shift they share (`vrqr`),
+    mults[c] * 2^-shift ~= reals[c]; the largest factor gets 31 bits, the others fewer."""
+    reals = np.asarray(reals, dtype=np.float64)
+    _, shift = multiplier(float(np.max(reals)))
+    if not np.all(reals > 0):
+        raise ValueError(f"rescale factors must be positive, not {reals[reals <= 0][:4]}")
+    return np.round(reals * 2.0 ** shift).astype(np.int64), shift
+
+
 def rq(x, mult, shift, zp=0):
-    """The `vrq` rule in numpy: (x * mult) rounded (ties up) right by shift, + zp, int8."""
+    """The `vrq` rule in numpy: (x * mult) rounded (ties up) right by shift, + zp, int8
+    (``mult`` one multiplier, or one per column as `vrqr` takes them)."""
     product = np.asarray(x, dtype=np.int64) * mult
     if shift:
         product = (product + (1 << (shift - 1))) >> shift
