@@ -33,6 +33,7 @@ identity, activation tables, layer-norm parameters) is packed four values per wo
 exp, reciprocal and rsqrt tables stay one int32 per word.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -1175,16 +1176,45 @@ class Graph:
         self._op("eltwise", name)
         return out
 
-    def add(self, name, a, b, relu=False):
-        """Saturating int8 a + b (same scale), optionally followed by relu."""
-        if a.scale != b.scale or a.ref.shape != b.ref.shape:
-            raise CompileError(f"{name}: add needs equal shapes and scales, got {a.ref.shape} "
-                               f"@ {a.scale:g} and {b.ref.shape} @ {b.scale:g}")
-        ref = np.clip(a.ref + b.ref, -128, 127)
+    def add(self, name, a, b, relu=False, out_scale=None):
+        """Saturating int8 a + b, optionally followed by relu, at ``out_scale`` (default
+        a's). Operands of the output's scale add exactly; otherwise each is weighted by
+        its scale over the output's (16-bit integer weights of a shared shift) and the sum
+        is rounded once, as a float add followed by one quantization would be."""
+        if a.ref.shape != b.ref.shape:
+            raise CompileError(f"{name}: add needs equal shapes, got {a.ref.shape} and "
+                               f"{b.ref.shape}")
+        out_scale = out_scale or a.scale
+        if a.scale == b.scale == out_scale:
+            ref = np.clip(a.ref + b.ref, -128, 127)
+            ref = np.maximum(ref, 0) if relu else ref
+            return self._elementwise(name, [a, b], a.scale, ref, lambda t, d, f, n: (
+                [instr("vadd.s8", d, a.tile(t) + f, b.tile(t) + f, n)]
+                + ([instr("vmaxi", d, d, 0, n)] if relu else [])))
+        largest = max(a.scale, b.scale) / out_scale
+        shift = math.floor(math.log2(32767 / largest))
+        if shift < 0:
+            raise CompileError(f"{name}: operand scales {a.scale:g} and {b.scale:g} are more "
+                               f"than 32767x the output's {out_scale:g}")
+        ma, mb = (round(x.scale / out_scale * 2 ** shift) for x in (a, b))
+        ref = rq(a.ref * ma + b.ref * mb, 1, shift)
         ref = np.maximum(ref, 0) if relu else ref
-        return self._elementwise(name, [a, b], a.scale, ref, lambda t, d, f, n: (
-            [instr("vadd.s8", d, a.tile(t) + f, b.tile(t) + f, n)]
-            + ([instr("vmaxi", d, d, 0, n)] if relu else [])))
+        out = self._new(a.rows, a.tiles, out_scale, ref, name, a.image)
+        scratch = self._alloc(min(a.rows, 128), f"{name} scratch")
+        for t in range(a.tiles):
+            for first, n in row_spans(a.rows, 128):
+                rows = lambda y: Region("spad", y.tile(t) + first, n)
+                d, tmp = out.tile(t) + first, scratch.start
+                unit = [instr("vsetq", 1, shift, 0),
+                        instr("vmuli", d, a.tile(t) + first, ma, n),
+                        instr("vmuli", tmp, b.tile(t) + first, mb, n),
+                        instr("vadd", d, d, tmp, n),
+                        instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])
+                self._ve([unit], reads=[rows(a), rows(b), scratch], writes=[rows(out), scratch],
+                         name=f"{name}.{t}.{first}")
+        self.builder.free(scratch)
+        self._op("eltwise", name)
+        return out
 
     def mul(self, name, a, b, out_scale):
         """int8 a * b, rescaled to ``out_scale``."""

@@ -175,7 +175,9 @@ def _calibration_batches(model, path):
 def save_quantized(model, path):
     """Write a calibrated model as .neu10: a zip of the folded ONNX graph and its scales."""
     meta = {"name": model.name, "metric": model.metric, "output": model.output,
-            "calibration": model.extra.get("calibration"), "scales": model.scales}
+            "calibration": model.extra.get("calibration"), "scales": model.scales,
+            "qdq_scales": model.extra.get("qdq_scales", {}),
+            "per_channel": model.extra.get("per_channel", False)}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.onnx", model.to_proto().SerializeToString())
         archive.writestr("quantization.json", json.dumps(meta, indent=1, sort_keys=True))
@@ -193,6 +195,8 @@ def _load_quantized(path, shapes):
     model = load(proto, input_shapes=shapes, name=Path(path).stem)
     model.metric, model.scales = metric, scales
     model.extra["calibration"] = meta.get("calibration")
+    model.extra["qdq_scales"] = meta.get("qdq_scales", {})
+    model.extra["per_channel"] = meta.get("per_channel", False)
     return model
 
 
@@ -201,7 +205,8 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     """Weights from ``seed`` (built-ins), scales calibrated on batch ``seed+1`` (or the
     ``calibration`` file), compiled for input batch ``seed+2+batch`` (the program does not
     depend on the input: ``batch`` changes only the HBM image and the expected output).
-    ``per_channel``: weights quantized with a scale per output channel, not per tensor.
+    ``per_channel``: weights quantized with a scale per output channel, not per tensor
+    (always so for a pre-quantized model whose weights have them).
     Raises ModelError (an OnnxError) or CompileError, both ValueErrors naming the problem."""
     model = load_model(ref, seed, tuple((k, tuple(v)) for k, v in (input_shapes or {}).items()),
                        calibration)
@@ -211,6 +216,7 @@ def compile_model(ref, config, *, seed=0, batch=0, spad_rows=None, hbm_words=Non
     except (ValueError, IndexError, TypeError) as error:
         raise ModelError(f"the float reference fails on a random batch: {error}") from None
     start = time.perf_counter()
+    per_channel = per_channel or model.extra.get("per_channel", False)
     graph = Graph(config, spad_rows=spad_rows, hbm_words=hbm_words, per_channel=per_channel)
     out = lower(graph, model, model.scales, inputs, values)
     name = model_name(ref)

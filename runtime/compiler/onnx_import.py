@@ -136,8 +136,8 @@ def load(source, *, input_shapes=None, name=None):
         if opset.domain not in ("", "ai.onnx"):
             raise OnnxError(f"operator domain {opset.domain!r} is not supported (only the "
                             f"default ONNX domain)")
-    graph = proto.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    graph, qdq_scales, per_channel = _strip_qdq(proto.graph, constants)
     inputs = {}
     given = dict(input_shapes or {})
     real_inputs = [v for v in graph.input if v.name not in constants]
@@ -174,10 +174,85 @@ def load(source, *, input_shapes=None, name=None):
                  OPSETS[-1])
     model = OnnxModel(name, folded, _rewrite(nodes, constants, graph.output[0].name),
                       constants, inputs, graph.output[0].name, opset=opset)
+    if qdq_scales:
+        model.extra.update(qdq_scales=qdq_scales, per_channel=per_channel)
     for node in model.nodes:
         if node.op_type not in SUPPORTED_OPS:
             raise _unsupported(node)
     return model
+
+
+def _strip_qdq(graph, constants):
+    """A pre-quantized (QDQ) model as its float graph and its scales: every QuantizeLinear
+    -> DequantizeLinear pair on an activation x is removed (its readers read x) and x's
+    scale recorded; DequantizeLinear of constant weights and biases stays, to be folded.
+    Returns (the graph, scale per activation, whether any weights have a scale per
+    channel). Only symmetric int8 activations (zero point 0) are supported."""
+    nodes = list(graph.node)
+    if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+        return graph, {}, False
+    users = _consumers(nodes)
+
+    def param(node, i):
+        name = node.input[i] if len(node.input) > i else ""
+        if name and name not in constants:
+            raise _error(node, f"input {i} ({name!r}) must be a constant")
+        return constants.get(name) if name else None
+
+    scales, rename, drop, per_channel = {}, {}, set(), False
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.input[0] in constants:
+            per_channel |= np.size(param(node, 1)) > 1
+        if node.op_type != "QuantizeLinear":
+            continue
+        x, scale, zero = node.input[0], param(node, 1), param(node, 2)
+        if x in constants:
+            raise _error(node, "quantizing a constant is not supported (weights come "
+                               "quantized, with a DequantizeLinear)")
+        if np.size(scale) != 1:
+            raise _error(node, f"a scale per channel on activation {x!r}: supported are "
+                               f"per-tensor activation scales")
+        if zero is None or zero.dtype != np.int8 or np.any(zero != 0):
+            kind = "uint8 (the default)" if zero is None else zero.dtype
+            raise _error(node, f"activation {x!r} is quantized to {kind} with zero point "
+                               f"{0 if zero is None else int(np.ravel(zero)[0])}: supported "
+                               f"are symmetric int8 activations (onnxruntime's quantize_static "
+                               f"with activation_type=QInt8 and ActivationSymmetric=True)")
+        readers = users.get(node.output[0], [])
+        if not readers or node.output[0] in {v.name for v in graph.output}:
+            raise _error(node, f"its int8 output {node.output[0]!r} is not dequantized: "
+                               f"supported are QuantizeLinear -> DequantizeLinear pairs (the "
+                               f"QDQ format)")
+        for user in readers:
+            if user.op_type != "DequantizeLinear" or \
+                    not np.array_equal(param(user, 1), scale) or \
+                    (param(user, 2) is not None and np.any(param(user, 2) != 0)):
+                raise _error(node, f"its output is read by {_node(user)}: supported are "
+                                   f"QuantizeLinear -> DequantizeLinear pairs of one scale "
+                                   f"(the QDQ format)")
+            rename[user.output[0]] = x
+            drop.add(id(user))
+        drop.add(id(node))
+        scales[x] = float(np.ravel(scale)[0])
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and id(node) not in drop \
+                and node.input[0] not in constants:
+            raise _error(node, f"dequantizes {node.input[0]!r}, which no QuantizeLinear "
+                               f"made: supported are QDQ pairs and quantized constants")
+    kept = []
+    for node in nodes:
+        if id(node) not in drop:
+            node = onnx.NodeProto.FromString(node.SerializeToString())
+            node.input[:] = [rename.get(n, n) for n in node.input]
+            kept.append(node)
+    outputs = []
+    for value in graph.output:
+        value = onnx.ValueInfoProto.FromString(value.SerializeToString())
+        value.name = rename.get(value.name, value.name)
+        outputs.append(value)
+    stripped = helper.make_graph(kept, graph.name, graph.input, outputs,
+                                 list(graph.initializer))
+    return stripped, scales, per_channel
 
 
 def _fold(graph, constants, inputs):
@@ -383,6 +458,7 @@ def calibrate(model, batches):
             peak = float(np.max(np.abs(value))) if np.size(value) else 0.0
             peaks[key] = max(peaks.get(key, 0.0), peak)
     scales = {key: (peak / 127 if peak > 0 else 1.0) for key, peak in peaks.items()}
+    scales.update(model.extra.get("qdq_scales", {}))     # a pre-quantized model's own
     for node in model.nodes:
         if node.op_type in _FIXED_SCALES:
             scales[node.output[0]] = _FIXED_SCALES[node.op_type]
@@ -424,6 +500,7 @@ class _Scales:
 
 def _group_scales(model, scales):
     users = _consumers(model.nodes)
+    qdq = model.extra.get("qdq_scales", {})
     groups = _Scales(scales)
     retags = []
     for node in model.nodes:
@@ -432,6 +509,8 @@ def _group_scales(model, scales):
         if op == "Add" and len(ins) == 2:
             relu = _only_user(users, out, ("Relu",), model.output)
             target = relu.output[0] if relu is not None else out
+            if all(n in qdq for n in (*ins, target)):
+                continue                  # a pre-quantized Add keeps the scales it was given
             groups.join(ins[0], ins[1])
             groups.join(ins[0], target)
         elif op == "Concat" or op in _LAYOUT:
@@ -936,8 +1015,7 @@ class _Lowering:
         name = node.name or last
 
         def add(ta, tb):
-            return self.g.add(name, self.fit(ta, last, f"{name} a"),
-                              self.fit(tb, last, f"{name} b"), relu=relu is not None)
+            return self.g.add(name, ta, tb, relu=relu is not None, out_scale=self.scale(last))
         t = self.g.rowwise(name, add, [a.t, b.t], a.t.tiles)
         self.env[last] = replace(a, t=t, shape=self.shape(last))
 

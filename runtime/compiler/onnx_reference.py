@@ -135,6 +135,19 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
+def _dequantize(x, scale, zero_point=None, *, axis=1, block_size=0, output_dtype=0):
+    """(x - zero_point) * scale, per tensor or per slice along ``axis`` (a 1-D scale)."""
+    if block_size:
+        raise NotImplementedError("blocked quantization (block_size) is not supported")
+    scale = np.asarray(scale, np.float32)
+    zero = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point)
+    if scale.ndim == 1 and x.ndim > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return _f32((x.astype(np.float64) - zero.astype(np.float64)) * scale)
+
+
 #: op type -> function(*inputs, **attributes) -> output (or tuple of outputs).
 OPS = {
     "Identity": lambda x: x,
@@ -171,6 +184,7 @@ OPS = {
     "Cast": lambda x, *, to, saturate=1, round_mode=None: x.astype(helper.tensor_dtype_to_np_dtype(to)),
     "Split": _split,
     "Slice": _slice,
+    "DequantizeLinear": _dequantize,     # of constants (QDQ weights and biases), folded
     "Constant": None,               # folded when the model is loaded
 }
 
