@@ -114,6 +114,7 @@ def test_qdq_scales_are_the_models_own_and_survive_neu10(tmp_path, capsys):
     assert model.source.extra["qdq_scales"] == given
     assert all(model.source.scales[name] == scale for name, scale in given.items())
     assert main(["import", path, "-o", str(tmp_path / "cnn.neu10")]) == 0
+    assert "warning" not in capsys.readouterr().err       # no calibration of ours to warn of
     stored = compile_model(str(tmp_path / "cnn.neu10"), DEFAULT)
     assert stored.program.words == model.program.words
     assert np.array_equal(stored.expected, model.expected)

@@ -258,7 +258,10 @@ def _model_args(args):
 
 
 def _warn_random_calibration(args):
-    if str(args.model).endswith(".onnx") and not args.calibrate:
+    from runtime.compiler.models import load_model
+    shapes = tuple((k, tuple(v)) for k, v in _input_shapes(args.input_shape).items())
+    if str(args.model).endswith(".onnx") and not args.calibrate and \
+            not load_model(args.model, 0, shapes, None).extra.get("qdq_scales"):  # cached
         print("neu10: warning: no --calibrate inputs: activation scales were calibrated on "
               "seeded random batches (floats ~ N(0, 1), indices uniform); accuracy on real "
               "data needs real calibration inputs", file=sys.stderr)
