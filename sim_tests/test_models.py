@@ -436,3 +436,21 @@ def test_per_channel_models_bit_exact_on_verilator(name):
     assert assemble(model.program.listing, SMALL) == model.program.words
     outputs, _ = execute(model.graph, model.program, backend="verilator")
     assert np.array_equal(outputs[name], model.expected)
+
+
+def test_accuracy_over_batches(capsys):
+    """`neu10 accuracy`: every batch bit-exact; its figures are those of each batch's own
+    compile and run (the same inputs as `compile_model(batch=b)`)."""
+    assert main(["accuracy", "ncf", "--batches", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    errors = []
+    for batch in range(4):
+        model = compile_model("ncf", DEFAULT, batch=batch)
+        outputs, _ = execute(model.graph, model.program)
+        errors.append(accuracy(model, outputs["ncf"])[1])
+    assert report["bit_exact"] == report["batches"] == 4
+    assert report["relative_error_max"] == pytest.approx(max(errors))
+    assert report["relative_error_mean"] == pytest.approx(np.mean(errors))
+    assert len(set(errors)) == 4                     # four different input batches
+    assert main(["accuracy", "resnet", "--batches", "2"]) == 0
+    assert "top-1       1.0000 of 16 output rows" in capsys.readouterr().out

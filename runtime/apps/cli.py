@@ -335,6 +335,23 @@ def cmd_import(args):
     return 0
 
 
+def cmd_accuracy(args):
+    import json
+    from runtime.compiler.builder import CompileError
+    from runtime.compiler.onnx_import import OnnxError
+    from .accuracy import measure_accuracy
+    if args.batches < 1:
+        raise UsageError(f"--batches {args.batches}: expected a positive number of input "
+                         f"batches")
+    config = _config(args.config)
+    try:
+        report = measure_accuracy(args.model, config, args.batches, **_model_args(args))
+    except (CompileError, OnnxError) as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(report.to_dict()) if args.json else report.text())
+    return 0 if report.bit_exact == report.batches else 1
+
+
 def cmd_export(args):
     import onnx
     from runtime.compiler import zoo
@@ -554,6 +571,17 @@ def build_parser():
     p.add_argument("--config", default="default", help="preset or .toml file to check it on")
     onnx_options(p)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("accuracy", help="a model's int8 accuracy over many input batches "
+                       "(golden), each output checked bit for bit")
+    p.add_argument("model", help=model_help)
+    onnx_options(p)
+    p.add_argument("--batches", type=int, default=100, help="input batches (default 100)")
+    p.add_argument("--per-channel", action="store_true", help="weights with a scale per "
+                   "output channel")
+    p.add_argument("--config", default="default", help="preset or .toml file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_accuracy)
 
     p = sub.add_parser("export", help="a built-in model as an ONNX file")
     p.add_argument("model", help=f"{', '.join(MODELS)}, with optional sizes as in "
