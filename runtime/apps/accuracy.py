@@ -22,6 +22,7 @@ class AccuracyReport:
     batches: int
     bit_exact: int                # batches whose output equals the integer reference
     rows: int                     # output rows compared (samples: images, tokens, users)
+    columns: int                  # output columns (classes); top-1 needs more than one
     top1_agreement: float         # rows whose argmax equals the float reference's
     relative_error_mean: float    # relative L2 error of a batch's output, over batches
     relative_error_max: float
@@ -30,12 +31,13 @@ class AccuracyReport:
         return asdict(self)
 
     def text(self):
+        top1 = (f"{self.top1_agreement:.4f} of {self.rows} output rows agree with float32"
+                if self.columns > 1 else "- (one output column)")
         return "\n".join([
             f"model {self.model}: {self.batches} input batches on golden",
             f"  bit-exact   {self.bit_exact} of {self.batches} outputs equal the integer "
             f"reference",
-            f"  top-1       {self.top1_agreement:.4f} of {self.rows} output rows agree with "
-            f"float32",
+            f"  top-1       {top1}",
             f"  rel. error  mean {self.relative_error_mean:.4f}, max "
             f"{self.relative_error_max:.4f} (L2, per batch, vs float32)"])
 
@@ -57,5 +59,6 @@ def measure_accuracy(ref, config, batches, **compile_args):
         rows += len(want)
         errors.append(float(np.linalg.norm(real - want) / max(np.linalg.norm(want), 1e-12)))
         name = model.name
-    return AccuracyReport(name, batches, exact, rows, agree / rows, float(np.mean(errors)),
+    return AccuracyReport(name, batches, exact, rows, model.columns, agree / rows,
+                          float(np.mean(errors)),
                           float(np.max(errors)))
