@@ -312,7 +312,8 @@ def _build_instructions():
          Field("shift", 40, 6, "rounding right shift, 0..63"),
          Field("zp", 46, 8, "output zero point", signed=True)],
         "set requantization parameters",
-        "Sets the parameters of `vrq`. At the start of every µTOp they are mult = 1, "
+        "Sets the parameters of `vrq` (and the shift and zp of `vrqr`, which takes its "
+        "multipliers from a vector register). At the start of every µTOp they are mult = 1, "
         "shift = 0, zp = 0.")
     add("vrq", Engine.VE, 0x41, src_dst_n(),
         "requantize int32 to int8",

@@ -454,3 +454,45 @@ def test_accuracy_over_batches(capsys):
     assert len(set(errors)) == 4                     # four different input batches
     assert main(["accuracy", "resnet", "--batches", "2"]) == 0
     assert "top-1       1.0000 of 16 output rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_channels_of_zero_or_tiny_weights_keep_their_bias(per_channel):
+    """A channel whose weights are all zero, or a million times smaller than the others',
+    still outputs its bias (0.37 at an output scale of 0.01: 37): its scale is raised until
+    the bias fits int32 beside the sums, and an all-zero channel takes the layer's."""
+    rng = np.random.default_rng(12)
+    w = rng.normal(0, 1, (16, 8))
+    w[:, 3] *= 1e-9
+    w[:, 5] = 0
+    bias = np.zeros(8)
+    bias[[3, 5]] = 0.37
+    g = Graph(DEFAULT, per_channel=per_channel)
+    x = g.input("x", rng.integers(-127, 128, (8, 16)), 0.5)
+    g.end_operator()
+    y = g.linear("fc", x, w, bias, 0.01)
+    g.end_operator()
+    g.output("y", y)
+    outputs, _ = execute(g, g.build())
+    assert np.array_equal(outputs["y"], y.ref)
+    assert np.all(outputs["y"][:, [3, 5]] == 37)
+
+
+def test_add_of_operands_at_other_scales_rounds_once():
+    """Graph.add to an output scale of its own: each operand weighted by its scale over the
+    output's and the sum rounded once, so within half an LSB (and a 2^-15 weight error) of
+    the exact sum; relu after; scales too far apart are an error naming them."""
+    rng = np.random.default_rng(13)
+    a_int, b_int = rng.integers(-127, 128, (2, 200, 16))
+    g = Graph(DEFAULT)
+    a, b = g.input("a", a_int, 0.05), g.input("b", b_int, 0.03)
+    g.end_operator()
+    y = g.add("add", a, b, relu=True, out_scale=0.07)
+    g.end_operator()
+    g.output("y", y)
+    outputs, _ = execute(g, g.build())
+    assert np.array_equal(outputs["y"], y.ref)
+    exact = np.maximum(np.clip((a_int * 0.05 + b_int * 0.03) / 0.07, -128, 127), 0)
+    assert np.abs(outputs["y"] - exact).max() <= 0.5 + 1e-3
+    with pytest.raises(CompileError, match="more than 32767x the output's"):
+        g.add("far", a, b, out_scale=1e-6)

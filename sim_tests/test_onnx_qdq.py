@@ -140,3 +140,43 @@ def test_qdq_errors_name_the_node_and_what_is_supported(tmp_path, capsys):
     assert main(["run", str(tmp_path / "q.onnx")]) == 2
     err = capsys.readouterr().err
     assert "node 'q' (QuantizeLinear)" in err and "QuantizeLinear -> DequantizeLinear pairs" in err
+
+
+def _qdq_gemm(scales=(0.05, 0.05), scale_shape=()):
+    """x -> Q/DQ (scales[0]) -> Q/DQ (scales[1]) -> Gemm (int8 weights, DequantizeLinear
+    per column) -> Q/DQ -> y: a chain of two pairs on one activation."""
+    rng = np.random.default_rng(4)
+    w = rng.integers(-127, 128, (8, 16)).astype(np.int8)
+    inits = [helper.make_tensor("s0", TensorProto.FLOAT, scale_shape, [scales[0]]),
+             helper.make_tensor("s1", TensorProto.FLOAT, [], [scales[1]]),
+             helper.make_tensor("sy", TensorProto.FLOAT, [], [0.2]),
+             helper.make_tensor("z", TensorProto.INT8, [], [0]),
+             helper.make_tensor("wq", TensorProto.INT8, [8, 16], w.ravel().tolist()),
+             helper.make_tensor("ws", TensorProto.FLOAT, [16], (rng.uniform(1, 3, 16) / 127).tolist()),
+             helper.make_tensor("wz", TensorProto.INT8, [16], [0] * 16)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z"], ["q0"], name="q0"),
+             helper.make_node("DequantizeLinear", ["q0", "s0", "z"], ["d0"], name="d0"),
+             helper.make_node("QuantizeLinear", ["d0", "s1", "z"], ["q1"], name="q1"),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z"], ["d1"], name="d1"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, name="dw"),
+             helper.make_node("Gemm", ["d1", "w"], ["g"], name="gemm"),
+             helper.make_node("QuantizeLinear", ["g", "sy", "z"], ["qy"], name="qy"),
+             helper.make_node("DequantizeLinear", ["qy", "sy", "z"], ["y"], name="dy")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_qdq_chains_of_one_scale_import_and_two_scales_are_an_error(tmp_path, capsys):
+    """Two pairs in a row on one activation (scale given as a scalar and as a [1] tensor)
+    are one scale; two different scales are a one-line error naming the second node."""
+    path = tmp_path / "chain.onnx"
+    onnx.save(_qdq_gemm(scale_shape=[1]), path)
+    model = compile_model(str(path), DEFAULT)
+    assert model.source.extra["qdq_scales"] == {"x": pytest.approx(0.05), "g": pytest.approx(0.2)}
+    ours, theirs = against_onnxruntime(str(path), 0)
+    assert np.abs(ours - theirs).max() <= 1
+    onnx.save(_qdq_gemm(scales=(0.05, 0.1)), tmp_path / "two.onnx")
+    assert main(["run", str(tmp_path / "two.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "node 'q1' (QuantizeLinear): activation 'x' is quantized a second time" in err

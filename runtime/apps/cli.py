@@ -259,9 +259,18 @@ def _model_args(args):
 
 def _warn_random_calibration(args):
     from runtime.compiler.models import load_model
+    from runtime.compiler.onnx_import import unquantized_values
+    if not str(args.model).endswith(".onnx") or args.calibrate:
+        return
     shapes = tuple((k, tuple(v)) for k, v in _input_shapes(args.input_shape).items())
-    if str(args.model).endswith(".onnx") and not args.calibrate and \
-            not load_model(args.model, 0, shapes, None).extra.get("qdq_scales"):  # cached
+    model = load_model(args.model, 0, shapes, None)          # cached: compiled already
+    missing = unquantized_values(model)
+    if model.extra.get("qdq_scales"):
+        if missing:
+            print(f"neu10: warning: {len(missing)} values of this pre-quantized model have no "
+                  f"QDQ scale (first {missing[0]!r}): they were calibrated on seeded random "
+                  f"batches; give --calibrate inputs", file=sys.stderr)
+    else:
         print("neu10: warning: no --calibrate inputs: activation scales were calibrated on "
               "seeded random batches (floats ~ N(0, 1), indices uniform); accuracy on real "
               "data needs real calibration inputs", file=sys.stderr)

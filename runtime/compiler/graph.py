@@ -645,13 +645,22 @@ class Graph:
     def _quantized(self, w, bias, x_scale, out_scale):
         """Float weights (output channels on the last axis) and bias as int8 and int32, and
         the requantization of their sums: with one scale per tensor, or per output channel
-        (``per_channel``: the panel carries the multipliers, `vrqr` applies them)."""
+        (``per_channel``: the panel carries the multipliers, `vrqr` applies them).
+
+        A weight scale is its weights' largest magnitude / 127; an all-zero channel takes
+        the layer's largest, and none is so small that the bias in its units, added to the
+        int32 sums, could pass int32 (a channel of tiny weights and a real bias) or, per
+        channel, more than 2^15 below the largest (its multiplier keeps 16 bits)."""
+        k = w.size // w.shape[-1]
+        bias_floor = np.abs(bias) / (x_scale * max(2 ** 24, 2 ** 31 - 1 - k * 128 * 128))
         if self.per_channel:
             w_scale = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0) / 127
-            w_scale[w_scale == 0] = 1.0
+            w_scale[w_scale == 0] = np.max(w_scale) or 1.0
+            # At most 2^15 below the largest: its multiplier keeps 16 of the shared 31 bits.
+            w_scale = np.maximum(w_scale, np.maximum(bias_floor, np.max(w_scale) / 2 ** 15))
             requant = lane_multipliers(x_scale * w_scale / out_scale)
         else:
-            w_scale = float(np.max(np.abs(w))) / 127 or 1.0
+            w_scale = max(float(np.max(np.abs(w))) / 127 or 1.0, float(np.max(bias_floor)))
             requant = multiplier(x_scale * w_scale / out_scale)
         return quantize(w, w_scale), quantize(bias, x_scale * w_scale, bits=32), requant
 
@@ -1185,14 +1194,15 @@ class Graph:
             raise CompileError(f"{name}: add needs equal shapes, got {a.ref.shape} and "
                                f"{b.ref.shape}")
         out_scale = out_scale or a.scale
-        if a.scale == b.scale == out_scale:
+        same = lambda s: abs(s / out_scale - 1) < 1e-9        # float noise is no rescale
+        if same(a.scale) and same(b.scale):
             ref = np.clip(a.ref + b.ref, -128, 127)
             ref = np.maximum(ref, 0) if relu else ref
-            return self._elementwise(name, [a, b], a.scale, ref, lambda t, d, f, n: (
+            return self._elementwise(name, [a, b], out_scale, ref, lambda t, d, f, n: (
                 [instr("vadd.s8", d, a.tile(t) + f, b.tile(t) + f, n)]
                 + ([instr("vmaxi", d, d, 0, n)] if relu else [])))
         largest = max(a.scale, b.scale) / out_scale
-        shift = math.floor(math.log2(32767 / largest))
+        shift = min(62, math.floor(math.log2(32767 / largest)))     # vsetq's shift: 0..63
         if shift < 0:
             raise CompileError(f"{name}: operand scales {a.scale:g} and {b.scale:g} are more "
                                f"than 32767x the output's {out_scale:g}")
@@ -1200,19 +1210,22 @@ class Graph:
         ref = rq(a.ref * ma + b.ref * mb, 1, shift)
         ref = np.maximum(ref, 0) if relu else ref
         out = self._new(a.rows, a.tiles, out_scale, ref, name, a.image)
-        scratch = self._alloc(min(a.rows, 128), f"{name} scratch")
-        for t in range(a.tiles):
-            for first, n in row_spans(a.rows, 128):
-                rows = lambda y: Region("spad", y.tile(t) + first, n)
-                d, tmp = out.tile(t) + first, scratch.start
-                unit = [instr("vsetq", 1, shift, 0),
-                        instr("vmuli", d, a.tile(t) + first, ma, n),
-                        instr("vmuli", tmp, b.tile(t) + first, mb, n),
-                        instr("vadd", d, d, tmp, n),
-                        instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])
-                self._ve([unit], reads=[rows(a), rows(b), scratch], writes=[rows(out), scratch],
-                         name=f"{name}.{t}.{first}")
-        self.builder.free(scratch)
+        blocks = [(t, first, n) for t in range(a.tiles) for first, n in row_spans(a.rows, 128)]
+        scratches = [self._alloc(min(a.rows, 128), f"{name} scratch")
+                     for _ in range(min(2, len(blocks)))]      # blocks alternate: they overlap
+        for index, (t, first, n) in enumerate(blocks):
+            scratch = scratches[index % len(scratches)]
+            rows = lambda y: Region("spad", y.tile(t) + first, n)
+            d, tmp = out.tile(t) + first, scratch.start
+            unit = [instr("vsetq", 1, shift, 0),
+                    instr("vmuli", d, a.tile(t) + first, ma, n),
+                    instr("vmuli", tmp, b.tile(t) + first, mb, n),
+                    instr("vadd", d, d, tmp, n),
+                    instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])
+            self._ve([unit], reads=[rows(a), rows(b), scratch], writes=[rows(out), scratch],
+                     name=f"{name}.{t}.{first}")
+        for scratch in scratches:
+            self.builder.free(scratch)
         self._op("eltwise", name)
         return out
 

@@ -36,7 +36,7 @@ from .onnx_reference import OPS as _EVALUABLE, attributes, evaluate, run
 from .quant import scale_of
 
 __all__ = ["OnnxError", "OnnxModel", "SUPPORTED_OPS", "OPSETS", "load", "random_inputs",
-           "calibrate", "lower"]
+           "calibrate", "lower", "unquantized_values"]
 
 #: Default-domain opsets the importer accepts.
 OPSETS = range(13, 23)
@@ -205,7 +205,7 @@ def _strip_qdq(graph, constants):
             per_channel |= np.size(param(node, 1)) > 1
         if node.op_type != "QuantizeLinear":
             continue
-        x, scale, zero = node.input[0], param(node, 1), param(node, 2)
+        x, scale, zero = rename.get(node.input[0], node.input[0]), param(node, 1), param(node, 2)
         if x in constants:
             raise _error(node, "quantizing a constant is not supported (weights come "
                                "quantized, with a DequantizeLinear)")
@@ -223,9 +223,13 @@ def _strip_qdq(graph, constants):
             raise _error(node, f"its int8 output {node.output[0]!r} is not dequantized: "
                                f"supported are QuantizeLinear -> DequantizeLinear pairs (the "
                                f"QDQ format)")
+        if x in scales and scales[x] != float(np.ravel(scale)[0]):
+            raise _error(node, f"activation {x!r} is quantized a second time, with scale "
+                               f"{float(np.ravel(scale)[0]):g} after {scales[x]:g}: supported "
+                               f"is one scale per activation")
         for user in readers:
             if user.op_type != "DequantizeLinear" or \
-                    not np.array_equal(param(user, 1), scale) or \
+                    not np.array_equal(np.ravel(param(user, 1)), np.ravel(scale)) or \
                     (param(user, 2) is not None and np.any(param(user, 2) != 0)):
                 raise _error(node, f"its output is read by {_node(user)}: supported are "
                                    f"QuantizeLinear -> DequantizeLinear pairs of one scale "
@@ -465,6 +469,14 @@ def calibrate(model, batches):
         elif node.op_type == "Gather" and node.input[0] in model.constants:
             scales[node.output[0]] = scale_of(model.constants[node.input[0]])
     return scales
+
+
+def unquantized_values(model):
+    """Values of a pre-quantized (QDQ) model that no QDQ pair gives a scale (their scales
+    are calibrated); every computed value for any other model."""
+    given = model.extra.get("qdq_scales", {})
+    return [out for node in model.nodes if node.op_type not in _FIXED_SCALES
+            for out in node.output if out not in given]
 
 
 class _Scales:

@@ -59,9 +59,10 @@ def lane_multipliers(reals):
     """(mults, shift): one multiplier per output channel and the shift they share (`vrqr`),
     mults[c] * 2^-shift ~= reals[c]; the largest factor gets 31 bits, the others fewer."""
     reals = np.asarray(reals, dtype=np.float64)
+    if not np.all(np.isfinite(reals) & (reals > 0)):
+        bad = reals[~(np.isfinite(reals) & (reals > 0))]
+        raise ValueError(f"rescale factors must be positive and finite, not {bad[:4]}")
     _, shift = multiplier(float(np.max(reals)))
-    if not np.all(reals > 0):
-        raise ValueError(f"rescale factors must be positive, not {reals[reals <= 0][:4]}")
     return np.round(reals * 2.0 ** shift).astype(np.int64), shift
 
 
