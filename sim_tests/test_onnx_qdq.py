@@ -36,14 +36,15 @@ class _Batches(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def quantized(tmp_path, name, symmetric=True):
-    """``name``'s ONNX model, quantized by onnxruntime (QDQ, int8 weights per channel;
-    int8 symmetric activations, or onnxruntime's default uint8 ones)."""
-    source, target = tmp_path / f"{name}.onnx", tmp_path / f"{name}.qdq.onnx"
+def quantized(tmp_path, name, symmetric=True, reduce_range=False):
+    """``name``'s ONNX model, quantized by onnxruntime (QDQ, int8 weights per channel, 7-bit
+    with ``reduce_range``; int8 symmetric activations, or onnxruntime's default uint8)."""
+    source = tmp_path / f"{name}.onnx"
+    target = tmp_path / f"{name}{'.rr' * reduce_range}.qdq.onnx"
     onnx.save(SOURCES[name](), source)
     options = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
     quantize_static(str(source), str(target), _Batches(load(str(source))),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8, extra_options=options)
     return str(target)
@@ -61,11 +62,13 @@ def against_onnxruntime(path, batch, config=DEFAULT, backend="golden"):
     return ours, theirs / model.scale
 
 
-@pytest.mark.parametrize("name", ["resnet", "mlp"])
-def test_qdq_models_are_within_one_lsb_of_onnxruntime(name, tmp_path):
+@pytest.mark.parametrize("name, reduce_range", [("resnet", False), ("mlp", False),
+                                                ("resnet", True), ("mlp", True)])
+def test_qdq_models_are_within_one_lsb_of_onnxruntime(name, reduce_range, tmp_path):
     """Every output within 1 LSB of onnxruntime's (it requantizes in float, we in
-    integers; measured: all equal), and the same top-1 class, on three input batches."""
-    path = quantized(tmp_path, name)
+    integers; measured: all equal), and the same top-1 class, on three input batches; 7-bit
+    weights (``reduce_range``) too: the model's weight scales are used, not recomputed."""
+    path = quantized(tmp_path, name, reduce_range=reduce_range)
     model = compile_model(path, DEFAULT)
     assert model.graph.per_channel and model.source.extra["qdq_scales"]
     assert not any(n.op_type.endswith("QuantizeLinear") for n in model.source.nodes)

@@ -642,7 +642,7 @@ class Graph:
 
         return n_tiles, w_pad, b_pad, panel, bufs
 
-    def _quantized(self, w, bias, x_scale, out_scale):
+    def _quantized(self, w, bias, x_scale, out_scale, given=None):
         """Float weights (output channels on the last axis) and bias as int8 and int32, and
         the requantization of their sums: with one scale per tensor, or per output channel
         (``per_channel``: the panel carries the multipliers, `vrqr` applies them).
@@ -650,10 +650,19 @@ class Graph:
         A weight scale is its weights' largest magnitude / 127; an all-zero channel takes
         the layer's largest, and none is so small that the bias in its units, added to the
         int32 sums, could pass int32 (a channel of tiny weights and a real bias) or, per
-        channel, more than 2^15 below the largest (its multiplier keeps 16 bits)."""
+        channel, more than 2^15 below the largest (its multiplier keeps 16 bits). A
+        ``given`` scale (one, or one per output channel: a pre-quantized model's) replaces
+        the largest magnitude / 127, so the model's integers come back exactly."""
         k = w.size // w.shape[-1]
         bias_floor = np.abs(bias) / (x_scale * max(2 ** 24, 2 ** 31 - 1 - k * 128 * 128))
-        if self.per_channel:
+        if given is not None and (self.per_channel or np.size(given) == 1):
+            w_scale = np.broadcast_to(np.asarray(given, np.float64), (w.shape[-1],)).copy()
+            if not self.per_channel:
+                w_scale = float(w_scale[0])
+            w_scale = np.maximum(w_scale, bias_floor if self.per_channel else np.max(bias_floor))
+            requant = (lane_multipliers(x_scale * w_scale / out_scale) if self.per_channel
+                       else multiplier(x_scale * w_scale / out_scale))
+        elif self.per_channel:
             w_scale = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0) / 127
             w_scale[w_scale == 0] = np.max(w_scale) or 1.0
             # At most 2^15 below the largest: its multiplier keeps 16 of the shared 31 bits.
@@ -664,14 +673,14 @@ class Graph:
             requant = multiplier(x_scale * w_scale / out_scale)
         return quantize(w, w_scale), quantize(bias, x_scale * w_scale, bits=32), requant
 
-    def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None):
+    def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None, w_scale=None):
         """y = act(x @ w + bias): float weights quantized here (per tensor or per output
-        channel), int8 out."""
+        channel; at ``w_scale`` when given), int8 out."""
         k_tiles = x.tiles
         if w.shape[0] != k_tiles * self.lanes:
             raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
                                f"{k_tiles * self.lanes} columns")
-        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale)
+        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(
             name, w_q, bias_q, mults=requant[0] if np.ndim(requant[0]) else None)
         acc_ref = int_matmul(x.ref, w_pad) + b_pad
@@ -879,8 +888,9 @@ class Graph:
         return band
 
     def conv(self, name, x, w, bias, out_scale, act=None, stride=(1, 1), pads=None,
-             dilation=(1, 1)):
-        """Convolution of an image: w is (kh, kw, cin, cout) (float, quantized here);
+             dilation=(1, 1), w_scale=None):
+        """Convolution of an image: w is (kh, kw, cin, cout) (float, quantized here, at
+        ``w_scale`` when given: one, or one per output channel);
         ``stride`` and ``dilation`` are (y, x), ``pads`` (top, left, bottom, right), by
         default the same-size padding of an odd kernel.
 
@@ -918,7 +928,7 @@ class Graph:
         direct = (sy, sx) == (1, 1) and (ho, wo) == (image.h, image.w) and halo <= image.ring
         grid = image if direct else Image(image.batch, ho, wo, max(1, halo))
         phases = sorted({t[:2] for t in taps})
-        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale)
+        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
         w_q = w_q.reshape(kh * kw * x.tiles * lanes, -1)                     # rows: (tap, cin)
         # Fewer panels in flight when they would take more than a sixth of the room: the
         # rest is for the bands of lines.

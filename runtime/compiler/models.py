@@ -177,6 +177,8 @@ def save_quantized(model, path):
     meta = {"name": model.name, "metric": model.metric, "output": model.output,
             "calibration": model.extra.get("calibration"), "scales": model.scales,
             "qdq_scales": model.extra.get("qdq_scales", {}),
+            "weight_scales": {name: [scale.tolist(), axis] for name, (scale, axis)
+                              in model.extra.get("weight_scales", {}).items()},
             "per_channel": model.extra.get("per_channel", False)}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.onnx", model.to_proto().SerializeToString())
@@ -196,6 +198,8 @@ def _load_quantized(path, shapes):
     model.metric, model.scales = metric, scales
     model.extra["calibration"] = meta.get("calibration")
     model.extra["qdq_scales"] = meta.get("qdq_scales", {})
+    model.extra["weight_scales"] = {name: (np.asarray(scale, np.float64), axis) for
+                                    name, (scale, axis) in meta.get("weight_scales", {}).items()}
     model.extra["per_channel"] = meta.get("per_channel", False)
     return model
 

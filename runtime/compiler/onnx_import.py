@@ -137,7 +137,7 @@ def load(source, *, input_shapes=None, name=None):
             raise OnnxError(f"operator domain {opset.domain!r} is not supported (only the "
                             f"default ONNX domain)")
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    graph, qdq_scales, per_channel = _strip_qdq(proto.graph, constants)
+    graph, qdq_scales, per_channel, weight_scales = _strip_qdq(proto.graph, constants)
     inputs = {}
     given = dict(input_shapes or {})
     real_inputs = [v for v in graph.input if v.name not in constants]
@@ -175,7 +175,8 @@ def load(source, *, input_shapes=None, name=None):
     model = OnnxModel(name, folded, _rewrite(nodes, constants, graph.output[0].name),
                       constants, inputs, graph.output[0].name, opset=opset)
     if qdq_scales:
-        model.extra.update(qdq_scales=qdq_scales, per_channel=per_channel)
+        model.extra.update(qdq_scales=qdq_scales, per_channel=per_channel,
+                           weight_scales=weight_scales)
     for node in model.nodes:
         if node.op_type not in SUPPORTED_OPS:
             raise _unsupported(node)
@@ -187,10 +188,11 @@ def _strip_qdq(graph, constants):
     -> DequantizeLinear pair on an activation x is removed (its readers read x) and x's
     scale recorded; DequantizeLinear of constant weights and biases stays, to be folded.
     Returns (the graph, scale per activation, whether any weights have a scale per
-    channel). Only symmetric int8 activations (zero point 0) are supported."""
+    channel, and the (scales, axis) of each constant dequantized from symmetric int8).
+    Only symmetric int8 activations (zero point 0) are supported."""
     nodes = list(graph.node)
     if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
-        return graph, {}, False
+        return graph, {}, False, {}
     users = _consumers(nodes)
 
     def param(node, i):
@@ -199,10 +201,16 @@ def _strip_qdq(graph, constants):
             raise _error(node, f"input {i} ({name!r}) must be a constant")
         return constants.get(name) if name else None
 
-    scales, rename, drop, per_channel = {}, {}, set(), False
+    scales, rename, drop, per_channel, weights = {}, {}, set(), False, {}
     for node in nodes:
         if node.op_type == "DequantizeLinear" and node.input[0] in constants:
-            per_channel |= np.size(param(node, 1)) > 1
+            scale, zero = param(node, 1), param(node, 2)
+            per_channel |= np.size(scale) > 1
+            if np.issubdtype(constants[node.input[0]].dtype, np.signedinteger) and \
+                    constants[node.input[0]].dtype.itemsize == 1 and \
+                    (zero is None or not np.any(zero)):
+                axis = attributes(node).get("axis", 1) % max(1, constants[node.input[0]].ndim)
+                weights[node.output[0]] = (np.ravel(scale).astype(np.float64), axis)
         if node.op_type != "QuantizeLinear":
             continue
         x, scale, zero = rename.get(node.input[0], node.input[0]), param(node, 1), param(node, 2)
@@ -256,7 +264,7 @@ def _strip_qdq(graph, constants):
         outputs.append(value)
     stripped = helper.make_graph(kept, graph.name, graph.input, outputs,
                                  list(graph.initializer))
-    return stripped, scales, per_channel
+    return stripped, scales, per_channel, weights
 
 
 def _fold(graph, constants, inputs):
@@ -700,6 +708,18 @@ class _Lowering:
             raise _error(node, f"{what} {name!r} must be a constant (an initializer)")
         return np.asarray(self.model.constants[name], np.float32)
 
+    def weight_scale(self, node, i, out_axis):
+        """The scale a pre-quantized model stored constant input i with: one, or one per
+        output channel (its axis ``out_axis``); None when it has none (the compiler picks
+        the weights' own)."""
+        given = self.model.extra.get("weight_scales", {}).get(node.input[i])
+        if given is None:
+            return None
+        scale, axis = given
+        if scale.size == 1:
+            return float(scale[0])
+        return scale if axis == out_axis else None
+
     def padded(self, t):
         return t.tiles * self.lanes
 
@@ -773,8 +793,10 @@ class _Lowering:
             raise _error(node, "transA=1 is not supported")
         x = self.get(node, 0, _Mat, peek=True)
         w = self.const(node, 1, "B")
+        w_scale = self.weight_scale(node, 1, 0 if a.get("transB", 0) else 1)
         w = w.T if a.get("transB", 0) else w
         w = w * np.float32(a.get("alpha", 1.0))
+        w_scale = None if w_scale is None else w_scale * abs(float(a.get("alpha", 1.0)))
         c = self.const(node, 2, "C")
         if c is not None and (c.ndim > 2 or any(d != 1 for d in ((1,) * (2 - c.ndim)
                                                                    + c.shape)[:1])):
@@ -782,7 +804,7 @@ class _Lowering:
                                f"((N,), (1, N) or a scalar)")
         bias = np.zeros(w.shape[1], np.float32) if c is None else np.broadcast_to(
             c.reshape(-1) * np.float32(a.get("beta", 1.0)), (w.shape[1],)).astype(np.float32)
-        self._linear(node, x, w, bias)
+        self._linear(node, x, w, bias, w_scale)
 
     def op_MatMul(self, node):
         a_name, b_name = node.input
@@ -792,7 +814,7 @@ class _Lowering:
             w = self.const(node, 1, "B")
             if w.ndim != 2:
                 raise _error(node, f"a constant B of shape {w.shape} (expected 2-D)")
-            return self._linear(node, x, w, None)
+            return self._linear(node, x, w, None, self.weight_scale(node, 1, 1))
         x, y = self.env.peek(a_name), self.env.peek(b_name)
         if isinstance(x, _Heads) and isinstance(y, _Heads):      # a head at a time
             return self._heads_matmul(node, x, y)
@@ -811,7 +833,7 @@ class _Lowering:
                            f"supported are activation @ constant, 2-D activation @ activation "
                            f"and per-head attention products")
 
-    def _linear(self, node, x, w, bias):
+    def _linear(self, node, x, w, bias, w_scale=None):
         if w.shape[0] != x.cols:
             raise _error(node, f"weights of {w.shape[0]} rows against {x.cols} input columns")
         extra, act, pre, last = self.fused_epilogue(node, node.output[0])
@@ -824,7 +846,7 @@ class _Lowering:
         w_pad[:w.shape[0]] = w
         out_scale, act_scale = self._act_scales(act, pre, last)
         t = self.g.linear(node.name or last, x.t, w_pad, bias, out_scale, act=act,
-                          act_scale=act_scale)
+                          act_scale=act_scale, w_scale=w_scale)
         shape = self.shape(last)
         self.env[last] = _Mat(t, shape, w.shape[1])
 
@@ -854,7 +876,8 @@ class _Lowering:
         if act not in (None, "relu"):
             raise _error(node, f"Conv followed by {act}: only Relu fuses into a convolution")
         t = self.g.conv(node.name or last, x.t, w_k, bias, self.scale(last), act=act,
-                        stride=strides, pads=pads, dilation=dilations)
+                        stride=strides, pads=pads, dilation=dilations,
+                        w_scale=self.weight_scale(node, 1, 0))
         self.env[last] = _Img(t, self.shape(last))
 
     def _heads_matmul(self, node, x, y):
