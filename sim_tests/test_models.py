@@ -15,6 +15,7 @@ from runtime.host.execute import run_program
 from runtime.compiler.graph import Graph, Image
 from runtime.compiler.models import MODELS, accuracy, compile_model
 from runtime.compiler.builder import CompileError
+from runtime.compiler.onnx_import import OnnxError
 from runtime.compiler.quant import lane_multipliers, multiplier, quantize, rq
 
 DEFAULT = NPUConfig()
@@ -496,3 +497,22 @@ def test_add_of_operands_at_other_scales_rounds_once():
     assert np.abs(outputs["y"] - exact).max() <= 0.5 + 1e-3
     with pytest.raises(CompileError, match="more than 32767x the output's"):
         g.add("far", a, b, out_scale=1e-6)
+
+
+@pytest.mark.parametrize("ref", ["bert[heads=8]", "bert[heads=16]"], ids=["d4", "d2"])
+def test_heads_narrower_than_the_lanes(ref):
+    """Heads of 4 and 2 columns on 8 lanes: split onto a tile each and packed back by
+    selection products on the MEs (exact), so bit-exact on golden and Verilator and as
+    close to float as the toy bert's 4 heads of 8."""
+    model = compile_model(ref, SMALL)
+    outputs, _ = execute(model.graph, model.program, backend="verilator")
+    assert np.array_equal(outputs[ref], model.expected)
+    assert accuracy(model, outputs[ref])[1] < TOLERANCE["bert"]
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)
+
+
+def test_heads_that_straddle_tiles_are_an_error():
+    with pytest.raises(OnnxError, match="heads of 3 columns: supported are multiples and "
+                                        "divisors of the 8 lanes"):
+        compile_model("bert[width=24,heads=8,ff=24]", DEFAULT)

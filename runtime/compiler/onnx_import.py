@@ -19,8 +19,9 @@ Steps, each with a one-line :class:`OnnxError` naming what is wrong:
 Layouts: a tensor of shape (..., rows, cols) is a matrix (rows = the product of the leading
 dimensions; cols padded with zero columns to whole tiles); an (N, C, H, W) tensor is an
 image (one row per pixel, channels padded); attention's (1, heads, S, d) tensors are lists
-of per-head matrices (d a multiple of the lanes), so Reshape/Transpose between them move
-no data.
+of per-head matrices: views of the merged tensor's tiles when d is a multiple of the lanes
+(Reshape/Transpose between them move no data), or, when d divides the lanes, a tile per
+head that the MEs fill and empty with selection products.
 """
 
 from dataclasses import dataclass, field, replace
@@ -1241,23 +1242,66 @@ class _Lowering:
                 return
             heads = shape[-2:]
             if (len(shape) >= 3 and all(d == 1 for d in shape[:-3]) and shape[-3] == x.t.rows
-                    and heads[0] * heads[1] == x.cols and heads[1] % self.lanes == 0
-                    and x.cols == self.padded(x.t)):
-                tiles = heads[1] // self.lanes
-                self.env[out] = _Heads([x.t.view(h * tiles, tiles) for h in range(heads[0])],
-                                       shape, "SH")
+                    and heads[0] * heads[1] == x.cols and x.cols == self.padded(x.t)):
+                if heads[1] % self.lanes == 0:
+                    tiles = heads[1] // self.lanes
+                    parts = [x.t.view(h * tiles, tiles) for h in range(heads[0])]
+                elif self.lanes % heads[1] == 0:
+                    parts = self._split_narrow(node, x.t, heads[1])
+                else:
+                    raise _error(node, f"heads of {heads[1]} columns: supported are multiples "
+                                       f"and divisors of the {self.lanes} lanes")
+                self.env[out] = _Heads(parts, shape, "SH")
                 return
         elif isinstance(x, _Heads) and x.order == "SH" and len(shape) >= 2 \
                 and shape[-1] == len(x.parts) * self.padded(x.parts[0]):
             self.env[out] = _Mat(self._merge(node, x.parts), shape, shape[-1])
             return
+        elif isinstance(x, _Heads) and x.order == "SH" and len(shape) >= 2 \
+                and x.shape[-1] < self.lanes and shape[-1] == len(x.parts) * x.shape[-1] \
+                and all(p.tiles == 1 for p in x.parts):
+            self.env[out] = _Mat(self._merge_narrow(node, x.parts, x.shape[-1]), shape,
+                                 shape[-1])
+            return
         elif isinstance(x, _Img) and x.shape[2:] == (1, 1) and len(shape) == 2:
             raise _error(node, "a 1x1 image; use GlobalAveragePool before Flatten")
         raise _error(node, f"{self.shape(node.input[0])} -> {shape} is not layout-only here "
                            f"(supported: matrix views, splitting columns into heads of "
-                           f"multiples of {self.lanes}, merging them back)")
+                           f"multiples or divisors of {self.lanes}, merging them back)")
 
     op_Reshape = op_Flatten = op_Squeeze = op_Unsqueeze = op_Identity = _relabel
+
+    def _split_narrow(self, node, t, width):
+        """Heads of ``width`` columns, several to a tile: each moved to columns 0..width-1
+        of a tile of its own (the rest zero) by the MEs, a product with a 0/1 selection
+        matrix over the one tile it lies in, requantized to its own scale (exact)."""
+        lanes, name = self.lanes, node.name or node.output[0]
+        t = self.g.resident(t)
+        parts = []
+        for h in range(t.tiles * lanes // width):
+            tile, offset = divmod(h * width, lanes)
+            select = np.zeros((lanes, lanes), np.float32)
+            select[offset + np.arange(width), np.arange(width)] = 1
+            parts.append(self.g.linear(f"{name}.head{h}", t.view(tile, 1), select,
+                                       np.zeros(lanes, np.float32), t.scale))
+        return parts
+
+    def _merge_narrow(self, node, parts, width):
+        """Heads of ``width`` columns (one tile each, columns 0..width-1) packed back into
+        tiles of lanes / width heads each, by the MEs (selection matrices placing each
+        head's columns), then the tiles side by side."""
+        lanes, name = self.lanes, node.name or node.output[0]
+        per_tile = lanes // width
+        unpacked = self.g.resident(self._merge(node, parts))
+        tiles = []
+        for tile in range(-(-len(parts) // per_tile)):
+            count = min(per_tile, len(parts) - tile * per_tile)
+            place = np.zeros((count * lanes, lanes), np.float32)
+            for i in range(count):
+                place[i * lanes + np.arange(width), i * width + np.arange(width)] = 1
+            tiles.append(self.g.linear(f"{name}.tile{tile}", unpacked.view(tile * per_tile, count),
+                                       place, np.zeros(lanes, np.float32), unpacked.scale))
+        return tiles[0] if len(tiles) == 1 else self.g.concat(f"{name}.merge", tiles)
 
     def _merge(self, node, parts):
         first = parts[0]
