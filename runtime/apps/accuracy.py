@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime.compiler.models import compile_model
+from runtime.compiler.models import compare, compile_model
 
 from .inference import execute
 
@@ -53,11 +53,9 @@ def measure_accuracy(ref, config, batches, **compile_args):
         outputs, _ = execute(model.graph, model.program)
         out = outputs[model.name]
         exact += bool(np.array_equal(out, model.expected))
-        real = np.asarray(out, np.float64)[:, :model.columns] * model.scale
-        want = model.float_ref[:, :model.columns].astype(np.float64)
-        agree += int(np.sum(real.argmax(axis=1) == want.argmax(axis=1)))
-        rows += len(want)
-        errors.append(float(np.linalg.norm(real - want) / max(np.linalg.norm(want), 1e-12)))
+        agreed, compared, error = compare(model, out)
+        agree, rows = agree + agreed, rows + compared
+        errors.append(error)
         name = model.name
     return AccuracyReport(name, batches, exact, rows, model.columns, agree / rows,
                           float(np.mean(errors)),

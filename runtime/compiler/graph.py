@@ -519,6 +519,9 @@ class Graph:
         per_lane = np.ndim(mult) > 0
         if per_lane:
             mult = np.pad(mult, (0, n_tiles * lanes - len(mult)))
+            requantize = lambda d, a, n: instr("vrqr", d, a, 1, n)
+        else:
+            requantize = lambda d, a, n: instr("vrq", d, a, n)
         ref = rq(acc_ref, mult, shift)
         table = None
         if act == "relu":
@@ -567,8 +570,6 @@ class Graph:
                 if per_lane:
                     preamble.append(instr("vld", 1, mult_row))
                 preamble.append(instr("vsetq", 0 if per_lane else mult, shift, 0))
-                requantize = ((lambda d, a, n: instr("vrqr", d, a, 1, n)) if per_lane
-                              else (lambda d, a, n: instr("vrq", d, a, n)))
                 if lut is not None:
                     preamble.append(instr("vldlut", lut.start))
                 units = []
@@ -607,8 +608,9 @@ class Graph:
 
     def _weights(self, name, w_q, bias_q, ring=3, mults=None):
         """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row
-        (+ a row of per-column multipliers, ``mults``) into a ring of ``ring`` buffers (the
-        next panels load while the MEs use one)."""
+        (+ a row of per-column multipliers when ``mults``, the multiplier of the layer's
+        requantization, is one per column) into a ring of ``ring`` buffers (the next
+        panels load while the MEs use one)."""
         lanes = self.lanes
         k, n = w_q.shape
         n_tiles = -(-n // lanes)
@@ -620,6 +622,7 @@ class Graph:
         w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
         b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
         reads = [w_hbm, b_hbm]
+        mults = mults if np.ndim(mults) else None
         if mults is not None:
             m_pad = np.zeros(n_tiles * lanes, np.int64)
             m_pad[:n] = mults
@@ -653,23 +656,22 @@ class Graph:
         channel, more than 2^15 below the largest (its multiplier keeps 16 bits). A
         ``given`` scale (one, or one per output channel: a pre-quantized model's) replaces
         the largest magnitude / 127, so the model's integers come back exactly."""
-        k = w.size // w.shape[-1]
+        n, k = w.shape[-1], w.size // w.shape[-1]
         bias_floor = np.abs(bias) / (x_scale * max(2 ** 24, 2 ** 31 - 1 - k * 128 * 128))
         if given is not None and (self.per_channel or np.size(given) == 1):
-            w_scale = np.broadcast_to(np.asarray(given, np.float64), (w.shape[-1],)).copy()
-            if not self.per_channel:
-                w_scale = float(w_scale[0])
-            w_scale = np.maximum(w_scale, bias_floor if self.per_channel else np.max(bias_floor))
-            requant = (lane_multipliers(x_scale * w_scale / out_scale) if self.per_channel
-                       else multiplier(x_scale * w_scale / out_scale))
+            w_scale = np.broadcast_to(np.asarray(given, np.float64), (n,))
         elif self.per_channel:
-            w_scale = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0) / 127
+            w_scale = np.max(np.abs(w.reshape(-1, n)), axis=0) / 127
             w_scale[w_scale == 0] = np.max(w_scale) or 1.0
             # At most 2^15 below the largest: its multiplier keeps 16 of the shared 31 bits.
-            w_scale = np.maximum(w_scale, np.maximum(bias_floor, np.max(w_scale) / 2 ** 15))
+            w_scale = np.maximum(w_scale, np.max(w_scale) / 2 ** 15)
+        else:
+            w_scale = float(np.max(np.abs(w))) / 127 or 1.0
+        if self.per_channel:
+            w_scale = np.maximum(w_scale, bias_floor)
             requant = lane_multipliers(x_scale * w_scale / out_scale)
         else:
-            w_scale = max(float(np.max(np.abs(w))) / 127 or 1.0, float(np.max(bias_floor)))
+            w_scale = max(float(np.max(w_scale)), float(np.max(bias_floor)))
             requant = multiplier(x_scale * w_scale / out_scale)
         return quantize(w, w_scale), quantize(bias, x_scale * w_scale, bits=32), requant
 
@@ -681,8 +683,7 @@ class Graph:
             raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
                                f"{k_tiles * self.lanes} columns")
         w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
-        n_tiles, w_pad, b_pad, panel, bufs = self._weights(
-            name, w_q, bias_q, mults=requant[0] if np.ndim(requant[0]) else None)
+        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q, mults=requant[0])
         acc_ref = int_matmul(x.ref, w_pad) + b_pad
         gemm = dict(requant=requant, act=act, out_scale=(out_scale, act_scale))
         ring = min(n_tiles, 3)
@@ -934,7 +935,7 @@ class Graph:
         # rest is for the bands of lines.
         n_tiles, w_pad, b_pad, panel, bufs = self._weights(
             name, w_q, bias_q, ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))),
-            mults=requant[0] if np.ndim(requant[0]) else None)
+            mults=requant[0])
         # The reference: every tap's window of the zero-padded pixels, on the output grid.
         pixels = np.pad(image.from_rows(x.ref), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         acc = np.zeros((image.batch * ho * wo, n_tiles * lanes), np.int64)
@@ -1181,17 +1182,24 @@ class Graph:
 
     # --- vector operators ------------------------------------------------------------------
 
-    def _elementwise(self, name, tensors, scale, ref, per_rows, out=None):
+    def _elementwise(self, name, tensors, scale, ref, per_rows, out=None, scratch=False):
         """VE µTOps per tile and block of at most 128 rows: ``per_rows(t, dst, first, n)``
-        gives the instructions (blocks pipeline with the operators around them)."""
+        gives the instructions (blocks pipeline with the operators around them); with
+        ``scratch``, ``per_rows(t, dst, first, n, tmp)`` also gets a block of scratch rows
+        (two, alternating, so that blocks still overlap)."""
         x = tensors[0]
         out = out or self._new(x.rows, x.tiles, scale, ref, name, x.image)
-        for t in range(x.tiles):
-            for first, n in row_spans(x.rows, 128):
-                rows = lambda y: Region("spad", y.tile(t) + first, n)
-                self._ve([per_rows(t, out.tile(t) + first, first, n)],
-                         reads=[rows(a) for a in tensors], writes=[rows(out)],
-                         name=f"{name}.{t}.{first}")
+        blocks = [(t, first, n) for t in range(x.tiles) for first, n in row_spans(x.rows, 128)]
+        spare = [self._alloc(min(x.rows, 128), f"{name} scratch")
+                 for _ in range(min(2, len(blocks)) if scratch else 0)]
+        for index, (t, first, n) in enumerate(blocks):
+            rows = lambda y: Region("spad", y.tile(t) + first, n)
+            tmp = [spare[index % len(spare)]] if spare else []
+            self._ve([per_rows(t, out.tile(t) + first, first, n, *(r.start for r in tmp))],
+                     reads=[rows(a) for a in tensors] + tmp, writes=[rows(out)] + tmp,
+                     name=f"{name}.{t}.{first}")
+        for region in spare:
+            self.builder.free(region)
         self._op("eltwise", name)
         return out
 
@@ -1219,25 +1227,11 @@ class Graph:
         ma, mb = (round(x.scale / out_scale * 2 ** shift) for x in (a, b))
         ref = rq(a.ref * ma + b.ref * mb, 1, shift)
         ref = np.maximum(ref, 0) if relu else ref
-        out = self._new(a.rows, a.tiles, out_scale, ref, name, a.image)
-        blocks = [(t, first, n) for t in range(a.tiles) for first, n in row_spans(a.rows, 128)]
-        scratches = [self._alloc(min(a.rows, 128), f"{name} scratch")
-                     for _ in range(min(2, len(blocks)))]      # blocks alternate: they overlap
-        for index, (t, first, n) in enumerate(blocks):
-            scratch = scratches[index % len(scratches)]
-            rows = lambda y: Region("spad", y.tile(t) + first, n)
-            d, tmp = out.tile(t) + first, scratch.start
-            unit = [instr("vsetq", 1, shift, 0),
-                    instr("vmuli", d, a.tile(t) + first, ma, n),
-                    instr("vmuli", tmp, b.tile(t) + first, mb, n),
-                    instr("vadd", d, d, tmp, n),
-                    instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])
-            self._ve([unit], reads=[rows(a), rows(b), scratch], writes=[rows(out), scratch],
-                     name=f"{name}.{t}.{first}")
-        for scratch in scratches:
-            self.builder.free(scratch)
-        self._op("eltwise", name)
-        return out
+        return self._elementwise(name, [a, b], out_scale, ref, lambda t, d, f, n, tmp: (
+            [instr("vsetq", 1, shift, 0), instr("vmuli", d, a.tile(t) + f, ma, n),
+             instr("vmuli", tmp, b.tile(t) + f, mb, n), instr("vadd", d, d, tmp, n),
+             instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])),
+            scratch=True)
 
     def mul(self, name, a, b, out_scale):
         """int8 a * b, rescaled to ``out_scale``."""

@@ -27,8 +27,8 @@ from .builder import Program
 from .graph import Graph
 from .onnx_import import OnnxError, OnnxModel, calibrate, load, lower, random_inputs
 
-__all__ = ["MODELS", "CompiledModel", "ModelError", "compile_model", "accuracy", "load_model",
-           "save_quantized", "model_name"]
+__all__ = ["MODELS", "CompiledModel", "ModelError", "compile_model", "accuracy", "compare",
+           "load_model", "save_quantized", "model_name"]
 
 #: The built-in models' names.
 MODELS = tuple(zoo.MODELS)
@@ -62,13 +62,21 @@ class CompiledModel:
         return self.graph.outputs[self.name][1].scale
 
 
-def accuracy(model, out_int):
-    """(metric name, value): top-1 agreement or relative L2 error of the int8 output."""
+def compare(model, out_int):
+    """The int8 output against the float32 reference: (rows whose argmax agrees, rows,
+    relative L2 error)."""
     real = np.asarray(out_int, np.float64)[:, :model.columns] * model.scale
     ref = model.float_ref[:, :model.columns].astype(np.float64)
+    agree = int(np.sum(real.argmax(axis=1) == ref.argmax(axis=1)))
+    return agree, len(ref), float(np.linalg.norm(real - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+def accuracy(model, out_int):
+    """(metric name, value): top-1 agreement or relative L2 error of the int8 output."""
+    agree, rows, error = compare(model, out_int)
     if model.metric == "top1":
-        return "top1_agreement", float(np.mean(real.argmax(axis=1) == ref.argmax(axis=1)))
-    return "relative_error", float(np.linalg.norm(real - ref) / max(np.linalg.norm(ref), 1e-12))
+        return "top1_agreement", agree / rows
+    return "relative_error", error
 
 
 def is_file(ref):

@@ -195,6 +195,7 @@ def _strip_qdq(graph, constants):
     if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
         return graph, {}, False, {}
     users = _consumers(nodes)
+    graph_outputs = {v.name for v in graph.output}
 
     def param(node, i):
         name = node.input[i] if len(node.input) > i else ""
@@ -205,12 +206,10 @@ def _strip_qdq(graph, constants):
     scales, rename, drop, per_channel, weights = {}, {}, set(), False, {}
     for node in nodes:
         if node.op_type == "DequantizeLinear" and node.input[0] in constants:
-            scale, zero = param(node, 1), param(node, 2)
+            stored, scale, zero = constants[node.input[0]], param(node, 1), param(node, 2)
             per_channel |= np.size(scale) > 1
-            if np.issubdtype(constants[node.input[0]].dtype, np.signedinteger) and \
-                    constants[node.input[0]].dtype.itemsize == 1 and \
-                    (zero is None or not np.any(zero)):
-                axis = attributes(node).get("axis", 1) % max(1, constants[node.input[0]].ndim)
+            if stored.dtype == np.int8 and (zero is None or not np.any(zero)):
+                axis = attributes(node).get("axis", 1) % max(1, stored.ndim)
                 weights[node.output[0]] = (np.ravel(scale).astype(np.float64), axis)
         if node.op_type != "QuantizeLinear":
             continue
@@ -228,14 +227,15 @@ def _strip_qdq(graph, constants):
                                f"are symmetric int8 activations (onnxruntime's quantize_static "
                                f"with activation_type=QInt8 and ActivationSymmetric=True)")
         readers = users.get(node.output[0], [])
-        if not readers or node.output[0] in {v.name for v in graph.output}:
+        if not readers or node.output[0] in graph_outputs:
             raise _error(node, f"its int8 output {node.output[0]!r} is not dequantized: "
                                f"supported are QuantizeLinear -> DequantizeLinear pairs (the "
                                f"QDQ format)")
-        if x in scales and scales[x] != float(np.ravel(scale)[0]):
+        step = float(np.ravel(scale)[0])
+        if scales.get(x, step) != step:
             raise _error(node, f"activation {x!r} is quantized a second time, with scale "
-                               f"{float(np.ravel(scale)[0]):g} after {scales[x]:g}: supported "
-                               f"is one scale per activation")
+                               f"{step:g} after {scales[x]:g}: supported is one scale per "
+                               f"activation")
         for user in readers:
             if user.op_type != "DequantizeLinear" or \
                     not np.array_equal(np.ravel(param(user, 1)), np.ravel(scale)) or \
@@ -246,7 +246,7 @@ def _strip_qdq(graph, constants):
             rename[user.output[0]] = x
             drop.add(id(user))
         drop.add(id(node))
-        scales[x] = float(np.ravel(scale)[0])
+        scales[x] = step
     for node in nodes:
         if node.op_type == "DequantizeLinear" and id(node) not in drop \
                 and node.input[0] not in constants:

@@ -116,8 +116,7 @@ class _VectorTiming:
     def run_loop(self, loop, body, config):
         count, d_stride, s_stride = loop.args["count"], loop.args["dst_stride"], loop.args["src_stride"]
         self.issue_free += 1
-        followed = min(count, _LOOP_ITERATIONS_FOLLOWED)
-        before = self.issue_free
+        followed = min(count, _LOOP_ITERATIONS_FOLLOWED)       # count >= 1
         for t in range(followed):
             before = self.issue_free
             for instr in body:
