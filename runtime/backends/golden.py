@@ -55,33 +55,37 @@ class GoldenBackend:
         self.registers = {"POLICY": 0, "TIME_SLICE": 4096, "HOST_ERROR": 0}   # reset values
         self.context_details = {}
         results = []
-        per_line = cfg.hbm_words_per_cycle
         for op in script:
-            match op:
-                case ops.CsrWrite(address, value):
-                    self._write(address, value)
-                case ops.CsrRead(address):
-                    results.append(self._read(address))
-                case ops.SpadWrite(row, values):
-                    self.npu.spad[row] = np.asarray(values, np.int64).astype(np.uint32).view(np.int32)
-                case ops.SpadRead(row):
-                    results.append([int(v) for v in self.npu.spad[row]])
-                case ops.HbmWrite(line, values, mask):
-                    for j, value in enumerate(values):
-                        if mask >> j & 1:
-                            self.npu.hbm[line * per_line + j] = np.int64(value).astype(np.uint32).view(np.int32)
-                case ops.HbmLoad(address, words):
-                    self.npu.hbm[address:address + len(words)] = \
-                        np.asarray(words, np.int64).astype(np.uint32).view(np.int32)
-                case ops.HbmRead(line):
-                    results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
-                case ops.Run():
-                    results.append((0, False))
-                case ops.Serve():
-                    results.append(self._serve(op))
-                case _:
-                    raise ValueError(f"the golden backend cannot execute {op!r}")
+            self._op(op, results)
         return results
+
+    def _op(self, op, results):
+        """Execute one host operation, appending its result (if it has one)."""
+        per_line = self.config.hbm_words_per_cycle
+        match op:
+            case ops.CsrWrite(address, value):
+                self._write(address, value)
+            case ops.CsrRead(address):
+                results.append(self._read(address))
+            case ops.SpadWrite(row, values):
+                self.npu.spad[row] = np.asarray(values, np.int64).astype(np.uint32).view(np.int32)
+            case ops.SpadRead(row):
+                results.append([int(v) for v in self.npu.spad[row]])
+            case ops.HbmWrite(line, values, mask):
+                for j, value in enumerate(values):
+                    if mask >> j & 1:
+                        self.npu.hbm[line * per_line + j] = np.int64(value).astype(np.uint32).view(np.int32)
+            case ops.HbmLoad(address, words):
+                self.npu.hbm[address:address + len(words)] = \
+                    np.asarray(words, np.int64).astype(np.uint32).view(np.int32)
+            case ops.HbmRead(line):
+                results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
+            case ops.Run():
+                results.append((0, False))
+            case ops.Serve():
+                results.append(self._serve(op))
+            case _:
+                raise ValueError(f"the {self.name} backend cannot execute {op!r}")
 
     # --- registers ----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ __all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError
            "POLICIES", "make_backend", "check_placement"]
 
 #: Backend names accepted everywhere a backend can be chosen.
-BACKENDS = ("golden", "pysim", "verilator")
+BACKENDS = ("golden", "perf", "pysim", "verilator")
 #: Sharing policies by name, in POLICY register order.
 POLICIES = tuple(policy.name.lower() for policy in Policy)
 
@@ -171,6 +171,12 @@ def make_backend(name, config, **options):
         from runtime.backends.golden import GoldenBackend
         try:
             return GoldenBackend(config, **options)
+        except ValueError as error:
+            raise DriverError(str(error)) from None
+    if name == "perf":
+        from runtime.backends.perf.backend import PerfBackend
+        try:
+            return PerfBackend(config, **options)
         except ValueError as error:
             raise DriverError(str(error)) from None
     if name == "pysim":

@@ -1,0 +1,402 @@
+"""How long one µTOp keeps its engine: the matrix, vector and DMA engines' pipelines at
+the granularity of instructions (never of rows or MACs), as hw/ builds them.
+
+Every figure is a cycle offset from the µTOp's *issue* (the cycle the dispatcher hands it
+to the engine; the engine shows it running from the next cycle) to its *retirement* (the
+cycle the engine reports it done; the engine is free from the next cycle). The rules,
+read from the RTL and held to it by the validation (`neu10 validate`):
+
+- **Front end** (hw/utop_front_end.py, the body FIFO in hw/npu.py): the body streams into
+  the engine's FIFO one word per cycle from issue + 1; the first instruction is in the
+  engine's instruction register at issue + ``FIRST_INSTRUCTION``; an instruction leaves
+  the register when the engine takes it, and the next is there two cycles later (the
+  register refills the cycle after it empties). A µTOp retires once its last instruction
+  has left and its pipelines are empty.
+- **Vector engine**: an instruction is taken when the issue stage takes its last row of
+  the one before (rows issue one per cycle); a row that writes lands
+  ``VE_WRITE_LATENCY`` cycles after it issues (one fewer without a write); an instruction
+  that reads a row covered by the writes still pending waits until the pipeline is empty,
+  as do ``vsetq`` and ``vsetvl``.
+- **Matrix engine**: ``ldw`` loads k rows one per cycle into the idle weight buffer (free
+  two cycles after its last request); ``mm`` streams m rows once the streamer is free and
+  the weights it multiplies have arrived; a row's result is written ``array_rows +
+  array_cols + 4`` cycles after it enters. An ``ldw`` waits until the rows that used its
+  buffer have left the array; an instruction that reads rows an ``mm`` is still writing
+  waits for those writes. The writer's reads of old rows (``acc``) yield the port to
+  weight loads.
+- **DMA engine**: a load requests its HBM lines one per cycle as HBM grants them (the
+  ``HbmCalendar``); its rows are written ``hbm_latency + 4`` cycles after the last line
+  is granted; a load may start once the earlier loads have requested every line, a store
+  or gather once everything before it is done. A store reads its rows and emits their
+  lines from three cycles after it starts.
+
+What is not modelled (the validation measures what it costs): scratchpad bank conflicts
+between engines and the priority of owners' traffic over borrowed engines' (harvest),
+the matrix engine's output-FIFO credits when the writer is held up, a `dgather` row that
+straddles two HBM lines (rows are taken as aligned), and the hazard of two `acc` rows for
+the same destination back to back.
+"""
+
+from dataclasses import dataclass
+
+from isa.encoding import Engine
+from isa.golden import loop_operands
+
+__all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "HbmCalendar", "UTopTiming", "dma_timing",
+           "me_timing", "stream_end", "ve_timing"]
+
+#: Cycles from a µTOp's issue to its first instruction in the engine's register: the body
+#: word is written into the engine's FIFO at issue + 1, read out two cycles later, held a
+#: cycle in the register.
+FIRST_INSTRUCTION = 4
+#: Cycles from the issue of a VE row that writes to the cycle its write has landed.
+VE_WRITE_LATENCY = 5
+#: Rows the matrix engine's streamer may run ahead of its writer beyond the rows in
+#: flight (output FIFO depth array_rows + array_cols + 8 against a round trip of
+#: array_rows + array_cols + 5).
+_CREDIT_SLACK = 3
+#: Loop iterations followed one by one before the rest repeat the last one's step (the
+#: pipelines reach their steady pattern within a few iterations).
+_LOOP_ITERATIONS_FOLLOWED = 4
+
+
+@dataclass(frozen=True)
+class UTopTiming:
+    """When a µTOp retires, counted from its issue, and the rows (ME), rows (VE) or words
+    (DMA) its engine works on: the engine's WORK counter."""
+    retire: int
+    work: int
+
+
+def stream_end(length):
+    """The first cycle (from issue) at which the context may issue its next µTOp: the body
+    streamer hands over one body word per cycle from issue + 1 (an empty body still takes
+    that cycle)."""
+    return max(length, 1) + 1
+
+
+def _overlaps(span, lo, hi):
+    """Rows lo..hi (inclusive) meet the half-open span (a, b)."""
+    return span is not None and lo <= hi and lo < span[1] and span[0] <= hi
+
+
+def _merge(span, lo, hi):
+    return (lo, hi + 1) if span is None else (min(span[0], lo), max(span[1], hi + 1))
+
+
+# --- vector engine ------------------------------------------------------------------------------
+
+def _ve_rows(name, args, config):
+    """(rows issued, rows read as inclusive (lo, hi) spans, rows written (lo, hi) or None)."""
+    if name.startswith("vpool"):
+        reads = [(args["src"], args["src"] + (args["kh"] - 1) * args["pitch"] + args["kw"] - 1)]
+        return args["kh"] * args["kw"], reads, (args["dst"], args["dst"])
+    if name == "vldlut":
+        return config.lut_rows, [(args["src"], args["src"] + config.lut_rows - 1)], None
+    if name == "vld":
+        return 1, [(args["src"], args["src"])], None
+    if name == "vst":
+        return 1, [], (args["dst"], args["dst"])
+    n = args["n"]
+    if name in ("vrsum", "vrmax", "vrmin"):
+        return n, [(args["src"], args["src"] + (n - 1) * args["stride"])], (args["dst"],) * 2
+    if "src" in args:                       # vrq, vrqr, vlut, vlsum, vlmax, vlmin
+        return n, [(args["src"], args["src"] + n - 1)], (args["dst"], args["dst"] + n - 1)
+    reads = [(args["a"], args["a"] + n - 1)]                  # the ALU operations
+    if "b" in args:
+        reads.append((args["b"], args["b"] + n - 1))
+    return n, reads, (args["dst"], args["dst"] + n - 1)
+
+
+class _VectorPipeline:
+    """The vector engine's sequencer and issue stage, one instruction at a time."""
+
+    def __init__(self, config):
+        self.config = config
+        self.ready = FIRST_INSTRUCTION   # the next instruction is in the register
+        self.issue_free = 0              # the issue stage takes an instruction from here
+        self.empty = 0                   # every row issued so far has retired
+        self.span = None                 # rows the pending writes cover (half-open)
+        self.rows = 0
+
+    def run(self, instr, dst_offset=0, src_offset=0):
+        name = instr.op.mnemonic
+        take = max(self.ready, self.issue_free)
+        if name == "loop":
+            self.ready = take + 2
+            return
+        if name in ("vsetq", "vsetvl"):
+            take = max(take, self.empty)
+            self.span = None
+            self.ready = take + 2
+            return
+        args = loop_operands(instr, dst_offset, src_offset)
+        rows, reads, writes = _ve_rows(name, args, self.config)
+        if take >= self.empty:
+            self.span = None
+        elif any(_overlaps(self.span, lo, hi) for lo, hi in reads):
+            take, self.span = self.empty, None
+        last = take + rows
+        self.issue_free = last
+        self.empty = max(self.empty, last + (VE_WRITE_LATENCY if writes else VE_WRITE_LATENCY - 1))
+        if writes is not None:
+            self.span = _merge(self.span, *writes)
+        self.ready = take + 2
+        self.rows += rows
+
+    def shift(self, cycles, reach):
+        """Move the pipeline on by ``cycles`` (loop iterations not followed), its pending
+        writes by ``reach`` rows."""
+        self.ready += cycles
+        self.issue_free += cycles
+        self.empty += cycles
+        if self.span is not None:
+            self.span = (self.span[0] + min(0, reach), self.span[1] + max(0, reach))
+
+    def retire(self):
+        return max(self.empty, self.ready - 1)
+
+
+def _body_loops(body):
+    """(instruction, None) for plain ones, (loop, its body) for loops and mmloops."""
+    index = 0
+    while index < len(body):
+        instr = body[index]
+        n = instr.repeats if instr.op is not None else 0
+        yield instr, body[index + 1:index + 1 + n] if n else None
+        index += 1 + n
+
+
+def ve_timing(body, config):
+    """Retirement offset and rows of a VE µTOp (a valid body)."""
+    pipeline = _VectorPipeline(config)
+    for instr, loop_body in _body_loops(body):
+        if loop_body is None:
+            pipeline.run(instr)
+            continue
+        pipeline.run(instr)                                # the loop word itself
+        rows_before = pipeline.rows
+        d, s = instr.args["dst_stride"], instr.args["src_stride"]
+        count = instr.args["count"]
+        followed = min(count, _LOOP_ITERATIONS_FOLLOWED)
+        before = pipeline.ready
+        for t in range(followed):
+            before = pipeline.ready
+            for inner in loop_body:
+                pipeline.run(inner, t * d, t * s)
+        rest = count - followed
+        if rest:
+            per_iteration = (pipeline.rows - rows_before) // followed
+            pipeline.shift(rest * (pipeline.ready - before), rest * d)
+            pipeline.rows += rest * per_iteration
+    return UTopTiming(pipeline.retire(), pipeline.rows)
+
+
+# --- matrix engine ------------------------------------------------------------------------------
+
+class _MatrixPipeline:
+    """The matrix engine's sequencer, weight loader, streamer and writer."""
+
+    def __init__(self, config):
+        self.lag = config.array_rows + config.array_cols + 2   # row issue -> writer's read
+        self.drain = config.array_rows + config.array_cols + 1  # row issue -> out of the array
+        self.ready = FIRST_INSTRUCTION
+        self.load_free = 0               # the loader takes an ldw from here
+        self.current = 0                 # the weight buffer the next mm multiplies
+        self.stream_free = 0
+        self.stream_buffer = 0
+        self.drained = [0, 0]            # per buffer: its rows have left the array
+        self.writer_free = 0             # the writer takes the next row from here
+        self.pending_clear = 0           # every write of an mm has landed
+        self.span = None
+        self.writes = []                 # [first, last, acc]: cycles the writer reads rows
+        self.rows = 0
+
+    def _wait_writes(self, cycle, lo, hi):
+        if cycle >= self.pending_clear:
+            self.span = None
+            return cycle
+        if _overlaps(self.span, lo, hi):
+            return self.pending_clear
+        return cycle
+
+    def _hold(self, first, last):
+        """The loader holds the writer's read port in cycles first..last: the writer's
+        reads of old rows (acc) wait, everything it writes after them is later, and the
+        streamer, out of credits after ``_CREDIT_SLACK`` rows, waits too."""
+        shift = 0
+        for segment in self.writes:
+            segment[0] += shift
+            segment[1] += shift
+            if segment[2] and not shift:
+                held = max(0, min(last, segment[1]) - max(first, segment[0]) + 1)
+                if held:
+                    shift = held
+                    segment[1] += held
+        if shift:
+            self.writer_free += shift
+            self.pending_clear += shift
+            if self.stream_free > first:
+                self.stream_free += max(0, shift - _CREDIT_SLACK)
+
+    def ldw(self, src, k):
+        nxt = 1 - self.current
+        start = max(self.ready, self.load_free, self.drained[nxt])
+        if self.stream_free > start and self.stream_buffer == nxt:
+            start = self.stream_free
+        start = self._wait_writes(start, src, src + k - 1)
+        self.load_free = start + k + 2
+        self._hold(start + 1, start + k)
+        self.current = nxt
+        self.ready = start + 2
+
+    def mm(self, src, dst, m, acc):
+        start = max(self.ready, self.stream_free, self.load_free)
+        start = self._wait_writes(start, src, src + m - 1)
+        first, last = start + 1, start + m
+        self.stream_free = last + 1
+        self.stream_buffer = self.current
+        self.drained[self.current] = last + self.drain
+        begin = max(first + self.lag, self.writer_free)
+        end = begin + m - 1
+        self.writer_free = end + 1
+        self.pending_clear = max(self.pending_clear, end + 3)
+        self.span = _merge(self.span, dst, dst + m - 1)
+        self.writes = [w for w in self.writes if w[1] >= start] + [[begin, end, acc]]
+        self.ready = start + 2
+        self.rows += m
+
+    def retire(self):
+        return max(self.load_free, self.stream_free, self.pending_clear, self.ready - 1)
+
+
+def me_timing(body, config):
+    """Retirement offset and rows streamed of an ME µTOp (a valid body)."""
+    pipeline = _MatrixPipeline(config)
+    for instr, pair in _body_loops(body):
+        if pair is None:
+            args = instr.args
+            if instr.op.mnemonic == "ldw":
+                pipeline.ldw(args["src"], args["k"])
+            else:
+                pipeline.mm(args["src"], args["dst"], args["m"], args["acc"])
+            continue
+        pipeline.ready += 2                          # the mmloop word leaves the register
+        ldw, mm = pair
+        for t in range(instr.args["count"]):
+            pipeline.ldw(ldw.args["src"] + t * instr.args["w_stride"], ldw.args["k"])
+            pipeline.mm(mm.args["src"] + t * instr.args["x_stride"], mm.args["dst"],
+                        mm.args["m"], mm.args["acc"] or t > 0)
+    return UTopTiming(pipeline.retire(), pipeline.rows)
+
+
+# --- DMA engine ---------------------------------------------------------------------------------
+
+class HbmCalendar:
+    """HBM's one line per cycle, as cycles taken: ``take(cycle, n)`` grants n lines in the
+    first free cycles from ``cycle`` on and returns the last one. Busy cycles are kept as
+    disjoint runs; runs that end before ``forget(cycle)`` are dropped."""
+
+    def __init__(self):
+        self.runs = []          # sorted (first, end) half-open, disjoint
+        self.lines = 0
+
+    def take(self, cycle, n):
+        self.lines += n
+        if n == 0:
+            return cycle - 1
+        runs, i = self.runs, 0
+        while i < len(runs) and runs[i][1] <= cycle:
+            i += 1
+        out = runs[:i]
+        first = cycle
+        while n:
+            if i < len(runs) and runs[i][0] <= first:
+                first = max(first, runs[i][1])
+                out.append(runs[i])
+                i += 1
+                continue
+            gap_end = runs[i][0] if i < len(runs) else first + n
+            granted = min(n, gap_end - first)
+            out.append((first, first + granted))
+            n -= granted
+            last = first + granted - 1
+            first += granted
+        out.extend(runs[i:])
+        merged = []
+        for a, b in out:
+            if merged and merged[-1][1] >= a:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.runs = merged
+        return last
+
+    def forget(self, cycle):
+        keep = 0
+        while keep < len(self.runs) and self.runs[keep][1] < cycle:
+            keep += 1
+        if keep:
+            del self.runs[:keep]
+
+
+def _lines(first, rows, hstride, span, words):
+    """HBM lines a strided copy touches: row r spans words first + r*hstride onwards (the
+    pattern of offsets within a line repeats every ``words`` rows)."""
+    def lines(r):
+        return ((first + r * hstride) % words + span + words - 1) // words
+    if rows <= 2 * words:
+        return sum(lines(r) for r in range(rows))
+    period = sum(lines(r) for r in range(words))
+    whole, rest = divmod(rows, words)
+    return whole * period + sum(lines(r) for r in range(rest))
+
+
+def dma_timing(body, config, issue, hbm, hbm_base=0):
+    """Retirement offset and words moved of a DMA µTOp issued at ``issue`` for a context
+    whose HBM segment starts at ``hbm_base``, its HBM lines taken from ``hbm`` (the
+    HbmCalendar every DMA engine shares)."""
+    words_per_line = config.hbm_words_per_cycle
+    ready = FIRST_INSTRUCTION
+    exec_free = 0            # everything started so far is done
+    tail_free = 0            # the last job has requested every line
+    after_load = True        # the last job was a load or gather (or there was none)
+    length, packed, hstride = config.ve_lanes, False, config.ve_lanes
+    moved = 0
+    for instr in body:
+        name = instr.op.mnemonic
+        if name in ("dcfg", "dbase"):
+            take = max(ready, tail_free if after_load else exec_free)
+            if name == "dcfg":
+                length, packed = instr.args["len"], bool(instr.args["i8"])
+                hstride = instr.args["hstride"]
+            ready = take + 2
+            continue
+        span = (length + 3) // 4 if packed else length
+        rows = instr.args["rows"]
+        moved += rows * span
+        if name == "dgather":     # rows taken as aligned to lines
+            lines = rows * -(-span // words_per_line)
+        else:
+            lines = _lines(hbm_base + instr.args["hbm"], rows, hstride, span, words_per_line)
+        if name == "dstore":
+            start = max(ready, exec_free)
+            last = hbm.take(issue + start + 3, lines) - issue
+            exec_free = tail_free = last + 2
+        else:
+            gather = name == "dgather"
+            start = max(ready, tail_free if after_load and not gather else exec_free)
+            first = start + (3 if gather else 1)
+            last = hbm.take(issue + first, lines) - issue
+            if gather:
+                last += 3 * ((rows - 1) // config.ve_lanes)
+            exec_free = max(exec_free, last + config.hbm_latency + 4)
+            tail_free = last + 2
+        after_load = name != "dstore"
+        ready = start + 2
+    return UTopTiming(max(exec_free, ready - 1), moved)
+
+
+def utop_timing(engine, body, config):
+    """The ME or VE timing of a body (DMA timing depends on HBM: ``dma_timing``)."""
+    return (me_timing if engine == Engine.ME else ve_timing)(body, config)
