@@ -25,7 +25,7 @@ read from the RTL and held to it by the validation (`neu10 validate`):
   waits for those writes. The writer's reads of old rows (``acc``) yield the port to
   weight loads.
 - **DMA engine**: a load requests its HBM lines one per cycle as HBM grants them (the
-  ``HbmCalendar``); its rows are written ``hbm_latency + 4`` cycles after the last line
+  ``HbmArbiter``, shared with the other DMA engines and program fetch); its rows are written ``hbm_latency + 4`` cycles after the last line
   is granted; a load may start once the earlier loads have requested every line, a store
   or gather once everything before it is done. A store reads its rows and emits their
   lines from three cycles after it starts.
@@ -41,9 +41,10 @@ from dataclasses import dataclass
 
 from isa.encoding import Engine
 from isa.golden import loop_operands
+from .hbm_arbiter import Stream
 
-__all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "HbmCalendar", "UTopTiming", "dma_timing",
-           "me_timing", "stream_end", "ve_timing"]
+__all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "DmaJob", "UTopTiming", "me_timing",
+           "stream_end", "utop_timing", "ve_timing"]
 
 #: Cycles from a µTOp's issue to its first instruction in the engine's register: the body
 #: word is written into the engine's FIFO at issue + 1, read out two cycles later, held a
@@ -51,10 +52,6 @@ __all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "HbmCalendar", "UTopTiming",
 FIRST_INSTRUCTION = 4
 #: Cycles from the issue of a VE row that writes to the cycle its write has landed.
 VE_WRITE_LATENCY = 5
-#: Rows the matrix engine's streamer may run ahead of its writer beyond the rows in
-#: flight (output FIFO depth array_rows + array_cols + 8 against a round trip of
-#: array_rows + array_cols + 5).
-_CREDIT_SLACK = 3
 #: Loop iterations followed one by one before the rest repeat the last one's step (the
 #: pipelines reach their steady pattern within a few iterations).
 _LOOP_ITERATIONS_FOLLOWED = 4
@@ -209,7 +206,9 @@ class _MatrixPipeline:
         self.writer_free = 0             # the writer takes the next row from here
         self.pending_clear = 0           # every write of an mm has landed
         self.span = None
-        self.writes = []                 # [first, last, acc]: cycles the writer reads rows
+        self.writes = []                 # per mm: [rows arrive, first read, last read, acc]
+        self.issued = []                 # [first, last]: cycles the streamer issues rows
+        self.credits = config.array_rows + config.array_cols + 8     # output FIFO depth
         self.rows = 0
 
     def _wait_writes(self, cycle, lo, hi):
@@ -221,23 +220,31 @@ class _MatrixPipeline:
         return cycle
 
     def _hold(self, first, last):
-        """The loader holds the writer's read port in cycles first..last: the writer's
-        reads of old rows (acc) wait, everything it writes after them is later, and the
-        streamer, out of credits after ``_CREDIT_SLACK`` rows, waits too."""
-        shift = 0
-        for segment in self.writes:
-            segment[0] += shift
-            segment[1] += shift
-            if segment[2] and not shift:
-                held = max(0, min(last, segment[1]) - max(first, segment[0]) + 1)
-                if held:
-                    shift = held
-                    segment[1] += held
-        if shift:
-            self.writer_free += shift
-            self.pending_clear += shift
-            if self.stream_free > first:
-                self.stream_free += max(0, shift - _CREDIT_SLACK)
+        """The loader holds the writer's read port in cycles first..last: if the writer
+        has an ``acc`` row to read by then, it and every row after it wait until the port
+        is free; if the rows issued meanwhile run the streamer out of output-FIFO credits,
+        the streamer waits too."""
+        held_from, previous_end = None, None
+        for segment in self.writes:            # [arrives, first read, last read, acc]
+            if held_from is not None:
+                rows = segment[2] - segment[1]
+                segment[1] = max(segment[0], previous_end + 1)
+                segment[2] = segment[1] + rows
+            elif segment[3] and max(first, segment[1]) <= segment[2]:
+                held_from = max(first, segment[1])
+                segment[2] += last - held_from + 1
+            previous_end = segment[2]
+        if held_from is None:
+            return
+        self.writer_free = previous_end + 1
+        self.pending_clear = max(self.pending_clear, previous_end + 3)
+        # Rows between issue and their write when the writer resumes: the FIFO's credits.
+        window = (held_from - self.lag - 1, last + 2)
+        in_flight = sum(max(0, min(b, window[1]) - max(a, window[0]) + 1) for a, b in self.issued)
+        stall = in_flight - self.credits
+        if stall > 0 and self.stream_free > first:
+            self.stream_free += stall
+            self.issued[-1][1] += stall
 
     def ldw(self, src, k):
         nxt = 1 - self.current
@@ -262,7 +269,8 @@ class _MatrixPipeline:
         self.writer_free = end + 1
         self.pending_clear = max(self.pending_clear, end + 3)
         self.span = _merge(self.span, dst, dst + m - 1)
-        self.writes = [w for w in self.writes if w[1] >= start] + [[begin, end, acc]]
+        self.writes = [w for w in self.writes if w[2] >= start] + [[first + self.lag, begin, end, acc]]
+        self.issued = [w for w in self.issued if w[1] >= start - self.lag - 8] + [[first, last]]
         self.ready = start + 2
         self.rows += m
 
@@ -292,54 +300,6 @@ def me_timing(body, config):
 
 # --- DMA engine ---------------------------------------------------------------------------------
 
-class HbmCalendar:
-    """HBM's one line per cycle, as cycles taken: ``take(cycle, n)`` grants n lines in the
-    first free cycles from ``cycle`` on and returns the last one. Busy cycles are kept as
-    disjoint runs; runs that end before ``forget(cycle)`` are dropped."""
-
-    def __init__(self):
-        self.runs = []          # sorted (first, end) half-open, disjoint
-        self.lines = 0
-
-    def take(self, cycle, n):
-        self.lines += n
-        if n == 0:
-            return cycle - 1
-        runs, i = self.runs, 0
-        while i < len(runs) and runs[i][1] <= cycle:
-            i += 1
-        out = runs[:i]
-        first = cycle
-        while n:
-            if i < len(runs) and runs[i][0] <= first:
-                first = max(first, runs[i][1])
-                out.append(runs[i])
-                i += 1
-                continue
-            gap_end = runs[i][0] if i < len(runs) else first + n
-            granted = min(n, gap_end - first)
-            out.append((first, first + granted))
-            n -= granted
-            last = first + granted - 1
-            first += granted
-        out.extend(runs[i:])
-        merged = []
-        for a, b in out:
-            if merged and merged[-1][1] >= a:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        self.runs = merged
-        return last
-
-    def forget(self, cycle):
-        keep = 0
-        while keep < len(self.runs) and self.runs[keep][1] < cycle:
-            keep += 1
-        if keep:
-            del self.runs[:keep]
-
-
 def _lines(first, rows, hstride, span, words):
     """HBM lines a strided copy touches: row r spans words first + r*hstride onwards (the
     pattern of offsets within a line repeats every ``words`` rows)."""
@@ -352,51 +312,72 @@ def _lines(first, rows, hstride, span, words):
     return whole * period + sum(lines(r) for r in range(rest))
 
 
-def dma_timing(body, config, issue, hbm, hbm_base=0):
-    """Retirement offset and words moved of a DMA µTOp issued at ``issue`` for a context
-    whose HBM segment starts at ``hbm_base``, its HBM lines taken from ``hbm`` (the
-    HbmCalendar every DMA engine shares)."""
-    words_per_line = config.hbm_words_per_cycle
-    ready = FIRST_INSTRUCTION
-    exec_free = 0            # everything started so far is done
-    tail_free = 0            # the last job has requested every line
-    after_load = True        # the last job was a load or gather (or there was none)
-    length, packed, hstride = config.ve_lanes, False, config.ve_lanes
-    moved = 0
-    for instr in body:
-        name = instr.op.mnemonic
-        if name in ("dcfg", "dbase"):
-            take = max(ready, tail_free if after_load else exec_free)
-            if name == "dcfg":
-                length, packed = instr.args["len"], bool(instr.args["i8"])
-                hstride = instr.args["hstride"]
-            ready = take + 2
-            continue
-        span = (length + 3) // 4 if packed else length
-        rows = instr.args["rows"]
-        moved += rows * span
-        if name == "dgather":     # rows taken as aligned to lines
-            lines = rows * -(-span // words_per_line)
-        else:
-            lines = _lines(hbm_base + instr.args["hbm"], rows, hstride, span, words_per_line)
+class DmaJob:
+    """A DMA µTOp from its issue to its retirement: instructions in order, each copy one
+    stream of HBM line requests on the engine's port of ``hbm`` (an HbmArbiter), so
+    copies of several engines (and program fetch) share HBM as the RTL's arbiter shares
+    it. ``retired(cycle, words)`` is called once the retirement cycle is known."""
+
+    def __init__(self, body, config, issue, port, hbm, hbm_base, retired):
+        self.body, self.config, self.port, self.hbm = body, config, port, hbm
+        self.hbm_base, self.retired = hbm_base, retired
+        self.ready = issue + FIRST_INSTRUCTION
+        self.exec_free = self.tail_free = issue   # all done / the last job's lines asked
+        self.after_load = True    # the last job was a load or gather (or there was none)
+        self.length, self.packed, self.hstride = config.ve_lanes, False, config.ve_lanes
+        self.moved = self.index = 0
+        self.copy = None          # (name, rows, start) of the copy in flight
+        self.stream = None
+        self._next()
+
+    def _next(self):
+        cfg = self.config
+        while self.index < len(self.body):
+            instr = self.body[self.index]
+            self.index += 1
+            name = instr.op.mnemonic
+            if name in ("dcfg", "dbase"):
+                take = max(self.ready, self.tail_free if self.after_load else self.exec_free)
+                if name == "dcfg":
+                    self.length, self.packed = instr.args["len"], bool(instr.args["i8"])
+                    self.hstride = instr.args["hstride"]
+                self.ready = take + 2
+                continue
+            span = (self.length + 3) // 4 if self.packed else self.length
+            rows = instr.args["rows"]
+            self.moved += rows * span
+            words = cfg.hbm_words_per_cycle
+            if name == "dgather":      # rows taken as aligned to lines
+                lines = rows * -(-span // words)
+            else:
+                lines = _lines(self.hbm_base + instr.args["hbm"], rows, self.hstride, span, words)
+            if name == "dstore":
+                start = max(self.ready, self.exec_free)
+                first = start + 3
+            else:
+                start = max(self.ready, self.tail_free if self.after_load and name == "dload"
+                            else self.exec_free)
+                first = start + (3 if name == "dgather" else 1)
+            self.ready = start + 2
+            self.copy = (name, rows, start)
+            self.stream = Stream(self.port, first, lines, done=self._copied)
+            self.hbm.add(self.stream)
+            return
+        self.retired(max(self.exec_free, self.ready - 1), self.moved)
+
+    def _copied(self, last):
+        name, rows, start = self.copy
         if name == "dstore":
-            start = max(ready, exec_free)
-            last = hbm.take(issue + start + 3, lines) - issue
-            exec_free = tail_free = last + 2
+            self.exec_free = self.tail_free = last + 2
         else:
-            gather = name == "dgather"
-            start = max(ready, tail_free if after_load and not gather else exec_free)
-            first = start + (3 if gather else 1)
-            last = hbm.take(issue + first, lines) - issue
-            if gather:
-                last += 3 * ((rows - 1) // config.ve_lanes)
-            exec_free = max(exec_free, last + config.hbm_latency + 4)
-            tail_free = last + 2
-        after_load = name != "dstore"
-        ready = start + 2
-    return UTopTiming(max(exec_free, ready - 1), moved)
+            if name == "dgather":
+                last += 3 * ((rows - 1) // self.config.ve_lanes)
+            self.exec_free = max(self.exec_free, last + self.config.hbm_latency + 4)
+            self.tail_free = last + 2
+        self.after_load = name != "dstore"
+        self._next()
 
 
 def utop_timing(engine, body, config):
-    """The ME or VE timing of a body (DMA timing depends on HBM: ``dma_timing``)."""
+    """The ME or VE timing of a body (a DMA µTOp is a ``DmaJob``: its time depends on HBM)."""
     return (me_timing if engine == Engine.ME else ve_timing)(body, config)

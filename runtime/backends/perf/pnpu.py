@@ -29,11 +29,15 @@ from dataclasses import dataclass, field
 
 from isa.encoding import DecodeError, Engine, Fault, decode_header, decode_instr
 from isa.regmap import Policy, Status
-from .engine_timing import HbmCalendar, dma_timing, stream_end, utop_timing
+from .engine_timing import DmaJob, stream_end, utop_timing
+from .hbm_arbiter import HbmArbiter, Stream
 
 __all__ = ["PNPU", "Program", "parse_program"]
 
 _FLUSH_CYCLES = 2            # an engine preempted under harvest is held in reset so long
+_NEVER = 1 << 62
+#: HBM's arbitration pointer in cycle 0 of a run (it steps every cycle from reset).
+HBM_POINTER_OFFSET = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +113,9 @@ class _Context:
     next_utop: int = 0
     stream_free: int = 0
     keep_since: int = 0              # the oldest µTOp kept in the buffer is so since
-    line_requests: list = field(default_factory=list)     # cycle each line was requested
+    line_requests: list = field(default_factory=list)     # cycle each line was granted
+    lines_asked: int = 0
+    fetch_stream: Stream | None = None
     fetch_done: bool = False
     fault: Fault = Fault.NONE
     fault_pc: int = 0
@@ -157,7 +163,8 @@ class PNPU:
         self.engines = [_Engine(t, i, config.n_ctx) for i, t in enumerate(types)]
         self.groups = {t: [e for e in self.engines if e.type == t] for t in Engine}
         self.contexts = [None] * config.n_ctx
-        self.hbm = HbmCalendar()
+        #: HBM's ports: the DMA engines', the host's, each context's program fetch.
+        self.hbm = HbmArbiter(config.n_dma + 1 + config.n_ctx, HBM_POINTER_OFFSET)
         self.now = 0                 # the next cycle to evaluate
         self._timing = {}
         self._owners = {}            # engine index -> its primary owner (harvest)
@@ -220,6 +227,7 @@ class PNPU:
     # --- one cycle --------------------------------------------------------------------------
 
     def _cycle(self, t):
+        self.hbm.advance(t + 1)
         happened = False
         retiring = {}
         for e in self.engines:
@@ -281,8 +289,8 @@ class PNPU:
     def _fetch(self, context, t):
         cfg, program, window = self.config, context.program, context.window
         happened = False
-        if not context.line_requests:
-            self._prefetch(context)
+        if context.fetch_stream is None:
+            self._prefetch(context, t - 1)
         if not context.fetch_done and context.fault == Fault.NONE and len(window) < cfg.dep_window:
             if context.next_utop < len(program.utops):
                 utop = program.utops[context.next_utop]
@@ -306,13 +314,13 @@ class PNPU:
         if window and window[0].retired is not None and window[0].retired <= t:
             window.pop(0)
             context.keep_since = t + 1
-            self._prefetch(context)
+            self._prefetch(context, t)
             happened = True
         return happened
 
-    def _prefetch(self, context):
-        """Request every program line the instruction buffer has room for: one per cycle,
-        from the cycle after START, each as soon as the oldest µTOp kept leaves room."""
+    def _prefetch(self, context, t):
+        """Ask HBM for every program line the instruction buffer has room for: one per
+        cycle from the cycle after START, each once the oldest µTOp kept leaves room."""
         cfg = self.config
         K = cfg.prog_words_per_line
         if context.window:
@@ -321,31 +329,49 @@ class PNPU:
             keep = context.program.utops[context.next_utop].pc
         else:
             keep = context.program.fault_pc
-        requests = context.line_requests
-        limit = min(keep + cfg.imem_words - K, context.program.length - 1)
-        while len(requests) * K <= limit:
-            requests.append(max(requests[-1] + 1 if requests else context.start + 1,
-                                context.keep_since))
+        lines = min(-(-context.program.length // K), (keep + cfg.imem_words) // K)
+        more = lines - context.lines_asked
+        if more <= 0:
+            return
+        context.lines_asked = lines
+        stream = context.fetch_stream
+        if stream is not None and stream in self.hbm.streams:
+            stream.left += more
+            return
+        context.fetch_stream = Stream(cfg.n_dma + 1 + self.contexts.index(context),
+                                      max(t + 1, context.keep_since), more,
+                                      granted=context.line_requests.extend)
+        self.hbm.add(context.fetch_stream)
 
     def _visible(self, context, end_word):
-        """The first cycle in which program words below ``end_word`` are all visible (a
-        very large number while the instruction buffer has no room for them yet)."""
+        """The first cycle in which program words below ``end_word`` are all visible
+        (_NEVER while a line they need is not granted yet)."""
         K = self.config.prog_words_per_line
         need = min(-(-end_word // K), -(-context.program.length // K))
         if need == 0:
             return context.start + 1
         if need > len(context.line_requests):
-            return 1 << 62
+            return _NEVER
         return context.line_requests[need - 1] + self.config.hbm_latency + 2
 
-    @staticmethod
-    def _fetch_stopped(context, t):
-        """Fetch ends in cycle t (lines requested after it never were)."""
+    def _visible_event(self, context, end_word):
+        """When the words below ``end_word`` will be visible, if HBM's requesters stay."""
+        visible = self._visible(context, end_word)
+        K = self.config.prog_words_per_line
+        need = min(-(-end_word // K), -(-context.program.length // K))
+        stream = context.fetch_stream
+        if visible == _NEVER and stream is not None and stream in self.hbm.streams:
+            missing = need - len(context.line_requests)
+            if missing <= stream.left:
+                return self.hbm.when(stream, missing) + self.config.hbm_latency + 2
+        return visible
+
+    def _fetch_stopped(self, context, t):
+        """Fetch ends in cycle t: no line is requested after it."""
         context.fetch_done = True
-        requests = context.line_requests
-        while requests and requests[-1] > t:
-            requests.pop()
-        context.counters["FETCHED"] = len(requests)
+        if context.fetch_stream is not None:
+            self.hbm.cancel(context.fetch_stream)
+        context.counters["FETCHED"] = len(context.line_requests)
 
     def _candidates(self, context, t):
         """Per engine type, the oldest ready slot (none while a body streams)."""
@@ -416,23 +442,31 @@ class PNPU:
 
     def _dispatch(self, c, context, slot, engine, t):
         utop = slot.utop
-        if utop.engine == Engine.DMA:
-            timing = dma_timing(utop.body, self.config, t, self.hbm, context.settings["HBM_BASE"])
-        else:
-            key = (utop.engine, utop.words)
-            timing = self._timing.get(key)
-            if timing is None:
-                timing = self._timing[key] = utop_timing(utop.engine, list(utop.body), self.config)
         slot.issued = True
         engine.slot, engine.ctx, engine.issued = slot, c, t
-        engine.retire = t + max(timing.retire, 1)
-        engine.free = engine.retire + 1
-        engine.work += timing.work
         engine.borrowed = (self.policy == Policy.HARVEST and self._owners.get(engine.index) is not None
                            and engine.index not in self._owned(context, utop.engine))
         context.stream_free = t + stream_end(utop.length)
         context.counters["ISSUED"] += 1
         self._activity(t + 1, engine, c + 1)
+        if utop.engine == Engine.DMA:
+            engine.retire = None
+            engine.free = _NEVER
+
+            def retired(cycle, words, engine=engine, slot=slot):
+                if engine.slot is slot:
+                    engine.retire, engine.free = max(cycle, t + 1), max(cycle, t + 1) + 1
+                    engine.work += words
+            DmaJob(utop.body, self.config, t, self.groups[Engine.DMA].index(engine), self.hbm,
+                   context.settings["HBM_BASE"], retired)
+            return
+        key = (utop.engine, utop.words)
+        timing = self._timing.get(key)
+        if timing is None:
+            timing = self._timing[key] = utop_timing(utop.engine, list(utop.body), self.config)
+        engine.retire = t + max(timing.retire, 1)
+        engine.free = engine.retire + 1
+        engine.work += timing.work
 
     def _preempt(self, t, wants):
         happened = False
@@ -591,8 +625,11 @@ class PNPU:
         """The earliest cycle from ``now`` on at which something may happen."""
         t = self.now
         times = [t + (1 << 40)]
+        hbm = self.hbm.next_event()
+        if hbm is not None:
+            times.append(hbm)
         for e in self.engines:
-            if e.slot is not None:
+            if e.slot is not None and e.retire is not None:
                 times.append(e.retire)
             if e.abort_end is not None:
                 times.append(e.abort_end)
@@ -604,9 +641,9 @@ class PNPU:
                 program = context.program
                 if context.next_utop < len(program.utops):
                     utop = program.utops[context.next_utop]
-                    times.append(self._visible(context, utop.pc + 1 + utop.length))
+                    times.append(self._visible_event(context, utop.pc + 1 + utop.length))
                 else:
-                    times.append(self._visible(context, program.fault_pc + 1))
+                    times.append(self._visible_event(context, program.fault_pc + 1))
         if self.policy == Policy.TEMPORAL and not self.draining and self.active is not None:
             times.append(t + max(0, self.time_slice - self.slice_count))
         return max(t, min(x for x in times if x >= t) if any(x >= t for x in times) else t)
