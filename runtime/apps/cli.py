@@ -7,6 +7,7 @@ from pathlib import Path
 
 from isa.config import ConfigError, NPUConfig
 from isa.asm import AsmError, assemble, bytes_to_words, disassemble, words_to_bytes
+from runtime.host.driver import BACKENDS, TIMED_BACKENDS
 
 __all__ = ["main"]
 
@@ -502,7 +503,7 @@ def build_parser():
 
     p = sub.add_parser("conformance", help="run ISA conformance cases")
     p.add_argument("cases", nargs="*", help="case files (default: sim_tests/conformance/*.toml)")
-    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--backend", default="golden", choices=BACKENDS)
     p.add_argument("--policy", default="harvest",
                    choices=["static", "harvest", "temporal", "v10", "all"],
                    help="sharing policy on RTL backends; 'all' runs every case under each")
@@ -510,7 +511,7 @@ def build_parser():
     p.set_defaults(func=cmd_conformance)
 
     p = sub.add_parser("fuzz", help="fuzz tenant isolation: hostile programs next to a victim")
-    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--backend", default="golden", choices=BACKENDS)
     p.add_argument("--programs", type=int, default=100, help="runs (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run; run i uses "
                    "SEED+i, so one replays with --seed SEED+i --programs 1")
@@ -539,7 +540,7 @@ def build_parser():
     p.add_argument("--b", required=True, help="B.npy, int8 values, K x N")
     p.add_argument("-o", "--output", required=True,
                    help="C.npy to write (int32, M x N; .npy is appended when missing)")
-    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--backend", default="golden", choices=BACKENDS)
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.set_defaults(func=cmd_matmul)
 
@@ -563,7 +564,7 @@ def build_parser():
                    "allocator picks ME,VE from the model's profile")
     p.add_argument("--price-me", type=float, default=1.0, help="price of an ME per cycle")
     p.add_argument("--price-ve", type=float, default=1.0, help="price of a VE per cycle")
-    p.add_argument("--backend", default="golden", choices=["golden", "pysim", "verilator"])
+    p.add_argument("--backend", default="golden", choices=BACKENDS)
     p.add_argument("--policy", default="harvest", choices=["static", "harvest", "temporal", "v10"])
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -633,7 +634,7 @@ def build_parser():
                    "(temporal and v10 policies)")
     p.add_argument("--time-slice", type=int, help="temporal policy: cycles before the NPU may "
                    "switch tenants (default 4096)")
-    p.add_argument("--backend", default="verilator", choices=["pysim", "verilator"],
+    p.add_argument("--backend", default="verilator", choices=TIMED_BACKENDS,
                    help="simulator (default verilator: streams are millions of cycles)")
     p.add_argument("--config", default="default", help="preset or .toml file")
     p.add_argument("--json", action="store_true", help="print one JSON list (a point per policy)")
@@ -671,7 +672,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="two tenants sharing one NPU")
     p.add_argument("--config", default="default", help="preset or .toml file")
-    p.add_argument("--backend", default="pysim", choices=["pysim", "verilator"])
+    p.add_argument("--backend", default="pysim", choices=TIMED_BACKENDS)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -31,7 +31,7 @@ from itertools import combinations_with_replacement
 from pathlib import Path
 
 from isa.config import ConfigError, NPUConfig
-from runtime.host.driver import POLICIES
+from runtime.host.driver import POLICIES, TIMED_BACKENDS
 from runtime.backends.verilog import source_digest
 from runtime.compiler.models import is_file
 from .serve import SLO_FACTORS, ServeError, parse_tenant, serve
@@ -206,8 +206,9 @@ def _check(matrix):
     if isinstance(matrix.requests, bool) or not isinstance(matrix.requests, int) \
             or matrix.requests < 1:
         raise ExperimentError(f"{name}: requests {matrix.requests!r}: expected an integer >= 1")
-    if matrix.backend not in ("pysim", "verilator"):
-        raise ExperimentError(f"{name}: backend {matrix.backend!r}: expected pysim or verilator")
+    if matrix.backend not in TIMED_BACKENDS:
+        raise ExperimentError(f"{name}: backend {matrix.backend!r}: expected one of "
+                              f"{', '.join(TIMED_BACKENDS)}")
     if matrix.time_slice is not None and (isinstance(matrix.time_slice, bool) or
                                           not isinstance(matrix.time_slice, int)
                                           or matrix.time_slice < 1):

@@ -2,7 +2,8 @@
 
 A run is a *host script* (runtime.backends.script: register writes, memory writes, run,
 reads), executed from reset by a backend: ``golden`` (the ISA's numpy model, no timing),
-``pysim`` (the RTL in Amaranth's simulator) or ``verilator``. Every backend sees exactly the
+``perf`` (the golden model's data with the µTOp-level timing model's cycles), ``pysim`` (the
+RTL in Amaranth's simulator) or ``verilator``. Every backend sees exactly the
 same operations, so results and cycle counts compare one to one, and every run reads back
 the same RunResult.
 """
@@ -19,10 +20,13 @@ from isa.regmap import (CONTEXT, ENGINE, Access, HostError, Policy, Status,
 from runtime.backends import script as ops
 
 __all__ = ["Driver", "RunResult", "ContextResult", "RequestResult", "DriverError", "BACKENDS",
+           "TIMED_BACKENDS",
            "POLICIES", "make_backend", "check_placement"]
 
 #: Backend names accepted everywhere a backend can be chosen.
 BACKENDS = ("golden", "perf", "pysim", "verilator")
+#: The backends with a clock: every one but the golden model.
+TIMED_BACKENDS = ("perf", "pysim", "verilator")
 #: Sharing policies by name, in POLICY register order.
 POLICIES = tuple(policy.name.lower() for policy in Policy)
 

@@ -2,18 +2,23 @@
 (pnpu.py) for time; no RTL.
 
 Everything the golden backend computes stays as it is (memories, faults, refusals); what
-the timing model adds is the clock: `Run` waits the cycles the contexts take, CYCLE and
-every counter read what the hardware's would (STALL, which counts scratchpad and HBM
-refusals, reads 0: the model has no bank conflicts), completion stamps are the cycles the
-requests ended, and a `Serve` can record a timeline. The host's own operations take the
-cycles they take on the RTL backends (a register access one cycle), so a run's cycle
-counts compare one to one with pysim's and Verilator's.
+the timing model adds is the clock. `Run` waits the cycles the contexts take; CYCLE, STATUS
+and the counters read what the hardware's would (STALL, which counts scratchpad and HBM
+refusals, reads 0: the model has no bank conflicts); requests queue behind their
+DOORBELL, start when their context is free and post COMPLETION entries stamped with the
+cycles of the hardware's; a `Serve` is the host loop of the RTL backends, step for step,
+and can record a timeline. The host's operations take the cycles they take on the RTL
+backends (a register access one cycle, an HBM line burst its latency), so cycle counts
+compare one to one with pysim's and Verilator's (`neu10 validate` measures how closely).
 """
 
-from isa.encoding import Engine, Fault
-from isa.regmap import ENGINE, ENGINE_BASE, ENGINE_STRIDE, Policy, Status
+from collections import deque
+
+from isa.encoding import Fault, program_from_hbm_words
+from isa.regmap import ENGINE, ENGINE_BASE, ENGINE_STRIDE, HostError, Policy, Status
 from .. import script as ops
 from ..golden import GoldenBackend
+from .hbm_arbiter import Stream
 from .pnpu import PNPU, parse_program
 
 __all__ = ["PerfBackend"]
@@ -38,71 +43,148 @@ class PerfBackend(GoldenBackend):
 
     def execute(self, script):
         self.cycle = 0                  # the host's clock: cycles since reset
-        self.pnpu = None
-        self.timed_contexts = {}
+        self.model = PNPU(self.config, Policy(0), 4096)      # the registers' reset values
+        self.model.on_done = self._ended
+        self.timed = {}                 # ctx -> the timing model's context of its last run
+        self.requests = {c: deque() for c in range(self.config.n_ctx)}   # (offset, arrival)
+        self.request = {}               # ctx -> arrival cycle of the request it runs
+        self.finished = {c: deque() for c in range(self.config.n_ctx)}   # (readable, entry)
+        self.free_at = {}               # ctx -> first cycle a request may be taken
+        self.launch = None              # the cycle a start takes effect in (_start)
         return super().execute(script)
 
-    def _model(self):
-        if self.pnpu is None:
-            self.pnpu = PNPU(self.config, Policy(self.registers["POLICY"]),
-                             self.registers["TIME_SLICE"])
-        return self.pnpu
+    # --- time ---------------------------------------------------------------------------------
+
+    def _advance(self, cycle):
+        """Run the model through every cycle before ``cycle``."""
+        self.model.advance(cycle)
 
     def _op(self, op, results):
+        self._advance(self.cycle)
         match op:
             case ops.Run(max_cycles):
                 self.cycle += 1                       # the START takes effect
-                model = self._model()
-                model.advance(self.cycle)
-                limit = self.cycle + max_cycles + self.poll
-                end = model.run(limit)
-                waited = -(-(end - self.cycle) // self.poll) * self.poll if end > self.cycle else 0
-                busy = model.busy()
-                if busy:
-                    waited = -(-max_cycles // self.poll) * self.poll
-                self.cycle += waited
-                model.advance(self.cycle)
-                results.append((waited, model.busy()))
+                self._advance(self.cycle)
+                waited = 0
+                while self._busy() and waited < max_cycles:
+                    step = self.poll
+                    self._advance(self.cycle + step)
+                    self.cycle += step
+                    waited += step
+                    if self.progress and waited % 4096 < step:
+                        self.progress(waited)
+                results.append((waited, self._busy()))
             case ops.HbmLoad():
                 super()._op(op, results)              # the host's copy takes no cycles
+            case ops.HbmRead(line):
+                results.append(self._hbm_burst(line, 1))
             case ops.Serve():
-                raise ValueError("the perf backend does not serve request streams yet")
+                results.append(self._serve(op))
             case _:
                 super()._op(op, results)
                 self.cycle += 1
 
-    # --- contexts in time ---------------------------------------------------------------------
+    def _busy(self):
+        """The NPU's busy line: a context runs, or one that can run has a request queued."""
+        return self.model.busy() or any(
+            queue and self.contexts[c].status != Status.FAULTED
+            for c, queue in self.requests.items())
+
+    # --- contexts and requests ------------------------------------------------------------------
+
+    def _write(self, address, value):
+        c, register = self._where(address)
+        if register is not None and register.name == "POLICY" and c is None:
+            self.model.policy = Policy(value) if value < len(Policy) else self.model.policy
+        if register is not None and register.name == "TIME_SLICE" and c is None and value:
+            self.model.time_slice = value
+        if register is not None and register.name == "START":
+            self.launch = self.cycle + 1
+            for i in range(self.config.n_ctx):
+                if value >> i & 1:
+                    self.requests[i].clear()
+        if register is not None and register.name == "DOORBELL" and c is not None:
+            self._doorbell(c, address, value, register.width(self.config))
+            return
+        super()._write(address, value)
+
+    def _doorbell(self, c, address, value, width):
+        if value >> width:
+            self._refuse(HostError.VALUE_RANGE, address)
+        elif self._status(c) == Status.FAULTED:
+            self._refuse(HostError.CONTEXT_FAULTED, address)
+        elif len(self.requests[c]) >= self.config.queue_depth:
+            self._refuse(HostError.QUEUE_FULL, address)
+        else:
+            self.requests[c].append((value, self.cycle))
+            self._take_request(c, self.cycle + 1)
+
+    def _take(self, c):
+        """The golden backend runs queued requests at once; here they wait for time."""
+
+    def _take_request(self, c, cycle):
+        """Context c takes its oldest request in ``cycle`` (or as soon as it is free)."""
+        if not self.requests[c] or self._status(c) in (Status.RUNNING, Status.FAULTED):
+            return
+        if c in self.request or len(self.finished[c]) >= self.config.queue_depth + 1:
+            return
+        cycle = max(cycle, self.free_at.get(c, 0), self.model.now)
+        offset, arrival = self.requests[c].popleft()
+        self.request[c] = arrival
+        self.launch = cycle + 1
+        self._start(c, offset)
+        if self.contexts[c].fault == Fault.CONFIG:           # refused at once
+            self._post(c, cycle, arrival, faulted=True)
+
+    def _ended(self, c, cycle):
+        """The model's context c ended in ``cycle`` (its status changes at that edge)."""
+        if c in self.request:
+            self._post(c, cycle + 1, self.request[c],
+                       faulted=self.model.contexts[c].status == Status.FAULTED)
+            self.free_at[c] = cycle + 2
+            self._take_request(c, cycle + 2)
+
+    def _post(self, c, stamp, arrival, faulted):
+        self.request.pop(c, None)
+        entry = 1 << 63 | int(faulted) << 62 | (arrival & (2**31 - 1)) << 31 | stamp & (2**31 - 1)
+        self.finished[c].append((stamp + 1, entry))
+        self.contexts[c].completed += 1
 
     def _start(self, c, offset):
+        """A START or a request: the golden model runs it now, the timing model from
+        ``self.launch``."""
         super()._start(c, offset)
         context, settings = self.contexts[c], self.contexts[c].settings
-        model = self._model()
         if context.fault == Fault.CONFIG:
-            self.timed_contexts.pop(c, None)
+            self.timed.pop(c, None)
             return
-        words = self._program_words(settings)
-        program = parse_program(words, self.config)
+        base, length = settings["PROG_BASE"], settings["PROG_LEN"]
+        program = parse_program(program_from_hbm_words(self.npu.hbm[base:base + 2 * length]),
+                                self.config)
         engine_fault = None
         if context.fault != Fault.NONE and context.fault not in _FETCH_FAULTS:
             index = next(i for i, u in enumerate(program.utops) if u.pc == context.fault_pc)
             engine_fault = (index, context.fault)
         registers = dict(settings, HBM_BASE=settings["HBM_BASE"] + offset)
-        self.timed_contexts[c] = model.start(c, program, registers, self.cycle, engine_fault)
+        self.model.start(c, program, registers, self.launch, engine_fault)
+        self.timed[c] = self.launch
 
-    def _program_words(self, settings):
-        from isa.encoding import program_from_hbm_words
-        base, length = settings["PROG_BASE"], settings["PROG_LEN"]
-        return program_from_hbm_words(self.npu.hbm[base:base + 2 * length])
+    def _status(self, c):
+        timed = self.model.contexts[c]
+        if any(x[1] == c for x in self.model.scheduled) or (
+                timed is not None and timed.status == Status.RUNNING):
+            return Status.RUNNING
+        return self.contexts[c].status
 
     def _read(self, address):
-        model = self.pnpu
-        if address >= ENGINE_BASE and model is not None:
+        model = self.model
+        if address >= ENGINE_BASE:
             e, offset = divmod(address - ENGINE_BASE, ENGINE_STRIDE)
             register = next((r for r in ENGINE if r.offset == offset), None)
             if e < len(model.engines) and register is not None:
-                return self._engine_counter(model.engines[e], register.name)
+                return _engine_counter(model.engines[e], register.name)
         c, register = self._where(address)
-        if register is None or model is None:
+        if register is None:
             return super()._read(address)
         name = register.name
         if c is None:
@@ -111,23 +193,128 @@ class PerfBackend(GoldenBackend):
             if name == "STATUS":
                 return sum(int(self._status(i)) << 2 * i for i in range(self.config.n_ctx))
             return super()._read(address)
-        timed = self.timed_contexts.get(c)
-        if timed is None:
-            return super()._read(address)
         if name == "STATUS":
             return int(self._status(c))
-        if name in timed.counters:
+        if name == "PENDING":
+            return len(self.requests[c])
+        if name == "COMPLETION":
+            finished = self.finished[c]
+            if not finished or finished[0][0] > self.cycle:
+                return 0
+            entry = finished.popleft()[1]
+            self._take_request(c, self.cycle + 1)
+            return entry
+        timed = model.contexts[c]
+        if timed is not None and name in timed.counters and c in self.timed:
             return timed.counters[name]
         return super()._read(address)
 
-    def _status(self, c):
-        timed = self.timed_contexts.get(c)
-        if timed is not None and timed.status == Status.RUNNING:
-            return Status.RUNNING
-        return self.contexts[c].status
+    # --- the host's loop ------------------------------------------------------------------------
 
-    @staticmethod
-    def _engine_counter(engine, name):
-        if name.startswith("BUSY_CTX"):
-            return engine.busy_ctx[int(name[len("BUSY_CTX"):])]
-        return {"BUSY": engine.busy, "STALL": 0, "DONE": engine.done, "WORK": engine.work}[name]
+    def _hbm_burst(self, first, count):
+        """HBM lines first.. through the host's port: a request each cycle the port takes
+        one, the lines collected as they arrive (as the RTL backends' harnesses do)."""
+        cfg = self.config
+        done = []
+        self.model.hbm.add(Stream(cfg.n_dma, self.cycle, count, done=done.append))
+        while not done:
+            self._advance(max(self.cycle + 1, (self.model.hbm.next_event() or self.cycle) + 1))
+            self.cycle = self.model.now
+        self.cycle = max(self.cycle, done[0] + cfg.hbm_latency + 1)
+        per_line = cfg.hbm_words_per_cycle
+        return [int(v) for v in self.npu.hbm[first * per_line:(first + count) * per_line]]
+
+    def _serve(self, op):
+        """The Serve operation (runtime/backends/script.py): the same steps, in the same
+        cycles, as the RTL backends' host loop."""
+        requests = op.requests
+        waiting = [deque() for _ in op.contexts]
+        rung = [deque() for _ in op.contexts]
+        dead = [False] * len(op.contexts)
+        arrival, error, entry = [None] * len(requests), [0] * len(requests), [0] * len(requests)
+        words = [[] for _ in requests]
+        followers = [[] for _ in requests]
+        timed = []
+        for index, request in enumerate(requests):
+            (timed if request.after is None else followers[request.after]).append(index)
+        resolved = 0
+
+        def drop(index):
+            nonlocal resolved
+            resolved += 1
+            for follower in followers[index]:
+                drop(follower)
+
+        def access(function, *args):
+            self._advance(self.cycle)
+            value = function(*args)
+            self.cycle += 1
+            return value
+
+        mark = self.cycle
+        self.model.timeline = [] if op.timeline else None
+        following = 0
+        while True:
+            now = self.cycle - mark
+            while following < len(timed) and requests[timed[following]].cycle <= now:
+                index = timed[following]
+                following += 1
+                arrival[index] = requests[index].cycle
+                waiting[requests[index].context].append(index)
+            for c, context in enumerate(op.contexts):
+                while waiting[c] and (dead[c] or len(rung[c]) < context.capacity):
+                    index = waiting[c].popleft()
+                    access(self._write, context.doorbell, requests[index].offset)
+                    value = access(self._read, op.host_error)
+                    if value:
+                        access(self._write, op.host_error, 0)
+                        error[index] = value & 0xFF
+                        drop(index)
+                    else:
+                        rung[c].append(index)
+            for c, context in enumerate(op.contexts):
+                while rung[c]:
+                    value = access(self._read, context.completion)
+                    if not value >> 63:
+                        break
+                    index = rung[c].popleft()
+                    entry[index] = value
+                    self._advance(self.cycle)
+                    words[index] = self._hbm_burst(*requests[index].lines) \
+                        if requests[index].lines[1] else []
+                    resolved += 1
+                    if value >> 62 & 1:
+                        dead[c] = True
+                        for held in rung[c]:
+                            drop(held)
+                        rung[c].clear()
+                        for follower in followers[index]:
+                            drop(follower)
+                        break
+                    for follower in followers[index]:
+                        arrival[follower] = self.cycle - mark
+                        waiting[requests[follower].context].append(follower)
+            now = self.cycle - mark
+            if resolved == len(requests) or now >= op.max_cycles:
+                break
+            step = self.poll
+            if following < len(timed) and requests[timed[following]].cycle > now:
+                step = min(step, requests[timed[following]].cycle - now)
+            self._advance(self.cycle + step)
+            self.cycle += step
+        per_line = self.config.hbm_words_per_cycle
+        served = [(arrival[i], error[i], entry[i], words[i] or
+                   [0] * (requests[i].lines[1] * per_line)) for i in range(len(requests))]
+        timeline = None
+        if op.timeline:
+            timeline = [(cycle - mark, e, value) for cycle, e, value in self.model.timeline
+                        if cycle >= mark]
+            timeline = [(0, e, 0) for e in range(len(self.model.engines))] + timeline
+            self.model.timeline = None
+        return mark, self.cycle - mark, self._busy(), served, timeline
+
+
+def _engine_counter(engine, name):
+    if name.startswith("BUSY_CTX"):
+        return engine.busy_ctx[int(name[len("BUSY_CTX"):])]
+    return {"BUSY": engine.busy, "STALL": 0, "DONE": engine.done, "WORK": engine.work}[name]

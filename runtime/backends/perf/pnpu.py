@@ -173,6 +173,9 @@ class PNPU:
         self.draining = False
         self.next_active = None
         self.slice_count = 0
+        self.scheduled = []          # (cycle, ctx, ...) of starts to come
+        #: Called with (context, cycle) when a context's run ends (DONE or FAULTED).
+        self.on_done = None
         # v10
         self.gang = None             # [ctx, op, eoo_seen]
         #: (cycle, engine, value) at every change of what an engine runs, while recorded.
@@ -181,25 +184,31 @@ class PNPU:
     # --- host side ------------------------------------------------------------------------
 
     def start(self, c, program, settings, cycle, engine_fault=None):
-        """START context ``c`` in ``cycle`` (it runs from the next). ``settings`` are its
-        registers (HBM_BASE, ME_MASK, VE_MASK, PRIORITY); ``engine_fault`` the (µTOp
-        index, Fault) of the µTOp that faults in an engine, from the golden model."""
-        self.advance(cycle)
-        context = _Context(program, cycle, dict(settings), engine_fault, keep_since=cycle + 1)
-        self.contexts[c] = context
-        self.now = cycle            # the START is evaluated with this cycle
-        context.tokens = 0
-        self._owners = {}
-        for e in self.engines:
-            if e.type == Engine.DMA:
-                continue
-            key, i = ("ME_MASK" if e.type == Engine.ME else "VE_MASK"), self.groups[e.type].index(e)
-            self._owners[e.index] = next((k for k, x in enumerate(self.contexts)
-                                          if x is not None and x.settings[key] >> i & 1), None)
-        return context
+        """Context ``c`` receives its start in ``cycle`` (a START, or a request taken) and
+        runs from the next. ``settings`` are its registers (HBM_BASE, ME_MASK, VE_MASK,
+        PRIORITY); ``engine_fault`` the (µTOp index, Fault) of the µTOp that faults in an
+        engine, from the golden model."""
+        if cycle < self.now:
+            raise ValueError(f"cannot start context {c} in cycle {cycle}: the model is at "
+                             f"cycle {self.now}")
+        self.scheduled.append((cycle, c, program, dict(settings), engine_fault))
+
+    def _apply_starts(self, t):
+        for entry in [x for x in self.scheduled if x[0] == t]:
+            self.scheduled.remove(entry)
+            _, c, program, settings, engine_fault = entry
+            self.contexts[c] = _Context(program, t, settings, engine_fault, keep_since=t + 1)
+            self._owners = {}
+            for e in self.engines:
+                if e.type == Engine.DMA:
+                    continue
+                key = "ME_MASK" if e.type == Engine.ME else "VE_MASK"
+                i = self.groups[e.type].index(e)
+                self._owners[e.index] = next((k for k, x in enumerate(self.contexts)
+                                              if x is not None and x.settings[key] >> i & 1), None)
 
     def busy(self):
-        return (any(x is not None and x.running for x in self.contexts)
+        return (bool(self.scheduled) or any(x is not None and x.running for x in self.contexts)
                 or any(e.slot is not None or e.abort_end is not None for e in self.engines))
 
     def run(self, limit):
@@ -212,6 +221,8 @@ class PNPU:
         """Evaluate every cycle before ``cycle``."""
         while self.now < cycle:
             t = self.now
+            if self.scheduled:
+                self._apply_starts(t)
             happened = self._cycle(t)
             nxt = t + 1 if happened else max(t + 1, min(self._next_event(), cycle))
             if nxt > t + 1:
@@ -269,6 +280,7 @@ class PNPU:
         if fault is not None and slot.index == fault[0] and context.fault == Fault.NONE:
             context.fault, context.fault_pc = fault[1], slot.utop.pc
             context.fault_index = slot.index + 1
+            self._fetch_stopped(context, t)
 
     def _stop(self, e, t):
         """Engine e stops running its µTOp after cycle t (retired or preempted)."""
@@ -403,17 +415,17 @@ class PNPU:
 
     def _allowed(self, c, type_, slot, t, wants):
         group = [e.index for e in self.groups[type_]]
+        policy = self.policy
+        if policy == Policy.TEMPORAL:          # only the active context issues, to any engine
+            return group if (self.active == c and not self.draining) else []
         if type_ == Engine.DMA:
             return group
-        policy = self.policy
         if policy == Policy.STATIC:
             return self._owned(self.contexts[c], type_)
         if policy == Policy.HARVEST:
             owned = self._owned(self.contexts[c], type_)
             return [e for e in group if e in owned or (
                 e not in wants and (slot.utop.restartable or self._owners.get(e) is None))]
-        if policy == Policy.TEMPORAL:
-            return group if (self.active == c and not self.draining) else []
         return group if type_ != Engine.ME or self._me_ok(c, slot, t) else []
 
     def _issue(self, t, candidates, wants):
@@ -594,6 +606,8 @@ class PNPU:
         context.status = Status.FAULTED if context.fault != Fault.NONE else Status.DONE
         context.end = t
         context.counters["CYCLES"] = t - context.start
+        if self.on_done is not None:
+            self.on_done(self.contexts.index(context), t)
         return True
 
     def _wait_counters(self, context, candidates, issued, cycles):
@@ -624,7 +638,7 @@ class PNPU:
     def _next_event(self):
         """The earliest cycle from ``now`` on at which something may happen."""
         t = self.now
-        times = [t + (1 << 40)]
+        times = [t + (1 << 40)] + [x[0] for x in self.scheduled]
         hbm = self.hbm.next_event()
         if hbm is not None:
             times.append(hbm)
