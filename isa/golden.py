@@ -81,6 +81,9 @@ class ContextOutcome:
     fault: Fault = Fault.NONE
     fault_pc: int | None = None      # word address of the faulting µTOp's header
     fault_detail: str = ""
+    #: Instructions of the faulting µTOp that ran before the one that faulted (loop
+    #: iterations counted one by one); None for a fault of fetch.
+    fault_step: int | None = None
     utops_retired: int = 0
     races: list = field(default_factory=list)
     restart_hazards: list = field(default_factory=list)
@@ -125,6 +128,7 @@ class GoldenNPU:
         self.check_races = check_races
         self._accesses = None
         self._restart = None     # accesses of a restartable µTOp, instruction by instruction
+        self._steps = 0          # instructions of the current µTOp checked so far
 
     # --- running --------------------------------------------------------------------------
 
@@ -165,6 +169,7 @@ class GoldenNPU:
         pc = 0
         while True:
             header_pc = pc
+            self._steps = None
             try:
                 if pc >= len(ctx.program):
                     raise ProgramFault(Fault.FETCH_OOB, f"µTOp header at word {pc} is past the "
@@ -192,6 +197,8 @@ class GoldenNPU:
                 self._accesses = self._restart = None
                 result.fault, result.fault_pc, result.fault_detail = \
                     fault.fault, header_pc, fault.detail
+                if self._steps is not None:
+                    result.fault_step = max(0, self._steps - 1)
                 return result
             if self._accesses is not None:
                 races.add(header_pc, utop.deps, self._accesses)
@@ -206,6 +213,7 @@ class GoldenNPU:
 
     def execute(self, engine, body, ctx):
         """Execute one µTOp body (a list of words) for ``engine`` in context ``ctx``."""
+        self._steps = 0
         instrs = []
         for word in body:
             try:
@@ -219,6 +227,7 @@ class GoldenNPU:
     def _check(self, instr):
         """Every instruction passes here before it runs: it faults if it did not decode, and
         the restart check closes the previous instruction's accesses."""
+        self._steps += 1
         if self._restart is not None:
             self._restart.next_instruction()
         if isinstance(instr, DecodeError):

@@ -286,6 +286,46 @@ def bench_serving(config, backend="verilator", pair=("resnet", "bert"), load=0.7
                         "policies": table, "harvest_vs": ratios}}
 
 
+def bench_perf(config, pair=("resnet", "bert"), load=0.7, requests=50, seed=1,
+               large=("tpu", "resnet50")):
+    """The timing model (``perf``) against Verilator on the serving point of bench_serving:
+    wall time of both (ratio) and the error of perf's figures; and the timing model alone
+    (no golden data) on one inference of a full-size model on a large preset: its wall
+    time, cycles and µTOps (Verilator cannot build a 128x128 pNPU here)."""
+    from runtime.backends.perf.pnpu import PNPU, parse_program
+    from runtime.compiler.models import compile_model
+    from runtime.host.driver import POLICIES
+    from .serve import TenantSpec, serve
+    seconds, points = {}, {}
+    for backend in ("verilator", "perf"):
+        serve(config, [TenantSpec(name) for name in pair], policies=("static",), load=load,
+              requests=2, seed=seed, backend=backend)                  # builds, caches
+        start = time.perf_counter()
+        points[backend] = serve(config, [TenantSpec(name) for name in pair], policies=POLICIES,
+                                load=load, requests=requests, seed=seed, backend=backend)
+        seconds[backend] = time.perf_counter() - start
+    errors = []
+    for v, p in zip(points["verilator"], points["perf"]):
+        for tv, tp in zip(v.tenants, p.tenants):
+            errors += [abs(tp.latency_mean / tv.latency_mean - 1),
+                       abs(tp.latency_p99 / tv.latency_p99 - 1)]
+    preset, model_name = large
+    big = NPUConfig.preset(preset)
+    program = parse_program(compile_model(model_name, big).program.words, big)
+    model = PNPU(big, Policy.HARVEST)
+    model.start(0, program, dict(HBM_BASE=0, ME_MASK=(1 << big.n_me) - 1,
+                                 VE_MASK=(1 << big.n_ve) - 1, PRIORITY=0), 0)
+    start = time.perf_counter()
+    model.run(1 << 40)
+    timing_seconds = time.perf_counter() - start
+    return {"perf": {"serving_seconds": seconds, "speedup": seconds["verilator"] / seconds["perf"],
+                     "latency_error_median": float(np.median(errors)),
+                     "latency_error_worst": max(errors),
+                     "large": {"config": preset, "model": model_name, "utops": len(program.utops),
+                               "cycles": model.contexts[0].counters["CYCLES"],
+                               "seconds": timing_seconds}}}
+
+
 def run_benchmarks(config=None, *, policies=True, backends=True):
     config = config or NPUConfig()
     results = {"config": "default" if config == NPUConfig() else "custom"}
@@ -305,6 +345,7 @@ def run_benchmarks(config=None, *, policies=True, backends=True):
             results.update(bench_runtime(config))
             results.update(bench_colocation(config))
             results.update(bench_serving(config))
+            results.update(bench_perf(config))
         except (CompileError, OnnxError, MatmulError, ServeError) as error:
             results["runtime_skipped"] = f"this configuration cannot hold the workload: {error}"
     return results
@@ -407,4 +448,15 @@ def format_report(results, config):
             f"{name}: throughput {r['throughput']:.2f}x, p99 "
             f"{'/'.join(f'{v:.2f}' for v in r['p99'])}x, utilization {r['utilization']:.2f}x"
             for name, r in sv["harvest_vs"].items()))
+    if "perf" in results:
+        pf = results["perf"]
+        large = pf["large"]
+        lines += ["", f"timing model (--backend perf) on the serving point above, every policy: "
+                      f"{pf['serving_seconds']['perf']:.1f} s against Verilator's "
+                      f"{pf['serving_seconds']['verilator']:.1f} s ({pf['speedup']:.1f}x, golden "
+                      f"data included); latency error (mean and p99 per tenant) median "
+                      f"{pf['latency_error_median']:.2%}, worst {pf['latency_error_worst']:.2%}",
+                  f"timing model alone, {large['model']} on {large['config']}: "
+                  f"{large['seconds']:.2f} s for {large['cycles']} cycles, {large['utops']} µTOps "
+                  f"({large['cycles'] / large['seconds'] / 1e6:.1f} M simulated cycles/s)"]
     return "\n".join(lines)

@@ -188,6 +188,25 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_validate(args):
+    import json
+    from .validate import GROUPS, format_report, validate
+    groups = args.only.split(",") if args.only else list(GROUPS)
+    for group in groups:
+        if group not in GROUPS:
+            raise UsageError(f"--only {args.only}: unknown group {group!r}; expected some of "
+                             f"{', '.join(GROUPS)}")
+    if args.requests < 1:
+        raise UsageError(f"--requests must be a positive integer, not {args.requests}")
+    report = validate(groups, matrix=args.matrix, requests=args.requests,
+                      progress=None if args.json else lambda g: print(f"[{g}]", flush=True))
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        print(format_report(report, every=args.every))
+    return 0
+
+
 def cmd_verilog(args):
     from runtime.backends.verilog import ToolError, generate, lint
     config = _config(args.config)
@@ -440,6 +459,8 @@ def cmd_experiment(args):
         matrix = load_matrix(args.matrix)
         if args.name:
             matrix = replace(matrix, name=args.name)
+        if args.backend:
+            matrix = replace(matrix, backend=args.backend)
         if args.list:
             for point in matrix.points():
                 print(point.label)
@@ -613,6 +634,18 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("validate", help="the timing model (--backend perf) against the RTL on "
+                                        "Verilator: errors per case and their summary")
+    p.add_argument("--only", metavar="GROUP,..", help="some of: conformance, models, "
+                   "serving, large (default: all)")
+    p.add_argument("--matrix", default="quick", help="experiment whose serving points to "
+                   "compare (default quick)")
+    p.add_argument("--requests", type=int, default=60,
+                   help="requests of each serving point's slowest tenant (default 60)")
+    p.add_argument("--every", action="store_true", help="a line per comparison, then the summary")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("serve", help="serve request streams of several tenants: latency, "
                        "throughput, utilization per policy")
     p.add_argument("tenants", nargs="+", metavar="MODEL[:ME,VE]",
@@ -655,6 +688,8 @@ def build_parser():
     p.add_argument("--ray", metavar="ADDRESS", help="run the points on a Ray cluster instead: "
                    "its address, 'auto' for the cluster this machine is in, or 'local' to "
                    "start one here")
+    p.add_argument("--backend", choices=TIMED_BACKENDS, help="simulator of every point "
+                   "(default: the matrix's, verilator for the presets)")
     p.add_argument("--list", action="store_true", help="print the points and stop")
     p.set_defaults(func=cmd_experiment)
 

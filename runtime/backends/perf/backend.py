@@ -164,7 +164,7 @@ class PerfBackend(GoldenBackend):
         engine_fault = None
         if context.fault != Fault.NONE and context.fault not in _FETCH_FAULTS:
             index = next(i for i, u in enumerate(program.utops) if u.pc == context.fault_pc)
-            engine_fault = (index, context.fault)
+            engine_fault = (index, context.fault, self.context_details[c].fault_step)
         registers = dict(settings, HBM_BASE=settings["HBM_BASE"] + offset)
         self.model.start(c, program, registers, self.launch, engine_fault)
         self.timed[c] = self.launch

@@ -33,25 +33,31 @@ read from the RTL and held to it by the validation (`neu10 validate`):
 What is not modelled (the validation measures what it costs): scratchpad bank conflicts
 between engines and the priority of owners' traffic over borrowed engines' (harvest),
 the matrix engine's output-FIFO credits when the writer is held up, a `dgather` row that
-straddles two HBM lines (rows are taken as aligned), and the hazard of two `acc` rows for
-the same destination back to back.
+straddles two HBM lines (rows are taken as aligned), the hazard of two `acc` rows for
+the same destination back to back, and which row of a faulting `dgather` faults (the
+first is assumed).
 """
 
+import math
 from dataclasses import dataclass
 
 from isa.encoding import Engine
 from isa.golden import loop_operands
 from .hbm_arbiter import Stream
 
-__all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "DmaJob", "UTopTiming", "me_timing",
-           "stream_end", "utop_timing", "ve_timing"]
+__all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "DmaJob", "UTopTiming", "faulting_timing",
+           "me_timing", "stream_end", "utop_timing", "ve_timing"]
 
 #: Cycles from a µTOp's issue to its first instruction in the engine's register: the body
 #: word is written into the engine's FIFO at issue + 1, read out two cycles later, held a
 #: cycle in the register.
 FIRST_INSTRUCTION = 4
-#: Cycles from the issue of a VE row that writes to the cycle its write has landed.
+#: Cycles from the issue of a VE row that reads and writes the scratchpad to the cycle
+#: its write has landed (a cycle less without a read, and without a write).
 VE_WRITE_LATENCY = 5
+#: Cycles from a dgather's start to the first row's index in the engine (a scratchpad
+#: read): a gather whose index is outside the segment faults then.
+_GATHER_INDEX_CYCLES = 4
 #: Loop iterations followed one by one before the rest repeat the last one's step (the
 #: pipelines reach their steady pattern within a few iterations).
 _LOOP_ITERATIONS_FOLLOWED = 4
@@ -59,10 +65,12 @@ _LOOP_ITERATIONS_FOLLOWED = 4
 
 @dataclass(frozen=True)
 class UTopTiming:
-    """When a µTOp retires, counted from its issue, and the rows (ME), rows (VE) or words
-    (DMA) its engine works on: the engine's WORK counter."""
+    """When a µTOp retires, counted from its issue, the rows (ME), rows (VE) or words (DMA)
+    its engine works on (the engine's WORK counter), and the engine's state after it that
+    the next µTOp's timing depends on (the VE's span of pending writes)."""
     retire: int
     work: int
+    state: tuple | None = None
 
 
 def stream_end(length):
@@ -106,38 +114,44 @@ def _ve_rows(name, args, config):
 
 
 class _VectorPipeline:
-    """The vector engine's sequencer and issue stage, one instruction at a time."""
+    """The vector engine's sequencer and issue stage, one instruction at a time.
 
-    def __init__(self, config):
+    ``span`` is the engine's register of the rows its pending writes cover (half-open): an
+    instruction that writes sets it when nothing is pending and widens it otherwise, so an
+    instruction that makes the pipeline pending without writing (vld, vldlut) leaves the
+    span as the engine last had it, from an earlier µTOp too: the engine's state
+    (``span`` in, ``span`` out)."""
+
+    def __init__(self, config, span=(0, 0)):
         self.config = config
         self.ready = FIRST_INSTRUCTION   # the next instruction is in the register
         self.issue_free = 0              # the issue stage takes an instruction from here
         self.empty = 0                   # every row issued so far has retired
-        self.span = None                 # rows the pending writes cover (half-open)
+        self.span = span
         self.rows = 0
 
     def run(self, instr, dst_offset=0, src_offset=0):
         name = instr.op.mnemonic
-        take = max(self.ready, self.issue_free)
         if name == "loop":
-            self.ready = take + 2
+            self.ready += 2
             return
         if name in ("vsetq", "vsetvl"):
-            take = max(take, self.empty)
-            self.span = None
-            self.ready = take + 2
+            self.ready = max(self.ready, self.empty) + 2
             return
+        take = max(self.ready, self.issue_free)
         args = loop_operands(instr, dst_offset, src_offset)
         rows, reads, writes = _ve_rows(name, args, self.config)
-        if take >= self.empty:
-            self.span = None
-        elif any(_overlaps(self.span, lo, hi) for lo, hi in reads):
-            take, self.span = self.empty, None
+        if take < self.empty and any(_overlaps(self.span, lo, hi) for lo, hi in reads):
+            take = self.empty
+        if writes is not None:
+            self.span = _merge(self.span, *writes) if take < self.empty else \
+                (writes[0], writes[1] + 1)
         last = take + rows
         self.issue_free = last
-        self.empty = max(self.empty, last + (VE_WRITE_LATENCY if writes else VE_WRITE_LATENCY - 1))
-        if writes is not None:
-            self.span = _merge(self.span, *writes)
+        # A row that reads the scratchpad executes a cycle later than one that does not
+        # (vst); one that writes retires a cycle after it executes.
+        latency = VE_WRITE_LATENCY - (not reads) - (writes is None)
+        self.empty = max(self.empty, last + latency)
         self.ready = take + 2
         self.rows += rows
 
@@ -147,26 +161,37 @@ class _VectorPipeline:
         self.ready += cycles
         self.issue_free += cycles
         self.empty += cycles
-        if self.span is not None:
-            self.span = (self.span[0] + min(0, reach), self.span[1] + max(0, reach))
+        self.span = (self.span[0] + min(0, reach), self.span[1] + max(0, reach))
+
+    def idle(self):
+        """Every row issued so far has retired from here."""
+        return self.empty
 
     def retire(self):
         return max(self.empty, self.ready - 1)
 
 
 def _body_loops(body):
-    """(instruction, None) for plain ones, (loop, its body) for loops and mmloops."""
+    """(instruction, None) for plain ones, (loop, its body) for loops and mmloops, up to a
+    malformed loop (a µTOp that faults there runs what comes before it)."""
     index = 0
     while index < len(body):
         instr = body[index]
-        n = instr.repeats if instr.op is not None else 0
-        yield instr, body[index + 1:index + 1 + n] if n else None
+        name = instr.op.mnemonic
+        n = instr.repeats
+        inner = body[index + 1:index + 1 + n]
+        if n and (len(inner) < n or any(i.repeats for i in inner) or (
+                name == "mmloop" and [i.op.mnemonic for i in inner] != ["ldw", "mm"])):
+            return
+        if name in ("loop", "mmloop") and not n:
+            return
+        yield instr, inner if n else None
         index += 1 + n
 
 
-def ve_timing(body, config):
-    """Retirement offset and rows of a VE µTOp (a valid body)."""
-    pipeline = _VectorPipeline(config)
+def ve_timing(body, config, state=(0, 0)):
+    """Retirement offset and rows of a VE µTOp on an engine in ``state``."""
+    pipeline = _VectorPipeline(config, state)
     for instr, loop_body in _body_loops(body):
         if loop_body is None:
             pipeline.run(instr)
@@ -186,7 +211,7 @@ def ve_timing(body, config):
             per_iteration = (pipeline.rows - rows_before) // followed
             pipeline.shift(rest * (pipeline.ready - before), rest * d)
             pipeline.rows += rest * per_iteration
-    return UTopTiming(pipeline.retire(), pipeline.rows)
+    return UTopTiming(pipeline.retire(), pipeline.rows, pipeline.span)
 
 
 # --- matrix engine ------------------------------------------------------------------------------
@@ -274,12 +299,16 @@ class _MatrixPipeline:
         self.ready = start + 2
         self.rows += m
 
+    def idle(self):
+        """The loader, the streamer and the writer are done from here."""
+        return max(self.load_free, self.stream_free, self.pending_clear)
+
     def retire(self):
-        return max(self.load_free, self.stream_free, self.pending_clear, self.ready - 1)
+        return max(self.idle(), self.ready - 1)
 
 
 def me_timing(body, config):
-    """Retirement offset and rows streamed of an ME µTOp (a valid body)."""
+    """Retirement offset and rows streamed of an ME µTOp."""
     pipeline = _MatrixPipeline(config)
     for instr, pair in _body_loops(body):
         if pair is None:
@@ -301,25 +330,27 @@ def me_timing(body, config):
 # --- DMA engine ---------------------------------------------------------------------------------
 
 def _lines(first, rows, hstride, span, words):
-    """HBM lines a strided copy touches: row r spans words first + r*hstride onwards (the
-    pattern of offsets within a line repeats every ``words`` rows)."""
+    """HBM lines a strided copy touches: row r spans words first + r*hstride onwards; the
+    offsets within a line repeat with a period of words / gcd(hstride, words) rows."""
     def lines(r):
         return ((first + r * hstride) % words + span + words - 1) // words
-    if rows <= 2 * words:
+    period = words // math.gcd(hstride % words, words) if hstride % words else 1
+    if rows <= period:
         return sum(lines(r) for r in range(rows))
-    period = sum(lines(r) for r in range(words))
-    whole, rest = divmod(rows, words)
-    return whole * period + sum(lines(r) for r in range(rest))
+    whole, rest = divmod(rows, period)
+    return whole * sum(lines(r) for r in range(period)) + sum(lines(r) for r in range(rest))
 
 
 class DmaJob:
     """A DMA µTOp from its issue to its retirement: instructions in order, each copy one
     stream of HBM line requests on the engine's port of ``hbm`` (an HbmArbiter), so
     copies of several engines (and program fetch) share HBM as the RTL's arbiter shares
-    it. ``retired(cycle, words)`` is called once the retirement cycle is known."""
+    it. ``retired(cycle, words)`` is called once the retirement cycle is known. With
+    ``stop``, instruction number ``stop`` (of a body of ``length`` words) faults."""
 
-    def __init__(self, body, config, issue, port, hbm, hbm_base, retired):
+    def __init__(self, body, config, issue, port, hbm, hbm_base, retired, stop=None, length=0):
         self.body, self.config, self.port, self.hbm = body, config, port, hbm
+        self.stop, self.body_words = stop, length     # a fault at instruction ``stop``
         self.hbm_base, self.retired = hbm_base, retired
         self.ready = issue + FIRST_INSTRUCTION
         self.exec_free = self.tail_free = issue   # all done / the last job's lines asked
@@ -333,6 +364,14 @@ class DmaJob:
     def _next(self):
         cfg = self.config
         while self.index < len(self.body):
+            if self.index == self.stop:
+                # The faulting instruction faults in the register, or a gather once it has
+                # its first row's index (taken to be the row that faults).
+                at = self.ready + (_GATHER_INDEX_CYCLES
+                                   if self.body[self.index].op.mnemonic == "dgather" else 0)
+                drained = at + self.body_words - (self.index + 1) + 1
+                self.retired(max(self.exec_free, drained), self.moved)
+                return
             instr = self.body[self.index]
             self.index += 1
             name = instr.op.mnemonic
@@ -378,6 +417,58 @@ class DmaJob:
         self._next()
 
 
-def utop_timing(engine, body, config):
-    """The ME or VE timing of a body (a DMA µTOp is a ``DmaJob``: its time depends on HBM)."""
-    return (me_timing if engine == Engine.ME else ve_timing)(body, config)
+def _steps(body):
+    """A body's instructions in the order an engine runs them, loop iterations one by one:
+    (instruction, the position of its word, its iteration, its loop or None). A malformed
+    loop runs on as plain instructions (it faults on the way: see ``faulting_timing``)."""
+    index = 0
+    while index < len(body):
+        instr = body[index]
+        yield instr, index, 0, None
+        n = instr.repeats
+        inner = body[index + 1:index + 1 + n]
+        well_formed = n and len(inner) == n and not any(i.repeats for i in inner) and (
+            instr.op.mnemonic != "mmloop" or [i.op.mnemonic for i in inner] == ["ldw", "mm"])
+        if not well_formed:
+            index += 1
+            continue
+        for t in range(instr.args["count"]):
+            for k, inner_instr in enumerate(inner):
+                yield inner_instr, index + 1 + k, t, instr
+        index += 1 + n
+
+
+def faulting_timing(engine, body, config, stop, length, state=(0, 0)):
+    """An ME or VE µTOp of ``length`` body words whose instruction number ``stop`` (in the
+    order they run) faults: the ones before it run; it faults when it reaches the
+    instruction register; the engine then takes the rest of the body unread, a word a
+    cycle, and retires once its pipelines are empty."""
+    pipeline = _MatrixPipeline(config) if engine == Engine.ME else _VectorPipeline(config, state)
+    for step, (instr, position, t, loop) in enumerate(_steps(body)):
+        if step == stop:
+            taken = position + 1 if loop is None or t == 0 else \
+                body.index(loop) + 1 + loop.repeats
+            retire = max(pipeline.idle(), pipeline.ready + length - taken + 1)
+            return UTopTiming(retire, pipeline.rows, getattr(pipeline, "span", None))
+        name, args = instr.op.mnemonic, instr.args
+        if engine == Engine.VE:
+            if loop is None:
+                pipeline.run(instr)
+            else:
+                pipeline.run(instr, t * loop.args["dst_stride"], t * loop.args["src_stride"])
+        elif name == "mmloop":
+            pipeline.ready += 2
+        elif name == "ldw":
+            pipeline.ldw(args["src"] + (t * loop.args["w_stride"] if loop else 0), args["k"])
+        else:
+            pipeline.mm(args["src"] + (t * loop.args["x_stride"] if loop else 0), args["dst"],
+                        args["m"], args["acc"] or (loop is not None and t > 0))
+    # The faulting word did not decode: it is the word after the ones that did.
+    retire = max(pipeline.idle(), pipeline.ready + length - (len(body) + 1) + 1)
+    return UTopTiming(retire, pipeline.rows, getattr(pipeline, "span", None))
+
+
+def utop_timing(engine, body, config, state=(0, 0)):
+    """The ME or VE timing of a body on an engine in ``state`` (a DMA µTOp is a ``DmaJob``:
+    its time depends on HBM)."""
+    return me_timing(body, config) if engine == Engine.ME else ve_timing(body, config, state)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from isa.encoding import DecodeError, Engine, Fault, decode_header, decode_instr
 from isa.regmap import Policy, Status
-from .engine_timing import DmaJob, stream_end, utop_timing
+from .engine_timing import DmaJob, faulting_timing, stream_end, utop_timing
 from .hbm_arbiter import HbmArbiter, Stream
 
 __all__ = ["PNPU", "Program", "parse_program"]
@@ -108,7 +108,7 @@ class _Context:
     program: Program
     start: int                       # the cycle of the START (it runs from the next)
     settings: dict                   # its registers
-    engine_fault: tuple | None       # (µTOp index, Fault) the golden model found, or None
+    engine_fault: tuple | None       # (µTOp index, Fault, step) the golden model found
     window: list = field(default_factory=list)
     next_utop: int = 0
     stream_free: int = 0
@@ -120,6 +120,7 @@ class _Context:
     fault: Fault = Fault.NONE
     fault_pc: int = 0
     fault_index: int | None = None   # µTOps from this index on are no longer eligible
+    fetch_fault_at: int | None = None
     status: Status = Status.RUNNING
     end: int | None = None
     op_next: int = 0
@@ -134,7 +135,7 @@ class _Context:
 
 class _Engine:
     __slots__ = ("type", "index", "slot", "ctx", "issued", "retire", "free", "borrowed",
-                 "abort_end", "stopped", "busy", "done", "work", "busy_ctx")
+                 "abort_end", "stopped", "busy", "done", "work", "busy_ctx", "state")
 
     def __init__(self, type_, index, n_ctx):
         self.type, self.index = type_, index
@@ -144,6 +145,7 @@ class _Engine:
         self.borrowed = False
         self.busy = self.done = self.work = 0
         self.busy_ctx = [0] * n_ctx
+        self.state = (0, 0)          # what engine_timing carries from µTOp to µTOp
 
     def busy_at(self, t):
         """The engine table's busy bit in cycle t."""
@@ -186,8 +188,8 @@ class PNPU:
     def start(self, c, program, settings, cycle, engine_fault=None):
         """Context ``c`` receives its start in ``cycle`` (a START, or a request taken) and
         runs from the next. ``settings`` are its registers (HBM_BASE, ME_MASK, VE_MASK,
-        PRIORITY); ``engine_fault`` the (µTOp index, Fault) of the µTOp that faults in an
-        engine, from the golden model."""
+        PRIORITY); ``engine_fault`` the (µTOp index, Fault, instruction number) of the µTOp
+        that faults in an engine, from the golden model."""
         if cycle < self.now:
             raise ValueError(f"cannot start context {c} in cycle {cycle}: the model is at "
                              f"cycle {self.now}")
@@ -322,6 +324,7 @@ class PNPU:
                 self._fetch_stopped(context, t)      # a fetch fault: stop at this header
                 context.fault, context.fault_pc = program.fetch_fault, program.fault_pc
                 context.fault_index = context.next_utop
+                context.fetch_fault_at = t           # recorded at this edge: done after it
                 happened = True
         if window and window[0].retired is not None and window[0].retired <= t:
             window.pop(0)
@@ -461,6 +464,8 @@ class PNPU:
         context.stream_free = t + stream_end(utop.length)
         context.counters["ISSUED"] += 1
         self._activity(t + 1, engine, c + 1)
+        fault = context.engine_fault
+        stop = fault[2] if fault is not None and fault[0] == slot.index else None
         if utop.engine == Engine.DMA:
             engine.retire = None
             engine.free = _NEVER
@@ -470,12 +475,19 @@ class PNPU:
                     engine.retire, engine.free = max(cycle, t + 1), max(cycle, t + 1) + 1
                     engine.work += words
             DmaJob(utop.body, self.config, t, self.groups[Engine.DMA].index(engine), self.hbm,
-                   context.settings["HBM_BASE"], retired)
+                   context.settings["HBM_BASE"], retired, stop, utop.length)
             return
-        key = (utop.engine, utop.words)
-        timing = self._timing.get(key)
-        if timing is None:
-            timing = self._timing[key] = utop_timing(utop.engine, list(utop.body), self.config)
+        if stop is not None:
+            timing = faulting_timing(utop.engine, list(utop.body), self.config, stop,
+                                     utop.length, engine.state)
+        else:
+            key = (utop.engine, utop.words, engine.state)
+            timing = self._timing.get(key)
+            if timing is None:
+                timing = self._timing[key] = utop_timing(utop.engine, list(utop.body),
+                                                         self.config, engine.state)
+        if utop.engine == Engine.VE:
+            engine.state = timing.state
         engine.retire = t + max(timing.retire, 1)
         engine.free = engine.retire + 1
         engine.work += timing.work
@@ -497,6 +509,7 @@ class PNPU:
                 context.stream_free = min(context.stream_free, t + 1)
                 self._stop(e, t)
                 e.abort_end, e.free = t + _FLUSH_CYCLES, t + _FLUSH_CYCLES + 1
+                e.state = (0, 0)                  # the reset clears the engine's registers
                 self._activity(t + 1, e, 0)
                 happened = True
                 break                             # one per engine type per cycle
@@ -597,6 +610,8 @@ class PNPU:
 
     def _complete(self, context, t):
         if not (context.fetch_done or context.fault != Fault.NONE) or context.stream_free > t:
+            return False
+        if context.fetch_fault_at == t:
             return False
         for slot in context.window:
             if slot.retired is not None and slot.retired <= t:
