@@ -96,8 +96,10 @@ class PerfBackend(GoldenBackend):
         c, register = self._where(address)
         if register is not None and register.name == "POLICY" and c is None:
             self.model.policy = Policy(value) if value < len(Policy) else self.model.policy
+            self.model.wake()
         if register is not None and register.name == "TIME_SLICE" and c is None and value:
             self.model.time_slice = value
+            self.model.wake()
         if register is not None and register.name == "START":
             self.launch = self.cycle + 1
             for i in range(self.config.n_ctx):
@@ -217,6 +219,7 @@ class PerfBackend(GoldenBackend):
         cfg = self.config
         done = []
         self.model.hbm.add(Stream(cfg.n_dma, self.cycle, count, done=done.append))
+        self.model.wake()
         while not done:
             self._advance(max(self.cycle + 1, (self.model.hbm.next_event() or self.cycle) + 1))
             self.cycle = self.model.now

@@ -387,7 +387,7 @@ class DmaJob:
             self.moved += rows * span
             words = cfg.hbm_words_per_cycle
             if name == "dgather":      # rows taken as aligned to lines
-                lines = rows * -(-span // words)
+                lines = -(-span // words)
             else:
                 lines = _lines(self.hbm_base + instr.args["hbm"], rows, self.hstride, span, words)
             if name == "dstore":
@@ -396,21 +396,33 @@ class DmaJob:
             else:
                 start = max(self.ready, self.tail_free if self.after_load and name == "dload"
                             else self.exec_free)
-                first = start + (3 if name == "dgather" else 1)
+                first = start + (_GATHER_INDEX_CYCLES - 1 if name == "dgather" else 1)
             self.ready = start + 2
-            self.copy = (name, rows, start)
-            self.stream = Stream(self.port, first, lines, done=self._copied)
+            if name == "dgather":
+                # A row of indices (a scratchpad read) serves ve_lanes rows: each group of
+                # rows requests its lines once its indices are in.
+                group = min(rows, cfg.ve_lanes)
+                self.copy = (name, rows - group, lines)
+                self.stream = Stream(self.port, first, group * lines, done=self._copied)
+            else:
+                self.copy = (name, 0, lines)
+                self.stream = Stream(self.port, first, lines, done=self._copied)
             self.hbm.add(self.stream)
             return
         self.retired(max(self.exec_free, self.ready - 1), self.moved)
 
     def _copied(self, last):
-        name, rows, start = self.copy
+        name, rows_left, lines = self.copy
+        if rows_left:                  # the gather's next group, after its indices
+            group = min(rows_left, self.config.ve_lanes)
+            self.copy = (name, rows_left - group, lines)
+            self.stream = Stream(self.port, last + _GATHER_INDEX_CYCLES - 1, group * lines,
+                                 done=self._copied)
+            self.hbm.add(self.stream)
+            return
         if name == "dstore":
             self.exec_free = self.tail_free = last + 2
         else:
-            if name == "dgather":
-                last += 3 * ((rows - 1) // self.config.ve_lanes)
             self.exec_free = max(self.exec_free, last + self.config.hbm_latency + 4)
             self.tail_free = last + 2
         self.after_load = name != "dstore"

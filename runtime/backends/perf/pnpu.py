@@ -168,6 +168,7 @@ class PNPU:
         #: HBM's ports: the DMA engines', the host's, each context's program fetch.
         self.hbm = HbmArbiter(config.n_dma + 1 + config.n_ctx, HBM_POINTER_OFFSET)
         self.now = 0                 # the next cycle to evaluate
+        self.quiet = 0               # nothing happens before this cycle (from the last look)
         self._timing = {}
         self._owners = {}            # engine index -> its primary owner (harvest)
         # temporal
@@ -194,6 +195,7 @@ class PNPU:
             raise ValueError(f"cannot start context {c} in cycle {cycle}: the model is at "
                              f"cycle {self.now}")
         self.scheduled.append((cycle, c, program, dict(settings), engine_fault))
+        self.wake()
 
     def _apply_starts(self, t):
         for entry in [x for x in self.scheduled if x[0] == t]:
@@ -223,13 +225,27 @@ class PNPU:
         """Evaluate every cycle before ``cycle``."""
         while self.now < cycle:
             t = self.now
+            if t < self.quiet:               # known to be quiet: nothing to evaluate
+                nxt = min(cycle, self.quiet)
+                self._skip(t, nxt)
+                self.now = nxt
+                continue
             if self.scheduled:
                 self._apply_starts(t)
             happened = self._cycle(t)
-            nxt = t + 1 if happened else max(t + 1, min(self._next_event(), cycle))
-            if nxt > t + 1:
-                self._skip(t + 1, nxt)
+            if happened:
+                nxt = self.quiet = t + 1
+            else:
+                self.quiet = max(t + 1, self._next_event())
+                nxt = min(self.quiet, cycle)
+                if nxt > t + 1:
+                    self._skip(t + 1, nxt)
             self.now = nxt
+
+    def wake(self):
+        """Something from outside (a start, the host's HBM traffic, a register) changes what
+        the next cycles do: evaluate them."""
+        self.quiet = self.now
 
     def me_used(self, c, t):
         """Context c's ME engine-cycles up to cycle t (exclusive)."""
