@@ -227,4 +227,11 @@ PRESETS = {
                      ve_lanes=128, spad_rows=1 << 14, spad_banks=16, hbm_words=1 << 31,
                      hbm_latency=100, hbm_bytes_per_cycle=512, dep_window=16, max_body=128,
                      imem_words=4096),
+    # The TPU-like core with twice its scratchpad (16 MiB), so that two full-size models
+    # (each compiled for the tpu's 8 MiB) share it: the paper-scale experiment's machine,
+    # for the timing model (--backend perf).
+    "tpu-shared": NPUConfig(array_rows=128, array_cols=128, n_me=4, n_ve=2, n_dma=4, n_ctx=4,
+                            ve_lanes=128, spad_rows=1 << 15, spad_banks=16, hbm_words=1 << 31,
+                            hbm_latency=100, hbm_bytes_per_cycle=512, dep_window=16,
+                            max_body=128, imem_words=4096),
 }

@@ -134,7 +134,7 @@ def test_perf_serves_requests_with_the_hardware_stamps():
     ends = [r.end for r in requests]
     assert ends[0] < ends[1] < ends[2]
     service = ends[1] - ends[0]
-    assert abs((ends[2] - ends[1]) - service) <= 2
+    assert abs((ends[2] - ends[1]) - service) <= 5
     out = model.graph.read_output(model.name, requests[0].output.astype(np.int64))
     assert np.array_equal(out, model.expected)
     assert run.engines[0]["BUSY"] > 0 and run.contexts[0].status == Status.DONE
