@@ -51,8 +51,8 @@ def test_from_toml(tmp_path):
     ('preset = "huge"\n', "unknown config preset 'huge'"),
     ("n_me = \n", "malformed TOML"),
     ("ve_lanes = 3\n", "ve_lanes must be a power of two"),
-    ("preset = [1]\n", "preset must be a preset name (default, tiny, small, tpu), not [1]"),
-    ('[preset]\nname = "tiny"\n', "preset must be a preset name (default, tiny, small, tpu), "
+    ("preset = [1]\n", "preset must be a preset name (default, tiny, small, tpu, tpu-shared), not [1]"),
+    ('[preset]\nname = "tiny"\n', "preset must be a preset name (default, tiny, small, tpu, tpu-shared), "
                                   "not {'name': 'tiny'}"),
 ])
 def test_from_toml_errors_name_the_file(tmp_path, text, message):
