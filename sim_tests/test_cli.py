@@ -64,7 +64,7 @@ def test_asm_disasm_round_trip(tmp_path, capsys):
     (lambda d: None, ["config", "nope"], "unknown config 'nope'"),
     # Configs whose preset is no name, in a file and in a case's [config].
     (lambda d: (d / "p.toml").write_text("preset = [1]\n"), ["config", "{d}/p.toml"],
-     "{d}/p.toml: preset must be a preset name (default, tiny, small, tpu), not [1]"),
+     "{d}/p.toml: preset must be a preset name (default, tiny, small, tpu, tpu-shared), not [1]"),
     (lambda d: (d / "p.toml").write_text('[preset]\nname = "tiny"\n'), ["config", "{d}/p.toml"],
      "{d}/p.toml: preset must be a preset name"),
     (lambda d: (d / "c.toml").write_text(CASE.replace('config = "tiny"', "[config]\npreset = [1]")),
@@ -185,7 +185,7 @@ def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
     assert code == 0
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
-    assert lines[1] == ("tiny     2 MEs of 4x4, 2 VEs of 4 lanes, 1 DMA engine, 4 contexts, "
+    assert lines[1] == ("tiny        2 MEs of 4x4, 2 VEs of 4 lanes, 1 DMA engine, 4 contexts, "
                         "1024 scratchpad rows, 8192 HBM words")
 
 

@@ -193,7 +193,7 @@ def test_unknown_backend():
     ("[[context\n", "malformed TOML"),
     ("context = [1, 2]\n", "context 0 must be a table ([[context]]), not 1"),
     ("[config]\npreset = [1]\n[[context]]\nspad=[0,1]\nhbm=[0,1]\nprogram=''\n",
-     "preset must be a preset name (default, tiny, small, tpu), not [1]"),
+     "preset must be a preset name (default, tiny, small, tpu, tpu-shared), not [1]"),
     # Blocks that name a context lie inside its segment.
     ("[[context]]\nspad=[0,2]\nhbm=[0,8]\nprogram=''\n[[init]]\ncontext=0\nspad=1\ndata=[[1],[2]]\n",
      "init block 0: 2 rows at 1 run past context 0's spad segment (base 0, size 2)"),
