@@ -39,8 +39,9 @@ def test_points_of_a_matrix():
     assert {p.seed for p in points if p.closed} == {1}
     assert len({TINY.key(p) for p in points}) == len(points)
     paper = PRESETS["paper"]
-    assert len(paper.mixes) == 10 and ("bert", "bert") in paper.mixes
-    assert len(paper.loads) >= 5 and len(paper.seeds) >= 3
+    assert len(paper.mixes) == 10 and ("bert-base", "bert-base") in paper.mixes
+    assert (paper.config, paper.backend) == ("tpu-shared", "perf")
+    assert len(paper.points()) == 10 * 4 * 2
 
 
 def test_results_summary_and_plots(tiny):

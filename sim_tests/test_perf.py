@@ -172,3 +172,25 @@ def test_full_validation_meets_its_bounds():
     summary = report.summary()
     assert summary["cycles"]["median"] <= 0.01, summary
     assert summary["latency"]["median"] <= 0.02, summary
+
+
+def test_serving_on_perf_replays_each_input_once_and_stays_bit_exact(monkeypatch):
+    """A stream of requests on perf runs the golden model once per distinct (program,
+    window contents): every other request replays what that run wrote, and every output
+    still equals the compiler's reference."""
+    from runtime.apps.serve import TenantSpec, serve
+    from runtime.backends.golden import GoldenBackend
+    runs = []
+    original = GoldenBackend._start
+
+    def counting(self, c, offset):
+        runs.append((c, offset))
+        return original(self, c, offset)
+    monkeypatch.setattr(GoldenBackend, "_start", counting)
+    [point] = serve(NPUConfig.preset("small"), [TenantSpec("ncf"), TenantSpec("dlrm")],
+                    policies=("harvest",), requests=12, seed=7, backend="perf")
+    assert point.exact and not point.problems
+    served = sum(t.completed for t in point.tenants)
+    assert served >= 24
+    # Two tenants, two inputs each: the other slots and requests replay those four runs.
+    assert 1 <= len(runs) <= 2 * 2, runs

@@ -10,10 +10,11 @@ point, so an interrupted run keeps what it finished), ``summary.md`` and PNG plo
 (runtime.apps.experiment_report). Running the same matrix again skips the points already
 in the results (a point that raised an error is tried again).
 
-Presets: ``quick`` (the README's experiment, minutes on two cores) and ``paper`` (every
-pair of the four models, same-model pairs included, 5 loads and a closed loop, 3 seeds,
-1000 requests: hours of CPU, meant for ``--jobs`` on a big machine or ``--ray``). A TOML
-file gives a matrix of one's own (``load_matrix``).
+Presets: ``quick`` (the README's experiment on Verilator, minutes on two cores) and
+``paper`` (every pair of the four full-size models, same-model pairs included, on the
+``tpu-shared`` NPU and the timing model: a load and a closed loop, one seed, 10 requests
+of the slowest tenant; about an hour on two cores, and larger on ``--ray``). A TOML file
+gives a matrix of one's own (``load_matrix``).
 """
 
 import csv
@@ -141,13 +142,16 @@ def row_key(row):
     return tuple(row.get(name) for name in KEY_FIELDS)
 
 
-_MODELS = ("ncf", "dlrm", "bert", "resnet")
+#: The paper-scale experiment's tenants: full-size models (runtime/compiler/zoo.py).
+_MODELS = ("resnet50", "bert-base", "dlrm-mlperf", "ncf-mlperf")
 
 PRESETS = {
     "quick": Matrix("quick", mixes=(("ncf", "dlrm"), ("ncf", "ncf"))),
+    # Every pair of full-size models on the TPU-like core (its scratchpad doubled so that
+    # two of them fit), on the timing model: about an hour on 2 cores.
     "paper": Matrix("paper", mixes=tuple(combinations_with_replacement(_MODELS, 2)),
-                    loads=(0.2, 0.4, 0.6, 0.8, 1.0), closed=(2,), seeds=(1, 2, 3),
-                    requests=1000),
+                    loads=(0.6,), closed=(2,), seeds=(1,), requests=10, config="tpu-shared",
+                    backend="perf"),
 }
 
 
