@@ -5,8 +5,9 @@ engine_timing.
 The dispatcher is modelled as hw/dispatcher builds it:
 
 - **Fetch**: a context's prefetcher requests one HBM line of its program per cycle from
-  the cycle after START, as far as its instruction buffer has room above the oldest µTOp
-  in its window; a line is visible ``hbm_latency + 2`` cycles after its request. A µTOp
+  the cycle after START (as HBM's arbiter grants them, beside the DMA engines and the
+  host), as far as its instruction buffer has room above the oldest µTOp in its window; a
+  line is visible ``hbm_latency + 2`` cycles after its grant. A µTOp
   is taken into the window (one per cycle, ``dep_window`` slots, freed in order, one per
   cycle) once its header and body are visible; it is ready the cycle after it is taken
   and after the last µTOp it depends on retired.
@@ -19,10 +20,10 @@ The dispatcher is modelled as hw/dispatcher builds it:
   (the borrowed µTOp's engine is held in reset two cycles; the µTOp is issued again),
   ``temporal`` with its tokens, time slice and drain, and ``v10`` with its ME gangs.
 
-Not modelled: instruction fetch's share of HBM bandwidth (lines arrive as if HBM were
-free), HBM traffic of the host, the watchdogs (a hung engine cannot happen in a model),
-and what engine_timing leaves out. A µTOp that faults in an engine is taken to run its
-whole body.
+Faults come from the golden model: a fetch fault stops fetch at its header; a µTOp that
+faults in an engine runs up to the instruction that faults (engine_timing), and younger
+µTOps no longer issue once it has retired. Not modelled: the watchdogs (a hung engine
+cannot happen in a model) and what engine_timing leaves out.
 """
 
 from dataclasses import dataclass, field
@@ -55,8 +56,8 @@ class _UTop:
 
 @dataclass(eq=False)
 class Program:
-    """A program as the timing model runs it: its µTOps up to the first that cannot be
-    fetched, and where fetch stops (``end``: the word after the last µTOp taken)."""
+    """A program as the timing model runs it: its µTOps up to the `eop` one, or up to the
+    first that cannot be fetched (``fetch_fault`` at word ``fault_pc``)."""
     utops: list
     length: int                     # PROG_LEN in words
     fetch_fault: Fault = Fault.NONE
@@ -284,7 +285,7 @@ class PNPU:
             happened |= self._v10(t, candidates, issued, retiring)
         for c, context in enumerate(self.contexts):
             if context is not None and context.running:
-                self._wait_counters(context, candidates[c], c in {i for i, _, _ in issued}, 1)
+                self._wait_counters(context, t, c in {i for i, _, _ in issued}, 1)
                 happened |= self._complete(context, t)
         return happened
 
@@ -409,15 +410,23 @@ class PNPU:
         result = {}
         if context.stream_free > t:
             return result
-        for slot in context.window:
-            if (slot.issued or slot.retired is not None or slot.taken >= t
-                    or slot.utop.engine in result):
-                continue
-            if context.fault_index is not None and slot.index >= context.fault_index:
-                continue
-            if all(d.retired is not None and d.retired < t for d in slot.deps):
+        for slot in self._waiting(context, t):
+            if slot.utop.engine not in result and self._ready(slot, t):
                 result[slot.utop.engine] = slot
         return result
+
+    @staticmethod
+    def _waiting(context, t):
+        """The slots taken before cycle t, eligible, not issued: oldest first."""
+        for slot in context.window:
+            if (slot.issued or slot.retired is not None or slot.taken >= t
+                    or context.fault_index is not None and slot.index >= context.fault_index):
+                continue
+            yield slot
+
+    @staticmethod
+    def _ready(slot, t):
+        return all(d.retired is not None and d.retired < t for d in slot.deps)
 
     # --- issue --------------------------------------------------------------------------------
 
@@ -641,21 +650,22 @@ class PNPU:
             self.on_done(self.contexts.index(context), t)
         return True
 
-    def _wait_counters(self, context, candidates, issued, cycles):
-        """DEP_WAIT and ENGINE_WAIT over ``cycles`` cycles of the same state."""
-        ready = any(s for s in candidates.values()) if context.stream_free <= self.now else False
-        unissued = any(not s.issued and s.retired is None for s in context.window)
-        if unissued and not ready and not candidates:
-            context.counters["DEP_WAIT"] += cycles
-        elif candidates and not issued:
+    def _wait_counters(self, context, t, issued, cycles):
+        """DEP_WAIT (µTOps waiting, none ready) and ENGINE_WAIT (one ready, none issued)
+        over ``cycles`` cycles like cycle t."""
+        waiting = list(self._waiting(context, t))
+        ready = any(self._ready(slot, t) for slot in waiting)
+        if ready and not issued:
             context.counters["ENGINE_WAIT"] += cycles
+        elif waiting and not ready:
+            context.counters["DEP_WAIT"] += cycles
 
     def _skip(self, first, end):
         """Cycles first .. end - 1, in which nothing happens: counters and policy state."""
         cycles = end - first
         for c, context in enumerate(self.contexts):
             if context is not None and context.running:
-                self._wait_counters(context, self._candidates(context, first), False, cycles)
+                self._wait_counters(context, first, False, cycles)
         if self.policy == Policy.TEMPORAL:
             active = self.contexts[self.active] if self.active is not None else None
             if not self.draining and active is not None and active.running:
