@@ -516,3 +516,12 @@ def test_heads_that_straddle_tiles_are_an_error():
     with pytest.raises(OnnxError, match="heads of 3 columns: supported are multiples and "
                                         "divisors of the 8 lanes"):
         compile_model("bert[width=24,heads=8,ff=24]", DEFAULT)
+
+
+@pytest.mark.parametrize("backend", ["golden", "verilator"])
+def test_concat_of_parts_narrower_than_the_lanes_is_bit_exact(backend):
+    """ncf's embeddings of 4 columns on 8 lanes: concatenated by whole tiles, then packed by
+    a 0/1 placement product on the MEs (the MLPerf NCF's 64 on the tpu's 128 lanes)."""
+    model = compile_model("ncf[dim=4]", DEFAULT)
+    outputs, _ = execute(model.graph, model.program, backend=backend)
+    assert np.array_equal(outputs[model.name], model.expected)

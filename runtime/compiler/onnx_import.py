@@ -1218,15 +1218,25 @@ class _Lowering:
         if any(_cols_axis(p.shape, p.cols, p.t.rows) != axis for p in parts):
             raise _error(node, f"axis {axis} of {shape}: concatenation is along the columns "
                                f"of matrices")
-        if any(p.cols != self.padded(p.t) for p in parts[:-1]):
-            raise _error(node, f"parts of {[p.cols for p in parts]} columns: all but the last "
-                               f"must be multiples of {self.lanes}")
         name = node.name or out
 
         def concat(*ts):
             return self.g.concat(name, [self.fit(t, out, f"{name}.{i}") for i, t in enumerate(ts)])
         t = self.g.rowwise(name, concat, [p.t for p in parts], sum(p.t.tiles for p in parts))
-        self.env[out] = _Mat(t, shape, sum(p.cols for p in parts))
+        cols = sum(p.cols for p in parts)
+        if any(p.cols != self.padded(p.t) for p in parts[:-1]):
+            # Parts narrower than their tiles: side by side by whole tiles, then their
+            # columns packed together by the MEs (a 0/1 placement matrix, exact).
+            lanes = self.lanes
+            place = np.zeros((t.tiles * lanes, -(-cols // lanes) * lanes), np.float32)
+            row = column = 0
+            for p in parts:
+                place[row + np.arange(p.cols), column + np.arange(p.cols)] = 1
+                row += p.t.tiles * lanes
+                column += p.cols
+            t = self.g.linear(f"{name}.pack", self.g.resident(t), place,
+                              np.zeros(place.shape[1], np.float32), t.scale)
+        self.env[out] = _Mat(t, shape, cols)
 
     # layout -------------------------------------------------------------------------------------
 
