@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from isa.config import NPUConfig
-from isa.encoding import Fault
 from isa.regmap import Status
 from runtime.apps.conformance import default_case_paths, load_case, run_case
 from runtime.apps.validate import validate
