@@ -193,3 +193,16 @@ def test_serving_on_perf_replays_each_input_once_and_stays_bit_exact(monkeypatch
     assert served >= 24
     # Two tenants, two inputs each: the other slots and requests replay those four runs.
     assert 1 <= len(runs) <= 2 * 2, runs
+
+
+def test_validate_names_a_bad_group(capsys):
+    from runtime.apps.cli import main
+    assert main(["validate", "--only", "conformance,nope"]) == 2
+    assert "unknown group 'nope'" in capsys.readouterr().err
+
+
+def test_experiment_takes_the_backend_from_the_command_line(capsys):
+    from runtime.apps.cli import main
+    assert main(["experiment", "quick", "--backend", "perf", "--list"]) == 0
+    assert main(["experiment", "quick", "--backend", "spice", "--list"]) == 2
+    assert "invalid choice: 'spice'" in capsys.readouterr().err
