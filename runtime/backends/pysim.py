@@ -1,7 +1,5 @@
 """pysim backend: executes host scripts on the pNPU in Amaranth's built-in simulator."""
 
-from collections import deque
-
 from amaranth import ClockDomain, Elaboratable, Module
 from amaranth.sim import Simulator
 
@@ -9,6 +7,7 @@ from hw.npu import NPU, activity_bits
 from isa.regmap import Status
 from . import script as ops
 from .hbm_storage import HBMStorage
+from .host_loop import serve_loop
 from .words import to_signed32, unpack_words
 
 __all__ = ["PysimBackend"]
@@ -211,83 +210,31 @@ class _Session:
         return words
 
     async def _serve(self, ctx, op):
-        """The Serve operation (runtime/backends/script.py): the same steps, in the same
-        cycles, as the Verilator harness's."""
+        """The Serve operation (runtime/backends/script.py): the host loop of host_loop.py,
+        in the same cycles as the Verilator harness's."""
         npu = self.harness.npu
-        requests = op.requests
-        waiting = [deque() for _ in op.contexts]   # arrived at the host
-        rung = [deque() for _ in op.contexts]      # rung, not completed
-        dead = [False] * len(op.contexts)          # faulted: takes no request
-        arrival, error, entry = [None] * len(requests), [0] * len(requests), [0] * len(requests)
-        words = [[] for _ in requests]
-        followers = [[] for _ in requests]
-        timed = []
-        for index, request in enumerate(requests):
-            if request.after is None:
-                timed.append(index)
-            else:
-                followers[request.after].append(index)
-        resolved = 0
-
-        def drop(index):
-            nonlocal resolved
-            resolved += 1
-            for follower in followers[index]:
-                drop(follower)
-
         mark = ctx.get(npu.cycle)
         if op.timeline:
             self.timeline = []
-        following = 0                              # the next timed request
+        loop = serve_loop(op, self.poll, self.config.hbm_words_per_cycle)
+        reply = None
         while True:
-            now = ctx.get(npu.cycle) - mark
-            while following < len(timed) and requests[timed[following]].cycle <= now:
-                index = timed[following]
-                following += 1
-                arrival[index] = requests[index].cycle
-                waiting[requests[index].context].append(index)
-            for c, context in enumerate(op.contexts):
-                while waiting[c] and (dead[c] or len(rung[c]) < context.capacity):
-                    index = waiting[c].popleft()
-                    await self._csr_write(ctx, context.doorbell, requests[index].offset)
-                    value = await self._csr_read(ctx, op.host_error)
-                    if value:
-                        await self._csr_write(ctx, op.host_error, 0)
-                        error[index] = value & 0xFF
-                        drop(index)
-                    else:
-                        rung[c].append(index)
-            for c, context in enumerate(op.contexts):
-                while rung[c]:
-                    value = await self._csr_read(ctx, context.completion)
-                    if not value >> 63:
-                        break
-                    index = rung[c].popleft()
-                    entry[index] = value
-                    words[index] = await self._hbm_burst(ctx, *requests[index].lines)
-                    resolved += 1
-                    if value >> 62 & 1:
-                        dead[c] = True
-                        for held in rung[c]:
-                            drop(held)
-                        rung[c].clear()
-                        for follower in followers[index]:
-                            drop(follower)
-                        break
-                    arrived = ctx.get(npu.cycle) - mark
-                    for follower in followers[index]:
-                        arrival[follower] = arrived
-                        waiting[requests[follower].context].append(follower)
-            now = ctx.get(npu.cycle) - mark
-            if resolved == len(requests) or now >= op.max_cycles:
+            try:
+                step = loop.send(reply)
+            except StopIteration as done:
+                served = done.value
                 break
-            step = self.poll
-            if following < len(timed) and requests[timed[following]].cycle > now:
-                step = min(step, requests[timed[following]].cycle - now)
-            await ctx.tick().repeat(step)
-        served = [(arrival[i], error[i], entry[i], words[i] or
-                   [0] * (requests[i].lines[1] * self.config.hbm_words_per_cycle))
-                  for i in range(len(requests))]
+            match step:
+                case ("cycle",):
+                    reply = ctx.get(npu.cycle)
+                case ("write", address, value):
+                    reply = await self._csr_write(ctx, address, value)
+                case ("read", address):
+                    reply = await self._csr_read(ctx, address)
+                case ("burst", first, count):
+                    reply = await self._hbm_burst(ctx, first, count)
+                case ("wait", cycles):
+                    reply = await ctx.tick().repeat(cycles)
         timeline = None
         if op.timeline:
             timeline = [(cycle - mark, e, value) for cycle, e, value in self.timeline]

@@ -20,6 +20,7 @@ import numpy as np
 from isa.encoding import Fault, program_from_hbm_words
 from isa.regmap import ENGINE, ENGINE_BASE, ENGINE_STRIDE, HostError, Policy, Status
 from .. import script as ops
+from ..host_loop import serve_loop
 from ..golden import GoldenBackend
 from .hbm_arbiter import Stream
 from .pnpu import PNPU, parse_program
@@ -292,86 +293,34 @@ class PerfBackend(GoldenBackend):
         return [int(v) for v in self.npu.hbm[first * per_line:(first + count) * per_line]]
 
     def _serve(self, op):
-        """The Serve operation (runtime/backends/script.py): the same steps, in the same
-        cycles, as the RTL backends' host loop."""
-        requests = op.requests
-        waiting = [deque() for _ in op.contexts]
-        rung = [deque() for _ in op.contexts]
-        dead = [False] * len(op.contexts)
-        arrival, error, entry = [None] * len(requests), [0] * len(requests), [0] * len(requests)
-        words = [[] for _ in requests]
-        followers = [[] for _ in requests]
-        timed = []
-        for index, request in enumerate(requests):
-            (timed if request.after is None else followers[request.after]).append(index)
-        resolved = 0
-
-        def drop(index):
-            nonlocal resolved
-            resolved += 1
-            for follower in followers[index]:
-                drop(follower)
-
-        def access(function, *args):
-            self._advance(self.cycle)
-            value = function(*args)
-            self.cycle += 1
-            return value
-
+        """The Serve operation (runtime/backends/script.py): the host loop of host_loop.py,
+        in the same cycles as on the RTL backends."""
         mark = self.cycle
         self.model.timeline = [] if op.timeline else None
-        following = 0
+        loop = serve_loop(op, self.poll, self.config.hbm_words_per_cycle)
+        reply = None
         while True:
-            now = self.cycle - mark
-            while following < len(timed) and requests[timed[following]].cycle <= now:
-                index = timed[following]
-                following += 1
-                arrival[index] = requests[index].cycle
-                waiting[requests[index].context].append(index)
-            for c, context in enumerate(op.contexts):
-                while waiting[c] and (dead[c] or len(rung[c]) < context.capacity):
-                    index = waiting[c].popleft()
-                    access(self._write, context.doorbell, requests[index].offset)
-                    value = access(self._read, op.host_error)
-                    if value:
-                        access(self._write, op.host_error, 0)
-                        error[index] = value & 0xFF
-                        drop(index)
-                    else:
-                        rung[c].append(index)
-            for c, context in enumerate(op.contexts):
-                while rung[c]:
-                    value = access(self._read, context.completion)
-                    if not value >> 63:
-                        break
-                    index = rung[c].popleft()
-                    entry[index] = value
-                    self._advance(self.cycle)
-                    words[index] = self._hbm_burst(*requests[index].lines) \
-                        if requests[index].lines[1] else []
-                    resolved += 1
-                    if value >> 62 & 1:
-                        dead[c] = True
-                        for held in rung[c]:
-                            drop(held)
-                        rung[c].clear()
-                        for follower in followers[index]:
-                            drop(follower)
-                        break
-                    for follower in followers[index]:
-                        arrival[follower] = self.cycle - mark
-                        waiting[requests[follower].context].append(follower)
-            now = self.cycle - mark
-            if resolved == len(requests) or now >= op.max_cycles:
+            try:
+                step = loop.send(reply)
+            except StopIteration as done:
+                served = done.value
                 break
-            step = self.poll
-            if following < len(timed) and requests[timed[following]].cycle > now:
-                step = min(step, requests[timed[following]].cycle - now)
-            self._advance(self.cycle + step)
-            self.cycle += step
-        per_line = self.config.hbm_words_per_cycle
-        served = [(arrival[i], error[i], entry[i], words[i] or
-                   [0] * (requests[i].lines[1] * per_line)) for i in range(len(requests))]
+            self._advance(self.cycle)
+            match step:
+                case ("cycle",):
+                    reply = self.cycle
+                case ("write", address, value):
+                    reply = self._write(address, value)
+                    self.cycle += 1
+                case ("read", address):
+                    reply = self._read(address)
+                    self.cycle += 1
+                case ("burst", first, count):
+                    reply = self._hbm_burst(first, count) if count else []
+                case ("wait", cycles):
+                    self._advance(self.cycle + cycles)
+                    self.cycle += cycles
+                    reply = None
         timeline = None
         if op.timeline:
             timeline = [(cycle - mark, e, value) for cycle, e, value in self.model.timeline
