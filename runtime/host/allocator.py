@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from isa.encoding import Engine, decode_header, decode_instr
 from isa.golden import loop_operands
+from runtime.backends.perf.engine_timing import ve_rows
 
 __all__ = ["AllocationError", "Allocation", "Profile", "allocate", "estimate", "measured"]
 
@@ -63,28 +64,6 @@ ME_UTOP_CYCLES, VE_WRITE_CYCLES, VE_UTOP_CYCLES = 8, 5, 4
 _LOOP_ITERATIONS_FOLLOWED = 4
 
 
-def _ve_rows(name, args, config):
-    """(rows issued, rows read as (lo, hi) spans, rows written (lo, hi) or None)."""
-    if name.startswith("vpool"):
-        reads = [(args["src"], args["src"] + (args["kh"] - 1) * args["pitch"] + args["kw"] - 1)]
-        return args["kh"] * args["kw"], reads, (args["dst"], args["dst"])
-    if name == "vldlut":
-        return config.lut_rows, [(args["src"], args["src"] + config.lut_rows - 1)], None
-    if name == "vld":
-        return 1, [(args["src"], args["src"])], None
-    if name == "vst":
-        return 1, [], (args["dst"], args["dst"])
-    n = args["n"]
-    if name in ("vrsum", "vrmax", "vrmin"):
-        return n, [(args["src"], args["src"] + (n - 1) * args["stride"])], (args["dst"],) * 2
-    if "src" in args:                       # vrq, vlut, vlsum, vlmax, vlmin
-        return n, [(args["src"], args["src"] + n - 1)], (args["dst"], args["dst"] + n - 1)
-    reads = [(args["a"], args["a"] + n - 1)]                  # the ALU operations
-    if "b" in args:
-        reads.append((args["b"], args["b"] + n - 1))
-    return n, reads, (args["dst"], args["dst"] + n - 1)
-
-
 class _VectorTiming:
     """When a VE's instructions issue and its writes land (cycles from the µTOp's start)."""
 
@@ -100,7 +79,7 @@ class _VectorTiming:
             self.span = None
             return
         args = loop_operands(instr, dst_offset, src_offset)
-        rows, reads, writes = _ve_rows(name, args, config)
+        rows, reads, writes = ve_rows(name, args, config)
         start = self.issue_free
         if self.span is not None and start >= self.empty:
             self.span = None

@@ -46,7 +46,7 @@ from isa.golden import loop_operands
 from .hbm_arbiter import Stream
 
 __all__ = ["FIRST_INSTRUCTION", "VE_WRITE_LATENCY", "DmaJob", "UTopTiming", "faulting_timing",
-           "me_timing", "stream_end", "utop_timing", "ve_timing"]
+           "me_timing", "stream_end", "utop_timing", "ve_rows", "ve_timing"]
 
 #: Cycles from a µTOp's issue to its first instruction in the engine's register: the body
 #: word is written into the engine's FIFO at issue + 1, read out two cycles later, held a
@@ -91,7 +91,7 @@ def _merge(span, lo, hi):
 
 # --- vector engine ------------------------------------------------------------------------------
 
-def _ve_rows(name, args, config):
+def ve_rows(name, args, config):
     """(rows issued, rows read as inclusive (lo, hi) spans, rows written (lo, hi) or None)."""
     if name.startswith("vpool"):
         reads = [(args["src"], args["src"] + (args["kh"] - 1) * args["pitch"] + args["kw"] - 1)]
@@ -140,7 +140,7 @@ class _VectorPipeline:
             return
         take = max(self.ready, self.issue_free)
         args = loop_operands(instr, dst_offset, src_offset)
-        rows, reads, writes = _ve_rows(name, args, self.config)
+        rows, reads, writes = ve_rows(name, args, self.config)
         if take < self.empty and any(_overlaps(self.span, lo, hi) for lo, hi in reads):
             take = self.empty
         if writes is not None:
@@ -171,22 +171,33 @@ class _VectorPipeline:
         return max(self.empty, self.ready - 1)
 
 
+def _loop_body(body, index):
+    """The instructions the `loop` or `mmloop` at ``index`` repeats; None for another
+    instruction or a malformed loop (the engine faults at it)."""
+    instr = body[index]
+    n = instr.repeats
+    inner = body[index + 1:index + 1 + n]
+    if not n or len(inner) < n or any(i.repeats for i in inner) or (
+            instr.op.mnemonic == "mmloop" and [i.op.mnemonic for i in inner] != ["ldw", "mm"]):
+        return None
+    return inner
+
+
 def _body_loops(body):
     """(instruction, None) for plain ones, (loop, its body) for loops and mmloops, up to a
     malformed loop (a µTOp that faults there runs what comes before it)."""
     index = 0
     while index < len(body):
         instr = body[index]
-        name = instr.op.mnemonic
-        n = instr.repeats
-        inner = body[index + 1:index + 1 + n]
-        if n and (len(inner) < n or any(i.repeats for i in inner) or (
-                name == "mmloop" and [i.op.mnemonic for i in inner] != ["ldw", "mm"])):
+        if instr.op.mnemonic not in ("loop", "mmloop"):
+            yield instr, None
+            index += 1
+            continue
+        inner = _loop_body(body, index)
+        if inner is None:
             return
-        if name in ("loop", "mmloop") and not n:
-            return
-        yield instr, inner if n else None
-        index += 1 + n
+        yield instr, inner
+        index += 1 + len(inner)
 
 
 def ve_timing(body, config, state=(0, 0)):
@@ -437,17 +448,14 @@ def _steps(body):
     while index < len(body):
         instr = body[index]
         yield instr, index, 0, None
-        n = instr.repeats
-        inner = body[index + 1:index + 1 + n]
-        well_formed = n and len(inner) == n and not any(i.repeats for i in inner) and (
-            instr.op.mnemonic != "mmloop" or [i.op.mnemonic for i in inner] == ["ldw", "mm"])
-        if not well_formed:
+        inner = _loop_body(body, index)
+        if inner is None:
             index += 1
             continue
         for t in range(instr.args["count"]):
             for k, inner_instr in enumerate(inner):
                 yield inner_instr, index + 1 + k, t, instr
-        index += 1 + n
+        index += 1 + len(inner)
 
 
 def faulting_timing(engine, body, config, stop, length, state=(0, 0)):
