@@ -5,6 +5,7 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
+from isa.regmap import activity_fields
 from .dispatcher import Dispatcher, engine_types
 from .dma_engine import DMAEngine
 from .hbm import HBM, HBMPortSignature, HBMStorageSignature
@@ -18,8 +19,8 @@ __all__ = ["NPU", "activity_bits"]
 
 
 def activity_bits(config):
-    """Bits per engine of the NPU's ``activity`` port: 0 idle, c + 1 running context c."""
-    return config.n_ctx.bit_length()
+    """Bits per engine of the NPU's ``activity`` port (isa.regmap.activity_fields)."""
+    return sum(activity_fields(config))
 
 
 class NPU(wiring.Component):
@@ -31,8 +32,8 @@ class NPU(wiring.Component):
     - ``hbm``: an HBM port (lines), arbitrated like the DMA engines;
     - ``hbm_storage``: HBM's lines, a synchronous memory outside the pNPU (hw/hbm.py);
     - ``busy``: some context is running, starting, or has a request queued; ``cycle``: cycles
-      since reset (the CYCLE register); ``activity``: which context each engine runs now
-      (timelines).
+      since reset (the CYCLE register); ``activity``: which context's µTOp, and which of
+      its µTOps, each engine runs now (timelines).
     """
 
     def __init__(self, config):
@@ -62,8 +63,7 @@ class NPU(wiring.Component):
             "busy": Out(1),
             "cycle": Out(64),
             # A trace port (timelines, runtime.backends): per engine e, bits
-            # [e * ACTIVITY_BITS, (e + 1) * ACTIVITY_BITS) are 0 when it is idle and c + 1
-            # while it runs a µTOp of context c.
+            # [e * ACTIVITY_BITS, (e + 1) * ACTIVITY_BITS) (see activity_bits).
             "activity": Out(len(self.engines) * activity_bits(config)),
         })
 
@@ -109,7 +109,9 @@ class NPU(wiring.Component):
         wiring.connect(m, host.control, dispatcher.control)
         m.d.comb += self.cycle.eq(host.cycle)
         m.d.comb += self.busy.eq(host.busy)
-        m.d.comb += self.activity.eq(Cat(dispatcher.engine_activity))
+        m.d.comb += self.activity.eq(Cat(
+            Cat(ctx, pc) for ctx, pc in
+            zip(dispatcher.engine_activity, dispatcher.engine_activity_pc)))
         for i, engine in enumerate(self.engines):
             m.d.comb += [host.engine_stall[i].eq(engine.stall_cycles),
                          host.engine_done[i].eq(engine.utops_done),

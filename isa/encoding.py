@@ -15,7 +15,8 @@ __all__ = [
     "Engine", "Fault", "Field", "InstrDef", "HeaderDef", "HEADER", "INSTRUCTIONS",
     "BY_MNEMONIC", "BY_OPCODE", "Instr", "instr", "UTop", "EncodeError", "DecodeError",
     "encode_header", "decode_header", "encode_instr", "decode_instr", "encode_program",
-    "decode_program", "program_hbm_words", "program_from_hbm_words", "pack_int8", "unpack_int8",
+    "decode_program", "dma_words", "program_hbm_words", "program_from_hbm_words", "pack_int8",
+    "unpack_int8",
     "WORD_BITS", "WORD_BYTES",
 ]
 
@@ -626,6 +627,20 @@ def decode_program(words):
         items.append(utop)
         pc += 1 + length
     return items
+
+
+def dma_words(body, config):
+    """HBM words a DMA µTOp's body copies (dload, dstore and dgather rows of w words each,
+    w as isa/SPEC.md's dcfg gives it: len words, or ceil(len / 4) with i8; len = ve_lanes
+    until the body's first dcfg). Instructions that do not decode move nothing."""
+    length, packed, words = config.ve_lanes, False, 0
+    for instruction in body:
+        name = instruction.op.mnemonic if instruction.op is not None else None
+        if name == "dcfg":
+            length, packed = instruction.args["len"], bool(instruction.args["i8"])
+        elif name in ("dload", "dstore", "dgather"):
+            words += instruction.args["rows"] * ((length + 3) // 4 if packed else length)
+    return words
 
 
 def pack_int8(values):

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 
 __all__ = ["Register", "Access", "GLOBAL", "CONTEXT", "ENGINE", "CONTEXT_BASE", "CONTEXT_STRIDE",
            "ENGINE_BASE", "ENGINE_STRIDE", "Policy", "Status",
-           "HostError", "register_address", "ID_VALUE"]
+           "HostError", "register_address", "ID_VALUE", "activity_fields"]
 
 CONTEXT_BASE, CONTEXT_STRIDE = 0x100, 0x40
 ENGINE_BASE, ENGINE_STRIDE = 0x1000, 0x40
 ID_VALUE = 0x4E45_5531   # "NEU1"
+
+
+def activity_fields(config):
+    """Bits of each engine's field on the pNPU's ``activity`` trace port (not a register:
+    an output port for simulators): (context bits, header-address bits). The low bits are 0
+    while the engine is idle and c + 1 while it runs a µTOp of context c, the bits above
+    them that µTOp's header address (its word in the program; 0 while idle)."""
+    return config.n_ctx.bit_length(), config.max_prog_words.bit_length()
 
 
 class Access(enum.Enum):

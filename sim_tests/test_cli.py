@@ -190,14 +190,16 @@ def test_config_names_what_it_shows_and_lists_presets(tmp_path, capsys):
 
 
 def test_broken_pipe_exits_quietly():
-    """`neu10 conformance | head -1`: the reader goes away after one line."""
+    """`neu10 conformance | head -1`: the reader goes away after one line, before the
+    command has written the rest."""
     process = subprocess.Popen([sys.executable, "-m", "runtime.apps.cli", "conformance"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline().startswith(b"PASS ")
     process.stdout.close()
     stderr = process.stderr.read().decode()
     process.stderr.close()
-    assert process.wait() == 1
+    # The exit code says how the command went (every case passed), not when the reader left.
+    assert process.wait() == 0
     assert stderr == ""
 
 
@@ -210,6 +212,11 @@ def test_demo_serves_both_tenants_bit_exact(capsys):
     assert [(row[0], row[1]) for row in rows] == [
         (policy, tenant) for policy in ("harvest", "static", "temporal")
         for tenant in ("gemm", "sigmoid")]
+    # Each tenant's throughput is over its own stream (to its own last end), not the
+    # shared makespan: the two tenants end at different cycles.
+    for policy in ("harvest", "static", "temporal"):
+        gemm, sigmoid = (row[4] for row in rows if row[0] == policy)
+        assert gemm != sigmoid, policy
     # Static partitioning never lends an engine; harvesting does.
     assert all(row[6] == "0" for row in rows if row[0] == "static")
     assert any(int(row[6]) > 0 for row in rows if row[0] == "harvest")

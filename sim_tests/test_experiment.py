@@ -7,11 +7,13 @@ import os
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from runtime.apps.cli import main
 from runtime.apps import experiment
-from runtime.apps.experiment import (KEY_FIELDS, ExperimentError, Matrix, PRESETS, ROW_FIELDS, _run_local,
+from runtime.apps.experiment import (KEY_FIELDS, ExperimentError, Matrix, PRESETS, REQUEST_FIELDS,
+                                     ROW_FIELDS, _run_local,
                                      load_matrix, read_results, row_key, run_experiment)
 from runtime.apps.experiment_report import summarize
 
@@ -57,8 +59,61 @@ def test_results_summary_and_plots(tiny):
     with (folder / "results.csv").open() as file:
         table = list(csv.DictReader(file))
     assert len(table) == len(rows) and list(table[0]) == list(ROW_FIELDS)
-    for png in ("p99_vs_load.png", "throughput.png", "utilization.png"):
+    for png in ("p99_vs_load.png", "latency_cdf.png", "throughput.png", "utilization.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_requests_csv_has_every_request(tiny):
+    """requests.csv: a row per request of every point, whose latencies give the rows' p99."""
+    folder, rows = tiny
+    with (folder / "requests.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert list(table[0]) == list(KEY_FIELDS + REQUEST_FIELDS)
+    assert len(table) == sum(r["tenant_requests"] for r in rows)
+    assert {r["status"] for r in table} == {"ok"}
+    for r in table:
+        assert int(r["latency"]) == int(r["end"]) - int(r["arrival"]) > 0
+        assert int(r["arrival"]) <= int(r["rung"]) < int(r["end"])
+    for row in rows:
+        mine = [int(r["latency"]) for r in table if r["tenant"] == row["tenant"]
+                and all(r[k] == ("" if row[k] is None else str(row[k])) for k in KEY_FIELDS)]
+        assert len(mine) == row["tenant_requests"]
+        assert row["latency_p99"] == pytest.approx(np.percentile(mine, 99))
+    # summary.md's latency distribution (at the closed loop): the CSV's latencies.
+    summary = (folder / "summary.md").read_text()
+    assert "Request latency distribution at closed 1" in summary
+    for row in rows:
+        if row["closed"] == 1:
+            mine = [int(r["latency"]) for r in table if r["tenant"] == row["tenant"]
+                    and r["policy"] == row["policy"] and r["closed"] == "1"]
+            cells = [f"{np.percentile(mine, q):.0f}" for q in (10, 25, 50, 75, 90, 95, 99)]
+            assert (f"| {row['tenant']} | {row['policy']} | {len(mine)} | " + " | ".join(cells)
+                    + f" | {max(mine)} |") in summary
+
+
+def test_ctrl_c_says_what_is_saved(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during an experiment: one line saying how many points are saved, exit 130,
+    no traceback; the same command goes on from there."""
+    real = experiment.serve
+
+    def serve(config, specs, **options):
+        if specs[0].model == "dlrm":
+            raise KeyboardInterrupt
+        return real(config, specs, **options)
+
+    monkeypatch.setattr(experiment, "serve", serve)
+    (tmp_path / "m.toml").write_text(
+        'mixes = [["ncf:1,1"], ["dlrm:1,1"]]\npolicies = ["harvest"]\n'
+        'loads = [0.5]\nclosed = []\nseeds = [1]\nrequests = 3\nconfig = "small"\n')
+    argv = ["experiment", str(tmp_path / "m.toml"), "--reports", str(tmp_path), "--jobs", "1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"neu10: interrupted; 1 of 2 points are saved in "
+                       f"{tmp_path / 'm' / 'results.json'}: the same command goes on from there")
+    assert not any("Traceback" in line for line in err)
+    monkeypatch.setattr(experiment, "serve", real)
+    assert main(argv) == 0
+    assert "1 already in" in capsys.readouterr().err
 
 
 def test_summary_ratios_come_from_the_rows(tiny):
@@ -208,7 +263,7 @@ def test_load_matrix(tmp_path):
     ('mixes = ["ncf"]', "expected a list of lists of tenants"),
     ('mixes = []', "no mixes"),
     ('loads = [0.5]', "no 'mixes'"),
-    ('mixes = [["ncf"]]\nloads = [0]', "load 0: expected a finite number > 0"),
+    ('mixes = [["ncf"]]\nloads = [0]', "load 0: expected a fraction of each tenant's isolated saturation throughput, above 0 and at most 2"),
     ('mixes = [["ncf"]]\nloads = []\nclosed = []', "nothing to run"),
     ('mixes = [["ncf"]]\nclosed = [0]', "closed-loop depth 0"),
     ('mixes = [["ncf"]]\npolicies = ["fifo"]', "unknown policy 'fifo'"),
@@ -220,7 +275,10 @@ def test_load_matrix(tmp_path):
     ('mixes = [["ncf"]', "not valid TOML"),
     ('mixes = [["ncf"]]\nseeds = [1, 1]', "seeds lists 1 more than once"),
     ('mixes = [["ncf"], ["ncf"]]', "mixes lists ncf more than once"),
-    ('mixes = [["ncf"]]\nloads = [inf]', "load inf: expected a finite number > 0"),
+    ('mixes = [["ncf"]]\nloads = [inf]', "load inf: expected a fraction"),
+    ('mixes = [["ncf"]]\nloads = [50]', "load 50: expected a fraction of each tenant's "
+                                       "isolated saturation throughput, above 0 and at most 2 "
+                                       "(1 is saturation) (a percentage? 50% is 0.5)"),
     ('name = 5\nmixes = [["ncf"]]', "experiment name 5: expected a folder name"),
     ('mixes = [["ncf", "ncf", "ncf"]]\nconfig = "small"', "has 3 tenants; the NPU has 2 contexts"),
     ('mixes = [["ncf:4,4", "dlrm:4,4"]]', "needs 8 MEs side by side; the NPU has 4"),

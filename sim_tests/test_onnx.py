@@ -308,6 +308,19 @@ def test_calibration_file_errors(tmp_path, capsys):
     assert code == 2 and "input 'x' has shape (3, 5); expected (16, 24)" in err
     code, _, err = run(capsys, "run", "ncf", "--calibrate", tmp_path / "bad.npy")
     assert code == 2 and "--input-shape and --calibrate apply to .onnx models" in err
+    # Not an array file at all, and an array file of Python objects: no numpy pickle hint.
+    (tmp_path / "junk.npy").write_text("junk\n")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name, what in (("junk.npy", "not a .npy or .npz file (numpy.save and numpy.savez "
+                                    "write them)"),
+                       ("objects.npy", "holds Python objects (pickled), expected arrays of "
+                                       "numbers")):
+        code, _, err = run(capsys, "run", path, "--calibrate", tmp_path / name)
+        assert code == 2 and err == f"neu10: error: --calibrate {tmp_path / name}: {what}\n"
+        assert "allow_pickle" not in err
+        code, _, err = run(capsys, "matmul", "--a", tmp_path / name, "--b", tmp_path / name,
+                           "-o", tmp_path / "c.npy")
+        assert code == 2 and err == f"neu10: error: {tmp_path / name}: {what}\n"
 
 
 @pytest.mark.parametrize("ref, message", [

@@ -97,6 +97,10 @@ def test_cli_json(capsys):
     assert tenant["n_me"] == tenant["n_ve"] == 1 and tenant["completed"] == 3
 
 
+def test_tenant_names_keep_the_model_apart_from_its_index(points):
+    assert [t.name for t in points[0].tenants] == ["ncf#0", "dlrm#1"]
+
+
 def test_parse_tenant():
     assert parse_tenant("bert") == TenantSpec("bert")
     assert parse_tenant("resnet:3,1") == TenantSpec("resnet", 3, 1)
@@ -109,7 +113,10 @@ def test_parse_tenant():
     (["serve", "ncf:two"], "expected MODEL:ME,VE"),
     (["serve", "resnet:4,2", "bert:2,2"], "need 6 MEs side by side; this NPU has 4"),
     (["serve", "ncf:0,0"], "at least one matrix or vector engine"),
-    (["serve", "ncf", "--load", "0"], "load must be > 0"),
+    (["serve", "ncf", "--load", "0"], "load 0.0: expected a fraction of each tenant's "
+                                      "isolated saturation throughput, above 0 and at most 2"),
+    (["serve", "ncf", "--load", "50"], "(a percentage? 50% is 0.5)"),
+    (["serve", "ncf", "--load", "0.5", "--closed", "2"], "load 0.5 and a closed loop: give one"),
     (["serve", "ncf", "--requests", "0"], "requests must be a positive integer"),
     (["serve", "ncf", "--closed", "0"], "outstanding requests must be a positive integer"),
     (["serve", "ncf", "dlrm", "--priority", "1"], "expected 2 values from 0 to 15"),
@@ -118,7 +125,13 @@ def test_parse_tenant():
     (["serve", "ncf", "--replay", "/no/such.csv"], "cannot read trace /no/such.csv"),
     (["serve", "ncf", "--replay", "/no/such.csv", "--closed", "2"], "give one"),
 ])
-def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    # Every argument is checked before a simulator is built.
+    import runtime.backends.verilator as verilator
+
+    def build_model(*args, **options):
+        raise AssertionError("the Verilator model is built before the arguments are checked")
+    monkeypatch.setattr(verilator, "build_model", build_model)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("neu10: error: ") and message in err and err.count("\n") == 1
@@ -133,6 +146,9 @@ def test_trace_out_writes_a_perfetto_timeline(tmp_path):
     for point in points:
         assert point.trace == str(tmp_path / f"t.{point.policy}.json")
         trace = json.loads((tmp_path / f"t.{point.policy}.json").read_text())
+        # The trace's cycles are the ones serve reports: to the last request's end.
+        assert trace["otherData"]["cycles"] == point.cycles
+        assert trace["otherData"]["simulated_cycles"] >= point.cycles
         events = trace["traceEvents"]
         tracks = {e["args"]["name"] for e in events
                   if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 1}

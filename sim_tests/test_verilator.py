@@ -1,6 +1,7 @@
 """The Verilator backend and Verilog output: differential runs against pysim, waveforms, builds."""
 
 import random
+import re
 import time
 
 import numpy as np
@@ -120,3 +121,22 @@ def test_verilog_sizes_per_block():
             "top"} <= sizes.keys()
     assert sizes["total"] > sum(size for name, size in sizes.items() if name != "total")
     assert sizes["me"] < generate(TINY, "matrix_engine").__len__()   # array reported apart
+
+
+def test_a_build_reports_its_progress_and_the_time_left(tmp_path):
+    """The first build of a config takes minutes: the log gets the share of the model's C++
+    compiled and the time left, not one line and silence."""
+    from runtime.backends.verilator import _BuildProgress
+    lines = []
+    progress = _BuildProgress(tmp_path, time.perf_counter() - 10, lines.append, every=0)
+    progress.update()
+    assert lines[-1].startswith("  verilating: ")
+    (tmp_path / "a.cpp").write_text("x" * 300)
+    (tmp_path / "b.cpp").write_text("x" * 100)
+    progress.update()                     # the C++ is there: compiling starts now
+    progress.compiling -= 30              # ... as if 30 s ago
+    (tmp_path / "a.o").write_text("")
+    progress.update()
+    share, left = re.fullmatch(r"  compiling the model: (\d+)% of 2 C\+\+ files, \d+ s so far, "
+                               r"about (\d+) s left", lines[-1]).groups()
+    assert share == "75" and 9 <= int(left) <= 11      # 30 s for 3/4: 10 s for the rest

@@ -44,7 +44,7 @@ def test_refusals_when_the_npu_is_full():
     device.create(4, 1, 8192, 1024)
     with pytest.raises(MappingError, match="wants 1 MEs; only 0 of 4 are not owned"):
         device.create(1, 1, 64, 64)
-    with pytest.raises(MappingError, match="wants 10000 scratchpad rows; 8192 of 16384 are free"):
+    with pytest.raises(MappingError, match="wants 10000 scratchpad rows; 8192 of 16384 are not mapped to another vNPU .and not necessarily in one piece.; a config with a larger `spad_rows` lifts the limit"):
         device.create(0, 1, 10000, 64)
     for _ in range(3):
         device.create(0, 1, 64, 64)

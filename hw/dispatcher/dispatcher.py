@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from isa.encoding import Engine
 from isa.regmap import Policy
 from ..hbm import HBMPortSignature
+from ..ports import prog_addr_shape
 from ..sram import SRAM
 from .body_streamer import BodyStreamer
 from .context import ContextWindow
@@ -95,6 +96,8 @@ class Dispatcher(wiring.Component):
             "retiring": Out(config.n_ctx),              # bit c: c retires a µTOp this cycle
             # Per engine: 0 idle, c + 1 running a µTOp of context c (what BUSY_CTXc counts).
             "engine_activity": Out(range(config.n_ctx + 1)).array(n_engines),
+            # ... and the header address of the µTOp it runs (0 while idle).
+            "engine_activity_pc": Out(prog_addr_shape(config)).array(n_engines),
         })
 
     def elaborate(self, platform):
@@ -229,6 +232,8 @@ class Dispatcher(wiring.Component):
                          self.engine_background[e].eq(table.running[e] & table.borrowed[e]),
                          self.engine_activity[e].eq(
                              Mux(table.running[e], table.engine_ctx[e] + 1, 0)),
+                         self.engine_activity_pc[e].eq(
+                             Mux(table.running[e], table.engine_pc[e], 0)),
                          control.engine_busy[e].eq(table.engine_busy[e])]
             m.d.comb += [control.engine_busy_by_ctx[e][c].eq(table.engine_busy_by_ctx[e][c])
                          for c in range(C)]

@@ -52,6 +52,7 @@ class EngineTable(wiring.Component):
             "borrowed": Out(E),
             "finished": Out(E),            # running and retiring this cycle
             "engine_ctx": Out(ctx_shape(config)).array(E),
+            "engine_pc": Out(pc).array(E),       # header address of the µTOp it runs
             # Per context.
             "ctx_busy": Out(E).array(C),         # bit e: engine e is busy with one of its µTOps
             "ctx_running": Out(E).array(C),
@@ -84,6 +85,7 @@ class EngineTable(wiring.Component):
                       for e in range(E)]
         abort_end = Cat(abort[e] & (abort_left[e] == 1) for e in range(E))
         m.d.comb += [running.eq(busy & ~abort), self.finished.eq(self.done & running)]
+        m.d.comb += [self.engine_pc[e].eq(eng_pc[e]) for e in range(E)]
 
         # --- per context views ----------------------------------------------------------------
         # Decoded once per engine (an expression is written out again at every use).

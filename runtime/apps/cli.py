@@ -1,6 +1,7 @@
 """The `neu10` command line, a thin layer over the Python API."""
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -223,13 +224,14 @@ def cmd_verilog(args):
 
 
 def _load_npy(path):
-    import numpy as np
+    from runtime.compiler.models import ModelError, read_arrays
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: not a .npy array ({error})") from None
+        array = read_arrays(path)
+    except ModelError as error:
+        raise UsageError(str(error)) from None
+    if not hasattr(array, "shape"):
+        raise UsageError(f"{path}: an .npz file of several arrays; expected one .npy array")
+    return array
 
 
 def cmd_matmul(args):
@@ -451,7 +453,7 @@ def cmd_serve(args):
 def cmd_experiment(args):
     from dataclasses import replace
     from runtime.backends.verilog import ToolError
-    from .experiment import ExperimentError, load_matrix, run_experiment
+    from .experiment import ExperimentError, load_matrix, read_results, row_key, run_experiment
     try:
         if args.jobs is not None and args.ray:
             raise ExperimentError("--jobs and --ray: give one (Ray runs a point per CPU of "
@@ -465,8 +467,16 @@ def cmd_experiment(args):
             for point in matrix.points():
                 print(point.label)
             return 0
-        folder, rows = run_experiment(matrix, reports=args.reports, jobs=args.jobs,
-                                      ray=args.ray)
+        try:
+            folder, rows = run_experiment(matrix, reports=args.reports, jobs=args.jobs,
+                                          ray=args.ray)
+        except KeyboardInterrupt:
+            results = Path(args.reports) / matrix.name / "results.json"
+            saved = len({row_key(r) for r in read_results(results.parent)
+                         if r["status"] != "error"} & {matrix.key(p) for p in matrix.points()})
+            print(f"neu10: interrupted; {saved} of {len(matrix.points())} points are saved in "
+                  f"{results}: the same command goes on from there", file=sys.stderr)
+            return 130
     except (ExperimentError, ToolError) as error:
         raise UsageError(str(error)) from None
     bad = sorted({(r["mix"], r["policy"], r["load"], r["closed"], r["seed"])
@@ -653,8 +663,9 @@ def build_parser():
                    "choice for an equal share of the NPU)")
     p.add_argument("--policy", default="harvest", choices=["static", "harvest", "temporal",
                                                            "v10", "all"])
-    p.add_argument("--load", type=float, default=0.6, help="arrival rate as a fraction of "
-                   "each tenant's isolated saturation throughput (default 0.6)")
+    p.add_argument("--load", type=float, help="arrival rate as a fraction of each tenant's "
+                   "isolated saturation throughput, up to 2 (default 0.6; not with --closed "
+                   "or --replay)")
     p.add_argument("--closed", type=int, metavar="N", help="closed loop instead: N requests "
                    "of each tenant outstanding (saturated throughput)")
     p.add_argument("--replay", metavar="TRACE.csv", help="arrivals from a CSV file instead: "
@@ -712,24 +723,63 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    try:
+class _ReaderMayLeave(io.TextIOBase):
+    """stdout for a reader that may go away (`neu10 serve ... | head -1`): once the pipe is
+    broken, the rest of the output goes to devnull and the command runs to its end, so its
+    exit code says how the command went (1: a faulted point), never whether the reader
+    waited for the last line."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self.gone = stream, False
+
+    def write(self, text):
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self):
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def _reader_left(self):
+        self.gone = True
+        # Python flushes stdout again at exit: point its file at devnull (the recipe of the
+        # signal module's docs).
         try:
-            args = build_parser().parse_args(argv)
-            code = args.func(args)
-        except (UsageError, AsmError, ConfigError) as error:
-            print(f"neu10: error: {error}", file=sys.stderr)
-            return 2
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError:
-        # The reader went away (`neu10 ... | head -1`): stop quietly. Python flushes stdout
-        # again at exit, so point it at devnull (the recipe of the signal module's docs).
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
         except (OSError, ValueError):  # stdout is no file (captured): nothing to flush
             pass
-        return 1
+
+    def isatty(self):
+        return self.stream.isatty()
+
+    def writable(self):
+        return True
+
+
+def main(argv=None):
+    stdout = sys.stdout
+    sys.stdout = _ReaderMayLeave(stdout)
+    try:
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except (UsageError, AsmError, ConfigError) as error:
+        print(f"neu10: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neu10: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

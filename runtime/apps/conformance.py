@@ -267,8 +267,10 @@ def _final_status(fault):
     return Status.DONE if fault == Fault.NONE else Status.FAULTED
 
 
-def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=None):
-    """Run a case on a backend; return a CaseOutcome listing every mismatch."""
+def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=None,
+             timeline=False):
+    """Run a case on a backend; return a CaseOutcome listing every mismatch (its run with
+    a timeline with ``timeline``, on a timed backend)."""
     from runtime.host.driver import DriverError
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -287,7 +289,7 @@ def run_case(case, backend="golden", policy="harvest", max_cycles=50_000, vcd=No
             driver.write_spad(block.address, block.data)
         else:
             driver.write_hbm(block.address, block.data)
-    run = driver.run(max_cycles=max_cycles,
+    run = driver.run(max_cycles=max_cycles, timeline=timeline,
                      read_spad=[(b.address, len(b.data)) for b in case.expect if b.space == "spad"],
                      read_hbm=[(b.address, len(b.data)) for b in case.expect if b.space == "hbm"])
 

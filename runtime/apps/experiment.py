@@ -20,7 +20,6 @@ gives a matrix of one's own (``load_matrix``).
 import csv
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ from isa.config import ConfigError, NPUConfig
 from runtime.host.driver import POLICIES, TIMED_BACKENDS
 from runtime.backends.verilog import source_digest
 from runtime.compiler.models import is_file
-from .serve import SLO_FACTORS, ServeError, parse_tenant, serve
+from .serve import SLO_FACTORS, ServeError, check_load, parse_tenant, serve
 
 __all__ = ["ExperimentError", "Matrix", "Point", "PRESETS", "ROW_FIELDS", "load_matrix",
            "run_point", "run_experiment", "read_results"]
@@ -135,7 +134,12 @@ ROW_FIELDS = KEY_FIELDS + (
     "completed", "refused", "faulted", "wrong", "throughput", "latency_mean", "latency_p50",
     "latency_p95", "latency_p99", "latency_p99_us", "isolated_latency", "isolated_service",
     *(f"slo_{f}x" for f in SLO_FACTORS), "own_util_me", "own_util_ve", "harvested_engine_cycles",
-    "ntt")
+    "ntt", "preemptions", "flushed_engine_cycles", "hbm_bytes", "hbm_share")
+
+
+#: requests.csv: a row per request of every point (the point's KEY_FIELDS first).
+REQUEST_FIELDS = ("tenant", "model", "request", "arrival", "rung", "end", "latency", "status",
+                  "preempted")
 
 
 def row_key(row):
@@ -196,9 +200,10 @@ def _check(matrix):
         raise ExperimentError(f"{name}: the policies must include harvest (the summary "
                               f"compares it with the others)")
     for load in matrix.loads:
-        if isinstance(load, bool) or not isinstance(load, (int, float)) or not load > 0 \
-                or not math.isfinite(load):
-            raise ExperimentError(f"{name}: load {load!r}: expected a finite number > 0")
+        try:
+            check_load(load)
+        except ServeError as error:
+            raise ExperimentError(f"{name}: {error}") from None
     for depth in matrix.closed:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ExperimentError(f"{name}: closed-loop depth {depth!r}: expected an integer >= 1")
@@ -313,7 +318,12 @@ def run_point(matrix, point):
             "isolated_service": t.isolated_service,
             **{f"slo_{f}x": t.slo[f] for f in SLO_FACTORS},
             "own_util_me": t.utilization_own["me"], "own_util_ve": t.utilization_own["ve"],
-            "harvested_engine_cycles": t.harvested_engine_cycles, "ntt": t.ntt})
+            "harvested_engine_cycles": t.harvested_engine_cycles, "ntt": t.ntt,
+            "preemptions": t.preemptions, "flushed_engine_cycles": t.flushed_engine_cycles,
+            "hbm_bytes": t.hbm_bytes, "hbm_share": t.hbm_share,
+            # Kept in results.json, written out as requests.csv.
+            "request_records": [[r[k] for k in REQUEST_FIELDS[2:]] for r in report.requests
+                                if r["tenant"] == t.name]})
     return rows
 
 
@@ -337,11 +347,22 @@ def _write_results(folder, rows):
     """results.json and results.csv, each replaced whole (never left half written)."""
     rows = sorted(rows, key=lambda r: tuple(str(v) for v in row_key(r)) + (str(r.get("tenant")),))
     for name, write in (("results.json", lambda f: json.dump(rows, f, indent=1)),
-                        ("results.csv", lambda f: _write_csv(f, rows))):
+                        ("results.csv", lambda f: _write_csv(f, rows)),
+                        ("requests.csv", lambda f: _write_requests(f, rows))):
         temporary = folder / f".{name}.tmp"
         with temporary.open("w", newline="") as file:
             write(file)
         os.replace(temporary, folder / name)
+
+
+def _write_requests(file, rows):
+    writer = csv.writer(file)
+    writer.writerow(KEY_FIELDS + REQUEST_FIELDS)
+    for row in rows:
+        for record in row.get("request_records") or ():
+            writer.writerow([("" if row[k] is None else row[k]) for k in KEY_FIELDS]
+                            + [row["tenant"], row["model"]]
+                            + ["" if v is None else v for v in record])
 
 
 def _write_csv(file, rows):

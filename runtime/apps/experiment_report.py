@@ -23,6 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from .experiment import REQUEST_FIELDS
+
 __all__ = ["write_report", "summarize"]
 
 #: The paper's headline figures (Neu10 vs "state-of-the-art NPU sharing approaches", MICRO
@@ -30,6 +32,8 @@ __all__ = ["write_report", "summarize"]
 #: on average.
 PAPER = {"throughput": 1.4, "p99": 4.6, "utilization": 1.2}
 BASELINES = ("static", "temporal", "v10")
+#: Where a request record (results rows' request_records) holds its latency.
+LATENCY = REQUEST_FIELDS.index("latency") - REQUEST_FIELDS.index("request")
 
 
 def _how(row):
@@ -55,6 +59,13 @@ def _fmt(stat, digits=2):
         return "—"
     mean, sd, _ = stat
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _fmt_percent(stat):
+    if stat is None:
+        return "—"
+    mean, sd, _ = stat
+    return f"{mean:.0%}" + (f" ± {sd:.0%}" if sd is not None else "")
 
 
 def _fmt_cycles(stat):
@@ -116,8 +127,19 @@ def summarize(matrix, rows):
             "utilization": _best_mean([r["utilization"] for r in closed]),
             "p95": _best_mean([s for r in opened for s in r["p95"]]),
             "p99": _best_mean([s for r in opened for s in r["p99"]])}
+    # The point the bar plots and the latency distributions show: the closed loop, or the
+    # highest load when there is none.
+    at = ([how for how in hows if how[0] == "closed"] or [how for how in hows
+                                                          if how[0] == "open"][-1:])[:1]
+    latencies = defaultdict(list)      # (mix, tenant, policy) -> every request's latency
+    for key, entry in points.items():
+        if at and key[1] == at[0]:
+            for row in entry["tenants"]:
+                latencies[key[0], row["tenant"], key[2]] += [
+                    r[LATENCY] for r in row.get("request_records") or ()
+                    if r[LATENCY] is not None]
     return {"points": points, "failed": failed, "ratios": ratios, "across": across,
-            "mixes": mixes, "hows": hows}
+            "mixes": mixes, "hows": hows, "at": at, "latencies": latencies}
 
 
 def _best_mean(stats):
@@ -125,6 +147,30 @@ def _best_mean(stats):
     if not means:
         return None
     return max(means), float(np.exp(np.mean(np.log(means)))), len(means)
+
+
+#: The latency distribution's percentiles in summary.md (its CDF, as a table).
+PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
+
+
+def _distribution(matrix, summary, mix, tenants):
+    """The latency CDF of each tenant per policy at the summary's ``at`` point, as a table."""
+    at, latencies = summary["at"], summary["latencies"]
+    if not at or not any(latencies[mix, t, policy] for t in tenants for policy in
+                         matrix.policies):
+        return []
+    lines = [f"Request latency distribution at {_how_text(at[0])} (cycles; every request of "
+             f"every seed: `latency_cdf.png`, `requests.csv`):", "",
+             "| tenant | policy | requests | " + " | ".join(f"p{q}" for q in PERCENTILES)
+             + " | max |", "|---" * (4 + len(PERCENTILES)) + "|"]
+    for tenant in tenants:
+        for policy in matrix.policies:
+            values = latencies[mix, tenant, policy]
+            if values:
+                lines.append(f"| {tenant} | {policy} | {len(values)} | "
+                             + " | ".join(f"{np.percentile(values, q):.0f}"
+                                          for q in PERCENTILES) + f" | {max(values)} |")
+    return lines + [""]
 
 
 def _markdown(matrix, summary, folder):
@@ -186,11 +232,13 @@ def _markdown(matrix, summary, folder):
                              + " | ".join(_fmt(s) for s in r["p99"])
                              + f" | {_fmt(r['utilization'])} |")
             lines.append("")
+        lines += _distribution(matrix, summary, mix, tenants)
         lines += ["Figures per policy (mean ± sd across seeds; latency in cycles):", "",
                   "| point | policy | " + " | ".join(f"p99 {t}" for t in tenants)
                   + " | " + " | ".join(f"req/Mcycle {t}" for t in tenants)
-                  + " | STP | ME+VE util | engine-cycles on others' engines |",
-                  "|---" * (5 + 2 * len(tenants)) + "|"]
+                  + " | STP | ME+VE util | engine-cycles on others' engines | preemptions "
+                  "| flushed engine-cycles |",
+                  "|---" * (7 + 2 * len(tenants)) + "|"]
         for how in summary["hows"]:
             for policy in matrix.policies:
                 got = [points[mix, how, policy, s] for s in matrix.seeds
@@ -201,17 +249,22 @@ def _markdown(matrix, summary, folder):
                        for t in range(len(tenants))]
                 thr = [_fmt(_stat([g["tenants"][t]["throughput"] for g in got]), 1)
                        for t in range(len(tenants))]
-                harvested = _stat([sum(r["harvested_engine_cycles"] for r in g["tenants"])
-                                   for g in got])
+                harvested, preemptions, flushed = (
+                    _stat([sum(r.get(key) or 0 for r in g["tenants"]) for g in got])
+                    for key in ("harvested_engine_cycles", "preemptions",
+                                "flushed_engine_cycles"))
                 lines.append(f"| {_how_text(how)} | {policy} | " + " | ".join(p99) + " | "
                              + " | ".join(thr)
                              + f" | {_fmt(_stat([g['point']['stp'] for g in got]))} | "
-                             f"{_fmt(_stat([g['point']['util_engines'] for g in got]))} | "
-                             f"{_fmt_cycles(harvested)} |")
+                             f"{_fmt_percent(_stat([g['point']['util_engines'] for g in got]))} | "
+                             f"{_fmt_cycles(harvested)} | {_fmt_cycles(preemptions)} | "
+                             f"{_fmt_cycles(flushed)} |")
         lines.append("")
     lines += ["Plots: `p99_vs_load.png` (p99 latency against load per policy, a panel per mix "
-              "and tenant), `throughput.png` and `utilization.png` (per mix and policy, at "
-              "the closed-loop point, or the highest load when there is none).", ""]
+              "and tenant), `latency_cdf.png` (each tenant's request latencies per policy, all "
+              "seeds, at the closed-loop point, or the highest load when there is none), "
+              "`throughput.png` and `utilization.png` (per mix and policy, at that point). "
+              "Error bars: ± sd across seeds. Every request's record: `requests.csv`.", ""]
     return "\n".join(lines)
 
 
@@ -220,6 +273,15 @@ def _tenant_names(points, mix):
         if m == mix:
             return [r["tenant"] for r in entry["tenants"]]
     return []
+
+
+def _short(mix):
+    """A mix as a plot shows it: model files by their names, not their paths."""
+    return "+".join(tenant.rsplit("/", 1)[-1] for tenant in mix.split("+"))
+
+
+def _spread(seeds):
+    return f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
 
 
 def _plots(matrix, summary, folder):
@@ -231,7 +293,12 @@ def _plots(matrix, summary, folder):
     written = []
     opens = [how for how in summary["hows"] if how[0] == "open"]
     width = max((len(_tenant_names(points, mix)) for mix in mixes), default=0)
-    if opens and width:
+    loads = [how[1] for how in opens]
+    # Policies side by side around each load, so their error bars do not hide each other.
+    step = min((b - a for a, b in zip(loads, loads[1:])), default=0.2)
+    dodge = 0.12 * step
+
+    def panels(name, draw):
         figure, axes = plt.subplots(len(mixes), width, figsize=(4.5 * width, 3.2 * len(mixes)),
                                     squeeze=False)
         for row, mix in enumerate(mixes):
@@ -241,30 +308,54 @@ def _plots(matrix, summary, folder):
                 if col >= len(names):
                     ax.axis("off")
                     continue
-                for policy in policies:
-                    xs, ys, es = [], [], []
-                    for how in opens:
-                        s = _stat([points[mix, how, policy, seed]["tenants"][col]["latency_p99"]
-                                   for seed in matrix.seeds if (mix, how, policy, seed) in points])
-                        if s:
-                            xs.append(how[1])
-                            ys.append(s[0])
-                            es.append(s[1] or 0.0)
-                    if xs:
-                        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=policy)
-                ax.set_yscale("log")
-                ax.set_title(f"{mix}: {names[col]}", fontsize=9)
-                ax.set_xlabel("load (of isolated saturation throughput)")
-                ax.set_ylabel("p99 latency (cycles)")
+                draw(ax, mix, col)
+                ax.set_title(f"{_short(mix)}: {names[col]}", fontsize=9)
                 ax.grid(True, alpha=0.3)
                 ax.legend(fontsize=7)
         figure.tight_layout()
-        figure.savefig(folder / "p99_vs_load.png", dpi=110)
+        figure.savefig(folder / name, dpi=110)
         plt.close(figure)
-        written.append("p99_vs_load.png")
-    at = ([how for how in summary["hows"] if how[0] == "closed"] or opens[-1:])[:1]
-    for name, field, label in (("throughput.png", "stp", "STP (sum of normalized throughputs)"),
-                               ("utilization.png", "util_engines", "ME+VE utilization of the pNPU")):
+        written.append(name)
+
+    def p99_vs_load(ax, mix, col):
+        for i, policy in enumerate(policies):
+            xs, ys, es = [], [], []
+            for how in opens:
+                stat = _stat([points[mix, how, policy, seed]["tenants"][col]["latency_p99"]
+                              for seed in matrix.seeds if (mix, how, policy, seed) in points])
+                if stat:
+                    xs.append(how[1] + (i - (len(policies) - 1) / 2) * dodge)
+                    ys.append(stat[0])
+                    es.append(stat[1] or 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=policy)
+        ax.set_yscale("log")
+        ax.set_xticks(loads, [f"{load:g}" for load in loads])
+        ax.set_xlim(min(loads) - step / 2, max(loads) + step / 2)
+        ax.set_xlabel("load (of isolated saturation throughput)")
+        ax.set_ylabel(f"p99 latency (cycles)\n{_spread(len(matrix.seeds))}", fontsize=8)
+
+    if opens and width:
+        panels("p99_vs_load.png", p99_vs_load)
+    at, latencies = summary["at"], summary["latencies"]
+    if at and width:
+        def cdf(ax, mix, col):
+            tenant = _tenant_names(points, mix)[col]
+            for policy in policies:
+                values = np.sort(latencies[mix, tenant, policy])
+                if len(values):
+                    ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
+                            label=policy)
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel(f"request latency (cycles), at {_how_text(at[0])}")
+            ax.set_ylabel("fraction of requests")
+
+        if any(latencies.values()):
+            panels("latency_cdf.png", cdf)
+    for name, field, label, scale in (
+            ("throughput.png", "stp", "STP (sum of normalized throughputs)", 1),
+            ("utilization.png", "util_engines", "ME+VE utilization of the pNPU (%)", 100)):
         if not at or not mixes:
             break
         figure, ax = plt.subplots(figsize=(1.8 + 1.6 * len(mixes), 3.4))
@@ -273,11 +364,13 @@ def _plots(matrix, summary, folder):
             stats = [_stat([points[mix, at[0], policy, s]["point"][field] for s in matrix.seeds
                             if (mix, at[0], policy, s) in points]) for mix in mixes]
             ax.bar([m + (i - (len(policies) - 1) / 2) * bar for m in range(len(mixes))],
-                   [s[0] if s else 0 for s in stats], bar,
-                   yerr=[(s[1] or 0) if s else 0 for s in stats], capsize=2, label=policy)
-        ax.set_xticks(range(len(mixes)), mixes, fontsize=8)
+                   [s[0] * scale if s else 0 for s in stats], bar,
+                   yerr=[(s[1] or 0) * scale if s else 0 for s in stats], capsize=2,
+                   label=policy)
+        ax.set_xticks(range(len(mixes)), [_short(mix) for mix in mixes], fontsize=8)
         ax.set_ylabel(label, fontsize=8)
-        ax.set_title(f"{matrix.name}: at {_how_text(at[0])}", fontsize=9)
+        seeds = 1 if at[0][0] == "closed" else len(matrix.seeds)
+        ax.set_title(f"{matrix.name}: at {_how_text(at[0])} ({_spread(seeds)})", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
         figure.tight_layout()

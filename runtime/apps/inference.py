@@ -13,6 +13,7 @@ import numpy as np
 from runtime.compiler.models import accuracy, compile_model
 from runtime.host.allocator import allocate, estimate, measured
 from runtime.host.execute import run_tenants
+from .operators import OperatorProfile, format_operators, operator_profiles, utop_table
 
 __all__ = ["InferenceReport", "infer", "parse_vnpu", "execute", "run_models"]
 
@@ -39,6 +40,8 @@ class InferenceReport:
     cycles: int | None = None         # RTL backends only
     utilization: dict = field(default_factory=dict)
     measured_busy: dict = field(default_factory=dict)
+    #: Timed backends: per operator (operators.OperatorProfile), measured on the activity port.
+    operators: list = field(default_factory=list)
 
     def to_dict(self):
         return asdict(self)
@@ -60,6 +63,10 @@ class InferenceReport:
         lines.append(f"  output      {'equals' if self.exact else 'DIFFERS from'} the "
                      f"integer reference bit for bit; {self.metric.replace('_', ' ')} vs float32: "
                      f"{self.accuracy:.4f}")
+        if self.operators:
+            lines += ["  operators   measured on the activity port (cycles: first µTOp start "
+                      "to last end; share: of all engine-cycles):",
+                      format_operators([OperatorProfile(**p) for p in self.operators])]
         return "\n".join(lines)
 
 
@@ -92,7 +99,7 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
     else:
         n_me, n_ve = config.n_me, config.n_ve
     outputs, run = execute(model.graph, model.program, backend=backend, n_me=n_me, n_ve=n_ve,
-                           policy=policy, progress=progress)
+                           policy=policy, progress=progress, timeline=backend != "golden")
     out = outputs[model.name]
     metric, value = accuracy(model, out)
     report = InferenceReport(
@@ -108,6 +115,8 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
         report.utilization = {"me": busy.me / (n_me * run.makespan),
                               "ve": busy.ve / (n_ve * run.makespan),
                               "dma": busy.dma / (config.n_dma * run.makespan)}
+        table = utop_table(config, model.program.words, model.graph.ops, model.graph.op_ends)
+        report.operators = [p.to_dict() for p in operator_profiles(table, [run.utop_runs()])]
     return report
 
 
@@ -133,13 +142,14 @@ def _tenant(model_graph, program, n_me, n_ve, whole=False):
 
 
 def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
-            max_cycles=20_000_000, progress=None):
+            max_cycles=20_000_000, progress=None, timeline=False):
     """Run a compiled graph on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) under
-    ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult).
-    ``progress(cycles)`` is called during long pysim runs."""
+    ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult,
+    with the run's timeline with ``timeline``). ``progress(cycles)`` is called during long
+    pysim runs."""
     [values], run = run_tenants(graph.config, [_tenant(graph, program, n_me, n_ve, whole=True)],
                                 backend=backend, policy=policy, max_cycles=max_cycles,
-                                progress=progress, names=["the program"])
+                                progress=progress, names=["the program"], timeline=timeline)
     return {name: graph.read_output(name, words)
             for (name, _, _), words in zip(_outputs(graph), values)}, run
 
@@ -152,7 +162,7 @@ def run_models(config, tenants, *, backend="verilator", policy="harvest",
     runs = [_tenant(model.graph, model.program, n_me, n_ve) for model, n_me, n_ve in tenants]
     values, run = run_tenants(config, runs, backend=backend, policy=policy,
                               max_cycles=max_cycles,
-                              names=[f"{model.name}{i}" for i, (model, _, _) in
+                              names=[f"{model.name}#{i}" for i, (model, _, _) in
                                      enumerate(tenants)])
     outputs = []
     for (model, _, _), words in zip(tenants, values):

@@ -38,13 +38,19 @@ from runtime.host.allocator import AllocationError, allocate, estimate
 from runtime.host.device import Device, MappingError
 from runtime.host.driver import POLICIES, DriverError
 from runtime.host.loadgen import LoadError, closed_loop, open_loop, read_trace
+from .operators import (HBM_WORD_BYTES, UtopTable, flushed_runs, operator_profiles,
+                        program_fetch_bytes, utop_table)
 from .perfetto import write_chrome_trace
 
-__all__ = ["ServeError", "TenantSpec", "PointReport", "TenantReport", "parse_tenant", "serve",
+__all__ = ["ServeError", "check_load", "TenantSpec", "PointReport", "TenantReport",
+           "RequestRecord", "parse_tenant", "serve",
            "format_points", "engine_cycles", "request_counts", "SLO_FACTORS"]
 
 #: SLO attainment is reported at these multiples of the tenant's isolated latency.
 SLO_FACTORS = (2, 5, 10)
+#: Open loop's load when none is given, and the largest accepted (twice saturation: the
+#: queues only grow beyond it).
+DEFAULT_LOAD, MAX_LOAD = 0.6, 2.0
 #: Different input batches each tenant's requests go round.
 INPUTS = 2
 
@@ -98,6 +104,7 @@ class _Tenant:
     slot_words: int
     n_me: int
     n_ve: int
+    table: UtopTable               # its µTOps and operators, by header address
 
 
 def _compile(config, specs, seed):
@@ -113,12 +120,12 @@ def _compile_for(config, specs, seed, spad_rows):
     tenants = []
     for index, spec in enumerate(specs):
         try:
-            name, words, images, expected, output, rows, slot_words = \
+            name, words, images, expected, output, rows, slot_words, table = \
                 _compiled(spec.model, config, seed, spad_rows)
         except (CompileError, ModelError, OnnxError) as error:
             raise ServeError(f"tenant {index} ({spec.model}): {error}") from None
-        tenants.append(_Tenant(f"{name}{index}", spec, list(words), images, expected, output,
-                               rows, slot_words, spec.n_me, spec.n_ve))
+        tenants.append(_Tenant(f"{name}#{index}", spec, list(words), images, expected, output,
+                               rows, slot_words, spec.n_me, spec.n_ve, table))
     return tenants
 
 
@@ -126,7 +133,7 @@ def _compile_for(config, specs, seed, spad_rows):
 def _compiled(model, config, seed, spad_rows):
     """A model compiled for INPUTS input batches (for ``spad_rows`` of scratchpad, None: all
     of it): (name, program words, per input the HBM image and the expected output words,
-    the output region, scratchpad rows, HBM words).
+    the output region, scratchpad rows, HBM words, its UtopTable).
     Cached: an experiment's points serve the same tenants again and again."""
     models = [compile_model(model, config, seed=seed, batch=b, spad_rows=spad_rows)
               for b in range(INPUTS)]
@@ -144,7 +151,8 @@ def _compiled(model, config, seed, spad_rows):
     builder = graph.builder
     return (models[0].name, tuple(words), images,
             [m.graph.output_words(m.expected) for m in models], (region.start, region.size),
-            max(1, builder.spad_peak), max(1, builder.hbm_top))
+            max(1, builder.spad_peak), max(1, builder.hbm_top),
+            utop_table(config, words, graph.ops, graph.op_ends))
 
 
 def _size(config, tenants):
@@ -169,10 +177,10 @@ def _size(config, tenants):
 
 
 def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slice=None,
-            max_cycles, progress=None, timeline=False):
+            max_cycles, progress=None):
     """Run ``arrivals`` ((cycle, tenant index); with ``after``, closed-loop requests arrive
-    when an earlier one completes) on vNPUs of ``tenants``; returns (RunResult,
-    RequestResults, per request whether its output is bit-exact, the vNPUs)."""
+    when an earlier one completes) on vNPUs of ``tenants``; returns (RunResult with its
+    timeline, RequestResults, per request whether its output is bit-exact, the vNPUs)."""
     slots = config.queue_depth + 2
     options = {"progress": progress} if progress else {}
     if backend == "perf":
@@ -202,7 +210,7 @@ def _stream(config, tenants, arrivals, policy, backend, *, after=None, time_slic
         slot_of.append(slot)
     run, requests = driver.serve([(cycle, vnpus[t].ctx) for cycle, t in arrivals],
                                  offsets=offsets, outputs=outputs, after=after,
-                                 max_cycles=max_cycles, timeline=timeline)
+                                 max_cycles=max_cycles, timeline=True)
     exact = [r.output is not None and np.array_equal(r.output, tenants[t].expected[slot % INPUTS])
              for r, (_, t), slot in zip(requests, arrivals, slot_of)]
     return run, requests, exact, vnpus
@@ -258,6 +266,12 @@ class TenantReport:
     utilization_own: dict          # "me"/"ve" -> busy cycles on its own engines / (own x span)
     harvested_engine_cycles: int   # its µTOps' cycles on MEs/VEs other tenants own
     ntt: float | None              # mean latency / isolated latency
+    # Measured on the activity port (runtime.apps.operators):
+    preemptions: int = 0           # runs of its µTOps flushed (harvest took the engine back)
+    flushed_engine_cycles: int = 0  # engine-cycles of those runs: work done twice
+    hbm_bytes: int = 0             # its DMA µTOps' copies and its program fetches
+    hbm_share: float = 0.0         # hbm_bytes / what HBM moves in the span (a line a cycle)
+    operators: list = field(default_factory=list)   # OperatorProfile dicts, all requests
 
 
 @dataclass
@@ -279,9 +293,60 @@ class PointReport:
     problems: list = field(default_factory=list)
     trace: str | None = None       # the timeline file written (serve's trace_out)
     replay: str | None = None      # the arrivals' CSV file, when replayed
+    #: Every request in arrival order (RequestRecord as a dict): for CDFs and SLO curves.
+    requests: list = field(default_factory=list)
 
     def to_dict(self):
         return asdict(self)
+
+
+@dataclass
+class RequestRecord:
+    """One request of a point: cycles count from the stream's start (the hardware's
+    stamps); ``status``: ok, faulted, refused, wrong (output not bit-exact) or unfinished."""
+    tenant: str
+    request: int                   # the tenant's request number, from 0
+    arrival: int | None            # at the host (None: it never arrived, its leader failed)
+    rung: int | None               # its doorbell written
+    end: int | None
+    latency: int | None            # end - arrival
+    status: str
+    preempted: int = 0             # runs of its µTOps flushed while it ran
+
+
+def _records(tenants, arrivals, requests, exact, runs):
+    records, count = [], [0] * len(tenants)
+    for r, ok, (_, t), mine in zip(requests, exact, arrivals, runs):
+        status = ("refused" if r.refused is not None else "faulted" if r.faulted
+                  else "unfinished" if r.end is None else "ok" if ok else "wrong")
+        records.append(asdict(RequestRecord(tenants[t].name, count[t], r.arrival, r.rung,
+                                            r.end, r.latency, status,
+                                            len(flushed_runs(mine)))))
+        count[t] += 1
+    return records
+
+
+def _runs_by_request(run, requests):
+    """Per request, the runs (engine, ctx, pc, first, end) of its µTOps: a context runs its
+    requests one after another, so those between the end of its previous request and the
+    end of this one; what ran after a context's last end belongs to its request that was
+    rung but did not end."""
+    by_ctx = {}
+    for utop_run in run.utop_runs():
+        by_ctx.setdefault(utop_run[1], []).append(utop_run)
+    result = [[] for _ in requests]
+    for ctx, runs in by_ctx.items():
+        mine = sorted((r.end, i) for i, r in enumerate(requests)
+                      if r.ctx == ctx and r.end is not None)
+        open_ = [i for i, r in enumerate(requests) if r.ctx == ctx and r.end is None
+                 and r.rung is not None]
+        for utop_run in runs:
+            owner = next((i for end, i in mine if utop_run[3] < end), None)
+            if owner is None:
+                owner = open_[0] if open_ else None
+            if owner is not None:
+                result[owner].append(utop_run)
+    return result
 
 
 def engine_cycles(config, run, vnpu):
@@ -301,6 +366,8 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
             load, closed, seed, backend):
     ends = [r.end for r in requests if r.end is not None]
     span = max(ends, default=0)
+    runs = _runs_by_request(run, requests)
+    line_bytes = config.hbm_words_per_cycle * HBM_WORD_BYTES
     n = config.n_me + config.n_ve
     busy = {"me": run.engines[:config.n_me], "ve": run.engines[config.n_me:n],
             "dma": run.engines[n:]}
@@ -317,6 +384,11 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
         mean = float(np.mean(latencies)) if latencies else None
         # Its own span (a closed loop's tenants finish at different times).
         own_span = max((r.end for r, _ in done), default=0)
+        ran = [mine_runs for mine_runs, (_, who) in zip(runs, arrivals) if who == t and mine_runs]
+        flushed = [f for request_runs in ran for f in flushed_runs(request_runs)]
+        operators = operator_profiles(tenant.table, ran)
+        hbm_bytes = (sum(o.hbm_bytes for o in operators)
+                     + len(ran) * program_fetch_bytes(config, tenant.words))
         reports.append(TenantReport(
             tenant.name, tenant.spec.model, vnpu.n_me, vnpu.n_ve, len(mine), len(done),
             sum(r.refused is not None for r, _ in mine), sum(r.faulted for r, _ in mine),
@@ -325,7 +397,10 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
             None if not latencies else _percentile(latencies, 99) / config.clock_mhz,
             alone.latency, alone.service,
             {f: sum(lat <= f * alone.latency for lat in latencies) / len(mine) for f in SLO_FACTORS},
-            own, harvested, None if mean is None else mean / alone.latency))
+            own, harvested, None if mean is None else mean / alone.latency,
+            len(flushed), sum(end - first for *_, first, end in flushed), hbm_bytes,
+            hbm_bytes / (span * line_bytes) if span else 0.0,
+            [o.to_dict() for o in operators]))
     stp = sum(r.throughput / (1e6 / alone.service) for r, alone in zip(reports, isolated))
     ntts = [r.ntt for r in reports if r.ntt is not None]
     problems = [f"still running after {run.cycles} cycles"] if run.timed_out else []
@@ -338,7 +413,8 @@ def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *,
     return PointReport(policy, load, closed, seed, backend, span, run.timed_out, utilization, stp,
                        float(np.mean(ntts)) if ntts else None,
                        all(ok for r, ok in zip(requests, exact) if r.end is not None
-                           and not r.faulted), reports, problems)
+                           and not r.faulted), reports, problems,
+                       requests=_records(tenants, arrivals, requests, exact, runs))
 
 
 def request_counts(requests, services):
@@ -350,12 +426,22 @@ def request_counts(requests, services):
     return [max(1, round(requests * slowest / service)) for service in services]
 
 
-def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, requests=100,
+def check_load(load):
+    """ServeError unless ``load`` is an open loop's load: 0 < load <= MAX_LOAD."""
+    if not isinstance(load, (int, float)) or isinstance(load, bool) or not 0 < load <= MAX_LOAD:
+        hint = (f" (a percentage? {load:g}% is {load / 100:g})" if isinstance(load, (int, float))
+                and 0 < load / 100 <= MAX_LOAD else "")
+        raise ServeError(f"load {load!r}: expected a fraction of each tenant's isolated "
+                         f"saturation throughput, above 0 and at most {MAX_LOAD:g} (1 is "
+                         f"saturation){hint}")
+
+
+def serve(config, specs, *, policies=("harvest",), load=None, closed=None, requests=100,
           seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None,
           trace_out=None, replay=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
     (or, with ``closed``, closed loop with that many requests of each tenant outstanding):
-    ``requests`` of the slowest tenant, and of each other as many as fit in the same time
+    ``requests`` of the slowest tenant (load None: DEFAULT_LOAD), and of each other as many as fit in the same time
     (request_counts); or, with ``replay``, the arrivals of a ``cycle,tenant`` CSV file
     (loadgen.read_trace; tenants numbered as ``specs``). Returns a PointReport per policy. ``trace_out``: a path to write
     each policy's timeline to (runtime.apps.perfetto; with several policies the policy's
@@ -366,6 +452,10 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
         raise ServeError(f"{len(specs)} tenants; this NPU has {config.n_ctx} contexts")
     if closed is not None and replay is not None:
         raise ServeError("a closed loop or a replayed trace: give one")
+    if closed is not None and (isinstance(closed, bool) or not isinstance(closed, int)
+                               or closed < 1):
+        raise ServeError(f"closed loop of {closed!r}: outstanding requests must be a positive "
+                         f"integer per tenant")
     replayed = None
     if replay is not None:
         try:
@@ -373,10 +463,14 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
         except LoadError as error:
             raise ServeError(str(error)) from None
     if closed is not None or replay is not None:
-        load = None
-    elif not isinstance(load, (int, float)) or isinstance(load, bool) or not load > 0:
-        raise ServeError(f"load must be > 0 (a fraction of each tenant's isolated saturation "
-                         f"throughput), not {load!r}")
+        if load is not None:
+            what = "closed loop" if closed is not None else "replayed trace"
+            raise ServeError(f"load {load!r} and a {what}: give one (the {what} sets when "
+                             f"requests arrive)")
+    elif load is None:
+        load = DEFAULT_LOAD
+    else:
+        check_load(load)
     if not isinstance(requests, int) or requests < 1:
         raise ServeError(f"requests must be a positive integer per tenant, not {requests!r}")
     for policy in policies:
@@ -414,7 +508,7 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
             run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,
                                                  after=after, time_slice=time_slice,
                                                  max_cycles=max_cycles or budget,
-                                                 progress=progress, timeline=bool(trace_out))
+                                                 progress=progress)
             points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
                                   vnpus, policy=policy, load=load, closed=closed, seed=seed,
                                   backend=backend))
@@ -426,7 +520,8 @@ def serve(config, specs, *, policies=("harvest",), load=0.6, closed=None, reques
                 how = _how(load, closed, replay)
                 try:
                     write_chrome_trace(path, config, run, results,
-                                       [(t.name, v) for t, v in zip(tenants, vnpus)],
+                                       [(t.name, v, t.table) for t, v in zip(tenants, vnpus)],
+                                       _runs_by_request(run, results),
                                        title=f"{policy}, {how}, seed {seed}")
                 except OSError as error:
                     raise ServeError(f"{path}: cannot write the trace ({error.strerror})") \
@@ -456,7 +551,8 @@ def format_points(points):
         lines.append(f"  {'tenant':<10} {'vNPU':>5} {'done':>9} {'req/Mcyc':>9} {'mean':>8} "
                      f"{'p50':>8} {'p95':>8} {'p99':>8} {'alone':>7} "
                      + " ".join(f"{f'SLO{f}x':>6}" for f in SLO_FACTORS)
-                     + f" {'own ME/VE':>10} {'harvested':>9}")
+                     + f" {'own ME/VE':>10} {'harvested':>9} {'preempt':>7} {'flushed':>8} "
+                     f"{'HBM':>6}")
         for t in p.tenants:
             def cycles(value):
                 return f"{value:>8.0f}" if value is not None else f"{'-':>8}"
@@ -466,7 +562,8 @@ def format_points(points):
                 f"{cycles(t.latency_p95)} {cycles(t.latency_p99)} {t.isolated_latency:>7} "
                 + " ".join(f"{t.slo[f]:>6.0%}" for f in SLO_FACTORS)
                 + f" {t.utilization_own['me']:>4.0%}/{t.utilization_own['ve']:<4.0%} "
-                f"{t.harvested_engine_cycles:>9}"
+                f"{t.harvested_engine_cycles:>9} {t.preemptions:>7} {t.flushed_engine_cycles:>8} "
+                f"{t.hbm_share:>6.1%}"
                 + (f"  ({t.refused} refused)" if t.refused else ""))
         lines += [f"  PROBLEM: {problem}" for problem in p.problems[:10]]
         if len(p.problems) > 10:

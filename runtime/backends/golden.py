@@ -80,7 +80,9 @@ class GoldenBackend:
                     np.asarray(words, np.int64).astype(np.uint32).view(np.int32)
             case ops.HbmRead(line):
                 results.append([int(v) for v in self.npu.hbm[line * per_line:(line + 1) * per_line]])
-            case ops.Run():
+            case ops.Run(timeline=timeline):
+                if timeline:
+                    raise ValueError("the golden backend has no time, hence no timeline")
                 results.append((0, False))
             case ops.Serve():
                 results.append(self._serve(op))

@@ -149,8 +149,10 @@ class _Session:
                     ctx.set(request.valid, 0)
                 case ops.HbmRead(line):
                     results.append(await self._hbm_read(ctx, line))
-                case ops.Run(max_cycles):
-                    waited = 0
+                case ops.Run(max_cycles, timeline):
+                    waited, mark = 0, ctx.get(npu.cycle)
+                    if timeline:
+                        self.timeline = []
                     await ctx.tick()          # the START write takes effect
                     if self.trace:
                         waited = await self._traced_run(ctx, max_cycles)
@@ -159,7 +161,8 @@ class _Session:
                         waited += self.poll
                         if self.progress and waited % 4096 < self.poll:
                             self.progress(waited)
-                    results.append((waited, bool(ctx.get(npu.busy))))
+                    results.append((waited, bool(ctx.get(npu.busy)))
+                                   + ((self._end_timeline(mark),) if timeline else ()))
                 case ops.Serve():
                     results.append(await self._serve(ctx, op))
                 case _:
@@ -235,11 +238,14 @@ class _Session:
                     reply = await self._hbm_burst(ctx, first, count)
                 case ("wait", cycles):
                     reply = await ctx.tick().repeat(cycles)
-        timeline = None
-        if op.timeline:
-            timeline = [(cycle - mark, e, value) for cycle, e, value in self.timeline]
-            self.timeline = None
+        timeline = self._end_timeline(mark) if op.timeline else None
         return mark, ctx.get(npu.cycle) - mark, bool(ctx.get(npu.busy)), served, timeline
+
+    def _end_timeline(self, mark):
+        """Stop recording the timeline; its events, cycles counted from ``mark``."""
+        timeline = [(cycle - mark, e, value) for cycle, e, value in self.timeline]
+        self.timeline = None
+        return timeline
 
     async def _csr_read(self, ctx, address):
         """One register read: the value is there after the clock edge."""
@@ -308,7 +314,7 @@ class PysimBackend:
         self.trace_events = []
 
     def execute(self, script):
-        timeline = any(isinstance(op, ops.Serve) and op.timeline for op in script)
+        timeline = any(isinstance(op, (ops.Serve, ops.Run)) and op.timeline for op in script)
         if self.vcd:
             session = _Session(self.config, self.poll, self.vcd, self.trace, timeline=timeline)
             session.progress = self.progress

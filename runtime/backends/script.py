@@ -66,8 +66,12 @@ class HbmRead:
 @dataclass(frozen=True)
 class Run:
     """Let the NPU run until it is not busy, or ``max_cycles``; result: (cycles waited,
-    still busy). The cycles are counted in steps of the backend's poll interval."""
+    still busy). The cycles are counted in steps of the backend's poll interval. With
+    ``timeline``, the result has a third item: (cycle, engine, activity) at the start and at
+    every change of an engine's value on hw.npu's activity port, cycles counted from the
+    Run's start (as Serve's timeline)."""
     max_cycles: int
+    timeline: bool = False
 
 
 @dataclass(frozen=True)

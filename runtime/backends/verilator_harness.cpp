@@ -11,7 +11,8 @@
 // Operations: 1 csr_write addr value | 2 csr_read addr -> value
 //             3 spad_write row w0..w(LANES-1) | 4 spad_read row -> LANES words
 //             5 hbm_write line mask w0..w(LINE_WORDS-1) | 6 hbm_read line -> LINE_WORDS words
-//             7 run max_cycles poll -> waited busy | 8 step cycles -> busy
+//             7 run max_cycles poll timeline -> waited busy [timeline, as for serve]
+//             8 step cycles -> busy
 //             13 hbm_load address count, then ceil(count / 2) words of two HBM words each
 //                (low first): the back door into Storage, in no cycles
 //             12 serve host_error n_contexts n_requests max_cycles poll timeline
@@ -253,6 +254,8 @@ class Harness {
         }
         case 7: {  // run: until no context runs, polling every `poll` cycles
             uint64_t max_cycles = ops.at(i + 1), poll = ops.at(i + 2), waited = 0;
+            bool timeline = ops.at(i + 3);
+            if (timeline) start_timeline(now());
             tick();  // the START write takes effect
             while (top_->busy && waited < max_cycles) {
                 for (uint64_t c = 0; c < poll; c++) tick();
@@ -260,7 +263,8 @@ class Harness {
             }
             out.push_back(waited);
             out.push_back(top_->busy);
-            return i + 3;
+            if (timeline) end_timeline(out);
+            return i + 4;
         }
         case 8: {  // step: a number of cycles, then report busy
             uint64_t cycles = ops.at(i + 1);
@@ -293,7 +297,7 @@ class Harness {
         case 2: case 4: case 6: case 8: return 2;
         case 3: return 2 + LANES;
         case 5: return 3 + LINE_WORDS;
-        case 7: return 3;
+        case 7: return 4;
         case 13: return 3;  // and the words its count gives
         default: return 0;
         }
@@ -407,12 +411,7 @@ class Harness {
             if (q.after == NONE) timed.push_back(r); else followers[q.after].push_back(r);
         }
         uint64_t mark = now(), resolved = 0, next = 0;   // next: the next timed request
-        if (timeline) {
-            tracing_ = true;
-            timeline_mark_ = mark;
-            timeline_.clear();
-            last_activity_.assign(N_ENGINES, NONE);
-        }
+        if (timeline) start_timeline(mark);
         for (;;) {
             uint64_t t = now() - mark;
             while (next < timed.size() && reqs[timed[next]].cycle <= t) {
@@ -476,12 +475,23 @@ class Harness {
             out.push_back(q.entry);
             out.insert(out.end(), q.words.begin(), q.words.end());
         }
-        if (timeline) {
-            tracing_ = false;
-            out.push_back(timeline_.size() / 3);
-            out.insert(out.end(), timeline_.begin(), timeline_.end());
-        }
+        if (timeline) end_timeline(out);
         return at;
+    }
+
+    // Record a timeline from now on, its cycles counted from `mark`.
+    void start_timeline(uint64_t mark) {
+        tracing_ = true;
+        timeline_mark_ = mark;
+        timeline_.clear();
+        last_activity_.assign(N_ENGINES, NONE);
+    }
+
+    // Stop recording; the results get n_events, then (cycle engine activity) per event.
+    void end_timeline(std::vector<uint64_t> &out) {
+        tracing_ = false;
+        out.push_back(timeline_.size() / 3);
+        out.insert(out.end(), timeline_.begin(), timeline_.end());
     }
 
     // A request that will never complete (refused, or held by a faulted context), and

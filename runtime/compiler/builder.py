@@ -319,7 +319,8 @@ class ProgramBuilder:
         """Bump-allocate ``words`` HBM words; ``data`` (if given) is written there by the host."""
         if self.hbm_top + words > self.hbm_words:
             raise CompileError(f"{what} needs {words} HBM words; {self.hbm_words - self.hbm_top} "
-                               f"of the vNPU's {self.hbm_words} are left")
+                               f"of the vNPU's {self.hbm_words} are left (a config with a larger "
+                               f"`hbm_words` lifts the limit)")
         region = Region("hbm", self.hbm_top, words)
         self.hbm_top += words
         if data is not None:

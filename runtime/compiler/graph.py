@@ -215,6 +215,7 @@ class Graph:
         #: Activations spilled to HBM and loaded back, and the DMA bytes each moved.
         self.spills = self.reloads = self.spill_bytes = self.reload_bytes = 0
         self.ops = []                 # (kind, name) in order, for reports
+        self.op_ends = []             # per op: the µTOps emitted when it ended (its last + 1)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -418,6 +419,7 @@ class Graph:
     def _op(self, kind, name):
         self.builder.end_operator()
         self.ops.append((kind, name))
+        self.op_ends.append(len(self.builder.utops))
 
     # --- data in and out -------------------------------------------------------------------
 

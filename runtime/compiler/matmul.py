@@ -83,7 +83,8 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
                 block = _ceil(block, 2)
         raise CompileError(f"matmul {m}x{k}x{n} needs at least {need} scratchpad rows "
                            f"(A panel, B column panel, C tile); {free} of the vNPU's "
-                           f"{builder.spad_rows} are free")
+                           f"{builder.spad_rows} are free (a larger `spad_rows`, of the config "
+                           f"or the vNPU, lifts the limit)")
 
     a_block, row_block, ring_b, ring_c, need = fit()
     a_panels = row_spans(m, a_block)

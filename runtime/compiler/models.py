@@ -146,13 +146,36 @@ def _random_batches(model, seed):
     return [random_inputs(model, rng) for _ in range(CALIBRATION_BATCHES)]
 
 
+def read_arrays(path):
+    """The array of a .npy file or the arrays of an .npz file; ModelError (naming the file
+    and what it is not) for anything else."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(6)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a directory, expected a .npy or .npz file") from None
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read: {error.strerror}") from None
+    if head != b"\x93NUMPY" and head[:4] != b"PK\x03\x04":
+        raise ModelError(f"{path}: not a .npy or .npz file (numpy.save and numpy.savez write "
+                         f"them)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        what = ("holds Python objects (pickled), expected arrays of numbers"
+                if "pickle" in str(error) else f"a damaged .npy/.npz file ({error})")
+        raise ModelError(f"{path}: {what}") from None
+
+
 def _calibration_batches(model, path):
     """Input batches from a .npy (one input: one batch of its shape, or a stack of them)
     or .npz (arrays named after the inputs)."""
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"--calibrate {path}: cannot read a .npy/.npz file: {error}") from None
+        data = read_arrays(path)
+    except ModelError as error:
+        raise ModelError(f"--calibrate {error}") from None
     arrays = dict(data) if isinstance(data, np.lib.npyio.NpzFile) else None
     if arrays is None:
         if len(model.inputs) != 1:

@@ -102,10 +102,12 @@ class Device:
             base = _first_fit([(getattr(v, kind).base, getattr(v, kind).size)
                                for v in self.vnpus], size, total)
             if base is None:
-                unit = "scratchpad rows" if kind == "spad" else "HBM words"
+                unit, field = (("scratchpad rows", "spad_rows") if kind == "spad"
+                               else ("HBM words", "hbm_words"))
                 free = total - sum(getattr(v, kind).size for v in self.vnpus)
-                raise MappingError(f"vNPU wants {size} {unit}; {free} of {total} are free "
-                                   f"(and not necessarily in one piece)")
+                raise MappingError(f"vNPU wants {size} {unit}; {free} of {total} are not "
+                                   f"mapped to another vNPU (and not necessarily in one piece); "
+                                   f"a config with a larger `{field}` lifts the limit")
             segments.append(Segment(base, size))
         return self.place(segments[0], segments[1], me_mask=masks[0], ve_mask=masks[1],
                           priority=priority, name=name)

@@ -15,7 +15,7 @@ import numpy as np
 from isa.config import NPUConfig
 from isa.encoding import Fault, program_hbm_words
 from isa.golden import Segment
-from isa.regmap import (CONTEXT, ENGINE, Access, HostError, Policy, Status,
+from isa.regmap import (CONTEXT, ENGINE, Access, HostError, Policy, Status, activity_fields,
                         register_address)
 from runtime.backends import script as ops
 
@@ -84,8 +84,9 @@ class RunResult:
     spad: dict = field(default_factory=dict)    # (row, count) -> array
     hbm: dict = field(default_factory=dict)     # (addr, count) -> array
     trace: list = field(default_factory=list)   # per cycle, when the backend traces
-    #: Driver.serve(timeline=True): (cycle, engine, value) at the start and at every change
-    #: of what an engine runs, value 0 idle or c + 1 for context c (hw.npu's activity port).
+    #: With timeline=True (Driver.run, Driver.serve): (cycle, engine, activity, pc) at the
+    #: start and at every change of what an engine runs (hw.npu's activity port): activity 0
+    #: idle or c + 1 for context c, pc the header address of the µTOp it runs.
     timeline: list | None = None
     timed: bool = True                # False on the golden backend: no cycles, no timing counters
 
@@ -96,17 +97,33 @@ class RunResult:
     def busy_intervals(self):
         """The timeline as (engine, context, first cycle, end cycle) per stretch an engine
         ran one context's µTOps, in time order; the last stretch ends at ``cycles``."""
+        return [(engine, ctx, start, end) for engine, (ctx, _), start, end
+                in self._intervals(lambda activity, pc: activity)]
+
+    def utop_runs(self):
+        """The timeline as (engine, context, pc, first cycle, end cycle) per run of a µTOp
+        (pc: its header address), in time order. A µTOp preempted and issued again runs
+        more than once; the runs before the last were flushed."""
+        return [(engine, ctx, pc, start, end) for engine, (ctx, pc), start, end
+                in self._intervals(lambda activity, pc: (activity, pc))]
+
+    def _intervals(self, key):
+        """(engine, (context, pc), first, end) per stretch in which ``key(activity, pc)`` of
+        an engine stays the same and the engine is not idle."""
         if self.timeline is None:
-            raise ValueError("no timeline: serve with timeline=True on pysim or verilator")
+            raise ValueError("no timeline: run or serve with timeline=True on a timed backend")
         open_, intervals = {}, []
-        for cycle, engine, value in list(self.timeline) + [(self.cycles, e, 0)
-                                                           for e in {e for _, e, _ in self.timeline}]:
+        ends = [(self.cycles, e, 0, 0) for e in sorted({e for _, e, _, _ in self.timeline})]
+        for cycle, engine, activity, pc in list(self.timeline) + ends:
+            value = key(activity, pc) if activity else None
             if engine in open_:
-                start, ctx = open_.pop(engine)
+                if open_[engine][1] == value:
+                    continue
+                start, held, what = open_.pop(engine)
                 if cycle > start:
-                    intervals.append((engine, ctx, start, cycle))
-            if value:
-                open_[engine] = (cycle, value - 1)
+                    intervals.append((engine, what, start, cycle))
+            if activity:
+                open_[engine] = (cycle, value, (activity - 1, pc))
         return sorted(intervals, key=lambda i: (i[2], i[0]))
 
 
@@ -374,18 +391,35 @@ class Driver:
                     raise DriverError(f"cannot read {count!r} {what} from {first!r}: the "
                                       f"memory has {total}")
 
-    def run(self, *, contexts=None, max_cycles=1_000_000, read_spad=(), read_hbm=()):
+    def run(self, *, contexts=None, max_cycles=1_000_000, read_spad=(), read_hbm=(),
+            timeline=False):
         """Start ``contexts`` (default: every loaded one), run until none is running (or
-        ``max_cycles``), then read status, counters and the requested memory."""
+        ``max_cycles``), then read status, counters and the requested memory. With
+        ``timeline`` the result's ``timeline`` says which µTOp each engine ran when."""
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
+        self._check_timeline(timeline)
         script = list(self.script)
         script.append(ops.CsrWrite(register_address("START"), sum(1 << c for c in contexts)))
-        script.append(ops.Run(max_cycles))
+        script.append(ops.Run(max_cycles, timeline))
         tail, reads = self._readback(contexts, read_spad, read_hbm)
         results = iter(self.backend.execute(script + tail))
-        cycles, timed_out = next(results)
-        return self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
+        cycles, timed_out, *events = next(results)
+        run = self._result(results, cycles, timed_out, contexts, reads, read_spad, read_hbm)
+        if timeline:
+            run.timeline = self._timeline(events[0])
+        return run
+
+    def _timeline(self, events):
+        """The backend's (cycle, engine, activity port field) events as RunResult.timeline."""
+        ctx_bits = activity_fields(self.config)[0]
+        return [(cycle, engine, value & ((1 << ctx_bits) - 1), value >> ctx_bits)
+                for cycle, engine, value in events]
+
+    def _check_timeline(self, timeline):
+        if timeline and self.backend.name == "golden":
+            raise DriverError(f"the golden backend has no time, hence no timeline: use one of "
+                              f"{', '.join(TIMED_BACKENDS)}")
 
     def serve(self, arrivals, *, offsets=None, outputs=None, after=None, contexts=None,
               max_cycles=1_000_000, read_spad=(), read_hbm=(), timeline=False):
@@ -412,9 +446,7 @@ class Driver:
         cfg = self.config
         contexts = self._contexts(contexts)
         self._check_reads(max_cycles, read_spad, read_hbm)
-        if timeline and self.backend.name == "golden":
-            raise DriverError("the golden backend has no time, hence no timeline: serve on "
-                              "pysim or verilator")
+        self._check_timeline(timeline)
         try:
             arrivals = [(cycle, c) for cycle, c in arrivals]
         except (TypeError, ValueError):
@@ -494,7 +526,7 @@ class Driver:
                               f"at register address 0x{setup_error >> 32:x}")
         mark, cycles, busy, served, events = next(results)
         run = self._result(results, cycles, busy, contexts, reads, read_spad, read_hbm)
-        run.timeline = events
+        run.timeline = None if events is None else self._timeline(events)
 
         def since_mark(stamp):
             return (stamp - mark) % (1 << 31)

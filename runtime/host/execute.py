@@ -49,14 +49,15 @@ def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backe
 
 
 def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
-                max_cycles=20_000_000, progress=None, names=None):
+                max_cycles=20_000_000, progress=None, names=None, timeline=False):
     """Run programs side by side, each on its own vNPU.
 
     ``tenants`` are (words, n_me, n_ve, spad_rows, hbm_words, placements, reads): the device
     maps each onto a context with engines it owns (None: every engine) and disjoint
     segments; ``placements`` and ``reads`` are as in run_program, relative to the tenant's
     HBM segment. Returns (per tenant the words read, the driver's RunResult); raises
-    ExecutionError when a tenant faults, races or does not finish."""
+    ExecutionError when a tenant faults, races or does not finish. With ``timeline`` (a
+    timed backend), the RunResult has the run's timeline (Driver.run)."""
     cfg = config
     device = _device(cfg, backend, policy, progress)
     names = names or [f"tenant {i}" for i in range(len(tenants))]
@@ -72,6 +73,7 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
         for address, values in placements:
             driver.load_hbm(vnpu.hbm.base + address, values)
         reads.append([(vnpu.hbm.base + address, count) for address, count in wanted])
-    run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles)
+    run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles,
+                     timeline=timeline)
     _check(run, names)
     return [[run.hbm[key].astype(np.int64) for key in tenant] for tenant in reads], run

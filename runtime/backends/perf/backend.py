@@ -74,7 +74,10 @@ class PerfBackend(GoldenBackend):
     def _op(self, op, results):
         self._advance(self.cycle)
         match op:
-            case ops.Run(max_cycles):
+            case ops.Run(max_cycles, timeline):
+                mark = self.cycle
+                if timeline:
+                    self.model.timeline = []
                 self.cycle += 1                       # the START takes effect
                 self._advance(self.cycle)
                 waited = 0
@@ -85,7 +88,8 @@ class PerfBackend(GoldenBackend):
                     waited += step
                     if self.progress and waited % 4096 < step:
                         self.progress(waited)
-                results.append((waited, self._busy()))
+                results.append((waited, self._busy())
+                               + ((self._end_timeline(mark),) if timeline else ()))
             case ops.HbmLoad(address, words):
                 super()._op(op, results)              # the host's copy takes no cycles
                 if self.replay is not None:
@@ -321,13 +325,15 @@ class PerfBackend(GoldenBackend):
                     self._advance(self.cycle + cycles)
                     self.cycle += cycles
                     reply = None
-        timeline = None
-        if op.timeline:
-            timeline = [(cycle - mark, e, value) for cycle, e, value in self.model.timeline
-                        if cycle >= mark]
-            timeline = [(0, e, 0) for e in range(len(self.model.engines))] + timeline
-            self.model.timeline = None
+        timeline = self._end_timeline(mark) if op.timeline else None
         return mark, self.cycle - mark, self._busy(), served, timeline
+
+    def _end_timeline(self, mark):
+        """Stop recording the timeline; its events, cycles counted from ``mark``."""
+        timeline = [(0, e, 0) for e in range(len(self.model.engines))] + [
+            (cycle - mark, e, value) for cycle, e, value in self.model.timeline if cycle >= mark]
+        self.model.timeline = None
+        return timeline
 
 
 class _Replay:

@@ -29,7 +29,7 @@ cannot happen in a model) and what engine_timing leaves out.
 from dataclasses import dataclass, field
 
 from isa.encoding import DecodeError, Engine, Fault, decode_header, decode_instr
-from isa.regmap import Policy, Status
+from isa.regmap import Policy, Status, activity_fields
 from .engine_timing import DmaJob, faulting_timing, stream_end, utop_timing
 from .hbm_arbiter import HbmArbiter, Stream
 
@@ -184,6 +184,7 @@ class PNPU:
         self.gang = None             # [ctx, op, eoo_seen]
         #: (cycle, engine, value) at every change of what an engine runs, while recorded.
         self.timeline = None
+        self._ctx_bits = activity_fields(config)[0]
 
     # --- host side ------------------------------------------------------------------------
 
@@ -488,7 +489,7 @@ class PNPU:
                            and engine.index not in self._owned(context, utop.engine))
         context.stream_free = t + stream_end(utop.length)
         context.counters["ISSUED"] += 1
-        self._activity(t + 1, engine, c + 1)
+        self._activity(t + 1, engine, c + 1 | utop.pc << self._ctx_bits)
         fault = context.engine_fault
         stop = fault[2] if fault is not None and fault[0] == slot.index else None
         if utop.engine == Engine.DMA:
