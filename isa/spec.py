@@ -290,10 +290,13 @@ def _host_interface():
              "Besides, the pNPU has three output ports for testbenches and simulators, not part "
              "of the host's view: `busy` (a context is running, starting or has a request "
              "queued), `cycle` (the CYCLE register) and `activity`, a trace port: for engine "
-             "`e` (numbered as for the counters), bits `[e * B, (e + 1) * B)` with `B` = the "
-             "bit length of `n_ctx` are 0 while the engine is idle and `c + 1` while it runs a "
-             "µTOp of context `c` (what its BUSY_CTXc counter counts). The backends record "
-             "timelines from it.\n",
+             "`e` (numbered as for the counters), bits `[e * B, (e + 1) * B)` with `B` = C + P, "
+             "C the bit length of `n_ctx` and P that of `max_prog_words`; the low C bits are 0 "
+             "while the engine is idle and `c + 1` while it runs a µTOp of context `c` (what "
+             "its BUSY_CTXc counter counts), the P bits above them that µTOp's header address "
+             "(its word in the program; 0 while idle). The engine is idle while it is held in "
+             "reset after a preemption, so a preempted µTOp shows as two runs. The backends "
+             "record timelines from it.\n",
              f"Per-context registers are at `0x{regmap.CONTEXT_BASE:x} + ctx * "
              f"0x{regmap.CONTEXT_STRIDE:x}`, per-engine counters at `0x{regmap.ENGINE_BASE:x} + "
              f"engine * 0x{regmap.ENGINE_STRIDE:x}` (engines numbered MEs, VEs, then DMA "

@@ -94,10 +94,18 @@ def test_bad_operands(a, b, message):
 
 
 def test_too_large_for_the_vnpu():
-    with pytest.raises(CompileError, match="needs at least .* scratchpad rows .* of the vNPU.s 16 are free"):
+    # Each limit's error names the config field that lifts it.
+    with pytest.raises(CompileError, match="needs at least .* scratchpad rows .* of the vNPU.s "
+                                           "16 are free .a larger `spad_rows`"):
         compile_matmul(TINY, 100, 16, 16, spad_rows=16)
-    with pytest.raises(MatmulError, match="needs 13860 HBM words; the NPU has 8192"):
+    with pytest.raises(MatmulError, match="needs 13860 HBM words; the NPU has 8192 .a config "
+                                          "with a larger `hbm_words` lifts the limit"):
         matmul(*operands(120, 60, 37, 1), config=TINY)
+    from runtime.compiler.models import compile_model
+    from runtime.compiler.onnx_import import OnnxError
+    with pytest.raises(OnnxError, match="HBM words; .* of the vNPU's .* are left .a config "
+                                        "with a larger `hbm_words` lifts the limit"):
+        compile_model("dlrm[vocab=4096]", TINY)
     with pytest.raises(CompileError, match="matmul dimension k must be a positive integer"):
         compile_matmul(TINY, 4, 0, 4)
 

@@ -313,3 +313,33 @@ def test_cli_list(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(PRESETS["quick"].points())
     assert "ncf+dlrm harvest load 0.3 seed 1" in lines
+
+
+def test_plots_read_well(tiny, tmp_path, monkeypatch):
+    """One load: the axis runs from 0 to saturation, not a sliver around the point; the
+    policies' points sit apart so their error bars do not hide each other; the error bars
+    say what they are; panel titles name model files without their folders."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from runtime.apps.experiment_report import write_report
+    figures = {}
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda self, path, **options: figures.__setitem__(path.name, self))
+    _, rows = tiny
+    renamed = [dict(r, mix=r["mix"].replace("ncf:1,1", "/models/my/ncf.onnx")) for r in rows]
+    matrix = replace(TINY, mixes=(("/models/my/ncf.onnx", "dlrm:1,1"),))
+    write_report(matrix, renamed, tmp_path)
+    [*axes] = [ax for ax in figures["p99_vs_load.png"].axes if ax.get_visible() and ax.lines]
+    for ax in axes:
+        assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] >= 1
+        xs = {round(float(x), 6) for line in ax.lines for x in line.get_xdata()}
+        assert len(xs) == 2                                  # harvest and static apart
+        assert "mean ± sd over 2 seeds" in ax.get_ylabel()
+        assert "/" not in ax.get_title() and ax.get_title().startswith("ncf.onnx+dlrm:1,1")
+    for name in ("throughput.png", "utilization.png"):
+        [ax] = figures[name].axes
+        assert "closed 1 (one seed)" in ax.get_title()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["ncf.onnx+dlrm:1,1"]
+    assert "%" in figures["utilization.png"].axes[0].get_ylabel()
+    assert "latency_cdf.png" in figures

@@ -437,7 +437,8 @@ def cmd_serve(args):
                        requests=args.requests, seed=args.seed, backend=args.backend,
                        time_slice=args.time_slice, trace_out=args.trace_out,
                        replay=args.replay,
-                       progress=progress if args.backend == "pysim" and not args.json else None)
+                       progress=progress if args.backend == "pysim" and not args.json else None,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
     except ServeError as error:
         raise UsageError(str(error)) from None
     if args.json:

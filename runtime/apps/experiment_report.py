@@ -331,7 +331,7 @@ def _plots(matrix, summary, folder):
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=policy)
         ax.set_yscale("log")
         ax.set_xticks(loads, [f"{load:g}" for load in loads])
-        ax.set_xlim(min(loads) - step / 2, max(loads) + step / 2)
+        ax.set_xlim(0, max(1.0, max(loads) + step / 2))      # from no load to saturation
         ax.set_xlabel("load (of isolated saturation throughput)")
         ax.set_ylabel(f"p99 latency (cycles)\n{_spread(len(matrix.seeds))}", fontsize=8)
 

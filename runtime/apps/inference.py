@@ -38,8 +38,9 @@ class InferenceReport:
     spill_bytes: int = 0
     reload_bytes: int = 0             # ... and loaded back
     cycles: int | None = None         # RTL backends only
-    utilization: dict = field(default_factory=dict)
+    utilization: dict = field(default_factory=dict)   # of its vNPU's engines (DMA: of all)
     measured_busy: dict = field(default_factory=dict)
+    borrowed: dict = field(default_factory=dict)      # engine-cycles on engines it does not own
     #: Timed backends: per operator (operators.OperatorProfile), measured on the activity port.
     operators: list = field(default_factory=list)
 
@@ -59,7 +60,10 @@ class InferenceReport:
                  f"  estimate    busy engine-cycles {self.estimated_busy}"]
         if self.cycles is not None:
             util = ", ".join(f"{k} {v:.1%}" for k, v in self.utilization.items())
-            lines.append(f"  latency     {self.cycles} cycles; utilization {util}")
+            lines.append(f"  latency     {self.cycles} cycles; utilization of its engines {util}"
+                         + ("; borrowed idle engines for " + ", ".join(
+                             f"{v} {k.upper()}-cycles" for k, v in self.borrowed.items() if v)
+                            if any(self.borrowed.values()) else ""))
         lines.append(f"  output      {'equals' if self.exact else 'DIFFERS from'} the "
                      f"integer reference bit for bit; {self.metric.replace('_', ' ')} vs float32: "
                      f"{self.accuracy:.4f}")
@@ -112,8 +116,13 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
         busy = measured(run, config)
         report.cycles = run.makespan
         report.measured_busy = {"me": busy.me, "ve": busy.ve, "dma": busy.dma}
-        report.utilization = {"me": busy.me / (n_me * run.makespan),
-                              "ve": busy.ve / (n_ve * run.makespan),
+        # Its vNPU has the lowest-numbered engines of each type (the device's first fit on
+        # an empty NPU); under harvest it may also borrow the others while they are idle.
+        own = {"me": sum(e["BUSY"] for e in run.engines[:n_me]),
+               "ve": sum(e["BUSY"] for e in run.engines[config.n_me:config.n_me + n_ve])}
+        report.borrowed = {"me": busy.me - own["me"], "ve": busy.ve - own["ve"]}
+        report.utilization = {"me": own["me"] / (n_me * run.makespan),
+                              "ve": own["ve"] / (n_ve * run.makespan),
                               "dma": busy.dma / (config.n_dma * run.makespan)}
         table = utop_table(config, model.program.words, model.graph.ops, model.graph.op_ends)
         report.operators = [p.to_dict() for p in operator_profiles(table, [run.utop_runs()])]

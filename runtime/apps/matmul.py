@@ -38,7 +38,8 @@ def matmul(a, b, *, config, backend="golden", requant=None, n_me=None, policy="h
     words = m * k + k * n + m * n
     if words > config.hbm_words:
         raise MatmulError(f"matmul {m}x{k}x{n} needs {words} HBM words; the NPU has "
-                          f"{config.hbm_words}")
+                          f"{config.hbm_words} (a config with a larger `hbm_words` lifts the "
+                          f"limit)")
     try:
         plan = compile_matmul(config, m, k, n, requant=requant, row_block=row_block,
                               spad_rows=spad_rows)
@@ -49,7 +50,8 @@ def matmul(a, b, *, config, backend="golden", requant=None, n_me=None, policy="h
     program_words = -(-2 * len(plan.program.words) // line) * line
     if words + program_words > config.hbm_words:
         raise MatmulError(f"matmul {m}x{k}x{n} needs {words} HBM words and {program_words} "
-                          f"for its program; the NPU has {config.hbm_words}")
+                          f"for its program; the NPU has {config.hbm_words} (a config with a "
+                          f"larger `hbm_words` lifts the limit)")
     try:
         [c], run = run_program(
             config, plan.program.words, spad_rows=spad_rows or config.spad_rows,

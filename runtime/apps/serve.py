@@ -23,9 +23,11 @@ the same vNPU under the static policy: its latency is that of a request that fin
 NPU idle, its service time the spacing of back-to-back requests.
 """
 
+import bisect
 import functools
 import hashlib
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -338,12 +340,12 @@ def _runs_by_request(run, requests):
     for ctx, runs in by_ctx.items():
         mine = sorted((r.end, i) for i, r in enumerate(requests)
                       if r.ctx == ctx and r.end is not None)
+        ends = [end for end, _ in mine]
         open_ = [i for i, r in enumerate(requests) if r.ctx == ctx and r.end is None
                  and r.rung is not None]
         for utop_run in runs:
-            owner = next((i for end, i in mine if utop_run[3] < end), None)
-            if owner is None:
-                owner = open_[0] if open_ else None
+            k = bisect.bisect_right(ends, utop_run[3])     # the first end after its start
+            owner = mine[k][1] if k < len(mine) else open_[0] if open_ else None
             if owner is not None:
                 result[owner].append(utop_run)
     return result
@@ -438,14 +440,14 @@ def check_load(load):
 
 def serve(config, specs, *, policies=("harvest",), load=None, closed=None, requests=100,
           seed=1, backend="verilator", time_slice=None, max_cycles=None, progress=None,
-          trace_out=None, replay=None):
+          trace_out=None, replay=None, log=None):
     """One experiment point per policy: ``specs`` (TenantSpec) served open loop at ``load``
     (or, with ``closed``, closed loop with that many requests of each tenant outstanding):
     ``requests`` of the slowest tenant (load None: DEFAULT_LOAD), and of each other as many as fit in the same time
     (request_counts); or, with ``replay``, the arrivals of a ``cycle,tenant`` CSV file
     (loadgen.read_trace; tenants numbered as ``specs``). Returns a PointReport per policy. ``trace_out``: a path to write
     each policy's timeline to (runtime.apps.perfetto; with several policies the policy's
-    name goes before the suffix: trace.harvest.json)."""
+    name goes before the suffix: trace.harvest.json). ``log(text)`` hears how far it got."""
     if not specs:
         raise ServeError("no tenants: give at least one MODEL[:ME,VE]")
     if len(specs) > config.n_ctx:
@@ -483,10 +485,14 @@ def serve(config, specs, *, policies=("harvest",), load=None, closed=None, reque
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise ServeError(f"--trace-out {trace_out}: cannot write there ({folder} is not a "
                              f"writable folder)")
+    log = log or (lambda text: None)
+    started = time.perf_counter()
     tenants = _compile(config, specs, seed)
     _size(config, tenants)
     alone_cycles = max_cycles or 50 * max(t.slot_words for t in tenants) + 1_000_000
     try:
+        log(f"serve: {len(tenants)} tenants compiled; each alone on its vNPU first (the "
+            f"isolated figures), on {backend}")
         isolated = [_isolated(config, t, backend, alone_cycles) for t in tenants]
         counts = request_counts(requests, [alone.service for alone in isolated])
         work = sum(n * alone.service for n, alone in zip(counts, isolated))
@@ -504,7 +510,9 @@ def serve(config, specs, *, policies=("harvest",), load=None, closed=None, reque
             arrivals = [(a.cycle, a.tenant) for a in arrivals]
             budget = int(4 * work) + 100_000
         points = []
-        for policy in policies:
+        for number, policy in enumerate(policies):
+            log(f"serve: {policy} ({number + 1} of {len(policies)}), {len(arrivals)} requests, "
+                f"{time.perf_counter() - started:.0f} s so far")
             run, results, exact, vnpus = _stream(config, tenants, arrivals, policy, backend,
                                                  after=after, time_slice=time_slice,
                                                  max_cycles=max_cycles or budget,
