@@ -15,6 +15,7 @@ from the design as it is; a change of behaviour that is meant must re-pin them:
 recorded by name, without the ``control.`` and ``segment.`` levels.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -204,11 +205,19 @@ def trace_digest(seed, cycles=CYCLES):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_dispatcher_trace_is_unchanged(seed):
-    pinned = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
     digest = trace_digest(seed)
     if os.environ.get("NEU10_REPIN"):
-        pinned[str(seed)] = digest
-        DIGESTS.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+        # Read, change and write under a lock: pytest-xdist workers re-pin side by side.
+        DIGESTS.touch()
+        with DIGESTS.open("r+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            text = file.read()
+            pinned = json.loads(text) if text else {}
+            pinned[str(seed)] = digest
+            file.seek(0)
+            file.truncate()
+            file.write(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+    pinned = json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
     assert pinned.get(str(seed)) == digest, (
         f"the dispatcher's outputs changed for stimulus seed {seed}; if the change is meant, "
         f"re-pin (see this module's docstring)")

@@ -73,7 +73,8 @@ def test_requests_csv_has_every_request(tiny):
     assert {r["status"] for r in table} == {"ok"}
     for r in table:
         assert int(r["latency"]) == int(r["end"]) - int(r["arrival"]) > 0
-        assert int(r["arrival"]) <= int(r["rung"]) < int(r["end"])
+        assert int(r["arrival"]) <= int(r["rung"]) < int(r["start"]) < int(r["end"])
+        assert int(r["preempted"]) >= 0
     for row in rows:
         mine = [int(r["latency"]) for r in table if r["tenant"] == row["tenant"]
                 and all(r[k] == ("" if row[k] is None else str(row[k])) for k in KEY_FIELDS)]

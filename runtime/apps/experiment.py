@@ -138,8 +138,8 @@ ROW_FIELDS = KEY_FIELDS + (
 
 
 #: requests.csv: a row per request of every point (the point's KEY_FIELDS first).
-REQUEST_FIELDS = ("tenant", "model", "request", "arrival", "rung", "end", "latency", "status",
-                  "preempted")
+REQUEST_FIELDS = ("tenant", "model", "request", "arrival", "rung", "start", "end", "latency",
+                  "status", "preempted")
 
 
 def row_key(row):

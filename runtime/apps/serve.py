@@ -90,6 +90,9 @@ def parse_tenant(text):
         n_me, n_ve = (int(part) for part in size.split(","))
     except ValueError:
         raise ServeError(f"tenant {text!r}: expected MODEL:ME,VE (e.g. {model}:2,2)") from None
+    if n_me < 0 or n_ve < 0 or n_me + n_ve == 0:
+        raise ServeError(f"tenant {text!r}: a vNPU needs at least one matrix or vector engine "
+                         f"and no negative count")
     return TenantSpec(model, n_me, n_ve)
 
 
@@ -310,6 +313,7 @@ class RequestRecord:
     request: int                   # the tenant's request number, from 0
     arrival: int | None            # at the host (None: it never arrived, its leader failed)
     rung: int | None               # its doorbell written
+    start: int | None              # its first µTOp began to run (the activity port)
     end: int | None
     latency: int | None            # end - arrival
     status: str
@@ -321,8 +325,9 @@ def _records(tenants, arrivals, requests, exact, runs):
     for r, ok, (_, t), mine in zip(requests, exact, arrivals, runs):
         status = ("refused" if r.refused is not None else "faulted" if r.faulted
                   else "unfinished" if r.end is None else "ok" if ok else "wrong")
+        start = min((first for *_, first, _ in mine), default=None)
         records.append(asdict(RequestRecord(tenants[t].name, count[t], r.arrival, r.rung,
-                                            r.end, r.latency, status,
+                                            start, r.end, r.latency, status,
                                             len(flushed_runs(mine)))))
         count[t] += 1
     return records
