@@ -51,7 +51,7 @@ def utop_table(config, words, ops=(), op_ends=()):
             op += 1
         engine[pc] = utop.engine
         moved[pc] = dma_words(utop.body, config) if utop.engine == Engine.DMA else 0
-        operator[pc] = min(op, len(ops) - 1)     # µTOps after the last operator: its
+        operator[pc] = min(op, len(ops) - 1)     # past the last operator: counted in it
         pc += 1 + len(utop.body)
     return UtopTable(engine, moved, operator, tuple(ops))
 
