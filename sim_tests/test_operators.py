@@ -149,3 +149,23 @@ def test_static_never_preempts():
                     policies=("static",), load=0.8, requests=4, seed=3, backend="perf")
     assert all(t.preemptions == t.flushed_engine_cycles == 0 for t in point.tenants)
     assert all(r["preempted"] == 0 for r in point.requests)
+
+
+def test_runs_go_to_their_request_even_when_it_did_not_end():
+    """A context runs its requests one after another: runs up to a request's end are its
+    own; what ran after the context's last end belongs to the request still running (a
+    stream cut short), never to nobody. Refused requests own nothing."""
+    from runtime.apps.serve import _runs_by_request
+    from runtime.host.driver import HostError, RequestResult
+
+    class Run:
+        def utop_runs(self):
+            return [(0, 0, 0, 10, 40), (0, 0, 5, 41, 60), (1, 1, 0, 12, 30),
+                    (0, 0, 0, 70, 90), (1, 0, 5, 95, 120)]
+    requests = [RequestResult(0, 0, arrival=0, rung=5, end=60),
+                RequestResult(1, 0, arrival=0, rung=6, end=31),
+                RequestResult(0, 0, arrival=2, refused=HostError.QUEUE_FULL),
+                RequestResult(0, 0, arrival=50)]              # still running at the end
+    owned = _runs_by_request(Run(), requests)
+    assert owned == [[(0, 0, 0, 10, 40), (0, 0, 5, 41, 60)], [(1, 1, 0, 12, 30)], [],
+                     [(0, 0, 0, 70, 90), (1, 0, 5, 95, 120)]]

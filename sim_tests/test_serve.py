@@ -174,3 +174,11 @@ def test_trace_out_writes_a_perfetto_timeline(tmp_path):
                 assert b["args"]["end_cycle"] - b["args"]["arrival_cycle"] == \
                     b["args"]["latency_cycles"] > 0
         assert (point.policy == "harvest") == any(e["cat"] == "harvested" for e in slices)
+        # Operators: one track per tenant, a slice per operator of each request.
+        operators = [e for e in events if e["ph"] == "b" and e["pid"] == 3]
+        assert {e["name"] for e in operators} == {f"{t.name} operators" for t in point.tenants}
+        assert all(e["args"]["operator"] and e["args"]["first_cycle"] < e["args"]["end_cycle"]
+                   for e in operators)
+        # A slice per µTOp run; those flushed are the tenants' preemptions.
+        assert sum(e["args"]["flushed"] for e in slices) == sum(t.preemptions
+                                                                for t in point.tenants)

@@ -473,8 +473,11 @@ def cmd_experiment(args):
                                           ray=args.ray)
         except KeyboardInterrupt:
             results = Path(args.reports) / matrix.name / "results.json"
-            saved = len({row_key(r) for r in read_results(results.parent)
-                         if r["status"] != "error"} & {matrix.key(p) for p in matrix.points()})
+            try:
+                saved = len({row_key(r) for r in read_results(results.parent)
+                             if r["status"] != "error"} & {matrix.key(p) for p in matrix.points()})
+            except ExperimentError:
+                saved = "?"
             print(f"neu10: interrupted; {saved} of {len(matrix.points())} points are saved in "
                   f"{results}: the same command goes on from there", file=sys.stderr)
             return 130
@@ -763,6 +766,16 @@ class _ReaderMayLeave(io.TextIOBase):
 
     def writable(self):
         return True
+
+    def fileno(self):
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return self.stream.encoding
+
+    def __getattr__(self, name):         # buffer, errors, ...: the stream's own
+        return getattr(self.stream, name)
 
 
 def main(argv=None):

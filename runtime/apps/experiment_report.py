@@ -129,8 +129,9 @@ def summarize(matrix, rows):
             "p99": _best_mean([s for r in opened for s in r["p99"]])}
     # The point the bar plots and the latency distributions show: the closed loop, or the
     # highest load when there is none.
-    at = ([how for how in hows if how[0] == "closed"] or [how for how in hows
-                                                          if how[0] == "open"][-1:])[:1]
+    opens = [how for how in hows if how[0] == "open"]
+    closed_hows = [how for how in hows if how[0] == "closed"]
+    at = closed_hows[:1] or ([max(opens, key=lambda how: how[1])] if opens else [])
     latencies = defaultdict(list)      # (mix, tenant, policy) -> every request's latency
     for key, entry in points.items():
         if at and key[1] == at[0]:
@@ -293,7 +294,7 @@ def _plots(matrix, summary, folder):
     written = []
     opens = [how for how in summary["hows"] if how[0] == "open"]
     width = max((len(_tenant_names(points, mix)) for mix in mixes), default=0)
-    loads = [how[1] for how in opens]
+    loads = sorted({how[1] for how in opens})
     # Policies side by side around each load, so their error bars do not hide each other.
     step = min((b - a for a, b in zip(loads, loads[1:])), default=0.2)
     dodge = 0.12 * step

@@ -5,8 +5,9 @@ Process "pNPU engines": a track per engine (ME0.., VE0.., DMA0..), a slice per r
 tenant, with its operator and header address; its category says whether the engine is
 the tenant's own ("own"), another tenant's (harvested: "harvested") or a shared DMA engine
 ("shared"); a run that was flushed (preempted: the µTOp ran again) says so in its args.
-Process "operators": a track per tenant, a slice per operator of each request, from its
-first µTOp's start to its last one's end (operators overlap).
+Process "operators": a track per tenant ("NAME operators"), a slice per operator of each
+request (the operator in its args), from its first µTOp's start to its last one's end
+(operators overlap).
 Process "requests": a track per tenant (async slices named after it), a slice per request
 from its arrival at the host to its end (overlapping slices are requests queued behind
 each other), with its index, rung cycle and latency; a refused request is an instant.
@@ -45,10 +46,11 @@ def chrome_trace(config, run, requests, tenants, runs, *, title=""):
                     "args": {"name": name}},
                    {"ph": "M", "pid": ENGINES, "tid": e + 1, "name": "thread_sort_index",
                     "args": {"sort_index": e}}]
-    flushed = {id(r) for request_runs in runs for r in flushed_runs(request_runs)}
-    for request_runs in runs:
-        for utop_run in request_runs:
-            events.append(_utop_event(config, utop_run, by_ctx, tables, id(utop_run) in flushed))
+    # Every run of a µTOp, whether or not a request owns it (a stream cut short by its
+    # budget still shows what ran); the flushed ones are known per request.
+    flushed = {r for request_runs in runs for r in flushed_runs(request_runs)}
+    for utop_run in run.utop_runs():
+        events.append(_utop_event(config, utop_run, by_ctx, tables, utop_run in flushed))
     for index, (r, request_runs) in enumerate(zip(requests, runs)):
         table = tables.get(r.ctx)
         if table is None:
@@ -61,11 +63,14 @@ def chrome_trace(config, run, requests, tenants, runs, *, title=""):
                 spans[op] = (min(lo, first), max(hi, end))
         for op, (first, end) in sorted(spans.items()):
             kind, op_name = table.operators[op]
+            # Async slices of one name share a track: one track per tenant, the operator in
+            # the args.
+            tenant = by_ctx.get(r.ctx, (f"context {r.ctx}", None))[0]
             common = {"pid": OPERATORS, "tid": r.ctx + 1, "cat": "operator",
-                      "id": f"{index}.{op}", "name": op_name}
+                      "id": f"{index}.{op}", "name": f"{tenant} operators"}
             events += [common | {"ph": "b", "ts": first / mhz,
-                                 "args": {"request": index, "kind": kind, "first_cycle": first,
-                                          "end_cycle": end}},
+                                 "args": {"operator": op_name, "kind": kind, "request": index,
+                                          "first_cycle": first, "end_cycle": end}},
                        common | {"ph": "e", "ts": end / mhz}]
     for index, r in enumerate(requests):
         if r.arrival is None:

@@ -336,8 +336,8 @@ def _records(tenants, arrivals, requests, exact, runs):
 def _runs_by_request(run, requests):
     """Per request, the runs (engine, ctx, pc, first, end) of its µTOps: a context runs its
     requests one after another, so those between the end of its previous request and the
-    end of this one; what ran after a context's last end belongs to its request that was
-    rung but did not end."""
+    end of this one; what ran after a context's last end belongs to its first request that
+    arrived, was not refused and did not end."""
     by_ctx = {}
     for utop_run in run.utop_runs():
         by_ctx.setdefault(utop_run[1], []).append(utop_run)
@@ -347,7 +347,7 @@ def _runs_by_request(run, requests):
                       if r.ctx == ctx and r.end is not None)
         ends = [end for end, _ in mine]
         open_ = [i for i, r in enumerate(requests) if r.ctx == ctx and r.end is None
-                 and r.rung is not None]
+                 and r.arrival is not None and r.refused is None]
         for utop_run in runs:
             k = bisect.bisect_right(ends, utop_run[3])     # the first end after its start
             owner = mine[k][1] if k < len(mine) else open_[0] if open_ else None

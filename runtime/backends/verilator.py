@@ -60,8 +60,8 @@ def _tool_version(tool, env):
 #: X values never occur in the generated Verilog and every variable has an initial value,
 #: so ``fast`` X handling changes nothing but speed.
 VERILATOR_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast"]
-#: -O1: the model simulates about 4% slower than with -O2 and builds 2.3x faster (default
-#: config on 2 cores: 75 s against 170-190 s).
+#: -O1: the model simulates about 4% slower than with -O2 and builds about 2.2x faster
+#: (default config on 2 cores: 71-77 s against 151-190 s).
 CXX_FLAGS = "-O1"
 
 
@@ -200,9 +200,15 @@ def _build(config, trace, log, tool, env, key, target, binary):
             process = subprocess.Popen(command, env=env, stdout=output,
                                        stderr=subprocess.STDOUT, text=True)
             progress = _BuildProgress(work / "obj_dir", start, log)
-            while process.poll() is None:
-                time.sleep(0.5)
-                progress.update()
+            try:
+                while process.poll() is None:
+                    time.sleep(0.5)
+                    progress.update()
+            finally:                     # interrupted: stop the build before its folder goes
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                progress.done()
             output.seek(0)
             text = output.read()
         (work / "build_seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
@@ -211,7 +217,6 @@ def _build(config, trace, log, tool, env, key, target, binary):
             raise ToolError(f"Verilator build failed (log: {work / 'build.log'}): "
                             + " | ".join(errors))
         if log:
-            progress.done()
             log(f"built {target} in {time.perf_counter() - start:.0f} s")
         try:
             work.rename(target)
