@@ -82,6 +82,11 @@ def test_requests_csv_has_every_request(tiny):
         assert row["latency_p99"] == pytest.approx(np.percentile(mine, 99))
     # summary.md's latency distribution (at the closed loop): the CSV's latencies.
     summary = (folder / "summary.md").read_text()
+    # Utilization reads as a percentage there (the files keep fractions).
+    [harvest_row] = [line for line in summary.splitlines()
+                     if line.startswith("| closed 1 | harvest |")]
+    point = next(r for r in rows if r["closed"] == 1 and r["policy"] == "harvest")
+    assert f"| {point['util_engines']:.0%} |" in harvest_row
     assert "Request latency distribution at closed 1" in summary
     for row in rows:
         if row["closed"] == 1:
