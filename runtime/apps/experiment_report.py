@@ -54,25 +54,12 @@ def _stat(values):
     return float(np.mean(values)), sd, len(values)
 
 
-def _fmt(stat, digits=2):
+def _fmt(stat, spec=".2f"):
+    """``mean ± sd`` of a _stat, each formatted with ``spec`` (".0f" cycles, ".0%" shares)."""
     if stat is None:
         return "—"
     mean, sd, _ = stat
-    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
-
-
-def _fmt_percent(stat):
-    if stat is None:
-        return "—"
-    mean, sd, _ = stat
-    return f"{mean:.0%}" + (f" ± {sd:.0%}" if sd is not None else "")
-
-
-def _fmt_cycles(stat):
-    if stat is None:
-        return "—"
-    mean, sd, _ = stat
-    return f"{mean:.0f}" + (f" ± {sd:.0f}" if sd is not None else "")
+    return f"{mean:{spec}}" + (f" ± {sd:{spec}}" if sd is not None else "")
 
 
 def summarize(matrix, rows):
@@ -246,9 +233,9 @@ def _markdown(matrix, summary, folder):
                        if (mix, how, policy, s) in points]
                 if not got:
                     continue
-                p99 = [_fmt_cycles(_stat([g["tenants"][t]["latency_p99"] for g in got]))
+                p99 = [_fmt(_stat([g["tenants"][t]["latency_p99"] for g in got]), ".0f")
                        for t in range(len(tenants))]
-                thr = [_fmt(_stat([g["tenants"][t]["throughput"] for g in got]), 1)
+                thr = [_fmt(_stat([g["tenants"][t]["throughput"] for g in got]), ".1f")
                        for t in range(len(tenants))]
                 harvested, preemptions, flushed = (
                     _stat([sum(r.get(key) or 0 for r in g["tenants"]) for g in got])
@@ -257,9 +244,9 @@ def _markdown(matrix, summary, folder):
                 lines.append(f"| {_how_text(how)} | {policy} | " + " | ".join(p99) + " | "
                              + " | ".join(thr)
                              + f" | {_fmt(_stat([g['point']['stp'] for g in got]))} | "
-                             f"{_fmt_percent(_stat([g['point']['util_engines'] for g in got]))} | "
-                             f"{_fmt_cycles(harvested)} | {_fmt_cycles(preemptions)} | "
-                             f"{_fmt_cycles(flushed)} |")
+                             f"{_fmt(_stat([g['point']['util_engines'] for g in got]), '.0%')} | "
+                             f"{_fmt(harvested, '.0f')} | {_fmt(preemptions, '.0f')} | "
+                             f"{_fmt(flushed, '.0f')} |")
         lines.append("")
     lines += ["Plots: `p99_vs_load.png` (p99 latency against load per policy, a panel per mix "
               "and tenant), `latency_cdf.png` (each tenant's request latencies per policy, all "

@@ -25,7 +25,7 @@ from isa.encoding import Engine, decode_program, dma_words
 HBM_WORD_BYTES = 4
 
 __all__ = ["HBM_WORD_BYTES", "OperatorProfile", "UtopTable", "utop_table", "operator_profiles",
-           "flushed_runs", "format_operators", "program_fetch_bytes"]
+           "operator_spans", "flushed_runs", "format_operators", "program_fetch_bytes"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,6 @@ def operator_profiles(table, requests):
     profiles = [OperatorProfile(i, kind, name, utops[i], 0, 0, {"me": 0, "ve": 0, "dma": 0},
                                 0, 0) for i, (kind, name) in enumerate(table.operators)]
     for runs in requests:
-        spans = {}
         flushed = {id(run) for run in flushed_runs(runs)}
         for run in runs:
             _, _, pc, first, end = run
@@ -117,11 +116,21 @@ def operator_profiles(table, requests):
                 profile.flushed_engine_cycles += end - first
             else:
                 profile.hbm_bytes += table.hbm_words[pc] * HBM_WORD_BYTES
-            lo, hi = spans.get(profile.index, (first, end))
-            spans[profile.index] = (min(lo, first), max(hi, end))
-        for index, (lo, hi) in spans.items():
-            profiles[index].cycles += hi - lo
+        for index, (first, end) in operator_spans(table, runs).items():
+            profiles[index].cycles += end - first
     return profiles
+
+
+def operator_spans(table, runs):
+    """{operator index: (first cycle, end cycle)} over one run of the program: from its
+    first µTOp's start to its last one's end."""
+    spans = {}
+    for _, _, pc, first, end in runs:
+        if pc in table.operator:
+            op = table.operator[pc]
+            lo, hi = spans.get(op, (first, end))
+            spans[op] = (min(lo, first), max(hi, end))
+    return spans
 
 
 def format_operators(profiles, limit=12):

@@ -16,7 +16,7 @@ Times are microseconds at the config's clock_mhz; every event also carries its c
 
 import json
 
-from .operators import flushed_runs
+from .operators import flushed_runs, operator_spans
 
 __all__ = ["chrome_trace", "write_chrome_trace"]
 
@@ -55,13 +55,7 @@ def chrome_trace(config, run, requests, tenants, runs, *, title=""):
         table = tables.get(r.ctx)
         if table is None:
             continue
-        spans = {}
-        for _, _, pc, first, end in request_runs:
-            if pc in table.operator:
-                op = table.operator[pc]
-                lo, hi = spans.get(op, (first, end))
-                spans[op] = (min(lo, first), max(hi, end))
-        for op, (first, end) in sorted(spans.items()):
+        for op, (first, end) in sorted(operator_spans(table, request_runs).items()):
             kind, op_name = table.operators[op]
             # Async slices of one name share a track: one track per tenant, the operator in
             # the args.

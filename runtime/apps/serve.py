@@ -369,11 +369,11 @@ def engine_cycles(config, run, vnpu):
     return own, owned, harvested
 
 
-def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, *, policy,
-            load, closed, seed, backend):
+def _report(config, tenants, isolated, arrivals, run, requests, exact, vnpus, runs, *,
+            policy, load, closed, seed, backend):
+    """The PointReport of a stream; ``runs``: per request, its µTOp runs (_runs_by_request)."""
     ends = [r.end for r in requests if r.end is not None]
     span = max(ends, default=0)
-    runs = _runs_by_request(run, requests)
     line_bytes = config.hbm_words_per_cycle * HBM_WORD_BYTES
     n = config.n_me + config.n_ve
     busy = {"me": run.engines[:config.n_me], "ve": run.engines[config.n_me:n],
@@ -522,9 +522,10 @@ def serve(config, specs, *, policies=("harvest",), load=None, closed=None, reque
                                                  after=after, time_slice=time_slice,
                                                  max_cycles=max_cycles or budget,
                                                  progress=progress)
+            runs = _runs_by_request(run, results)
             points.append(_report(config, tenants, isolated, arrivals, run, results, exact,
-                                  vnpus, policy=policy, load=load, closed=closed, seed=seed,
-                                  backend=backend))
+                                  vnpus, runs, policy=policy, load=load, closed=closed,
+                                  seed=seed, backend=backend))
             points[-1].replay = None if replay is None else str(replay)
             if trace_out:
                 path = Path(trace_out)
@@ -534,7 +535,7 @@ def serve(config, specs, *, policies=("harvest",), load=None, closed=None, reque
                 try:
                     write_chrome_trace(path, config, run, results,
                                        [(t.name, v, t.table) for t, v in zip(tenants, vnpus)],
-                                       _runs_by_request(run, results),
+                                       runs,
                                        title=f"{policy}, {how}, seed {seed}")
                 except OSError as error:
                     raise ServeError(f"{path}: cannot write the trace ({error.strerror})") \
