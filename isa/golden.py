@@ -184,7 +184,7 @@ class GoldenNPU:
                 body = ctx.program[pc + 1:pc + 1 + length]
                 pc += 1 + length
                 if self.check_races:
-                    self._accesses = {(space, w): set() for space in ("spad", "hbm")
+                    self._accesses = {(space, w): [] for space in ("spad", "hbm")
                                       for w in (False, True)}
                     if utop.restartable:
                         self._restart = _RestartCheck()
@@ -201,7 +201,8 @@ class GoldenNPU:
                     result.fault_step = max(0, self._steps - 1)
                 return result
             if self._accesses is not None:
-                races.add(header_pc, utop.deps, self._accesses)
+                races.add(header_pc, utop.deps, {key: _Locations(arrays) for key, arrays
+                                                 in self._accesses.items()})
                 self._accesses = None
             result.utops_retired += 1
             if utop.eop:
@@ -235,8 +236,9 @@ class GoldenNPU:
         return instr
 
     def _track(self, space, locations, write):
+        """Record an access to ``locations`` (an int array) for the checks."""
         if self._accesses is not None:
-            self._accesses[space, write].update(locations)
+            self._accesses[space, write].append(locations)
         if self._restart is not None:
             self._restart.access(space, locations, write)
 
@@ -251,7 +253,7 @@ class GoldenNPU:
             raise ProgramFault(Fault.SPAD_OOB, f"scratchpad row {int(rel[bad][0])} is outside "
                                f"the segment of {ctx.spad.size} rows")
         rows = ctx.spad.base + rel
-        self._track("spad", np.atleast_1d(rows).tolist(), write)
+        self._track("spad", np.atleast_1d(rows), write)
         return rows
 
     def _words(self, ctx, firsts, count, write=False):
@@ -265,7 +267,7 @@ class GoldenNPU:
             raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
                                f"outside the segment of {ctx.hbm.size} words")
         words = ctx.hbm.base + firsts[:, None] + np.arange(count)
-        self._track("hbm", words.ravel().tolist(), write)
+        self._track("hbm", words.ravel(), write)
         return words
 
     # --- matrix engine --------------------------------------------------------------------
@@ -333,7 +335,7 @@ class GoldenNPU:
         w_rows = self._segment_rows(ctx, (w_first[1:, None] + np.arange(k)).ravel())
         x_rows = self._segment_rows(ctx, (x_first[1:, None] + np.arange(m)).ravel())
         dst = self._rows(ctx, dst, m, write=True)
-        self._track("spad", dst.tolist(), False)
+        self._track("spad", dst, False)
         w = self.spad[w_rows].reshape(count - 1, k, -1).astype(np.int8).astype(np.int64)
         weights = np.zeros((count - 1, cfg.array_rows, cfg.array_cols), np.int64)
         if ldw["t"]:
@@ -369,7 +371,7 @@ class GoldenNPU:
             src = self._rows(ctx, a["src"], a["m"])
             dst = self._rows(ctx, a["dst"], a["m"], write=True)
             if a["acc"] or cfg.array_cols < cfg.ve_lanes:    # read-modify-write
-                self._track("spad", dst.tolist(), False)
+                self._track("spad", dst, False)
             inputs = self.spad[src, :cfg.array_rows].astype(np.int8).astype(np.int64)
             product = inputs @ weights
             if a["acc"]:
@@ -411,7 +413,7 @@ class GoldenNPU:
 
         def write(rows, values):
             if vl < cfg.ve_lanes:      # lanes >= vl keep their value: a read-modify-write
-                self._track("spad", np.atleast_1d(rows).tolist(), False)
+                self._track("spad", np.atleast_1d(rows), False)
             spad[rows, :vl] = values[..., :vl] if values.ndim == 2 else values[:vl]
 
         alu = _ALU.match(name)
@@ -527,36 +529,95 @@ class GoldenNPU:
 class _RestartCheck:
     """Accesses of one µTOp in instruction order. Within an instruction reads come before
     writes. A location whose first access is a read and that the µTOp also writes makes it
-    unsafe to run again after a partial run (see the header's ``restartable`` flag)."""
+    unsafe to run again after a partial run (see the header's ``restartable`` flag).
+
+    Accesses are kept as the arrays the engines touch, per instruction; the order only
+    matters for a location the µTOp both reads and writes, so the instruction-by-
+    instruction walk runs only when there is one."""
 
     def __init__(self):
-        spaces = ("spad", "hbm")
-        self.first_read = {s: set() for s in spaces}   # read before any write of it
-        self.touched = {s: set() for s in spaces}
-        self.written = {s: set() for s in spaces}
-        self.reads = {s: set() for s in spaces}        # of the current instruction
-        self.writes = {s: set() for s in spaces}
+        self.steps = []             # per instruction: [(space, write, locations)]
+        self.current = []
 
     def access(self, space, locations, write):
-        (self.writes if write else self.reads)[space].update(locations)
+        self.current.append((space, write, locations))
 
     def next_instruction(self):
-        for space, reads in self.reads.items():
-            writes = self.writes[space]
-            if not reads and not writes:
-                continue
-            touched = self.touched[space]
-            self.first_read[space] |= reads - touched
-            touched |= reads
-            touched |= writes
-            self.written[space] |= writes
-            reads.clear()
-            writes.clear()
+        if self.current:
+            self.steps.append(self.current)
+            self.current = []
 
     def hazards(self):
         self.next_instruction()
-        return sorted((space, x) for space in self.first_read
-                      for x in self.first_read[space] & self.written[space])
+        found = []
+        for space in ("hbm", "spad"):
+            def touched(step, write):
+                return {x for s, w, a in step if s == space and w == write for x in a.tolist()}
+            reads = _Locations([x for step in self.steps for s, w, x in step
+                                if s == space and not w])
+            writes = _Locations([x for step in self.steps for s, w, x in step
+                                 if s == space and w])
+            if reads.first_common(writes) is None:
+                continue
+            seen, first_read, written = set(), set(), set()
+            for step in self.steps:
+                read, write = touched(step, False), touched(step, True)
+                first_read |= read - seen
+                seen |= read | write
+                written |= write
+            found += [(space, x) for x in sorted(first_read & written)]
+        return found
+
+
+class _Locations:
+    """The locations a µTOp touched one way, from the int arrays the engines gave, as
+    sorted, disjoint runs [starts[i], stops[i]): an access is nearly always one run or a
+    few (rows of a tile, words of HBM rows), so comparing two µTOps' accesses costs a
+    binary search per run, not a set of every location."""
+
+    def __init__(self, arrays):
+        runs = [_runs(a) for a in arrays if a.size]
+        if not runs:
+            self.starts = self.stops = np.zeros(0, np.int64)
+            return
+        starts = np.concatenate([r[0] for r in runs])
+        stops = np.concatenate([r[1] for r in runs])
+        if len(runs) > 1:                        # merge overlapping and adjacent runs
+            order = np.argsort(starts, kind="stable")
+            starts, stops = starts[order], stops[order]
+            reach = np.maximum.accumulate(stops)
+            first = np.flatnonzero(np.r_[True, starts[1:] > reach[:-1]])
+            starts, stops = starts[first], np.maximum.reduceat(stops, first)
+        self.starts, self.stops = starts, stops
+
+    @property
+    def size(self):
+        return len(self.starts)
+
+    def first_common(self, other):
+        """The least location both touched, or None."""
+        if not self.size or not other.size or self.stops[-1] <= other.starts[0] \
+                or other.stops[-1] <= self.starts[0]:
+            return None
+        # Per run, the first of the other's runs that ends after it starts.
+        j = np.searchsorted(other.stops, self.starts, side="right")
+        ok = j < other.size
+        lo = np.maximum(self.starts[ok], other.starts[j[ok]])
+        hit = lo < self.stops[ok]
+        return int(lo[hit].min()) if hit.any() else None
+
+
+def _runs(a):
+    """(starts, stops) of the runs of consecutive locations in int array ``a``."""
+    if a.size == 1:
+        first = int(a[0])
+        return np.array([first]), np.array([first + 1])
+    steps = np.diff(a)
+    if not (steps > 0).all():
+        a = np.unique(a)
+        steps = np.diff(a)
+    breaks = np.flatnonzero(steps != 1)
+    return a[np.r_[0, breaks + 1]], a[np.r_[breaks, a.size - 1]] + 1
 
 
 def loop_operands(instr, dst_offset, src_offset):
@@ -602,7 +663,11 @@ class _RaceCheck:
             pc_i, acc_i, _ = self.recent[i]
             for space in ("spad", "hbm"):
                 w_i, w_j = acc_i[space, True], acc_j[space, True]
-                clash = (w_i & (acc_j[space, False] | w_j)) | (acc_i[space, False] & w_j)
+                if not w_i.size and not w_j.size:
+                    continue
+                clash = [c for c in (w_i.first_common(acc_j[space, False]),
+                                     w_i.first_common(w_j), acc_i[space, False].first_common(w_j))
+                         if c is not None]
                 if clash:
                     self.races.append(Race(pc_i, pc_j, space, min(clash)))
         self.recent[j] = (pc_j, acc_j, before)

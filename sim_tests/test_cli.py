@@ -238,3 +238,14 @@ def test_entry_point_help():
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
     assert result.stderr.startswith("neu10: error: ") and result.stderr.count("\n") == 1
+
+
+def test_run_that_outlasts_max_cycles_names_the_budget(capsys):
+    """A run that is still going at --max-cycles is an error that names the budget and how
+    to lift it (not a fault); a budget below 1 is refused before anything runs."""
+    code, _, err = run(capsys, "run", "ncf", "--backend", "perf", "--max-cycles", "100")
+    assert code == 2
+    assert "did not finish within max_cycles=100 cycles (still RUNNING" in err
+    assert "--max-cycles" in err
+    code, _, err = run(capsys, "run", "ncf", "--max-cycles", "0")
+    assert code == 2 and "--max-cycles must be a positive integer, not 0" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 from isa.config import ConfigError, NPUConfig
 from isa.asm import AsmError, assemble, bytes_to_words, disassemble, words_to_bytes
 from runtime.host.driver import BACKENDS, TIMED_BACKENDS
+from runtime.host.execute import MAX_RUN_CYCLES
 
 __all__ = ["main"]
 
@@ -315,6 +316,8 @@ def cmd_run(args):
         raise UsageError(str(error)) from None
     if vnpu and args.budget is not None:
         raise UsageError("give --vnpu or --budget, not both")
+    if args.max_cycles < 1:
+        raise UsageError(f"--max-cycles must be a positive integer, not {args.max_cycles}")
 
     def progress(cycles):
         print(f"  ... {cycles} cycles simulated", file=sys.stderr, flush=True)
@@ -324,7 +327,8 @@ def cmd_run(args):
             _write(args.listing, compile_model(args.model, config, **compile_args).program.listing)
         report = infer(args.model, config, backend=args.backend, vnpu=vnpu, budget=args.budget,
                        price_me=args.price_me, price_ve=args.price_ve, policy=args.policy,
-                       progress=None if args.json else progress, **compile_args)
+                       progress=None if args.json else progress, max_cycles=args.max_cycles,
+                       **compile_args)
     except (AllocationError, CompileError, DriverError, ExecutionError, OnnxError) as error:
         raise UsageError(str(error)) from None
     _warn_random_calibration(args)
@@ -607,6 +611,9 @@ def build_parser():
                    "assembly, each µTOp named after the operator it belongs to")
     p.add_argument("--per-channel", action="store_true", help="quantize weights with a "
                    "scale per output channel (requantized per lane by `vrqr`), not per tensor")
+    p.add_argument("--max-cycles", type=int, default=MAX_RUN_CYCLES, help="cycles a timed "
+                   f"backend may run before the run is called unfinished (default "
+                   f"{MAX_RUN_CYCLES}: ResNet-50 takes about 64M on `default`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("import", help="an ONNX model quantized (int8, post-training), "

@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime.compiler.models import accuracy, compile_model
 from runtime.host.allocator import allocate, estimate, measured
-from runtime.host.execute import run_tenants
+from runtime.host.execute import MAX_RUN_CYCLES, run_tenants
 from .operators import OperatorProfile, format_operators, operator_profiles, utop_table
 
 __all__ = ["InferenceReport", "infer", "parse_vnpu", "execute", "run_models"]
@@ -89,7 +89,7 @@ def parse_vnpu(text, config):
 
 def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.0,
           price_ve=1.0, policy="harvest", seed=0, progress=None, input_shapes=None,
-          calibration=None, per_channel=False):
+          calibration=None, per_channel=False, max_cycles=MAX_RUN_CYCLES):
     """Run one inference of model reference ``name`` (see models.py); ``vnpu=(n_me, n_ve)``
     or a ``budget`` for the allocator (default: the whole NPU)."""
     model = compile_model(name, config, seed=seed, input_shapes=input_shapes,
@@ -103,7 +103,8 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
     else:
         n_me, n_ve = config.n_me, config.n_ve
     outputs, run = execute(model.graph, model.program, backend=backend, n_me=n_me, n_ve=n_ve,
-                           policy=policy, progress=progress, timeline=backend != "golden")
+                           policy=policy, progress=progress, timeline=backend != "golden",
+                           max_cycles=max_cycles)
     out = outputs[model.name]
     metric, value = accuracy(model, out)
     report = InferenceReport(

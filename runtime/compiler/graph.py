@@ -42,6 +42,7 @@ from isa.encoding import Engine, instr, pack_int8, unpack_int8
 
 from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans, run_body
 from .quant import activation_table, int_matmul, lane_multipliers, multiplier, quantize, rq
+from .tiler import choose_tiling
 
 __all__ = ["Graph", "Tensor", "Image"]
 
@@ -183,6 +184,60 @@ def _gemm_scale(act, out_scale):
 
 class _NoRoomForOutput(CompileError):
     """An operator's output found no room, before the operator emitted anything."""
+
+
+class _Panels:
+    """A layer's weight column panels: the weights in HBM (``w_hbm``, K x N padded to
+    tiles, int8 packed), one HBM row block per tile for the bias and the per-column
+    multipliers (``rows``), and the scratchpad buffers the panels load into. A panel
+    is K rows, then its bias row and multiplier row.
+
+    Streaming (``held`` False), panel ct goes to the buffer of its accumulator slot and
+    is loaded each time a gemm asks for it (unless that buffer still holds it); held,
+    panel ct has buffer ct mod the buffers' count and stays loaded for every band that
+    asks for it again (the tiler's "weights stay" order)."""
+
+    def __init__(self, graph, name, w_pad, b_pad, w_hbm, rows, ring):
+        self.graph, self.name, self.ring = graph, name, ring      # ring: buffers streaming
+        self.w_pad, self.b_pad, self.w_hbm, self.extra = w_pad, b_pad, w_hbm, rows
+        self.k = len(w_pad)
+        self.n_tiles = w_pad.shape[1] // graph.lanes
+        self.rows = self.k + len(rows)              # scratchpad rows of one panel
+        self.words = self.n_tiles * (self.k * graph.lanes // graph.per_word
+                                     + len(rows) * graph.lanes)   # HBM words of all panels
+        self.bufs, self.held, self._in = [], False, {}
+
+    def allocate(self, count, held):
+        """Free the buffers there are and take ``count`` new ones."""
+        self.free()
+        self.bufs = [self.graph._alloc(self.rows, f"{self.name} weight panel")
+                     for _ in range(count)]
+        self.held, self._in = held, {}
+
+    def free(self):
+        for region in self.bufs:
+            self.graph.builder.free(region)
+        self.bufs = []
+
+    def __call__(self, ct, slot):
+        """Make panel ``ct`` available (for the gemm's accumulator ``slot``): (``ldw(kt)``,
+        the instruction loading its K tile kt, ``w_src(kt)``, that ldw's source row, the
+        buffer's Region, the bias row, the multiplier row or None)."""
+        graph, lanes, pw = self.graph, self.graph.lanes, self.graph.per_word
+        index = (ct if self.held else slot) % len(self.bufs)
+        buf = self.bufs[index]
+        if self._in.get(index) != ct:
+            body = graph._dma_rows(lanes, self.n_tiles * lanes // pw, buf.start,
+                                   self.w_hbm.start + ct * lanes // pw, self.k, packed=pw > 1)
+            for row, block in enumerate(self.extra):         # the bias, the multipliers
+                body += graph._dma_rows(lanes, lanes, buf.start + self.k + row,
+                                        block.start + ct * lanes, 1)
+            graph.builder.split_utop(Engine.DMA, body, reads=[self.w_hbm] + self.extra,
+                                     writes=[buf], name=f"{self.name} load w{ct}")
+            self._in[index] = ct
+        w_src = lambda kt: buf.start + kt * lanes
+        return (lambda kt: instr("ldw", w_src(kt), lanes), w_src, buf, buf.start + self.k,
+                buf.start + self.k + 1 if len(self.extra) > 1 else None)
 
 
 class Graph:
@@ -505,8 +560,9 @@ class Graph:
     # --- matrix operators ------------------------------------------------------------------
 
     def _gemm(self, name, sources, k_tiles, lo, hi, rows, acc_ref, n_tiles, panel, *,
-              requant, act, out_scale, reads, grid=None, out=None):
-        """Output column tiles of sum over K tiles of (rows shifted by sources(kt)) @ W.
+              requant, act, out_scale, reads, grid=None, out=None, cols=None):
+        """Output column tiles ``cols`` (first, stop; all ``n_tiles`` by default) of sum
+        over K tiles of (rows shifted by sources(kt)) @ W.
 
         ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
         buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
@@ -517,10 +573,12 @@ class Graph:
         grid row of output row 0), rows in the image's ring are zeroed too.
         """
         cfg, lanes = self.config, self.lanes
+        c0, c1 = (0, n_tiles) if cols is None else cols
+        acc_ref = acc_ref[:, c0 * lanes:c1 * lanes]
         mult, shift = requant
         per_lane = np.ndim(mult) > 0
         if per_lane:
-            mult = np.pad(mult, (0, n_tiles * lanes - len(mult)))
+            mult = np.pad(mult, (0, n_tiles * lanes - len(mult)))[c0 * lanes:c1 * lanes]
             requantize = lambda d, a, n: instr("vrqr", d, a, 1, n)
         else:
             requantize = lambda d, a, n: instr("vrq", d, a, n)
@@ -537,19 +595,19 @@ class Graph:
         if out is None:
             image = grid[0] if grid is not None and grid[0].rows == rows else None
             try:
-                out = self._new(rows, n_tiles, final_scale, ref, name, image)
+                out = self._new(rows, c1 - c0, final_scale, ref, name, image)
             except CompileError as error:
                 raise _NoRoomForOutput(str(error)) from None
         else:
             out.ref[:] = ref
         lut = self.constant(table, f"{act} table") if table is not None else None
-        ring = min(n_tiles, 3)
+        ring = min(c1 - c0, 3)
         acc = [self._alloc(rows, f"{name} accumulator") for _ in range(ring)]
-        blocks = self._row_blocks(lo, hi, n_tiles)
-        for ct in range(n_tiles):
-            slot = ct % ring
+        blocks = self._row_blocks(lo, hi, c1 - c0)
+        for ct in range(c0, c1):
+            slot = (ct - c0) % ring
             ldw, w_src, w_region, bias_row, mult_row = panel(ct, slot)
-            dst = out.tile(ct)
+            dst = out.tile(ct - c0)
             # Runs of K tiles (an mmloop each), as many as max_body holds per µTOp.
             pieces, words = [[]], 0
             for run in k_runs(w_src, sources, 0, k_tiles):
@@ -609,10 +667,10 @@ class Graph:
         return out
 
     def _weights(self, name, w_q, bias_q, ring=3, mults=None):
-        """HBM weights (K x N padded to tiles) and a loader of one column panel + bias row
-        (+ a row of per-column multipliers when ``mults``, the multiplier of the layer's
-        requantization, is one per column) into a ring of ``ring`` buffers (the next
-        panels load while the MEs use one)."""
+        """A layer's weights in HBM (K x N padded to tiles) with their bias row (and a row of
+        per-column multipliers when ``mults``, the multiplier of the layer's
+        requantization, is one per column), and a ring of ``ring`` panel buffers (the next
+        panels load while the MEs use one): a :class:`_Panels`."""
         lanes = self.lanes
         k, n = w_q.shape
         n_tiles = -(-n // lanes)
@@ -620,32 +678,17 @@ class Graph:
         w_pad[:, :n] = w_q
         b_pad = np.zeros(n_tiles * lanes, np.int64)
         b_pad[:n] = bias_q
-        pw = self.per_word
-        w_hbm = self.builder.hbm(w_pad.size // pw, f"{name} weights", self._int8_words(w_pad))
-        b_hbm = self.builder.hbm(b_pad.size, f"{name} bias", b_pad)
-        reads = [w_hbm, b_hbm]
+        w_hbm = self.builder.hbm(w_pad.size // self.per_word, f"{name} weights",
+                                 self._int8_words(w_pad))
+        rows = [self.builder.hbm(b_pad.size, f"{name} bias", b_pad)]
         mults = mults if np.ndim(mults) else None
         if mults is not None:
             m_pad = np.zeros(n_tiles * lanes, np.int64)
             m_pad[:n] = mults
-            reads.append(self.builder.hbm(m_pad.size, f"{name} multipliers", m_pad))
-        ring = min(n_tiles, ring)
-        bufs = [self._alloc(k + len(reads) - 1, f"{name} weight panel") for _ in range(ring)]
-
-        def panel(ct, slot):
-            buf = bufs[slot % ring]
-            body = self._dma_rows(lanes, n_tiles * lanes // pw, buf.start,
-                                  w_hbm.start + ct * lanes // pw, k, packed=pw > 1)
-            for row, block in enumerate(reads[1:]):        # the bias, the multipliers
-                body += self._dma_rows(lanes, lanes, buf.start + k + row,
-                                       block.start + ct * lanes, 1)
-            self.builder.split_utop(Engine.DMA, body, reads=reads, writes=[buf],
-                              name=f"{name} load w{ct}")
-            w_src = lambda kt: buf.start + kt * lanes
-            return (lambda kt: instr("ldw", w_src(kt), lanes), w_src, buf, buf.start + k,
-                    None if mults is None else buf.start + k + 1)
-
-        return n_tiles, w_pad, b_pad, panel, bufs
+            rows.append(self.builder.hbm(m_pad.size, f"{name} multipliers", m_pad))
+        panels = _Panels(self, name, w_pad, b_pad, w_hbm, rows, min(n_tiles, ring))
+        panels.allocate(panels.ring, held=False)
+        return panels
 
     def _quantized(self, w, bias, x_scale, out_scale, given=None):
         """Float weights (output channels on the last axis) and bias as int8 and int32, and
@@ -685,8 +728,9 @@ class Graph:
             raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
                                f"{k_tiles * self.lanes} columns")
         w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
-        n_tiles, w_pad, b_pad, panel, bufs = self._weights(name, w_q, bias_q, mults=requant[0])
-        acc_ref = int_matmul(x.ref, w_pad) + b_pad
+        panels = self._weights(name, w_q, bias_q, mults=requant[0])
+        n_tiles = panels.n_tiles
+        acc_ref = int_matmul(x.ref, panels.w_pad) + panels.b_pad
         gemm = dict(requant=requant, act=act, out_scale=(out_scale, act_scale))
         ring = min(n_tiles, 3)
         spilled = x.home in self._spilled
@@ -699,13 +743,12 @@ class Graph:
             try:
                 x = self.resident(x)
                 out = self._gemm(name, x.tile, k_tiles, 0, x.rows, x.rows, acc_ref, n_tiles,
-                                 panel, reads=self._rows_of(x, 0), **gemm)
+                                 panels, reads=self._rows_of(x, 0), **gemm)
             except _NoRoomForOutput:       # no piece that large: nothing emitted but spills
                 pass
         if out is None:
-            out = self._banded_gemm(name, x, k_tiles, acc_ref, n_tiles, panel, gemm)
-        for region in bufs:
-            self.builder.free(region)
+            out = self._banded_gemm(name, x, k_tiles, acc_ref, panels, gemm)
+        panels.free()
         self._op("linear", name)
         return out
 
@@ -752,26 +795,29 @@ class Graph:
             self._spill(home)
         pieces = [t.tiles for t in tensors] + [out_tiles, 2 * out_tiles]   # inputs, output, scratch
         return self._by_bands(name, rows, out_tiles, self.band_rows(name, rows, pieces),
-                              lambda r0, b: op(*[self.load_band(t, r0, b) for t in tensors]),
+                              lambda r0, b, cols: op(*[self.load_band(t, r0, b) for t in tensors]),
                               image)
 
-    def _banded_gemm(self, name, x, k_tiles, acc_ref, n_tiles, panel, gemm):
+    def _banded_gemm(self, name, x, k_tiles, acc_ref, panels, gemm):
         """A row-local gemm by bands of rows: each band of the input (read in place, or
-        loaded from HBM where ``x`` is spilled) gives a band of the output, stored to the
-        output's HBM region; the output is born spilled (``resident`` loads it whole, a
-        later linear by bands)."""
-        lanes, rows = self.lanes, x.rows
+        loaded from HBM where ``x`` is spilled) gives a band of the output (of the column
+        tiles of one pass: the tiler's loop order), stored to the output's HBM region; the
+        output is born spilled (``resident`` loads it whole, a later linear by bands)."""
+        lanes, rows, n_tiles = self.lanes, x.rows, panels.n_tiles
         spilled = x.home in self._spilled
         if not spilled:
             x = self.resident(x)
         # Per row of a band: its output, its input (if loaded), the accumulator ring.
-        pieces = [n_tiles] + ([k_tiles] if spilled else []) + [1] * min(n_tiles, 3)
-        band = self.band_rows(name, rows, pieces)
+        pieces = lambda b, tiles: [p * b for p in [tiles] + [k_tiles] * spilled
+                                   + [1] * min(tiles, 3)]
+        tiling = self._tiling(name, panels, rows, 1, k_tiles, pieces,
+                              lambda band: rows * k_tiles * spilled)
         scale = _gemm_scale(gemm["act"], gemm["out_scale"])
 
-        def gemm_band(r0, b):
+        def gemm_band(r0, b, cols):
             # The band's output first: the larger piece, taken before the input's.
-            yb = self._new(b, n_tiles, scale, np.zeros((b, n_tiles * lanes)), f"{name} rows {r0}")
+            yb = self._new(b, cols[1] - cols[0], scale, np.zeros((b, (cols[1] - cols[0]) * lanes)),
+                           f"{name} rows {r0}")
             if spilled:
                 xb = self.load_band(x, r0, b)
                 sources, reads = xb.tile, self._rows_of(xb, 0)
@@ -780,8 +826,33 @@ class Graph:
                 sources = (lambda kt: x.tile(kt) + r0)
                 reads = (lambda first, count: whole(first + r0, count))
             return self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
-                              acc_ref[r0:r0 + b], n_tiles, panel, reads=reads, out=yb, **gemm)
-        return self._by_bands(name, rows, n_tiles, band, gemm_band)
+                              acc_ref[r0:r0 + b], n_tiles, panels, reads=reads, out=yb,
+                              cols=cols, **gemm)
+        panels.allocate(tiling.buffers, tiling.held)
+        return self._by_bands(name, rows, n_tiles, tiling.band, gemm_band, sizes=pieces,
+                              groups=tiling.groups(n_tiles))
+
+    def _tiling(self, name, panels, total, unit, k_tiles, pieces, input_rows):
+        """The loop order of a gemm over ``k_tiles`` K tiles run by bands of ``total``
+        lines of ``unit`` rows, chosen by the tiler (tiler.choose_tiling); the caller
+        allocates ``panels``' buffers as it says. A band of b lines computing ``tiles``
+        column tiles allocates ``pieces(b, tiles)`` rows (after the panel buffers);
+        ``input_rows(band)`` is the rows a pass moves for the input."""
+        panels.free()
+
+        def band_for(buffers, tiles):
+            try:
+                return self.largest_band(name, total, lambda b: [panels.rows] * buffers
+                                         + pieces(b, tiles))
+            except CompileError:
+                return 0
+        tiling = choose_tiling(self.config, n_tiles=panels.n_tiles, k_tiles=k_tiles,
+                               ring=panels.ring, total=total, unit=unit, panel_rows=panels.rows,
+                               band_for=band_for, input_rows=input_rows)
+        if tiling is None:          # the streaming order's error says what does not fit
+            self.largest_band(name, total, lambda b: [panels.rows] * panels.ring
+                              + pieces(b, panels.n_tiles))
+        return tiling
 
     def band_rows(self, name, rows, pieces):
         """Rows per band of an operator that allocates, per band of b rows, pieces of
@@ -810,30 +881,36 @@ class Graph:
         # Largest band whose pieces the allocator places (fragmentation may split them).
         return largest(lambda b: self.builder.fits_all(sizes(b)), 1, band)
 
-    def _by_bands(self, name, rows, out_tiles, band, compute, image=None, sizes=None, unit=1):
+    def _by_bands(self, name, rows, out_tiles, band, compute, image=None, sizes=None, unit=1,
+                  groups=None):
         """The output of ``rows`` rows and ``out_tiles`` tiles (laid out as ``image``), born
-        spilled: for each band of rows r0.., ``compute(r0, count)`` gives that band's
-        output, which is stored to the output's HBM region; then every activation the band
-        made gives its rows back. With ``sizes`` (a band's allocations, by its rows), a
-        band shrinks (by multiples of ``unit`` rows) to what the allocator can place then:
-        the pieces earlier bands gave back rest a while where they were."""
+        spilled: for each pass over column tiles (first, stop) of ``groups`` (one pass
+        over all of them by default) and each band of rows r0.., ``compute(r0, count,
+        (first, stop))`` gives that band's output tiles, which are stored to the output's
+        HBM region; then every activation the band made gives its rows back. With
+        ``sizes`` (a band's allocations, by its rows and tiles), a band shrinks (by
+        multiples of ``unit`` rows) to what the allocator can place then: the pieces
+        earlier bands gave back rest a while where they were."""
         out = self.born_spilled(name, rows, out_tiles, image)
-        r0 = 0
-        while r0 < rows:
-            count = min(band, rows - r0)
-            if sizes is not None and not self.builder.fits_all(sizes(count)):
-                lo, hi = 1, count // unit
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if self.builder.fits_all(sizes(mid * unit)) else (lo, mid - 1)
-                count = lo * unit
-            first = self._homes
-            yb = compute(r0, count)
-            self.store_rows(out, yb, r0, 0, f"{name} store rows {r0}")
-            for made in range(first, self._homes):
-                if made in self._activations:
-                    self._free_home(made)
-            r0 += count
+        for cols in groups or [(0, out_tiles)]:
+            fits = lambda n: sizes is None or self.builder.fits_all(sizes(n, cols[1] - cols[0]))
+            r0 = 0
+            while r0 < rows:
+                count = min(band, rows - r0)
+                if not fits(count):
+                    lo, hi = 1, count // unit
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        lo, hi = (mid, hi) if fits(mid * unit) else (lo, mid - 1)
+                    count = lo * unit
+                first = self._homes
+                yb = compute(r0, count, cols)
+                self.store_rows(out, yb, r0, cols[0],
+                                f"{name} store rows {r0}" + (f" tiles {cols[0]}" if cols[0] else ""))
+                for made in range(first, self._homes):
+                    if made in self._activations:
+                        self._free_home(made)
+                r0 += count
         return out
 
     def born_spilled(self, name, rows, tiles, image=None):
@@ -935,9 +1012,10 @@ class Graph:
         w_q = w_q.reshape(kh * kw * x.tiles * lanes, -1)                     # rows: (tap, cin)
         # Fewer panels in flight when they would take more than a sixth of the room: the
         # rest is for the bands of lines.
-        n_tiles, w_pad, b_pad, panel, bufs = self._weights(
-            name, w_q, bias_q, ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))),
-            mults=requant[0])
+        panels = self._weights(name, w_q, bias_q,
+                               ring=min(3, max(1, self._room() // (6 * len(w_q) + 6))),
+                               mults=requant[0])
+        n_tiles, w_pad, b_pad = panels.n_tiles, panels.w_pad, panels.b_pad
         # The reference: every tap's window of the zero-padded pixels, on the output grid.
         pixels = np.pad(image.from_rows(x.ref), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
         acc = np.zeros((image.batch * ho * wo, n_tiles * lanes), np.int64)
@@ -950,12 +1028,12 @@ class Graph:
         acc_ref = grid.to_rows((acc + b_pad).reshape(image.batch, ho, wo, -1))
         gemm = dict(requant=requant, act=act, out_scale=(out_scale, None))
         pitch, k_tiles = grid.pitch, kh * kw * x.tiles
-        ring = min(n_tiles, 3)
         n_src = 0 if direct else len(phases) * x.tiles
 
-        def band(src, row0, g0, g1, out):
-            """Output lines g0..g1-1 (over the batch) from ``src``, the input's rows from
-            row0 (the whole input, or a band loaded from HBM)."""
+        def band(src, row0, g0, g1, out, cols):
+            """Output lines g0..g1-1 (over the batch), column tiles ``cols`` (first, stop),
+            from ``src``, the input's rows from row0 (the whole input, or a band loaded
+            from HBM)."""
             inside = np.flatnonzero(grid.interior(g0 * pitch, (g1 - g0) * pitch))
             if not inside.size:
                 return self._zero(name, out)
@@ -980,17 +1058,26 @@ class Graph:
                                           for a, b in extent.values()]
             rows = (g1 - g0) * pitch
             return self._gemm(name, lambda kt: base(kt) + offset(kt), k_tiles, lo, hi, rows,
-                              acc_ref[g0 * pitch:g1 * pitch], n_tiles, panel, reads=reads,
-                              grid=(grid, g0 * pitch), out=out, **gemm)
+                              acc_ref[g0 * pitch:g1 * pitch], n_tiles, panels, reads=reads,
+                              grid=(grid, g0 * pitch), out=out, cols=cols, **gemm)
 
-        def sizes(lines):
-            """Regions a band of ``lines`` output lines allocates: output, input band,
-            phase images, accumulators."""
+        def sizes(lines, tiles):
+            """Regions a band of ``lines`` output lines and ``tiles`` column tiles
+            allocates: output, input band, phase images, accumulators."""
             src_lines = (1 if direct else sy) * (lines + above + below)
             gathered = not direct and x.home in self._spilled      # phases straight from HBM
-            return ([lines * pitch * n_tiles, 0 if gathered else src_lines * image.pitch * x.tiles]
+            return ([lines * pitch * tiles, 0 if gathered else src_lines * image.pitch * x.tiles]
                     + [(lines + above + below) * pitch * n_src] * (n_src > 0)
-                    + [lines * pitch] * ring)
+                    + [lines * pitch] * min(tiles, 3))
+
+        def moved(lines, in_place):
+            """Input rows a band of ``lines`` output lines moves: its phase images (the
+            VE's copies, or the DMA's gathers from HBM), and the input lines the DMA
+            loads unless they are read in place."""
+            gathered = not direct and x.home in self._spilled
+            src_lines = (1 if direct else sy) * (lines + above + below)
+            return ((lines + above + below) * pitch * n_src
+                    + (0 if in_place or gathered else src_lines * image.pitch * x.tiles))
 
         def source_rows(g0, g1):
             """The input rows lines g0..g1-1 of the output read."""
@@ -1010,52 +1097,74 @@ class Graph:
             return min(lines) * image.pitch, (max(lines) + 1) * image.pitch
 
         out = self._image_op(name, x, grid, n_tiles, _gemm_scale(act, (out_scale, None)),
-                             sizes, source_rows, band)
-        for region in bufs:
-            self.builder.free(region)
+                             sizes, source_rows, band, panels, moved)
+        panels.free()
         self._op(f"conv{kh}x{kw}", name)
         return out
 
-    def _image_op(self, name, x, grid, n_tiles, scale, sizes, source_rows, band):
+    def _image_op(self, name, x, grid, n_tiles, scale, sizes, source_rows, band, panels=None,
+                  moved=None):
         """An image operator with output laid out as ``grid`` (``n_tiles`` tiles at
-        ``scale``), computed by ``band(src, row0, g0, g1, out)``: output lines g0..g1-1 over
-        the batch, from ``src`` holding the input's rows from row0 on. Whole when the input,
-        output and ``sizes(all lines)`` fit; otherwise by bands of lines, each reading
-        ``source_rows(g0, g1)`` (loaded from HBM, where the input goes first unless it fits
-        beside a band of at least 4 lines), its output stored to HBM (born spilled)."""
-        total = grid.batch * grid.lines
+        ``scale``), computed by ``band(src, row0, g0, g1, out, cols)``: output lines
+        g0..g1-1 over the batch, column tiles cols (first, stop), from ``src`` holding the
+        input's rows from row0 on. Whole when the input, output and ``sizes(all lines,
+        n_tiles)`` fit; otherwise by bands of lines, each reading ``source_rows(g0, g1)``
+        (loaded from HBM, where the input goes first unless it fits beside a band of at
+        least 4 lines), its output stored to HBM (born spilled).
+
+        With ``panels`` (a convolution's weights), the bands run in the tiler's loop
+        order: all column tiles per band with the panels streaming, or groups of column
+        tiles whose panels stay while the bands pass; ``moved(lines, in_place)`` is the
+        input rows a band of that many lines moves (phase images the VE makes, lines the
+        DMA loads)."""
+        total, pitch, lanes = grid.batch * grid.lines, grid.pitch, self.lanes
         spilled = x.home in self._spilled
-        whole = [x.rows * x.tiles] * spilled + [sizes(total)[0]] + sizes(total)[2:]
+        whole = ([x.rows * x.tiles] * spilled + [sizes(total, n_tiles)[0]]
+                 + sizes(total, n_tiles)[2:])
         if sum(whole) <= self._room(x) and self._make_room(whole, x):
             x = self.resident(x)
-            out = self._new(grid.rows, n_tiles, scale, np.zeros((grid.rows, n_tiles * self.lanes)),
+            out = self._new(grid.rows, n_tiles, scale, np.zeros((grid.rows, n_tiles * lanes)),
                             name, grid)
-            return band(x, 0, 0, total, out)
+            return band(x, 0, 0, total, out, (0, n_tiles))
+
+        def order(pieces, in_place):
+            """(lines per band, passes over column tiles) when a band allocates ``pieces``."""
+            if panels is None:
+                return self.largest_band(name, total, lambda n: pieces(n, n_tiles)), None
+            tiling = self._tiling(name, panels, total, pitch, panels.k // lanes, pieces,
+                                  lambda n: -(-total // n) * moved(n, in_place))
+            return tiling.band, tiling
+
+        def run(lines, tiling, compute, pieces):
+            if tiling is not None:
+                panels.allocate(tiling.buffers, tiling.held)
+            return self._by_bands(name, grid.rows, n_tiles, lines * pitch, compute, grid,
+                                  lambda n, tiles: pieces(n // pitch, tiles), pitch,
+                                  None if tiling is None else tiling.groups(n_tiles))
+
         if not spilled:
             held = self.resident(x)
+            in_place = lambda n, tiles: [sizes(n, tiles)[0]] + sizes(n, tiles)[2:]
             try:
-                lines = self.largest_band(name, total, lambda b: [sizes(b)[0]] + sizes(b)[2:])
+                lines, tiling = order(in_place, True)
             except CompileError:
                 lines = 0
             if lines >= min(total, 4):
-                return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch,
-                                      lambda r0, count: band(held, 0, r0 // grid.pitch,
-                                                             (r0 + count) // grid.pitch,
-                                                             self._band_out(name, count,
-                                                                            n_tiles, scale)),
-                                      grid, lambda n: [sizes(n // grid.pitch)[0]]
-                                      + sizes(n // grid.pitch)[2:], grid.pitch)
+                return run(lines, tiling,
+                           lambda r0, count, cols: band(
+                               held, 0, r0 // pitch, (r0 + count) // pitch,
+                               self._band_out(name, count, cols[1] - cols[0], scale), cols),
+                           in_place)
             self._spill(x.home)
-        lines = self.largest_band(name, total, sizes)
+        lines, tiling = order(sizes, False)
 
-        def from_hbm(r0, count):
-            g0, g1 = r0 // grid.pitch, (r0 + count) // grid.pitch
-            out = self._band_out(name, count, n_tiles, scale)
+        def from_hbm(r0, count, cols):
+            g0, g1 = r0 // pitch, (r0 + count) // pitch
+            out = self._band_out(name, count, cols[1] - cols[0], scale)
             a, b = source_rows(g0, g1)
             src = self.load_band(x, a, b - a) if b > a else None
-            return band(src, a, g0, g1, out)
-        return self._by_bands(name, grid.rows, n_tiles, lines * grid.pitch, from_hbm, grid,
-                              lambda n: sizes(n // grid.pitch), grid.pitch)
+            return band(src, a, g0, g1, out, cols)
+        return run(lines, tiling, from_hbm, sizes)
 
     def _zero(self, name, t):
         """VE µTOps writing 0 to every row of tensor ``t``."""
@@ -1439,7 +1548,7 @@ class Graph:
             else:
                 runs.append([u, 1, a, b - a, a - sx * u])
 
-        def band(src, row0, g0, g1, out):
+        def band(src, row0, g0, g1, out, cols):
             if src is None:                     # lines of the ring alone
                 return self._zero(name, out)
             for t in range(x.tiles):
@@ -1468,8 +1577,8 @@ class Graph:
             out.ref[:] = ref[g0 * grid.pitch:g1 * grid.pitch]
             return out
 
-        def sizes(n):
-            return [n * grid.pitch * x.tiles, (sy * n + kh) * image.pitch * x.tiles]
+        def sizes(n, tiles):
+            return [n * grid.pitch * tiles, (sy * n + kh) * image.pitch * x.tiles]
 
         def source_rows(g0, g1):
             used = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from isa.encoding import Engine, instr
 
 from .builder import CompileError, Program, ProgramBuilder, Region, k_runs, row_spans, run_body
+from .tiler import choose_tiling
 
 __all__ = ["CompileError", "MatmulPlan", "compile_matmul", "matmul_utops"]
 
@@ -67,29 +68,49 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     free = builder.free_rows
     b_whole = n_tiles * panel_b
 
-    def fit():
-        """(a_block, row_block, B ring, C ring): deep rings first, then the largest panel."""
+    def fit(rings_b=None, quiet=False):
+        """(a_block, row_block, B buffers, C ring): deep rings first, then the largest
+        panel; B held whole with ``rings_b`` = (n_tiles,)."""
         most_b, most_c = min(n_tiles, cfg.n_me + 2), cfg.n_me + 3
-        for ring_b, ring_c in ((most_b, most_c), (min(most_b, 2), 2), (1, 1)):
+        rings = ((most_b, most_c), (min(most_b, 2), 2), (1, 1)) if rings_b is None else \
+            [(ring, c) for ring in rings_b for c in (most_c, 2, 1)]
+        for ring_b, ring_c in rings:
             block = m if a_block is None else a_block
             while True:
                 rows = row_block or _ceil(block, max(1, _ceil(cfg.n_me, n_tiles)))
                 need = (k_tiles * block * (1 if block >= m else 2) + ring_b * panel_b
                         + ring_c * rows * (2 if requant else 1))
                 if need <= free:
-                    return block, rows, ring_b, ring_c, need
+                    return block, rows, ring_b, ring_c
                 if block == 1 or a_block is not None:
                     break
                 block = _ceil(block, 2)
+        if quiet:
+            return None
         raise CompileError(f"matmul {m}x{k}x{n} needs at least {need} scratchpad rows "
                            f"(A panel, B column panel, C tile); {free} of the vNPU's "
                            f"{builder.spad_rows} are free (a larger `spad_rows`, of the config "
                            f"or the vNPU, lifts the limit)")
 
-    a_block, row_block, ring_b, ring_c, need = fit()
+    # The tiler's choice between B's column panels streaming through a ring, loaded again
+    # for every A panel (the bands), and all of B held while the A panels pass.
+    stream = fit()
+    block, rows, ring, c_ring = stream
+    held = (block, rows, n_tiles, c_ring)        # B whole beside the same A panels, or
+    if k_tiles * block * (1 if block >= m else 2) + b_whole + c_ring * rows * (
+            2 if requant else 1) > free:
+        held = fit((n_tiles,), quiet=True)      # beside smaller ones
+    fits = {False: stream, True: held}
+
+    def band_for(buffers, tiles):
+        plan = fits[buffers == n_tiles and tiles == n_tiles]
+        return plan[0] if plan is not None and tiles == n_tiles else 0
+    tiling = choose_tiling(cfg, n_tiles=n_tiles, k_tiles=k_tiles, ring=fits[False][2], total=m,
+                           unit=1, panel_rows=panel_b, band_for=band_for,
+                           input_rows=lambda band: m * k_tiles)
+    a_block, row_block, ring_b, ring_c = fits[tiling.held or tiling.buffers == n_tiles]
     a_panels = row_spans(m, a_block)
-    # With several A panels, B is loaded once per panel unless all of it fits beside them.
-    b_resident = len(a_panels) > 1 and need - ring_b * panel_b + b_whole <= free
+    b_resident = len(a_panels) > 1 and ring_b == n_tiles
     a_bufs = _ring(builder, min(len(a_panels), 2), k_tiles * a_block, "A panel")
     b_bufs = _ring(builder, 1 if b_resident else ring_b, b_whole if b_resident else panel_b, "B")
     ring_c = min(ring_c, n_tiles * _ceil(a_block, row_block))

@@ -5,16 +5,23 @@ flagged restartable is refused before any RTL runs it."""
 
 import numpy as np
 
+from isa.regmap import Status
+
 from .device import Device
 
-__all__ = ["ExecutionError", "run_program", "run_tenants"]
+__all__ = ["ExecutionError", "MAX_RUN_CYCLES", "run_program", "run_tenants"]
+
+#: Cycles one inference may take by default on a timed backend (`neu10 run`): a
+#: ResNet-50 on the `default` config takes about 64M. A program that stops making
+#: progress faults long before (the per-µTOp watchdog).
+MAX_RUN_CYCLES = 500_000_000
 
 
 class ExecutionError(RuntimeError):
     """The program faulted, raced, or did not finish; the message says which."""
 
 
-def _check(run, names):
+def _check(run, names, max_cycles):
     """Raise ExecutionError for the first context of ``run`` that did not finish cleanly."""
     for name, context in zip(names, run.contexts):
         if context.races:
@@ -22,6 +29,10 @@ def _check(run, names):
         if context.restart_hazards:
             raise ExecutionError(f"{name}: a µTOp flagged restartable is not: "
                                  f"{context.restart_hazards[0]}")
+        if run.timed_out and context.status == Status.RUNNING:
+            raise ExecutionError(f"{name} did not finish within max_cycles={max_cycles} "
+                                 f"cycles (still {context.status.name}; a larger max_cycles, "
+                                 f"`--max-cycles` on the command line, lets it run longer)")
         if run.timed_out or context.fault:
             detail = f" ({context.fault_detail})" if context.fault_detail else ""
             raise ExecutionError(f"{name} did not finish: {context.status.name} "
@@ -75,5 +86,5 @@ def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
         reads.append([(vnpu.hbm.base + address, count) for address, count in wanted])
     run = driver.run(read_hbm=[r for tenant in reads for r in tenant], max_cycles=max_cycles,
                      timeline=timeline)
-    _check(run, names)
+    _check(run, names, max_cycles)
     return [[run.hbm[key].astype(np.int64) for key in tenant] for tenant in reads], run
