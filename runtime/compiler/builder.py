@@ -14,6 +14,7 @@ allocator of HBM words, with the host data (weights, inputs) that belongs in HBM
 """
 
 import bisect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -260,6 +261,19 @@ class ProgramBuilder:
         :meth:`alloc`'s rules, with no µTOp planned in between)?"""
         used, resting = list(self._spad_used), list(self._resting)
         return all(self._place(rows, used, resting) is not None for rows in sizes)
+
+    @contextmanager
+    def lifted(self, regions):
+        """Within the block, allocation questions (fits_all, free_rows,
+        largest_free_piece) are answered as if ``regions`` (allocated) were free: what
+        would fit if they were given back. Nothing may be allocated meanwhile."""
+        pieces = [(r.start, r.size) for r in regions]
+        for piece in pieces:
+            self._spad_used.remove(piece)
+        try:
+            yield
+        finally:
+            self._spad_used = sorted(self._spad_used + pieces)
 
     def _place(self, rows, used, resting):
         """:meth:`alloc`'s rule on the pieces ``used`` and ``resting`` (both updated): the

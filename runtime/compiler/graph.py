@@ -17,7 +17,9 @@ or the DMA gathers first (``conv``), and pooling clips its windows at the ring.
 
 Weights, biases, tables and inputs are placed in HBM by the host; weights stream into a
 ring of scratchpad buffers per layer (DMA of the next column panel overlaps the MEs on
-the current one); activations stay in the scratchpad while they fit. When an allocation
+the current one), or, when a layer runs by bands, groups of column panels stay loaded
+while every band passes under them, whichever the tiler (tiler.py) estimates faster;
+activations stay in the scratchpad while they fit. When an allocation
 finds no room, the activation used least recently by the operators (and not by the one
 being lowered) is *spilled*: stored to an HBM region of its own and its rows freed; the
 next operator that reads it loads it back, wherever there is room then (``resident``).
@@ -213,6 +215,14 @@ class _Panels:
         self.bufs = [self.graph._alloc(self.rows, f"{self.name} weight panel")
                      for _ in range(count)]
         self.held, self._in = held, {}
+
+    def arrange(self, tiling):
+        """The buffers a loop order (tiler.Tiling) asks for: the ring as it is when it has
+        as many, new ones otherwise."""
+        if tiling.buffers == len(self.bufs):
+            self.held = tiling.held
+        else:
+            self.allocate(tiling.buffers, tiling.held)
 
     def free(self):
         for region in self.bufs:
@@ -811,7 +821,7 @@ class Graph:
         pieces = lambda b, tiles: [p * b for p in [tiles] + [k_tiles] * spilled
                                    + [1] * min(tiles, 3)]
         tiling = self._tiling(name, panels, rows, 1, k_tiles, pieces,
-                              lambda band: rows * k_tiles * spilled)
+                              lambda band: rows * k_tiles * spilled, k_tiles * spilled)
         scale = _gemm_scale(gemm["act"], gemm["out_scale"])
 
         def gemm_band(r0, b, cols):
@@ -828,30 +838,35 @@ class Graph:
             return self._gemm(f"{name} rows {r0}", sources, k_tiles, 0, b, b,
                               acc_ref[r0:r0 + b], n_tiles, panels, reads=reads, out=yb,
                               cols=cols, **gemm)
-        panels.allocate(tiling.buffers, tiling.held)
+        panels.arrange(tiling)
         return self._by_bands(name, rows, n_tiles, tiling.band, gemm_band, sizes=pieces,
                               groups=tiling.groups(n_tiles))
 
-    def _tiling(self, name, panels, total, unit, k_tiles, pieces, input_rows):
+    def _tiling(self, name, panels, total, unit, k_tiles, pieces, input_rows, input_utops):
         """The loop order of a gemm over ``k_tiles`` K tiles run by bands of ``total``
         lines of ``unit`` rows, chosen by the tiler (tiler.choose_tiling); the caller
-        allocates ``panels``' buffers as it says. A band of b lines computing ``tiles``
-        column tiles allocates ``pieces(b, tiles)`` rows (after the panel buffers);
-        ``input_rows(band)`` is the rows a pass moves for the input."""
-        panels.free()
-
+        arranges ``panels``' buffers as it says (:meth:`_Panels.arrange`). A band of b
+        lines computing ``tiles`` column tiles allocates ``pieces(b, tiles)`` rows (after
+        the panel buffers); ``input_rows(band)`` is the rows a pass moves for the input,
+        in ``input_utops`` µTOps per band. The panels'
+        ring stays where it is for its own candidate (the loop order of a layer that
+        fits); the others are asked what fits with the ring given back and their own
+        buffers taken first."""
         def band_for(buffers, tiles):
             try:
-                return self.largest_band(name, total, lambda b: [panels.rows] * buffers
-                                         + pieces(b, tiles))
+                if buffers == len(panels.bufs) and tiles == panels.n_tiles:
+                    return self.largest_band(name, total, lambda b: pieces(b, tiles))
+                with self.builder.lifted(panels.bufs):
+                    return self.largest_band(name, total, lambda b: [panels.rows] * buffers
+                                             + pieces(b, tiles))
             except CompileError:
                 return 0
         tiling = choose_tiling(self.config, n_tiles=panels.n_tiles, k_tiles=k_tiles,
                                ring=panels.ring, total=total, unit=unit, panel_rows=panels.rows,
-                               band_for=band_for, input_rows=input_rows)
+                               band_for=band_for, input_rows=input_rows,
+                               input_utops=input_utops)
         if tiling is None:          # the streaming order's error says what does not fit
-            self.largest_band(name, total, lambda b: [panels.rows] * panels.ring
-                              + pieces(b, panels.n_tiles))
+            self.largest_band(name, total, lambda b: pieces(b, panels.n_tiles))
         return tiling
 
     def band_rows(self, name, rows, pieces):
@@ -1071,13 +1086,13 @@ class Graph:
                     + [lines * pitch] * min(tiles, 3))
 
         def moved(lines, in_place):
-            """Input rows a band of ``lines`` output lines moves: its phase images (the
-            VE's copies, or the DMA's gathers from HBM), and the input lines the DMA
-            loads unless they are read in place."""
-            gathered = not direct and x.home in self._spilled
+            """Input rows a band of ``lines`` output lines moves, and in how many µTOps:
+            its phase images (the VE's copies, or the DMA's gathers from HBM), and the
+            input lines the DMA loads unless they are read in place."""
+            loaded = not (in_place or not direct and x.home in self._spilled)
             src_lines = (1 if direct else sy) * (lines + above + below)
             return ((lines + above + below) * pitch * n_src
-                    + (0 if in_place or gathered else src_lines * image.pitch * x.tiles))
+                    + src_lines * image.pitch * x.tiles * loaded, n_src + x.tiles * loaded)
 
         def source_rows(g0, g1):
             """The input rows lines g0..g1-1 of the output read."""
@@ -1116,7 +1131,7 @@ class Graph:
         order: all column tiles per band with the panels streaming, or groups of column
         tiles whose panels stay while the bands pass; ``moved(lines, in_place)`` is the
         input rows a band of that many lines moves (phase images the VE makes, lines the
-        DMA loads)."""
+        DMA loads) and in how many µTOps."""
         total, pitch, lanes = grid.batch * grid.lines, grid.pitch, self.lanes
         spilled = x.home in self._spilled
         whole = ([x.rows * x.tiles] * spilled + [sizes(total, n_tiles)[0]]
@@ -1132,12 +1147,13 @@ class Graph:
             if panels is None:
                 return self.largest_band(name, total, lambda n: pieces(n, n_tiles)), None
             tiling = self._tiling(name, panels, total, pitch, panels.k // lanes, pieces,
-                                  lambda n: -(-total // n) * moved(n, in_place))
+                                  lambda n: -(-total // n) * moved(n, in_place)[0],
+                                  moved(1, in_place)[1])
             return tiling.band, tiling
 
         def run(lines, tiling, compute, pieces):
             if tiling is not None:
-                panels.allocate(tiling.buffers, tiling.held)
+                panels.arrange(tiling)
             return self._by_bands(name, grid.rows, n_tiles, lines * pitch, compute, grid,
                                   lambda n, tiles: pieces(n // pitch, tiles), pitch,
                                   None if tiling is None else tiling.groups(n_tiles))

@@ -8,9 +8,10 @@ Scratchpad plan (rows):
 - A is held in *panels* of ``a_block`` rows, one K-slice (``array_rows`` wide) after
   another. When all of A fits, there is one panel, loaded once; otherwise two panel
   buffers alternate, so the DMA loads panel p+1 while the MEs finish panel p.
-- B is cut into *column panels* (``array_cols`` wide, all of K). When all of B fits it is
-  loaded once; otherwise a ring of ``n_me + 2`` panel buffers streams it, the next panels
-  loading while every ME works on another.
+- B is cut into *column panels* (``array_cols`` wide, all of K). A ring of ``n_me + 2``
+  panel buffers streams it, the next panels loading while every ME works on another, or,
+  with several A panels, all of B is held and loaded once: the tiler (tiler.py) chooses,
+  as it does for the model compiler's layers.
 - C tiles (int32, and int8 when requantized) go to a ring of ``n_me + 3`` buffers and are
   stored to HBM ``n_me`` tiles later (see the schedule in ``matmul_utops``).
 The program builder (builder.py) derives every dependency from these regions, so

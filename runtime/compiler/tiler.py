@@ -47,7 +47,7 @@ class Tiling:
 
 
 def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, band_for,
-                  input_rows):
+                  input_rows, input_utops=0):
     """The fastest loop order of a gemm of ``n_tiles`` weight panels of ``panel_rows``
     rows each (K = ``k_tiles`` tiles) run by bands over ``total`` lines of ``unit`` rows.
 
@@ -55,14 +55,17 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
     buffers are allocated first and each band computes ``tiles`` output column tiles (0:
     none fits); ``input_rows(band)`` is the rows one pass over all bands of that size
     moves for the input (DMA loads with their halos, the VE's phase copies; 0 when it is
-    read in place). Candidates: the weights streaming through a ring of ``ring`` buffers,
-    and groups of G panels held (G = n_tiles, n_tiles / 2, / 3, / 4, / 6, ... down to 1).
+    read in place), in ``input_utops`` µTOps per band. Candidates: the weights streaming
+    through a ring of ``ring`` buffers, and groups of G panels held (G = n_tiles,
+    n_tiles / 2, / 3, / 4, / 6, ... down to 1).
 
     Each is costed from two resources: the MEs (every row of every band passes every K
     tile of every column tile, and every block of rows of every band loads each K tile's
     weights again, ``array_rows`` cycles, over ``n_me`` engines) and the DMA/HBM path (a
-    row a cycle, as a scratchpad row of int8 is at most an HBM line on the presets: the
-    weights, the input per pass, and the program's own words). Streaming through two or
+    row a cycle per DMA engine, as a scratchpad row of int8 is at most an HBM line on the
+    presets: the weights, the input per pass, and the program's own words; each µTOp
+    moving the input costs HBM's latency once more: the µTOps of a band's input load
+    wait for each other's dependencies, so their latencies do not overlap). Streaming through two or
     more buffers overlaps the two (the busier one counts); through one buffer, each
     panel's load waits for the MEs to finish the last (they add up). Held, a pass's
     panels load before its bands run (they add to the rest, which overlaps). A quarter
@@ -89,8 +92,9 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
         me = (n_tiles * k_tiles * (total * unit + bands * blocks * config.array_rows)
               // config.n_me)
         fetch = 2 * WORDS_PER_BAND_TILE * bands * n_tiles * 4 // config.hbm_bytes_per_cycle
-        weights = panel_rows * n_tiles * (1 if held else bands) * line_cycles
-        data = passes * input_rows(band) * line_cycles + fetch
+        weights = panel_rows * n_tiles * (1 if held else bands) * line_cycles // config.n_dma
+        data = (passes * input_rows(band) * line_cycles // config.n_dma + fetch
+                + passes * bands * input_utops * config.hbm_latency)
         if held:        # a pass's panels load before its bands, the input beside them
             cycles = weights + max(me, data)
         elif buffers > 1:           # the next panels load while the MEs use one
