@@ -236,7 +236,8 @@ class GoldenNPU:
         return instr
 
     def _track(self, space, locations, write):
-        """Record an access to ``locations`` (an int array) for the checks."""
+        """Record an access to ``locations`` (an int array, or a run (start, stop)) for
+        the checks."""
         if self._accesses is not None:
             self._accesses[space, write].append(locations)
         if self._restart is not None:
@@ -244,6 +245,10 @@ class GoldenNPU:
 
     def _rows(self, ctx, first, count=1, stride=1, write=False):
         """Physical scratchpad rows first + i*stride, i < count; SPAD_OOB if any is outside."""
+        if (stride == 1 or count == 1) and 0 <= first and first + count <= ctx.spad.size:
+            start = ctx.spad.base + first        # consecutive rows: tracked as one run
+            self._track("spad", (start, start + count), write)
+            return np.arange(start, start + count, dtype=np.int64)
         return self._segment_rows(ctx, first + stride * np.arange(count, dtype=np.int64), write)
 
     def _segment_rows(self, ctx, rel, write=False):
@@ -551,22 +556,33 @@ class _RestartCheck:
         self.next_instruction()
         found = []
         for space in ("hbm", "spad"):
-            def touched(step, write):
-                return {x for s, w, a in step if s == space and w == write for x in a.tolist()}
-            reads = _Locations([x for step in self.steps for s, w, x in step
-                                if s == space and not w])
-            writes = _Locations([x for step in self.steps for s, w, x in step
-                                 if s == space and w])
-            if reads.first_common(writes) is None:
+            reads = [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
+                     if s == space and not w]
+            writes = [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
+                      if s == space and w]
+            if _Locations([x for x, _ in reads]).first_common(
+                    _Locations([x for x, _ in writes])) is None:
                 continue
-            seen, first_read, written = set(), set(), set()
-            for step in self.steps:
-                read, write = touched(step, False), touched(step, True)
-                first_read |= read - seen
-                seen |= read | write
-                written |= write
-            found += [(space, x) for x in sorted(first_read & written)]
+            # A location both read and written whose first read comes no later than its
+            # first write (within an instruction, reads come first).
+            read_at, read_step = _first_steps(reads)
+            write_at, write_step = _first_steps(writes)
+            both, r, w = np.intersect1d(read_at, write_at, assume_unique=True,
+                                        return_indices=True)
+            found += [(space, int(x)) for x in both[read_step[r] <= write_step[w]]]
         return found
+
+
+def _first_steps(accesses):
+    """(locations, the first step each was accessed at) of (array, step) pairs, sorted
+    by location."""
+    accesses = [(np.arange(*x) if isinstance(x, tuple) else x, k) for x, k in accesses]
+    at = np.concatenate([x for x, _ in accesses])
+    steps = np.concatenate([np.full(len(x), k) for x, k in accesses])
+    order = np.lexsort((steps, at))
+    at, steps = at[order], steps[order]
+    first = np.concatenate(([True], at[1:] != at[:-1]))
+    return at[first], steps[first]
 
 
 class _Locations:
@@ -576,7 +592,8 @@ class _Locations:
     binary search per run, not a set of every location."""
 
     def __init__(self, arrays):
-        runs = [_runs(a) for a in arrays if a.size]
+        runs = [(np.array([a[0]]), np.array([a[1]])) if isinstance(a, tuple) else _runs(a)
+                for a in arrays if (a[1] > a[0] if isinstance(a, tuple) else a.size)]
         if not runs:
             self.starts = self.stops = np.zeros(0, np.int64)
             return
@@ -609,15 +626,20 @@ class _Locations:
 
 def _runs(a):
     """(starts, stops) of the runs of consecutive locations in int array ``a``."""
-    if a.size == 1:
-        first = int(a[0])
-        return np.array([first]), np.array([first + 1])
+    first = a[0]
+    if a.size == 1 or (a[-1] - first == a.size - 1 and (a.size == 2 or (
+            np.diff(a) == 1).all())):
+        return np.array([first]), np.array([a[-1] + 1])
     steps = np.diff(a)
     if not (steps > 0).all():
         a = np.unique(a)
         steps = np.diff(a)
     breaks = np.flatnonzero(steps != 1)
-    return a[np.r_[0, breaks + 1]], a[np.r_[breaks, a.size - 1]] + 1
+    starts = np.empty(len(breaks) + 1, a.dtype)
+    stops = np.empty(len(breaks) + 1, a.dtype)
+    starts[0], starts[1:] = a[0], a[breaks + 1]
+    stops[:-1], stops[-1] = a[breaks] + 1, a[-1] + 1
+    return starts, stops
 
 
 def loop_operands(instr, dst_offset, src_offset):

@@ -215,3 +215,22 @@ def test_an_mmloop_at_once_equals_it_iteration_by_iteration(seed, monkeypatch):
         runs.append((npu.spad.copy(), outcome.fault, outcome.restart_hazards, outcome.races))
     assert np.array_equal(runs[0][0], runs[1][0])
     assert runs[0][1:] == runs[1][1:]
+
+
+@pytest.mark.parametrize("body, hazards", [
+    (" vaddi 10, 10, 1, 2\n", [10, 11]),                       # reads what it writes
+    (" vaddi 20, 0, 1, 2\n vaddi 30, 20, 1, 2\n", []),        # writes, then reads: safe
+    (" vaddi 20, 0, 1, 4\n vaddi 21, 21, 1, 1\n vaddi 40, 41, 1, 3\n vaddi 42, 0, 1, 1\n",
+     [41, 42]),                      # 41 and 42 read first (reads come first in an instruction)
+])
+def test_the_restart_check_finds_what_a_restartable_utop_reads_before_writing(body, hazards):
+    """A µTOp flagged restartable must read nothing it writes before it writes it (run
+    again after a partial run it would read its own results): golden names each such
+    row, segment base included, and only those."""
+    config = NPUConfig(array_rows=4, array_cols=4, ve_lanes=4, spad_rows=256)
+    program = assemble(f".ve eop restartable\n{body}", config)
+    [outcome] = GoldenNPU(config, check_races=True).run(
+        [ContextSpec(program, Segment(100, 156), Segment(0, 1024))])
+    assert outcome.fault == Fault.NONE
+    assert [(h.space, h.address) for h in outcome.restart_hazards] == \
+        [("spad", 100 + row) for row in hazards]
