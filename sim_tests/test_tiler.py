@@ -3,6 +3,7 @@ scratchpad runs in, and the programs it gives: weight panels loaded once where t
 outweigh the input, bit-exact on golden (race check on)."""
 
 import numpy as np
+import pytest
 
 from isa.config import NPUConfig
 from isa.encoding import dma_words
@@ -110,3 +111,56 @@ def test_a_convolution_with_large_weights_by_bands_loads_each_panel_once():
     program = _run(g)
     weights = 32 * (576 * DEFAULT.ve_lanes // 4 + DEFAULT.ve_lanes)
     assert _weight_words_loaded(program, "conv") == weights
+
+
+def test_lifted_regions_count_as_free_only_within_the_block():
+    """The tiler asks what would fit with a layer's panel ring given back, without giving
+    it back (ProgramBuilder.lifted)."""
+    from runtime.compiler.builder import ProgramBuilder
+    builder = ProgramBuilder(DEFAULT, spad_rows=100)
+    ring = builder.alloc(60, "ring")
+    assert not builder.fits_all([50])
+    with builder.lifted([ring]):
+        assert builder.fits_all([100]) and builder.free_rows == 100
+    assert not builder.fits_all([50]) and builder.free_rows == 40
+    builder.free(ring)                     # still allocated, so it can be given back
+
+
+def test_lifting_what_is_not_allocated_is_refused_and_changes_nothing():
+    from runtime.compiler.builder import ProgramBuilder, Region
+    builder = ProgramBuilder(DEFAULT, spad_rows=100)
+    ring = builder.alloc(60, "ring")
+    with pytest.raises(ValueError, match="not allocated"):
+        with builder.lifted([ring, Region("spad", 70, 10)]):
+            pass
+    assert builder.free_rows == 40
+    with pytest.raises(RuntimeError, match="while regions are lifted"):
+        with builder.lifted([ring]):
+            builder.alloc(10, "x")
+    assert builder.free_rows == 40
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_held_groups_with_a_short_last_pass_are_bit_exact(per_channel, monkeypatch):
+    """Groups of 22 of a linear's 64 column tiles (passes of 22, 22 and 20, the later ones
+    at a column offset), forced on the tiler, with per-tensor and per-channel weights:
+    each panel loaded once, the output bit-exact on golden."""
+    from runtime.compiler import graph
+    real = graph.choose_tiling
+
+    def groups_of_22(config, **kw):
+        band_for = kw["band_for"]
+        kw["band_for"] = lambda b, t: band_for(b, t) if (b, t) == (22, 22) else 0
+        return real(config, **kw)
+    monkeypatch.setattr(graph, "choose_tiling", groups_of_22)
+    rng = np.random.default_rng(5)
+    g = Graph(DEFAULT, spad_rows=3000, per_channel=per_channel)
+    x = g.input("x", rng.integers(-127, 128, (40, 64)), 0.05)
+    g.end_operator()
+    w = rng.normal(0, 0.1, (64, 512)) * np.linspace(0.1, 3, 512)
+    y = g.linear("fc", x, w, rng.normal(0, 1, 512), 0.3, act="relu")
+    g.end_operator()
+    g.output("y", y)
+    program = _run(g)
+    assert sum(n.startswith("fc load w") for n in program.names) == 64
+    assert any(n.startswith("fc store rows 0 tiles 44") for n in program.names)

@@ -234,6 +234,7 @@ class ProgramBuilder:
         self._spad_used = []            # allocated or resting (start, size), sorted
         self._resting = []              # (µTOp count when reusable, (start, size)) freed
         self.spad_peak = 0
+        self._lifted = False            # inside lifted(): allocation questions only
         self.hbm_top = 0
         self.hbm_image = {}             # HBM word address -> int array placed there by the host
 
@@ -246,6 +247,8 @@ class ProgramBuilder:
         taken earlier only when nothing else fits."""
         if rows < 1:
             raise CompileError(f"{what}: cannot allocate {rows} scratchpad rows")
+        if self._lifted:
+            raise RuntimeError(f"{what}: allocated while regions are lifted")
         base = self._place(rows, self._spad_used, self._resting)
         if base is None:
             largest = self.largest_free_piece()
@@ -265,14 +268,20 @@ class ProgramBuilder:
     @contextmanager
     def lifted(self, regions):
         """Within the block, allocation questions (fits_all, free_rows,
-        largest_free_piece) are answered as if ``regions`` (allocated) were free: what
-        would fit if they were given back. Nothing may be allocated meanwhile."""
+        largest_free_piece) are answered as if ``regions`` (allocated, not freed) were
+        free: what would fit if they were given back. Allocating meanwhile is an error."""
         pieces = [(r.start, r.size) for r in regions]
+        resting = {piece for _, piece in self._resting}
         for piece in pieces:
-            self._spad_used.remove(piece)
+            if piece not in self._spad_used or piece in resting:
+                raise ValueError(f"scratchpad rows {piece[0]}..{sum(piece) - 1} are not "
+                                 f"allocated")
+        self._spad_used = [p for p in self._spad_used if p not in pieces]
+        self._lifted = True
         try:
             yield
         finally:
+            self._lifted = False
             self._spad_used = sorted(self._spad_used + pieces)
 
     def _place(self, rows, used, resting):

@@ -190,9 +190,10 @@ class _NoRoomForOutput(CompileError):
 
 class _Panels:
     """A layer's weight column panels: the weights in HBM (``w_hbm``, K x N padded to
-    tiles, int8 packed), one HBM row block per tile for the bias and the per-column
-    multipliers (``rows``), and the scratchpad buffers the panels load into. A panel
-    is K rows, then its bias row and multiplier row.
+    tiles, int8 packed), HBM blocks of one row per tile (``rows``: the bias, and the
+    per-column multipliers when the layer is quantized per channel), and the scratchpad
+    buffers the panels load into. A panel is K rows, then its bias row (and multiplier
+    row).
 
     Streaming (``held`` False), panel ct goes to the buffer of its accumulator slot and
     is loaded each time a gemm asks for it (unless that buffer still holds it); held,
@@ -205,8 +206,6 @@ class _Panels:
         self.k = len(w_pad)
         self.n_tiles = w_pad.shape[1] // graph.lanes
         self.rows = self.k + len(rows)              # scratchpad rows of one panel
-        self.words = self.n_tiles * (self.k * graph.lanes // graph.per_word
-                                     + len(rows) * graph.lanes)   # HBM words of all panels
         self.bufs, self.held, self._in = [], False, {}
 
     def allocate(self, count, held):
@@ -574,8 +573,9 @@ class Graph:
         """Output column tiles ``cols`` (first, stop; all ``n_tiles`` by default) of sum
         over K tiles of (rows shifted by sources(kt)) @ W.
 
-        ``panel(ct, slot)`` makes W's column tile ct available (loading it into weight
-        buffer ``slot`` if it lives in HBM) and returns (``ldw(kt)``, the instruction that
+        ``panel(ct, slot)`` makes W's column tile ct available (loading it, if it lives in
+        HBM, into a weight buffer: that of accumulator ``slot``, or ct's own when the
+        panels are held: see :class:`_Panels`) and returns (``ldw(kt)``, the instruction that
         loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
         row of the bias or None, spad row of the per-column multipliers or None).
         ``requant`` is (mult, shift), mult one multiplier or one per output column

@@ -32,8 +32,8 @@ def _check(run, names, max_cycles):
         if run.timed_out and context.status == Status.RUNNING:
             raise ExecutionError(f"{name} did not finish within max_cycles={max_cycles} "
                                  f"cycles (still {context.status.name}; a larger max_cycles, "
-                                 f"`--max-cycles` on the command line, lets it run longer)")
-        if run.timed_out or context.fault:
+                                 f"`--max-cycles` of `neu10 run`, lets it run longer)")
+        if context.fault or run.timed_out and context.status != Status.DONE:
             detail = f" ({context.fault_detail})" if context.fault_detail else ""
             raise ExecutionError(f"{name} did not finish: {context.status.name} "
                                  f"{context.fault.name} at word {context.fault_pc}{detail}")
