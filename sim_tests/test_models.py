@@ -363,9 +363,10 @@ def test_a_reduced_resnet50_is_bit_exact(backend):
 @pytest.mark.slow
 def test_resnet50_at_224_compiles_on_default_with_activations_through_hbm():
     """The full ResNet-50 (224x224, 25.6 M weights) on the default config's 16384-row
-    scratchpad: every large activation lives in HBM and runs by bands of lines."""
+    scratchpad: every large activation lives in HBM and runs by bands of lines. (The
+    tiler holds some layers' weights while their bands pass: more µTOps, fewer cycles.)"""
     model = compile_model("resnet50", DEFAULT)
-    assert len(model.program.words) < 1_100_000
+    assert len(model.program.words) < 1_300_000
     assert model.graph.builder.spad_peak <= DEFAULT.spad_rows
     assert model.graph.spills > 20
 

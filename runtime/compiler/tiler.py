@@ -47,7 +47,7 @@ class Tiling:
 
 
 def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, band_for,
-                  input_rows, input_utops=0):
+                  input_rows, input_utops=0, groups=None):
     """The fastest loop order of a gemm of ``n_tiles`` weight panels of ``panel_rows``
     rows each (K = ``k_tiles`` tiles) run by bands over ``total`` lines of ``unit`` rows.
 
@@ -57,7 +57,7 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
     moves for the input (DMA loads with their halos, the VE's phase copies; 0 when it is
     read in place), in ``input_utops`` µTOps per band. Candidates: the weights streaming
     through a ring of ``ring`` buffers, and groups of G panels held (G = n_tiles,
-    n_tiles / 2, / 3, / 4, / 6, ... down to 1).
+    n_tiles / 2, / 3, / 4, / 6, ... down to 1; or the sizes in ``groups``).
 
     Each is costed from two resources: the MEs (every row of every band passes every K
     tile of every column tile, and every block of rows of every band loads each K tile's
@@ -67,18 +67,18 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
     moving the input costs HBM's latency once more: the µTOps of a band's input load
     wait for each other's dependencies, so their latencies do not overlap). Streaming through two or
     more buffers overlaps the two (the busier one counts); through one buffer, each
-    panel's load waits for the MEs to finish the last (they add up). Held, a pass's
-    panels load before its bands run (they add to the rest, which overlaps). A quarter
+    panel's load waits for the MEs to finish the last (they add up). Held, the first
+    pass's panels load while the MEs start on them (they overlap), and each later pass's
+    wait for the pass before to give the buffers back (they add up). A quarter
     of every row moved counts on top: dependencies and scratchpad bank conflicts keep
     traffic from hiding entirely behind the MEs.
     Ties go to the order that moves less, then to fewer bands, then to streaming.
     None when no candidate fits.
     """
-    candidates = [(n_tiles, ring, False)]
-    for passes in sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, n_tiles}):
-        if passes <= n_tiles:
-            group = -(-n_tiles // passes)
-            candidates.append((group, group, True))
+    if groups is None:
+        groups = [-(-n_tiles // passes) for passes
+                  in sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, n_tiles}) if passes <= n_tiles]
+    candidates = [(n_tiles, ring, False)] + [(group, group, True) for group in groups]
     line_cycles = max(1, -(-config.ve_lanes // config.hbm_bytes_per_cycle))
     best = None
     for group, buffers, held in dict.fromkeys(candidates):
@@ -95,8 +95,9 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
         weights = panel_rows * n_tiles * (1 if held else bands) * line_cycles // config.n_dma
         data = (passes * input_rows(band) * line_cycles // config.n_dma + fetch
                 + passes * bands * input_utops * config.hbm_latency)
-        if held:        # a pass's panels load before its bands, the input beside them
-            cycles = weights + max(me, data)
+        if held:        # the first pass's panels load as the MEs start on them; a later
+            # pass's load waits for the pass before to free the buffers
+            cycles = max(me, weights // passes + data) + weights - weights // passes
         elif buffers > 1:           # the next panels load while the MEs use one
             cycles = max(me, weights + data)
         else:                       # one buffer: each panel waits for the last to be used
