@@ -575,8 +575,8 @@ class Graph:
 
         ``panel(ct, slot)`` makes W's column tile ct available (loading it, if it lives in
         HBM, into a weight buffer: that of accumulator ``slot``, or ct's own when the
-        panels are held: see :class:`_Panels`) and returns (``ldw(kt)``, the instruction that
-        loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
+        panels are held: see :class:`_Panels`) and returns (``ldw(kt)``, the instruction
+        that loads its K tile kt, ``w_src(kt)``, that ldw's source row, the Region it reads, spad
         row of the bias or None, spad row of the per-column multipliers or None).
         ``requant`` is (mult, shift), mult one multiplier or one per output column
         (`vrqr`, its row in the panel). Rows lo..hi-1 are computed, the others are zero; with ``grid`` (an Image and the
@@ -848,10 +848,9 @@ class Graph:
         arranges ``panels``' buffers as it says (:meth:`_Panels.arrange`). A band of b
         lines computing ``tiles`` column tiles allocates ``pieces(b, tiles)`` rows (after
         the panel buffers); ``input_rows(band)`` is the rows a pass moves for the input,
-        in ``input_utops`` µTOps per band. The panels'
-        ring stays where it is for its own candidate (the loop order of a layer that
-        fits); the others are asked what fits with the ring given back and their own
-        buffers taken first."""
+        in ``input_utops`` µTOps per band. The panels' ring stays where it is for its own
+        candidate (the loop order of a layer that fits); the others are asked what fits
+        with the ring given back and their own buffers taken first."""
         def band_for(buffers, tiles):
             try:
                 if buffers == len(panels.bufs) and tiles == panels.n_tiles:

@@ -94,17 +94,13 @@ def matmul_utops(builder, m, k, n, a, b, c, *, requant=None, row_block=None, a_b
     # `small` arrays).
     stream = fit()
     block, rows, ring, c_ring = stream
-    held = (block, rows, n_tiles, c_ring)
-    if k_tiles * block * (1 if block >= m else 2) + b_whole + c_ring * rows * (
-            2 if requant else 1) > free:
-        held = None
-    fits = {False: stream, True: held}
-
+    held_fits = k_tiles * block * (1 if block >= m else 2) + b_whole + c_ring * rows * (
+        2 if requant else 1) <= free
     tiling = choose_tiling(cfg, n_tiles=n_tiles, k_tiles=k_tiles, ring=ring, total=m, unit=1,
                            panel_rows=panel_b, band_for=lambda buffers, tiles: block,
                            input_rows=lambda band: m * k_tiles,
-                           groups=() if held is None else (n_tiles,))
-    a_block, row_block, ring_b, ring_c = fits[tiling.held]
+                           groups=(n_tiles,) if held_fits else ())
+    a_block, row_block, ring_b, ring_c = (block, rows, n_tiles, c_ring) if tiling.held else stream
     a_panels = row_spans(m, a_block)
     b_resident = tiling.held and len(a_panels) > 1
     a_bufs = _ring(builder, min(len(a_panels), 2), k_tiles * a_block, "A panel")

@@ -3,7 +3,7 @@ output rows and its weight column panels, and how large a band is.
 
 A gemm whose operands and output do not all fit runs by *bands* of output rows (lines of
 an image). Its weights are column *panels* (one output column tile, all of K). Two loop
-orders are possible, and which one moves fewer HBM words depends on the layer:
+orders are possible, and which one is faster depends on the layer:
 
 - **weights stream**: bands outer; the panels cycle through a small ring of buffers and
   every band loads all of them again. The input is read once. Best when the input is
@@ -14,8 +14,8 @@ orders are possible, and which one moves fewer HBM words depends on the layer:
   linears over few rows).
 
 :func:`choose_tiling` sizes the band of every candidate (the ring, and groups of several
-sizes) by asking the caller what fits, counts the HBM words each would move, and takes
-the cheapest. The model compiler (graph.py: linear and convolution layers) and the
+sizes) by asking the caller what fits, estimates the cycles each would take (MEs, DMA
+and HBM), and takes the fastest. The model compiler (graph.py: linear and convolution layers) and the
 standalone matmul compiler (matmul.py: whether B stays in the scratchpad across A's row
 panels) decide with it.
 """
@@ -65,19 +65,20 @@ def choose_tiling(config, *, n_tiles, k_tiles, ring, total, unit, panel_rows, ba
     row a cycle per DMA engine, as a scratchpad row of int8 is at most an HBM line on the
     presets: the weights, the input per pass, and the program's own words; each µTOp
     moving the input costs HBM's latency once more: the µTOps of a band's input load
-    wait for each other's dependencies, so their latencies do not overlap). Streaming through two or
-    more buffers overlaps the two (the busier one counts); through one buffer, each
-    panel's load waits for the MEs to finish the last (they add up). Held, the first
-    pass's panels load while the MEs start on them (they overlap), and each later pass's
-    wait for the pass before to give the buffers back (they add up). A quarter
-    of every row moved counts on top: dependencies and scratchpad bank conflicts keep
-    traffic from hiding entirely behind the MEs.
-    Ties go to the order that moves less, then to fewer bands, then to streaming.
+    wait for each other's dependencies, so their latencies do not overlap). Streaming
+    through two or more buffers overlaps the two (the busier one counts); through one
+    buffer, each panel's load waits for the MEs to finish the last (they add up). Held,
+    the first pass's panels load while the MEs start on them (they overlap), and each
+    later pass's wait for the pass before to give the buffers back (they add up). A
+    quarter of every row moved counts on top: dependencies and scratchpad bank conflicts
+    keep traffic from hiding entirely behind the MEs. Ties go to the order that moves
+    less, then to fewer bands, then to streaming.
     None when no candidate fits.
     """
     if groups is None:
-        groups = [-(-n_tiles // passes) for passes
-                  in sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, n_tiles}) if passes <= n_tiles]
+        groups = [-(-n_tiles // passes) for passes in
+                  sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, n_tiles})
+                  if passes <= n_tiles]
     candidates = [(n_tiles, ring, False)] + [(group, group, True) for group in groups]
     line_cycles = max(1, -(-config.ve_lanes // config.hbm_bytes_per_cycle))
     best = None
