@@ -129,6 +129,7 @@ class GoldenNPU:
         self._accesses = None
         self._restart = None     # accesses of a restartable µTOp, instruction by instruction
         self._steps = 0          # instructions of the current µTOp checked so far
+        self._decoded = {}       # (engine or "header", word) -> what it decodes to
 
     # --- running --------------------------------------------------------------------------
 
@@ -174,10 +175,7 @@ class GoldenNPU:
                 if pc >= len(ctx.program):
                     raise ProgramFault(Fault.FETCH_OOB, f"µTOp header at word {pc} is past the "
                                        f"end of the program ({len(ctx.program)} words)")
-                try:
-                    utop, length = decode_header(ctx.program[pc], cfg)
-                except DecodeError as error:
-                    raise ProgramFault(error.fault, str(error)) from None
+                utop, length = self._header(ctx.program[pc])
                 if pc + 1 + length > len(ctx.program):
                     raise ProgramFault(Fault.FETCH_OOB, f"µTOp body of {length} words at word "
                                        f"{pc} runs past the end of the program")
@@ -189,9 +187,13 @@ class GoldenNPU:
                     if utop.restartable:
                         self._restart = _RestartCheck()
                 self.execute(utop.engine, body, ctx)
+                if self._accesses is not None:
+                    locations = {key: _Locations(accesses) for key, accesses
+                                 in self._accesses.items()}
                 if self._restart is not None:
-                    result.restart_hazards += [RestartHazard(header_pc, space, address)
-                                               for space, address in self._restart.hazards()]
+                    result.restart_hazards += [
+                        RestartHazard(header_pc, space, address)
+                        for space, address in self._restart.hazards(locations)]
                     self._restart = None
             except ProgramFault as fault:
                 self._accesses = self._restart = None
@@ -201,14 +203,27 @@ class GoldenNPU:
                     result.fault_step = max(0, self._steps - 1)
                 return result
             if self._accesses is not None:
-                races.add(header_pc, utop.deps, {key: _Locations(arrays) for key, arrays
-                                                 in self._accesses.items()})
+                races.add(header_pc, utop.deps, locations)
                 self._accesses = None
             result.utops_retired += 1
             if utop.eop:
                 if self.check_races:
                     result.races = races.races
                 return result
+
+    def _header(self, word):
+        """(UTop, body length) of a header word; ProgramFault if it is not one. Decoded
+        words are kept: a program repeats most of its words."""
+        decoded = self._decoded.get(("header", word))
+        if decoded is None:
+            try:
+                decoded = decode_header(word, self.config)
+            except DecodeError as error:
+                decoded = error
+            self._decoded["header", word] = decoded
+        if isinstance(decoded, DecodeError):
+            raise ProgramFault(decoded.fault, str(decoded))
+        return decoded
 
     # --- one µTOp -------------------------------------------------------------------------
 
@@ -217,11 +232,15 @@ class GoldenNPU:
         self._steps = 0
         instrs = []
         for word in body:
-            try:
-                instrs.append(decode_instr(word, engine))
-            except DecodeError as error:
-                # Decoding happens as the engine reaches the word; earlier words have run.
-                instrs.append(error)
+            decoded = self._decoded.get((engine, word))
+            if decoded is None:
+                try:
+                    decoded = decode_instr(word, engine)
+                except DecodeError as error:
+                    # Decoding happens as the engine reaches the word; earlier words have run.
+                    decoded = error
+                self._decoded[engine, word] = decoded
+            instrs.append(decoded)
         run = {Engine.ME: self._run_me, Engine.VE: self._run_ve, Engine.DMA: self._run_dma}
         run[Engine(engine)](instrs, ctx)
 
@@ -236,8 +255,9 @@ class GoldenNPU:
         return instr
 
     def _track(self, space, locations, write):
-        """Record an access to ``locations`` (an int array, or a run (start, stop)) for
-        the checks."""
+        """Record an access to ``locations`` for the checks: an int array of locations, or
+        runs (starts, stops) of consecutive ones [start, stop), as two ints (one run) or
+        two int arrays (several)."""
         if self._accesses is not None:
             self._accesses[space, write].append(locations)
         if self._restart is not None:
@@ -271,9 +291,9 @@ class GoldenNPU:
             first = int(firsts[bad][0])
             raise ProgramFault(Fault.HBM_OOB, f"HBM words {first}..{first + count - 1} are "
                                f"outside the segment of {ctx.hbm.size} words")
-        words = ctx.hbm.base + firsts[:, None] + np.arange(count)
-        self._track("hbm", words.ravel(), write)
-        return words
+        starts = ctx.hbm.base + firsts
+        self._track("hbm", (starts, starts + count), write)
+        return starts[:, None] + np.arange(count)
 
     # --- matrix engine --------------------------------------------------------------------
 
@@ -536,9 +556,9 @@ class _RestartCheck:
     writes. A location whose first access is a read and that the µTOp also writes makes it
     unsafe to run again after a partial run (see the header's ``restartable`` flag).
 
-    Accesses are kept as the arrays the engines touch, per instruction; the order only
-    matters for a location the µTOp both reads and writes, so the instruction-by-
-    instruction walk runs only when there is one."""
+    Accesses are kept as the engines give them (see ``GoldenNPU._track``), per
+    instruction; the order only matters for a location the µTOp both reads and writes, so
+    the instruction-by-instruction walk runs only when there is one."""
 
     def __init__(self):
         self.steps = []             # per instruction: [(space, write, locations)]
@@ -552,21 +572,22 @@ class _RestartCheck:
             self.steps.append(self.current)
             self.current = []
 
-    def hazards(self):
+    def hazards(self, locations):
+        """(space, location) of every hazard, given the µTOp's accesses as ``_Locations``
+        per (space, write)."""
         self.next_instruction()
         found = []
         for space in ("hbm", "spad"):
-            reads = [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
-                     if s == space and not w]
-            writes = [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
-                      if s == space and w]
-            if _Locations([x for x, _ in reads]).first_common(
-                    _Locations([x for x, _ in writes])) is None:
+            if locations[space, False].first_common(locations[space, True]) is None:
                 continue
             # A location both read and written whose first read comes no later than its
             # first write (within an instruction, reads come first).
-            read_at, read_step = _first_steps(reads)
-            write_at, write_step = _first_steps(writes)
+            read_at, read_step = _first_steps(
+                [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
+                 if s == space and not w])
+            write_at, write_step = _first_steps(
+                [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
+                 if s == space and w])
             both, r, w = np.intersect1d(read_at, write_at, assume_unique=True,
                                         return_indices=True)
             found += [(space, int(x)) for x in both[read_step[r] <= write_step[w]]]
@@ -574,48 +595,84 @@ class _RestartCheck:
 
 
 def _first_steps(accesses):
-    """(locations, the first step each was accessed at) of (array, step) pairs, sorted
+    """(locations, the first step each was accessed at) of (access, step) pairs, sorted
     by location."""
-    accesses = [(np.arange(*x) if isinstance(x, tuple) else x, k) for x, k in accesses]
-    at = np.concatenate([x for x, _ in accesses])
-    steps = np.concatenate([np.full(len(x), k) for x, k in accesses])
+    arrays = [(_expand(x), k) for x, k in accesses]
+    at = np.concatenate([x for x, _ in arrays])
+    steps = np.concatenate([np.full(len(x), k) for x, k in arrays])
     order = np.lexsort((steps, at))
     at, steps = at[order], steps[order]
     first = np.concatenate(([True], at[1:] != at[:-1]))
     return at[first], steps[first]
 
 
-class _Locations:
-    """The locations a µTOp touched one way, from the int arrays the engines gave, as
-    sorted, disjoint runs [starts[i], stops[i]): an access is nearly always one run or a
-    few (rows of a tile, words of HBM rows), so comparing two µTOps' accesses costs a
-    binary search per run, not a set of every location."""
+def _expand(access):
+    """The int array of locations of an access (see ``GoldenNPU._track``)."""
+    if not isinstance(access, tuple):
+        return access
+    starts, stops = access
+    if np.ndim(starts) == 0:
+        return np.arange(starts, stops, dtype=np.int64)
+    sizes = stops - starts
+    offsets = np.arange(sizes.sum(), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.repeat(starts, sizes) + offsets
 
-    def __init__(self, arrays):
-        runs = [(np.array([a[0]]), np.array([a[1]])) if isinstance(a, tuple) else _runs(a)
-                for a in arrays if (a[1] > a[0] if isinstance(a, tuple) else a.size)]
-        if not runs:
-            self.starts = self.stops = np.zeros(0, np.int64)
+
+def _as_runs(access):
+    """(starts, stops) arrays of an access (see ``GoldenNPU._track``): runs, possibly
+    unsorted, overlapping or empty."""
+    if isinstance(access, tuple):
+        return np.atleast_1d(access[0]), np.atleast_1d(access[1])
+    return _runs(access) if access.size else (access, access)
+
+
+class _Locations:
+    """The locations a µTOp touched one way, from the accesses the engines gave (see
+    ``GoldenNPU._track``), as sorted, disjoint runs [starts[i], stops[i]): an access is
+    nearly always one run or a few (rows of a tile, words of HBM rows), so comparing two
+    µTOps' accesses costs a binary search per run, not a set of every location. ``lo``
+    and ``hi`` bound them all (Python ints, for the quick no); a few runs given as ints
+    are merged in plain Python."""
+
+    def __init__(self, accesses):
+        if all(isinstance(a, tuple) and isinstance(a[0], int) for a in accesses):
+            runs = sorted(a for a in accesses if a[1] > a[0])
+            merged = []
+            for start, stop in runs:
+                if merged and start <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], stop)
+                else:
+                    merged.append([start, stop])
+            self.size = len(merged)
+            self.lo, self.hi = (merged[0][0], merged[-1][1]) if merged else (0, 0)
+            self.starts = np.array([r[0] for r in merged], np.int64)
+            self.stops = np.array([r[1] for r in merged], np.int64)
             return
-        starts = np.concatenate([r[0] for r in runs])
-        stops = np.concatenate([r[1] for r in runs])
-        if len(runs) > 1:                        # merge overlapping and adjacent runs
+        runs = [_as_runs(a) for a in accesses]
+        if len(runs) == 1:
+            starts, stops = runs[0]
+        else:
+            starts = np.concatenate([r[0] for r in runs])
+            stops = np.concatenate([r[1] for r in runs])
+        keep = stops > starts
+        if not keep.all():
+            starts, stops = starts[keep], stops[keep]
+        if len(starts) > 1:                      # sort, merge overlapping and adjacent runs
             order = np.argsort(starts, kind="stable")
             starts, stops = starts[order], stops[order]
             reach = np.maximum.accumulate(stops)
-            first = np.flatnonzero(np.r_[True, starts[1:] > reach[:-1]])
+            first = np.concatenate(([0], np.flatnonzero(starts[1:] > reach[:-1]) + 1))
             starts, stops = starts[first], np.maximum.reduceat(stops, first)
         self.starts, self.stops = starts, stops
-
-    @property
-    def size(self):
-        return len(self.starts)
+        self.size = len(starts)
+        self.lo, self.hi = (int(starts[0]), int(stops[-1])) if self.size else (0, 0)
 
     def first_common(self, other):
         """The least location both touched, or None."""
-        if not self.size or not other.size or self.stops[-1] <= other.starts[0] \
-                or other.stops[-1] <= self.starts[0]:
+        if not self.size or not other.size or self.hi <= other.lo or other.hi <= self.lo:
             return None
+        if self.size == 1 and other.size == 1:
+            return max(self.lo, other.lo)
         # Per run, the first of the other's runs that ends after it starts.
         j = np.searchsorted(other.stops, self.starts, side="right")
         ok = j < other.size
@@ -625,7 +682,7 @@ class _Locations:
 
 
 def _runs(a):
-    """(starts, stops) of the runs of consecutive locations in int array ``a``."""
+    """(starts, stops) of the runs of consecutive locations in a non-empty int array."""
     first = a[0]
     if a.size == 1 or (a[-1] - first == a.size - 1 and (a.size == 2 or (
             np.diff(a) == 1).all())):
