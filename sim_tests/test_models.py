@@ -10,10 +10,10 @@ from isa.asm import assemble
 from isa.config import NPUConfig
 from runtime.host.allocator import AllocationError, Profile, allocate, estimate, measured
 from runtime.apps.cli import main
-from runtime.apps.inference import execute
+from runtime.apps.inference import execute, infer
 from runtime.host.execute import run_program
 from runtime.compiler.graph import Graph, Image
-from runtime.compiler.models import MODELS, accuracy, compile_model
+from runtime.compiler.models import MODELS, accuracy, compile_model, load_model
 from runtime.compiler.builder import CompileError
 from runtime.compiler.onnx_import import OnnxError
 from runtime.compiler.quant import lane_multipliers, multiplier, quantize, rq
@@ -182,6 +182,22 @@ def test_cli_run(capsys):
     assert main(["run", "dlrm", "--per-channel", "--json"]) == 0
     per_channel = json.loads(capsys.readouterr().out)
     assert per_channel["exact"] and per_channel["program_words"] > report["program_words"]
+
+
+def test_real_macs_count_the_models_own_products():
+    """MACs from the model's shapes, against counts made here from the architectures:
+    ResNet-50's published 4.09 G; one BERT-base layer's q, k, v, projection and FFN
+    products plus its 12 heads' scores and context; a run reports them and the share of
+    the NPU's MAC peak they are."""
+    assert load_model("resnet50").macs() == 4_089_184_256
+    tokens, width, ff, heads = 128, 768, 3072, 12
+    layer = tokens * (4 * width * width + 2 * width * ff) + 2 * heads * tokens * tokens * (width // heads)
+    assert load_model("bert-base[layers=2]").macs() == 2 * layer
+    report = infer("resnet", DEFAULT, backend="perf")
+    assert report.macs == load_model("resnet").macs() > 0
+    assert report.mac_utilization == pytest.approx(
+        report.macs / (DEFAULT.n_me * DEFAULT.array_rows * DEFAULT.array_cols * report.cycles))
+    assert "of the NPU's MAC peak" in report.text()
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -37,7 +37,10 @@ class InferenceReport:
     spills: int = 0                   # activations stored to HBM for want of room ...
     spill_bytes: int = 0
     reload_bytes: int = 0             # ... and loaded back
-    cycles: int | None = None         # RTL backends only
+    macs: int = 0                     # real multiply-accumulates (Conv, MatMul, Gemm)
+    cycles: int | None = None         # timed backends only
+    #: Timed backends: macs / (the whole NPU's MACs per cycle x cycles).
+    mac_utilization: float | None = None
     utilization: dict = field(default_factory=dict)   # of its vNPU's engines (DMA: of all)
     measured_busy: dict = field(default_factory=dict)
     borrowed: dict = field(default_factory=dict)      # engine-cycles on engines it does not own
@@ -64,6 +67,9 @@ class InferenceReport:
                          + ("; borrowed idle engines for " + ", ".join(
                              f"{v} {k.upper()}-cycles" for k, v in self.borrowed.items() if v)
                             if any(self.borrowed.values()) else ""))
+        if self.mac_utilization is not None:
+            lines.append(f"  MACs        {self.macs / 1e6:.1f} M real MACs: "
+                         f"{self.mac_utilization:.1%} of the NPU's MAC peak over the run")
         lines.append(f"  output      {'equals' if self.exact else 'DIFFERS from'} the "
                      f"integer reference bit for bit; {self.metric.replace('_', ' ')} vs float32: "
                      f"{self.accuracy:.4f}")
@@ -112,10 +118,12 @@ def infer(name, config, *, backend="golden", vnpu=None, budget=None, price_me=1.
         value, model.compile_seconds, len(model.program.words), model.program.per_engine,
         {"me": profile.me, "ve": profile.ve, "dma": profile.dma},
         model.graph.builder.spad_peak, model.graph.builder.hbm_top, model.graph.spills,
-        model.graph.spill_bytes, model.graph.reload_bytes)
+        model.graph.spill_bytes, model.graph.reload_bytes, model.source.macs())
     if run.timed:
         busy = measured(run, config)
         report.cycles = run.makespan
+        report.mac_utilization = report.macs / (
+            config.n_me * config.array_rows * config.array_cols * run.makespan)
         report.measured_busy = {"me": busy.me, "ve": busy.ve, "dma": busy.dma}
         # Its vNPU has the lowest-numbered engines of each type (the device's first fit on
         # an empty NPU); under harvest it may also borrow the others while they are idle.
@@ -152,7 +160,7 @@ def _tenant(model_graph, program, n_me, n_ve, whole=False):
 
 
 def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="harvest",
-            max_cycles=20_000_000, progress=None, timeline=False):
+            max_cycles=MAX_RUN_CYCLES, progress=None, timeline=False):
     """Run a compiled graph on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) under
     ``policy``; returns (outputs by name as rows x cols int arrays, the driver's RunResult,
     with the run's timeline with ``timeline``). ``progress(cycles)`` is called during long
@@ -165,7 +173,7 @@ def execute(graph, program, *, backend="golden", n_me=None, n_ve=None, policy="h
 
 
 def run_models(config, tenants, *, backend="verilator", policy="harvest",
-               max_cycles=20_000_000):
+               max_cycles=MAX_RUN_CYCLES):
     """Run compiled models side by side: ``tenants`` are (CompiledModel, n_me, n_ve), each
     on its own vNPU with segments sized to its program. Returns (each tenant's output as
     rows x cols, the driver's RunResult)."""

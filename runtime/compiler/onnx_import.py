@@ -79,6 +79,41 @@ class OnnxModel:
         values = run(self.graph, inputs, self.constants)
         return np.asarray(values[self.output], np.float32), values
 
+    def macs(self):
+        """The multiply-accumulates its Conv, MatMul and Gemm nodes do (the real ones: a
+        convolution's taps over its input channels per output value, a product's inner
+        dimension per output value), from the shapes ONNX's shape inference gives (large
+        constants enter it as typed inputs, without their values)."""
+        small = {n: v for n, v in self.constants.items() if np.size(v) <= 4096}
+        typed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            np.asarray(v).dtype), np.shape(v)) for n, v in self.constants.items() if n not in small]
+        graph = helper.make_graph(
+            list(self.graph.node), self.name,
+            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(d), s)
+             for n, (s, d) in self.inputs.items()] + typed,
+            [helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.asarray(v), n) for n, v in small.items()])
+        inferred = onnx.shape_inference.infer_shapes(helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", self.opset)]))
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                  for v in list(inferred.graph.value_info) + list(inferred.graph.input)
+                  + list(inferred.graph.output)}
+        shapes.update({name: list(np.shape(value)) for name, value in self.constants.items()})
+        total = 0
+        for node in self.graph.node:
+            if node.op_type not in ("Conv", "MatMul", "Gemm"):
+                continue
+            out = shapes[node.output[0]]
+            if node.op_type == "Conv":
+                w = shapes[node.input[1]]
+                inner = int(np.prod(w[1:]))
+            elif node.op_type == "Gemm":
+                inner = shapes[node.input[0]][0 if attributes(node).get("transA") else 1]
+            else:
+                inner = shapes[node.input[0]][-1]
+            total += int(np.prod(out)) * inner
+        return total
+
     def to_proto(self):
         """The folded model as an ONNX ModelProto (what `neu10 import` stores)."""
         graph = helper.make_graph(

@@ -47,7 +47,7 @@ def _device(config, backend, policy, progress):
 
 
 def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backend="golden",
-                n_me=None, n_ve=None, policy="harvest", max_cycles=20_000_000, progress=None):
+                n_me=None, n_ve=None, policy="harvest", max_cycles=MAX_RUN_CYCLES, progress=None):
     """Run one program on a vNPU of ``n_me`` MEs and ``n_ve`` VEs (default: all) with
     segments of ``spad_rows`` and ``hbm_words``: the host writes ``placements`` ((HBM
     address, words) pairs, segment-relative) first and reads ``reads`` ((address, count)
@@ -60,7 +60,7 @@ def run_program(config, words, *, spad_rows, hbm_words, placements, reads, backe
 
 
 def run_tenants(config, tenants, *, backend="verilator", policy="harvest",
-                max_cycles=20_000_000, progress=None, names=None, timeline=False):
+                max_cycles=MAX_RUN_CYCLES, progress=None, names=None, timeline=False):
     """Run programs side by side, each on its own vNPU.
 
     ``tenants`` are (words, n_me, n_ve, spad_rows, hbm_words, placements, reads): the device
