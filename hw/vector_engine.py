@@ -93,6 +93,7 @@ class VectorEngine(wiring.Component):
         mult = Signal(signed(32))
         shift = Signal(6)
         zp = Signal(signed(8))
+        even = Signal()                  # vsetq's flag: exact halves round to even
         lut_loaded = Signal()
 
         # Loop state.
@@ -133,7 +134,7 @@ class VectorEngine(wiring.Component):
         ]
         with m.If(front.start):
             m.d.sync += [vl.eq(lanes), vl_mask.eq((1 << lanes) - 1),
-                         mult.eq(1), shift.eq(0), zp.eq(0), lut_loaded.eq(0),
+                         mult.eq(1), shift.eq(0), zp.eq(0), even.eq(0), lut_loaded.eq(0),
                          loop_active.eq(0), loop_capture.eq(0), loop_pos.eq(0),
                          dst_offset.eq(0), src_offset.eq(0)]   # a faulted loop leaves them set
 
@@ -285,7 +286,8 @@ class VectorEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += [mult.eq(field(ir, "vsetq", "mult")),
                                      shift.eq(field(ir, "vsetq", "shift")),
-                                     zp.eq(field(ir, "vsetq", "zp"))]
+                                     zp.eq(field(ir, "vsetq", "zp")),
+                                     even.eq(field(ir, "vsetq", "even"))]
             with m.Elif(issue_ready & ~hazard):
                 m.d.comb += [consumed.eq(1), issue_take.eq(1)]
                 with m.If(is_instr(ir, "vldlut")):
@@ -411,6 +413,10 @@ class VectorEngine(wiring.Component):
         lut_reads = [lut.read_port(domain="comb") for _ in range(lanes)]
 
         int8_min, int8_max = -128, 127
+        # The product bits a rounding shift drops below its half bit (2^(shift-1) - 1): a
+        # tie is the half bit set and these clear.
+        below_half = Signal(64)
+        m.d.comb += below_half.eq(((Const(1, 64) << (shift - 1)[:6]) - 1)[:64])
         for lane in range(lanes):
             a = a_row[lane]
             b = Signal(signed(32), name=f"b{lane}")
@@ -437,10 +443,15 @@ class VectorEngine(wiring.Component):
                     m.d.comb += value.eq(a.as_unsigned() >> amount)
                 with m.Case(_Op.RQ):
                     product = Signal(signed(64), name=f"product{lane}")
+                    half = Signal(signed(64), name=f"half{lane}")      # p >> (shift - 1)
+                    up = Signal(signed(64), name=f"up{lane}")          # ties rounded up
+                    tie = Signal(name=f"tie{lane}")
                     rounded = Signal(signed(64), name=f"rounded{lane}")
                     m.d.comb += [product.eq(a * Mux(head.bform == _BForm.VREG, vreg_b[lane], mult)),
-                                 rounded.eq(Mux(shift == 0, product,
-                                                ((product >> (shift - 1)[:6]) + 1) >> 1) + zp)]
+                                 half.eq(product >> (shift - 1)[:6]),
+                                 up.eq((half + 1) >> 1),
+                                 tie.eq(even & half[0] & ((product.as_unsigned() & below_half) == 0)),
+                                 rounded.eq(Mux(shift == 0, product, up - (tie & up[0])) + zp)]
                     m.d.comb += value.eq(Mux(rounded < int8_min, int8_min,
                                              Mux(rounded > int8_max, int8_max, rounded)))
                 with m.Case(_Op.LUT):

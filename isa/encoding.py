@@ -311,17 +311,20 @@ def _build_instructions():
     add("vsetq", Engine.VE, 0x40,
         [Field("mult", 8, 32, "fixed-point multiplier", signed=True),
          Field("shift", 40, 6, "rounding right shift, 0..63"),
-         Field("zp", 46, 8, "output zero point", signed=True)],
+         Field("zp", 46, 8, "output zero point", signed=True),
+         Field("even", 54, 1, "exact halves round to even (as ONNX's QuantizeLinear) instead "
+                              "of up", flag=True)],
         "set requantization parameters",
-        "Sets the parameters of `vrq` (and the shift and zp of `vrqr`, which takes its "
-        "multipliers from a vector register). At the start of every µTOp they are mult = 1, "
-        "shift = 0, zp = 0.")
+        "Sets the parameters of `vrq` (and the shift, zp and rounding of `vrqr`, which takes "
+        "its multipliers from a vector register). At the start of every µTOp they are "
+        "mult = 1, shift = 0, zp = 0, even = 0.")
     add("vrq", Engine.VE, 0x41, src_dst_n(),
         "requantize int32 to int8",
         "For i < n, lanes l < vl: with x = row(src + i)[l], p = x * mult computed exactly "
         "(64 bits), r = p if shift == 0 else (p + 2^(shift-1)) >> shift computed exactly "
-        "(65 bits; arithmetic shift: ties round towards +infinity), "
-        "row(dst + i)[l] = clamp(r + zp, -128, 127).",
+        "(65 bits; arithmetic shift: ties round towards +infinity); with `vsetq`'s even "
+        "flag, a tie (shift > 0 and p mod 2^shift = 2^(shift-1)) whose r is odd gives r - 1 "
+        "instead (ties round to even); row(dst + i)[l] = clamp(r + zp, -128, 127).",
         [Fault.SPAD_OOB])
     add("vrqr", Engine.VE, 0x50,
         [_row("dst", 8, "dst"), _row("src", 24, "src"),

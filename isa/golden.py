@@ -26,13 +26,19 @@ def wrap32(values):
     return np.asarray(values, dtype=np.int64).astype(_INT32)
 
 
-def requantize(x, mult, shift, zp):
+def requantize(x, mult, shift, zp, even=False):
     """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8
-    (``mult`` one multiplier, or one per lane as `vrqr` takes them)."""
+    (``mult`` one multiplier, or one per lane as `vrqr` takes them); exact halves round up,
+    or with ``even`` to even."""
     product = np.asarray(x, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # exact: <= 2^62
     if shift:
         # (p + 2^(s-1)) >> s without overflow: halve p >> (s-1), rounding the half up.
-        product = ((product >> np.int64(shift - 1)) + 1) >> np.int64(1)
+        half = product >> np.int64(shift - 1)
+        rounded = (half + 1) >> np.int64(1)
+        if even:     # a tie: p's low shift bits are exactly 2^(shift-1)
+            tie = (half & 1).astype(bool) & (product & np.int64((1 << (shift - 1)) - 1) == 0)
+            rounded = rounded - (tie & (rounded & 1).astype(bool))
+        product = rounded
     return np.clip(product + zp, -128, 127).astype(_INT32)
 
 
@@ -108,6 +114,7 @@ class _VEState:
     mult: int = 1
     shift: int = 0
     zp: int = 0
+    even: int = 0
     lut: np.ndarray | None = None
     vregs: np.ndarray = field(default=None)
 
@@ -457,11 +464,12 @@ class GoldenNPU:
                 result = np.clip(result, -128, 127)
             write(self._rows(ctx, a["dst"], n, write=True), result)
         elif name == "vsetq":
-            state.mult, state.shift, state.zp = a["mult"], a["shift"], a["zp"]
+            state.mult, state.shift, state.zp, state.even = a["mult"], a["shift"], a["zp"], a["even"]
         elif name in ("vrq", "vrqr"):
             x = spad[self._rows(ctx, a["src"], a["n"])]
             mult = state.mult if name == "vrq" else state.vregs[a["vb"]]
-            write(self._rows(ctx, a["dst"], a["n"], write=True), requantize(x, mult, state.shift, state.zp))
+            write(self._rows(ctx, a["dst"], a["n"], write=True),
+                  requantize(x, mult, state.shift, state.zp, state.even))
         elif name == "vldlut":
             rows = self._rows(ctx, a["src"], cfg.lut_rows)
             state.lut = spad[rows].reshape(-1)[:LUT_ENTRIES].copy()

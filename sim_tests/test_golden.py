@@ -51,6 +51,16 @@ def test_requantize_ties_round_towards_plus_infinity(x, shift, expected):
     assert requantize(np.array([x]), 1, shift, 0)[0] == expected
 
 
+@pytest.mark.parametrize("x, shift, expected", [
+    (5, 1, 2), (-5, 1, -2), (7, 1, 4), (-7, 1, -4), (3, 1, 2), (-3, 1, -2), (6, 2, 2),
+    (-6, 2, -2), (10, 2, 2), (2, 2, 0), (-2, 2, 0), (11, 2, 3), (9, 2, 2), (1, 1, 0),
+])
+def test_requantize_with_the_even_flag_rounds_ties_to_even(x, shift, expected):
+    """x / 2^shift: 2.5 -> 2, 3.5 -> 4, 1.5 -> 2, -1.5 -> -2, 0.5 -> 0; non-ties (2.75,
+    2.25) to the nearest."""
+    assert requantize(np.array([x]), 1, shift, 0, even=True)[0] == expected
+
+
 ALU = {
     "add": lambda a, b: w32(a + b), "sub": lambda a, b: w32(a - b),
     "mul": lambda a, b: w32(a * b), "min": min, "max": max,

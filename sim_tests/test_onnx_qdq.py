@@ -79,14 +79,15 @@ def test_qdq_models_are_within_one_lsb_of_onnxruntime(name, reduce_range, tmp_pa
         assert np.array_equal(np.argmax(ours, 1), np.argmax(theirs, 1))
 
 
-def test_qdq_average_pooling_rounds_ties_up_where_onnxruntime_rounds_to_even(tmp_path):
-    """A 2x2 average pool of one scale in and out makes exact halves a quarter of the time:
-    the NPU's `vrq` rounds them up, onnxruntime to even, and the 1-LSB differences grow
-    through the layers after it (measured: 88% of outputs within 1 LSB, at most 4)."""
+def test_qdq_average_pooling_rounds_ties_to_even_as_onnxruntime_does(tmp_path):
+    """A 2x2 average pool of one scale in and out makes exact halves a quarter of the time;
+    the compiler's requantizations round them to even (`vsetq ..., even`), as
+    onnxruntime's QuantizeLinear does, so every output is within 1 LSB (measured: 96%
+    equal; with ties rounded up, as before the flag, 88% were within 1 LSB, at most 4)."""
     path = quantized(tmp_path, "cnn")
     for batch in range(3):
         ours, theirs = against_onnxruntime(path, batch)
-        assert np.mean(np.abs(ours - theirs) <= 1) >= 0.8 and np.abs(ours - theirs).max() <= 6
+        assert np.abs(ours - theirs).max() <= 1 and np.mean(np.abs(ours - theirs) < 0.5) >= 0.9
         assert np.array_equal(np.argmax(ours, 1), np.argmax(theirs, 1))
 
 

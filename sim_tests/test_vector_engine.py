@@ -124,12 +124,14 @@ def test_every_instruction_once_with_8_lanes():
     assert np.array_equal(out["spad"], out["golden"].spad)
 
 
+@pytest.mark.parametrize("even", [0, 1], ids=["up", "even"])
 @pytest.mark.parametrize("mult, shift, zp", [(1, 1, 0), (3, 2, 0), (1, 3, 5), (-5, 4, -2)])
-def test_requantize_rounds_exact_halves_up(mult, shift, zp):
+def test_requantize_rounds_exact_halves_up_or_to_even(mult, shift, zp, even):
     """`vrq` (isa/SPEC.md): r = (x * mult + 2^(shift-1)) >> shift, so a product exactly
-    halfway between two integers rounds towards +infinity: 2.5 -> 3, -2.5 -> -2, -0.5 -> 0.
-    Inputs are chosen so that every product is an exact half (or a near one), and the
-    expected values are computed here with exact fractions, not by the golden model."""
+    halfway between two integers rounds towards +infinity: 2.5 -> 3, -2.5 -> -2, -0.5 -> 0;
+    with `vsetq`'s even flag, to the even neighbour: 2.5 -> 2, 3.5 -> 4, -2.5 -> -2, -1.5
+    -> -2. Inputs are chosen so that every product is an exact half (or a near one), and
+    the expected values are computed here with exact fractions, not by the golden model."""
     from fractions import Fraction
     from math import floor
     step = 2 ** shift
@@ -139,15 +141,19 @@ def test_requantize_rounds_exact_halves_up(mult, shift, zp):
     xs = (xs * 4)[:32]
     init = np.zeros((256, 4), dtype=np.int64)
     init[:8] = np.array(xs, dtype=np.int64).reshape(8, 4)
-    out = run_ve(f".ve eop\n vsetq {mult}, {shift}, {zp}\n vrq 100, 0, 8\n", init)
+    flag = ", even" if even else ""
+    out = run_ve(f".ve eop\n vsetq {mult}, {shift}, {zp}{flag}\n vrq 100, 0, 8\n", init)
     assert out["faults"] == [Fault.NONE]
-    expected = [max(-128, min(127, floor(Fraction(x * mult, step) + Fraction(1, 2)) + zp))
-                for x in xs]
+
+    def nearest(v):
+        r = floor(v + Fraction(1, 2))
+        return r - 1 if even and v - floor(v) == Fraction(1, 2) and r % 2 else r
+    expected = [max(-128, min(127, nearest(Fraction(x * mult, step)) + zp)) for x in xs]
     got = [int(v) for v in out["spad"][100:108].reshape(-1)]
     wrong = [(x, x * mult / step, e, g) for x, e, g in zip(xs, expected, got) if e != g]
     assert not wrong, (
-        f"vsetq {mult}, {shift}, {zp}: (x, x*mult/2^shift, expected, RTL) {wrong[:6]}: vrq "
-        f"must round exact halves up, towards +infinity (is it truncating?)")
+        f"vsetq {mult}, {shift}, {zp}{flag}: (x, x*mult/2^shift, expected, RTL) {wrong[:6]}: "
+        f"vrq must round exact halves {'to even' if even else 'up, towards +infinity'}")
     assert [int(v) for v in out["golden"].spad[100:108].reshape(-1)] == expected
 
 

@@ -156,6 +156,12 @@ class Tensor:
                       self.home)
 
 
+def _vsetq(mult, shift, zp):
+    """The requantization parameters of the `vrq`s after it. The compiler's requantizations
+    round exact halves to even, as ONNX's QuantizeLinear does (``rq``)."""
+    return instr("vsetq", mult, shift, zp, even=1)
+
+
 def _reduce_rows(op, lane_op, dst, sources, n):
     """Instructions combining rows of several tiles lane by lane (``op``) into ``dst``, then
     across lanes (``lane_op``, broadcast): one value per row, in every lane."""
@@ -639,7 +645,7 @@ class Graph:
                 preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
                 if per_lane:
                     preamble.append(instr("vld", 1, mult_row))
-                preamble.append(instr("vsetq", 0 if per_lane else mult, shift, 0))
+                preamble.append(_vsetq(0 if per_lane else mult, shift, 0))
                 if lut is not None:
                     preamble.append(instr("vldlut", lut.start))
                 units = []
@@ -1354,7 +1360,7 @@ class Graph:
         ref = rq(a.ref * ma + b.ref * mb, 1, shift)
         ref = np.maximum(ref, 0) if relu else ref
         return self._elementwise(name, [a, b], out_scale, ref, lambda t, d, f, n, tmp: (
-            [instr("vsetq", 1, shift, 0), instr("vmuli", d, a.tile(t) + f, ma, n),
+            [_vsetq(1, shift, 0), instr("vmuli", d, a.tile(t) + f, ma, n),
              instr("vmuli", tmp, b.tile(t) + f, mb, n), instr("vadd", d, d, tmp, n),
              instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])),
             scratch=True)
@@ -1364,7 +1370,7 @@ class Graph:
         mult, shift = multiplier(a.scale * b.scale / out_scale)
         return self._elementwise(name, [a, b], out_scale, rq(a.ref * b.ref, mult, shift),
                                  lambda t, d, f, n: [
-                                     instr("vsetq", mult, shift, 0),
+                                     _vsetq(mult, shift, 0),
                                      instr("vmul", d, a.tile(t) + f, b.tile(t) + f, n),
                                      instr("vrq", d, d, n)])
 
@@ -1372,7 +1378,7 @@ class Graph:
         """The same values at another scale (int8, rounded and saturated)."""
         mult, shift = multiplier(x.scale / out_scale)
         return self._elementwise(name, [x], out_scale, rq(x.ref, mult, shift),
-                                 lambda t, d, f, n: [instr("vsetq", mult, shift, 0),
+                                 lambda t, d, f, n: [_vsetq(mult, shift, 0),
                                                      instr("vrq", d, x.tile(t) + f, n)])
 
     def activation(self, name, x, function, out_scale):
@@ -1418,7 +1424,7 @@ class Graph:
         units = []
         for f, n in row_spans(rows):
             o = lambda t: out.tile(t) + f
-            unit = [instr("vldlut", exp_lut.start), instr("vsetq", 127, recip_bits, 0)]
+            unit = [instr("vldlut", exp_lut.start), _vsetq(127, recip_bits, 0)]
             unit += _reduce_rows("vmax", "vlmax", peak_row + f,
                                  [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
@@ -1489,13 +1495,13 @@ class Graph:
             unit.append(instr("vlsum", v_row + f, v_row + f, n))
             unit += _bucket_lookup(v_row + f, k, n)
             for t in range(tiles):
-                unit += [instr("vsetq", z_mult[0], z_mult[1], 0),
+                unit += [_vsetq(z_mult[0], z_mult[1], 0),
                          instr("vmul", o(t), o(t), v_row + f, n),
                          instr("vrq", o(t), o(t), n),
                          instr("vld", 1, params.start + t),
                          instr("vld", 2, params.start + tiles + t),
                          instr("vmulr", o(t), o(t), 1, n),
-                         instr("vsetq", y_mult[0], y_mult[1], 0),
+                         _vsetq(y_mult[0], y_mult[1], 0),
                          instr("vrq", o(t), o(t), n),
                          instr("vaddr.s8", o(t), o(t), 2, n)]
             units.append(unit)
@@ -1584,7 +1590,7 @@ class Graph:
                                           image.pitch, y1 - y0, nx))
                         if average:
                             mult, shift = multiplier(1 / counts[v, u])
-                            unit.append(instr("vsetq", mult, shift, 0))
+                            unit.append(_vsetq(mult, shift, 0))
                             unit += [instr("vrq", d + f, d + f, c) for f, c in row_spans(n)]
                         units.append(unit)
                 self._ve(units, reads=[src.tile_region(t)], writes=[out.tile_region(t)],
@@ -1642,7 +1648,7 @@ class Graph:
         def finish(t):
             self._ve([[instr("vrq", out.tile(t), row(len(levels) - 1, 0), image.batch)]],
                      reads=[work], writes=[out.tile_region(t)], name=f"{name}.{t} rq",
-                     preamble=[instr("vsetq", mult, shift, 0)])
+                     preamble=[_vsetq(mult, shift, 0)])
 
         def whole(src, t0, tiles):
             for t in range(tiles):

@@ -67,11 +67,15 @@ def lane_multipliers(reals):
 
 
 def rq(x, mult, shift, zp=0):
-    """The `vrq` rule in numpy: (x * mult) rounded (ties up) right by shift, + zp, int8
-    (``mult`` one multiplier, or one per column as `vrqr` takes them)."""
+    """The compiler's requantization in numpy: `vrq` with `vsetq`'s even flag, i.e.
+    (x * mult) / 2^shift rounded to the nearest integer, exact halves to even (as ONNX's
+    QuantizeLinear), + zp, int8 (``mult`` one multiplier, or one per column as `vrqr`
+    takes them)."""
     product = np.asarray(x, dtype=np.int64) * mult
     if shift:
-        product = (product + (1 << (shift - 1))) >> shift
+        up = (product + (1 << (shift - 1))) >> shift
+        tie = (product & ((1 << shift) - 1)) == 1 << (shift - 1)
+        product = up - (tie & (up & 1).astype(bool))
     return np.clip(product + zp, -128, 127)
 
 
