@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 NEU10   = $(VENV)/bin/neu10
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: install test test-all demo experiment spec bench verilog verilog-tpu clean
+.PHONY: install test test-all test-fullsize demo experiment spec bench verilog verilog-tpu clean
 
 install: $(STAMP)
 
@@ -22,9 +22,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal
 
-## Everything, including slow sweeps and fuzzing.
+## Everything but the full-size models on Verilator, including slow sweeps and fuzzing.
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m '' -n auto --dist worksteal
+	$(PY) -m pytest -q -m 'not fullsize' -n auto --dist worksteal
+
+## One inference of ResNet-50 and of BERT-base on Verilator, bit-exact (about an hour).
+test-fullsize: $(STAMP)
+	$(PY) -m pytest -q -m fullsize -n auto --dist worksteal
 
 ## The main job: a two-tenant demo.
 demo: $(STAMP)

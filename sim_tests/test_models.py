@@ -387,6 +387,29 @@ def test_resnet50_at_224_compiles_on_default_with_activations_through_hbm():
     assert model.graph.spills > 20
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ref", ["resnet50", "bert-base"])
+def test_full_size_models_are_bit_exact_on_golden(ref):
+    """One inference of ResNet-50 (224x224) and of the 12-layer BERT-base on the default
+    config, race check on: the output equals the compiler's integer reference."""
+    model = compile_model(ref, DEFAULT)
+    outputs, _ = execute(model.graph, model.program)
+    assert np.array_equal(outputs[ref], model.expected)
+    metric, value = accuracy(model, outputs[ref])
+    assert value == 1.0 if metric == "top1_agreement" else value < 0.2
+
+
+@pytest.mark.fullsize
+@pytest.mark.parametrize("ref", ["resnet50", "bert-base"])
+def test_full_size_models_are_bit_exact_on_verilator(ref):
+    """The same on the RTL: the pNPU's Verilator model runs one whole inference (tens of
+    millions of cycles) and its output equals golden's integers."""
+    model = compile_model(ref, DEFAULT)
+    outputs, run = execute(model.graph, model.program, backend="verilator")
+    assert np.array_equal(outputs[ref], model.expected)
+    assert run.makespan > 10_000_000
+
+
 @pytest.mark.parametrize("ref", ["dlrm-mlperf[batch=16,vocab=64]",
                                  "ncf-mlperf[batch=16,users=100,items=80]",
                                  "bert-base[tokens=16,layers=1]",
