@@ -292,6 +292,31 @@ def test_bert_base_compiles_on_tpu():
     assert len({n.split(" ")[0] for n in model.program.names if ".head" in n}) == 12 * 3 * 12
 
 
+@pytest.mark.parametrize("spad_rows", [1400, 700, 600])
+def test_a_ring_of_weight_panels_that_does_not_fit_makes_do_with_fewer(spad_rows):
+    """A linear layer whose three streaming panel buffers (257 rows each, K = 256) do not
+    fit beside its input: the ring shrinks to two or one buffer (it used to be a compile
+    error naming the weight panel), and the result stays bit-exact."""
+    rng = np.random.default_rng(3)
+    g = Graph(DEFAULT, spad_rows=spad_rows)
+    x = g.input("x", rng.integers(-127, 128, (16, 256)), 0.05)
+    g.end_operator()
+    y = g.linear("fc", x, rng.normal(0, 0.05, (256, 24)), np.zeros(24), 0.05)
+    g.end_operator()
+    g.output("y", y)
+    outputs, _ = execute(g, g.build())
+    assert np.array_equal(outputs["y"], y.ref)
+    assert g.builder.spad_peak <= spad_rows
+
+
+@pytest.mark.slow
+def test_bert_large_compiles_on_tpu():
+    """BERT-large (24 layers of 1024, ff 4096): ff2's 4097-row weight panels do not fit
+    three to a ring beside its input on tpu's 16384 rows; the ring makes do with fewer."""
+    model = compile_model("bert-large", NPUConfig.preset("tpu"))
+    assert model.graph.builder.spad_peak <= 16384 and len(model.program.words) < 200_000
+
+
 def test_convolution_and_pooling_of_large_images_run_by_bands_of_lines():
     """8 images of 32x32 (9248 padded pixels per channel tile, 8 tiles after the stem): the
     convolutions and the residual add run by bands of image lines through HBM (each band

@@ -215,10 +215,22 @@ class _Panels:
         self.bufs, self.held, self._in = [], False, {}
 
     def allocate(self, count, held):
-        """Free the buffers there are and take ``count`` new ones."""
+        """Free the buffers there are and take ``count`` new ones; a streaming ring that
+        cannot have ``count`` (even with idle activations spilled) makes do with fewer,
+        down to one."""
         self.free()
-        self.bufs = [self.graph._alloc(self.rows, f"{self.name} weight panel")
-                     for _ in range(count)]
+        for n in range(count, 0, -1):
+            try:
+                self.bufs = []
+                for _ in range(n):
+                    self.bufs.append(self.graph._alloc(self.rows, f"{self.name} weight panel"))
+                break
+            except CompileError:
+                self.free()
+                if held or n == 1:
+                    raise
+        if not held:
+            self.ring = len(self.bufs)
         self.held, self._in = held, {}
 
     def arrange(self, tiling):
