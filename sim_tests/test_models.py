@@ -423,6 +423,15 @@ def test_full_size_shapes_at_reduced_batch_or_depth_are_bit_exact(ref):
     assert accuracy(model, outputs[ref])[1] < 0.2
 
 
+def test_a_bert_base_layer_at_reduced_tokens_is_bit_exact_on_verilator():
+    """BERT-base's layer at full width (768, 12 heads of 64, ff 3072) over 16 tokens: two
+    million cycles of the RTL, equal to golden's integers."""
+    ref = "bert-base[tokens=16,layers=1]"
+    model = compile_model(ref, DEFAULT)
+    outputs, run = execute(model.graph, model.program, backend="verilator")
+    assert np.array_equal(outputs[ref], model.expected) and run.makespan > 1_000_000
+
+
 @pytest.mark.parametrize("bands", [False, True], ids=["whole", "bands"])
 def test_per_channel_weight_scales_requantize_each_column_with_its_own(bands):
     """Graph(per_channel=True): a conv and a linear layer whose output channels span four
