@@ -332,7 +332,8 @@ def _build_instructions():
          _N],
         "requantize int32 to int8, a multiplier per lane",
         "As `vrq`, with lane l's multiplier V[vb][l] in place of mult (a scale per output "
-        "channel: per-channel quantized weights); shift and zp are those of `vsetq`.",
+        "channel: per-channel quantized weights); shift, zp and the even flag are those of "
+        "`vsetq`.",
         [Fault.SPAD_OOB])
     add("vldlut", Engine.VE, 0x42, [_row("src", 24, "src")],
         "load the lookup table",

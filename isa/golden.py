@@ -194,14 +194,14 @@ class GoldenNPU:
                     if utop.restartable:
                         self._restart = _RestartCheck()
                 self.execute(utop.engine, body, ctx)
-                if self._accesses is not None:
+                if self._accesses is not None:      # the checks (check_races)
                     locations = {key: _Locations(accesses) for key, accesses
                                  in self._accesses.items()}
-                if self._restart is not None:
-                    result.restart_hazards += [
-                        RestartHazard(header_pc, space, address)
-                        for space, address in self._restart.hazards(locations)]
-                    self._restart = None
+                    if self._restart is not None:
+                        result.restart_hazards += [
+                            RestartHazard(header_pc, space, address)
+                            for space, address in self._restart.hazards(locations)]
+                        self._restart = None
             except ProgramFault as fault:
                 self._accesses = self._restart = None
                 result.fault, result.fault_pc, result.fault_detail = \

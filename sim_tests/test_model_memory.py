@@ -9,6 +9,7 @@ from isa.config import NPUConfig
 from isa.encoding import Engine, instr
 from runtime.apps.inference import execute
 from runtime.compiler.builder import CompileError, split_body
+from runtime.compiler import graph as graph_module
 from runtime.compiler.graph import Graph, Image
 from runtime.compiler.models import MODELS, compile_model
 
@@ -292,11 +293,20 @@ def test_bert_base_compiles_on_tpu():
     assert len({n.split(" ")[0] for n in model.program.names if ".head" in n}) == 12 * 3 * 12
 
 
-@pytest.mark.parametrize("spad_rows", [1400, 700, 600])
-def test_a_ring_of_weight_panels_that_does_not_fit_makes_do_with_fewer(spad_rows):
+@pytest.mark.parametrize("spad_rows, ring", [(1400, 3), (900, 3), (700, 2), (450, 1)])
+def test_a_ring_of_weight_panels_that_does_not_fit_makes_do_with_fewer(spad_rows, ring,
+                                                                       monkeypatch):
     """A linear layer whose three streaming panel buffers (257 rows each, K = 256) do not
     fit beside its input: the ring shrinks to two or one buffer (it used to be a compile
-    error naming the weight panel), and the result stays bit-exact."""
+    error naming the weight panel; at 900 rows, three fit once the input is spilled), and
+    the result stays bit-exact."""
+    rings = []
+    allocate = graph_module._Panels.allocate
+
+    def recording(panels, count, held):
+        allocate(panels, count, held)
+        rings.append(len(panels.bufs))
+    monkeypatch.setattr(graph_module._Panels, "allocate", recording)
     rng = np.random.default_rng(3)
     g = Graph(DEFAULT, spad_rows=spad_rows)
     x = g.input("x", rng.integers(-127, 128, (16, 256)), 0.05)
@@ -305,8 +315,26 @@ def test_a_ring_of_weight_panels_that_does_not_fit_makes_do_with_fewer(spad_rows
     g.end_operator()
     g.output("y", y)
     outputs, _ = execute(g, g.build())
+    assert rings[0] == ring
     assert np.array_equal(outputs["y"], y.ref)
     assert g.builder.spad_peak <= spad_rows
+
+
+def test_an_input_matrix_as_large_as_the_scratchpad_stays_in_hbm():
+    """An input that would take every free row (bert-large's 128 x 1024 on default is the
+    whole 16384-row scratchpad) stays in HBM and its reader runs by row bands; it used to
+    be loaded, leaving no row for the weights."""
+    rng = np.random.default_rng(5)
+    g = Graph(DEFAULT, spad_rows=512)
+    x = g.input("x", rng.integers(-127, 128, (64, 64)), 0.05)       # 8 tiles x 64 rows
+    g.end_operator()
+    y = g.linear("fc", x, rng.normal(0, 0.05, (64, 16)), np.zeros(16), 0.05)
+    g.end_operator()
+    g.output("y", y)
+    program = g.build()
+    assert not any(n.startswith("load x") for n in program.names)
+    outputs, _ = execute(g, program)
+    assert np.array_equal(outputs["y"], y.ref) and g.builder.spad_peak <= 512
 
 
 @pytest.mark.slow

@@ -195,8 +195,8 @@ def test_real_macs_count_the_models_own_products():
     assert load_model("bert-base[layers=2]").macs() == 2 * layer
     report = infer("resnet", DEFAULT, backend="perf")
     assert report.macs == load_model("resnet").macs() > 0
-    assert report.mac_utilization == pytest.approx(
-        report.macs / (DEFAULT.n_me * DEFAULT.array_rows * DEFAULT.array_cols * report.cycles))
+    # Real MACs are a part of what the MEs did: no more than their busy share.
+    assert 0 < report.mac_utilization <= report.utilization["me"]
     assert "of the NPU's MAC peak" in report.text()
 
 

@@ -57,7 +57,9 @@ def random_instruction(rng, src_region, dst_region, lanes):
         return rng.choice([f"vld {rng.randrange(8)}, {rows(1)}", f"vst {rows(1, dst_region)}, {rng.randrange(8)}"])
     if kind == "vsetvl":
         return f"vsetvl {rng.randint(1, lanes)}"
-    return f"vsetq {rng.randint(-2**31, 2**31 - 1)}, {rng.randint(0, 40)}, {rng.randint(-128, 127)}"
+    shift = rng.choice([rng.randint(0, 40), rng.randint(0, 63)])
+    even = rng.choice(["", ", even"])
+    return f"vsetq {rng.randint(-2**31, 2**31 - 1)}, {shift}, {rng.randint(-128, 127)}{even}"
 
 
 def random_ve_program(rng, lanes, n_instr=12, loop=False):

@@ -219,7 +219,10 @@ class _Panels:
         cannot have ``count`` (even with idle activations spilled) makes do with fewer,
         down to one."""
         self.free()
-        for n in range(count, 0, -1):
+        # A failed try may have spilled activations around the buffers it took: the same
+        # count is tried once more on the room that made, then fewer.
+        tries = [count] + ([count] if held else list(range(count, 0, -1)))
+        for i, n in enumerate(tries):
             try:
                 self.bufs = []
                 for _ in range(n):
@@ -227,7 +230,7 @@ class _Panels:
                 break
             except CompileError:
                 self.free()
-                if held or n == 1:
+                if i == len(tries) - 1:
                     raise
         if not held:
             self.ring = len(self.bufs)
@@ -513,8 +516,8 @@ class Graph:
         tiles = self._tiles(cols, f"input {name}")
         pw = self.per_word
         hbm = self.builder.hbm(rows * cols // pw, f"input {name}")
-        if rows * tiles > self._room():
-            # Larger than the scratchpad: it stays in HBM, tile after tile (as a spilled
+        if rows * tiles >= self._room():
+            # As large as the free scratchpad: it stays in HBM, tile after tile (as a spilled
             # activation), and its readers load it by bands.
             by_tiles = rows_q.reshape(rows, tiles, self.lanes).transpose(1, 0, 2)
             self.inputs[name] = (hbm, self._int8_words(by_tiles.reshape(rows * tiles, -1),

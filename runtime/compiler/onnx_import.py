@@ -103,7 +103,10 @@ class OnnxModel:
         for node in self.graph.node:
             if node.op_type not in ("Conv", "MatMul", "Gemm"):
                 continue
-            out = shapes[node.output[0]]
+            out = shapes.get(node.output[0])
+            if not out or not all(out):
+                raise OnnxError(f"{_node(node)}: its output shape {out} is not known; MACs "
+                                f"are counted on static shapes")
             if node.op_type == "Conv":
                 w = shapes[node.input[1]]
                 inner = int(np.prod(w[1:]))

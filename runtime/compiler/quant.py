@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from isa.golden import requantize
+
 __all__ = ["scale_of", "quantize", "multiplier", "rq", "activation_table", "ACTIVATIONS", "erf",
            "int_matmul"]
 
@@ -67,16 +69,11 @@ def lane_multipliers(reals):
 
 
 def rq(x, mult, shift, zp=0):
-    """The compiler's requantization in numpy: `vrq` with `vsetq`'s even flag, i.e.
-    (x * mult) / 2^shift rounded to the nearest integer, exact halves to even (as ONNX's
-    QuantizeLinear), + zp, int8 (``mult`` one multiplier, or one per column as `vrqr`
-    takes them)."""
-    product = np.asarray(x, dtype=np.int64) * mult
-    if shift:
-        up = (product + (1 << (shift - 1))) >> shift
-        tie = (product & ((1 << shift) - 1)) == 1 << (shift - 1)
-        product = up - (tie & (up & 1).astype(bool))
-    return np.clip(product + zp, -128, 127)
+    """The compiler's requantization: `vrq` with `vsetq`'s even flag (isa.golden's
+    ``requantize``), i.e. (x * mult) / 2^shift rounded to the nearest integer, exact
+    halves to even (as ONNX's QuantizeLinear), + zp, int8, as int64 (``mult`` one
+    multiplier, or one per column as `vrqr` takes them)."""
+    return requantize(x, mult, shift, zp, even=True).astype(np.int64)
 
 
 #: The error function, elementwise (numpy has none).
