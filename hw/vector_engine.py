@@ -444,14 +444,16 @@ class VectorEngine(wiring.Component):
                 with m.Case(_Op.RQ):
                     product = Signal(signed(64), name=f"product{lane}")
                     half = Signal(signed(64), name=f"half{lane}")      # p >> (shift - 1)
-                    up = Signal(signed(64), name=f"up{lane}")          # ties rounded up
-                    tie = Signal(name=f"tie{lane}")
+                    down = Signal(name=f"down{lane}")
                     rounded = Signal(signed(64), name=f"rounded{lane}")
+                    # Ties round up, to (half + 1) >> 1; with `even`, a tie whose half >> 1
+                    # is even (half bit 1 clear) rounds down to half >> 1 instead.
                     m.d.comb += [product.eq(a * Mux(head.bform == _BForm.VREG, vreg_b[lane], mult)),
                                  half.eq(product >> (shift - 1)[:6]),
-                                 up.eq((half + 1) >> 1),
-                                 tie.eq(even & half[0] & ((product.as_unsigned() & below_half) == 0)),
-                                 rounded.eq(Mux(shift == 0, product, up - (tie & up[0])) + zp)]
+                                 down.eq(even & half[0] & ~half[1]
+                                         & ((product.as_unsigned() & below_half) == 0)),
+                                 rounded.eq(Mux(shift == 0, product,
+                                                Mux(down, half >> 1, (half + 1) >> 1)) + zp)]
                     m.d.comb += value.eq(Mux(rounded < int8_min, int8_min,
                                              Mux(rounded > int8_max, int8_max, rounded)))
                 with m.Case(_Op.LUT):
