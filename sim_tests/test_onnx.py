@@ -174,9 +174,11 @@ def _maxpool3():
 
 
 def _wide_mlp():
+    """K = 16384: one weight panel (K rows and its bias row) is larger than the whole
+    scratchpad, whatever runs by bands."""
     n = om.Net()
-    x = n.input("x", [128, 1024])
-    return n.model(n.op("MatMul", [x, n.weight(1024, 8)]))
+    x = n.input("x", [8, 16384])
+    return n.model(n.op("MatMul", [x, n.weight(16384, 8)]))
 
 
 def _huge_table():
