@@ -180,7 +180,13 @@ class _RegionIndex:
 @dataclass
 class PlannedUTop:
     """A µTOp as the compiler plans it: engine type and body (isa.encoding.Instr), the
-    memory it touches, and the dependencies that follow from that."""
+    memory it touches (kept while it is within the dependency window of the µTOps planned
+    after it, then dropped), and the dependencies that follow from that.
+
+    ``restartable``: nothing it reads is also written by it, so run again after a partial
+    run it gives the same result, and the harvest policy may lend it another tenant's
+    engine (and the owner may preempt it). Lowerings declare a temporary a µTOp writes and
+    then reads as a write only; the golden model's restart check holds them to it."""
     engine: Engine
     body: list
     name: str
@@ -188,14 +194,10 @@ class PlannedUTop:
     writes: list
     eoo: bool = False
     deps: set = field(default_factory=set)      # indices of earlier µTOps
+    restartable: bool = field(init=False)
 
-    @property
-    def restartable(self):
-        """Nothing it reads is also written by it: run again after a partial run, it gives
-        the same result, so the harvest policy may lend it another tenant's engine (and the
-        owner may preempt it). Lowerings declare a temporary a µTOp writes and then reads
-        as a write only; the golden model's restart check holds them to it."""
-        return not any(w.overlaps(r) for w in self.writes for r in self.reads)
+    def __post_init__(self):
+        self.restartable = not any(w.overlaps(r) for w in self.writes for r in self.reads)
 
 
 @dataclass
@@ -373,6 +375,12 @@ class ProgramBuilder:
                 new.deps.add(j)
         self.utops.append(new)
         self._touched.append(_RegionIndex(new.reads + new.writes))
+        # A µTOp out of the dependency window is never compared again: what it touched is
+        # dropped, so the compiler's memory does not grow with it (models of 10M words).
+        gone = index - self.config.dep_window
+        if gone >= 0:
+            self._touched[gone] = None
+            self.utops[gone].reads = self.utops[gone].writes = ()
         return new
 
     def split_utop(self, engine, body, *, reads=(), writes=(), name=""):
