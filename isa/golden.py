@@ -218,16 +218,23 @@ class GoldenNPU:
                     result.races = races.races
                 return result
 
-    def _header(self, word):
-        """(UTop, body length) of a header word; ProgramFault if it is not one. Decoded
-        words are kept: a program repeats most of its words."""
-        decoded = self._decoded.get(("header", word))
+    def _decode(self, kind, word):
+        """What ``word`` decodes to as a header (``kind`` "header": (UTop, body length)) or
+        as an instruction of engine ``kind``, or the DecodeError it raises. Decoded words
+        are kept: a program repeats most of its words."""
+        decoded = self._decoded.get((kind, word))
         if decoded is None:
             try:
-                decoded = decode_header(word, self.config)
+                decoded = (decode_header(word, self.config) if kind == "header"
+                           else decode_instr(word, kind))
             except DecodeError as error:
                 decoded = error
-            self._decoded["header", word] = decoded
+            self._decoded[kind, word] = decoded
+        return decoded
+
+    def _header(self, word):
+        """(UTop, body length) of a header word; ProgramFault if it is not one."""
+        decoded = self._decode("header", word)
         if isinstance(decoded, DecodeError):
             raise ProgramFault(decoded.fault, str(decoded))
         return decoded
@@ -237,17 +244,8 @@ class GoldenNPU:
     def execute(self, engine, body, ctx):
         """Execute one µTOp body (a list of words) for ``engine`` in context ``ctx``."""
         self._steps = 0
-        instrs = []
-        for word in body:
-            decoded = self._decoded.get((engine, word))
-            if decoded is None:
-                try:
-                    decoded = decode_instr(word, engine)
-                except DecodeError as error:
-                    # Decoding happens as the engine reaches the word; earlier words have run.
-                    decoded = error
-                self._decoded[engine, word] = decoded
-            instrs.append(decoded)
+        # A word that does not decode faults as the engine reaches it; earlier words run.
+        instrs = [self._decode(engine, word) for word in body]
         run = {Engine.ME: self._run_me, Engine.VE: self._run_ve, Engine.DMA: self._run_dma}
         run[Engine(engine)](instrs, ctx)
 
@@ -590,16 +588,19 @@ class _RestartCheck:
                 continue
             # A location both read and written whose first read comes no later than its
             # first write (within an instruction, reads come first).
-            read_at, read_step = _first_steps(
-                [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
-                 if s == space and not w])
-            write_at, write_step = _first_steps(
-                [(x, k) for k, step in enumerate(self.steps) for s, w, x in step
-                 if s == space and w])
+            read_at, read_step = self._first_steps(space, False)
+            write_at, write_step = self._first_steps(space, True)
             both, r, w = np.intersect1d(read_at, write_at, assume_unique=True,
                                         return_indices=True)
             found += [(space, int(x)) for x in both[read_step[r] <= write_step[w]]]
         return found
+
+
+    def _first_steps(self, space, write):
+        """(locations, the first step each was accessed at) of the µTOp's accesses to
+        ``space`` one way, sorted by location."""
+        return _first_steps([(x, k) for k, step in enumerate(self.steps)
+                             for s, w, x in step if s == space and w == write])
 
 
 def _first_steps(accesses):

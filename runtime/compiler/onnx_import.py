@@ -84,27 +84,16 @@ class OnnxModel:
         convolution's taps over its input channels per output value, a product's inner
         dimension per output value), from the shapes ONNX's shape inference gives (large
         constants enter it as typed inputs, without their values)."""
-        small = {n: v for n, v in self.constants.items() if np.size(v) <= 4096}
-        typed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
-            np.asarray(v).dtype), np.shape(v)) for n, v in self.constants.items() if n not in small]
-        graph = helper.make_graph(
-            list(self.graph.node), self.name,
-            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(d), s)
-             for n, (s, d) in self.inputs.items()] + typed,
-            [helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.asarray(v), n) for n, v in small.items()])
-        inferred = onnx.shape_inference.infer_shapes(helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", self.opset)]))
-        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-                  for v in list(inferred.graph.value_info) + list(inferred.graph.input)
-                  + list(inferred.graph.output)}
+        inferred = onnx.shape_inference.infer_shapes(self.to_proto(values_up_to=4096))
+        shapes = {v.name: _dims(v) for v in list(inferred.graph.value_info)
+                  + list(inferred.graph.input) + list(inferred.graph.output)}
         shapes.update({name: list(np.shape(value)) for name, value in self.constants.items()})
         total = 0
         for node in self.graph.node:
             if node.op_type not in ("Conv", "MatMul", "Gemm"):
                 continue
             out = shapes.get(node.output[0])
-            if not out or not all(out):
+            if not out or not all(isinstance(d, int) for d in out):
                 raise OnnxError(f"{_node(node)}: its output shape {out} is not known; MACs "
                                 f"are counted on static shapes")
             if node.op_type == "Conv":
@@ -117,14 +106,20 @@ class OnnxModel:
             total += int(np.prod(out)) * inner
         return total
 
-    def to_proto(self):
-        """The folded model as an ONNX ModelProto (what `neu10 import` stores)."""
+    def to_proto(self, values_up_to=None):
+        """The folded model as an ONNX ModelProto (what `neu10 import` stores). With
+        ``values_up_to``, constants of more elements are graph inputs of their type and
+        shape, without their values (enough for shape inference)."""
+        kept = {n: v for n, v in self.constants.items()
+                if values_up_to is None or np.size(v) <= values_up_to}
+        typed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            np.asarray(v).dtype), np.shape(v)) for n, v in self.constants.items() if n not in kept]
         graph = helper.make_graph(
             list(self.graph.node), self.name,
             [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(d), s)
-             for n, (s, d) in self.inputs.items()],
+             for n, (s, d) in self.inputs.items()] + typed,
             [helper.make_tensor_value_info(self.output, onnx.TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(v, n) for n, v in self.constants.items()])
+            [numpy_helper.from_array(v, n) for n, v in kept.items()])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
 
 
