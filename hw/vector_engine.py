@@ -94,6 +94,7 @@ class VectorEngine(wiring.Component):
         shift = Signal(6)
         zp = Signal(signed(8))
         even = Signal()                  # vsetq's flag: exact halves round to even
+        wide = Signal()                  # vsetq's flag: vrq saturates to int32, not int8
         lut_loaded = Signal()
 
         # Loop state.
@@ -134,7 +135,8 @@ class VectorEngine(wiring.Component):
         ]
         with m.If(front.start):
             m.d.sync += [vl.eq(lanes), vl_mask.eq((1 << lanes) - 1),
-                         mult.eq(1), shift.eq(0), zp.eq(0), even.eq(0), lut_loaded.eq(0),
+                         mult.eq(1), shift.eq(0), zp.eq(0), even.eq(0), wide.eq(0),
+                         lut_loaded.eq(0),
                          loop_active.eq(0), loop_capture.eq(0), loop_pos.eq(0),
                          dst_offset.eq(0), src_offset.eq(0)]   # a faulted loop leaves them set
 
@@ -287,7 +289,8 @@ class VectorEngine(wiring.Component):
                         m.d.sync += [mult.eq(field(ir, "vsetq", "mult")),
                                      shift.eq(field(ir, "vsetq", "shift")),
                                      zp.eq(field(ir, "vsetq", "zp")),
-                                     even.eq(field(ir, "vsetq", "even"))]
+                                     even.eq(field(ir, "vsetq", "even")),
+                                     wide.eq(field(ir, "vsetq", "wide"))]
             with m.Elif(issue_ready & ~hazard):
                 m.d.comb += [consumed.eq(1), issue_take.eq(1)]
                 with m.If(is_instr(ir, "vldlut")):
@@ -454,8 +457,9 @@ class VectorEngine(wiring.Component):
                                          & ((product.as_unsigned() & below_half) == 0)),
                                  rounded.eq(Mux(shift == 0, product,
                                                 Mux(down, half >> 1, (half + 1) >> 1)) + zp)]
-                    m.d.comb += value.eq(Mux(rounded < int8_min, int8_min,
-                                             Mux(rounded > int8_max, int8_max, rounded)))
+                    low = Mux(wide, -(1 << 31), int8_min)
+                    high = Mux(wide, (1 << 31) - 1, int8_max)
+                    m.d.comb += value.eq(Mux(rounded < low, low, Mux(rounded > high, high, rounded)))
                 with m.Case(_Op.LUT):
                     index = Signal(8, name=f"lut_index{lane}")
                     m.d.comb += index.eq(Mux(a < int8_min, 0, Mux(a > int8_max, 255, a + 128)))

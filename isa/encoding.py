@@ -313,18 +313,21 @@ def _build_instructions():
          Field("shift", 40, 6, "rounding right shift, 0..63"),
          Field("zp", 46, 8, "output zero point", signed=True),
          Field("even", 54, 1, "exact halves round to even (as ONNX's QuantizeLinear) instead "
-                              "of up", flag=True)],
+                              "of up", flag=True),
+         Field("wide", 55, 1, "results saturate to int32 instead of int8 (an intermediate "
+                              "with fractional bits, e.g. before a per-lane bias)", flag=True)],
         "set requantization parameters",
-        "Sets the parameters of `vrq` (and the shift, zp and rounding of `vrqr`, which takes "
-        "its multipliers from a vector register). At the start of every µTOp they are "
-        "mult = 1, shift = 0, zp = 0, even = 0.")
+        "Sets the parameters of `vrq` (and the shift, zp, rounding and width of `vrqr`, which "
+        "takes its multipliers from a vector register). At the start of every µTOp they are "
+        "mult = 1, shift = 0, zp = 0, even = 0, wide = 0.")
     add("vrq", Engine.VE, 0x41, src_dst_n(),
         "requantize int32 to int8",
         "For i < n, lanes l < vl: with x = row(src + i)[l], p = x * mult computed exactly "
         "(64 bits), r = p if shift == 0 else (p + 2^(shift-1)) >> shift computed exactly "
         "(65 bits; arithmetic shift: ties round towards +infinity); with `vsetq`'s even "
         "flag, a tie (shift > 0 and p mod 2^shift = 2^(shift-1)) whose r is odd gives r - 1 "
-        "instead (ties round to even); row(dst + i)[l] = clamp(r + zp, -128, 127).",
+        "instead (ties round to even); row(dst + i)[l] = clamp(r + zp, -128, 127), or with "
+        "the wide flag clamp(r + zp, -2^31, 2^31 - 1).",
         [Fault.SPAD_OOB])
     add("vrqr", Engine.VE, 0x50,
         [_row("dst", 8, "dst"), _row("src", 24, "src"),
@@ -332,8 +335,8 @@ def _build_instructions():
          _N],
         "requantize int32 to int8, a multiplier per lane",
         "As `vrq`, with lane l's multiplier V[vb][l] in place of mult (a scale per output "
-        "channel: per-channel quantized weights); shift, zp and the even flag are those of "
-        "`vsetq`.",
+        "channel: per-channel quantized weights); shift, zp and the even and wide flags are "
+        "those of `vsetq`.",
         [Fault.SPAD_OOB])
     add("vldlut", Engine.VE, 0x42, [_row("src", 24, "src")],
         "load the lookup table",

@@ -26,10 +26,10 @@ def wrap32(values):
     return np.asarray(values, dtype=np.int64).astype(_INT32)
 
 
-def requantize(x, mult, shift, zp, even=False):
-    """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8
-    (``mult`` one multiplier, or one per lane as `vrqr` takes them); exact halves round up,
-    or with ``even`` to even."""
+def requantize(x, mult, shift, zp, even=False, wide=False):
+    """The exact `vrq` rule: (x * mult) rounded-shifted right, plus zp, saturated to int8,
+    or with ``wide`` to int32 (``mult`` one multiplier, or one per lane as `vrqr` takes
+    them); exact halves round up, or with ``even`` to even."""
     product = np.asarray(x, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # exact: <= 2^62
     if shift:
         # (p + 2^(s-1)) >> s without overflow: halve p >> (s-1), rounding the half up.
@@ -39,7 +39,8 @@ def requantize(x, mult, shift, zp, even=False):
             tie = (half & 1).astype(bool) & (product & np.int64((1 << (shift - 1)) - 1) == 0)
             rounded = rounded - (tie & (rounded & 1).astype(bool))
         product = rounded
-    return np.clip(product + zp, -128, 127).astype(_INT32)
+    top = (1 << 31) - 1 if wide else 127
+    return np.clip(product + zp, -top - 1, top).astype(_INT32)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class _VEState:
     shift: int = 0
     zp: int = 0
     even: int = 0
+    wide: int = 0
     lut: np.ndarray | None = None
     vregs: np.ndarray = field(default=None)
 
@@ -462,12 +464,13 @@ class GoldenNPU:
                 result = np.clip(result, -128, 127)
             write(self._rows(ctx, a["dst"], n, write=True), result)
         elif name == "vsetq":
-            state.mult, state.shift, state.zp, state.even = a["mult"], a["shift"], a["zp"], a["even"]
+            state.mult, state.shift, state.zp = a["mult"], a["shift"], a["zp"]
+            state.even, state.wide = a["even"], a["wide"]
         elif name in ("vrq", "vrqr"):
             x = spad[self._rows(ctx, a["src"], a["n"])]
             mult = state.mult if name == "vrq" else state.vregs[a["vb"]]
             write(self._rows(ctx, a["dst"], a["n"], write=True),
-                  requantize(x, mult, state.shift, state.zp, state.even))
+                  requantize(x, mult, state.shift, state.zp, state.even, state.wide))
         elif name == "vldlut":
             rows = self._rows(ctx, a["src"], cfg.lut_rows)
             state.lut = spad[rows].reshape(-1)[:LUT_ENTRIES].copy()

@@ -58,8 +58,8 @@ def random_instruction(rng, src_region, dst_region, lanes):
     if kind == "vsetvl":
         return f"vsetvl {rng.randint(1, lanes)}"
     shift = rng.choice([rng.randint(0, 40), rng.randint(0, 63)])
-    even = rng.choice(["", ", even"])
-    return f"vsetq {rng.randint(-2**31, 2**31 - 1)}, {shift}, {rng.randint(-128, 127)}{even}"
+    flags = rng.choice(["", ", even"]) + rng.choice(["", ", wide"])
+    return f"vsetq {rng.randint(-2**31, 2**31 - 1)}, {shift}, {rng.randint(-128, 127)}{flags}"
 
 
 def random_ve_program(rng, lanes, n_instr=12, loop=False):
@@ -159,9 +159,11 @@ def test_requantize_rounds_exact_halves_up_or_to_even(mult, shift, zp, even):
     assert [int(v) for v in out["golden"].spad[100:108].reshape(-1)] == expected
 
 
-def test_requantize_with_a_multiplier_per_lane():
+@pytest.mark.parametrize("wide", [0, 1], ids=["int8", "wide"])
+def test_requantize_with_a_multiplier_per_lane(wide):
     """`vrqr` (isa/SPEC.md): lane l's multiplier comes from V[vb][l], shift and zp from
-    vsetq; lanes at or past vl keep their value. Expected values are exact fractions."""
+    vsetq; lanes at or past vl keep their value; results saturate to int8, or with
+    `vsetq`'s wide flag to int32. Expected values are exact fractions."""
     from fractions import Fraction
     from math import floor
     rng = np.random.default_rng(7)
@@ -171,14 +173,17 @@ def test_requantize_with_a_multiplier_per_lane():
     init[0] = mults
     init[8:16] = rng.integers(-(1 << 24), 1 << 24, (8, 4))
     init[100:108] = 55
-    out = run_ve(f".ve eop\n vld 6, 0\n vsetq 99, {shift}, {zp}\n vsetvl {vl}\n"
-                 f" vrqr 100, 8, 6, 8\n", init)
+    out = run_ve(f".ve eop\n vld 6, 0\n vsetq 99, {shift}, {zp}{', wide' * wide}\n"
+                 f" vsetvl {vl}\n vrqr 100, 8, 6, 8\n", init)
     assert out["faults"] == [Fault.NONE]
     expected = np.full((8, 4), 55)
+    top = 2 ** 31 - 1 if wide else 127
     for i in range(8):
         for lane in range(vl):
             x = int(init[8 + i, lane]) * mults[lane]
-            expected[i, lane] = max(-128, min(127, floor(Fraction(x, 1 << shift) + Fraction(1, 2)) + zp))
+            r = floor(Fraction(x, 1 << shift) + Fraction(1, 2)) + zp
+            expected[i, lane] = max(-top - 1, min(top, r))
+    assert wide == (np.abs(expected) > 128).any()        # the wide case leaves int8
     assert np.array_equal(out["spad"][100:108], expected)
     assert np.array_equal(out["golden"].spad[100:108], expected)
 
