@@ -97,6 +97,7 @@ def test_operators_one_by_one():
     g = Graph(DEFAULT)
     x = g.input("x", rng.integers(-127, 128, (24, 16)), 0.05)
     y = g.input("y", rng.integers(-127, 128, (24, 16)), 0.05)
+    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.1, 16)
     picture = Image(2, 4, 6)
     img = g.input("img", rng.integers(-127, 128, (2, 4, 6, 8)), 0.1, image=picture)
     results = {
@@ -104,8 +105,7 @@ def test_operators_one_by_one():
         "mul": g.mul("mul", x, y, 0.02),
         "tanh": g.activation("tanh", x, "tanh", 1 / 127),
         "softmax": g.softmax("softmax", x),
-        "layernorm": g.layernorm("layernorm", x, rng.uniform(0.5, 1.5, 16),
-                                 rng.normal(0, 0.1, 16), 0.05),
+        "layernorm": g.layernorm("layernorm", x, gamma, beta, 0.05),
         "transpose": g.transpose("transpose", x),
         "linear": g.linear("linear", x, rng.normal(0, 0.3, (16, 40)), rng.normal(0, 1, 40),
                            0.2, act="gelu", act_scale=0.03),
@@ -127,10 +127,14 @@ def test_operators_one_by_one():
     assert np.abs(picture.__class__(2, 2, 3).from_rows(results["avgpool"].ref)
                   - quads.mean(axis=(2, 4))).max() <= 0.5
     assert np.array_equal(results["add"].ref, np.maximum(np.clip(x.ref + y.ref, -128, 127), 0))
-    probs = results["softmax"].ref / 127
+    # Softmax and layer norm: the float results rounded, within 0.02 LSB of it.
     exact = np.exp(x.ref * 0.05 - (x.ref * 0.05).max(axis=1, keepdims=True))
-    exact /= exact.sum(axis=1, keepdims=True)
-    assert np.abs(probs - exact).max() < 0.03
+    exact = 127 * exact / exact.sum(axis=1, keepdims=True)
+    assert np.abs(results["softmax"].ref - exact).max() < 0.52
+    dev = x.ref - x.ref.mean(axis=1, keepdims=True)
+    normal = dev / np.sqrt((dev ** 2).mean(axis=1, keepdims=True))
+    exact = (normal * gamma + beta) / 0.05
+    assert np.abs(results["layernorm"].ref - np.clip(exact, -128, 127)).max() < 0.52
 
 
 def test_allocator_follows_the_profile():
@@ -530,8 +534,8 @@ def test_channels_of_zero_or_tiny_weights_keep_their_bias(per_channel):
 
 def test_add_of_operands_at_other_scales_rounds_once():
     """Graph.add to an output scale of its own: each operand weighted by its scale over the
-    output's and the sum rounded once, so within half an LSB (and a 2^-15 weight error) of
-    the exact sum; relu after; scales too far apart are an error naming them."""
+    output's and the sum rounded once, so within half an LSB (and a 2^-23 weight error) of
+    the exact sum; relu after; operand scales too far apart are an error naming them."""
     rng = np.random.default_rng(13)
     a_int, b_int = rng.integers(-127, 128, (2, 200, 16))
     g = Graph(DEFAULT)
@@ -543,9 +547,11 @@ def test_add_of_operands_at_other_scales_rounds_once():
     outputs, _ = execute(g, g.build())
     assert np.array_equal(outputs["y"], y.ref)
     exact = np.maximum(np.clip((a_int * 0.05 + b_int * 0.03) / 0.07, -128, 127), 0)
-    assert np.abs(outputs["y"] - exact).max() <= 0.5 + 1e-3
-    with pytest.raises(CompileError, match="more than 32767x the output's"):
-        g.add("far", a, b, out_scale=1e-6)
+    assert np.abs(outputs["y"] - exact).max() <= 0.5 + 1e-5
+    far = g.input("far", b_int, 0.05 * 2 ** 24)
+    with pytest.raises(CompileError, match="operand scales 0.05 and 838861 are more than "
+                                           "2\\^23 apart"):
+        g.add("far", a, far, out_scale=0.07)
 
 
 @pytest.mark.parametrize("ref", ["bert[heads=8]", "bert[heads=16]"], ids=["d4", "d2"])

@@ -50,6 +50,17 @@ def quantized(tmp_path, name, symmetric=True, reduce_range=False):
     return str(target)
 
 
+def onnxruntime_session(path):
+    """onnxruntime running the QDQ graph as written: every QuantizeLinear and
+    DequantizeLinear in float, as the ONNX operators define them. Its higher optimization
+    levels fuse QDQ groups into int8 kernels (QLinearConv, QGemm,
+    QLinearGlobalAveragePool) whose code path depends on the CPU; on an AMD EPYC they
+    move the toy ResNet's outputs up to 13 LSB away from the graph's own semantics."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return onnxruntime.InferenceSession(path, options)
+
+
 def against_onnxruntime(path, batch, config=DEFAULT, backend="golden"):
     """(our int8 outputs, onnxruntime's outputs in int8 steps of our output scale), after
     checking ours equal the compiler's integer reference."""
@@ -58,7 +69,7 @@ def against_onnxruntime(path, batch, config=DEFAULT, backend="golden"):
     outputs, _ = execute(model.graph, model.program, backend=backend)
     assert np.array_equal(outputs[model.name], model.expected)
     ours = outputs[model.name][:, :model.columns]
-    theirs = onnxruntime.InferenceSession(path).run(None, inputs)[0].reshape(ours.shape)
+    theirs = onnxruntime_session(path).run(None, inputs)[0].reshape(ours.shape)
     return ours, theirs / model.scale
 
 
@@ -82,23 +93,28 @@ def test_qdq_models_are_within_one_lsb_of_onnxruntime(name, reduce_range, tmp_pa
 def test_qdq_average_pooling_rounds_ties_to_even_as_onnxruntime_does(tmp_path):
     """A 2x2 average pool of one scale in and out makes exact halves a quarter of the time;
     the compiler's requantizations round them to even (`vsetq ..., even`), as
-    onnxruntime's QuantizeLinear does, so every output is within 1 LSB (measured: 96%
-    equal; with ties rounded up, as before the flag, 88% were within 1 LSB, at most 4)."""
+    onnxruntime's QuantizeLinear does, so every output is within 1 LSB. Not all are equal
+    (measured: 82%): onnxruntime averages in float32 (dequantize, sum, divide, quantize),
+    whose rounding moves about a fifth of the exact halves off the tie."""
     path = quantized(tmp_path, "cnn")
     for batch in range(3):
         ours, theirs = against_onnxruntime(path, batch)
-        assert np.abs(ours - theirs).max() <= 1 and np.mean(np.abs(ours - theirs) < 0.5) >= 0.9
+        assert np.abs(ours - theirs).max() <= 1 and np.mean(np.abs(ours - theirs) < 0.5) >= 0.7
         assert np.array_equal(np.argmax(ours, 1), np.argmax(theirs, 1))
 
 
-def test_qdq_encoder_stays_close_to_onnxruntime(tmp_path):
-    """BERT-style: softmax, layer norm and gelu run as integer kernels and lookup tables
-    where onnxruntime computes them in float between its QDQ pairs, so outputs differ by
-    several LSBs; the relative difference stays small (measured about 0.06)."""
+def test_qdq_encoder_is_within_one_lsb_of_onnxruntime(tmp_path):
+    """BERT-style: the compiler follows each of the model's rounding points (the MatMul's
+    product before its bias Add, the scores before the Div), and its softmax and layer
+    norm are integer kernels exact to about 0.01 LSB of onnxruntime's float ones (1/sum
+    and 1/std interpolated between table points after normalizing the row's sum or
+    variance to a fixed range); measured: every output equal on three batches."""
     path = quantized(tmp_path, "bert")
-    for batch in range(2):
+    for batch in range(3):
         ours, theirs = against_onnxruntime(path, batch)
-        assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 0.12
+        assert np.allclose(theirs, np.round(theirs), atol=1e-3)
+        assert np.abs(ours - theirs).max() <= 1, (batch, np.abs(ours - theirs).max())
+        assert np.array_equal(np.argmax(ours, 1), np.argmax(theirs, 1))
 
 
 def test_qdq_resnet_bit_exact_on_verilator(tmp_path):

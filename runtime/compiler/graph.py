@@ -36,11 +36,12 @@ exp, reciprocal and rsqrt tables stay one int32 per word.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from isa.encoding import Engine, instr, pack_int8, unpack_int8
+from isa.golden import requantize
 
 from .builder import CompileError, ProgramBuilder, Region, k_runs, row_spans, run_body
 from .quant import activation_table, int_matmul, lane_multipliers, multiplier, quantize, rq
@@ -188,6 +189,40 @@ def _gemm_scale(act, out_scale):
     """The scale of a gemm's output: (scale of the requantized sums, scale after a table
     activation) -> the one it ends with (relu keeps the first)."""
     return out_scale[1] if act and act != "relu" else out_scale[0]
+
+
+@dataclass(frozen=True)
+class _Rebias:
+    """A bias added after a product's requantization (a QDQ model's MatMul, rounded to
+    its own scale, then Add): y = round((q * 2^c + bias) * mult / 2^shift), ``bias`` one
+    integer per column in units of the product's scale / 2^c. The product q and the sum
+    are each rounded once, as onnxruntime's QuantizeLinear after the MatMul and after
+    its float Add round them."""
+    bias: np.ndarray
+    c: int
+    mult: int
+    shift: int
+
+    @classmethod
+    def of(cls, bias, product_scale, out_scale):
+        b = np.asarray(bias, np.float64) / product_scale
+        c, peak = 16, 128 + float(np.max(np.abs(b), initial=0))
+        while c and peak * 2 ** c >= 2 ** 31:
+            c -= 1
+        if peak >= 2 ** 31:
+            raise CompileError(f"a bias of {peak - 128:.0f} times the product's scale "
+                               f"{product_scale:g}: at most 2^31 - 129")
+        return cls(np.round(b * 2 ** c).astype(np.int64), c,
+                   *multiplier(product_scale / out_scale / 2 ** c))
+
+    def ref(self, q, bias):
+        return rq((q << self.c) + bias, self.mult, self.shift)
+
+    def body(self, d, n):
+        """Instructions taking row d (the product, int8) to the result; the bias row is in
+        vector register 0."""
+        return [instr("vshli", d, d, self.c, n), instr("vaddr", d, d, 0, n),
+                _vsetq(self.mult, self.shift, 0), instr("vrq", d, d, n)]
 
 
 class _NoRoomForOutput(CompileError):
@@ -590,7 +625,7 @@ class Graph:
     # --- matrix operators ------------------------------------------------------------------
 
     def _gemm(self, name, sources, k_tiles, lo, hi, rows, acc_ref, n_tiles, panel, *,
-              requant, act, out_scale, reads, grid=None, out=None, cols=None):
+              requant, act, out_scale, reads, grid=None, out=None, cols=None, rebias=None):
         """Output column tiles ``cols`` (first, stop; all ``n_tiles`` by default) of sum
         over K tiles of (rows shifted by sources(kt)) @ W.
 
@@ -601,7 +636,9 @@ class Graph:
         row of the bias or None, spad row of the per-column multipliers or None).
         ``requant`` is (mult, shift), mult one multiplier or one per output column
         (`vrqr`, its row in the panel). Rows lo..hi-1 are computed, the others are zero; with ``grid`` (an Image and the
-        grid row of output row 0), rows in the image's ring are zeroed too.
+        grid row of output row 0), rows in the image's ring are zeroed too. With
+        ``rebias`` (a :class:`_Rebias`) the bias row is added after that requantization,
+        not to the sums, and a second one rounds the result (a QDQ model's MatMul -> Add).
         """
         cfg, lanes = self.config, self.lanes
         c0, c1 = (0, n_tiles) if cols is None else cols
@@ -614,6 +651,8 @@ class Graph:
         else:
             requantize = lambda d, a, n: instr("vrq", d, a, n)
         ref = rq(acc_ref, mult, shift)
+        if rebias is not None:
+            ref = rebias.ref(ref, rebias.bias[c0 * lanes:c1 * lanes])
         table = None
         if act == "relu":
             ref = np.maximum(ref, 0)
@@ -660,7 +699,8 @@ class Graph:
                 preamble = [instr("vld", 0, bias_row)] if bias_row is not None else []
                 if per_lane:
                     preamble.append(instr("vld", 1, mult_row))
-                preamble.append(_vsetq(0 if per_lane else mult, shift, 0))
+                first_q = _vsetq(0 if per_lane else mult, shift, 0)
+                preamble.append(first_q)
                 if lut is not None:
                     preamble.append(instr("vldlut", lut.start))
                 units = []
@@ -668,7 +708,9 @@ class Graph:
                     a, d = target.start + r, dst + first + r
                     # The accumulator is only read (the bias is added on the way out), so
                     # the epilogue is restartable.
-                    if bias_row is not None:
+                    if rebias is not None:
+                        unit = [first_q] * bool(units) + [requantize(d, a, n)] + rebias.body(d, n)
+                    elif bias_row is not None:
                         unit = [instr("vaddr", d, a, 0, n), requantize(d, d, n)]
                     else:
                         unit = [requantize(d, a, n)]
@@ -751,18 +793,31 @@ class Graph:
             requant = multiplier(x_scale * w_scale / out_scale)
         return quantize(w, w_scale), quantize(bias, x_scale * w_scale, bits=32), requant
 
-    def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None, w_scale=None):
+    def linear(self, name, x, w, bias, out_scale, act=None, act_scale=None, w_scale=None,
+               product_scale=None):
         """y = act(x @ w + bias): float weights quantized here (per tensor or per output
-        channel; at ``w_scale`` when given), int8 out."""
+        channel; at ``w_scale`` when given), int8 out. With ``product_scale`` x @ w is
+        rounded to int8 at that scale first, then the bias is added and the sum rounded to
+        ``out_scale`` (a QDQ model's MatMul -> QuantizeLinear/DequantizeLinear -> Add)."""
         k_tiles = x.tiles
         if w.shape[0] != k_tiles * self.lanes:
             raise CompileError(f"{name}: weights have {w.shape[0]} rows; the input has "
                                f"{k_tiles * self.lanes} columns")
-        w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
+        rebias = None
+        if product_scale is not None:
+            rebias = _Rebias.of(bias, product_scale, out_scale)
+            w_q, _, requant = self._quantized(w, 0 * bias, x.scale, product_scale, w_scale)
+            bias_q = rebias.bias
+        else:
+            w_q, bias_q, requant = self._quantized(w, bias, x.scale, out_scale, w_scale)
         panels = self._weights(name, w_q, bias_q, mults=requant[0])
         n_tiles = panels.n_tiles
-        acc_ref = int_matmul(x.ref, panels.w_pad) + panels.b_pad
-        gemm = dict(requant=requant, act=act, out_scale=(out_scale, act_scale))
+        acc_ref = int_matmul(x.ref, panels.w_pad)
+        if rebias is None:
+            acc_ref = acc_ref + panels.b_pad
+        else:
+            rebias = replace(rebias, bias=panels.b_pad)
+        gemm = dict(requant=requant, act=act, out_scale=(out_scale, act_scale), rebias=rebias)
         ring = min(n_tiles, 3)
         spilled = x.home in self._spilled
         # Whole when its output, accumulators and (spilled) input fit in what is free or
@@ -806,25 +861,27 @@ class Graph:
         return self.builder.free_rows + sum(r.size for h, r in self._activations.items()
                                             if h not in self._pinned and h not in homes)
 
-    def rowwise(self, name, op, tensors, out_tiles):
+    def rowwise(self, name, op, tensors, out_tiles, scratch=None):
         """``op(*tensors)`` for an operator whose output row r depends on row r of its
         inputs alone, producing ``out_tiles`` tiles: whole when its inputs, output and
         scratch fit; otherwise by bands of rows through HBM (the inputs go to HBM, each
         band is loaded and gives a band of the output, stored to HBM; the output is born
-        spilled)."""
+        spilled). ``scratch``: the operator's scratch rows per row (two per output tile by
+        default)."""
+        scratch = 2 * out_tiles if scratch is None else scratch
         rows, image = tensors[0].rows, tensors[0].image
         if any(t.image != image for t in tensors):
             raise CompileError(f"{name}: images of layouts {[t.image for t in tensors]}; an "
                                f"elementwise operator needs one layout")
         spilled = {t.home: t for t in tensors if t.home in self._spilled}
-        need = rows * (3 * out_tiles + sum(t.tiles for t in spilled.values()))
+        need = rows * (out_tiles + scratch + sum(t.tiles for t in spilled.values()))
         if any(t.rows != rows for t in tensors) or (
                 need <= self._room(*tensors) and self._make_room(
                     [rows * t.tiles for t in spilled.values()] + [rows * out_tiles], *tensors)):
             return op(*[self.resident(t) for t in tensors])
         for home in {t.home for t in tensors} - set(spilled):
             self._spill(home)
-        pieces = [t.tiles for t in tensors] + [out_tiles, 2 * out_tiles]   # inputs, output, scratch
+        pieces = [t.tiles for t in tensors] + [out_tiles, scratch]   # inputs, output, scratch
         return self._by_bands(name, rows, out_tiles, self.band_rows(name, rows, pieces),
                               lambda r0, b, cols: op(*[self.load_band(t, r0, b) for t in tensors]),
                               image)
@@ -1329,7 +1386,8 @@ class Graph:
 
     # --- vector operators ------------------------------------------------------------------
 
-    def _elementwise(self, name, tensors, scale, ref, per_rows, out=None, scratch=False):
+    def _elementwise(self, name, tensors, scale, ref, per_rows, out=None, scratch=False,
+                     extra_reads=()):
         """VE µTOps per tile and block of at most 128 rows: ``per_rows(t, dst, first, n)``
         gives the instructions (blocks pipeline with the operators around them); with
         ``scratch``, ``per_rows(t, dst, first, n, tmp)`` also gets a block of scratch rows
@@ -1343,7 +1401,8 @@ class Graph:
             rows = lambda y: Region("spad", y.tile(t) + first, n)
             tmp = [spare[index % len(spare)]] if spare else []
             self._ve([per_rows(t, out.tile(t) + first, first, n, *(r.start for r in tmp))],
-                     reads=[rows(a) for a in tensors] + tmp, writes=[rows(out)] + tmp,
+                     reads=[rows(a) for a in tensors] + tmp + list(extra_reads),
+                     writes=[rows(out)] + tmp,
                      name=f"{name}.{t}.{first}")
         for region in spare:
             self.builder.free(region)
@@ -1353,8 +1412,8 @@ class Graph:
     def add(self, name, a, b, relu=False, out_scale=None):
         """Saturating int8 a + b, optionally followed by relu, at ``out_scale`` (default
         a's). Operands of the output's scale add exactly; otherwise each is weighted by
-        its scale over the output's (16-bit integer weights of a shared shift) and the sum
-        is rounded once, as a float add followed by one quantization would be."""
+        its scale over the output's (b's weight relative to a's with 24 bits, a's 31) and
+        the sum is rounded once, as a float add followed by one quantization would be."""
         if a.ref.shape != b.ref.shape:
             raise CompileError(f"{name}: add needs equal shapes, got {a.ref.shape} and "
                                f"{b.ref.shape}")
@@ -1366,19 +1425,26 @@ class Graph:
             return self._elementwise(name, [a, b], out_scale, ref, lambda t, d, f, n: (
                 [instr("vadd.s8", d, a.tile(t) + f, b.tile(t) + f, n)]
                 + ([instr("vmaxi", d, d, 0, n)] if relu else [])))
-        largest = max(a.scale, b.scale) / out_scale
-        shift = min(62, math.floor(math.log2(32767 / largest)))     # vsetq's shift: 0..63
-        if shift < 0:
+        # y = round((a * 2^c + b * w) * M / 2^shift): w = b's weight over a's in 2^-c
+        # units (a row loaded into a vector register), M a's weight over 2^c (31 bits).
+        ratio = b.scale / a.scale
+        c = 24
+        while (128 + 128 * ratio) * 2 ** c >= 2 ** 31:
+            c -= 1
+        if c < 0:
             raise CompileError(f"{name}: operand scales {a.scale:g} and {b.scale:g} are more "
-                               f"than 32767x the output's {out_scale:g}")
-        ma, mb = (round(x.scale / out_scale * 2 ** shift) for x in (a, b))
-        ref = rq(a.ref * ma + b.ref * mb, 1, shift)
+                               f"than 2^23 apart")
+        w = round(ratio * 2 ** c)
+        mult, shift = multiplier(a.scale / out_scale / 2 ** c)
+        ref = rq((a.ref << c) + b.ref * w, mult, shift)
         ref = np.maximum(ref, 0) if relu else ref
+        weight = self.constant(np.full(self.lanes, w), f"{name} weight")
         return self._elementwise(name, [a, b], out_scale, ref, lambda t, d, f, n, tmp: (
-            [_vsetq(1, shift, 0), instr("vmuli", d, a.tile(t) + f, ma, n),
-             instr("vmuli", tmp, b.tile(t) + f, mb, n), instr("vadd", d, d, tmp, n),
-             instr("vrq", d, d, n)] + ([instr("vmaxi", d, d, 0, n)] if relu else [])),
-            scratch=True)
+            [instr("vld", 1, weight.start), _vsetq(mult, shift, 0),
+             instr("vshli", d, a.tile(t) + f, c, n), instr("vmulr", tmp, b.tile(t) + f, 1, n),
+             instr("vadd", d, d, tmp, n), instr("vrq", d, d, n)]
+            + ([instr("vmaxi", d, d, 0, n)] if relu else [])),
+            scratch=True, extra_reads=[weight])
 
     def mul(self, name, a, b, out_scale):
         """int8 a * b, rescaled to ``out_scale``."""
@@ -1409,119 +1475,212 @@ class Graph:
         self._op("activation", name)
         return out
 
-    def softmax(self, name, x):
-        """Row softmax over all columns, as integers: exp and 1/sum by table lookup.
+    def softmax(self, name, x, out_scale=1 / 127):
+        """Row softmax over all columns, as integers, rounded to ``out_scale``.
 
-        d = x - rowmax (<= 0); e = EXP[d] = round(2^14 exp(d * scale)); s = sum of e;
-        r = RECIP[s >> k] = round(2^24 / s) at the centre of s's bucket; out = rq(e * r,
-        127, 24): probabilities at scale 1/127. The bucket k is chosen so s >> k < 256, so
-        1/s is exact to about 1 part in 2 * 2^14 / 2^k.
+        d = x - rowmax (<= 0); e = round(2^15 exp(d * scale)) by table lookup (a second
+        table covers d below -128 when exp(-128 * scale) still counts); s = sum of e;
+        v = floor(log2 s) - 15 by a ladder of compares, m = s >> v in [2^15, 2^16); 1/m
+        interpolated between 257 points (m's top 9 bits pick the interval, its low 7 the
+        point in it): r ~ 2^30 / m, within about 2^-15; out = rq((e * r) >> v) =
+        e / s / out_scale, rounded to the nearest (ties to even) and saturated, as
+        onnxruntime's QuantizeLinear of its float softmax within about 0.01 LSB.
         """
         lanes, tiles, rows = self.lanes, x.tiles, x.rows
         cols = tiles * lanes
-        exp_bits, recip_bits = 14, 24
-        exp_table = np.round((1 << exp_bits) * np.exp(np.minimum(np.arange(256) - 128, 0)
-                                                      * x.scale)).astype(np.int64)
-        k = max(0, int(np.ceil(np.log2(cols * (1 << exp_bits) / 255))))
-        recip_table = np.round((1 << recip_bits) / ((np.arange(256) + 0.5) * (1 << k))
-                               ).astype(np.int64)
+        exp_bits, frac_bits = 15, 7
+        if cols >= 1 << 16:
+            raise CompileError(f"{name}: softmax over {cols} columns: at most 65535")
+        exp_of = lambda d: np.round((1 << exp_bits) * np.exp(d * x.scale)).astype(np.int64)
+        j = np.arange(256) - 128
+        exp_near = exp_of(np.minimum(j, 0))                   # d in -128..0
+        exp_near[0] = 0                                       # d = -128: the far table's
+        exp_far = np.where(j <= 0, exp_of(j - 128), 0)        # d in -255..-128
+        far = bool(exp_far.any())
+        if not far:
+            exp_near[0] = exp_of(-128)
+        points = np.round(2.0 ** 30 / ((256 + np.arange(257)) << frac_bits)).astype(np.int64)
+        recip, slope = points[:256], points[:256] - points[1:]
+        ladder = range(exp_bits + 1, int(np.log2(cols)) + exp_bits + 1)
+        mult, shift = multiplier(2.0 ** -30 / out_scale)
         # The reference, step for step.
         peak = x.ref.reshape(rows, tiles, lanes).max(axis=(1, 2))[:, None]
-        e = exp_table[np.clip(x.ref - peak, -128, 127) + 128]
+        d = x.ref - peak
+        e = exp_near[np.clip(d, -128, 127) + 128]
+        if far:
+            e = e + exp_far[np.clip(d + 128, -128, 127) + 128]
         total = e.sum(axis=1, keepdims=True)
-        r = _bucket_lookup_ref(recip_table, total, k)
-        out = self._new(rows, tiles, 1 / 127, rq(e * r, 127, recip_bits), name)
-        exp_lut = self.constant(exp_table, "exp table")
-        recip_lut = self.constant(recip_table, "reciprocal table")
-        # e and e * r live in the output's rows until the last vrq makes them int8.
-        work = self._alloc(rows * 2, f"{name} scratch")
-        peak_row, sum_row = work.start, work.start + rows
+        v = sum(np.minimum(total >> b, 1) for b in ladder) if ladder else 0 * total
+        m = total >> v
+        index, fraction = (m >> frac_bits) - 256, m & ((1 << frac_bits) - 1)
+        r = recip[index] - ((slope[index] * fraction + (1 << frac_bits - 1)) >> frac_bits)
+        out = self._new(rows, tiles, out_scale, rq((e * r) >> v, mult, shift), name)
+        luts = [self.constant(t, what) for t, what in (
+            (exp_near, "exp table"), (exp_far, "far exp table"), (recip, "reciprocal table"),
+            (slope, "reciprocal slope table")) if what != "far exp table" or far]
+        # e and (e * r) >> v live in the output's rows until the last vrq makes them int8;
+        # five scratch rows per row: the peak (then m, then m's fraction), the sum (then
+        # r), v, the interval's index, and a temporary.
+        work = self._alloc(rows * 5, f"{name} scratch")
+        P, S, V, J, T = (work.start + i * rows for i in range(5))
         units = []
         for f, n in row_spans(rows):
             o = lambda t: out.tile(t) + f
-            unit = [instr("vldlut", exp_lut.start), _vsetq(127, recip_bits, 0)]
-            unit += _reduce_rows("vmax", "vlmax", peak_row + f,
-                                 [x.tile(t) + f for t in range(tiles)], n)
+            p, s_, v_, j_, t_ = P + f, S + f, V + f, J + f, T + f
+            unit = [instr("vldlut", luts[0].start)]
+            unit += _reduce_rows("vmax", "vlmax", p, [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
-                unit += [instr("vsub", o(t), x.tile(t) + f, peak_row + f, n),
-                         instr("vlut", o(t), o(t), n)]
-            unit += _reduce_rows("vadd", "vlsum", sum_row + f, [o(t) for t in range(tiles)], n)
-            unit.append(instr("vldlut", recip_lut.start))
-            unit += _bucket_lookup(sum_row + f, k, n)
+                unit += [instr("vsub", o(t), x.tile(t) + f, p, n), instr("vlut", o(t), o(t), n)]
+            if far:
+                unit.append(instr("vldlut", luts[1].start))
+                for t in range(tiles):
+                    unit += [instr("vsub", t_, x.tile(t) + f, p, n), instr("vaddi", t_, t_, 128, n),
+                             instr("vlut", t_, t_, n), instr("vadd", o(t), o(t), t_, n)]
+            unit += _reduce_rows("vadd", "vlsum", s_, [o(t) for t in range(tiles)], n)
+            unit.append(instr("vmuli", v_, s_, 0, n))
+            for b in ladder:
+                unit += [instr("vsrai", t_, s_, b, n), instr("vmini", t_, t_, 1, n),
+                         instr("vadd", v_, v_, t_, n)]
+            unit += [instr("vsra", p, s_, v_, n),                     # m
+                     instr("vsrai", j_, p, frac_bits, n),
+                     instr("vshli", t_, j_, frac_bits, n),
+                     instr("vsub", p, p, t_, n),                      # m's fraction
+                     instr("vaddi", j_, j_, -384, n),                 # the index - 128
+                     instr("vldlut", luts[-2].start), instr("vlut", s_, j_, n),
+                     instr("vldlut", luts[-1].start), instr("vlut", t_, j_, n),
+                     instr("vmul", t_, t_, p, n),
+                     instr("vaddi", t_, t_, 1 << frac_bits - 1, n),
+                     instr("vsrai", t_, t_, frac_bits, n),
+                     instr("vsub", s_, s_, t_, n),                    # r
+                     _vsetq(mult, shift, 0)]
             for t in range(tiles):
-                unit += [instr("vmul", o(t), o(t), sum_row + f, n),
+                unit += [instr("vmul", o(t), o(t), s_, n), instr("vsra", o(t), o(t), v_, n),
                          instr("vrq", o(t), o(t), n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, exp_lut, recip_lut, work, out.region],
+        self._ve(units, reads=[x.region, *luts, work, out.region],
                  writes=[work, out.region], name=name)
         self.builder.free(work)
         self._op("softmax", name)
         return out
 
-    def layernorm(self, name, x, gamma, beta, out_scale):
-        """Row layer normalization in integers: 1/std by table lookup.
+    def layernorm(self, name, x, gamma, beta, out_scale, epsilon=0.0):
+        """Row layer normalization in integers, rounded once to ``out_scale``.
 
-        d = D*x - sum(x) (exact: D times the deviation); v = sum((d >> a)^2) with a chosen
-        so nothing overflows; r = RSQRT[v >> k] with k chosen so the largest possible v
-        (|x| <= 127) lands in the table; z = rq(d * r) at scale 4/127 (|z| <= 4 sigma);
-        out = rq(z * gamma_q) + beta_q, saturating.
+        d = D*x - sum(x) (exact: D times the deviation); V = sum(((d + h) >> a)^2) + eps
+        (a chosen so nothing overflows, eps the ``epsilon`` in those units, V >= 1);
+        V = m * 4^u with m in [2^14, 2^16) (u from a ladder of compares); r ~ 2^31 /
+        sqrt(m) interpolated between 193 table points (within about 2^-20); t = d * r
+        in two 32-bit halves, scaled by 2^-u, is the normalized value with about 20 bits;
+        `vrqr` with gamma per lane (wide: 16 fractional bits kept), + beta per lane,
+        rounded (ties to even) and saturated: onnxruntime's float LayerNormalization and
+        QuantizeLinear within about 0.001 LSB.
         """
         lanes, tiles, rows = self.lanes, x.tiles, x.rows
         cols = tiles * lanes
-        a = max(0, int(np.ceil((2 * np.log2(255 * cols) + np.log2(cols) - 30) / 2)))
-        v_max = cols * ((255 * cols) >> a) ** 2
-        k = max(0, int(np.ceil(np.log2(v_max / 255))))
-        rs_bits, z_scale = 24, 4 / 127
-        # r ~ 2^24 / (2^a sqrt(v / D)): then d * r / 2^24 = (x - mean) / std.
-        centre = (np.arange(256) + 0.5) * (1 << k)
-        rsqrt_table = np.round((1 << rs_bits) / ((1 << a) * np.sqrt(centre / cols))
-                               ).astype(np.int64)
-        z_mult = multiplier(1 / ((1 << rs_bits) * z_scale))
-        g_scale = float(np.max(np.abs(gamma))) / 127 or 1.0
-        g_q, b_q = quantize(gamma, g_scale), quantize(beta, out_scale)
-        y_mult = multiplier(z_scale * g_scale / out_scale)
+        K, F, c = 14, 8, 16               # m's octaves; the interpolation's bits; y's fraction
+        if cols > 2048:
+            raise CompileError(f"{name}: layer norm over {cols} columns: at most 2048 (d * r "
+                               f"in two 32-bit halves)")
+        a = 0
+        while cols * (((255 * cols) >> a) + 1) ** 2 >= 1 << 30:
+            a += 1
+        v_eps = int(round(epsilon / x.scale ** 2 * cols ** 3 / 4 ** a))
+        if v_eps >= 1 << 30:
+            raise CompileError(f"{name}: epsilon {epsilon:g} is too large for inputs of scale "
+                               f"{x.scale:g} (at most {2 ** 30 * 4 ** a * x.scale ** 2 / cols ** 3:g})")
+        c0 = max(a - 11, 0)               # |t| <= sqrt(D) * 2^(a + 19 - c0) / sqrt(D) < 2^31
+        grid = np.arange(257) + 64.0
+        points = np.round(2.0 ** 31 / np.sqrt(grid * (1 << F))).astype(np.int64)
+        recip = np.zeros(256, np.int64)
+        slope = np.zeros(256, np.int64)
+        recip[64:], slope[64:] = points[:192], points[:192] - points[1:193]
+        g_real = np.asarray(gamma, np.float64) * np.sqrt(cols) * 2.0 ** (c - a - 19 + c0) / out_scale
+        peak = float(np.max(np.abs(g_real)))
+        g_shift = min(63, 30 - int(np.floor(np.log2(peak)))) if peak > 0 else 0
+        if g_shift < 0:
+            raise CompileError(f"{name}: gamma up to {np.max(np.abs(gamma)):g} is too large "
+                               f"for the output scale {out_scale:g}")
+        g_q = np.round(g_real * 2.0 ** g_shift).astype(np.int64)
+        b_q = np.clip(np.round(np.asarray(beta, np.float64) / out_scale * 2 ** c),
+                      -(1 << 31), (1 << 31) - 1).astype(np.int64)
         # The reference, step for step.
         total = x.ref.sum(axis=1, keepdims=True)
         d = x.ref * cols - total
-        v = ((d >> a) ** 2).sum(axis=1, keepdims=True)
-        r = _bucket_lookup_ref(rsqrt_table, v, k)
-        z = rq(d * r, *z_mult)
-        ref = np.clip(rq(z * g_q, *y_mult) + b_q, -128, 127)
+        q = (d + ((1 << a) >> 1)) >> a
+        v = np.maximum((q * q).sum(axis=1, keepdims=True) + v_eps, 1)
+        w, rest = 0 * v, v
+        for k in (16, 8, 4, 2, 1):
+            step = np.minimum(rest >> k, 1) * k
+            w, rest = w + step, rest >> step
+        u = (w - K) >> 1
+        m = np.where(u >= 0, v >> np.maximum(2 * u, 0), v << np.maximum(-2 * u, 0))
+        index, fraction = m >> F, m & ((1 << F) - 1)
+        r = recip[index] - ((slope[index] * fraction + (1 << F - 1)) >> F)
+        t = d * (r >> 12) + ((d * (r & 4095)) >> 12)
+        e = u + c0
+        t = (t >> np.maximum(e, 0)) << np.maximum(-e, 0)
+        y = requantize(t, g_q, g_shift, 0, even=False, wide=True).astype(np.int64) + b_q
+        ref = rq(y, 1, c)
         out = self._new(rows, tiles, out_scale, ref, name)
-        lut = self.constant(rsqrt_table, "rsqrt table")
-        params = self.constant(np.concatenate([g_q, b_q]), f"{name} gamma beta")
-        # d lives in the output's rows until the last steps make them int8.
-        work = self._alloc(rows * 3, f"{name} scratch")
-        s_row, v_row, sq_row = work.start, work.start + rows, work.start + 2 * rows
+        luts = [self.constant(recip, "rsqrt table"), self.constant(slope, "rsqrt slope table")]
+        params = self.constant(np.concatenate([g_q, b_q, np.full(lanes, v_eps)]),
+                               f"{name} gamma beta")
+        # d lives in the output's rows until the last steps make them int8; eight scratch
+        # rows per row (see the comments).
+        work = self._alloc(rows * 8, f"{name} scratch")
+        R0, R1, R2, R3, R4, R5, R6, R7 = (work.start + i * rows for i in range(8))
         units = []
         for f, n in row_spans(rows):
             o = lambda t: out.tile(t) + f
-            unit = [instr("vldlut", lut.start)]
-            unit += _reduce_rows("vadd", "vlsum", s_row + f, [x.tile(t) + f for t in range(tiles)],
-                                 n)
-            for t in range(tiles):
-                square = v_row + f if t == 0 else sq_row + f
+            r0, r1, r2, r3, r4, r5, r6, r7 = (b + f for b in (R0, R1, R2, R3, R4, R5, R6, R7))
+            unit = _reduce_rows("vadd", "vlsum", r0, [x.tile(t) + f for t in range(tiles)], n)
+            for t in range(tiles):                       # d; r1 = sum of q^2
+                square = r1 if t == 0 else r3
                 unit += [instr("vmuli", o(t), x.tile(t) + f, cols, n),
-                         instr("vsub", o(t), o(t), s_row + f, n),
-                         instr("vsrai", square, o(t), a, n),
+                         instr("vsub", o(t), o(t), r0, n),
+                         instr("vaddi", square, o(t), (1 << a) >> 1, n),
+                         instr("vsrai", square, square, a, n),
                          instr("vmul", square, square, square, n)]
                 if t:
-                    unit.append(instr("vadd", v_row + f, v_row + f, square, n))
-            unit.append(instr("vlsum", v_row + f, v_row + f, n))
-            unit += _bucket_lookup(v_row + f, k, n)
+                    unit.append(instr("vadd", r1, r1, r3, n))
+            unit.append(instr("vlsum", r1, r1, n))
+            if v_eps:
+                unit += [instr("vld", 3, params.start + 2 * tiles), instr("vaddr", r1, r1, 3, n)]
+            unit += [instr("vmaxi", r1, r1, 1, n),                      # V
+                     instr("vaddi", r0, r1, 0, n), instr("vmuli", r2, r1, 0, n)]
+            for k in (16, 8, 4, 2, 1):                   # r2 = w = floor(log2 V)
+                unit += [instr("vsrai", r3, r0, k, n), instr("vmini", r3, r3, 1, n),
+                         instr("vmuli", r3, r3, k, n), instr("vsra", r0, r0, r3, n),
+                         instr("vadd", r2, r2, r3, n)]
+            unit += [instr("vaddi", r3, r2, -K, n), instr("vsrai", r4, r3, 1, n),   # r4 = u
+                     instr("vadd", r3, r4, r4, n), instr("vmaxi", r7, r3, 0, n),
+                     instr("vmuli", r6, r3, -1, n), instr("vmaxi", r6, r6, 0, n),
+                     instr("vsra", r0, r1, r7, n), instr("vshl", r0, r0, r6, n),     # r0 = m
+                     instr("vsrai", r2, r0, F, n), instr("vshli", r3, r2, F, n),
+                     instr("vsub", r0, r0, r3, n),                               # m's fraction
+                     instr("vaddi", r2, r2, -128, n),                            # index - 128
+                     instr("vldlut", luts[0].start), instr("vlut", r5, r2, n),
+                     instr("vldlut", luts[1].start), instr("vlut", r3, r2, n),
+                     instr("vmul", r3, r3, r0, n), instr("vaddi", r3, r3, 1 << F - 1, n),
+                     instr("vsrai", r3, r3, F, n), instr("vsub", r5, r5, r3, n),   # r5 = r
+                     instr("vsrai", r6, r5, 12, n), instr("vshli", r3, r6, 12, n),
+                     instr("vsub", r5, r5, r3, n),                     # r6, r5: r's halves
+                     instr("vaddi", r3, r4, c0, n), instr("vmaxi", r7, r3, 0, n),
+                     instr("vmuli", r4, r3, -1, n), instr("vmaxi", r4, r4, 0, n)]  # 2^-(u+c0)
             for t in range(tiles):
-                unit += [_vsetq(z_mult[0], z_mult[1], 0),
-                         instr("vmul", o(t), o(t), v_row + f, n),
-                         instr("vrq", o(t), o(t), n),
+                unit += [instr("vmul", r3, o(t), r5, n), instr("vsrai", r3, r3, 12, n),
+                         instr("vmul", o(t), o(t), r6, n), instr("vadd", o(t), o(t), r3, n),
+                         instr("vsra", o(t), o(t), r7, n), instr("vshl", o(t), o(t), r4, n),
                          instr("vld", 1, params.start + t),
                          instr("vld", 2, params.start + tiles + t),
-                         instr("vmulr", o(t), o(t), 1, n),
-                         _vsetq(y_mult[0], y_mult[1], 0),
-                         instr("vrq", o(t), o(t), n),
-                         instr("vaddr.s8", o(t), o(t), 2, n)]
+                         instr("vsetq", 0, g_shift, 0, wide=1),
+                         instr("vrqr", o(t), o(t), 1, n),
+                         instr("vaddr", o(t), o(t), 2, n),
+                         _vsetq(1, c, 0),
+                         instr("vrq", o(t), o(t), n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, lut, params, work, out.region], writes=[work, out.region],
-                 name=name)
+        self._ve(units, reads=[x.region, *luts, params, work, out.region],
+                 writes=[work, out.region], name=name)
         self.builder.free(work)
         self._op("layernorm", name)
         return out

@@ -871,6 +871,10 @@ class _Lowering:
         if w.shape[0] != x.cols:
             raise _error(node, f"weights of {w.shape[0]} rows against {x.cols} input columns")
         extra, act, pre, last = self.fused_epilogue(node, node.output[0])
+        # A QDQ model that rounds the product before its bias Add: so do we.
+        product = node.output[0]
+        product_scale = self.scale(product) if extra is not None and bias is None and \
+            product in self.model.extra.get("qdq_scales", {}) else None
         if extra is not None:
             if extra.size != w.shape[1]:
                 raise _error(node, f"bias of shape {extra.shape} for {w.shape[1]} outputs")
@@ -880,7 +884,7 @@ class _Lowering:
         w_pad[:w.shape[0]] = w
         out_scale, act_scale = self._act_scales(act, pre, last)
         t = self.g.linear(node.name or last, x.t, w_pad, bias, out_scale, act=act,
-                          act_scale=act_scale, w_scale=w_scale)
+                          act_scale=act_scale, w_scale=w_scale, product_scale=product_scale)
         shape = self.shape(last)
         self.env[last] = _Mat(t, shape, w.shape[1])
 
@@ -1178,7 +1182,7 @@ class _Lowering:
             raise _error(node, f"softmax over {cols} columns: it must be a multiple of "
                                f"{self.lanes} (padding would take part)")
         name = node.name or out
-        return self.fit(self.g.softmax(f"{name}.{h}" if heads > 1 else name, t), out, name)
+        return self.g.softmax(f"{name}.{h}" if heads > 1 else name, t, self.scale(out))
 
     def op_LayerNormalization(self, node):
         a = attributes(node)
@@ -1187,9 +1191,6 @@ class _Lowering:
         if a.get("axis", -1) not in (-1, len(x.shape) - 1) or \
                 _cols_axis(x.shape, x.cols, x.t.rows) != len(x.shape) - 1:
             raise _error(node, f"axis {a.get('axis')}: layer normalization is over the last axis")
-        if a.get("epsilon", 1e-5) > 1e-3:
-            raise _error(node, f"epsilon {a.get('epsilon'):g}: the integer layer norm has no "
-                               f"epsilon; supported up to 1e-3")
         if x.cols != self.padded(x.t):
             raise _error(node, f"{x.cols} columns: a multiple of {self.lanes} is needed "
                                f"(padding would take part)")
@@ -1203,8 +1204,10 @@ class _Lowering:
         beta = np.zeros(x.cols, np.float32) if beta is None else np.broadcast_to(
             beta.reshape(-1), (x.cols,))
         name = node.name or out
-        t = self.g.rowwise(name, lambda t: self.g.layernorm(name, t, gamma, beta,
-                                                           self.scale(out)), [x.t], x.t.tiles)
+        epsilon = float(a.get("epsilon", 1e-5))
+        t = self.g.rowwise(name, lambda t: self.g.layernorm(name, t, gamma, beta, self.scale(out),
+                                                           epsilon),
+                           [x.t], x.t.tiles, scratch=max(2 * x.t.tiles, 8))
         self.env[out] = replace(x, t=t)
 
     def _pool(self, node, kind):
