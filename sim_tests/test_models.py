@@ -137,6 +137,30 @@ def test_operators_one_by_one():
     assert np.abs(results["layernorm"].ref - np.clip(exact, -128, 127)).max() < 0.52
 
 
+def test_softmax_and_layer_norm_over_many_rows_alternate_their_scratch():
+    """Rows in spans of 256 (one instruction's most), each span's per-row scratch in one of
+    two blocks that alternate: 600 rows take three spans; golden (race check on) equals
+    the references, which are within 0.52 LSB of float."""
+    rng = np.random.default_rng(5)
+    g = Graph(DEFAULT)
+    x = g.input("x", rng.integers(-127, 128, (600, 24)), 0.07)
+    gamma, beta = rng.uniform(0.5, 1.5, 24), rng.normal(0, 0.1, 24)
+    results = {"softmax": g.softmax("softmax", x, 1 / 200),
+               "layernorm": g.layernorm("layernorm", x, gamma, beta, 0.04, epsilon=1e-3)}
+    for name, tensor in results.items():
+        g.output(name, tensor)
+    outputs, _ = execute(g, g.build())
+    for name, tensor in results.items():
+        assert np.array_equal(outputs[name], tensor.ref), name
+    real = x.ref * 0.07
+    exact = np.exp(real - real.max(axis=1, keepdims=True))
+    exact = exact / exact.sum(axis=1, keepdims=True) * 200
+    assert np.abs(results["softmax"].ref - np.clip(exact, -128, 127)).max() < 0.52
+    dev = real - real.mean(axis=1, keepdims=True)
+    exact = (dev / np.sqrt((dev ** 2).mean(axis=1, keepdims=True) + 1e-3) * gamma + beta) / 0.04
+    assert np.abs(results["layernorm"].ref - np.clip(exact, -128, 127)).max() < 0.52
+
+
 def test_allocator_follows_the_profile():
     """Same budget: the ME-heavy model gets more MEs, the VE-heavy one more VEs."""
     resnet = estimate(compile_model("resnet", DEFAULT).program.words, DEFAULT)

@@ -173,6 +173,15 @@ def _reduce_rows(op, lane_op, dst, sources, n):
     return body + [instr(lane_op, dst, source, n)]
 
 
+def _span_scratch(graph, rows, per_row, what):
+    """Scratch for a row kernel's row spans (of at most 256 rows): ``per_row`` rows per
+    row of a span, two blocks that alternate between spans so that one span's µTOp can
+    start while the previous one's runs. Returns (the blocks, the block of span i)."""
+    spans = row_spans(rows)
+    blocks = [graph._alloc(min(rows, 256) * per_row, what) for _ in range(min(2, len(spans)))]
+    return blocks, lambda i: blocks[i % len(blocks)]
+
+
 def _bucket_lookup(row, k, n):
     """Instructions replacing the non-negative values of ``row`` by TABLE[value >> k] (the
     loaded table; `vlut` adds 128 to its clamped input)."""
@@ -1519,14 +1528,13 @@ class Graph:
             (exp_near, "exp table"), (exp_far, "far exp table"), (recip, "reciprocal table"),
             (slope, "reciprocal slope table")) if what != "far exp table" or far]
         # e and (e * r) >> v live in the output's rows until the last vrq makes them int8;
-        # five scratch rows per row: the peak (then m, then m's fraction), the sum (then
-        # r), v, the interval's index, and a temporary.
-        work = self._alloc(rows * 5, f"{name} scratch")
-        P, S, V, J, T = (work.start + i * rows for i in range(5))
+        # five scratch rows per row of a span: the peak (then m, then m's fraction), the
+        # sum (then r), v, the interval's index, and a temporary.
+        blocks, block = _span_scratch(self, rows, 5, f"{name} scratch")
         units = []
-        for f, n in row_spans(rows):
+        for i, (f, n) in enumerate(row_spans(rows)):
             o = lambda t: out.tile(t) + f
-            p, s_, v_, j_, t_ = P + f, S + f, V + f, J + f, T + f
+            p, s_, v_, j_, t_ = (block(i).start + k * n for k in range(5))
             unit = [instr("vldlut", luts[0].start)]
             unit += _reduce_rows("vmax", "vlmax", p, [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):
@@ -1557,9 +1565,10 @@ class Graph:
                 unit += [instr("vmul", o(t), o(t), s_, n), instr("vsra", o(t), o(t), v_, n),
                          instr("vrq", o(t), o(t), n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, *luts, work, out.region],
-                 writes=[work, out.region], name=name)
-        self.builder.free(work)
+        self._ve(units, reads=[x.region, *luts, *blocks, out.region],
+                 writes=[*blocks, out.region], name=name)
+        for work in blocks:
+            self.builder.free(work)
         self._op("softmax", name)
         return out
 
@@ -1626,13 +1635,12 @@ class Graph:
         params = self.constant(np.concatenate([g_q, b_q, np.full(lanes, v_eps)]),
                                f"{name} gamma beta")
         # d lives in the output's rows until the last steps make them int8; eight scratch
-        # rows per row (see the comments).
-        work = self._alloc(rows * 8, f"{name} scratch")
-        R0, R1, R2, R3, R4, R5, R6, R7 = (work.start + i * rows for i in range(8))
+        # rows per row of a span (see the comments).
+        blocks, block = _span_scratch(self, rows, 8, f"{name} scratch")
         units = []
-        for f, n in row_spans(rows):
+        for i, (f, n) in enumerate(row_spans(rows)):
             o = lambda t: out.tile(t) + f
-            r0, r1, r2, r3, r4, r5, r6, r7 = (b + f for b in (R0, R1, R2, R3, R4, R5, R6, R7))
+            r0, r1, r2, r3, r4, r5, r6, r7 = (block(i).start + k * n for k in range(8))
             unit = _reduce_rows("vadd", "vlsum", r0, [x.tile(t) + f for t in range(tiles)], n)
             for t in range(tiles):                       # d; r1 = sum of q^2
                 square = r1 if t == 0 else r3
@@ -1679,9 +1687,10 @@ class Graph:
                          _vsetq(1, c, 0),
                          instr("vrq", o(t), o(t), n)]
             units.append(unit)
-        self._ve(units, reads=[x.region, *luts, params, work, out.region],
-                 writes=[work, out.region], name=name)
-        self.builder.free(work)
+        self._ve(units, reads=[x.region, *luts, params, *blocks, out.region],
+                 writes=[*blocks, out.region], name=name)
+        for work in blocks:
+            self.builder.free(work)
         self._op("layernorm", name)
         return out
 
