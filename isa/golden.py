@@ -598,7 +598,6 @@ class _RestartCheck:
             found += [(space, int(x)) for x in both[read_step[r] <= write_step[w]]]
         return found
 
-
     def _first_steps(self, space, write):
         """(locations, the first step each was accessed at) of the µTOp's accesses to
         ``space`` one way, sorted by location."""

@@ -35,7 +35,6 @@ identity, activation tables, layer-norm parameters) is packed four values per wo
 exp, reciprocal and rsqrt tables stay one int32 per word.
 """
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -182,16 +181,34 @@ def _span_scratch(graph, rows, per_row, what):
     return blocks, lambda i: blocks[i % len(blocks)]
 
 
-def _bucket_lookup(row, k, n):
-    """Instructions replacing the non-negative values of ``row`` by TABLE[value >> k] (the
-    loaded table; `vlut` adds 128 to its clamped input)."""
-    return [instr("vsrai", row, row, k, n), instr("vaddi", row, row, -128, n),
-            instr("vlut", row, row, n)]
+def _interpolation_tables(points, first):
+    """The two lookup tables of :func:`_interpolate`: values at points first, first + 1,
+    ... (``points`` one longer than the intervals) and each interval's drop to the next."""
+    values, drops = np.zeros(256, np.int64), np.zeros(256, np.int64)
+    count = len(points) - 1
+    values[first:first + count], drops[first:first + count] = points[:-1], points[:-1] - points[1:]
+    return values, drops
 
 
-def _bucket_lookup_ref(table, values, k):
-    """What :func:`_bucket_lookup` computes, in numpy."""
-    return table[np.clip((values >> k) - 128, -128, 127) + 128]
+def _interpolate(luts, m, index, tmp, out, bits, base, n):
+    """Instructions: out = the value at row m (non-negative; its high part minus ``base``
+    picks the interval, its low ``bits`` the point in it) interpolated between the
+    table points of ``luts`` (the two tables of :func:`_interpolation_tables`, loaded
+    here); m ends as its low part, index and tmp are scratch."""
+    return [instr("vsrai", index, m, bits, n), instr("vshli", tmp, index, bits, n),
+            instr("vsub", m, m, tmp, n),                                 # the low part
+            instr("vaddi", index, index, -base - 128, n),               # vlut adds 128
+            instr("vldlut", luts[0].start), instr("vlut", out, index, n),
+            instr("vldlut", luts[1].start), instr("vlut", tmp, index, n),
+            instr("vmul", tmp, tmp, m, n), instr("vaddi", tmp, tmp, 1 << bits - 1, n),
+            instr("vsrai", tmp, tmp, bits, n), instr("vsub", out, out, tmp, n)]
+
+
+def _interpolate_ref(tables, m, bits, base):
+    """What :func:`_interpolate` computes, in numpy."""
+    values, drops = tables
+    index, low = (m >> bits) - base, m & ((1 << bits) - 1)
+    return values[index] - ((drops[index] * low + (1 << bits - 1)) >> bits)
 
 
 def _gemm_scale(act, out_scale):
@@ -224,8 +241,9 @@ class _Rebias:
         return cls(np.round(b * 2 ** c).astype(np.int64), c,
                    *multiplier(product_scale / out_scale / 2 ** c))
 
-    def ref(self, q, bias):
-        return rq((q << self.c) + bias, self.mult, self.shift)
+    def ref(self, q, columns):
+        """What :meth:`body` makes of products ``q``, of the bias's ``columns`` (a slice)."""
+        return rq((q << self.c) + self.bias[columns], self.mult, self.shift)
 
     def body(self, d, n):
         """Instructions taking row d (the product, int8) to the result; the bias row is in
@@ -661,7 +679,7 @@ class Graph:
             requantize = lambda d, a, n: instr("vrq", d, a, n)
         ref = rq(acc_ref, mult, shift)
         if rebias is not None:
-            ref = rebias.ref(ref, rebias.bias[c0 * lanes:c1 * lanes])
+            ref = rebias.ref(ref, slice(c0 * lanes, c1 * lanes))
         table = None
         if act == "relu":
             ref = np.maximum(ref, 0)
@@ -1508,8 +1526,8 @@ class Graph:
         far = bool(exp_far.any())
         if not far:
             exp_near[0] = exp_of(-128)
-        points = np.round(2.0 ** 30 / ((256 + np.arange(257)) << frac_bits)).astype(np.int64)
-        recip, slope = points[:256], points[:256] - points[1:]
+        recip = _interpolation_tables(
+            np.round(2.0 ** 30 / ((256 + np.arange(257)) << frac_bits)).astype(np.int64), 0)
         ladder = range(exp_bits + 1, int(np.log2(cols)) + exp_bits + 1)
         mult, shift = multiplier(2.0 ** -30 / out_scale)
         # The reference, step for step.
@@ -1520,13 +1538,11 @@ class Graph:
             e = e + exp_far[np.clip(d + 128, -128, 127) + 128]
         total = e.sum(axis=1, keepdims=True)
         v = sum(np.minimum(total >> b, 1) for b in ladder) if ladder else 0 * total
-        m = total >> v
-        index, fraction = (m >> frac_bits) - 256, m & ((1 << frac_bits) - 1)
-        r = recip[index] - ((slope[index] * fraction + (1 << frac_bits - 1)) >> frac_bits)
+        r = _interpolate_ref(recip, total >> v, frac_bits, 256)
         out = self._new(rows, tiles, out_scale, rq((e * r) >> v, mult, shift), name)
         luts = [self.constant(t, what) for t, what in (
-            (exp_near, "exp table"), (exp_far, "far exp table"), (recip, "reciprocal table"),
-            (slope, "reciprocal slope table")) if what != "far exp table" or far]
+            (exp_near, "exp table"), (exp_far, "far exp table"), (recip[0], "reciprocal table"),
+            (recip[1], "reciprocal slope table")) if what != "far exp table" or far]
         # e and (e * r) >> v live in the output's rows until the last vrq makes them int8;
         # five scratch rows per row of a span: the peak (then m, then m's fraction), the
         # sum (then r), v, the interval's index, and a temporary.
@@ -1549,18 +1565,9 @@ class Graph:
             for b in ladder:
                 unit += [instr("vsrai", t_, s_, b, n), instr("vmini", t_, t_, 1, n),
                          instr("vadd", v_, v_, t_, n)]
-            unit += [instr("vsra", p, s_, v_, n),                     # m
-                     instr("vsrai", j_, p, frac_bits, n),
-                     instr("vshli", t_, j_, frac_bits, n),
-                     instr("vsub", p, p, t_, n),                      # m's fraction
-                     instr("vaddi", j_, j_, -384, n),                 # the index - 128
-                     instr("vldlut", luts[-2].start), instr("vlut", s_, j_, n),
-                     instr("vldlut", luts[-1].start), instr("vlut", t_, j_, n),
-                     instr("vmul", t_, t_, p, n),
-                     instr("vaddi", t_, t_, 1 << frac_bits - 1, n),
-                     instr("vsrai", t_, t_, frac_bits, n),
-                     instr("vsub", s_, s_, t_, n),                    # r
-                     _vsetq(mult, shift, 0)]
+            unit.append(instr("vsra", p, s_, v_, n))                  # m
+            unit += _interpolate(luts[-2:], p, j_, t_, s_, frac_bits, 256, n)   # r
+            unit.append(_vsetq(mult, shift, 0))
             for t in range(tiles):
                 unit += [instr("vmul", o(t), o(t), s_, n), instr("vsra", o(t), o(t), v_, n),
                          instr("vrq", o(t), o(t), n)]
@@ -1595,15 +1602,15 @@ class Graph:
             a += 1
         v_eps = int(round(epsilon / x.scale ** 2 * cols ** 3 / 4 ** a))
         if v_eps >= 1 << 30:
+            most = 2 ** 30 * 4 ** a * x.scale ** 2 / cols ** 3
             raise CompileError(f"{name}: epsilon {epsilon:g} is too large for inputs of scale "
-                               f"{x.scale:g} (at most {2 ** 30 * 4 ** a * x.scale ** 2 / cols ** 3:g})")
+                               f"{x.scale:g} (at most {most:g})")
         c0 = max(a - 11, 0)               # |t| <= sqrt(D) * 2^(a + 19 - c0) / sqrt(D) < 2^31
-        grid = np.arange(257) + 64.0
-        points = np.round(2.0 ** 31 / np.sqrt(grid * (1 << F))).astype(np.int64)
-        recip = np.zeros(256, np.int64)
-        slope = np.zeros(256, np.int64)
-        recip[64:], slope[64:] = points[:192], points[:192] - points[1:193]
-        g_real = np.asarray(gamma, np.float64) * np.sqrt(cols) * 2.0 ** (c - a - 19 + c0) / out_scale
+        rsqrt = _interpolation_tables(
+            np.round(2.0 ** 31 / np.sqrt((np.arange(193) + 64.0) * (1 << F))).astype(np.int64),
+            64)
+        g_real = (np.asarray(gamma, np.float64) * np.sqrt(cols) * 2.0 ** (c - a - 19 + c0)
+                  / out_scale)
         peak = float(np.max(np.abs(g_real)))
         g_shift = min(63, 30 - int(np.floor(np.log2(peak)))) if peak > 0 else 0
         if g_shift < 0:
@@ -1623,15 +1630,15 @@ class Graph:
             w, rest = w + step, rest >> step
         u = (w - K) >> 1
         m = np.where(u >= 0, v >> np.maximum(2 * u, 0), v << np.maximum(-2 * u, 0))
-        index, fraction = m >> F, m & ((1 << F) - 1)
-        r = recip[index] - ((slope[index] * fraction + (1 << F - 1)) >> F)
+        r = _interpolate_ref(rsqrt, m, F, 0)
         t = d * (r >> 12) + ((d * (r & 4095)) >> 12)
         e = u + c0
         t = (t >> np.maximum(e, 0)) << np.maximum(-e, 0)
         y = requantize(t, g_q, g_shift, 0, even=False, wide=True).astype(np.int64) + b_q
         ref = rq(y, 1, c)
         out = self._new(rows, tiles, out_scale, ref, name)
-        luts = [self.constant(recip, "rsqrt table"), self.constant(slope, "rsqrt slope table")]
+        luts = [self.constant(rsqrt[0], "rsqrt table"),
+                self.constant(rsqrt[1], "rsqrt slope table")]
         params = self.constant(np.concatenate([g_q, b_q, np.full(lanes, v_eps)]),
                                f"{name} gamma beta")
         # d lives in the output's rows until the last steps make them int8; eight scratch
@@ -1663,15 +1670,9 @@ class Graph:
             unit += [instr("vaddi", r3, r2, -K, n), instr("vsrai", r4, r3, 1, n),   # r4 = u
                      instr("vadd", r3, r4, r4, n), instr("vmaxi", r7, r3, 0, n),
                      instr("vmuli", r6, r3, -1, n), instr("vmaxi", r6, r6, 0, n),
-                     instr("vsra", r0, r1, r7, n), instr("vshl", r0, r0, r6, n),     # r0 = m
-                     instr("vsrai", r2, r0, F, n), instr("vshli", r3, r2, F, n),
-                     instr("vsub", r0, r0, r3, n),                               # m's fraction
-                     instr("vaddi", r2, r2, -128, n),                            # index - 128
-                     instr("vldlut", luts[0].start), instr("vlut", r5, r2, n),
-                     instr("vldlut", luts[1].start), instr("vlut", r3, r2, n),
-                     instr("vmul", r3, r3, r0, n), instr("vaddi", r3, r3, 1 << F - 1, n),
-                     instr("vsrai", r3, r3, F, n), instr("vsub", r5, r5, r3, n),   # r5 = r
-                     instr("vsrai", r6, r5, 12, n), instr("vshli", r3, r6, 12, n),
+                     instr("vsra", r0, r1, r7, n), instr("vshl", r0, r0, r6, n)]    # r0 = m
+            unit += _interpolate(luts, r0, r2, r3, r5, F, 0, n)                  # r5 = r
+            unit += [instr("vsrai", r6, r5, 12, n), instr("vshli", r3, r6, 12, n),
                      instr("vsub", r5, r5, r3, n),                     # r6, r5: r's halves
                      instr("vaddi", r3, r4, c0, n), instr("vmaxi", r7, r3, 0, n),
                      instr("vmuli", r4, r3, -1, n), instr("vmaxi", r4, r4, 0, n)]  # 2^-(u+c0)
